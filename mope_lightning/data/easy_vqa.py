@@ -1,0 +1,133 @@
+"""easy-VQA (PyPI `easy-vqa==1.0`): 64 px shapes and 107 distinct questions with 13 answers.
+
+Layout (the installed package's `easy_vqa/data/`, or any `data.root` with the same files):
+
+    answers.txt                              one answer per line: the label set, in file order
+    {train,test}/questions.json              a JSON list of [question, answer, image_id]
+    {train,test}/images/<image_id>.png
+
+Splits: `test` is the package's test split; `val` is a seeded hold-out of the train split, stratified by answer
+(`data.val_fraction`, `data.split_seed`); `train` is the rest. `data.train_images` / `data.test_images` keep only the
+questions about the first N images of a split (small, reproducible subsets for smoke tests).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from mope_lightning.config import DataConfig
+from mope_lightning.data.base import ImageTextDataModule, Split
+from mope_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EasyVQAConfig(DataConfig):
+    name: str = "easy_vqa"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    train_images: Optional[int] = None  # keep questions about the first N train images only
+    test_images: Optional[int] = None
+
+
+def default_root() -> Optional[Path]:
+    """The data folder of the installed easy-vqa package, if it is installed."""
+    try:
+        import easy_vqa
+    except ImportError:
+        return None
+    return Path(easy_vqa.__file__).parent / "data"
+
+
+def stratified_holdout(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split row indices into (kept, held out), holding out round(fraction · n_c) rows of every class c."""
+    gen = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for row, label in enumerate(labels):
+        by_class.setdefault(label, []).append(row)
+    held = []
+    for label in sorted(by_class):
+        rows = by_class[label]
+        order = torch.randperm(len(rows), generator=gen).tolist()
+        held += [rows[i] for i in order[:round(fraction * len(rows))]]
+    held_set = set(held)
+    return [r for r in range(len(labels)) if r not in held_set], sorted(held)
+
+
+class EasyVQADataModule(ImageTextDataModule):
+    config_class = EasyVQAConfig
+    task = "multiclass"
+    monitor = "val/acc"
+
+    @property
+    def root(self) -> Path:
+        root = Path(self.cfg.root).expanduser() if self.cfg.root else default_root()
+        if root is None:
+            raise DataError("easy-VQA is not installed and data.root is not set: run `make install` (it installs "
+                            "easy-vqa==1.0) or set data.root to a folder with the layout in data/README.md")
+        return root
+
+    def read_classes(self) -> list[str]:
+        path = self.root / "answers.txt"
+        if not path.is_file():
+            raise DataError(f"{self.root}: no easy-VQA dataset here (missing {path.name}); set data.root to a folder "
+                            "with answers.txt and {train,test}/questions.json + images/ (see data/README.md)")
+        classes = [line.strip() for line in path.read_text().splitlines()]
+        for lineno, name in enumerate(classes, 1):
+            if not name:
+                raise DataError(f"{path}:{lineno}: empty answer line; remove it")
+        if len(set(classes)) != len(classes):
+            raise DataError(f"{path}: answers are repeated; each answer must appear once")
+        return classes
+
+    def read_splits(self) -> tuple[dict[str, Split], dict[str, list[Path]]]:
+        train, train_files = self._read_questions("train", self.cfg.train_images)
+        test, test_files = self._read_questions("test", self.cfg.test_images)
+        kept, held = stratified_holdout(train.labels, self.cfg.val_fraction, self.cfg.split_seed)
+        splits = {"train": train.subset(kept), "val": train.subset(held), "test": test}
+        return splits, {"train": train_files, "test": test_files}
+
+    def _read_questions(self, split: str, limit: Optional[int]) -> tuple[Split, list[Path]]:
+        path = self.root / split / "questions.json"
+        if not path.is_file():
+            raise DataError(f"{path}: split file missing; the {split} split needs {split}/questions.json")
+        try:
+            entries = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: expected a JSON list of [question, answer, image_id]")
+        label_of = {name: i for i, name in enumerate(self.classes)}
+        image_ids = sorted({e[2] for e in entries if isinstance(e, list) and len(e) == 3 and isinstance(e[2], int)})
+        if limit is not None:
+            image_ids = image_ids[:limit]
+        slot = {image_id: i for i, image_id in enumerate(image_ids)}
+        files = [self.root / split / "images" / f"{image_id}.png" for image_id in image_ids]
+        ids, texts, labels, index = [], [], [], []
+        for n, entry in enumerate(entries):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], int)):
+                raise DataError(f"{path}: entry {n} is {entry!r}, expected [question, answer, image_id]")
+            question, answer, image_id = entry
+            if image_id not in slot:
+                continue  # outside the requested first-N-images subset
+            if not isinstance(question, str) or not question.strip():
+                raise DataError(f"{path}: entry {n} has an empty question; fix or remove the entry")
+            if answer not in label_of:
+                raise DataError(f"{path}: entry {n} has answer {answer!r}, which is not in answers.txt; "
+                                "fix the entry or add the answer to answers.txt")
+            ids.append(f"{split}/{n}")
+            texts.append(question)
+            labels.append(label_of[answer])
+            index.append(slot[image_id])
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} image(s) referenced by {path} are missing, e.g. {missing[0]}; "
+                            "restore them (reinstall easy-vqa) or remove their questions")
+        return Split(ids, texts, labels, index, split), files

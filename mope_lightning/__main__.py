@@ -1,0 +1,5 @@
+import sys
+
+from mope_lightning.cli import main
+
+sys.exit(main())

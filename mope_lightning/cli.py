@@ -1,0 +1,101 @@
+"""Command line: `mope {fit,validate,test,predict} EXP.yaml [OVERLAY.yaml ...] [key=value ...]`.
+
+Also `python -m mope_lightning ...`. YAML files merge left to right, then the `key=value` overrides (OmegaConf
+dotlist). Errors a user can fix are printed as one message, without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from mope_lightning.errors import MopeError
+
+USAGE = """mope {fit,validate,test,predict} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+
+  fit        train, then test the best checkpoint          mope fit experiments/easy_vqa.yaml
+  validate   evaluate a checkpoint on the val split        mope validate experiments/easy_vqa.yaml ckpt=PATH
+  test       evaluate a checkpoint on the test split       mope test experiments/easy_vqa.yaml ckpt=PATH
+  predict    write id, prediction, class probabilities     mope predict experiments/easy_vqa.yaml ckpt=PATH
+
+Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
+`fit ckpt=last` resumes the newest run of the experiment from its last checkpoint."""
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    parser = argparse.ArgumentParser(prog="mope", usage=USAGE, add_help=True)
+    parser.add_argument("command", choices=("fit", "validate", "test", "predict"))
+    parser.add_argument("args", nargs="*", help="config files, then key=value overrides")
+    ns = parser.parse_args(argv)
+    files, overrides = [], []
+    for arg in ns.args:
+        if "=" in arg:
+            overrides.append(arg)
+        elif arg.endswith((".yaml", ".yml")):
+            if overrides:
+                raise MopeError(f"'{arg}': config files come before the key=value overrides")
+            files.append(arg)
+        else:
+            raise MopeError(f"'{arg}' is neither a .yaml config file nor a key=value override")
+    if not files:
+        raise MopeError("give an experiment config, e.g. `mope fit experiments/easy_vqa.yaml`")
+    return ns.command, files, overrides
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted (test runners and notebooks swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _setup_logging() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers fork into DataLoader workers
+    ours = logging.getLogger("mope_lightning")
+    if not ours.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[mope] %(message)s"))
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropAdverts())
+    # The frozen encoders are in eval mode on purpose (see models/frozen.py).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        command, files, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        _setup_logging()
+        from mope_lightning.config import load_config
+        from mope_lightning.runner import run
+
+        run(command, load_config(files, overrides))
+    except MopeError as exc:
+        print(f"mope: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

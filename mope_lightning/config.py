@@ -1,0 +1,289 @@
+"""Typed experiment configuration: a structured schema merged with YAML files, then `key=value` overrides.
+
+`load_config(["experiments/easy_vqa.yaml", "experiments/overlays/tiny.yaml"], ["model.mope.num_experts=8"])`
+merges left to right. An unknown key, a wrong type or a value outside its choices raises `ConfigError` naming the
+source (file or command line), the full key and, for unknown keys, the nearest valid one.
+
+The `data` section is typed by the dataset: `data.name` picks the dataclass registered for that DataModule, so each
+dataset declares its own options. The `trainer` section is free-form and passed to `lightning.Trainer`; its keys are
+checked against the Trainer's signature.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mope_lightning.errors import ConfigError
+
+
+@dataclass
+class EncoderConfig:
+    """A pretrained encoder built by its own library."""
+
+    library: str = "transformers"  # transformers | timm | torchvision
+    name: str = MISSING  # hub id or local directory (transformers); model name (timm, torchvision)
+    pretrained: bool = True  # false: random init of the same architecture (tests, the tiny overlay)
+    checkpoint: Optional[str] = None  # local weights file (timm, torchvision)
+    weights: Optional[str] = None  # torchvision only: weights enum member, e.g. IMAGENET1K_V1 (default: DEFAULT)
+    tokenizer: Optional[str] = None  # transformers only: tokenizer source when it differs from `name`
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra architecture arguments (tiny test models)
+
+
+@dataclass
+class RouterConfig:
+    """The multimodal router of each prompted layer (mope_method.md §2.4)."""
+
+    self_dim: int = 2  # width of the query part projected from the prompted encoder's tokens
+    cross_dim: int = 8  # width of the query part projected from the conditioning feature
+    temperature: float = 0.1
+    noise_std: float = 0.00390625  # 1/256, added to the routing logits in training only
+    top_k: int = 0  # 0: dense soft routing over all experts (the paper's setting)
+
+
+@dataclass
+class MoPEConfig:
+    """Prompt kinds and the mixture of prompt experts. A length of 0 turns that prompt kind off."""
+
+    static_length: int = 6  # dataset-level prompts, one set per layer
+    dynamic_length: int = 6  # instance-level prompts mixed from the experts by the router
+    mapped_length: int = 1  # prompts projected from the conditioning feature, one set per stage
+    num_experts: int = 4
+    mapper_hidden: Optional[int] = None  # default: half the conditioning feature width
+    prompt_dropout: float = 0.1  # on the mapped prompts, as in the reference
+    init_scale: Optional[float] = None  # uniform(-s, s) prompt init; default: the encoder family's rule
+    prompted_layers: Optional[List[int]] = None  # default: every layer; others carry the previous prompts
+    router: RouterConfig = field(default_factory=RouterConfig)
+    importance_weight: float = 0.01
+    importance_threshold: float = 0.1  # the CV^2 importance loss counts only above this value
+
+
+@dataclass
+class ModelConfig:
+    fusion: str = "mope"  # mope | late_concat | text_only | image_only
+    prompted: str = "text"  # the modality whose encoder is prompted; the other one conditions it
+    text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    image_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(library="torchvision"))
+    pool: str = "mean"  # mean (over tokens and prompts, masked) | cls
+    head_hidden: int = 0  # 0: linear head; >0: one hidden layer (the late-fusion MLP uses 256)
+    head_dropout: float = 0.0
+    mope: MoPEConfig = field(default_factory=MoPEConfig)
+
+
+@dataclass
+class DataConfig:
+    """Options every DataModule has. Datasets subclass this with their own options."""
+
+    name: str = MISSING
+    root: Optional[str] = None  # dataset directory; see data/README.md
+    batch_size: int = 32  # per device
+    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    num_workers: int = 0
+    pin_memory: Optional[bool] = None  # default: true when training on a GPU
+    persistent_workers: bool = True  # only when num_workers > 0
+    max_text_length: int = 128  # tokens; longer texts are truncated
+    image_size: Optional[int] = None  # default: the image encoder's own input size
+    crop_pct: Optional[float] = None  # default: the image encoder's own; 1.0 keeps the whole image
+    cache_features: bool = True  # cache the frozen conditioning encoder's features once per image
+    cache_dir: str = "data/cache"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    group_lr: Dict[str, float] = field(default_factory=dict)  # prompts | router | mapper | head -> lr
+    scheduler: str = "cosine"  # cosine (per step) | multistep (per epoch) | constant
+    warmup_steps: int = 0
+    milestones: List[int] = field(default_factory=lambda: [3, 6])
+    gamma: float = 0.4
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: Optional[str] = None  # default: the dataset's headline metric (val/acc, val/f1_micro)
+    mode: str = "max"
+    save_top_k: int = 1
+    save_last: bool = True
+    test_with: str = "best"  # best | last: which weights `fit` tests at the end
+
+
+@dataclass
+class PredictConfig:
+    split: str = "test"  # train | val | test
+    out: Optional[str] = None  # default: <run dir>/predictions.csv
+
+
+def _default_trainer() -> Dict[str, Any]:
+    return {
+        "default_root_dir": "runs/${experiment}",
+        "max_epochs": 10,
+        "accelerator": "auto",
+        "devices": 1,
+        "log_every_n_steps": 20,
+        "gradient_clip_val": 1.0,
+    }
+
+
+@dataclass
+class Config:
+    experiment: str = MISSING
+    seed: int = 42
+    ckpt: Optional[str] = None  # fit: resume from it (or `last`); validate/test/predict: weights to evaluate
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    trainer: Dict[str, Any] = field(default_factory=_default_trainer)
+
+
+CHOICES = {
+    "model.fusion": ("mope", "late_concat", "text_only", "image_only"),
+    "model.prompted": ("text",),
+    "model.pool": ("mean", "cls"),
+    "model.text_encoder.library": ("transformers",),
+    "model.image_encoder.library": ("timm", "torchvision"),
+    "optim.scheduler": ("cosine", "multistep", "constant"),
+    "checkpoint.mode": ("max", "min"),
+    "checkpoint.test_with": ("best", "last"),
+    "predict.split": ("train", "val", "test"),
+}
+
+
+def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
+    """Merge the schema, the YAML `files` (left to right) and the dotlist `overrides` into a checked config."""
+    sources = [(str(f), _read_yaml(Path(f))) for f in files]
+    sources.append(("command line", _parse_overrides(overrides)))
+    cfg = OmegaConf.structured(Config)
+    data_name = _last_value(sources, "data.name")
+    if data_name is not None:
+        cfg.data = OmegaConf.structured(_data_config_class(data_name, sources))
+    for source, node in sources:
+        cfg = _merge(cfg, node, source)
+    _check(cfg, sources)
+    return cfg
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass an existing experiments/<name>.yaml")
+    try:
+        with path.open() as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML does not parse ({problem}); fix the syntax on that line") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"command line: '{item}' is not a key=value override (e.g. trainer.max_epochs=3)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"command line: cannot parse overrides ({exc})") from None
+
+
+def _last_value(sources, key: str):
+    value = None
+    for _, node in sources:
+        found = OmegaConf.select(node, key, default=None)
+        if found is not None:
+            value = found
+    return value
+
+
+def _data_config_class(name: str, sources):
+    from mope_lightning.data import DATAMODULES
+
+    if name not in DATAMODULES:
+        where = next(src for src, node in reversed(sources) if OmegaConf.select(node, "data.name") == name)
+        raise ConfigError(f"{where}: data.name: unknown dataset '{name}'{_suggest(name, DATAMODULES)}; "
+                          f"known: {', '.join(sorted(DATAMODULES))}")
+    return DATAMODULES[name].config_class
+
+
+def _merge(cfg: DictConfig, node: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, node)
+    except ConfigKeyError as exc:
+        key = exc.full_key or str(exc.key)
+        parent = OmegaConf.select(cfg, key.rpartition(".")[0]) if "." in key else cfg
+        valid = list(parent.keys()) if isinstance(parent, DictConfig) else []
+        prefix, _, leaf = key.rpartition(".")
+        valid = [f"{prefix}.{v}" if prefix else str(v) for v in valid]
+        raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, valid)}") from None
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {exc.full_key}: {exc.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(f"{source}: {key + ': ' if key else ''}{getattr(exc, 'msg', exc)}") from None
+
+
+def _suggest(word: str, candidates) -> str:
+    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _source_of(sources, key: str) -> str:
+    """The last file (or the command line) that sets `key`."""
+    for source, node in reversed(sources):
+        if OmegaConf.select(node, key, default=None) is not None:
+            return source
+    return "defaults"
+
+
+def _check(cfg: DictConfig, sources) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required value(s): {', '.join(missing)}; set them in the experiment YAML")
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{_source_of(sources, key)}: {key}: '{value}' is not one of {', '.join(choices)}")
+    _check_trainer_keys(cfg.trainer, sources)
+    for key in ("data.batch_size", "trainer.devices"):
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, int) and value < 1:
+            raise ConfigError(f"{_source_of(sources, key)}: {key}: must be at least 1, got {value}")
+    try:
+        OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{getattr(exc, 'full_key', '')}: {getattr(exc, 'msg', exc)}") from None
+
+
+def _check_trainer_keys(trainer: DictConfig, sources) -> None:
+    from lightning import Trainer
+
+    params = inspect.signature(Trainer.__init__).parameters
+    reserved = {"callbacks", "logger", "plugins"}  # built by mope_lightning from the other sections
+    for key in trainer.keys():
+        source = _source_of(sources, f"trainer.{key}")
+        if key in reserved:
+            raise ConfigError(f"{source}: trainer.{key}: set by mope_lightning itself; use the checkpoint section")
+        if key not in params:
+            valid = [f"trainer.{p}" for p in params if p != "self"]
+            raise ConfigError(f"{source}: unknown key 'trainer.{key}'{_suggest(f'trainer.{key}', valid)}: not a "
+                              "lightning.Trainer argument")
+
+
+def to_container(cfg: DictConfig) -> Dict[str, Any]:
+    """The resolved config as plain Python containers (for hparams, logs and checkpoints)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,194 @@
+"""The LightningModule: losses, metrics, logging, optimizer and trainable-only checkpoints around a classifier.
+
+Only prompts, router, mapper and head train; the frozen library encoders stay in eval mode and are left out of
+checkpoints (they are rebuilt from their source on load). A checkpoint records which frozen architecture and
+weights it was trained on, and loading it into another backbone is a `CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
+
+from mope_lightning.errors import CheckpointError
+from mope_lightning.models import build_model
+from mope_lightning.models.sources import weights_digest
+
+
+def make_metrics(task: str, num_classes: int) -> MetricCollection:
+    if task == "multilabel":
+        return MetricCollection({
+            f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg) for avg in ("micro", "macro", "weighted")
+        })
+    return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
+
+
+class MoPELitModule(L.LightningModule):
+    """Trains a classifier built from the resolved experiment config.
+
+    Args:
+        config: the resolved experiment config (a plain dict; saved as hyperparameters, so a checkpoint rebuilds
+            the same model with `MoPELitModule.load_from_checkpoint`).
+        classes: class names, in label-index order.
+        task: "multiclass" or "multilabel".
+    """
+
+    def __init__(self, config: dict, classes: list[str], task: str = "multiclass"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        self.classes, self.task = list(classes), task
+        self.net = build_model(self.cfg.model, len(classes))
+        self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks them
+        metrics = make_metrics(task, len(classes))
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def forward(self, batch: dict):
+        return self.net(batch)
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels.long() if self.task == "multilabel" else labels
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        task_loss = self._task_loss(out.logits, batch["labels"])
+        loss = task_loss + self.cfg.model.mope.importance_weight * out.importance_loss
+        n = len(batch["labels"])
+        self.log_dict({"train/loss": loss, "train/task_loss": task_loss,
+                       "train/importance_loss": out.importance_loss}, batch_size=n, prog_bar=False)
+        self.train_metrics.update(out.logits.detach(), self._targets(batch["labels"]))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
+        out = self(batch)
+        n = len(batch["labels"])
+        self.log(f"{stage}/loss", self._task_loss(out.logits, batch["labels"]), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/importance_loss", out.importance_loss, batch_size=n, sync_dist=True)
+        metrics.update(out.logits, self._targets(batch["labels"]))
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        logits = self(batch).logits
+        probs = logits.sigmoid() if self.task == "multilabel" else logits.softmax(-1)
+        return {"ids": batch["ids"], "probs": probs.float().cpu()}
+
+    # --- parameter counts, logged once per fit -------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, float]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        counts = {"model/params/trainable": trainable, "model/params/total": total,
+                  "model/params/frozen": total - trainable,
+                  "model/params/trainable_percent": 100.0 * trainable / max(total, 1)}
+        for group, params in self.net.param_groups().items():
+            counts[f"model/params/{group}"] = sum(p.numel() for p in params)
+        return counts
+
+    def on_fit_start(self) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(self.parameter_counts(), step=0)
+
+    def on_train_start(self) -> None:
+        self.val_metrics.reset()  # the sanity check's batches must not leak into epoch 0
+
+    # --- optimizer -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        groups = [{"params": params, "name": name, "lr": o.group_lr.get(name, o.lr)}
+                  for name, params in self.net.param_groups().items() if params]
+        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        if o.scheduler == "multistep":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.milestones), o.gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if o.scheduler == "constant" and o.warmup_steps == 0:
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, cosine = o.warmup_steps, o.scheduler == "cosine"
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if not cosine:
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- trainable-only checkpoints ------------------------------------------------------------------------
+    def _frozen_prefixes(self, prefix: str = "") -> tuple[str, ...]:
+        return tuple(f"{prefix}net.{name}." for name in self.net.frozen_backbones())
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        frozen = self._frozen_prefixes(prefix)
+        for key in [k for k in state if k.startswith(frozen)]:
+            del state[key]
+        return state
+
+    def backbone_record(self) -> dict:
+        return {"signature": self.net.signature(),
+                "weights": {name: weights_digest(m) for name, m in self.net.frozen_backbones().items()}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mope_backbones"] = self.backbone_record()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_fits(self, checkpoint)
+
+
+def load_trained_weights(module: MoPELitModule, path: str) -> None:
+    """Load a fit checkpoint's trainable weights into `module` (for validate, test and predict)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    check_checkpoint_fits(module, checkpoint, source=path)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)
+
+
+def check_checkpoint_fits(module: MoPELitModule, checkpoint: dict, source: Optional[str] = None) -> None:
+    """Raise `CheckpointError` unless `checkpoint` was trained on this backbone and holds every trainable tensor."""
+    where = f"{source}: " if source else "checkpoint: "
+    record = checkpoint.get("mope_backbones")
+    if record is None:
+        raise CheckpointError(f"{where}not a mope_lightning checkpoint (no backbone record)")
+    ours = module.backbone_record()
+    if record["signature"] != ours["signature"]:
+        raise CheckpointError(f"{where}trained with backbones {record['signature']}, but this config builds "
+                              f"{ours['signature']}; use the experiment config the checkpoint was trained with")
+    if record["weights"] != ours["weights"]:
+        changed = [k for k in ours["weights"] if record["weights"].get(k) != ours["weights"][k]]
+        raise CheckpointError(f"{where}trained on other frozen weights of the same architecture ({', '.join(changed)}"
+                              "); load the same pretrained encoder weights the checkpoint was trained with")
+    expected = module.state_dict()
+    state = checkpoint.get("state_dict", {})
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        details = "; ".join(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                ("shape differs", wrong)) if keys)
+        raise CheckpointError(f"{where}does not fit this model's trainable weights ({details}); use the config "
+                              "the checkpoint was trained with")

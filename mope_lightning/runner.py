@@ -1,0 +1,154 @@
+"""Build the DataModule, the LightningModule and the Trainer from a config, and run one command.
+
+Build order (as in lightning-hydra-template): seed -> DataModule (classes) -> model -> callbacks and logger ->
+Trainer -> command. `fit` ends by testing the best checkpoint (`checkpoint.test_with: last` tests the final weights).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, Timer
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from mope_lightning.callbacks import PredictionWriter
+from mope_lightning.config import to_container
+from mope_lightning.data import DATAMODULES, ImageTextDataModule
+from mope_lightning.errors import ConfigError
+from mope_lightning.fileio import atomic_write
+from mope_lightning.lit_module import MoPELitModule, load_trained_weights
+
+COMMANDS = ("fit", "validate", "test", "predict")
+
+
+class SaveConfig(Callback):
+    """Writes the resolved config to `<run dir>/config.yaml` once, from rank 0 (as LightningCLI does)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.is_global_zero and trainer.log_dir and not trainer.fast_dev_run:
+            atomic_write(Path(trainer.log_dir) / "config.yaml",
+                         lambda fh: fh.write(OmegaConf.to_yaml(self.cfg, resolve=True)))
+
+
+def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
+    """Seed, then build the DataModule and the LightningModule and wire the model's tokenizer and image encoder."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = DATAMODULES[cfg.data.name](cfg.data)
+    module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
+    datamodule.attach(module.net.text.tokenizer, module.net.image)
+    return module, datamodule
+
+
+def _versions(root: Path) -> list[int]:
+    found = [re.fullmatch(r"version_(\d+)", p.name) for p in root.glob("version_*") if p.is_dir()]
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def resolve_ckpt(cfg: DictConfig) -> tuple[Optional[str], Optional[int]]:
+    """The checkpoint path `ckpt` names, and the run version it belongs to when it is `last` (resume in place)."""
+    if cfg.ckpt is None:
+        return None, None
+    root = Path(cfg.trainer.default_root_dir)
+    if cfg.ckpt == "last":
+        for version in reversed(_versions(root)):
+            path = root / f"version_{version}" / "checkpoints" / "last.ckpt"
+            if path.is_file():
+                return str(path), version
+        raise ConfigError(f"ckpt=last: no {root}/version_*/checkpoints/last.ckpt yet; run fit first or pass a path")
+    path = Path(cfg.ckpt).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt: checkpoint file not found: {path}")
+    return str(path), None
+
+
+def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str,
+                  version: Optional[int] = None) -> L.Trainer:
+    trainer_args = to_container(cfg)["trainer"]
+    logger = TensorBoardLogger(save_dir=trainer_args["default_root_dir"], name="", version=version,
+                               default_hp_metric=False)
+    callbacks: list[Callback] = [SaveConfig(cfg)]
+    if command == "fit":
+        callbacks += [
+            ModelCheckpoint(monitor=cfg.checkpoint.monitor or datamodule.monitor, mode=cfg.checkpoint.mode,
+                            save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
+                            auto_insert_metric_name=False, filename="epoch{epoch:03d}-step{step:06d}"),
+            LearningRateMonitor(logging_interval="step"),
+            Timer(),  # wall time of training (validation included) and testing, reported in the summary
+        ]
+    if command == "predict":
+        out = cfg.predict.out or str(Path(logger.log_dir) / "predictions.csv")
+        callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.multilabel))
+    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks)
+
+
+def run(command: str, cfg: DictConfig) -> dict:
+    """Run `command` ("fit", "validate", "test", "predict") for `cfg`; return the final metrics (and paths)."""
+    if command not in COMMANDS:
+        raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}")
+    ckpt_path, version = resolve_ckpt(cfg)
+    if command != "fit" and ckpt_path is None:
+        raise ConfigError(f"{command} needs ckpt=PATH: the checkpoint to evaluate (fit writes them under "
+                          f"{cfg.trainer.default_root_dir}/version_*/checkpoints/)")
+    module, datamodule = build(cfg)
+    datamodule.predict_split = cfg.predict.split
+    trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)
+    summary: dict = {"run_dir": trainer.log_dir}
+    if command == "fit":
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        test_ckpt = best if (best and cfg.checkpoint.test_with == "best") else None
+        summary["best_checkpoint"] = best or None
+        summary["tested_weights"] = test_ckpt or "final weights"
+        summary["metrics"] = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)[0]
+        timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
+        summary["seconds"] = {stage: round(timer.time_elapsed(stage), 1) for stage in ("train", "test")}
+    else:
+        # Evaluation needs the trained weights only, not the training state of the checkpoint.
+        load_trained_weights(module, ckpt_path)
+        summary["checkpoint"] = ckpt_path
+        if command == "validate":
+            summary["metrics"] = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+        elif command == "test":
+            summary["metrics"] = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        else:
+            trainer.predict(module, datamodule=datamodule, return_predictions=False)
+            summary["predictions"] = next(cb.out for cb in trainer.callbacks if isinstance(cb, PredictionWriter))
+    if trainer.is_global_zero:
+        _report(command, summary, trainer)
+    return summary
+
+
+def _report(command: str, summary: dict, trainer: L.Trainer) -> None:
+    metrics = {k: float(v) for k, v in summary.get("metrics", {}).items()}
+    if metrics and summary["run_dir"] and not trainer.fast_dev_run:
+        result = {**summary, "metrics": metrics}
+        atomic_write(Path(summary["run_dir"]) / f"{command}_metrics.json",
+                     lambda fh: json.dump(result, fh, indent=2, default=str))
+    lines = [f"[mope] {command} finished"]
+    lines += [f"  {k:<24} {v:.4f}" for k, v in sorted(metrics.items())]
+    if summary["run_dir"] is None:
+        lines.append("  (fast_dev_run: nothing was logged or saved)")
+        print("\n".join(lines), flush=True)
+        return
+    lines.append(f"  run directory            {summary['run_dir']}")
+    if summary.get("checkpoint"):
+        lines.append(f"  checkpoint               {summary['checkpoint']}")
+    if summary.get("best_checkpoint"):
+        lines.append(f"  best checkpoint          {summary['best_checkpoint']}")
+    if "tested_weights" in summary:
+        lines.append(f"  tested                   {summary['tested_weights']}")
+    if summary.get("seconds"):
+        lines.append(f"  wall time                train {summary['seconds']['train']:.0f} s (validation included), "
+                     f"test {summary['seconds']['test']:.0f} s")
+    if summary.get("predictions"):
+        lines.append(f"  predictions              {summary['predictions']}")
+    lines.append(f"  tensorboard              tensorboard --logdir {Path(summary['run_dir']).parent}")
+    print("\n".join(lines), flush=True)

@@ -102,14 +102,16 @@ def run(command: str, cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)
     summary: dict = {"run_dir": trainer.log_dir}
     if command == "fit":
+        timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # Read now: restoring the best checkpoint for testing also restores the timer's saved offset.
+        train_seconds = timer.time_elapsed("train")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         test_ckpt = best if (best and cfg.checkpoint.test_with == "best") else None
         summary["best_checkpoint"] = best or None
         summary["tested_weights"] = test_ckpt or "final weights"
         summary["metrics"] = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)[0]
-        timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
-        summary["seconds"] = {stage: round(timer.time_elapsed(stage), 1) for stage in ("train", "test")}
+        summary["seconds"] = {"train": round(train_seconds, 1), "test": round(timer.time_elapsed("test"), 1)}
     else:
         # Evaluation needs the trained weights only, not the training state of the checkpoint.
         load_trained_weights(module, ckpt_path)

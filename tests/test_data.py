@@ -127,6 +127,17 @@ def test_feature_cache_encodes_each_image_once_and_notices_changes(tmp_path, tin
     assert len(list((tmp_path / "cache" / "easy_vqa").glob("train-*.pt"))) == 1  # the stale file is gone
 
 
+def test_building_the_cache_leaves_the_global_rng_alone(tmp_path, tiny_image_encoder):
+    dm = EasyVQADataModule(data_config(tmp_path, f"data.root={copy_dataset(tmp_path)}"))
+    dm.attach(None, tiny_image_encoder)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    dm.prepare_data()
+    assert list((tmp_path / "cache").rglob("*.pt"))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_missing_dataset_directory(tmp_path):
     with pytest.raises(DataError, match=r"nowhere: no easy-VQA dataset here.*data/README.md"):
         EasyVQADataModule(data_config(tmp_path, f"data.root={tmp_path / 'nowhere'}"))

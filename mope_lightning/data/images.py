@@ -121,6 +121,12 @@ class FeatureCache:
 
     @torch.no_grad()
     def _extract(self, files: Sequence[Path]) -> Tensor:
+        # The global RNG is left untouched (a DataLoader draws its base seed from it), so a first run that builds
+        # the cache trains exactly like a later run that finds it.
+        with torch.random.fork_rng(devices=[]):
+            return self._encode_all(files)
+
+    def _encode_all(self, files: Sequence[Path]) -> Tensor:
         loader = DataLoader(_ImageFiles(files, self.transform), batch_size=self.batch_size,
                             num_workers=self.num_workers, collate_fn=_collate_images)
         device = next(self.encoder.parameters()).device

@@ -74,7 +74,7 @@ def _setup_logging() -> None:
         ours.propagate = False
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropAdverts())
-    # The frozen encoders are in eval mode on purpose (see models/frozen.py).
+    # The frozen encoders are in eval mode on purpose (see models/backbone.py).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     from transformers.utils import logging as hf_logging

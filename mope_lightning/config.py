@@ -34,7 +34,9 @@ class EncoderConfig:
     checkpoint: Optional[str] = None  # local weights file (timm, torchvision)
     weights: Optional[str] = None  # torchvision only: weights enum member, e.g. IMAGENET1K_V1 (default: DEFAULT)
     tokenizer: Optional[str] = None  # transformers only: tokenizer source when it differs from `name`
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra architecture arguments (tiny test models)
+    arch: Optional[str] = None  # transformers model_type to build when `name`'s files are unreachable (e.g. bert)
+    tiny: bool = False  # a random-init miniature of the same family (the tiny overlay; implies pretrained: false)
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra architecture arguments
 
 
 @dataclass
@@ -66,15 +68,30 @@ class MoPEConfig:
 
 
 @dataclass
+class CompatConfig:
+    """Reproduce the reference code's quirks where they change numbers (mope_method.md §8). Default: fixed."""
+
+    mode: Optional[str] = None  # reference: every flag below at the reference behaviour, and test on last weights
+    window_prompt_order: str = "batch"  # batch | reference (Swin windows paired with other samples' prompts)
+    skip_first_block_prompt: bool = False  # true: the first block of each stage carries prompts, not new ones
+    eval_routing_noise: bool = False  # true: routing noise also at evaluation
+    mapper_bn_frozen: bool = False  # true: the mapper's BatchNorm keeps its initial statistics
+
+
+@dataclass
 class ModelConfig:
-    fusion: str = "mope"  # mope | late_concat | text_only | image_only
+    # mope | prompt_tuning (static prompts only) | promptfuse (mapped prompts only) | late_concat (frozen features)
+    # | finetune (both encoders trained, late concat) | text_only | image_only
+    fusion: str = "mope"
     prompted: str = "text"  # the modality whose encoder is prompted; the other one conditions it
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     image_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(library="torchvision"))
-    pool: str = "mean"  # mean (over tokens and prompts, masked) | cls
+    pool: str = "mean"  # text pooling: mean (over tokens and prompts, masked) | cls; image encoders pool as timm does
+    condition_prompts: int = 0  # static prompts per layer for the conditioning encoder itself (reference: 4)
     head_hidden: int = 0  # 0: linear head; >0: one hidden layer (the late-fusion MLP uses 256)
     head_dropout: float = 0.0
     mope: MoPEConfig = field(default_factory=MoPEConfig)
+    compat: CompatConfig = field(default_factory=CompatConfig)
 
 
 @dataclass
@@ -146,9 +163,12 @@ class Config:
     trainer: Dict[str, Any] = field(default_factory=_default_trainer)
 
 
+FUSIONS = ("mope", "prompt_tuning", "promptfuse", "late_concat", "finetune", "text_only", "image_only")
 CHOICES = {
-    "model.fusion": ("mope", "late_concat", "text_only", "image_only"),
-    "model.prompted": ("text",),
+    "model.fusion": FUSIONS,
+    "model.prompted": ("text", "image"),
+    "model.compat.mode": (None, "reference"),
+    "model.compat.window_prompt_order": ("batch", "reference"),
     "model.pool": ("mean", "cls"),
     "model.text_encoder.library": ("transformers",),
     "model.image_encoder.library": ("timm", "torchvision"),
@@ -257,7 +277,8 @@ def _check(cfg: DictConfig, sources) -> None:
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
-            raise ConfigError(f"{_source_of(sources, key)}: {key}: '{value}' is not one of {', '.join(choices)}")
+            shown = ", ".join(str(c) for c in choices if c is not None)
+            raise ConfigError(f"{_source_of(sources, key)}: {key}: '{value}' is not one of {shown}")
     _check_trainer_keys(cfg.trainer, sources)
     for key in ("data.batch_size", "trainer.devices"):
         value = OmegaConf.select(cfg, key)

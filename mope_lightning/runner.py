@@ -39,11 +39,11 @@ class SaveConfig(Callback):
 
 
 def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
-    """Seed, then build the DataModule and the LightningModule and wire the model's tokenizer and image encoder."""
+    """Seed, then build the DataModule and the LightningModule, and tell the DataModule what the model reads."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DATAMODULES[cfg.data.name](cfg.data)
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
-    datamodule.attach(module.net.text.tokenizer, module.net.image)
+    datamodule.attach(module.net.input_spec())
     return module, datamodule
 
 

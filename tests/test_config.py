@@ -38,7 +38,7 @@ def test_trainer_section_passes_through_and_resolves(tmp_path):
     ("data.batch_sise=8", "did you mean 'data.batch_size'?"),
     ("trainer.max_epoch=3", "unknown key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
     ("data.batch_size=abc", "data.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("model.fusion=moep", "model.fusion: 'moep' is not one of mope, late_concat"),
+    ("model.fusion=moep", "model.fusion: 'moep' is not one of mope, prompt_tuning"),
     ("data.name=easyvqa", "unknown dataset 'easyvqa' (did you mean 'easy_vqa'?)"),
     ("trainer.callbacks=[]", "trainer.callbacks: set by mope_lightning itself"),
     ("data.batch_size=0", "data.batch_size: must be at least 1"),

@@ -10,9 +10,9 @@ import torch
 from mope_lightning.config import load_config
 from mope_lightning.data import EasyVQADataModule
 from mope_lightning.data.easy_vqa import default_root
-from mope_lightning.data.images import load_image
+from mope_lightning.data.features import load_image
 from mope_lightning.errors import DataError
-from mope_lightning.models import build_image_encoder
+from mope_lightning.models import InputSpec, build_image_encoder, build_text_encoder
 
 from conftest import DEFAULT_EXP, TINY
 
@@ -25,8 +25,17 @@ def data_config(tmp_path, *overrides):
 
 @pytest.fixture(scope="module")
 def tiny_image_encoder():
-    cfg = load_config([DEFAULT_EXP, TINY]).model.image_encoder
-    return build_image_encoder(cfg)
+    return build_image_encoder(load_config([DEFAULT_EXP, TINY]).model.image_encoder)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_text_encoder(load_config([DEFAULT_EXP, TINY]).model.text_encoder).tokenizer
+
+
+def image_spec(encoder, tokenizer=None):
+    """The model's view for the DataModule: the image feature is cached, the text is tokenized."""
+    return InputSpec(tokenizer, encoder.data_config, {"image": encoder}, {"image": "tiny-image-encoder"})
 
 
 class CountingEncoder(torch.nn.Module):
@@ -35,10 +44,7 @@ class CountingEncoder(torch.nn.Module):
     def __init__(self, encoder):
         super().__init__()
         self.inner, self.images_seen = encoder, 0
-        self.data_config, self.name = encoder.data_config, encoder.name
-
-    def signature(self):
-        return self.inner.signature()
+        self.data_config = encoder.data_config
 
     def forward(self, images):
         self.images_seen += len(images)
@@ -87,11 +93,9 @@ def test_subset_keeps_the_questions_of_the_first_images(tmp_path):
                                       if e[2] < 10)
 
 
-def test_batches_are_tokenized_with_cached_features(tmp_path, tiny_image_encoder):
+def test_batches_are_tokenized_with_cached_features(tmp_path, tiny_image_encoder, tokenizer):
     dm = EasyVQADataModule(data_config(tmp_path, "data.train_images=20", "data.test_images=5"))
-    from mope_lightning.models import build_text_encoder
-
-    dm.attach(build_text_encoder(load_config([DEFAULT_EXP, TINY]).model.text_encoder).tokenizer, tiny_image_encoder)
+    dm.attach(image_spec(tiny_image_encoder, tokenizer))
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -108,7 +112,7 @@ def test_feature_cache_encodes_each_image_once_and_notices_changes(tmp_path, tin
     counting = CountingEncoder(tiny_image_encoder)
     for _ in range(2):  # two runs: the second one reuses the cache
         dm = EasyVQADataModule(cfg)
-        dm.attach(None, counting)
+        dm.attach(image_spec(counting))
         dm.prepare_data()
         dm.setup("fit")
     assert counting.images_seen == 6 + 3
@@ -121,15 +125,15 @@ def test_feature_cache_encodes_each_image_once_and_notices_changes(tmp_path, tin
     image = next((root / "train" / "images").iterdir())
     shutil.copy(next((root / "test" / "images").iterdir()), image)
     dm = EasyVQADataModule(cfg)
-    dm.attach(None, counting)
+    dm.attach(image_spec(counting))
     dm.prepare_data()
     assert counting.images_seen == 6 + 3 + 6
-    assert len(list((tmp_path / "cache" / "easy_vqa").glob("train-*.pt"))) == 1  # the stale file is gone
+    assert len(list((tmp_path / "cache" / "easy_vqa").glob("image-train-*.pt"))) == 1  # the stale file is gone
 
 
 def test_building_the_cache_leaves_the_global_rng_alone(tmp_path, tiny_image_encoder):
     dm = EasyVQADataModule(data_config(tmp_path, f"data.root={copy_dataset(tmp_path)}"))
-    dm.attach(None, tiny_image_encoder)
+    dm.attach(image_spec(tiny_image_encoder))
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
@@ -177,7 +181,7 @@ def test_unreadable_image_is_named_and_nothing_is_cached(tmp_path, tiny_image_en
     bad.write_bytes(b"not a png")
     missing = sorted((root / "test" / "images").iterdir())[0]
     dm = EasyVQADataModule(data_config(tmp_path, f"data.root={root}"))
-    dm.attach(None, tiny_image_encoder)
+    dm.attach(image_spec(tiny_image_encoder))
     with pytest.raises(DataError, match=rf"{bad}: cannot read image"):
         dm.prepare_data()
     assert not list((tmp_path / "cache").rglob("*.pt"))

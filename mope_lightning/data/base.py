@@ -1,8 +1,8 @@
-"""The shared image-text DataModule: splits of (id, text, image, label) samples, cached image features, and a
+"""The shared image-text DataModule: splits of (id, text, image, label) samples, cached frozen features, and a
 collate function that tokenizes in the DataLoader workers.
 
-A dataset subclass only reads its native files: `read_classes()` and `read_splits()`. Everything else (feature
-caching, transforms, tokenization, loaders) lives here.
+A dataset subclass only reads its native files: `read_classes()` and `read_splits()`. The model says what it reads
+(`InputSpec`, given to `attach`): text tokens or a cached text feature, images or a cached image feature.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mope_lightning.data.images import FeatureCache, image_transform, load_image
+from mope_lightning.data.features import (FeatureCache, encode_images, encode_texts, image_key, image_transform,
+                                          load_image, text_key)
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,26 @@ class Split:
 
 
 class ImageTextDataset(Dataset):
-    """Items of a `Split`: text, label, and the cached image feature or the preprocessed image."""
+    """Items of a `Split`: the label, the text (or its cached feature), the image (or its cached feature)."""
 
-    def __init__(self, split: Split, num_classes: int, multilabel: bool, features=None, files=None, transform=None):
+    def __init__(self, split: Split, num_classes: int, multilabel: bool, files: Sequence[Path], transform=None,
+                 image_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None):
         self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
-        self.features, self.files, self.transform = features, files, transform
+        self.files, self.transform = files, transform
+        self.image_features, self.text_features, self.text_rows = image_features, text_features, text_rows
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict:
         s, j = self.split, self.split.image_index[i]
-        item = {"id": s.ids[i], "text": s.texts[i], "label": self._target(s.labels[i])}
-        if self.features is not None:
-            item["image_features"] = self.features[j]
+        item = {"id": s.ids[i], "label": self._target(s.labels[i])}
+        if self.text_features is not None:
+            item["text_features"] = self.text_features[self.text_rows[s.texts[i]]]
+        else:
+            item["text"] = s.texts[i]
+        if self.image_features is not None:
+            item["image_features"] = self.image_features[j]
         else:
             item["images"] = self.transform(load_image(self.files[j]))
         return item
@@ -73,14 +80,15 @@ class TokenizingCollate:
         self.tokenizer, self.max_length = tokenizer, max_length
 
     def __call__(self, items: list[dict]) -> dict:
-        tokens = self.tokenizer([it["text"] for it in items], padding=True, truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        batch = {"ids": [it["id"] for it in items], "input_ids": tokens["input_ids"],
-                 "attention_mask": tokens["attention_mask"]}
         first = items[0]
+        batch = {"ids": [it["id"] for it in items]}
+        if "text" in first:
+            tokens = self.tokenizer([it["text"] for it in items], padding=True, truncation=True,
+                                    max_length=self.max_length, return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
         batch["labels"] = (torch.stack([it["label"] for it in items]) if torch.is_tensor(first["label"])
                            else torch.tensor([it["label"] for it in items]))
-        for key in ("image_features", "images"):
+        for key in ("text_features", "image_features", "images"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
         return batch
@@ -101,8 +109,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.classes: list[str] = self.read_classes()
         self.predict_split = "test"
-        self.tokenizer = None
-        self.image_encoder = None
+        self.spec = None
         self.splits: dict[str, Split] = {}
         self.datasets: dict[str, ImageTextDataset] = {}
 
@@ -115,52 +122,72 @@ class ImageTextDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # --- wiring --------------------------------------------------------------------------------------------
-    def attach(self, tokenizer, image_encoder) -> None:
-        """Give the DataModule the model's tokenizer and frozen image encoder (for preprocessing and the cache)."""
-        self.tokenizer, self.image_encoder = tokenizer, image_encoder
+    def attach(self, spec) -> None:
+        """Take the model's `InputSpec`: its tokenizer, image preprocessing and cacheable frozen features."""
+        self.spec = spec
 
     @property
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
     def _transform(self):
-        return image_transform(self.image_encoder.data_config, self.cfg.image_size, self.cfg.crop_pct)
+        return image_transform(self.spec.image_config, self.cfg.image_size, self.cfg.crop_pct)
 
-    def _feature_cache(self) -> FeatureCache:
-        return FeatureCache(Path(self.cfg.cache_dir) / self.cfg.name, self.image_encoder, self._transform(),
-                            batch_size=max(self.cfg.batch_size, 64), num_workers=self.cfg.num_workers)
+    def _cached(self, modality: str) -> bool:
+        return self.cfg.cache_features and modality in self.spec.cacheable
+
+    def _image_features(self, cache: FeatureCache, pool: str, files: list[Path]):
+        transform = self._transform()
+        encoder = self.spec.cacheable["image"]
+        key = image_key(self.spec.identity["image"], transform, files)
+        return cache.get(f"image-{pool}", key, lambda: encode_images(
+            encoder, files, transform, batch_size=max(self.cfg.batch_size, 64), num_workers=self.cfg.num_workers),
+            describe=f"image features of {len(files)} {pool} images")
+
+    def _text_features(self, cache: FeatureCache, texts: list[str]):
+        encoder, c = self.spec.cacheable["text"], self.cfg
+        key = text_key(self.spec.identity["text"], self.spec.tokenizer, c.max_text_length, texts)
+        return cache.get("text", key, lambda: encode_texts(encoder, texts, self.spec.tokenizer, c.max_text_length),
+                         describe=f"text features of {len(texts)} distinct texts")
+
+    @staticmethod
+    def _distinct_texts(splits: dict[str, Split]) -> list[str]:
+        return sorted({t for split in splits.values() for t in split.texts})
+
+    def _build_features(self, splits: dict[str, Split], pools: dict[str, list[Path]]):
+        cache = FeatureCache(Path(self.cfg.cache_dir) / self.cfg.name)
+        image = ({pool: self._image_features(cache, pool, files) for pool, files in pools.items()}
+                 if self._cached("image") else None)
+        text = self._text_features(cache, self._distinct_texts(splits)) if self._cached("text") else None
+        return image, text
 
     def prepare_data(self) -> None:
-        # One process per node: read and check the files, then build the image-feature cache once.
-        splits, pools = self.read_splits()
-        if self.cfg.cache_features:
-            cache = self._feature_cache()
-            for pool, files in pools.items():
-                cache.build(pool, files)
+        # One process per node: read and check the files, then build the feature caches once.
+        self._build_features(*self.read_splits())
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
             return
         self.splits, pools = self.read_splits()
-        cache = self._feature_cache() if self.cfg.cache_features else None
-        transform = None if cache else self._transform()
+        image, text = self._build_features(self.splits, pools)
+        transform = None if image is not None else self._transform()
+        rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
         for name, split in self.splits.items():
-            feats = cache.load(split.pool, pools[split.pool]) if cache else None
-            self.datasets[name] = ImageTextDataset(split, len(self.classes), self.multilabel, feats,
-                                                   pools[split.pool], transform)
+            self.datasets[name] = ImageTextDataset(split, len(self.classes), self.multilabel, pools[split.pool],
+                                                   transform, image[split.pool] if image is not None else None,
+                                                   text, rows)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
 
     # --- loaders -------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
-        if split not in self.datasets:
-            raise KeyError(f"split '{split}' not in {sorted(self.datasets)}")
         c = self.cfg
         batch_size = c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size)
         pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
+        # drop_last in training: a last batch of one sample would break the mapper's BatchNorm
         return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=train, drop_last=train,
                           num_workers=c.num_workers, pin_memory=pin,
                           persistent_workers=c.persistent_workers and c.num_workers > 0,
-                          collate_fn=TokenizingCollate(self.tokenizer, c.max_text_length))
+                          collate_fn=TokenizingCollate(self.spec.tokenizer, c.max_text_length))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -1,14 +1,17 @@
 """Framework-free model code (no Lightning): prompt banks, router, prompted encoders, classifiers."""
 
-from mope_lightning.models.classifier import FusionOutput, LateFusionClassifier, PromptFusionClassifier
+from mope_lightning.models.classifier import (FusionOutput, ImageTextClassifier, InputSpec, LateFusionClassifier,
+                                              PromptFusionClassifier)
 from mope_lightning.models.factory import build_image_encoder, build_model, build_text_encoder
-from mope_lightning.models.image_encoders import FrozenImageEncoder
+from mope_lightning.models.image_encoders import PooledImageEncoder
+from mope_lightning.models.prompted_swin import PromptedSwin
+from mope_lightning.models.prompted_vit import PromptedViT
 from mope_lightning.models.prompts import MoPE, LayerPrompter
 from mope_lightning.models.router import MultimodalRouter, importance_loss
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
 __all__ = [
-    "FrozenImageEncoder", "FusionOutput", "LateFusionClassifier", "LayerPrompter", "MoPE", "MultimodalRouter",
-    "PromptFusionClassifier", "PromptedTextEncoder", "build_image_encoder", "build_model", "build_text_encoder",
-    "importance_loss",
+    "FusionOutput", "ImageTextClassifier", "InputSpec", "LateFusionClassifier", "LayerPrompter", "MoPE",
+    "MultimodalRouter", "PooledImageEncoder", "PromptFusionClassifier", "PromptedSwin", "PromptedTextEncoder",
+    "PromptedViT", "build_image_encoder", "build_model", "build_text_encoder", "importance_loss",
 ]

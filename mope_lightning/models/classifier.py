@@ -1,22 +1,25 @@
-"""Image-text classifiers: MoPE prompt fusion, and the late-fusion / unimodal baselines on frozen features.
+"""Image-text classifiers: prompt fusion (MoPE and its prompt baselines) and late fusion on pooled features.
 
-Both take the batch dict the DataLoader yields (`input_ids`, `attention_mask`, and either `image_features`, the cached
-output of the frozen image encoder, or `images`) and return a `FusionOutput`. No tokenization or image decoding
-happens here: it all runs in the DataLoader.
+Both hold a text encoder (`self.text`) and an image encoder (`self.image`) and take the batch dict the DataLoader
+yields: text tokens (`input_ids`, `attention_mask`), `images`, or the cached pooled feature of a frozen, unprompted
+encoder (`text_features`, `image_features`). `input_spec()` tells the DataModule which of these to provide. No
+tokenization or image decoding happens here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from mope_lightning.models.frozen import FrozenBackbone
-from mope_lightning.models.image_encoders import FrozenImageEncoder
-from mope_lightning.models.prompts import MoPE
-from mope_lightning.models.text_encoders import PromptedTextEncoder
+from mope_lightning.models.backbone import Backbone
+from mope_lightning.models.prompts import ConditionMapper, MoPE, PromptLayer
+from mope_lightning.models.router import MultimodalRouter
+from mope_lightning.models.sources import weights_digest
+
+MODALITIES = ("text", "image")
 
 
 @dataclass
@@ -26,6 +29,21 @@ class FusionOutput:
     routing: Optional[Tensor] = None  # (B, routed layers, experts) routing probabilities, if any
 
 
+@dataclass
+class InputSpec:
+    """What a model reads from a batch, for the DataModule.
+
+    `cacheable` maps a modality to the function computing its pooled feature from the encoder's inputs, for a
+    frozen encoder whose feature never changes: the DataModule may compute it once per distinct input and yield
+    `<modality>_features` instead. `identity` says what a cached feature depends on (for cache keys).
+    """
+
+    tokenizer: Any
+    image_config: dict
+    cacheable: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)
+
+
 def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
     """A linear classifier, or a one-hidden-layer MLP when `hidden > 0`."""
     if hidden <= 0:
@@ -33,87 +51,136 @@ def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
 
-class _ImageTextClassifier(nn.Module):
-    """Shared plumbing: the frozen encoders and the image feature (cached or computed)."""
+class ImageTextClassifier(nn.Module):
+    """Shared plumbing: the two encoders, their pooled features, parameter groups and checkpoint signatures."""
 
-    def __init__(self, text: PromptedTextEncoder, image: FrozenImageEncoder):
+    def __init__(self, text: nn.Module, image: nn.Module):
         super().__init__()
         self.text = text
         self.image = image
 
-    def image_features(self, batch: dict) -> Tensor:
-        if "image_features" in batch:
-            return batch["image_features"]
-        with torch.no_grad():
-            return self.image(batch["images"])
+    def encoder(self, modality: str) -> nn.Module:
+        return self.text if modality == "text" else self.image
+
+    def features(self, modality: str, batch: dict) -> Tensor:
+        """The pooled feature of one modality: cached by the DataModule, or computed by its encoder."""
+        cached = batch.get(f"{modality}_features")
+        if cached is not None:
+            return cached
+        encoder = self.encoder(modality)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder.frozen):
+            return encoder(**encoder.inputs(batch))
+
+    def cacheable_modalities(self) -> tuple[str, ...]:
+        """Modalities read only as the pooled feature of a frozen, unprompted encoder."""
+        return ()
+
+    def input_spec(self) -> InputSpec:
+        spec = InputSpec(self.text.tokenizer, self.image.data_config)
+        for modality in self.cacheable_modalities():
+            encoder = self.encoder(modality)
+            spec.cacheable[modality] = encoder
+            pool = getattr(encoder, "pool_mode", "")
+            spec.identity[modality] = f"{encoder.signature()}|{weights_digest(encoder)}|{pool}"
+        return spec
 
     def frozen_backbones(self) -> dict[str, nn.Module]:
-        """The pretrained library models, which checkpoints leave out and rebuild from their source."""
-        return {f"{name}.model": m.model for name, m in self.named_modules() if isinstance(m, FrozenBackbone)}
+        """The frozen pretrained library models, which checkpoints leave out and rebuild from their source."""
+        return {f"{name}.model": m.model for name, m in self.named_modules() if isinstance(m, Backbone) and m.frozen}
 
     def signature(self) -> dict:
         return {"text": self.text.signature(), "image": self.image.signature()}
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role, for named optimizer groups, per-group learning rates and counts."""
-        groups: dict[str, list[nn.Parameter]] = {"prompts": [], "router": [], "mapper": [], "head": []}
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            if ".router." in name:
-                groups["router"].append(param)
-            elif name.startswith("fusion.mapper."):
-                groups["mapper"].append(param)
-            elif name.startswith("fusion."):
-                groups["prompts"].append(param)
-            else:
-                groups["head"].append(param)
+        groups: dict[str, list[nn.Parameter]] = {"prompts": [], "router": [], "mapper": [], "head": [],
+                                                 "encoders": []}
+        seen: set[int] = set()
+        for role, types in (("router", MultimodalRouter), ("mapper", ConditionMapper), ("prompts", PromptLayer),
+                            ("encoders", Backbone)):
+            for module in self.modules():
+                if isinstance(module, types):
+                    for param in module.parameters():
+                        if param.requires_grad and id(param) not in seen:
+                            groups[role].append(param)
+                            seen.add(id(param))
+        groups["head"] = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
         return groups
 
 
-class PromptFusionClassifier(_ImageTextClassifier):
-    """MoPE: the text encoder is prompted at every layer with prompts conditioned on the image feature.
+class PromptFusionClassifier(ImageTextClassifier):
+    """Prompt fusion: the `prompted` modality's encoder is prompted at every layer, conditioned on the other one.
 
-    The head reads the prompted encoder's pooled last layer (`pool`: masked mean over tokens and prompts, or [CLS]);
-    the image enters only through the prompts, as in the paper.
+    Args:
+        text, image: the encoders; the prompted one must support prompting (BERT family, ViT, Swin).
+        prompted: "text" or "image".
+        fusion: the prompt generator (`MoPE`; static-only or mapped-only for the prompt baselines).
+        num_classes: outputs of the head.
+        head_hidden, head_dropout: the head (linear when `head_hidden` is 0).
+        head_condition: also feed the conditioning feature to the head (the deep-prompt-tuning baseline, whose
+            prompts do not see the other modality); MoPE's head reads the prompted encoder only, as in the paper.
+        condition_prompts: static prompts for the conditioning encoder itself (the reference prompts its BERT too);
+            its feature is then computed every step and trained through.
     """
 
-    def __init__(self, text: PromptedTextEncoder, image: FrozenImageEncoder, fusion: MoPE, num_classes: int,
-                 pool: str = "mean", head_hidden: int = 0, head_dropout: float = 0.0):
+    def __init__(self, text: nn.Module, image: nn.Module, prompted: str, fusion: MoPE, num_classes: int,
+                 head_hidden: int = 0, head_dropout: float = 0.0, head_condition: bool = False,
+                 condition_prompts: Optional[MoPE] = None):
         super().__init__(text, image)
+        self.prompted = prompted
+        self.condition = MODALITIES[1 - MODALITIES.index(prompted)]
         self.fusion = fusion
-        self.pool = pool
-        self.head = make_head(text.num_features, num_classes, head_hidden, head_dropout)
+        self.condition_prompts = condition_prompts
+        self.head_condition = head_condition
+        width = self.encoder(prompted).num_features
+        width += self.encoder(self.condition).num_features if head_condition else 0
+        self.head = make_head(width, num_classes, head_hidden, head_dropout)
+
+    def cacheable_modalities(self) -> tuple[str, ...]:
+        return () if self.condition_prompts is not None or not self.encoder(self.condition).frozen else (
+            self.condition,)
+
+    def condition_features(self, batch: dict) -> Tensor:
+        if self.condition_prompts is None:
+            return self.features(self.condition, batch)
+        encoder = self.encoder(self.condition)
+        inputs = encoder.inputs(batch)
+        anchor = next(iter(inputs.values()))
+        # Static prompts need no conditioning; an empty feature carries the batch size and device.
+        prompter = self.condition_prompts.bind(anchor.new_zeros(anchor.shape[0], 0, dtype=torch.float))
+        return encoder(**inputs, prompter=prompter)
 
     def forward(self, batch: dict) -> FusionOutput:
-        prompter = self.fusion.bind(self.image_features(batch))
-        pooled = self.text(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), prompter,
-                           pool=self.pool)
+        cond = self.condition_features(batch)
+        prompter = self.fusion.bind(cond)
+        encoder = self.encoder(self.prompted)
+        pooled = encoder.pool(*encoder.forward_features(**encoder.inputs(batch), prompter=prompter))
+        if self.head_condition:
+            pooled = torch.cat([pooled, cond.to(pooled.dtype)], dim=-1)
         routing = prompter.routing_probs()
         return FusionOutput(self.head(pooled), prompter.importance_loss(routing), routing)
 
 
-class LateFusionClassifier(_ImageTextClassifier):
-    """Baselines on frozen pooled features: concatenation of both (`late_concat`), or one modality alone."""
+class LateFusionClassifier(ImageTextClassifier):
+    """Late fusion on pooled features: both concatenated (`late_concat`), or one modality alone.
 
-    def __init__(self, text: PromptedTextEncoder, image: FrozenImageEncoder, num_classes: int,
-                 modalities: tuple[str, ...] = ("text", "image"), pool: str = "mean", head_hidden: int = 256,
-                 head_dropout: float = 0.0):
+    With frozen encoders it is a probe on frozen features (the linear probe with `head_hidden=0`); with trainable
+    encoders it is full fine-tuning.
+    """
+
+    def __init__(self, text: nn.Module, image: nn.Module, num_classes: int,
+                 modalities: tuple[str, ...] = MODALITIES, head_hidden: int = 256, head_dropout: float = 0.0):
         super().__init__(text, image)
         self.modalities = modalities
-        self.pool = pool
-        width = sum(text.num_features if m == "text" else image.num_features for m in modalities)
-        # Frozen features of very different scales (LayerNorm-ed tokens, ReLU6 CNN maps) meet a shared head.
+        width = sum(self.encoder(m).num_features for m in modalities)
+        # Features of very different scales (LayerNorm-ed tokens, ReLU6 CNN maps) meet one head.
         self.norm = nn.LayerNorm(width)
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
 
+    def cacheable_modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in self.modalities if self.encoder(m).frozen)
+
     def forward(self, batch: dict) -> FusionOutput:
-        parts = []
-        if "text" in self.modalities:
-            with torch.no_grad():
-                parts.append(self.text(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                                       pool=self.pool))
-        if "image" in self.modalities:
-            parts.append(self.image_features(batch))
-        logits = self.head(self.norm(torch.cat(parts, dim=-1)))
+        feats = torch.cat([self.features(m, batch) for m in self.modalities], dim=-1)
+        logits = self.head(self.norm(feats))
         return FusionOutput(logits, logits.new_zeros(()))

@@ -2,82 +2,149 @@
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from mope_lightning.errors import ModelError
 from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier
-from mope_lightning.models.image_encoders import (FrozenImageEncoder, build_timm_encoder,
-                                                  build_torchvision_encoder)
+from mope_lightning.models.image_encoders import build_timm_encoder, build_torchvision_encoder
+from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
-log = logging.getLogger(__name__)
+PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
+LATE_FUSION_MODALITIES = {"late_concat": ("text", "image"), "finetune": ("text", "image"), "text_only": ("text",),
+                          "image_only": ("image",)}
+TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
-LATE_FUSION_MODALITIES = {"late_concat": ("text", "image"), "text_only": ("text",), "image_only": ("image",)}
+
+@dataclass
+class Compat:
+    """The reference code's behaviours that change numbers (mope_method.md §8); all False is the fixed default."""
+
+    window_major: bool = False
+    skip_first_block_prompt: bool = False
+    eval_routing_noise: bool = False
+    mapper_bn_frozen: bool = False
+
+    @classmethod
+    def from_config(cls, c) -> "Compat":
+        if c.mode == "reference":
+            return cls(True, True, True, True)
+        return cls(c.window_prompt_order == "reference", c.skip_first_block_prompt, c.eval_routing_noise,
+                   c.mapper_bn_frozen)
 
 
-def build_text_encoder(cfg) -> PromptedTextEncoder:
-    """A frozen transformers encoder (pretrained from a hub id or local directory, or random init) and its tokenizer."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+def _text_config(cfg, source: str, kwargs: dict):
+    from transformers import AutoConfig
+
+    if Path(source).exists() or not cfg.arch:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    return AutoConfig.for_model(cfg.arch, **kwargs)  # no files needed: random init or counting parameters
+
+
+def build_text_encoder(cfg, pool: str = "mean") -> PromptedTextEncoder:
+    """A frozen transformers encoder and its tokenizer: pretrained from a hub id or local directory, or random init
+    (`pretrained: false`, or `tiny: true` for a miniature of the same family)."""
+    from transformers import AutoModel, AutoTokenizer
 
     source = resolve_text_source(cfg.name)
-    kwargs = dict(cfg.kwargs)
+    kwargs = {**TINY_TEXT, **cfg.kwargs} if cfg.tiny else dict(cfg.kwargs)
     try:
-        if cfg.pretrained:
+        if cfg.pretrained and not cfg.tiny:
             model = AutoModel.from_pretrained(source, **kwargs)
         else:
-            is_local = Path(source).exists()
-            config = (AutoConfig.from_pretrained(source, **kwargs) if is_local or "/" in cfg.name
-                      else AutoConfig.for_model(cfg.name, **kwargs))
-            model = AutoModel.from_config(config)
+            model = AutoModel.from_config(_text_config(cfg, source, kwargs))
         tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(cfg.tokenizer or cfg.name))
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model.text_encoder: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
                          "directory, a hub id reachable from this machine, or an installed offline model") from None
     try:
-        return PromptedTextEncoder(model, tokenizer)
+        return PromptedTextEncoder(model, tokenizer, pool)
     except TypeError as exc:
         raise ModelError(f"model.text_encoder.name: {exc}") from None
 
 
-def build_image_encoder(cfg) -> FrozenImageEncoder:
-    kwargs = dict(cfg.kwargs)
+def build_image_encoder(cfg) -> nn.Module:
+    pretrained = cfg.pretrained and not cfg.tiny
     if cfg.library == "timm":
-        return build_timm_encoder(cfg.name, cfg.pretrained, cfg.checkpoint, kwargs)
-    return build_torchvision_encoder(cfg.name, cfg.pretrained, cfg.checkpoint, cfg.weights, kwargs)
+        return build_timm_encoder(cfg.name, pretrained, cfg.checkpoint, dict(cfg.kwargs), cfg.tiny)
+    return build_torchvision_encoder(cfg.name, pretrained, cfg.checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
 
 
-def build_mope(cfg, encoder: PromptedTextEncoder, cond_dim: int) -> MoPE:
-    """MoPE prompt banks sized for `encoder`, conditioned on a feature of width `cond_dim`."""
+def _prompt_lengths(cfg) -> tuple[int, int, int]:
+    """(static, dynamic, mapped) prompt lengths: the prompt baselines use the same total length as MoPE."""
     m = cfg.mope
-    if m.dynamic_length and m.num_experts < 1:
-        raise ModelError(f"model.mope.num_experts: dynamic prompts (dynamic_length={m.dynamic_length}) need at least "
-                         "one expert; set num_experts >= 1 or dynamic_length=0")
-    if m.router.top_k > m.num_experts:
+    total = m.static_length + m.dynamic_length + m.mapped_length
+    if cfg.fusion == "prompt_tuning":
+        return total, 0, 0
+    if cfg.fusion == "promptfuse":
+        return 0, 0, total
+    return m.static_length, m.dynamic_length, m.mapped_length
+
+
+def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()) -> MoPE:
+    """The prompt generator of `cfg.fusion`, sized for `encoder` and conditioned on a feature of width `cond_dim`."""
+    m = cfg.mope
+    static, dynamic, mapped = _prompt_lengths(cfg)
+    if dynamic and m.num_experts < 1:
+        raise ModelError(f"model.mope.num_experts: dynamic prompts (dynamic_length={dynamic}) need at least one "
+                         "expert; set num_experts >= 1 or dynamic_length=0")
+    if dynamic and m.router.top_k > m.num_experts:
         raise ModelError(f"model.mope.router.top_k: {m.router.top_k} exceeds num_experts={m.num_experts}")
-    if m.static_length + m.dynamic_length + m.mapped_length == 0:
+    if static + dynamic + mapped == 0:
         raise ModelError("model.mope: static_length, dynamic_length and mapped_length are all 0; turn one on")
-    if m.prompted_layers is not None and any(not 0 <= i < encoder.num_layers for i in m.prompted_layers):
-        raise ModelError(f"model.mope.prompted_layers: {list(m.prompted_layers)} must lie in 0..{encoder.num_layers - 1}"
-                         f" for this {encoder.num_layers}-layer encoder")
+    if m.router.temperature <= 0:
+        raise ModelError(f"model.mope.router.temperature: must be positive, got {m.router.temperature}")
+    layers = list(range(encoder.num_layers)) if m.prompted_layers is None else list(m.prompted_layers)
+    if not layers or any(not 0 <= i < encoder.num_layers for i in layers):
+        raise ModelError(f"model.mope.prompted_layers: {layers} must be a non-empty subset of "
+                         f"0..{encoder.num_layers - 1} for this {encoder.num_layers}-layer encoder")
+    stages = encoder.layer_stages
+    if compat.skip_first_block_prompt:  # the reference re-prompts no stage's first block
+        layers = [i for i in layers if i > 0 and stages[i] == stages[i - 1]]
     router = {k: m.router[k] for k in ("self_dim", "cross_dim", "temperature", "noise_std", "top_k")}
-    return MoPE(encoder.layer_dims, encoder.layer_stages, cond_dim, static_length=m.static_length,
-                dynamic_length=m.dynamic_length, mapped_length=m.mapped_length, num_experts=m.num_experts,
+    router["noise_in_eval"] = compat.eval_routing_noise
+    return MoPE(encoder.layer_dims, stages, cond_dim, static_length=static, dynamic_length=dynamic,
+                mapped_length=mapped, num_experts=m.num_experts,
                 init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale, router=router,
-                prompted_layers=m.prompted_layers, mapper_hidden=m.mapper_hidden, prompt_dropout=m.prompt_dropout,
-                importance_threshold=m.importance_threshold)
+                prompted_layers=layers, mapper_hidden=m.mapper_hidden, prompt_dropout=m.prompt_dropout,
+                importance_threshold=m.importance_threshold, initial_prompts=compat.skip_first_block_prompt,
+                fixed_bn_stats=compat.mapper_bn_frozen)
+
+
+def _promptable(encoder: nn.Module, key: str, cfg_enc) -> nn.Module:
+    if not hasattr(encoder, "forward_features"):
+        raise ModelError(f"{key}: {cfg_enc.library} '{cfg_enc.name}' cannot be prompted; prompt a BERT-family text "
+                         "encoder or a timm ViT/DeiT/Swin, or use it as the conditioning encoder")
+    return encoder
 
 
 def build_model(cfg, num_classes: int) -> nn.Module:
     """The classifier of `cfg` (the `model` section) for `num_classes` outputs."""
-    text = build_text_encoder(cfg.text_encoder)
+    text = build_text_encoder(cfg.text_encoder, cfg.pool)
     image = build_image_encoder(cfg.image_encoder)
-    if cfg.fusion == "mope":
-        fusion = build_mope(cfg, text, image.num_features)
-        return PromptFusionClassifier(text, image, fusion, num_classes, cfg.pool, cfg.head_hidden, cfg.head_dropout)
-    return LateFusionClassifier(text, image, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], cfg.pool,
-                                cfg.head_hidden, cfg.head_dropout)
+    if cfg.fusion not in PROMPT_FUSIONS:
+        if cfg.fusion == "finetune":
+            text.unfreeze()
+            image.unfreeze()
+        return LateFusionClassifier(text, image, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], cfg.head_hidden,
+                                    cfg.head_dropout)
+    compat = Compat.from_config(cfg.compat)
+    encoders = {"text": (text, cfg.text_encoder), "image": (image, cfg.image_encoder)}
+    prompted = _promptable(encoders[cfg.prompted][0], f"model.{cfg.prompted}_encoder", encoders[cfg.prompted][1])
+    condition_name = "image" if cfg.prompted == "text" else "text"
+    condition = encoders[condition_name][0]
+    if isinstance(prompted, PromptedSwin):
+        prompted.set_window_major(compat.window_major)
+    condition_prompts = None
+    if cfg.condition_prompts:
+        _promptable(condition, f"model.{condition_name}_encoder", encoders[condition_name][1])
+        condition_prompts = MoPE(condition.layer_dims, condition.layer_stages, 0, static_length=cfg.condition_prompts,
+                                 dynamic_length=0, mapped_length=0, init_scale=condition.prompt_init_scale)
+    fusion = build_mope(cfg, prompted, condition.num_features, compat)
+    return PromptFusionClassifier(text, image, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
+                                  head_condition=cfg.fusion == "prompt_tuning", condition_prompts=condition_prompts)

@@ -1,27 +1,40 @@
-"""Frozen image encoders that give one pooled feature per image (the conditioning modality of the default experiment).
+"""Image encoders from timm or torchvision, each with its library's own preprocessing.
 
-Models come from their own library: timm by name (`num_classes=0` gives the pooled pre-logits feature) or torchvision
-by name (the classifier is replaced by an identity). Each carries its library's preprocessing as a timm data config
-(`input_size`, `mean`, `std`, `interpolation`, `crop_pct`) for `timm.data.create_transform`.
+timm vision transformers become prompted encoders (`PromptedViT`, `PromptedSwin`); any other timm or torchvision
+classification model becomes a `PooledImageEncoder` (one pooled feature per image, the conditioning role of the
+default experiment). Each carries its preprocessing as a timm data config (`input_size`, `mean`, `std`,
+`interpolation`, `crop_pct`) for `timm.data.create_transform`.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from mope_lightning.errors import ModelError
-from mope_lightning.models.frozen import FrozenBackbone
+from mope_lightning.models.backbone import Backbone
+from mope_lightning.models.prompted_swin import PromptedSwin
+from mope_lightning.models.prompted_vit import PromptedViT
 from mope_lightning.models.sources import local_torchvision_weights
 
 _TORCHVISION_HEADS = ("classifier", "fc", "heads", "head")
 
+# Random-init miniatures of each family (the tiny overlay): architecture arguments and input size.
+TINY_TIMM = {
+    "vision_transformer": dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2),
+    "deit": dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2),
+    "swin_transformer": dict(img_size=56, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7),
+}
+TINY_TORCHVISION = {"mobilenet_v2": dict(width_mult=0.25), "mobilenet_v3_small": dict(width_mult=0.25)}
+TINY_INPUT = 32
 
-class FrozenImageEncoder(FrozenBackbone):
-    """A frozen image backbone in eval mode: images (B, 3, H, W) -> pooled features (B, num_features)."""
+
+class PooledImageEncoder(Backbone):
+    """An image backbone giving pooled features: images (B, 3, H, W) -> (B, num_features). It cannot be prompted."""
 
     modality = "image"
 
@@ -33,6 +46,10 @@ class FrozenImageEncoder(FrozenBackbone):
             probe = torch.zeros(1, *self.data_config["input_size"])
             self.num_features = int(self.model(probe).flatten(1).shape[1])
 
+    @staticmethod
+    def inputs(batch: dict) -> dict:
+        return {"images": batch["images"]}
+
     def forward(self, images: Tensor) -> Tensor:
         return self.model(images).flatten(1)
 
@@ -40,25 +57,46 @@ class FrozenImageEncoder(FrozenBackbone):
         return {"library": self.library, "name": self.name, "num_features": self.num_features}
 
 
-def build_timm_encoder(name: str, pretrained: bool, checkpoint: str | None, kwargs: dict) -> FrozenImageEncoder:
-    import timm
+def _timm_family(name: str) -> str:
+    from timm.models import model_entrypoint
 
+    return model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+
+
+def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], kwargs: dict,
+                       tiny: bool = False) -> nn.Module:
+    import timm
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ModelError(f"model.image_encoder.name: timm does not know '{name}'"
+                         f"{' (close: ' + ', '.join(close) + ')' if close else ''}")
+    if tiny:
+        kwargs = {**TINY_TIMM.get(_timm_family(name), {}), **kwargs}
     overlay = {"file": str(Path(checkpoint).expanduser())} if checkpoint else None
     try:
         model = timm.create_model(name, pretrained=pretrained or bool(checkpoint), num_classes=0,
                                   pretrained_cfg_overlay=overlay, **kwargs)
-    except RuntimeError as exc:
-        if "Unknown model" in str(exc):
-            close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            raise ModelError(f"model.image_encoder.name: timm does not know '{name}'"
-                             f"{' (close: ' + ', '.join(close) + ')' if close else ''}") from None
-        raise ModelError(f"model.image_encoder: timm could not build '{name}': {exc}") from None
+    except (RuntimeError, FileNotFoundError, TypeError, ValueError) as exc:
+        raise ModelError(f"model.image_encoder: timm could not build '{name}'"
+                         f"{' from ' + checkpoint if checkpoint else ''}: {str(exc).splitlines()[0]}") from None
     data_config = timm.data.resolve_model_data_config(model)
-    return FrozenImageEncoder(model, data_config, "timm", name)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:  # the model's real input size (a tiny or resized model differs from its pretrained cfg)
+        data_config["input_size"] = (3, *img_size)
+    elif tiny:
+        data_config["input_size"] = (3, TINY_INPUT, TINY_INPUT)
+    if isinstance(model, SwinTransformer):
+        return PromptedSwin(model, data_config, name)
+    if isinstance(model, VisionTransformer):
+        return PromptedViT(model, data_config, name)
+    return PooledImageEncoder(model, data_config, "timm", name)
 
 
-def build_torchvision_encoder(name: str, pretrained: bool, checkpoint: str | None, weights: str | None,
-                              kwargs: dict) -> FrozenImageEncoder:
+def build_torchvision_encoder(name: str, pretrained: bool, checkpoint: Optional[str], weights: Optional[str],
+                              kwargs: dict, tiny: bool = False) -> PooledImageEncoder:
     import torchvision.models as tvm
 
     known = tvm.list_models(module=tvm)
@@ -72,6 +110,8 @@ def build_torchvision_encoder(name: str, pretrained: bool, checkpoint: str | Non
     except KeyError:
         raise ModelError(f"model.image_encoder.weights: '{weights}' is not one of "
                          f"{', '.join(w.name for w in weight_enum)}") from None
+    if tiny:
+        kwargs = {**TINY_TORCHVISION.get(name, {}), **kwargs}
     model = tvm.get_model(name, weights=None, **kwargs)
     if checkpoint or pretrained:
         _load_torchvision_state(model, name, chosen, checkpoint)
@@ -79,10 +119,13 @@ def build_torchvision_encoder(name: str, pretrained: bool, checkpoint: str | Non
         if isinstance(getattr(model, attr, None), nn.Module):
             setattr(model, attr, nn.Identity())
             break
-    return FrozenImageEncoder(model, _torchvision_data_config(chosen), "torchvision", name)
+    data_config = _torchvision_data_config(chosen)
+    if tiny:
+        data_config["input_size"] = (3, TINY_INPUT, TINY_INPUT)
+    return PooledImageEncoder(model, data_config, "torchvision", name)
 
 
-def _load_torchvision_state(model: nn.Module, name: str, chosen, checkpoint: str | None) -> None:
+def _load_torchvision_state(model: nn.Module, name: str, chosen, checkpoint: Optional[str]) -> None:
     if checkpoint:
         path = Path(checkpoint).expanduser()
         if not path.is_file():

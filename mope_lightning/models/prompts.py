@@ -25,15 +25,24 @@ def _uniform(shape: Sequence[int], scale: float) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-scale, scale))
 
 
+class FixedStatsBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm that always normalises with its running statistics and never updates them (the reference's mapper,
+    whose statistics stay at their initial 0 and 1 because the code keeps it in eval mode)."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
 class ConditionMapper(nn.Module):
     """Maps the conditioning feature to `length` prompt tokens per stage: Linear-BN-GELU, then Linear-GELU per stage."""
 
     def __init__(self, cond_dim: int, stage_dims: Sequence[int], length: int, hidden: Optional[int] = None,
-                 dropout: float = 0.1):
+                 dropout: float = 0.1, fixed_bn_stats: bool = False):
         super().__init__()
         hidden = hidden or max(cond_dim // 2, 1)
         self.length = length
-        self.shared = nn.Sequential(nn.Linear(cond_dim, hidden), nn.BatchNorm1d(hidden), nn.GELU())
+        norm = FixedStatsBatchNorm1d(hidden) if fixed_bn_stats else nn.BatchNorm1d(hidden)
+        self.shared = nn.Sequential(nn.Linear(cond_dim, hidden), norm, nn.GELU())
         self.stages = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden, length * dim), nn.GELU(), nn.Dropout(dropout)) for dim in stage_dims
         )
@@ -81,13 +90,17 @@ class MoPE(nn.Module):
         prompted_layers: layers that get new prompts (default all); the others carry the previous layer's prompts.
         mapper_hidden, prompt_dropout: the condition mapper's hidden width and output dropout.
         importance_threshold: CV² below this adds no importance loss.
+        initial_prompts: learn prompts that enter before the first layer (the reference's shallow Swin prompt,
+            used when the first layer is not prompted).
+        fixed_bn_stats: the reference's mapper BatchNorm that never updates its statistics.
     """
 
     def __init__(self, layer_dims: Sequence[int], layer_stages: Sequence[int], cond_dim: int, *,
                  static_length: int = 6, dynamic_length: int = 6, mapped_length: int = 1, num_experts: int = 4,
                  init_scale: float = 0.1, router: Optional[dict] = None,
                  prompted_layers: Optional[Sequence[int]] = None, mapper_hidden: Optional[int] = None,
-                 prompt_dropout: float = 0.1, importance_threshold: float = 0.1):
+                 prompt_dropout: float = 0.1, importance_threshold: float = 0.1, initial_prompts: bool = False,
+                 fixed_bn_stats: bool = False):
         super().__init__()
         if len(layer_dims) != len(layer_stages):
             raise ValueError("layer_dims and layer_stages must have one entry per layer")
@@ -101,8 +114,8 @@ class MoPE(nn.Module):
             raise ValueError(f"prompted_layers must be a non-empty subset of 0..{num_layers - 1}, got {prompted}")
         self.layer_stages = list(layer_stages)
         stage_dims = [dim for i, dim in enumerate(layer_dims) if i == 0 or layer_stages[i] != layer_stages[i - 1]]
-        self.mapper = (ConditionMapper(cond_dim, stage_dims, mapped_length, mapper_hidden, prompt_dropout)
-                       if mapped_length else None)
+        self.mapper = (ConditionMapper(cond_dim, stage_dims, mapped_length, mapper_hidden, prompt_dropout,
+                                       fixed_bn_stats) if mapped_length else None)
         self.layers = nn.ModuleDict({
             str(i): PromptLayer(layer_dims[i], cond_dim, static_length, dynamic_length, num_experts, init_scale,
                                 dict(router or {}))
@@ -110,6 +123,7 @@ class MoPE(nn.Module):
         })
         self.prompted_layers = prompted
         self.num_prompts = static_length + dynamic_length + mapped_length
+        self.initial = _uniform((self.num_prompts, layer_dims[0]), init_scale) if initial_prompts else None
         self.num_experts = num_experts if dynamic_length else 0
         self.importance_threshold = importance_threshold
 
@@ -138,6 +152,11 @@ class LayerPrompter:
         if probs is not None:
             self.routing.append(probs)
         return prompts.to(pooled.dtype)
+
+    def initial_prompts(self, batch_size: int) -> Optional[Tensor]:
+        """Prompts that enter before the first layer, or None."""
+        initial = self.mope.initial
+        return None if initial is None else initial.expand(batch_size, -1, -1)
 
     def routing_probs(self) -> Optional[Tensor]:
         """(B, routed layers, K) routing probabilities of this forward pass, or None without experts."""

@@ -5,7 +5,7 @@ For one prompted layer, the router scores K prompt experts per instance from a q
     q = [W_self · pool(tokens of this layer) ; W_cross · condition feature]        (B, self_dim + cross_dim)
     r = softmax(q · E / τ + ε),  E frozen orthogonal "routing embeddings"           (B, K)
 
-ε ~ N(0, noise_std²) only in training, so evaluation is deterministic. `top_k > 0` keeps the k best experts
+ε ~ N(0, noise_std²) only in training, so evaluation is deterministic (`noise_in_eval` restores the reference). `top_k > 0` keeps the k best experts
 (renormalised); the default 0 is the paper's dense soft routing.
 """
 
@@ -19,7 +19,7 @@ class MultimodalRouter(nn.Module):
     """Routes one layer's prompt experts per instance, conditioned on both modalities."""
 
     def __init__(self, token_dim: int, cond_dim: int, num_experts: int, self_dim: int = 2, cross_dim: int = 8,
-                 temperature: float = 0.1, noise_std: float = 1 / 256, top_k: int = 0):
+                 temperature: float = 0.1, noise_std: float = 1 / 256, top_k: int = 0, noise_in_eval: bool = False):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")
@@ -37,6 +37,7 @@ class MultimodalRouter(nn.Module):
         self.register_buffer("keys", keys)
         self.temperature = temperature
         self.noise_std = noise_std
+        self.noise_in_eval = noise_in_eval  # the reference code's behaviour; off by default
         self.top_k = top_k
 
     @property
@@ -52,7 +53,7 @@ class MultimodalRouter(nn.Module):
             parts.append(self.cross_proj(cond))
         query = torch.cat(parts, dim=-1)
         logits = query @ self.keys.to(query.dtype) / self.temperature
-        if self.training and self.noise_std > 0:
+        if (self.training or self.noise_in_eval) and self.noise_std > 0:
             logits = logits + torch.randn_like(logits) * self.noise_std
         if 0 < self.top_k < self.num_experts:
             kth = logits.topk(self.top_k, dim=-1).values[..., -1:]

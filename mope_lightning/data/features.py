@@ -1,0 +1,153 @@
+"""Cached features of frozen encoders, and the image loading and preprocessing they need.
+
+A frozen, unprompted encoder computes the same pooled feature for an input every time, so the DataModule computes it
+once per distinct image (or text) and keeps it under `data.cache_dir`. The cache key covers the encoder (its
+architecture, a digest of its weights, its pooling), the preprocessing, and the inputs themselves (each image file's
+path, size and modification time; each text), so a changed file, text list or encoder is noticed and the features
+are rebuilt. Files are written atomically; building leaves the global RNG untouched, so a first run that builds the
+cache trains exactly like a later run that finds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from mope_lightning.errors import DataError
+from mope_lightning.fileio import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def load_image(path: Path) -> Image.Image:
+    """An RGB image, or a `DataError` that names the file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found; restore it or remove the samples that use it") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc}); replace the file with a valid image") from None
+
+
+def image_transform(data_config: dict, image_size: int | None = None, crop_pct: float | None = None):
+    """The encoder's eval preprocessing (timm `create_transform`), optionally at another size or crop."""
+    from timm.data import create_transform
+
+    cfg = dict(data_config)
+    if image_size is not None:
+        cfg["input_size"] = (3, image_size, image_size)
+    if crop_pct is not None:
+        cfg["crop_pct"] = crop_pct
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    return create_transform(**{k: cfg[k] for k in keys if k in cfg}, is_training=False)
+
+
+def _digest(parts: Sequence[str]) -> str:
+    digest = hashlib.sha1()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
+
+
+def image_key(identity: str, transform, files: Sequence[Path]) -> str:
+    """Cache key of image features: encoder identity, preprocessing, and each file's path, size and mtime."""
+    stats = []
+    for f in files:
+        st = os.stat(f) if os.path.exists(f) else None
+        stats.append(f"{f}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}")
+    return _digest([identity, repr(transform), *stats])
+
+
+def text_key(identity: str, tokenizer, max_length: int, texts: Sequence[str]) -> str:
+    """Cache key of text features: encoder identity, tokenizer and truncation, and the texts."""
+    return _digest([identity, type(tokenizer).__name__, str(len(tokenizer)), str(max_length), *texts])
+
+
+class FeatureCache:
+    """One `.pt` file per named input pool and key under `folder`; older keys of the same pool are removed."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    def path(self, pool: str, key: str) -> Path:
+        return self.folder / f"{pool}-{key}.pt"
+
+    def get(self, pool: str, key: str, compute: Callable[[], Tensor], describe: str = "") -> Tensor:
+        """The features of `pool` for `key`, computed by `compute()` and saved first if no up-to-date file exists."""
+        target = self.path(pool, key)
+        if target.is_file():
+            return torch.load(target, map_location="cpu", weights_only=True)
+        log.info("Caching %s into %s (one-time)", describe or pool, target)
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            features = compute().float().cpu()
+        log.info("Cached %d features in %.1f s", len(features), time.perf_counter() - start)
+        atomic_write(target, lambda fh: torch.save(features, fh), binary=True)
+        for stale in self.folder.glob(f"{pool}-*.pt"):
+            if stale != target:
+                stale.unlink()
+        return features
+
+
+class _ImageFiles(Dataset):
+    """Decoded, transformed images; a bad file yields its error message instead of raising inside a worker."""
+
+    def __init__(self, paths: Sequence[Path], transform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(load_image(self.paths[i])), ""
+        except DataError as exc:
+            return torch.zeros(0), str(exc)
+
+
+def _collate_images(items):
+    errors = [err for _, err in items if err]
+    return (None if errors else torch.stack([img for img, _ in items])), errors
+
+
+def _device(encoder) -> torch.device:
+    return next(encoder.parameters()).device
+
+
+@torch.no_grad()
+def encode_images(encoder, files: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0) -> Tensor:
+    """Pooled features of every image file; all unreadable files are listed in one `DataError`."""
+    loader = DataLoader(_ImageFiles(files, transform), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_collate_images)
+    chunks, errors = [], []
+    for images, errs in loader:
+        errors += errs
+        if images is not None and not errors:
+            chunks.append(encoder(images.to(_device(encoder))).float().cpu())
+    if errors:
+        shown = "\n  ".join(errors[:20])
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise DataError(f"{len(errors)} unreadable image(s); nothing was cached:\n  {shown}{more}")
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def encode_texts(encoder, texts: Sequence[str], tokenizer, max_length: int, batch_size: int = 256) -> Tensor:
+    """Pooled features of every text, tokenized as the training collate function does."""
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                           max_length=max_length, return_tensors="pt").to(_device(encoder))
+        chunks.append(encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).float().cpu())
+    return torch.cat(chunks)

@@ -1,0 +1,69 @@
+"""The prompted block loop shared by sequence encoders (BERT-family text encoders, ViT/DeiT).
+
+Before layer i the prompter is asked for that layer's prompts, given the pooled layer input; they are inserted right
+after the encoder's prefix tokens ([CLS] for BERT; class, distillation and register tokens for ViT), the frozen layer
+runs, and the prompt outputs are split off again. A layer the prompter declines (it returns None) receives the
+previous layer's prompt outputs instead (VPT-deep when every layer is prompted). With no prompts at all the loop is
+exactly the library's own sequence of layer calls.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+# prompter(layer index, pooled layer input (B, D)) -> prompts (B, P, D) for that layer, or None to carry the previous
+Prompter = Callable[[int, Tensor], Optional[Tensor]]
+# run_layer(layer, tokens with prompts, number of prompts) -> tokens
+LayerCall = Callable[[nn.Module, Tensor, int], Tensor]
+
+
+def insert_prompts(x: Tensor, prompts: Optional[Tensor], prefix: int) -> Tensor:
+    if prompts is None:
+        return x
+    return torch.cat([x[:, :prefix], prompts.to(x.dtype), x[:, prefix:]], dim=1)
+
+
+def split_prompts(h: Tensor, num_prompts: int, prefix: int) -> tuple[Tensor, Optional[Tensor]]:
+    if not num_prompts:
+        return h, None
+    return torch.cat([h[:, :prefix], h[:, prefix + num_prompts:]], dim=1), h[:, prefix:prefix + num_prompts]
+
+
+def pooled_state(x: Tensor, prompts: Optional[Tensor], mask: Optional[Tensor] = None) -> Tensor:
+    """Mean over the valid tokens of a layer input and its carried prompts: the router's view of the layer.
+
+    The reference pools over all tokens, prompts included (mope_method.md §8); the two parts are summed separately
+    so that no (B, N, D) concatenation is made just for pooling.
+    """
+    if mask is None:
+        total, count = x.sum(1), x.new_full((x.shape[0], 1), float(x.shape[1]))
+    else:
+        weights = mask.to(x.dtype).unsqueeze(-1)
+        total, count = (x * weights).sum(1), weights.sum(1)
+    if prompts is not None:
+        total, count = total + prompts.to(x.dtype).sum(1), count + prompts.shape[1]
+    return total / count.clamp_min(1.0)
+
+
+def initial_prompts(prompter: Optional[Prompter], batch_size: int) -> Optional[Tensor]:
+    """Prompts a prompter wants before the first layer (the reference's shallow prompt), if it has any."""
+    start = getattr(prompter, "initial_prompts", None)
+    return start(batch_size) if start is not None else None
+
+
+def prompted_block_loop(layers: Sequence[nn.Module], x: Tensor, prefix: int, run_layer: LayerCall,
+                        prompter: Optional[Prompter] = None,
+                        mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs."""
+    prompts = initial_prompts(prompter, x.shape[0])
+    for i, layer in enumerate(layers):
+        if prompter is not None:
+            new = prompter(i, pooled_state(x, prompts, mask))
+            prompts = new if new is not None else prompts
+        num_prompts = 0 if prompts is None else prompts.shape[1]
+        x, prompts = split_prompts(run_layer(layer, insert_prompts(x, prompts, prefix), num_prompts), num_prompts,
+                                   prefix)
+    return x, prompts

@@ -95,19 +95,12 @@ class MoPELitModule(L.LightningModule):
         return {"ids": batch["ids"], "probs": probs.float().cpu()}
 
     # --- parameter counts, logged once per fit -------------------------------------------------------------
-    def parameter_counts(self) -> dict[str, float]:
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.parameters())
-        counts = {"model/params/trainable": trainable, "model/params/total": total,
-                  "model/params/frozen": total - trainable,
-                  "model/params/trainable_percent": 100.0 * trainable / max(total, 1)}
-        for group, params in self.net.param_groups().items():
-            counts[f"model/params/{group}"] = sum(p.numel() for p in params)
-        return counts
-
     def on_fit_start(self) -> None:
+        facts = {f"model/params/{k}": v for k, v in self.net.parameter_counts().items()}
+        world = self.trainer.world_size * self.trainer.accumulate_grad_batches
+        facts["data/effective_batch_size"] = self.cfg.data.batch_size * world
         for logger in self.loggers:
-            logger.log_metrics(self.parameter_counts(), step=0)
+            logger.log_metrics(facts, step=0)
 
     def on_train_start(self) -> None:
         self.val_metrics.reset()  # the sanity check's batches must not leak into epoch 0

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mope_lightning.callbacks import PredictionWriter
 from mope_lightning.config import to_container
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
-from mope_lightning.errors import ConfigError
+from mope_lightning.errors import ConfigError, MopeError
 from mope_lightning.fileio import atomic_write
 from mope_lightning.lit_module import MoPELitModule, load_trained_weights
 
@@ -45,6 +45,39 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
     datamodule.attach(module.net.input_spec())
     return module, datamodule
+
+
+def count_parameters(cfg: DictConfig) -> dict:
+    """Parameter counts of the model `cfg` builds, from its architecture alone: built on the meta device, so no
+    weights are read or downloaded and nothing is allocated."""
+    import torch
+
+    from mope_lightning.models import build_model
+
+    data_cls = DATAMODULES[cfg.data.name]
+    try:
+        num_classes = len(data_cls(cfg.data).classes)
+    except MopeError:
+        if data_cls.num_classes is None:
+            raise
+        num_classes = data_cls.num_classes  # the dataset is not here; its label set size is fixed
+    with torch.device("meta"):
+        net = build_model(cfg.model, num_classes, weights=False)
+    return {"num_classes": num_classes, **net.parameter_counts()}
+
+
+def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
+    m = cfg.model
+    enc = {k: f"{m[k].library} {m[k].name}" for k in ("text_encoder", "image_encoder")}
+    lines = [f"[mope] parameters of {cfg.experiment}: fusion {m.fusion}, prompted {m.prompted}; "
+             f"text {enc['text_encoder']}, image {enc['image_encoder']}; {counts['num_classes']} classes"]
+    for group in ("prompts", "router", "mapper", "head", "encoders"):
+        lines.append(f"  {group:<18} {counts[group]:>14,}")
+    lines += [f"  {'trainable':<18} {counts['trainable']:>14,}", f"  {'frozen':<18} {counts['frozen']:>14,}",
+              f"  {'total':<18} {counts['total']:>14,}",
+              f"  {'trainable / total':<18} {counts['trainable_percent']:>13.2f}%",
+              f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%"]
+    return "\n".join(lines)
 
 
 def _versions(root: Path) -> list[int]:
@@ -107,7 +140,9 @@ def run(command: str, cfg: DictConfig) -> dict:
         # Read now: restoring the best checkpoint for testing also restores the timer's saved offset.
         train_seconds = timer.time_elapsed("train")
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        test_ckpt = best if (best and cfg.checkpoint.test_with == "best") else None
+        # The reference tests its last weights; model.compat.mode=reference restores that with everything else.
+        test_with = "last" if cfg.model.compat.mode == "reference" else cfg.checkpoint.test_with
+        test_ckpt = best if (best and test_with == "best") else None
         summary["best_checkpoint"] = best or None
         summary["tested_weights"] = test_ckpt or "final weights"
         summary["metrics"] = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)[0]

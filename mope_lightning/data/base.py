@@ -97,12 +97,14 @@ class TokenizingCollate:
 class ImageTextDataModule(L.LightningDataModule):
     """Base DataModule for image-text classification. Subclasses set `config_class` and read their files.
 
-    Class attributes: `task` ("multiclass" or "multilabel") and `monitor` (the headline validation metric).
+    Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric) and
+    `num_classes` (when the label set is fixed).
     """
 
     config_class: type = None
     task = "multiclass"
     monitor = "val/acc"
+    num_classes: Optional[int] = None  # the size of a fixed label set, known without the data (`mope params`)
 
     def __init__(self, cfg):
         super().__init__()

@@ -65,6 +65,7 @@ class EasyVQADataModule(ImageTextDataModule):
     config_class = EasyVQAConfig
     task = "multiclass"
     monitor = "val/acc"
+    num_classes = 13
 
     @property
     def root(self) -> Path:

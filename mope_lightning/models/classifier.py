@@ -91,6 +91,16 @@ class ImageTextClassifier(nn.Module):
     def signature(self) -> dict:
         return {"text": self.text.signature(), "image": self.image.signature()}
 
+    def parameter_counts(self) -> dict[str, float]:
+        """Trainable, frozen and total parameters, the trainable percentage, and the trainable ones by group."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        counts = {"trainable": trainable, "frozen": total - trainable, "total": total,
+                  "trainable_percent": 100.0 * trainable / max(total, 1),
+                  "trainable_percent_of_frozen": 100.0 * trainable / max(total - trainable, 1)}
+        counts.update({group: sum(p.numel() for p in params) for group, params in self.param_groups().items()})
+        return counts
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role, for named optimizer groups, per-group learning rates and counts."""
         groups: dict[str, list[nn.Parameter]] = {"prompts": [], "router": [], "mapper": [], "head": [],

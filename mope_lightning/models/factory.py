@@ -46,19 +46,20 @@ def _text_config(cfg, source: str, kwargs: dict):
     return AutoConfig.for_model(cfg.arch, **kwargs)  # no files needed: random init or counting parameters
 
 
-def build_text_encoder(cfg, pool: str = "mean") -> PromptedTextEncoder:
+def build_text_encoder(cfg, pool: str = "mean", weights: bool = True) -> PromptedTextEncoder:
     """A frozen transformers encoder and its tokenizer: pretrained from a hub id or local directory, or random init
-    (`pretrained: false`, or `tiny: true` for a miniature of the same family)."""
+    (`pretrained: false`, or `tiny: true` for a miniature of the same family). `weights=False` builds the
+    architecture only, without weights or tokenizer (for counting parameters)."""
     from transformers import AutoModel, AutoTokenizer
 
     source = resolve_text_source(cfg.name)
     kwargs = {**TINY_TEXT, **cfg.kwargs} if cfg.tiny else dict(cfg.kwargs)
     try:
-        if cfg.pretrained and not cfg.tiny:
+        if cfg.pretrained and weights and not cfg.tiny:
             model = AutoModel.from_pretrained(source, **kwargs)
         else:
             model = AutoModel.from_config(_text_config(cfg, source, kwargs))
-        tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(cfg.tokenizer or cfg.name))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(cfg.tokenizer or cfg.name)) if weights else None
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"model.text_encoder: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
                          "directory, a hub id reachable from this machine, or an installed offline model") from None
@@ -68,11 +69,13 @@ def build_text_encoder(cfg, pool: str = "mean") -> PromptedTextEncoder:
         raise ModelError(f"model.text_encoder.name: {exc}") from None
 
 
-def build_image_encoder(cfg) -> nn.Module:
-    pretrained = cfg.pretrained and not cfg.tiny
+def build_image_encoder(cfg, weights: bool = True) -> nn.Module:
+    """An image encoder from timm or torchvision; `weights=False` builds the architecture only."""
+    pretrained = cfg.pretrained and weights and not cfg.tiny
+    checkpoint = cfg.checkpoint if weights else None
     if cfg.library == "timm":
-        return build_timm_encoder(cfg.name, pretrained, cfg.checkpoint, dict(cfg.kwargs), cfg.tiny)
-    return build_torchvision_encoder(cfg.name, pretrained, cfg.checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
+        return build_timm_encoder(cfg.name, pretrained, checkpoint, dict(cfg.kwargs), cfg.tiny)
+    return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
 
 
 def _prompt_lengths(cfg) -> tuple[int, int, int]:
@@ -123,10 +126,14 @@ def _promptable(encoder: nn.Module, key: str, cfg_enc) -> nn.Module:
     return encoder
 
 
-def build_model(cfg, num_classes: int) -> nn.Module:
-    """The classifier of `cfg` (the `model` section) for `num_classes` outputs."""
-    text = build_text_encoder(cfg.text_encoder, cfg.pool)
-    image = build_image_encoder(cfg.image_encoder)
+def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
+    """The classifier of `cfg` (the `model` section) for `num_classes` outputs.
+
+    `weights=False` builds the architecture only (random init, no tokenizer, nothing read or downloaded), e.g. on
+    the meta device to count parameters.
+    """
+    text = build_text_encoder(cfg.text_encoder, cfg.pool, weights)
+    image = build_image_encoder(cfg.image_encoder, weights)
     if cfg.fusion not in PROMPT_FUSIONS:
         if cfg.fusion == "finetune":
             text.unfreeze()

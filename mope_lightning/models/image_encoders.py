@@ -9,6 +9,7 @@ default experiment). Each carries its preprocessing as a timm data config (`inpu
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -57,10 +58,39 @@ class PooledImageEncoder(Backbone):
         return {"library": self.library, "name": self.name, "num_features": self.num_features}
 
 
+class _TimmLoadReport(logging.Handler):
+    """Collects the keys timm reports missing while it loads pretrained weights (it logs them, non-strict)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.missing = ""
+        self.logger = logging.getLogger("timm.models._builder")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Missing keys ("):
+            self.missing = message[len("Missing keys ("):message.find(")")]
+
+    def __enter__(self) -> "_TimmLoadReport":
+        self.level = self.logger.level
+        self.logger.addHandler(self)
+        self.logger.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+
+def _first_lines(exc: Exception, lines: int = 3, chars: int = 400) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines()[:lines] if line.strip())
+    return text[:chars] + (" ..." if len(text) > chars else "")
+
+
 def _timm_family(name: str) -> str:
     from timm.models import model_entrypoint
 
-    return model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+    return model_entrypoint(name.split(".")[0]).__module__.rsplit(".", 1)[-1]  # without a ".tag" suffix
 
 
 def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], kwargs: dict,
@@ -77,11 +107,15 @@ def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], k
         kwargs = {**TINY_TIMM.get(_timm_family(name), {}), **kwargs}
     overlay = {"file": str(Path(checkpoint).expanduser())} if checkpoint else None
     try:
-        model = timm.create_model(name, pretrained=pretrained or bool(checkpoint), num_classes=0,
-                                  pretrained_cfg_overlay=overlay, **kwargs)
+        with _TimmLoadReport() as report:
+            model = timm.create_model(name, pretrained=pretrained or bool(checkpoint), num_classes=0,
+                                      pretrained_cfg_overlay=overlay, **kwargs)
     except (RuntimeError, FileNotFoundError, TypeError, ValueError) as exc:
         raise ModelError(f"model.image_encoder: timm could not build '{name}'"
-                         f"{' from ' + checkpoint if checkpoint else ''}: {str(exc).splitlines()[0]}") from None
+                         f"{' from ' + checkpoint if checkpoint else ''}: {_first_lines(exc)}") from None
+    if report.missing:  # timm loads pretrained weights non-strictly once the classifier is dropped
+        raise ModelError(f"model.image_encoder: timm could not build '{name}' from {checkpoint or 'its weights'}: "
+                         f"the weights lack {report.missing[:200]}; give weights of this architecture")
     data_config = timm.data.resolve_model_data_config(model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:  # the model's real input size (a tiny or resized model differs from its pretrained cfg)

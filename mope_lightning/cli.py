@@ -15,13 +15,14 @@ from typing import Optional, Sequence
 
 from mope_lightning.errors import MopeError
 
-USAGE = """mope {fit,validate,test,predict,params} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+USAGE = """mope {fit,validate,test,predict,params,check-data} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
 
   fit        train, then test the best checkpoint          mope fit experiments/easy_vqa.yaml
   validate   evaluate a checkpoint on the val split        mope validate experiments/easy_vqa.yaml ckpt=PATH
   test       evaluate a checkpoint on the test split       mope test experiments/easy_vqa.yaml ckpt=PATH
   predict    write id, prediction, class probabilities     mope predict experiments/easy_vqa.yaml ckpt=PATH
   params     count parameters (no weights are loaded)      mope params experiments/easy_vqa.yaml
+  check-data check a dataset: sizes, labels, problems      mope check-data experiments/food101.yaml data.root=...
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
 `fit ckpt=last` resumes the newest run of the experiment from its last checkpoint."""
@@ -29,7 +30,7 @@ Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x mo
 
 def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
     parser = argparse.ArgumentParser(prog="mope", usage=USAGE, add_help=True)
-    parser.add_argument("command", choices=("fit", "validate", "test", "predict", "params"))
+    parser.add_argument("command", choices=("fit", "validate", "test", "predict", "params", "check-data"))
     parser.add_argument("args", nargs="*", help="config files, then key=value overrides")
     ns = parser.parse_args(argv)
     files, overrides = [], []
@@ -89,11 +90,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command, files, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         _setup_logging()
         from mope_lightning.config import load_config
-        from mope_lightning.runner import count_parameters, format_parameter_counts, run
+        from mope_lightning.runner import check_data, count_parameters, format_parameter_counts, run
 
         cfg = load_config(files, overrides)
         if command == "params":
             print(format_parameter_counts(cfg, count_parameters(cfg)))
+        elif command == "check-data":
+            report, problems = check_data(cfg)
+            print(report)
+            return 1 if problems else 0
         else:
             run(command, cfg)
     except MopeError as exc:

@@ -108,8 +108,14 @@ class DataConfig:
     max_text_length: int = 128  # tokens; longer texts are truncated
     image_size: Optional[int] = None  # default: the image encoder's own input size
     crop_pct: Optional[float] = None  # default: the image encoder's own; 1.0 keeps the whole image
-    cache_features: bool = True  # cache the frozen conditioning encoder's features once per image
+    crop_mode: Optional[str] = None  # center (resize the shorter side) | squash (resize to a square); default: own
+    image_mean: Optional[List[float]] = None  # default: the image encoder's own normalisation
+    image_std: Optional[List[float]] = None
+    randaugment: Optional[List[int]] = None  # [num_ops, magnitude]: RandAugment on training images, e.g. [2, 7]
+    cache_features: bool = True  # cache frozen, unprompted encoders' features once per distinct input
     cache_dir: str = "data/cache"
+    on_bad_sample: str = "fail"  # fail | skip: what to do with samples that have a problem (see check-data)
+    check_images: bool = True  # open every image once when the dataset index is built
 
 
 @dataclass
@@ -176,6 +182,8 @@ CHOICES = {
     "checkpoint.mode": ("max", "min"),
     "checkpoint.test_with": ("best", "last"),
     "predict.split": ("train", "val", "test"),
+    "data.on_bad_sample": ("fail", "skip"),
+    "data.crop_mode": (None, "center", "squash"),
 }
 
 

@@ -15,18 +15,29 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MultilabelF1Score
+from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MultilabelF1Score
 
 from mope_lightning.errors import CheckpointError
 from mope_lightning.models import build_model
 from mope_lightning.models.sources import weights_digest
 
 
+class SamplesF1(BinaryF1Score):
+    """Multi-label F1 of each sample over its labels, averaged over samples (scikit-learn's average="samples")."""
+
+    def __init__(self, threshold: float = 0.5):
+        super().__init__(threshold=threshold, multidim_average="samplewise")
+
+    def compute(self) -> torch.Tensor:
+        return super().compute().mean()
+
+
 def make_metrics(task: str, num_classes: int) -> MetricCollection:
+    """Accuracy (single label); F1 micro, macro, weighted and samples at 0.5 (multi-label, as MM-IMDB papers)."""
     if task == "multilabel":
-        return MetricCollection({
-            f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg) for avg in ("micro", "macro", "weighted")
-        })
+        metrics = {f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg)
+                   for avg in ("micro", "macro", "weighted")}
+        return MetricCollection({**metrics, "f1_samples": SamplesF1()})
     return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
 
 

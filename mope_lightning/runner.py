@@ -71,13 +71,34 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
     enc = {k: f"{m[k].library} {m[k].name}" for k in ("text_encoder", "image_encoder")}
     lines = [f"[mope] parameters of {cfg.experiment}: fusion {m.fusion}, prompted {m.prompted}; "
              f"text {enc['text_encoder']}, image {enc['image_encoder']}; {counts['num_classes']} classes"]
-    for group in ("prompts", "router", "mapper", "head", "encoders"):
-        lines.append(f"  {group:<18} {counts[group]:>14,}")
+    for group in ("prompts", "condition_prompts", "router", "mapper", "head", "encoders"):
+        if group in counts:
+            lines.append(f"  {group:<18} {counts[group]:>14,}")
     lines += [f"  {'trainable':<18} {counts['trainable']:>14,}", f"  {'frozen':<18} {counts['frozen']:>14,}",
               f"  {'total':<18} {counts['total']:>14,}",
               f"  {'trainable / total':<18} {counts['trainable_percent']:>13.2f}%",
               f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%"]
     return "\n".join(lines)
+
+
+def check_data(cfg: DictConfig) -> tuple[str, int]:
+    """A report of the dataset `cfg` points at (split sizes, label counts, every sample problem) and the number of
+    problems. Structural problems (missing folders or split files, no labels) raise `DataError`."""
+    from collections import Counter
+
+    datamodule = DATAMODULES[cfg.data.name](cfg.data)
+    scan = datamodule.index()
+    lines = [f"[mope] check-data {cfg.data.name}: {len(datamodule.classes)} classes"]
+    for name, split in scan.splits.items():
+        images = len(set(split.image_index))
+        lines.append(f"  {name:<6} {len(split):>9,} samples  {images:>8,} images")
+        counts = Counter(c for label in split.labels for c in (label if isinstance(label, list) else [label]))
+        shown = ", ".join(f"{datamodule.classes[c]} {n}" for c, n in counts.most_common())
+        lines.append(f"         labels: {shown}")
+    lines += [f"  note: {note}" for note in scan.notes]
+    lines.append(f"  problems: {len(scan.problems)}" + ("" if scan.problems else " (the dataset is clean)"))
+    lines += [f"    {problem}" for problem in scan.problems]
+    return "\n".join(lines), len(scan.problems)
 
 
 def _versions(root: Path) -> list[int]:

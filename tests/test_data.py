@@ -156,16 +156,20 @@ def _edit_questions(root, split, edit):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda e: e[2].__setitem__(1, "purple"), r"entry 2 has answer 'purple', which is not in answers.txt"),
-    (lambda e: e[1].__setitem__(0, "  "), r"entry 1 has an empty question"),
-    (lambda e: e.append(["a question", "yes"]), r"entry \d+ is \['a question', 'yes'\], expected"),
+    (lambda e: e[2].__setitem__(1, "purple"), r"questions.json:entry 2: answer 'purple' is not in answers.txt"),
+    (lambda e: e[1].__setitem__(0, "  "), r"questions.json:entry 1: empty question"),
+    (lambda e: e.append(["a question", "yes"]), r"questions.json:entry \d+: \['a question', 'yes'\] is not \["),
 ])
 def test_bad_questions_name_file_and_entry(tmp_path, edit, message):
     root = copy_dataset(tmp_path)
     path = _edit_questions(root, "train", edit)
     with pytest.raises(DataError, match=message) as err:
         EasyVQADataModule(data_config(tmp_path, f"data.root={root}")).read_splits()
-    assert str(path) in str(err.value)
+    assert str(path) in str(err.value) and "data.on_bad_sample=skip" in str(err.value)
+    # The explicit alternative: leave the sample out, with a logged count; the rest is intact.
+    splits, _ = EasyVQADataModule(data_config(tmp_path, f"data.root={root}", "data.on_bad_sample=skip")).read_splits()
+    entries = json.loads(path.read_text())
+    assert sum(len(s) for name, s in splits.items() if name != "test") == len(entries) - 1
 
 
 def test_json_that_does_not_parse_names_line_and_column(tmp_path):
@@ -186,5 +190,5 @@ def test_unreadable_image_is_named_and_nothing_is_cached(tmp_path, tiny_image_en
         dm.prepare_data()
     assert not list((tmp_path / "cache").rglob("*.pt"))
     missing.unlink()
-    with pytest.raises(DataError, match=r"image\(s\) referenced by .*test/questions.json are missing"):
+    with pytest.raises(DataError, match=rf"{missing}: image file not found; \d+ sample\(s\) use it"):
         dm.read_splits()

@@ -1,11 +1,28 @@
 """DataModules by name (`data.name`). Each declares its own config dataclass (`config_class`)."""
 
-from mope_lightning.data.base import ImageTextDataModule, ImageTextDataset, Split, TokenizingCollate
+from mope_lightning.data.base import ImageTextDataModule, ImageTextDataset, TokenizingCollate
 from mope_lightning.data.easy_vqa import EasyVQADataModule
+from mope_lightning.data.food101 import Food101DataModule
+from mope_lightning.data.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
+from mope_lightning.data.mmimdb import MMIMDBDataModule
+from mope_lightning.data.samples import Problem, Scan, Split
+
+
+class MMBTDataModule(JsonlDataModule):
+    """MMBT/MoPE's preprocessed format ({train,val,test}.jsonl with text/label/img, and labels.txt)."""
+
+    config_class = MMBTConfig
+
 
 DATAMODULES: dict[str, type[ImageTextDataModule]] = {
     "easy_vqa": EasyVQADataModule,
+    "food101": Food101DataModule,
+    "mmimdb": MMIMDBDataModule,
+    "snli_ve": SNLIVEDataModule,
+    "mmbt": MMBTDataModule,
+    "jsonl": JsonlDataModule,
 }
 
-__all__ = ["DATAMODULES", "EasyVQADataModule", "ImageTextDataModule", "ImageTextDataset", "Split",
+__all__ = ["DATAMODULES", "EasyVQADataModule", "Food101DataModule", "ImageTextDataModule", "ImageTextDataset",
+           "JsonlDataModule", "MMBTDataModule", "MMIMDBDataModule", "Problem", "SNLIVEDataModule", "Scan", "Split",
            "TokenizingCollate"]

@@ -1,14 +1,16 @@
-"""The shared image-text DataModule: splits of (id, text, image, label) samples, cached frozen features, and a
-collate function that tokenizes in the DataLoader workers.
+"""The shared image-text DataModule: a cached index of (id, text, image, label) samples, cached frozen features,
+the image encoder's preprocessing, and a collate function that tokenizes in the DataLoader workers.
 
-A dataset subclass only reads its native files: `read_classes()` and `read_splits()`. The model says what it reads
-(`InputSpec`, given to `attach`): text tokens or a cached text feature, images or a cached image feature.
+A dataset subclass reads its native files and nothing else: `read_classes()`, `scan()` (splits, image pools and
+per-sample problems; structural problems raise `DataError`) and `source_files()` (what the index depends on). The
+model says what it reads (`InputSpec`, given to `attach`): text tokens or a cached text feature, images or a cached
+image feature.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -18,26 +20,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from mope_lightning.data.features import (FeatureCache, encode_images, encode_texts, image_key, image_transform,
                                           load_image, text_key)
+from mope_lightning.data.index import apply_policy, load_or_build_index
+from mope_lightning.data.samples import Scan, Split
+from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Split:
-    """The samples of one split. `image_index[i]` points into the image pool `pool` (a list of files)."""
-
-    ids: list[str]
-    texts: list[str]
-    labels: list  # class index (multiclass) or list of class indices (multilabel)
-    image_index: list[int]
-    pool: str
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, rows: Sequence[int]) -> "Split":
-        return Split([self.ids[i] for i in rows], [self.texts[i] for i in rows], [self.labels[i] for i in rows],
-                     [self.image_index[i] for i in rows], self.pool)
+# Settings that change how data is loaded, not which samples exist: they do not invalidate the index.
+_LOADING_KEYS = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "image_size",
+                 "crop_pct", "crop_mode", "image_mean", "image_std", "randaugment", "cache_features", "cache_dir",
+                 "on_bad_sample", "max_text_length"}
 
 
 class ImageTextDataset(Dataset):
@@ -119,9 +111,29 @@ class ImageTextDataModule(L.LightningDataModule):
     def read_classes(self) -> list[str]:
         raise NotImplementedError
 
-    def read_splits(self) -> tuple[dict[str, Split], dict[str, list[Path]]]:
-        """The splits ("train", "val", "test") and the image pools they index into."""
+    def scan(self) -> Scan:
+        """Read the native files: the splits ("train", "val", "test"), image pools and per-sample problems."""
         raise NotImplementedError
+
+    def source_files(self) -> list[Path]:
+        """The annotation files the scan reads (their size and modification time key the cached index)."""
+        raise NotImplementedError
+
+    # --- the index -----------------------------------------------------------------------------------------
+    @property
+    def cache_folder(self) -> Path:
+        return Path(self.cfg.cache_dir) / self.cfg.name
+
+    def index(self) -> Scan:
+        """The scanned samples with every problem found (cached; images checked once)."""
+        settings = {f.name: getattr(self.cfg, f.name) for f in fields(self.config_class)
+                    if f.name not in _LOADING_KEYS}
+        return load_or_build_index(self.cache_folder, {"classes": self.classes, **settings}, self.source_files(),
+                                   self.scan, self.cfg.check_images)
+
+    def read_splits(self) -> tuple[dict[str, Split], dict[str, list[Path]]]:
+        scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name)
+        return scan.splits, scan.pools
 
     # --- wiring --------------------------------------------------------------------------------------------
     def attach(self, spec) -> None:
@@ -132,11 +144,23 @@ class ImageTextDataModule(L.LightningDataModule):
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
-    def _transform(self):
-        return image_transform(self.spec.image_config, self.cfg.image_size, self.cfg.crop_pct)
+    def _transform(self, train: bool = False):
+        c = self.cfg
+        overrides = {"crop_mode": c.crop_mode, "mean": c.image_mean and tuple(c.image_mean),
+                     "std": c.image_std and tuple(c.image_std)}
+        config = {**self.spec.image_config, **{k: v for k, v in overrides.items() if v is not None}}
+        transform = image_transform(config, c.image_size, c.crop_pct)
+        if train and c.randaugment:
+            from torchvision.transforms import Compose, RandAugment
+
+            num_ops, magnitude = c.randaugment
+            transform = Compose([RandAugment(num_ops=num_ops, magnitude=magnitude), transform])
+        return transform
 
     def _cached(self, modality: str) -> bool:
-        return self.cfg.cache_features and modality in self.spec.cacheable
+        # Augmented training images change every epoch, so their features cannot be cached.
+        augmented = modality == "image" and bool(self.cfg.randaugment)
+        return self.cfg.cache_features and modality in self.spec.cacheable and not augmented
 
     def _image_features(self, cache: FeatureCache, pool: str, files: list[Path]):
         transform = self._transform()
@@ -157,14 +181,14 @@ class ImageTextDataModule(L.LightningDataModule):
         return sorted({t for split in splits.values() for t in split.texts})
 
     def _build_features(self, splits: dict[str, Split], pools: dict[str, list[Path]]):
-        cache = FeatureCache(Path(self.cfg.cache_dir) / self.cfg.name)
+        cache = FeatureCache(self.cache_folder)
         image = ({pool: self._image_features(cache, pool, files) for pool, files in pools.items()}
                  if self._cached("image") else None)
         text = self._text_features(cache, self._distinct_texts(splits)) if self._cached("text") else None
         return image, text
 
     def prepare_data(self) -> None:
-        # One process per node: read and check the files, then build the feature caches once.
+        # One process per node: scan and check the files, then build the feature caches once.
         self._build_features(*self.read_splits())
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -172,9 +196,9 @@ class ImageTextDataModule(L.LightningDataModule):
             return
         self.splits, pools = self.read_splits()
         image, text = self._build_features(self.splits, pools)
-        transform = None if image is not None else self._transform()
         rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
         for name, split in self.splits.items():
+            transform = None if image is not None else self._transform(train=name == "train")
             self.datasets[name] = ImageTextDataset(split, len(self.classes), self.multilabel, pools[split.pool],
                                                    transform, image[split.pool] if image is not None else None,
                                                    text, rows)
@@ -192,6 +216,10 @@ class ImageTextDataModule(L.LightningDataModule):
                           collate_fn=TokenizingCollate(self.spec.tokenizer, c.max_text_length))
 
     def train_dataloader(self) -> DataLoader:
+        size = len(self.datasets["train"])
+        if size < self.cfg.batch_size:  # drop_last would leave no batch at all
+            raise DataError(f"{self.cfg.name}: the train split has {size} samples, fewer than data.batch_size="
+                            f"{self.cfg.batch_size}; lower data.batch_size")
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:

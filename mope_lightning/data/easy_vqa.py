@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 from mope_lightning.config import DataConfig
-from mope_lightning.data.base import ImageTextDataModule, Split
+from mope_lightning.data.base import ImageTextDataModule
+from mope_lightning.data.samples import Problem, Scan, Split, SplitBuilder, stratified_holdout
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -44,21 +43,6 @@ def default_root() -> Optional[Path]:
     except ImportError:
         return None
     return Path(easy_vqa.__file__).parent / "data"
-
-
-def stratified_holdout(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split row indices into (kept, held out), holding out round(fraction · n_c) rows of every class c."""
-    gen = torch.Generator().manual_seed(seed)
-    by_class: dict[int, list[int]] = {}
-    for row, label in enumerate(labels):
-        by_class.setdefault(label, []).append(row)
-    held = []
-    for label in sorted(by_class):
-        rows = by_class[label]
-        order = torch.randperm(len(rows), generator=gen).tolist()
-        held += [rows[i] for i in order[:round(fraction * len(rows))]]
-    held_set = set(held)
-    return [r for r in range(len(labels)) if r not in held_set], sorted(held)
 
 
 class EasyVQADataModule(ImageTextDataModule):
@@ -88,14 +72,19 @@ class EasyVQADataModule(ImageTextDataModule):
             raise DataError(f"{path}: answers are repeated; each answer must appear once")
         return classes
 
-    def read_splits(self) -> tuple[dict[str, Split], dict[str, list[Path]]]:
-        train, train_files = self._read_questions("train", self.cfg.train_images)
-        test, test_files = self._read_questions("test", self.cfg.test_images)
+    def source_files(self) -> list[Path]:
+        return [self.root / "answers.txt", self.root / "train" / "questions.json", self.root / "test" / "questions.json"]
+
+    def scan(self) -> Scan:
+        problems: list[Problem] = []
+        train, train_files = self._read_questions("train", self.cfg.train_images, problems)
+        test, test_files = self._read_questions("test", self.cfg.test_images, problems)
         kept, held = stratified_holdout(train.labels, self.cfg.val_fraction, self.cfg.split_seed)
         splits = {"train": train.subset(kept), "val": train.subset(held), "test": test}
-        return splits, {"train": train_files, "test": test_files}
+        notes = [f"val = {len(held)} questions held out of train, stratified by answer (seed {self.cfg.split_seed})"]
+        return Scan(splits, {"train": train_files, "test": test_files}, problems, notes)
 
-    def _read_questions(self, split: str, limit: Optional[int]) -> tuple[Split, list[Path]]:
+    def _read_questions(self, split: str, limit: Optional[int], problems: list[Problem]) -> tuple[Split, list[Path]]:
         path = self.root / split / "questions.json"
         if not path.is_file():
             raise DataError(f"{path}: split file missing; the {split} split needs {split}/questions.json")
@@ -107,28 +96,19 @@ class EasyVQADataModule(ImageTextDataModule):
             raise DataError(f"{path}: expected a JSON list of [question, answer, image_id]")
         label_of = {name: i for i, name in enumerate(self.classes)}
         image_ids = sorted({e[2] for e in entries if isinstance(e, list) and len(e) == 3 and isinstance(e[2], int)})
-        if limit is not None:
-            image_ids = image_ids[:limit]
-        slot = {image_id: i for i, image_id in enumerate(image_ids)}
-        files = [self.root / split / "images" / f"{image_id}.png" for image_id in image_ids]
-        ids, texts, labels, index = [], [], [], []
+        keep = set(image_ids[:limit] if limit is not None else image_ids)
+        builder = SplitBuilder(split)
         for n, entry in enumerate(entries):
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[2], int)):
-                raise DataError(f"{path}: entry {n} is {entry!r}, expected [question, answer, image_id]")
+                problems.append(Problem(str(path), f"entry {n}", f"{entry!r} is not [question, answer, image_id]"))
+                continue
             question, answer, image_id = entry
-            if image_id not in slot:
+            if image_id not in keep:
                 continue  # outside the requested first-N-images subset
             if not isinstance(question, str) or not question.strip():
-                raise DataError(f"{path}: entry {n} has an empty question; fix or remove the entry")
-            if answer not in label_of:
-                raise DataError(f"{path}: entry {n} has answer {answer!r}, which is not in answers.txt; "
-                                "fix the entry or add the answer to answers.txt")
-            ids.append(f"{split}/{n}")
-            texts.append(question)
-            labels.append(label_of[answer])
-            index.append(slot[image_id])
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} image(s) referenced by {path} are missing, e.g. {missing[0]}; "
-                            "restore them (reinstall easy-vqa) or remove their questions")
-        return Split(ids, texts, labels, index, split), files
+                problems.append(Problem(str(path), f"entry {n}", "empty question"))
+            elif answer not in label_of:
+                problems.append(Problem(str(path), f"entry {n}", f"answer {answer!r} is not in answers.txt"))
+            else:
+                builder.add(f"{split}/{n}", question, label_of[answer], self.root / split / "images" / f"{image_id}.png")
+        return builder.build(), builder.files

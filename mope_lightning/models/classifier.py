@@ -150,6 +150,14 @@ class PromptFusionClassifier(ImageTextClassifier):
         return () if self.condition_prompts is not None or not self.encoder(self.condition).frozen else (
             self.condition,)
 
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = super().param_groups()
+        if self.condition_prompts is not None:  # the conditioning encoder's own prompts train at their own rate
+            own = {id(p) for p in self.condition_prompts.parameters()}
+            groups["condition_prompts"] = [p for p in groups["prompts"] if id(p) in own]
+            groups["prompts"] = [p for p in groups["prompts"] if id(p) not in own]
+        return groups
+
     def condition_features(self, batch: dict) -> Tensor:
         if self.condition_prompts is None:
             return self.features(self.condition, batch)

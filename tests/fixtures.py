@@ -1,0 +1,102 @@
+"""Small copies of each dataset's native layout, generated on the fly (images are solid colours with a stripe)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from PIL import Image
+
+FOOD_CLASSES = ("apple_pie", "bibimbap", "waffles")
+MMIMDB_GENRES = ("Drama", "Comedy", "Horror", "News")  # News is outside the 23-genre label set
+SNLI_LABELS = ("entailment", "neutral", "contradiction")
+
+
+def write_image(path: Path, seed: int, size: int = 48, fmt: str = "JPEG") -> Path:
+    rng = random.Random(seed)
+    img = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    for x in range(size // 4, size // 2):
+        for y in range(size):
+            img.putpixel((x, y), (255 - x * 3 % 255, y * 5 % 255, 128))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+    return path
+
+
+def make_food101(root: Path, train_per_class: int = 6, test_per_class: int = 2) -> Path:
+    """images/{train,test}/<class>/<class>_<n>.jpg, texts_txt/<class>/<class>_<n>.txt, texts/{split}_titles.csv."""
+    n = 0
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        rows = []
+        for label in FOOD_CLASSES:
+            for _ in range(count):
+                name = f"{label}_{n}"
+                write_image(root / "images" / split / label / f"{name}.jpg", n)
+                text = root / "texts_txt" / label / f"{name}.txt"
+                text.parent.mkdir(parents=True, exist_ok=True)
+                text.write_text(f"Best {label.replace('_', ' ')} recipe #{n}: Easy, quick & DELICIOUS!")
+                rows.append(f"{name}.jpg,{label.replace('_', ' ')} page {n},{label}")
+                n += 1
+        (root / "texts").mkdir(parents=True, exist_ok=True)
+        (root / "texts" / f"{split}_titles.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def make_mmimdb(root: Path, per_split: dict | None = None) -> Path:
+    """split.json and dataset/<id>.json + <id>.jpeg; every movie has Drama or Comedy, some also Horror or News."""
+    per_split = per_split or {"train": 8, "dev": 3, "test": 3}
+    split_ids, n = {}, 0
+    for split, count in per_split.items():
+        split_ids[split] = []
+        for _ in range(count):
+            movie = f"{n:07d}"
+            genres = [MMIMDB_GENRES[n % 2]] + ([MMIMDB_GENRES[2 + n % 2]] if n % 3 == 0 else [])
+            meta = {"title": f"Movie {n}", "genres": genres,
+                    "plot": [f"A short plot {n}.", f"A much longer plot of movie number {n}, with more words."]}
+            (root / "dataset").mkdir(parents=True, exist_ok=True)
+            (root / "dataset" / f"{movie}.json").write_text(json.dumps(meta))
+            write_image(root / "dataset" / f"{movie}.jpeg", n)
+            split_ids[split].append(movie)
+            n += 1
+    (root / "split.json").write_text(json.dumps(split_ids))
+    return root
+
+
+def make_snli_ve(root: Path, per_split: dict | None = None, image_dir: str = "Flickr30K/flickr30k_images") -> Path:
+    """snli_ve_{train,dev,test}.jsonl (both spellings of the image id) and the Flickr30k images they name."""
+    per_split = per_split or {"train": 9, "dev": 3, "test": 3}
+    n = 0
+    for split, count in per_split.items():
+        lines = []
+        for _ in range(count):
+            image_id = str(1000 + n // 3)  # three hypotheses per image, as in SNLI-VE
+            record = {"gold_label": SNLI_LABELS[n % 3], "sentence1": "A caption.", "sentence2": f"Hypothesis {n}.",
+                      "pairID": f"{split}-{n}"}
+            if n % 2:
+                record["Flikr30kID"] = f"{image_id}.jpg"  # the older generator's misspelt field, with .jpg
+            else:
+                record["Flickr30K_ID"] = image_id
+            lines.append(json.dumps(record))
+            write_image(root / image_dir / f"{image_id}.jpg", int(image_id))
+            n += 1
+        (root / f"snli_ve_{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_mmbt(root: Path, multilabel: bool = False) -> Path:
+    """MMBT/MoPE's format: {train,dev,test}.jsonl with text/label/img, and labels.txt."""
+    labels = ["cat", "dog", "fish"]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "labels.txt").write_text("\n".join(labels) + "\n")
+    n = 0
+    for split, count in (("train", 9), ("dev", 3), ("test", 3)):
+        lines = []
+        for _ in range(count):
+            label = [labels[n % 3], labels[(n + 1) % 3]] if multilabel else labels[n % 3]
+            write_image(root / "images" / f"{n}.jpg", n)
+            lines.append(json.dumps({"id": f"s{n}", "text": f"a photo of thing {n}", "label": label,
+                                     "img": f"images/{n}.jpg"}))
+            n += 1
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root

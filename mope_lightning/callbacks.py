@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from mope_lightning.fileio import atomic_write
+from mope_lightning.report import RoutingView, write_report
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -44,3 +47,70 @@ class PredictionWriter(BasePredictionWriter):
         if self.multilabel:
             return "|".join(c for c, p in zip(self.classes, probs.tolist()) if p > 0.5)
         return self.classes[int(probs.argmax())]
+
+
+def _routing_view(trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str) -> RoutingView:
+    dm = trainer.datamodule
+    dataset = dm.datasets[split]
+    return RoutingView(stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel)
+
+
+def _compute_and_reset(metric) -> dict:
+    # compute() is a collective under DDP: every rank calls it, so that every rank's samples are counted.
+    stats = metric.compute()
+    metric.reset()
+    return stats
+
+
+class RoutingMonitor(L.Callback):
+    """Logs expert specialisation to TensorBoard after every validation epoch.
+
+    Images (step through the epochs in TensorBoard's images tab): `routing/layer_expert`, `routing/class_expert`,
+    `routing/group_expert` (datasets with class groups), `routing/exemplars`. Scalars: `routing/entropy/layer_NN`
+    (relative to log K), `routing/max_load/layer_NN`, `routing/mi_class_relative` and `routing/mi_group_relative`
+    (single-label data). The statistics are also written to `<run dir>/routing_val.json`. Rank 0 draws; the
+    statistics include every rank's samples.
+    """
+
+    def __init__(self, exemplars: int = 8):
+        self.exemplars = exemplars
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metric = getattr(pl_module, "val_routing", None)
+        if metric is None:
+            return
+        stats = _compute_and_reset(metric)
+        log_dir = trainer.log_dir  # collectives (the stats, rank 0's directory) are asked for by every rank
+        if trainer.sanity_checking or not trainer.is_global_zero or trainer.fast_dev_run:
+            return
+        import matplotlib.pyplot as plt
+
+        view = _routing_view(trainer, pl_module, stats, "val")
+        step = trainer.global_step
+        for logger in trainer.loggers:
+            logger.log_metrics(view.scalars(), step=step)
+            if isinstance(logger, TensorBoardLogger):
+                for name, fig in view.figures(self.exemplars).items():
+                    logger.experiment.add_figure(f"routing/{name}", fig, global_step=step)
+                    plt.close(fig)
+        if log_dir:
+            atomic_write(Path(log_dir) / "routing_val.json",
+                         lambda fh: json.dump({"global_step": step, **view.to_json()}, fh, indent=1))
+
+
+class RoutingReport(L.Callback):
+    """Writes the routing report of the evaluated split into `out` at the end of a validate or test pass."""
+
+    def __init__(self, out: str | Path, header: dict, exemplars: int = 8):
+        self.out, self.header, self.exemplars = Path(out), header, exemplars
+
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, metric, split: str) -> None:
+        stats = _compute_and_reset(metric)
+        if trainer.is_global_zero:
+            write_report(_routing_view(trainer, pl_module, stats, split), self.out, self.header, self.exemplars)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, pl_module.val_routing, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write(trainer, pl_module, pl_module.test_routing, "test")

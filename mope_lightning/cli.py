@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from mope_lightning.errors import MopeError
 
-USAGE = """mope {fit,validate,test,predict,params,check-data} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+USAGE = """mope {fit,validate,test,predict,params,check-data,analyze} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
 
   fit        train, then test the best checkpoint          mope fit experiments/easy_vqa.yaml
   validate   evaluate a checkpoint on the val split        mope validate experiments/easy_vqa.yaml ckpt=PATH
@@ -23,14 +23,20 @@ USAGE = """mope {fit,validate,test,predict,params,check-data} EXP.yaml [OVERLAY.
   predict    write id, prediction, class probabilities     mope predict experiments/easy_vqa.yaml ckpt=PATH
   params     count parameters (no weights are loaded)      mope params experiments/easy_vqa.yaml
   check-data check a dataset: sizes, labels, problems      mope check-data experiments/food101.yaml data.root=...
+  analyze    routing report of a checkpoint                mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
 `fit ckpt=last` resumes the newest run of the experiment from its last checkpoint."""
 
 
+COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze")
+# Short forms of `mope analyze ... out=DIR split=val overwrite=true`.
+ANALYZE_ALIASES = {"out": "analyze.out", "split": "analyze.split", "overwrite": "analyze.overwrite"}
+
+
 def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
     parser = argparse.ArgumentParser(prog="mope", usage=USAGE, add_help=True)
-    parser.add_argument("command", choices=("fit", "validate", "test", "predict", "params", "check-data"))
+    parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("args", nargs="*", help="config files, then key=value overrides")
     ns = parser.parse_args(argv)
     files, overrides = [], []
@@ -45,7 +51,14 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
             raise MopeError(f"'{arg}' is neither a .yaml config file nor a key=value override")
     if not files:
         raise MopeError("give an experiment config, e.g. `mope fit experiments/easy_vqa.yaml`")
+    if ns.command == "analyze":
+        overrides = [_analyze_alias(o) for o in overrides]
     return ns.command, files, overrides
+
+
+def _analyze_alias(override: str) -> str:
+    key, value = override.split("=", 1)
+    return f"{ANALYZE_ALIASES.get(key, key)}={value}"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -90,11 +103,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command, files, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         _setup_logging()
         from mope_lightning.config import load_config
-        from mope_lightning.runner import check_data, count_parameters, format_parameter_counts, run
+        from mope_lightning.runner import analyze, check_data, count_parameters, format_parameter_counts, run
 
         cfg = load_config(files, overrides)
         if command == "params":
             print(format_parameter_counts(cfg, count_parameters(cfg)))
+        elif command == "analyze":
+            analyze(cfg)
         elif command == "check-data":
             report, problems = check_data(cfg)
             print(report)

@@ -145,6 +145,16 @@ class PredictConfig:
     out: Optional[str] = None  # default: <run dir>/predictions.csv
 
 
+@dataclass
+class AnalyzeConfig:
+    """`mope analyze EXP.yaml ckpt=PATH out=DIR [split=val|test]` (out, split, overwrite are aliases)."""
+
+    out: Optional[str] = None  # the report folder
+    split: str = "val"  # val | test
+    overwrite: bool = False  # replace an existing report in `out`
+    exemplars: int = 8  # samples shown per expert
+
+
 def _default_trainer() -> Dict[str, Any]:
     return {
         "default_root_dir": "runs/${experiment}",
@@ -166,6 +176,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     trainer: Dict[str, Any] = field(default_factory=_default_trainer)
 
 
@@ -182,6 +193,7 @@ CHOICES = {
     "checkpoint.mode": ("max", "min"),
     "checkpoint.test_with": ("best", "last"),
     "predict.split": ("train", "val", "test"),
+    "analyze.split": ("val", "test"),
     "data.on_bad_sample": ("fail", "skip"),
     "data.crop_mode": (None, "center", "squash"),
 }

@@ -20,6 +20,7 @@ from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, Multi
 from mope_lightning.errors import CheckpointError
 from mope_lightning.models import build_model
 from mope_lightning.models.sources import weights_digest
+from mope_lightning.routing import RoutingStats
 
 
 class SamplesF1(BinaryF1Score):
@@ -62,6 +63,9 @@ class MoPELitModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        shape = self.net.routing_shape()  # (routed layers, experts), or None for a model without a router
+        self.val_routing = RoutingStats(*shape, len(classes)) if shape else None
+        self.test_routing = RoutingStats(*shape, len(classes)) if shape else None
 
     # --- steps ---------------------------------------------------------------------------------------------
     def forward(self, batch: dict):
@@ -86,19 +90,22 @@ class MoPELitModule(L.LightningModule):
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch: dict, metrics: MetricCollection, stage: str) -> None:
+    def _eval_step(self, batch: dict, metrics: MetricCollection, routing: Optional[RoutingStats],
+                   stage: str) -> None:
         out = self(batch)
         n = len(batch["labels"])
         self.log(f"{stage}/loss", self._task_loss(out.logits, batch["labels"]), batch_size=n, sync_dist=True)
         self.log(f"{stage}/importance_loss", out.importance_loss, batch_size=n, sync_dist=True)
         metrics.update(out.logits, self._targets(batch["labels"]))
         self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
+        if routing is not None and out.routing is not None:
+            routing.update(out.routing, batch["labels"], batch["index"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_metrics, self.val_routing, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_metrics, self.test_routing, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         logits = self(batch).logits

@@ -16,10 +16,10 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.callbacks import PredictionWriter
+from mope_lightning.callbacks import PredictionWriter, RoutingMonitor, RoutingReport
 from mope_lightning.config import to_container
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
-from mope_lightning.errors import ConfigError, MopeError
+from mope_lightning.errors import CheckpointError, ConfigError, MopeError
 from mope_lightning.fileio import atomic_write
 from mope_lightning.lit_module import MoPELitModule, load_trained_weights
 
@@ -33,9 +33,10 @@ class SaveConfig(Callback):
         self.cfg = cfg
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if trainer.is_global_zero and trainer.log_dir and not trainer.fast_dev_run:
-            atomic_write(Path(trainer.log_dir) / "config.yaml",
-                         lambda fh: fh.write(OmegaConf.to_yaml(self.cfg, resolve=True)))
+        log_dir = trainer.log_dir  # a collective (rank 0's directory is broadcast): every rank asks
+        if trainer.is_global_zero and log_dir and not trainer.fast_dev_run:
+            resolved = OmegaConf.to_yaml(self.cfg, resolve=True)
+            atomic_write(Path(log_dir) / "config.yaml", lambda fh: fh.write(resolved))
 
 
 def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
@@ -79,6 +80,37 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
               f"  {'trainable / total':<18} {counts['trainable_percent']:>13.2f}%",
               f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%"]
     return "\n".join(lines)
+
+
+def analyze(cfg: DictConfig) -> Path:
+    """Run a checkpoint over a split and write its routing report (heatmaps, exemplars, CSV, summary) to `out`."""
+    from mope_lightning.report import REPORT_FILES
+
+    a = cfg.analyze
+    if not a.out:
+        raise ConfigError("analyze needs out=DIR: the folder for the routing report")
+    out = Path(a.out).expanduser()
+    existing = [f for f in REPORT_FILES if (out / f).exists()]
+    if existing and not a.overwrite:
+        raise ConfigError(f"out: {out} already holds a routing report ({', '.join(existing)}); choose another out= "
+                          "or pass overwrite=true to replace it")
+    ckpt_path, _ = resolve_ckpt(cfg)
+    if ckpt_path is None:
+        raise ConfigError("analyze needs ckpt=PATH: the checkpoint whose routing to report")
+    module, datamodule = build(cfg)
+    load_trained_weights(module, ckpt_path)
+    if module.val_routing is None:
+        raise CheckpointError(f"{ckpt_path}: its model (model.fusion={cfg.model.fusion}) has no router, so there is "
+                              "no routing to report; analyze a MoPE checkpoint")
+    header = {"experiment": cfg.experiment, "checkpoint": ckpt_path, "split": a.split}
+    trainer = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=False,
+                        enable_checkpointing=False, precision=cfg.trainer.get("precision"),
+                        callbacks=[RoutingReport(out, header, a.exemplars)],
+                        enable_progress_bar=cfg.trainer.get("enable_progress_bar", True))
+    evaluate = trainer.validate if a.split == "val" else trainer.test
+    evaluate(module, datamodule=datamodule, verbose=False)
+    print(f"[mope] routing report of {a.split} written to {out} (summary.md)", flush=True)
+    return out
 
 
 def check_data(cfg: DictConfig) -> tuple[str, int]:
@@ -136,7 +168,10 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
                             auto_insert_metric_name=False, filename="epoch{epoch:03d}-step{step:06d}"),
             LearningRateMonitor(logging_interval="step"),
             Timer(),  # wall time of training (validation included) and testing, reported in the summary
+            RoutingMonitor(),
         ]
+    if command == "validate":
+        callbacks.append(RoutingMonitor())
     if command == "predict":
         out = cfg.predict.out or str(Path(logger.log_dir) / "predictions.csv")
         callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.multilabel))

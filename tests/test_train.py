@@ -67,15 +67,22 @@ def test_checkpoint_holds_trainable_weights_only(trained):
 
 def test_training_is_logged_to_tensorboard(trained):
     _, summary = trained
-    scalars = set()
+    scalars, images = set(), {}
     for events in Path(summary["run_dir"]).glob("events.out.*"):
-        acc = EventAccumulator(str(events))
+        acc = EventAccumulator(str(events), size_guidance={"images": 0})
         acc.Reload()
         scalars |= set(acc.Tags()["scalars"])
+        images.update({tag: acc.Images(tag) for tag in acc.Tags()["images"]})
     expected = {"train/loss", "train/task_loss", "train/importance_loss", "train/acc", "val/acc", "val/loss",
                 "test/acc", "model/params/trainable", "model/params/total", "model/params/trainable_percent",
-                "lr-AdamW/prompts", "lr-AdamW/head"}
-    assert expected <= scalars, expected - scalars
+                "lr-AdamW/prompts", "lr-AdamW/head", "data/effective_batch_size"}
+    routing = {"routing/entropy/layer_00", "routing/entropy/layer_05", "routing/max_load/layer_00",
+               "routing/mi_class_relative", "routing/mi_group_relative"}
+    assert expected | routing <= scalars, (expected | routing) - scalars
+    # One heatmap per validation (two in this run), to step through in TensorBoard's images tab.
+    for tag in ("routing/layer_expert", "routing/class_expert", "routing/group_expert", "routing/exemplars"):
+        assert tag in images and [e.step for e in images[tag]] == [75, 150], tag
+        assert images[tag][0].encoded_image_string.startswith(b"\x89PNG")
 
 
 def test_predict_writes_one_row_per_test_question(trained, workdir):

@@ -46,7 +46,7 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         s, j = self.split, self.split.image_index[i]
-        item = {"id": s.ids[i], "label": self._target(s.labels[i])}
+        item = {"id": s.ids[i], "index": i, "label": self._target(s.labels[i])}
         if self.text_features is not None:
             item["text_features"] = self.text_features[self.text_rows[s.texts[i]]]
         else:
@@ -73,7 +73,7 @@ class TokenizingCollate:
 
     def __call__(self, items: list[dict]) -> dict:
         first = items[0]
-        batch = {"ids": [it["id"] for it in items]}
+        batch = {"ids": [it["id"] for it in items], "index": torch.tensor([it["index"] for it in items])}
         if "text" in first:
             tokens = self.tokenizer([it["text"] for it in items], padding=True, truncation=True,
                                     max_length=self.max_length, return_tensors="pt")
@@ -111,6 +111,10 @@ class ImageTextDataModule(L.LightningDataModule):
     def read_classes(self) -> list[str]:
         raise NotImplementedError
 
+    def class_groups(self) -> Optional[dict[str, list[int]]]:
+        """Named groups of classes (e.g. question types) for routing reports, if the dataset has them."""
+        return None
+
     def scan(self) -> Scan:
         """Read the native files: the splits ("train", "val", "test"), image pools and per-sample problems."""
         raise NotImplementedError
@@ -131,8 +135,8 @@ class ImageTextDataModule(L.LightningDataModule):
         return load_or_build_index(self.cache_folder, {"classes": self.classes, **settings}, self.source_files(),
                                    self.scan, self.cfg.check_images)
 
-    def read_splits(self) -> tuple[dict[str, Split], dict[str, list[Path]]]:
-        scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name)
+    def read_splits(self, verbose: bool = True) -> tuple[dict[str, Split], dict[str, list[Path]]]:
+        scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name, verbose)
         return scan.splits, scan.pools
 
     # --- wiring --------------------------------------------------------------------------------------------
@@ -194,7 +198,7 @@ class ImageTextDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
             return
-        self.splits, pools = self.read_splits()
+        self.splits, pools = self.read_splits(verbose=False)  # prepare_data has logged the notes
         image, text = self._build_features(self.splits, pools)
         rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
         for name, split in self.splits.items():

@@ -72,6 +72,12 @@ class EasyVQADataModule(ImageTextDataModule):
             raise DataError(f"{path}: answers are repeated; each answer must appear once")
         return classes
 
+    def class_groups(self) -> dict[str, list[int]]:
+        """Question types by answer: yes/no, shape, colour."""
+        shapes = {"circle", "rectangle", "triangle"}
+        kind = {c: "yes/no" if c in ("yes", "no") else "shape" if c in shapes else "color" for c in self.classes}
+        return {g: [i for i, c in enumerate(self.classes) if kind[c] == g] for g in ("yes/no", "shape", "color")}
+
     def source_files(self) -> list[Path]:
         return [self.root / "answers.txt", self.root / "train" / "questions.json", self.root / "test" / "questions.json"]
 

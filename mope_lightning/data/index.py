@@ -106,9 +106,9 @@ def load_or_build_index(folder: Path, settings: dict, sources: Iterable[Path], s
     return result
 
 
-def apply_policy(scan: Scan, policy: str, dataset: str) -> Scan:
+def apply_policy(scan: Scan, policy: str, dataset: str, verbose: bool = True) -> Scan:
     """Stop on sample problems (`fail`), or log how many samples are left out (`skip`)."""
-    for note in scan.notes:
+    for note in scan.notes if verbose else ():
         log.info("%s: %s", dataset, note)
     if not scan.problems:
         return scan
@@ -117,6 +117,7 @@ def apply_policy(scan: Scan, policy: str, dataset: str) -> Scan:
     if policy == "fail":
         raise DataError(f"{dataset}: {len(scan.problems)} sample problem(s):\n  {shown}{more}\nFix the files, or set "
                         "data.on_bad_sample=skip to leave these samples out (`mope check-data` lists them all)")
-    log.warning("%s: left out the samples of %d problem(s) (data.on_bad_sample=skip):\n  %s%s", dataset,
-                len(scan.problems), shown, more)
+    if verbose:
+        log.warning("%s: left out the samples of %d problem(s) (data.on_bad_sample=skip):\n  %s%s", dataset,
+                    len(scan.problems), shown, more)
     return scan

@@ -84,6 +84,10 @@ class ImageTextClassifier(nn.Module):
             spec.identity[modality] = f"{encoder.signature()}|{weights_digest(encoder)}|{pool}"
         return spec
 
+    def routing_shape(self) -> Optional[tuple[int, int]]:
+        """(routed layers, experts) of the routing probabilities the model outputs, or None without a router."""
+        return None
+
     def frozen_backbones(self) -> dict[str, nn.Module]:
         """The frozen pretrained library models, which checkpoints leave out and rebuild from their source."""
         return {f"{name}.model": m.model for name, m in self.named_modules() if isinstance(m, Backbone) and m.frozen}
@@ -149,6 +153,10 @@ class PromptFusionClassifier(ImageTextClassifier):
     def cacheable_modalities(self) -> tuple[str, ...]:
         return () if self.condition_prompts is not None or not self.encoder(self.condition).frozen else (
             self.condition,)
+
+    def routing_shape(self) -> Optional[tuple[int, int]]:
+        routed = sum(1 for layer in self.fusion.layers.values() if layer.router is not None)
+        return (routed, self.fusion.num_experts) if routed else None
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().param_groups()

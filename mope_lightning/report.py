@@ -1,0 +1,177 @@
+"""Views of expert specialisation: the figures and scalars logged every validation epoch, and the routing report
+`mope analyze` writes (heatmaps, exemplars, per-sample CSV, Markdown summary)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mope_lightning.data.samples import Split
+from mope_lightning.fileio import atomic_write
+from mope_lightning.routing import (exemplar_grid, expert_names, heatmap, layer_names, mutual_information,
+                                    routing_summary, strongest, top_words)
+
+REPORT_FILES = ("summary.md", "routing.csv", "layer_expert.png", "class_expert.png", "exemplars.png")
+
+
+class RoutingView:
+    """Routing statistics of one pass over a split, with the split's texts, images and class names."""
+
+    def __init__(self, stats: dict[str, Tensor], split: Split, files: list[Path], classes: list[str],
+                 groups: Optional[dict[str, list[int]]], multilabel: bool):
+        layers, experts = stats["layer_expert"].reshape(-1, stats["class_expert"].shape[-1]).shape
+        # torchmetrics squeezes one-element results (one routed layer or one class): restore the shapes
+        stats = {**stats, "layer_expert": stats["layer_expert"].reshape(layers, experts),
+                 "class_expert": stats["class_expert"].reshape(len(classes), layers, experts),
+                 "entropy": stats["entropy"].reshape(layers), "max_load": stats["max_load"].reshape(layers),
+                 "class_count": stats["class_count"].reshape(len(classes)),
+                 "sample_routing": stats["sample_routing"].reshape(-1, layers, experts)}
+        self.stats, self.split, self.files, self.classes = stats, split, files, classes
+        self.groups, self.multilabel = groups, multilabel
+
+    @property
+    def num_experts(self) -> int:
+        return self.stats["layer_expert"].shape[1]
+
+    def specialization(self) -> dict[str, Tensor]:
+        """Mutual information between expert and class (and class group), per layer; single-label data only."""
+        if self.multilabel:
+            return {}
+        s = self.stats
+        out = dict(zip(("mi_class_bits", "mi_class_relative"), mutual_information(s["class_expert"],
+                                                                                  s["class_count"])))
+        if self.groups:
+            grouped = mutual_information(s["class_expert"], s["class_count"], list(self.groups.values()))
+            out.update(zip(("mi_group_bits", "mi_group_relative"), grouped))
+        return out
+
+    def scalars(self) -> dict[str, float]:
+        out = {f"routing/{k}": v for k, v in routing_summary(self.stats).items()}
+        for key, values in self.specialization().items():
+            out[f"routing/{key}"] = values.mean().item()
+        return out
+
+    def figures(self, exemplars: int = 8) -> dict[str, object]:
+        s, experts = self.stats, expert_names(self.num_experts)
+        present = s["class_count"] > 0
+        figs = {
+            "layer_expert": heatmap(s["layer_expert"], layer_names(s["layer_expert"].shape[0]), experts,
+                                    "mean routing probability per layer"),
+            "class_expert": heatmap(s["class_expert"][present].mean(1),
+                                    [c for c, p in zip(self.classes, present.tolist()) if p], experts,
+                                    "mean routing probability per class (averaged over layers)"),
+        }
+        if self.groups:
+            counts = s["class_count"]
+            rows = [(s["class_expert"][idx] * counts[idx, None, None]).sum(0).mean(0) / counts[idx].sum().clamp_min(1)
+                    for idx in self.groups.values()]
+            figs["group_expert"] = heatmap(torch.stack(rows), list(self.groups), experts,
+                                           "mean routing probability per class group")
+        if exemplars and len(s["sample_index"]):
+            figs["exemplars"] = self.exemplar_figure(exemplars)
+        return figs
+
+    def exemplars(self, n: int) -> dict[int, tuple[list[int], list[str]]]:
+        """For each expert: the split rows routed most strongly to it, and the frequent words of their texts."""
+        out = {}
+        for expert in range(self.num_experts):
+            rows = [int(self.stats["sample_index"][i]) for i in strongest(self.stats["sample_routing"], expert, n)]
+            out[expert] = (rows, top_words([self.split.texts[r] for r in rows]))
+        return out
+
+    def exemplar_figure(self, n: int):
+        chosen = self.exemplars(n)
+        images = {k: [_thumbnail(self.files[self.split.image_index[r]]) for r in rows] for k, (rows, _) in
+                  chosen.items()}
+        return exemplar_grid(images, {k: words for k, (_, words) in chosen.items()},
+                             "samples routed most strongly to each expert (layer-averaged)")
+
+    def to_json(self) -> dict:
+        keep = ("layer_expert", "entropy", "max_load", "class_count")
+        out = {k: self.stats[k].tolist() for k in keep}
+        out.update({k: v.tolist() for k, v in self.specialization().items()})
+        return out
+
+
+def _thumbnail(path: Path, size: int = 96):
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img.thumbnail((size, size))
+        return img
+
+
+def write_report(view: RoutingView, out: Path, header: dict, exemplars: int = 8) -> None:
+    """Heatmaps (PNG), exemplars (PNG), per-sample routing (CSV) and a Markdown summary, into `out`."""
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in view.figures(exemplars).items():
+        atomic_write(out / f"{name}.png", lambda fh, f=fig: f.savefig(fh, format="png"), binary=True)
+        plt.close(fig)
+    atomic_write(out / "routing.csv", lambda fh: _write_csv(view, fh))
+    atomic_write(out / "routing.json", lambda fh: json.dump({**header, **view.to_json()}, fh, indent=1))
+    atomic_write(out / "summary.md", lambda fh: fh.write(_summary(view, header, exemplars)))  # last: a complete report
+
+
+def _write_csv(view: RoutingView, fh) -> None:
+    routing, rows = view.stats["sample_routing"], view.stats["sample_index"].tolist()
+    layers, experts = routing.shape[1], routing.shape[2]
+    writer = csv.writer(fh)
+    writer.writerow(["id", "label", *(f"mean_e{k}" for k in range(experts)),
+                     *(f"l{i}_e{k}" for i in range(layers) for k in range(experts))])
+    for pos, row in sorted(enumerate(rows), key=lambda t: t[1]):
+        label = view.split.labels[row]
+        names = "|".join(view.classes[c] for c in (label if isinstance(label, list) else [label]))
+        weights = routing[pos]
+        writer.writerow([view.split.ids[row], names, *(f"{v:.5f}" for v in weights.mean(0).tolist()),
+                         *(f"{v:.5f}" for v in weights.flatten().tolist())])
+
+
+def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
+    s = view.stats
+    lines = ["# Routing report", ""] + [f"- {k}: {v}" for k, v in header.items()] + [
+        f"- samples: {len(s['sample_index'])}", f"- routed layers: {s['layer_expert'].shape[0]}, experts: "
+        f"{view.num_experts}", ""]
+    spec = view.specialization()
+    if spec:
+        lines += ["## Specialisation", "",
+                  "Soft mutual information between the expert a sample is routed to and its class, in bits, and "
+                  "relative to its maximum min(H(expert), H(class)) (0: routing ignores the class; 1: the expert "
+                  "determines the class group or vice versa).", ""]
+        cols = ["layer", "entropy (nats)", "busiest expert share", "MI class (bits)", "MI class (relative)"]
+        if "mi_group_bits" in spec:
+            cols += ["MI group (bits)", "MI group (relative)"]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for i in range(s["layer_expert"].shape[0]):
+            cells = [str(i), f"{s['entropy'][i]:.3f}", f"{s['max_load'][i]:.3f}", f"{spec['mi_class_bits'][i]:.3f}",
+                     f"{spec['mi_class_relative'][i]:.3f}"]
+            if "mi_group_bits" in spec:
+                cells += [f"{spec['mi_group_bits'][i]:.3f}", f"{spec['mi_group_relative'][i]:.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        mean = [f"mean relative MI with the class: **{spec['mi_class_relative'].mean():.3f}**"]
+        if "mi_group_relative" in spec:
+            mean.append(f"with the class group: **{spec['mi_group_relative'].mean():.3f}**")
+        lines += ["", "; ".join(mean) + ".", ""]
+    lines += ["## Experts", "", f"Top words of the {exemplars} samples routed most strongly to each expert "
+              "(layer-averaged); their images are in exemplars.png.", ""]
+    for expert, (rows, words) in view.exemplars(exemplars).items():
+        labels = [view.classes[c] for r in rows for c in (view.split.labels[r] if isinstance(view.split.labels[r],
+                                                                                              list)
+                                                            else [view.split.labels[r]])]
+        lines.append(f"- expert {expert}: load {s['layer_expert'][:, expert].mean():.3f}; words: {', '.join(words)};"
+                     f" labels: {', '.join(f'{c} x{n}' for c, n in _counts(labels))}")
+    lines += ["", "Files: " + ", ".join(f"`{f}`" for f in ("layer_expert.png", "class_expert.png", "group_expert.png",
+                                                           "exemplars.png", "routing.csv", "routing.json"))]
+    return "\n".join(lines) + "\n"
+
+
+def _counts(items: list[str]) -> list[tuple[str, int]]:
+    from collections import Counter
+
+    return Counter(items).most_common()

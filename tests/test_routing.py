@@ -1,0 +1,111 @@
+"""Routing statistics, the routing report of `mope analyze`, and their correctness under 2-process DDP."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mope_lightning.cli import main
+from mope_lightning.errors import CheckpointError, ConfigError
+from mope_lightning.routing import RoutingStats, mutual_information
+from mope_lightning.runner import analyze, run
+
+from conftest import DEFAULT_EXP, TINY, tiny_config
+
+
+def test_routing_stats_hand_worked():
+    stats = RoutingStats(num_layers=1, num_experts=2, num_classes=2)
+    probs = torch.tensor([[[1.0, 0.0]], [[0.5, 0.5]], [[0.0, 1.0]]])  # (B=3, L=1, K=2)
+    stats.update(probs[:2], torch.tensor([0, 0]), torch.tensor([0, 1]))
+    stats.update(probs[2:], torch.tensor([1]), torch.tensor([2]))
+    out = stats.compute()
+    torch.testing.assert_close(out["layer_expert"], torch.tensor([[0.5, 0.5]]))
+    torch.testing.assert_close(out["class_expert"][:, 0], torch.tensor([[0.75, 0.25], [0.0, 1.0]]))
+    # one sample of three has ln 2; torchmetrics squeezes one-element results, hence the reshape
+    torch.testing.assert_close(out["entropy"].reshape(1), torch.log(torch.tensor([2.0])) / 3)
+    assert out["sample_index"].tolist() == [0, 1, 2] and out["sample_routing"].shape == (3, 1, 2)
+
+
+def test_mutual_information_is_one_for_perfect_specialisation_and_zero_for_none():
+    counts = torch.tensor([10.0, 10.0])
+    perfect = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # class 0 -> expert 0, class 1 -> expert 1
+    bits, relative = mutual_information(perfect, counts)
+    assert bits.item() == pytest.approx(1.0) and relative.item() == pytest.approx(1.0)
+    _, relative = mutual_information(torch.full((2, 1, 2), 0.5), counts)
+    assert relative.item() == pytest.approx(0.0, abs=1e-6)
+    # Grouping classes {0, 1} against {2}: experts that split within a group carry no group information.
+    three = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.5, 0.5]]])
+    _, grouped = mutual_information(three, torch.tensor([10.0, 10.0, 20.0]), [[0, 1], [2]])
+    assert grouped.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("routing")
+    summary = run("fit", tiny_config(tmp, "data.train_images=24"))
+    return tmp, summary
+
+
+def analyze_args(tmp, summary, out, *extra):
+    return [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp / 'cache'}", "data.train_images=24",
+            "data.test_images=10", f"ckpt={summary['best_checkpoint']}", f"out={out}",
+            "trainer.enable_progress_bar=false", *extra]
+
+
+def test_analyze_writes_a_routing_report(tiny_run, capsys):
+    tmp, summary = tiny_run
+    out = tmp / "report"
+    assert main(["analyze", *analyze_args(tmp, summary, out)]) == 0
+    for name in ("summary.md", "routing.csv", "routing.json", "layer_expert.png", "class_expert.png",
+                 "group_expert.png", "exemplars.png"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "routing.csv").open()))
+    assert len(rows) == 24 and rows[0]["id"].startswith("train/") and rows[0]["label"]
+    assert abs(sum(float(rows[0][f"mean_e{k}"]) for k in range(4)) - 1.0) < 1e-4
+    text = (out / "summary.md").read_text()
+    assert "MI class (relative)" in text and "MI group (relative)" in text and "expert 3:" in text
+    # An existing report is never overwritten without overwrite=true.
+    assert main(["analyze", *analyze_args(tmp, summary, out)]) == 2
+    assert "already holds a routing report" in capsys.readouterr().err
+    assert main(["analyze", *analyze_args(tmp, summary, out, "overwrite=true", "split=test")]) == 0
+    assert len(list(csv.DictReader((out / "routing.csv").open()))) == 98
+
+
+def test_analyze_refuses_a_model_without_router_and_an_unknown_split(tmp_path, tiny_run, capsys):
+    tmp, summary = tiny_run
+    assert main(["analyze", *analyze_args(tmp, summary, tmp_path / "r", "split=train")]) == 2
+    assert "analyze.split: 'train' is not one of val, test" in capsys.readouterr().err
+    baseline = run("fit", tiny_config(tmp_path, "data.train_images=24", "model.fusion=late_concat"))
+    cfg = tiny_config(tmp_path, "data.train_images=24", "model.fusion=late_concat",
+                      f"ckpt={baseline['best_checkpoint']}", f"analyze.out={tmp_path / 'r'}")
+    with pytest.raises(CheckpointError, match="model.fusion=late_concat\\) has no router"):
+        analyze(cfg)
+    with pytest.raises(ConfigError, match="analyze needs out=DIR"):
+        analyze(tiny_config(tmp_path, f"ckpt={summary['best_checkpoint']}"))
+
+
+def validate_routing(tmp, summary, devices):
+    out = tmp / f"validate_{devices}"
+    args = [sys.executable, "-m", "mope_lightning", "validate", str(DEFAULT_EXP), str(TINY),
+            f"data.cache_dir={tmp / 'cache'}", "data.train_images=24", "data.test_images=10",
+            f"ckpt={summary['best_checkpoint']}", f"trainer.default_root_dir={out}", "trainer.accelerator=cpu",
+            f"trainer.devices={devices}", "trainer.enable_progress_bar=false", "data.eval_batch_size=5",
+            "trainer.limit_val_batches=1.0",
+            *(["trainer.strategy=ddp"] if devices > 1 else [])]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(out.rglob("routing_val.json")).read_text())
+
+
+def test_routing_statistics_under_two_process_ddp_equal_one_process(tiny_run):
+    # 24 validation samples: split evenly over 2 ranks, so DistributedSampler adds no duplicates.
+    tmp, summary = tiny_run
+    one, two = validate_routing(tmp, summary, 1), validate_routing(tmp, summary, 2)
+    assert one["class_count"] == two["class_count"] and sum(one["class_count"]) == 24
+    for key in ("layer_expert", "entropy", "max_load", "mi_class_relative", "mi_group_relative"):
+        torch.testing.assert_close(torch.tensor(two[key]), torch.tensor(one[key]), atol=1e-5, rtol=1e-4)

@@ -9,11 +9,13 @@ LOGDIR ?= runs
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test tensorboard clean
+GPUS ?= 2
+.PHONY: help install train train-ddp test tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=<experiment name> ARGS=\"key=value ...\" (train), PYTEST_ARGS (test), LOGDIR (tensorboard)"
+	@echo "  variables: EXP=<experiment name> ARGS=\"key=value ...\" (train), GPUS (train-ddp), PYTEST_ARGS (test),"
+	@echo "             LOGDIR (tensorboard)"
 
 $(BIN)/.installed: requirements.txt requirements-offline-assets.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,9 @@ install: $(BIN)/.installed ## create .venv (Python 3.11) with the pinned depende
 
 train: $(BIN)/.installed ## train and test experiments/$(EXP).yaml (ARGS="key=value ..." overrides)
 	$(BIN)/mope fit experiments/$(EXP).yaml $(ARGS)
+
+train-ddp: $(BIN)/.installed ## train experiments/$(EXP).yaml with DDP on GPUS=N devices of this node
+	$(BIN)/mope fit experiments/$(EXP).yaml experiments/overlays/ddp.yaml trainer.devices=$(GPUS) $(ARGS)
 
 test: $(BIN)/.installed ## run the test suite (about 10 minutes on 2 CPU cores)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -114,3 +114,40 @@ class RoutingReport(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, pl_module.test_routing, "test")
+
+
+class RNGState(L.Callback):
+    """Saves the random number generators' states in checkpoints and restores them on resume.
+
+    Routing noise, dropout and augmentation draw from the global generators; restoring them makes a resumed run
+    continue exactly like an uninterrupted one (the training order itself is seeded per epoch by the sampler).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+
+        # Only tensors and plain Python values, so that checkpoints load with torch.load(weights_only=True).
+        version, mt, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {"torch": torch.get_rng_state(),
+                 "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+                 "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                           "has_gauss": int(has_gauss), "cached": float(cached)}}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        import random
+
+        import numpy as np
+
+        torch.set_rng_state(state_dict["torch"])
+        py = state_dict["python"]
+        random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+        n = state_dict["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])

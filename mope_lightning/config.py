@@ -314,7 +314,7 @@ def _check_trainer_keys(trainer: DictConfig, sources) -> None:
     from lightning import Trainer
 
     params = inspect.signature(Trainer.__init__).parameters
-    reserved = {"callbacks", "logger", "plugins"}  # built by mope_lightning from the other sections
+    reserved = {"callbacks", "logger", "plugins", "use_distributed_sampler"}  # set by mope_lightning itself
     for key in trainer.keys():
         source = _source_of(sources, f"trainer.{key}")
         if key in reserved:

@@ -16,11 +16,12 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.callbacks import PredictionWriter, RoutingMonitor, RoutingReport
+from mope_lightning.callbacks import PredictionWriter, RNGState, RoutingMonitor, RoutingReport
 from mope_lightning.config import to_container
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
 from mope_lightning.errors import CheckpointError, ConfigError, MopeError
 from mope_lightning.fileio import atomic_write
+from mope_lightning.launch import AtomicCheckpointIO, check_trainer, slurm_run_version
 from mope_lightning.lit_module import MoPELitModule, load_trained_weights
 
 COMMANDS = ("fit", "validate", "test", "predict")
@@ -43,6 +44,7 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
     """Seed, then build the DataModule and the LightningModule, and tell the DataModule what the model reads."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DATAMODULES[cfg.data.name](cfg.data)
+    datamodule.seed = cfg.seed
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
     datamodule.attach(module.net.input_spec())
     return module, datamodule
@@ -156,26 +158,49 @@ def resolve_ckpt(cfg: DictConfig) -> tuple[Optional[str], Optional[int]]:
 
 
 def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str,
-                  version: Optional[int] = None) -> L.Trainer:
+                  version: Optional[str | int] = None) -> L.Trainer:
+    """The Trainer of `cfg.trainer`, with the framework's logger, callbacks, samplers and checkpoint I/O."""
     trainer_args = to_container(cfg)["trainer"]
-    logger = TensorBoardLogger(save_dir=trainer_args["default_root_dir"], name="", version=version,
-                               default_hp_metric=False)
+    check_trainer(trainer_args)
+    root = Path(trainer_args.pop("default_root_dir"))
+    version = version if version is not None else slurm_run_version()
+    logger = TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False)
     callbacks: list[Callback] = [SaveConfig(cfg)]
     if command == "fit":
         callbacks += [
             ModelCheckpoint(monitor=cfg.checkpoint.monitor or datamodule.monitor, mode=cfg.checkpoint.mode,
-                            save_top_k=cfg.checkpoint.save_top_k, save_last=cfg.checkpoint.save_last,
-                            auto_insert_metric_name=False, filename="epoch{epoch:03d}-step{step:06d}"),
+                            save_top_k=cfg.checkpoint.save_top_k, auto_insert_metric_name=False,
+                            filename="epoch{epoch:03d}-step{step:06d}"),
             LearningRateMonitor(logging_interval="step"),
             Timer(),  # wall time of training (validation included) and testing, reported in the summary
             RoutingMonitor(),
+            RNGState(),
         ]
+        if cfg.checkpoint.save_last:
+            # Every validation replaces last.ckpt, improved or not (Lightning's save_last only follows top-k saves),
+            # so `fit ckpt=last` resumes from the latest state.
+            callbacks.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1,
+                                             enable_version_counter=False))
     if command == "validate":
         callbacks.append(RoutingMonitor())
     if command == "predict":
         out = cfg.predict.out or str(Path(logger.log_dir) / "predictions.csv")
         callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.multilabel))
-    return L.Trainer(**trainer_args, logger=logger, callbacks=callbacks)
+    # A SLURM job's requeue checkpoint (hpc_ckpt_N.ckpt) lives in its own run directory, where a requeue finds it.
+    default_root = root / str(version) if isinstance(version, str) else root
+    return L.Trainer(**trainer_args, default_root_dir=default_root, logger=logger, callbacks=callbacks,
+                     plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
+
+
+def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
+    """Resuming continues a run of the same experiment (the backbone and weights are checked when they load)."""
+    import torch
+
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    trained = hparams.get("config", {}).get("experiment")
+    if trained != cfg.experiment:
+        raise CheckpointError(f"ckpt: {ckpt_path} was trained by experiment '{trained}', not '{cfg.experiment}'; "
+                              "resume a run of this experiment (ckpt=last finds its newest one)")
 
 
 def run(command: str, cfg: DictConfig) -> dict:
@@ -186,6 +211,8 @@ def run(command: str, cfg: DictConfig) -> dict:
     if command != "fit" and ckpt_path is None:
         raise ConfigError(f"{command} needs ckpt=PATH: the checkpoint to evaluate (fit writes them under "
                           f"{cfg.trainer.default_root_dir}/version_*/checkpoints/)")
+    if command == "fit" and ckpt_path is not None:
+        _check_resume(cfg, ckpt_path)
     module, datamodule = build(cfg)
     datamodule.predict_split = cfg.predict.split
     trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)

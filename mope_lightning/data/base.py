@@ -103,6 +103,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.classes: list[str] = self.read_classes()
         self.predict_split = "test"
+        self.seed = 0  # of the training order; the runner sets the experiment's seed
         self.spec = None
         self.splits: dict[str, Split] = {}
         self.datasets: dict[str, ImageTextDataset] = {}
@@ -209,21 +210,43 @@ class ImageTextDataModule(L.LightningDataModule):
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
 
     # --- loaders -------------------------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _sampler(self, split: str, train: bool):
+        """The samplers are ours (the Trainer runs with use_distributed_sampler=False):
+
+        - training: shuffled by (seed, epoch) and sharded over the processes, so the order does not depend on the
+          global RNG and a resumed run sees the same batches as an uninterrupted one;
+        - evaluation: every sample on exactly one process, no padding duplicates, so metrics under DDP are exact.
+        """
+        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+        from torch.utils.data import DistributedSampler
+
+        world, rank = self._world()
+        dataset = self.datasets[split]
+        if train:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+            return sampler
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         c = self.cfg
         batch_size = c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size)
         pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
         # drop_last in training: a last batch of one sample would break the mapper's BatchNorm
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=train, drop_last=train,
-                          num_workers=c.num_workers, pin_memory=pin,
+        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=self._sampler(split, train),
+                          drop_last=train, num_workers=c.num_workers, pin_memory=pin,
                           persistent_workers=c.persistent_workers and c.num_workers > 0,
                           collate_fn=TokenizingCollate(self.spec.tokenizer, c.max_text_length))
 
     def train_dataloader(self) -> DataLoader:
-        size = len(self.datasets["train"])
-        if size < self.cfg.batch_size:  # drop_last would leave no batch at all
+        size, world = len(self.datasets["train"]), self._world()[0]
+        if size < self.cfg.batch_size * world:  # drop_last would leave no batch at all
             raise DataError(f"{self.cfg.name}: the train split has {size} samples, fewer than data.batch_size="
-                            f"{self.cfg.batch_size}; lower data.batch_size")
+                            f"{self.cfg.batch_size} x {world} process(es); lower data.batch_size")
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:

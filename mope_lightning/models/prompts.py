@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mope_lightning.models.router import MultimodalRouter, importance_loss
@@ -27,10 +28,12 @@ def _uniform(shape: Sequence[int], scale: float) -> nn.Parameter:
 
 class FixedStatsBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm that always normalises with its running statistics and never updates them (the reference's mapper,
-    whose statistics stay at their initial 0 and 1 because the code keeps it in eval mode)."""
+    whose statistics stay at their initial 0 and 1 because the code keeps it in eval mode). It ignores the training
+    flag in `forward` itself, since Lightning restores modules' flags by assignment, not through `train()`."""
 
-    def train(self, mode: bool = True):
-        return super().train(False)
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
+                            momentum=0.0, eps=self.eps)
 
 
 class ConditionMapper(nn.Module):

@@ -1,0 +1,96 @@
+"""Launch-time checks and the Trainer's plugins: what the CLI verifies before anything trains.
+
+- A launcher (SLURM `srun`, `torchrun`) that started a number of processes different from
+  `trainer.devices x trainer.num_nodes` would otherwise run silent duplicate trainings (ecosystem.md §12).
+- `strategy=ddp` with one device, or a precision the hardware lacks, stops with a message naming the setting.
+- Checkpoints are written to a temporary file in their own folder and renamed, so a crash mid-save never leaves a
+  corrupt `last.ckpt` (fsspec's transaction stages them in the system temp folder, which on many clusters is another
+  file system, where the final move is a copy).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from mope_lightning.errors import ConfigError
+from mope_lightning.fileio import atomic_write
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`torch.save` to a temporary sibling, then an atomic rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        atomic_write(Path(path), lambda fh: torch.save(checkpoint, fh), binary=True)
+
+
+def launcher_world_size() -> Optional[tuple[str, int, int]]:
+    """(launcher name, processes per node, nodes) a launcher announced, or None when Lightning starts the processes
+    itself (plain `python`, or an interactive SLURM allocation)."""
+    if TorchElasticEnvironment.detect():
+        per_node = int(os.environ["LOCAL_WORLD_SIZE"])
+        return "torchrun", per_node, max(int(os.environ["WORLD_SIZE"]) // per_node, 1)
+    if SLURMEnvironment.detect():
+        nodes = int(os.environ.get("SLURM_NNODES", "1"))
+        per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # e.g. "4" or "4(x2)"
+        return ("SLURM (srun)", int(per_node) if per_node.isdigit() else int(os.environ["SLURM_NTASKS"]) // nodes,
+                nodes)
+    return None
+
+
+def _as_count(value: Any, key: str) -> Optional[int]:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if value in (None, "auto", -1, "-1"):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"trainer.{key}: '{value}' is not a number of devices") from None
+
+
+def check_trainer(trainer: dict) -> None:
+    """Refuse launch/Trainer mismatches and precisions the hardware lacks, before any training starts."""
+    devices = _as_count(trainer.get("devices", "auto"), "devices")
+    nodes = _as_count(trainer.get("num_nodes", 1), "num_nodes") or 1
+    strategy = str(trainer.get("strategy", "auto"))
+    launched = launcher_world_size()
+    if launched is not None:
+        launcher, per_node, launched_nodes = launched
+        if devices is None or devices * nodes != per_node * launched_nodes:
+            raise ConfigError(f"{launcher} started {per_node * launched_nodes} processes ({launched_nodes} node(s) x "
+                              f"{per_node}), but trainer.devices x trainer.num_nodes = {trainer.get('devices')} x "
+                              f"{nodes}; set trainer.devices={per_node} trainer.num_nodes={launched_nodes}, or start "
+                              f"{devices or 1} process(es) on each of {nodes} node(s)")
+    if strategy.startswith("ddp") and devices == 1 and nodes == 1 and launched is None:
+        raise ConfigError("trainer.strategy=ddp with trainer.devices=1 and trainer.num_nodes=1 runs a single process; "
+                          "set trainer.devices to the number of GPUs (or processes) to use, or drop the strategy")
+    accelerator = str(trainer.get("accelerator", "auto"))
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if trainer.get("sync_batchnorm") and not on_gpu:
+        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false for CPU "
+                          "runs")
+    _check_precision(str(trainer.get("precision", "32-true")), on_gpu)
+
+
+def _check_precision(precision: str, on_gpu: bool) -> None:
+    if precision.startswith("bf16") and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"trainer.precision={precision}: this GPU has no bfloat16 support; use 16-mixed or "
+                          "32-true")
+    if precision.startswith("16") and not on_gpu:
+        raise ConfigError(f"trainer.precision={precision}: float16 mixed precision needs a GPU; on CPU use "
+                          "bf16-mixed or 32-true (experiments/overlays/cpu.yaml)")
+
+
+def slurm_run_version() -> Optional[str]:
+    """A SLURM job's run directory name: the same after a requeue, so a requeued job resumes in place."""
+    if SLURMEnvironment.detect() and os.environ.get("SLURM_JOB_ID"):
+        return f"slurm-{os.environ['SLURM_JOB_ID']}"
+    return None

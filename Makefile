@@ -7,14 +7,16 @@ EXP ?= easy_vqa
 ARGS ?=
 LOGDIR ?= runs
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp test tensorboard clean
+.PHONY: help install train train-ddp test bench bench-quick tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "  variables: EXP=<experiment name> ARGS=\"key=value ...\" (train), GPUS (train-ddp), PYTEST_ARGS (test),"
+	@echo "             BENCH_ARGS (bench: --device cuda --precision bf16 --out FILE)"
 	@echo "             LOGDIR (tensorboard)"
 
 $(BIN)/.installed: requirements.txt requirements-offline-assets.txt pyproject.toml
@@ -35,6 +37,12 @@ train-ddp: $(BIN)/.installed ## train experiments/$(EXP).yaml with DDP on GPUS=N
 
 test: $(BIN)/.installed ## run the test suite (about 10 minutes on 2 CPU cores)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (about 15 min on 2 CPU cores)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+bench-quick: $(BIN)/.installed ## the key ratios in under 5 minutes -> benchmarks/results-quick.{json,md}
+	$(BIN)/python benchmarks/bench.py --quick --out benchmarks/results-quick.json $(BENCH_ARGS)
 
 tensorboard: $(BIN)/.installed ## serve the TensorBoard logs under $(LOGDIR)/ on port 6006
 	$(BIN)/tensorboard --logdir $(LOGDIR) --port 6006

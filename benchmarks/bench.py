@@ -1,0 +1,267 @@
+"""Training-step benchmarks of MoPE against its floor, deep prompt tuning and full fine-tuning.
+
+    python benchmarks/bench.py [--quick] [--device cpu|cuda] [--precision 32|bf16] [--out benchmarks/results.json]
+
+Every case runs in its own process (so peak memory is the case's own), builds the real model classes from an
+experiment config with random weights, and times whole training steps (forward, loss, backward, AdamW step) on a
+synthetic batch of the experiment's shape: the median of repeats after warm-up. Ratios compare cases measured in
+the same run. Results go to results.json (with a top-level `ratios` object) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+# The two configurations: the offline default experiment (MiniLM-L6 prompted, conditioned on a cached MobileNetV2
+# feature) and the paper's (Swin-B 224 prompted, conditioned on a BERT-base [CLS] feature, batch 8).
+CONFIGS = {
+    "default": {"files": ["easy_vqa.yaml"], "batch": 32, "text_tokens": 13, "image_size": 128},
+    "paper": {"files": ["easy_vqa.yaml", "overlays/paper_encoders.yaml"], "batch": 8, "text_tokens": 40,
+              "image_size": 224},
+    "pmoe": {"files": ["easy_vqa_pmoe.yaml"], "batch": 32, "text_tokens": 13, "image_size": 128},
+}
+# name -> overrides. "bare" is the floor: the frozen prompted backbone with as many plain (static) prompt tokens as
+# MoPE's static + dynamic + mapped ones, which is also the framework's vanilla deep prompt tuning baseline.
+CASES = {
+    "bare": "model.fusion=prompt_tuning",
+    "mope": "",
+    "finetune": "model.fusion=finetune",
+    "experts16": "model.mope.num_experts=16",
+    "experts64": "model.mope.num_experts=64",
+    "prompt12": "model.mope.static_length=12 model.mope.dynamic_length=12",
+    "prompt24": "model.mope.static_length=24 model.mope.dynamic_length=24",
+    "mope_condition_prompts": "model.condition_prompts=4",  # the reference also prompt-tunes its BERT: not cached
+    # pMoE (config "pmoe": MiniLM-L6 + MiniLM-L3 experts) against MoPE on each single expert (config "default")
+    "pmoe": "",
+    "mope_l3": "model.text_encoder.name=sentence-transformers/paraphrase-MiniLM-L3-v2",
+}
+PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe")]
+QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"), ("default", "bare"),
+         ("default", "mope")]
+FULL = [(c, n) for c in ("default", "paper") for n in CASES
+        if n not in ("pmoe", "mope_l3") and not (c == "default" and n == "mope_condition_prompts")] + PMOE[1:]
+
+
+def _config(config: str, overrides: str):
+    from mope_lightning.config import load_config
+
+    spec = CONFIGS[config]
+    return load_config([EXPERIMENTS / f for f in spec["files"]], overrides.split() if overrides else [])
+
+
+def _batch(net, config: str, device: torch.device) -> dict:
+    """A synthetic batch of the experiment's shape, cached features where the DataModule would cache them."""
+    spec, batch = CONFIGS[config], CONFIGS[config]["batch"]
+    out = {"labels": torch.randint(0, 13, (batch,))}
+    cached = net.input_spec().cacheable if hasattr(net, "input_spec") else {}
+    for modality in ("text", "image"):
+        if modality in cached:
+            out[f"{modality}_features"] = torch.randn(batch, net.encoder(modality).num_features)
+        elif modality == "text":
+            out["input_ids"] = torch.randint(1000, 20000, (batch, spec["text_tokens"]))
+            out["attention_mask"] = torch.ones(batch, spec["text_tokens"], dtype=torch.long)
+        else:
+            size = net.image.data_config["input_size"][-1] if config == "paper" else spec["image_size"]
+            out["images"] = torch.randn(batch, 3, size, size)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _peak_memory_mb(device: torch.device, baseline_mb: float) -> float:
+    """Memory the model and its training step take: CUDA's max_memory_allocated, or on CPU the process's peak RSS
+    above what it held before the model was built (the interpreter and imported libraries, the same in every case)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return _peak_rss_mb() - baseline_mb
+
+
+def _checkpoint_bytes(net, optimizer) -> int:
+    """Size of what a checkpoint holds: trainable weights and buffers outside frozen backbones, optimizer state."""
+    frozen = tuple(f"{name}." for name in net.frozen_backbones())
+    state = {k: v for k, v in net.state_dict().items() if not k.startswith(frozen)}
+    buffer = io.BytesIO()
+    torch.save({"state_dict": state, "optimizer": optimizer.state_dict()}, buffer)
+    return buffer.tell()
+
+
+def run_case(config: str, name: str, device: str, precision: str, warmup: int, repeats: int) -> dict:
+    from mope_lightning.models import build_model
+
+    torch.manual_seed(0)
+    cfg = _config(config, CASES[name])
+    dev = torch.device(device)
+    baseline_mb = _peak_rss_mb()
+    start = time.perf_counter()
+    net = build_model(cfg.model, 13, weights=False).to(dev)
+    build_seconds = time.perf_counter() - start
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    batch = _batch(net, config, dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    times = []
+    for step in range(warmup + repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        with autocast:
+            out = net(batch)
+            loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"]) + 0.01 * out.importance_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - tic)
+    median = statistics.median(times)
+    counts = net.parameter_counts()
+    result = {"config": config, "case": name, "overrides": CASES[name], "batch": CONFIGS[config]["batch"],
+              "step_seconds": times, "median_step_seconds": median, "samples_per_second": CONFIGS[config]["batch"]
+              / median, "peak_memory_mb": _peak_memory_mb(dev, baseline_mb), "process_peak_rss_mb": _peak_rss_mb(),
+              "trainable": counts["trainable"],
+              "total": counts["total"], "build_seconds": build_seconds}
+    if name in ("mope", "finetune"):
+        result["checkpoint_bytes"] = _checkpoint_bytes(net, optimizer)
+    if config == "default" and name == "mope":
+        result["predict_samples_per_second"] = _predict_throughput(net, config, dev, autocast, repeats)
+    return result
+
+
+@torch.no_grad()
+def _predict_throughput(net, config: str, dev: torch.device, autocast, repeats: int) -> float:
+    net.eval()
+    batch = _batch(net, config, dev)
+    times = []
+    for step in range(repeats + 1):
+        tic = time.perf_counter()
+        with autocast:
+            net(batch).logits.softmax(-1)
+        if step:
+            times.append(time.perf_counter() - tic)
+    return CONFIGS[config]["batch"] / statistics.median(times)
+
+
+def machine(device: str) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
+    try:
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                                 if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def ratios(results: list[dict]) -> dict:
+    by = {(r["config"], r["case"]): r for r in results}
+    out = {}
+
+    def ratio(key, num, den, field="median_step_seconds"):
+        if num in by and den in by:
+            out[key] = by[num][field] / by[den][field]
+
+    ratio("mope_over_bare", ("paper", "mope"), ("paper", "bare"))
+    ratio("mope_over_bare_default", ("default", "mope"), ("default", "bare"))
+    ratio("experts64_over_experts4", ("paper", "experts64"), ("paper", "mope"))
+    ratio("experts16_over_experts4", ("paper", "experts16"), ("paper", "mope"))
+    ratio("mope_memory_over_finetune", ("paper", "mope"), ("paper", "finetune"), "peak_memory_mb")
+    ratio("mope_over_finetune", ("paper", "mope"), ("paper", "finetune"))
+    ratio("mope_condition_prompts_over_bare", ("paper", "mope_condition_prompts"), ("paper", "bare"))
+    ratio("prompt24_over_prompt6", ("paper", "prompt24"), ("paper", "mope"))
+    ratio("checkpoint_mope_over_finetune", ("paper", "mope"), ("paper", "finetune"), "checkpoint_bytes")
+    ratio("checkpoint_mope_over_finetune_default", ("default", "mope"), ("default", "finetune"), "checkpoint_bytes")
+    ratio("pmoe_over_mope_l6", ("pmoe", "pmoe"), ("default", "mope"))
+    ratio("pmoe_over_mope_l3", ("pmoe", "pmoe"), ("default", "mope_l3"))
+    return out
+
+
+def markdown(report: dict) -> str:
+    r, m = report["ratios"], report["machine"]
+    kind = "quick" if report["quick"] else f"cases {report['only']}" if report.get("only") else "full"
+    lines = [f"# Benchmarks ({kind})", "",
+             f"Command: `{report['command']}`  ", f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpus']} CPUs, "
+             f"{m['threads']} torch threads{', ' + m['gpu'] if 'gpu' in m else ''}; torch {m['torch']}; device "
+             f"{report['device']}, precision {report['precision']}  ",
+             f"Steps: median of {report['repeats']} after {report['warmup']} warm-up step(s), each case in its own "
+             "process; memory: " + ("`torch.cuda.max_memory_allocated`" if report["device"] == "cuda" else
+                                    "peak RSS above the process's RSS before the model was built (imports excluded)")
+             + ".", "",
+             "| config | case | overrides | batch | step (s) | samples/s | peak memory (MB) | trainable | total |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for x in report["results"]:
+        lines.append(f"| {x['config']} | {x['case']} | `{x['overrides'] or '-'}` | {x['batch']} | "
+                     f"{x['median_step_seconds']:.3f} | {x['samples_per_second']:.1f} | {x['peak_memory_mb']:.0f} | "
+                     f"{x['trainable']:,} | {x['total']:,} |")
+    lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in r.items()]
+    predict = [x["predict_samples_per_second"] for x in report["results"] if "predict_samples_per_second" in x]
+    if predict:
+        lines += ["", f"Predict throughput, default configuration: {predict[0]:.0f} samples/s (batch "
+                      f"{CONFIGS['default']['batch']}, forward + softmax)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the key ratios only, fewer repeats (< 5 min, 2 CPUs)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("32", "bf16"), default="32")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    parser.add_argument("--only", help="comma-separated config:case pairs to run instead (e.g. "
+                        "default:mope,pmoe:pmoe; 'pmoe' runs pMoE against MoPE on each single expert)")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: config:name, run in this process
+    args = parser.parse_args()
+    warmup, repeats = (1, 3) if args.quick else (2, 5)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.case:
+        config, name = args.case.split(":")
+        print(json.dumps(run_case(config, name, args.device, args.precision, warmup, repeats)))
+        return
+    results = []
+    if args.only == "pmoe":
+        plan = PMOE
+    elif args.only:
+        plan = [tuple(item.split(":")) for item in args.only.split(",")]
+    else:
+        plan = QUICK if args.quick else FULL
+    for config, name in plan:
+        cmd = [sys.executable, __file__, "--case", f"{config}:{name}", "--device", args.device, "--precision",
+               args.precision, *(["--quick"] if args.quick else [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"case {config}:{name} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        x = results[-1]
+        print(f"{config:8s} {name:14s} step {x['median_step_seconds']:.3f} s  {x['samples_per_second']:.1f} "
+              f"samples/s  peak {x['peak_memory_mb']:.0f} MB", flush=True)
+    report = {"command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]), "quick": args.quick, "only": args.only,
+              "device": args.device, "precision": args.precision, "warmup": warmup, "repeats": repeats,
+              "machine": machine(args.device), "results": results, "ratios": ratios(results)}
+    out = Path(args.out)
+    out.write_text(json.dumps(report, indent=1))
+    out.with_suffix(".md").write_text(markdown(report))
+    print(json.dumps(report["ratios"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

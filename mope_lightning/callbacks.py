@@ -52,7 +52,8 @@ class PredictionWriter(BasePredictionWriter):
 def _routing_view(trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str) -> RoutingView:
     dm = trainer.datamodule
     dataset = dm.datasets[split]
-    return RoutingView(stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel)
+    labels = getattr(pl_module.net, "routing_labels", lambda: None)()
+    return RoutingView(stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel, labels)
 
 
 def _compute_and_reset(metric) -> dict:

@@ -79,9 +79,27 @@ class CompatConfig:
 
 
 @dataclass
+class PMoEConfig:
+    """pMoE (fusion: pmoe): frozen expert encoders of the prompted modality, prompted together through learnable
+    dispatchers (peers.md §3.4). The other modality's encoder conditions the dispatchers and dynamic EPTs."""
+
+    experts: List[EncoderConfig] = field(default_factory=list)  # two or more encoders of the prompted modality
+    static_length: int = 6  # learned expert prompt tokens (EPTs) per expert and layer
+    dynamic_length: int = 0  # MoPE prompts in each expert's EPTs, mixed from `num_experts` by the other modality
+    num_experts: int = 4  # prompt experts of the dynamic EPTs (router settings: model.mope.router)
+    dispatcher: str = "learned"  # learned | identity (each expert keeps its own EPTs: no exchange)
+    granularity: str = "expert"  # expert: one gate per candidate set | token: one per set and prompt token
+    hidden: int = 64  # the dispatchers' hidden width
+    condition: bool = True  # the dispatchers read the other modality's feature (the multimodal pMoE)
+    combine: str = "concat"  # concat: one head on all experts' features | mean_logits: a head per expert
+    dispatch_importance: bool = False  # MoPE's importance loss on the dispatch gates (model.mope.importance_*)
+    init_scale: Optional[float] = None  # uniform(-s, s) EPT init; default: each expert family's rule
+
+
+@dataclass
 class ModelConfig:
     # mope | prompt_tuning (static prompts only) | promptfuse (mapped prompts only) | late_concat (frozen features)
-    # | finetune (both encoders trained, late concat) | text_only | image_only
+    # | finetune (both encoders trained, late concat) | text_only | image_only | pmoe (model.pmoe.experts)
     fusion: str = "mope"
     prompted: str = "text"  # the modality whose encoder is prompted; the other one conditions it
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -91,6 +109,7 @@ class ModelConfig:
     head_hidden: int = 0  # 0: linear head; >0: one hidden layer (the late-fusion MLP uses 256)
     head_dropout: float = 0.0
     mope: MoPEConfig = field(default_factory=MoPEConfig)
+    pmoe: PMoEConfig = field(default_factory=PMoEConfig)
     compat: CompatConfig = field(default_factory=CompatConfig)
 
 
@@ -180,13 +199,16 @@ class Config:
     trainer: Dict[str, Any] = field(default_factory=_default_trainer)
 
 
-FUSIONS = ("mope", "prompt_tuning", "promptfuse", "late_concat", "finetune", "text_only", "image_only")
+FUSIONS = ("mope", "prompt_tuning", "promptfuse", "late_concat", "finetune", "text_only", "image_only", "pmoe")
 CHOICES = {
     "model.fusion": FUSIONS,
     "model.prompted": ("text", "image"),
     "model.compat.mode": (None, "reference"),
     "model.compat.window_prompt_order": ("batch", "reference"),
     "model.pool": ("mean", "cls"),
+    "model.pmoe.dispatcher": ("learned", "identity"),
+    "model.pmoe.granularity": ("expert", "token"),
+    "model.pmoe.combine": ("concat", "mean_logits"),
     "model.text_encoder.library": ("transformers",),
     "model.image_encoder.library": ("timm", "torchvision"),
     "optim.scheduler": ("cosine", "multistep", "constant"),

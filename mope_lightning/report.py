@@ -24,7 +24,8 @@ class RoutingView:
     """Routing statistics of one pass over a split, with the split's texts, images and class names."""
 
     def __init__(self, stats: dict[str, Tensor], split: Split, files: list[Path], classes: list[str],
-                 groups: Optional[dict[str, list[int]]], multilabel: bool):
+                 groups: Optional[dict[str, list[int]]], multilabel: bool,
+                 labels: Optional[tuple[list[str], list[str]]] = None):
         layers, experts = stats["layer_expert"].reshape(-1, stats["class_expert"].shape[-1]).shape
         # torchmetrics squeezes one-element results (one routed layer or one class): restore the shapes
         stats = {**stats, "layer_expert": stats["layer_expert"].reshape(layers, experts),
@@ -34,6 +35,8 @@ class RoutingView:
                  "sample_routing": stats["sample_routing"].reshape(-1, layers, experts)}
         self.stats, self.split, self.files, self.classes = stats, split, files, classes
         self.groups, self.multilabel = groups, multilabel
+        # Row and column names: "layer i" and "expert k" for MoPE; (expert model, layer) and candidates for pMoE.
+        self.layer_labels, self.expert_labels = labels or (layer_names(layers), expert_names(experts))
 
     @property
     def num_experts(self) -> int:
@@ -58,10 +61,10 @@ class RoutingView:
         return out
 
     def figures(self, exemplars: int = 8) -> dict[str, object]:
-        s, experts = self.stats, expert_names(self.num_experts)
+        s, experts = self.stats, self.expert_labels
         present = s["class_count"] > 0
         figs = {
-            "layer_expert": heatmap(s["layer_expert"], layer_names(s["layer_expert"].shape[0]), experts,
+            "layer_expert": heatmap(s["layer_expert"], self.layer_labels, experts,
                                     "mean routing probability per layer"),
             "class_expert": heatmap(s["class_expert"][present].mean(1),
                                     [c for c, p in zip(self.classes, present.tolist()) if p], experts,
@@ -90,11 +93,12 @@ class RoutingView:
         images = {k: [_thumbnail(self.files[self.split.image_index[r]]) for r in rows] for k, (rows, _) in
                   chosen.items()}
         return exemplar_grid(images, {k: words for k, (_, words) in chosen.items()},
-                             "samples routed most strongly to each expert (layer-averaged)")
+                             "samples routed most strongly to each expert (layer-averaged)", self.expert_labels)
 
     def to_json(self) -> dict:
         keep = ("layer_expert", "entropy", "max_load", "class_count")
         out = {k: self.stats[k].tolist() for k in keep}
+        out.update(layer_labels=self.layer_labels, expert_labels=self.expert_labels)
         out.update({k: v.tolist() for k, v in self.specialization().items()})
         return out
 
@@ -149,7 +153,7 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
             cols += ["MI group (bits)", "MI group (relative)"]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for i in range(s["layer_expert"].shape[0]):
-            cells = [str(i), f"{s['entropy'][i]:.3f}", f"{s['max_load'][i]:.3f}", f"{spec['mi_class_bits'][i]:.3f}",
+            cells = [view.layer_labels[i], f"{s['entropy'][i]:.3f}", f"{s['max_load'][i]:.3f}", f"{spec['mi_class_bits'][i]:.3f}",
                      f"{spec['mi_class_relative'][i]:.3f}"]
             if "mi_group_bits" in spec:
                 cells += [f"{spec['mi_group_bits'][i]:.3f}", f"{spec['mi_group_relative'][i]:.3f}"]
@@ -164,7 +168,7 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
         labels = [view.classes[c] for r in rows for c in (view.split.labels[r] if isinstance(view.split.labels[r],
                                                                                               list)
                                                             else [view.split.labels[r]])]
-        lines.append(f"- expert {expert}: load {s['layer_expert'][:, expert].mean():.3f}; words: {', '.join(words)};"
+        lines.append(f"- {view.expert_labels[expert]}: load {s['layer_expert'][:, expert].mean():.3f}; words: {', '.join(words)};"
                      f" labels: {', '.join(f'{c} x{n}' for c, n in _counts(labels))}")
     lines += ["", "Files: " + ", ".join(f"`{f}`" for f in ("layer_expert.png", "class_expert.png", "group_expert.png",
                                                            "exemplars.png", "routing.csv", "routing.json"))]

@@ -123,7 +123,8 @@ def heatmap(values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str]
     return fig
 
 
-def exemplar_grid(images_per_expert: dict[int, list], words_per_expert: dict[int, list[str]], title: str):
+def exemplar_grid(images_per_expert: dict[int, list], words_per_expert: dict[int, list[str]], title: str,
+                  names: Optional[list[str]] = None):
     """One row per expert: its most strongly routed images, titled with the frequent words of their texts."""
     import matplotlib
 
@@ -139,7 +140,8 @@ def exemplar_grid(images_per_expert: dict[int, list], words_per_expert: dict[int
             ax.axis("off")
             if col < len(images_per_expert[expert]):
                 ax.imshow(images_per_expert[expert][col])
-        axes[row][0].set_title(f"expert {expert}: {' '.join(words_per_expert[expert])}", fontsize=8, loc="left")
+        name = names[expert] if names else f"expert {expert}"
+        axes[row][0].set_title(f"{name}: {' '.join(words_per_expert[expert])}", fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

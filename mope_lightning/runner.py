@@ -72,9 +72,11 @@ def count_parameters(cfg: DictConfig) -> dict:
 def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
     m = cfg.model
     enc = {k: f"{m[k].library} {m[k].name}" for k in ("text_encoder", "image_encoder")}
+    if m.fusion == "pmoe":  # the experts replace the prompted modality's single encoder
+        enc[f"{m.prompted}_encoder"] = "experts " + ", ".join(f"{e.library} {e.name}" for e in m.pmoe.experts)
     lines = [f"[mope] parameters of {cfg.experiment}: fusion {m.fusion}, prompted {m.prompted}; "
              f"text {enc['text_encoder']}, image {enc['image_encoder']}; {counts['num_classes']} classes"]
-    for group in ("prompts", "condition_prompts", "router", "mapper", "head", "encoders"):
+    for group in ("prompts", "condition_prompts", "router", "mapper", "dispatcher", "head", "encoders"):
         if group in counts:
             lines.append(f"  {group:<18} {counts[group]:>14,}")
     lines += [f"  {'trainable':<18} {counts['trainable']:>14,}", f"  {'frozen':<18} {counts['frozen']:>14,}",

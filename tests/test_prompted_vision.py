@@ -29,7 +29,7 @@ def tiny_swin():
 def test_vit_without_prompts_equals_timm(name, kw):
     encoder, model = tiny_vit(name, **kw)
     images = torch.randn(3, 3, 32, 32)
-    tokens, _ = encoder.forward_features(images, prompter=lambda layer, pooled: None)
+    tokens, _ = encoder.forward_features(images, prompter=lambda layer, pooled, carried: None)
     torch.testing.assert_close(tokens, model.forward_features(images), atol=1e-6, rtol=0)
     torch.testing.assert_close(encoder.pool(tokens), model(images), atol=1e-6, rtol=0)
 
@@ -37,7 +37,7 @@ def test_vit_without_prompts_equals_timm(name, kw):
 def test_swin_without_prompts_equals_timm():
     encoder, reference = tiny_swin()
     images = torch.randn(3, 3, 56, 56)
-    tokens, _ = encoder.forward_features(images, prompter=lambda layer, pooled: None)
+    tokens, _ = encoder.forward_features(images, prompter=lambda layer, pooled, carried: None)
     torch.testing.assert_close(encoder.pool(tokens), reference(images), atol=1e-5, rtol=0)
     assert encoder.layer_dims == [32, 32, 64, 64] and encoder.layer_stages == [0, 0, 1, 1]
 

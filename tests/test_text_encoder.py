@@ -35,7 +35,7 @@ def test_no_prompts_equals_the_library_for_random_init_families(family):
     mask[1, 6:] = 0
     expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
     # A prompter that declines every layer is the same as no prompter.
-    ours, _ = encoder.forward_features(ids, mask, prompter=lambda layer, pooled: None)
+    ours, _ = encoder.forward_features(ids, mask, prompter=lambda layer, pooled, carried: None)
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
 
 
@@ -67,7 +67,7 @@ def test_prompts_change_the_output_and_padding_does_not(tiny_bert):
 def test_unprompted_layers_carry_the_previous_prompts(tiny_bert):
     calls = []
 
-    def prompter(layer, pooled):
+    def prompter(layer, pooled, carried=None):
         calls.append(layer)
         return torch.zeros(pooled.shape[0], 2, pooled.shape[1]) if layer == 0 else None
 

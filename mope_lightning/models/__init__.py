@@ -2,8 +2,10 @@
 
 from mope_lightning.models.classifier import (FusionOutput, ImageTextClassifier, InputSpec, LateFusionClassifier,
                                               PromptFusionClassifier)
+from mope_lightning.models.dispatcher import Dispatcher, PMoE
 from mope_lightning.models.factory import build_image_encoder, build_model, build_text_encoder
 from mope_lightning.models.image_encoders import PooledImageEncoder
+from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompted_vit import PromptedViT
 from mope_lightning.models.prompts import MoPE, LayerPrompter
@@ -11,7 +13,7 @@ from mope_lightning.models.router import MultimodalRouter, importance_loss
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
 __all__ = [
-    "FusionOutput", "ImageTextClassifier", "InputSpec", "LateFusionClassifier", "LayerPrompter", "MoPE",
-    "MultimodalRouter", "PooledImageEncoder", "PromptFusionClassifier", "PromptedSwin", "PromptedTextEncoder",
+    "Dispatcher", "FusionOutput", "ImageTextClassifier", "InputSpec", "LateFusionClassifier", "LayerPrompter", "MoPE",
+    "MultimodalRouter", "PMoE", "PMoEClassifier", "PooledImageEncoder", "PromptFusionClassifier", "PromptedSwin", "PromptedTextEncoder",
     "PromptedViT", "build_image_encoder", "build_model", "build_text_encoder", "importance_loss",
 ]

@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from torch import nn
 
 from mope_lightning.errors import ModelError
 from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier
+from mope_lightning.models.dispatcher import PMoE
 from mope_lightning.models.image_encoders import build_timm_encoder, build_torchvision_encoder
+from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
 from mope_lightning.models.sources import resolve_text_source
@@ -46,7 +49,8 @@ def _text_config(cfg, source: str, kwargs: dict):
     return AutoConfig.for_model(cfg.arch, **kwargs)  # no files needed: random init or counting parameters
 
 
-def build_text_encoder(cfg, pool: str = "mean", weights: bool = True) -> PromptedTextEncoder:
+def build_text_encoder(cfg, pool: str = "mean", weights: bool = True,
+                       key: str = "model.text_encoder") -> PromptedTextEncoder:
     """A frozen transformers encoder and its tokenizer: pretrained from a hub id or local directory, or random init
     (`pretrained: false`, or `tiny: true` for a miniature of the same family). `weights=False` builds the
     architecture only, without weights or tokenizer (for counting parameters)."""
@@ -61,12 +65,12 @@ def build_text_encoder(cfg, pool: str = "mean", weights: bool = True) -> Prompte
             model = AutoModel.from_config(_text_config(cfg, source, kwargs))
         tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(cfg.tokenizer or cfg.name)) if weights else None
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"model.text_encoder: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
+        raise ModelError(f"{key}: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
                          "directory, a hub id reachable from this machine, or an installed offline model") from None
     try:
         return PromptedTextEncoder(model, tokenizer, pool)
     except TypeError as exc:
-        raise ModelError(f"model.text_encoder.name: {exc}") from None
+        raise ModelError(f"{key}.name: {exc}") from None
 
 
 def build_image_encoder(cfg, weights: bool = True) -> nn.Module:
@@ -132,6 +136,8 @@ def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
     `weights=False` builds the architecture only (random init, no tokenizer, nothing read or downloaded), e.g. on
     the meta device to count parameters.
     """
+    if cfg.fusion == "pmoe":
+        return build_pmoe_classifier(cfg, num_classes, weights)
     text = build_text_encoder(cfg.text_encoder, cfg.pool, weights)
     image = build_image_encoder(cfg.image_encoder, weights)
     if cfg.fusion not in PROMPT_FUSIONS:
@@ -155,3 +161,67 @@ def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
     fusion = build_mope(cfg, prompted, condition.num_features, compat)
     return PromptFusionClassifier(text, image, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
                                   head_condition=cfg.fusion == "prompt_tuning", condition_prompts=condition_prompts)
+
+
+def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoEClassifier:
+    """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other one."""
+    p = cfg.pmoe
+    if len(p.experts) < 1:
+        raise ModelError("model.pmoe.experts: list the expert encoders (two or more, e.g. two text encoders) in the "
+                         "experiment YAML; see experiments/easy_vqa_pmoe.yaml")
+    experts = [_pmoe_expert(cfg, i, weights) for i in range(len(p.experts))]
+    _check_shared_inputs(cfg, experts)
+    condition_cfg = cfg.image_encoder if cfg.prompted == "text" else cfg.text_encoder
+    condition = (build_image_encoder(condition_cfg, weights) if cfg.prompted == "text"
+                 else build_text_encoder(condition_cfg, cfg.pool, weights))
+    if p.dynamic_length and not p.condition:
+        raise ModelError("model.pmoe.dynamic_length: dynamic EPTs are routed by the other modality; set "
+                         "model.pmoe.condition=true or dynamic_length=0")
+    cond_dim = condition.num_features if p.condition else 0
+    router = {k: cfg.mope.router[k] for k in ("temperature", "noise_std", "top_k")}
+    router["cross_dim"] = cfg.mope.router.cross_dim
+    pmoe = PMoE([e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
+                dynamic_length=p.dynamic_length, num_experts=p.num_experts,
+                init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
+                router=router, hidden=p.hidden, granularity=p.granularity, condition_dispatcher=p.condition,
+                dispatch=p.dispatcher, dispatch_importance=p.dispatch_importance,
+                importance_threshold=cfg.mope.importance_threshold)
+    return PMoEClassifier(experts, _expert_names(p.experts), condition, cfg.prompted, pmoe, num_classes, p.combine,
+                          cfg.head_hidden, cfg.head_dropout, conditioned=p.condition)
+
+
+def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:
+    e, key = cfg.pmoe.experts[i], f"model.pmoe.experts[{i}]"
+    if cfg[f"{cfg.prompted}_encoder"].tiny and not e.tiny:  # the tiny overlay miniaturises the experts too
+        e = OmegaConf.merge(e, {"tiny": True})
+    is_text = e.library == "transformers"
+    if is_text != (cfg.prompted == "text"):
+        kind = "a text" if is_text else "an image"
+        raise ModelError(f"{key}: {e.library} '{e.name}' is {kind} encoder, but this pMoE's experts are "
+                         f"{cfg.prompted} encoders (model.prompted={cfg.prompted}); every expert must be of the "
+                         "prompted modality")
+    encoder = build_text_encoder(e, cfg.pool, weights, key) if is_text else build_image_encoder(e, weights)
+    if isinstance(encoder, PromptedSwin) or not hasattr(encoder, "forward_features"):
+        raise ModelError(f"{key}: {e.library} '{e.name}' cannot be a pMoE expert: pMoE prompts isotropic encoders "
+                         "(BERT family, timm ViT/DeiT); hierarchical (Swin) and CNN encoders are not supported")
+    return encoder
+
+
+def _check_shared_inputs(cfg, experts: list) -> None:
+    """Every expert reads the batch the DataModule makes for the first one: one tokenizer, one image size."""
+    first = experts[0]
+    for i, expert in enumerate(experts[1:], start=1):
+        key = f"model.pmoe.experts[{i}]"
+        if cfg.prompted == "text" and first.tokenizer is not None and expert.tokenizer is not None \
+                and first.tokenizer.get_vocab() != expert.tokenizer.get_vocab():
+            raise ModelError(f"{key}: its tokenizer's vocabulary differs from experts[0]'s; text experts share "
+                             "one tokenized batch, so pick experts with the same vocabulary (or set `tokenizer:`)")
+        if cfg.prompted == "image" and expert.data_config["input_size"] != first.data_config["input_size"]:
+            raise ModelError(f"{key}: input size {expert.data_config['input_size']} differs from experts[0]'s "
+                             f"{first.data_config['input_size']}; image experts share one preprocessed batch, so "
+                             "set kwargs.img_size to match")
+
+
+def _expert_names(experts) -> list[str]:
+    names = [Path(str(e.name)).name for e in experts]
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]

@@ -14,8 +14,10 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-# prompter(layer index, pooled layer input (B, D)) -> prompts (B, P, D) for that layer, or None to carry the previous
-Prompter = Callable[[int, Tensor], Optional[Tensor]]
+# prompter(layer index, pooled layer input (B, D), carried prompts (B, P, D) or None) -> prompts (B, P, D) for that
+# layer, or None to carry the previous ones. The carried prompts are the previous layer's prompt outputs (pMoE's
+# dispatcher mixes them with the experts' prompt tokens); MoPE ignores them.
+Prompter = Callable[[int, Tensor, Optional[Tensor]], Optional[Tensor]]
 # run_layer(layer, tokens with prompts, number of prompts) -> tokens
 LayerCall = Callable[[nn.Module, Tensor, int], Tensor]
 
@@ -61,7 +63,7 @@ def prompted_block_loop(layers: Sequence[nn.Module], x: Tensor, prefix: int, run
     prompts = initial_prompts(prompter, x.shape[0])
     for i, layer in enumerate(layers):
         if prompter is not None:
-            new = prompter(i, pooled_state(x, prompts, mask))
+            new = prompter(i, pooled_state(x, prompts, mask), prompts)
             prompts = new if new is not None else prompts
         num_prompts = 0 if prompts is None else prompts.shape[1]
         x, prompts = split_prompts(run_layer(layer, insert_prompts(x, prompts, prefix), num_prompts), num_prompts,

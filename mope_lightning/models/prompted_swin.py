@@ -114,7 +114,7 @@ class PromptedSwin(Backbone):
                 prompts = stage.downsample.reduction(stage.downsample.norm(torch.cat([prompts] * 4, dim=-1)))
             for block in stage.blocks:
                 if prompter is not None:
-                    new = prompter(layer, pooled_state(x.flatten(1, 2), prompts))
+                    new = prompter(layer, pooled_state(x.flatten(1, 2), prompts), prompts)
                     prompts = new if new is not None else prompts
                 x, prompts = self._run_block(block, x, prompts)
                 layer += 1

@@ -137,7 +137,7 @@ class MoPE(nn.Module):
 
 
 class LayerPrompter:
-    """What an encoder's block loop calls: `prompter(i, pooled)` gives layer i's prompts (B, P, D) or None.
+    """What an encoder's block loop calls: `prompter(i, pooled, carried)` gives layer i's prompts (B, P, D) or None.
 
     It records the routing probabilities of every routed layer, read afterwards with `routing_probs()`.
     """
@@ -146,7 +146,7 @@ class LayerPrompter:
         self.mope, self.cond, self.mapped = mope, cond, mapped
         self.routing: list[Tensor] = []
 
-    def __call__(self, layer: int, pooled: Tensor) -> Optional[Tensor]:
+    def __call__(self, layer: int, pooled: Tensor, carried: Optional[Tensor] = None) -> Optional[Tensor]:
         key = str(layer)
         if key not in self.mope.layers:
             return None

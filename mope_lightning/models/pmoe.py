@@ -1,0 +1,96 @@
+"""The pMoE classifier: several frozen expert encoders of one modality, prompted together through dispatchers
+(`dispatcher.py`), optionally conditioned on the other modality's feature, with one head over all experts.
+
+The first expert doubles as the classifier's encoder of its modality (`self.text` or `self.image`), so the
+DataModule reads its tokenizer or image preprocessing; the other experts must accept the same inputs (checked when
+the model is built). The other modality's encoder supplies the conditioning feature, cached when it is frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from mope_lightning.models.classifier import MODALITIES, FusionOutput, ImageTextClassifier, make_head
+from mope_lightning.models.dispatcher import Dispatcher, PMoE
+
+COMBINES = ("concat", "mean_logits")
+
+
+class PMoEClassifier(ImageTextClassifier):
+    """pMoE over `experts` (encoders of `modality`), conditioned on the other modality when `conditioned`.
+
+    Args:
+        experts: prompted encoders of one modality (BERT family or ViT/DeiT), frozen.
+        names: one display name per expert (routing heatmaps, the report).
+        condition: the other modality's encoder.
+        modality: "text" or "image", the experts' modality.
+        pmoe: EPTs and dispatchers sized for the experts.
+        combine: "concat" (one linear head on the concatenated pooled features) or "mean_logits" (a head per
+            expert, logits averaged).
+        conditioned: whether the other modality's feature reaches the prompts (dispatchers or dynamic EPTs).
+    """
+
+    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: nn.Module, modality: str,
+                 pmoe: PMoE, num_classes: int, combine: str = "concat", head_hidden: int = 0,
+                 head_dropout: float = 0.0, conditioned: bool = True):
+        if combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+        first, rest = experts[0], list(experts[1:])
+        super().__init__(*((first, condition) if modality == "text" else (condition, first)))
+        self.modality = modality
+        self.condition = MODALITIES[1 - MODALITIES.index(modality)]
+        self.more_experts = nn.ModuleList(rest)
+        self.names = list(names)
+        self.pmoe = pmoe
+        self.combine = combine
+        self.conditioned = conditioned
+        widths = [e.num_features for e in self.experts]
+        if combine == "concat":
+            self.head = make_head(sum(widths), num_classes, head_hidden, head_dropout)
+        else:
+            self.heads = nn.ModuleList(make_head(w, num_classes, head_hidden, head_dropout) for w in widths)
+
+    @property
+    def experts(self) -> list[nn.Module]:
+        return [self.encoder(self.modality), *self.more_experts]
+
+    def cacheable_modalities(self) -> tuple[str, ...]:
+        return (self.condition,) if self.conditioned and self.encoder(self.condition).frozen else ()
+
+    def routing_shape(self) -> Optional[tuple[int, int]]:
+        return sum(self.pmoe.depths), self.pmoe.num_candidates
+
+    def routing_labels(self) -> tuple[list[str], list[str]]:
+        rows = [f"{name} L{layer}" for name, depth in zip(self.names, self.pmoe.depths) for layer in range(depth)]
+        return rows, ["carried", *self.names]
+
+    def signature(self) -> dict:
+        return {"experts": [e.signature() for e in self.experts], self.condition: self.encoder(self.condition)
+                .signature()}
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = super().param_groups()
+        dispatch = {id(p) for m in self.modules() if isinstance(m, Dispatcher) for p in m.parameters()}
+        dispatch |= {id(p) for p in self.pmoe.bridges.parameters()}
+        groups["dispatcher"] = [p for p in groups["head"] if id(p) in dispatch]
+        groups["head"] = [p for p in groups["head"] if id(p) not in dispatch]
+        return groups
+
+    def forward(self, batch: dict) -> FusionOutput:
+        first = self.experts[0]
+        inputs = first.inputs(batch)
+        anchor = next(iter(inputs.values()))
+        cond = self.features(self.condition, batch) if self.conditioned else None
+        state = self.pmoe.bind(cond, anchor.shape[0], anchor.device)
+        pooled = []
+        for k, expert in enumerate(self.experts):
+            tokens = expert.forward_features(**inputs, prompter=state.prompter(k))
+            pooled.append(expert.pool(*tokens))
+        if self.combine == "concat":
+            logits = self.head(torch.cat(pooled, dim=-1))
+        else:
+            logits = torch.stack([head(p) for head, p in zip(self.heads, pooled)]).mean(0)
+        return FusionOutput(logits, state.importance_loss(), state.routing_probs())

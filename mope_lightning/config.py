@@ -86,11 +86,12 @@ class PMoEConfig:
     experts: List[EncoderConfig] = field(default_factory=list)  # two or more encoders of the prompted modality
     static_length: int = 6  # learned expert prompt tokens (EPTs) per expert and layer
     dynamic_length: int = 0  # MoPE prompts in each expert's EPTs, mixed from `num_experts` by the other modality
+    mapped_length: int = 0  # MoPE's mapped prompts in each expert's EPTs (model.mope.mapper_hidden, prompt_dropout)
     num_experts: int = 4  # prompt experts of the dynamic EPTs (router settings: model.mope.router)
     dispatcher: str = "learned"  # learned | identity (each expert keeps its own EPTs: no exchange)
     granularity: str = "expert"  # expert: one gate per candidate set | token: one per set and prompt token
     hidden: int = 64  # the dispatchers' hidden width
-    condition: bool = True  # the dispatchers read the other modality's feature (the multimodal pMoE)
+    condition_dispatcher: bool = True  # the dispatchers read the other modality's feature (a multimodal pMoE)
     combine: str = "concat"  # concat: one head on all experts' features | mean_logits: a head per expert
     dispatch_importance: bool = False  # MoPE's importance loss on the dispatch gates (model.mope.importance_*)
     init_scale: Optional[float] = None  # uniform(-s, s) EPT init; default: each expert family's rule

@@ -135,3 +135,32 @@ def test_no_forward_tokenizes_or_decodes_images(tmp_path, monkeypatch):
     assert not violations
     # The watches see the data pipeline's own tokenization and decoding, so they would see them inside forward.
     assert {"PreTrainedTokenizerBase.__call__", "PIL.Image.open"} <= set(outside)
+
+
+@pytest.mark.parametrize("family", ["text", "vit", "swin"])
+def test_prompted_attention_uses_scaled_dot_product_attention(family, tiny_bert, monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    if family == "text":
+        encoder, inputs = tiny_bert, {"input_ids": torch.randint(5, 100, (2, 6)),
+                                      "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+        attention_layers = encoder.num_layers
+    elif family == "vit":
+        model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32,
+                                  patch_size=8, embed_dim=32, depth=2, num_heads=2)
+        encoder, inputs, attention_layers = PromptedViT(model, {"input_size": (3, 32, 32)}, "vit"), \
+            {"images": torch.randn(2, 3, 32, 32)}, 2
+    else:
+        model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, img_size=56,
+                                  embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7)
+        encoder, inputs, attention_layers = PromptedSwin(model, {"input_size": (3, 56, 56)}, "swin"), \
+            {"images": torch.randn(2, 3, 56, 56)}, 4
+    mope = _mope_for(encoder)
+    encoder.forward_features(**inputs, prompter=mope.bind(torch.randn(2, 12)))
+    assert len(calls) == attention_layers  # every prompted attention call went through SDPA

@@ -91,7 +91,7 @@ def test_gradients_reach_prompts_dispatchers_and_head_only(tmp_path):
     out = net(batch)
     (torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + out.importance_loss).backward()
     groups = net.param_groups()
-    assert groups["prompts"] and groups["dispatcher"] and groups["head"] and groups["router"]
+    assert groups["prompts"] and groups["dispatcher"] and groups["head"] and groups["router"] and groups["mapper"]
     assert not groups["encoders"]
     trained = {id(p) for params in groups.values() for p in params}
     for name, param in net.named_parameters():
@@ -172,3 +172,20 @@ def test_pmoe_trains_and_its_dispatch_is_analyzed(tmp_path):
     assert main(["analyze", str(PMOE), str(TINY), *overrides, f"ckpt={summary['best_checkpoint']}",
                  f"out={out}"]) == 0
     assert (out / "layer_expert.png").is_file() and "paraphrase-MiniLM-L3-v2 L1" in (out / "summary.md").read_text()
+
+
+def test_image_experts_of_different_widths_and_depths(tmp_path):
+    extra = tmp_path / "vits.yaml"
+    extra.write_text("model:\n  prompted: image\n  pool: cls\n  pmoe:\n    experts:\n"
+                     "      - {library: timm, name: vit_base_patch16_224}\n"
+                     "      - {library: timm, name: deit_tiny_patch16_224, kwargs: {embed_dim: 48, depth: 1}}\n")
+    net = build_model(load_config([PMOE, TINY, extra]).model, num_classes=13)
+    assert set(net.input_spec().cacheable) == {"text"}  # the frozen text encoder conditions, from the cache
+    widths = [e.num_features for e in net.experts]
+    assert widths[0] != widths[1] and net.pmoe.depths[0] != net.pmoe.depths[1]
+    size = net.image.data_config["input_size"][-1]
+    batch = {"images": torch.randn(2, 3, size, size), "text_features": torch.randn(2, net.text.num_features)}
+    out = net(batch)
+    assert out.logits.shape == (2, 13) and out.routing.shape == (2, sum(net.pmoe.depths), 3)
+    out.logits.sum().backward()
+    assert all(p.grad is not None for p in net.pmoe.bridges.parameters())

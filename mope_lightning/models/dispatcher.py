@@ -14,9 +14,9 @@ is one weight per candidate set (`granularity="expert"`) or one per candidate se
 P_hat replaces the carried prompts before the frozen layer runs (VPT-deep style). Every design choice where the
 paper is silent is listed in ../shared/reference/peers.md §3.4 and in the README.
 
-An expert's EPTs may themselves be MoPE prompts: static tokens plus dynamic tokens mixed from prompt experts by a
-router that reads the other modality only, so every expert's EPTs exist before any expert runs and the experts can
-run one after another.
+An expert's EPTs may themselves be MoPE prompts: static tokens, dynamic tokens mixed from prompt experts by a router
+that reads the other modality only, and mapped tokens projected from the other modality's feature. So every
+expert's EPTs exist before any expert runs, and the experts can run one after another.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mope_lightning.models.prompts import PromptLayer
+from mope_lightning.models.prompts import ConditionMapper, PromptLayer
 from mope_lightning.models.router import importance_loss
 
 GRANULARITIES = ("expert", "token")
@@ -68,8 +68,10 @@ class PMoE(nn.Module):
     Args:
         layer_dims: per expert, the token width of each layer (isotropic encoders: one width per expert).
         cond_dim: width of the other modality's feature; 0 for a single-modality pMoE.
-        static_length, dynamic_length: EPT tokens per layer: learned ones, and MoPE prompts mixed from
-            `num_experts` prompt experts by a router on the other modality (needs cond_dim > 0).
+        static_length, dynamic_length, mapped_length: EPT tokens per layer: learned ones, MoPE prompts mixed from
+            `num_experts` prompt experts by a router on the other modality, and MoPE's mapped prompts (one
+            mapper per expert); the last two need cond_dim > 0.
+        mapper_hidden, prompt_dropout: the mappers' hidden width and output dropout.
         init_scale: per expert, EPTs start uniform in (-s, s).
         router: `MultimodalRouter` keyword arguments for the dynamic EPTs.
         hidden, granularity: the dispatchers' hidden width and gate granularity.
@@ -79,22 +81,23 @@ class PMoE(nn.Module):
     """
 
     def __init__(self, layer_dims: Sequence[Sequence[int]], cond_dim: int = 0, *, static_length: int = 6,
-                 dynamic_length: int = 0, num_experts: int = 4, init_scale: Sequence[float] = (),
+                 dynamic_length: int = 0, mapped_length: int = 0, num_experts: int = 4,
+                 init_scale: Sequence[float] = (), mapper_hidden: Optional[int] = None, prompt_dropout: float = 0.1,
                  router: Optional[dict] = None, hidden: int = 64, granularity: str = "expert",
                  condition_dispatcher: bool = True, dispatch: str = "learned", dispatch_importance: bool = False,
                  importance_threshold: float = 0.1):
         super().__init__()
         if dispatch not in DISPATCH_MODES:
             raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
-        if static_length + dynamic_length < 1:
+        if static_length + dynamic_length + mapped_length < 1:
             raise ValueError("pMoE needs at least one prompt token per expert and layer")
-        if dynamic_length and not cond_dim:
-            raise ValueError("dynamic EPTs are routed by the other modality: they need a conditioning feature")
+        if (dynamic_length or mapped_length) and not cond_dim:
+            raise ValueError("dynamic and mapped EPTs come from the other modality: they need a conditioning feature")
         if any(len(set(dims)) != 1 for dims in layer_dims):
             raise ValueError("pMoE experts must be isotropic (one token width per expert)")
         self.depths = [len(dims) for dims in layer_dims]
         self.widths = [dims[0] for dims in layer_dims]
-        self.prompt_length = static_length + dynamic_length
+        self.prompt_length = static_length + dynamic_length + mapped_length
         self.dispatch = dispatch
         self.dispatch_importance = dispatch_importance
         self.importance_threshold = importance_threshold
@@ -104,6 +107,9 @@ class PMoE(nn.Module):
             nn.ModuleList(PromptLayer(width, cond_dim, static_length, dynamic_length, num_experts, scale, router)
                           for _ in range(depth))
             for width, depth, scale in zip(self.widths, self.depths, scales))
+        self.mappers = nn.ModuleList(
+            ConditionMapper(cond_dim, [width], mapped_length, mapper_hidden, prompt_dropout) for width in self.widths
+        ) if mapped_length else None
         self.bridges = nn.ModuleDict({
             f"{j}_{k}": nn.Linear(wj, wk) for j, wj in enumerate(self.widths) for k, wk in enumerate(self.widths)
             if j != k and wj != wk})
@@ -122,10 +128,11 @@ class PMoE(nn.Module):
         """One forward pass: every expert's EPTs for this batch, and a prompter per expert."""
         anchor = cond if cond is not None else torch.zeros(batch_size, 0, device=device)
         epts, routing = [], []
-        for bank in self.prompts:
+        for k, bank in enumerate(self.prompts):
+            mapped = self.mappers[k](cond)[0] if self.mappers is not None else None  # one set for all layers
             layers = []
             for layer in bank:
-                prompts, probs = layer(anchor, anchor, None)  # the router reads `cond` only (self_dim 0)
+                prompts, probs = layer(anchor, anchor, mapped)  # the router reads `cond` only (self_dim 0)
                 layers.append(prompts)
                 if probs is not None:
                     routing.append(probs)

@@ -174,20 +174,20 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
     condition_cfg = cfg.image_encoder if cfg.prompted == "text" else cfg.text_encoder
     condition = (build_image_encoder(condition_cfg, weights) if cfg.prompted == "text"
                  else build_text_encoder(condition_cfg, cfg.pool, weights))
-    if p.dynamic_length and not p.condition:
-        raise ModelError("model.pmoe.dynamic_length: dynamic EPTs are routed by the other modality; set "
-                         "model.pmoe.condition=true or dynamic_length=0")
-    cond_dim = condition.num_features if p.condition else 0
+    # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs.
+    conditioned = p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0
+    cond_dim = condition.num_features if conditioned else 0
     router = {k: cfg.mope.router[k] for k in ("temperature", "noise_std", "top_k")}
     router["cross_dim"] = cfg.mope.router.cross_dim
     pmoe = PMoE([e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
-                dynamic_length=p.dynamic_length, num_experts=p.num_experts,
+                dynamic_length=p.dynamic_length, mapped_length=p.mapped_length, num_experts=p.num_experts,
+                mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
                 init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
-                router=router, hidden=p.hidden, granularity=p.granularity, condition_dispatcher=p.condition,
+                router=router, hidden=p.hidden, granularity=p.granularity, condition_dispatcher=p.condition_dispatcher,
                 dispatch=p.dispatcher, dispatch_importance=p.dispatch_importance,
                 importance_threshold=cfg.mope.importance_threshold)
     return PMoEClassifier(experts, _expert_names(p.experts), condition, cfg.prompted, pmoe, num_classes, p.combine,
-                          cfg.head_hidden, cfg.head_dropout, conditioned=p.condition)
+                          cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)
 
 
 def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:

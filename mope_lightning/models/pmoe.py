@@ -30,7 +30,7 @@ class PMoEClassifier(ImageTextClassifier):
         pmoe: EPTs and dispatchers sized for the experts.
         combine: "concat" (one linear head on the concatenated pooled features) or "mean_logits" (a head per
             expert, logits averaged).
-        conditioned: whether the other modality's feature reaches the prompts (dispatchers or dynamic EPTs).
+        conditioned: whether the other modality's feature reaches the prompts (dispatchers, dynamic or mapped EPTs).
     """
 
     def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: nn.Module, modality: str,

@@ -157,3 +157,16 @@ def test_checkpoints_are_written_atomically(tmp_path):
         io.save_checkpoint({"step": 2, "w": torch.zeros(1000), "bad": Unpicklable()}, path)
     assert torch.load(path, weights_only=False)["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no partial file is left behind
+
+
+def test_atomically_written_files_get_the_usual_permissions(tmp_path):
+    from mope_lightning.fileio import atomic_write
+
+    mask = os.umask(0o022)
+    try:
+        written = atomic_write(tmp_path / "report.md", lambda fh: fh.write("done\n"))
+        with open(tmp_path / "plain.md", "w") as fh:
+            fh.write("done\n")
+    finally:
+        os.umask(mask)
+    assert written.stat().st_mode & 0o777 == (tmp_path / "plain.md").stat().st_mode & 0o777 == 0o644

@@ -48,13 +48,14 @@ CASES = {
     "mope_condition_prompts": "model.condition_prompts=4",  # the reference also prompt-tunes its BERT: not cached
     # pMoE (config "pmoe": MiniLM-L6 + MiniLM-L3 experts) against MoPE on each single expert (config "default")
     "pmoe": "",
+    "pmoe_static_epts": "model.pmoe.dynamic_length=0 model.pmoe.mapped_length=0",
     "mope_l3": "model.text_encoder.name=sentence-transformers/paraphrase-MiniLM-L3-v2",
 }
-PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe")]
+PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
 QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"), ("default", "bare"),
          ("default", "mope")]
-FULL = [(c, n) for c in ("default", "paper") for n in CASES
-        if n not in ("pmoe", "mope_l3") and not (c == "default" and n == "mope_condition_prompts")] + PMOE[1:]
+FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:]}
+        and not (c == "default" and n == "mope_condition_prompts")] + PMOE[1:]
 
 
 def _config(config: str, overrides: str):

@@ -228,11 +228,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    parser.add_argument("--repeats", type=int, help="timed steps per case (default 5; quick 3)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
     parser.add_argument("--only", help="comma-separated config:case pairs to run instead (e.g. "
                         "default:mope,pmoe:pmoe; 'pmoe' runs pMoE against MoPE on each single expert)")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: config:name, run in this process
     args = parser.parse_args()
     warmup, repeats = (1, 3) if args.quick else (2, 5)
+    warmup, repeats = args.warmup if args.warmup is not None else warmup, args.repeats or repeats
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.case:
         config, name = args.case.split(":")
@@ -247,7 +250,7 @@ def main() -> None:
         plan = QUICK if args.quick else FULL
     for config, name in plan:
         cmd = [sys.executable, __file__, "--case", f"{config}:{name}", "--device", args.device, "--precision",
-               args.precision, *(["--quick"] if args.quick else [])]
+               args.precision, "--warmup", str(warmup), "--repeats", str(repeats)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"case {config}:{name} failed:\n{proc.stderr[-3000:]}")

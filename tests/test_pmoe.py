@@ -189,3 +189,12 @@ def test_image_experts_of_different_widths_and_depths(tmp_path):
     assert out.logits.shape == (2, 13) and out.routing.shape == (2, sum(net.pmoe.depths), 3)
     out.logits.sum().backward()
     assert all(p.grad is not None for p in net.pmoe.bridges.parameters())
+
+
+def test_the_converted_expert_is_the_same_frozen_model_every_time():
+    # Its export has no pooler; a randomly initialised one made checkpoints refuse to load in the next process.
+    from mope_lightning.models.sources import weights_digest
+
+    cfg = OmegaConf.structured(EncoderConfig(name="sentence-transformers/paraphrase-MiniLM-L3-v2"))
+    digests = {weights_digest(build_text_encoder(cfg)) for _ in range(2)}
+    assert len(digests) == 1

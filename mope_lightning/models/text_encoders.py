@@ -46,6 +46,10 @@ class PromptedTextEncoder(Backbone):
                             f"encoders ({', '.join(PROMPTABLE_TEXT_MODELS)})")
         if pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        if getattr(model, "pooler", None) is not None:
+            # Never used (we pool ourselves). Where a checkpoint lacks it (sentence-transformers exports) the library
+            # initialises it at random, which would make the frozen weights differ from run to run.
+            model.pooler = None
         super().__init__(model)
         self.tokenizer = tokenizer
         self.pool_mode = pool

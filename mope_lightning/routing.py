@@ -96,19 +96,23 @@ def top_words(texts: Sequence[str], n: int = 5) -> list[str]:
     return [w for w, _ in words.most_common(n)]
 
 
-def _figure(rows: int, cols: int):
+def _figure(rows: int, cols: int, row_chars: int = 8, col_chars: int = 8):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(1.2 + 0.75 * cols, 1.0 + 0.45 * rows), dpi=100)
+    # Room for the cells, the row labels beside them and the 45-degree column labels below (pMoE's are long).
+    width = max(4.0, 1.2 + 0.75 * cols + 0.07 * max(row_chars - 8, 0))
+    height = 1.0 + 0.45 * rows + 0.05 * max(col_chars - 8, 0)
+    return plt.subplots(figsize=(width, height), dpi=100)
 
 
 def heatmap(values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str):
     """A labelled heatmap with the values written in the cells."""
     values = values.detach().float().cpu()
-    fig, ax = _figure(len(row_labels), len(col_labels))
+    fig, ax = _figure(len(row_labels), len(col_labels), max(map(len, row_labels), default=0),
+                      max(map(len, col_labels), default=0))
     image = ax.imshow(values.numpy(), cmap="viridis", vmin=0.0, aspect="auto")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)

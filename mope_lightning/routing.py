@@ -128,8 +128,9 @@ def heatmap(values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str]
 
 
 def exemplar_grid(images_per_expert: dict[int, list], words_per_expert: dict[int, list[str]], title: str,
-                  names: Optional[list[str]] = None):
-    """One row per expert: its most strongly routed images, titled with the frequent words of their texts."""
+                  names: Sequence[str]):
+    """One row per expert: its most strongly routed images, titled with its name and the frequent words of their
+    texts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,8 +145,7 @@ def exemplar_grid(images_per_expert: dict[int, list], words_per_expert: dict[int
             ax.axis("off")
             if col < len(images_per_expert[expert]):
                 ax.imshow(images_per_expert[expert][col])
-        name = names[expert] if names else f"expert {expert}"
-        axes[row][0].set_title(f"{name}: {' '.join(words_per_expert[expert])}", fontsize=8, loc="left")
+        axes[row][0].set_title(f"{names[expert]}: {' '.join(words_per_expert[expert])}", fontsize=8, loc="left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -70,7 +70,6 @@ class JsonlDataModule(ImageTextDataModule):
     """Image-text classification from JSON lines (`data.name: jsonl`, or the `mmbt` preset)."""
 
     config_class = JsonlConfig
-    monitor = "val/acc"
 
     @property
     def root(self) -> Path:

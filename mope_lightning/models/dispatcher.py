@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mope_lightning.models.prompts import ConditionMapper, PromptLayer
-from mope_lightning.models.router import importance_loss
+from mope_lightning.models.router import mean_importance_loss
 
 GRANULARITIES = ("expert", "token")
 DISPATCH_MODES = ("learned", "identity")
@@ -98,7 +98,6 @@ class PMoE(nn.Module):
         self.depths = [len(dims) for dims in layer_dims]
         self.widths = [dims[0] for dims in layer_dims]
         self.prompt_length = static_length + dynamic_length + mapped_length
-        self.dispatch = dispatch
         self.dispatch_importance = dispatch_importance
         self.importance_threshold = importance_threshold
         scales = list(init_scale) or [0.1] * len(self.widths)
@@ -113,9 +112,8 @@ class PMoE(nn.Module):
         self.bridges = nn.ModuleDict({
             f"{j}_{k}": nn.Linear(wj, wk) for j, wj in enumerate(self.widths) for k, wk in enumerate(self.widths)
             if j != k and wj != wk})
-        num_candidates = len(self.widths) + 1
         self.dispatchers = nn.ModuleList(
-            nn.ModuleList(Dispatcher(width, num_candidates, self.prompt_length,
+            nn.ModuleList(Dispatcher(width, self.num_candidates, self.prompt_length,
                                      cond_dim if condition_dispatcher else 0, hidden, granularity)
                           for _ in range(depth))
             for width, depth in zip(self.widths, self.depths)) if dispatch == "learned" else None
@@ -184,4 +182,4 @@ class PMoEPass:
             probs += [g for layers in self.gates for g in layers]
         if not probs:
             return self.epts[0][0].new_zeros(())
-        return torch.stack([importance_loss(p, self.pmoe.importance_threshold) for p in probs]).mean()
+        return mean_importance_loss(probs, self.pmoe.importance_threshold)

@@ -93,6 +93,11 @@ def _prompt_lengths(cfg) -> tuple[int, int, int]:
     return m.static_length, m.dynamic_length, m.mapped_length
 
 
+def _router_kwargs(router_cfg) -> dict:
+    """`MultimodalRouter` keyword arguments from a `model.mope.router` section."""
+    return {k: router_cfg[k] for k in ("self_dim", "cross_dim", "temperature", "noise_std", "top_k")}
+
+
 def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()) -> MoPE:
     """The prompt generator of `cfg.fusion`, sized for `encoder` and conditioned on a feature of width `cond_dim`."""
     m = cfg.mope
@@ -113,8 +118,7 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     stages = encoder.layer_stages
     if compat.skip_first_block_prompt:  # the reference re-prompts no stage's first block
         layers = [i for i in layers if i > 0 and stages[i] == stages[i - 1]]
-    router = {k: m.router[k] for k in ("self_dim", "cross_dim", "temperature", "noise_std", "top_k")}
-    router["noise_in_eval"] = compat.eval_routing_noise
+    router = {**_router_kwargs(m.router), "noise_in_eval": compat.eval_routing_noise}
     return MoPE(encoder.layer_dims, stages, cond_dim, static_length=static, dynamic_length=dynamic,
                 mapped_length=mapped, num_experts=m.num_experts,
                 init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale, router=router,
@@ -177,13 +181,11 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
     # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs.
     conditioned = p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0
     cond_dim = condition.num_features if conditioned else 0
-    router = {k: cfg.mope.router[k] for k in ("temperature", "noise_std", "top_k")}
-    router["cross_dim"] = cfg.mope.router.cross_dim
     pmoe = PMoE([e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
                 dynamic_length=p.dynamic_length, mapped_length=p.mapped_length, num_experts=p.num_experts,
                 mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
                 init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
-                router=router, hidden=p.hidden, granularity=p.granularity, condition_dispatcher=p.condition_dispatcher,
+                router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity, condition_dispatcher=p.condition_dispatcher,
                 dispatch=p.dispatcher, dispatch_importance=p.dispatch_importance,
                 importance_threshold=cfg.mope.importance_threshold)
     return PMoEClassifier(experts, _expert_names(p.experts), condition, cfg.prompted, pmoe, num_classes, p.combine,

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mope_lightning.models.router import MultimodalRouter, importance_loss
+from mope_lightning.models.router import MultimodalRouter, mean_importance_loss
 
 
 def _uniform(shape: Sequence[int], scale: float) -> nn.Parameter:
@@ -170,5 +170,4 @@ class LayerPrompter:
         probs = self.routing_probs() if probs is None else probs
         if probs is None:
             return self.cond.new_zeros(())
-        losses = [importance_loss(probs[:, i], self.mope.importance_threshold) for i in range(probs.shape[1])]
-        return torch.stack(losses).mean()
+        return mean_importance_loss(probs.unbind(1), self.mope.importance_threshold)

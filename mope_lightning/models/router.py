@@ -11,6 +11,8 @@ For one prompted layer, the router scores K prompt experts per instance from a q
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import Tensor, nn
 
@@ -74,3 +76,8 @@ def importance_loss(probs: Tensor, threshold: float = 0.1) -> Tensor:
     mean = importance.mean()
     cv2 = importance.var(unbiased=True) / mean.square().clamp_min(torch.finfo(importance.dtype).tiny)
     return torch.where((cv2 > threshold) & (mean > 0), cv2, torch.zeros_like(cv2))
+
+
+def mean_importance_loss(per_layer: Sequence[Tensor], threshold: float = 0.1) -> Tensor:
+    """The importance loss averaged over routed layers, each given as its (B, K) routing probabilities."""
+    return torch.stack([importance_loss(probs, threshold) for probs in per_layer]).mean()

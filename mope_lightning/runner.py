@@ -105,7 +105,7 @@ def analyze(cfg: DictConfig) -> Path:
     load_trained_weights(module, ckpt_path)
     if module.val_routing is None:
         raise CheckpointError(f"{ckpt_path}: its model (model.fusion={cfg.model.fusion}) has no router, so there is "
-                              "no routing to report; analyze a MoPE checkpoint")
+                              "no routing to report; analyze a MoPE or pMoE checkpoint")
     header = {"experiment": cfg.experiment, "checkpoint": ckpt_path, "split": a.split}
     trainer = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=False,
                         enable_checkpointing=False, precision=cfg.trainer.get("precision"),
@@ -198,7 +198,8 @@ def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
     """Resuming continues a run of the same experiment (the backbone and weights are checked when they load)."""
     import torch
 
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    # mmap: only the hyperparameters are read here; Lightning loads the weights afterwards.
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
     trained = hparams.get("config", {}).get("experiment")
     if trained != cfg.experiment:
         raise CheckpointError(f"ckpt: {ckpt_path} was trained by experiment '{trained}', not '{cfg.experiment}'; "

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -58,11 +59,11 @@ def verify_images(scan: Scan) -> Scan:
     if not any(bad.values()):
         return scan
     problems = list(scan.problems)
+    users = {pool: Counter(j for split in scan.splits.values() if split.pool == pool for j in split.image_index)
+             for pool in bad}  # samples per image, counted once rather than once per bad image
     for pool, errors in bad.items():
         for i, err in errors.items():
-            users = sum(1 for split in scan.splits.values() if split.pool == pool
-                        for j in split.image_index if j == i)
-            problems.append(Problem(str(scan.pools[pool][i]), "", f"{err}; {users} sample(s) use it"))
+            problems.append(Problem(str(scan.pools[pool][i]), "", f"{err}; {users[pool][i]} sample(s) use it"))
     splits = {name: split.subset([r for r, j in enumerate(split.image_index) if j not in bad[split.pool]])
               for name, split in scan.splits.items()}
     return Scan(splits, scan.pools, problems, scan.notes)

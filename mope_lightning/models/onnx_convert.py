@@ -47,13 +47,19 @@ def onnx_file() -> Path:
     return Path(found[0].locate())
 
 
+def _converted(target: Path, stamp: dict) -> bool:
+    """Whether `target` holds a finished conversion of the export `stamp` describes."""
+    marker = target / "conversion.json"
+    return marker.is_file() and {k: v for k, v in json.loads(marker.read_text()).items() if k in stamp} == stamp
+
+
 def paraphrase_minilm_l3_path() -> Path:
     """The converted, verified model directory (converting on first use)."""
     target = model_cache() / MODEL_NAME
     source = onnx_file()
-    stamp = {"source": str(source), "bytes": source.stat().st_size}
-    marker = target / "conversion.json"
-    if marker.is_file() and {k: v for k, v in json.loads(marker.read_text()).items() if k in stamp} == stamp:
+    # Which export, not where it is installed: every venv with the same package shares one conversion.
+    stamp = {"package_version": importlib.metadata.version(PACKAGE), "bytes": source.stat().st_size}
+    if _converted(target, stamp):
         return target
     model, tokenizer = convert(source)
     diff = max_difference_from_onnxruntime(model, tokenizer, source)
@@ -65,8 +71,12 @@ def paraphrase_minilm_l3_path() -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-", dir=target.parent))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "conversion.json").write_text(json.dumps({**stamp, "max_abs_diff_vs_onnxruntime": diff}, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
+    (staging / "conversion.json").write_text(json.dumps({**stamp, "source": str(source),
+                                                         "max_abs_diff_vs_onnxruntime": diff}, indent=1))
+    if _converted(target, stamp):  # another process (a DDP rank) finished first: keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+        return target
+    shutil.rmtree(target, ignore_errors=True)  # a stale conversion (another package version), or a partial one
     try:
         staging.rename(target)  # atomic: another process (a DDP rank) sees all of it or none
     except OSError:  # another process finished first

@@ -146,8 +146,8 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
     if spec:
         lines += ["## Specialisation", "",
                   "Soft mutual information between the expert a sample is routed to and its class, in bits, and "
-                  "relative to its maximum min(H(expert), H(class)) (0: routing ignores the class; 1: the expert "
-                  "determines the class group or vice versa).", ""]
+                  "relative to its maximum min(H(expert), H(class)) (0: routing ignores the class, or one expert takes "
+                  "every sample; 1: the expert determines the class group or vice versa).", ""]
         cols = ["layer", "entropy (nats)", "busiest expert share", "MI class (bits)", "MI class (relative)"]
         if "mi_group_bits" in spec:
             cols += ["MI group (bits)", "MI group (relative)"]

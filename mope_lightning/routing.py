@@ -75,20 +75,28 @@ def _cat(state) -> Tensor:
     return dim_zero_cat(state) if state else torch.zeros(0)
 
 
+COLLAPSED_BITS = 1e-3  # entropy of the expert choice below which a layer counts as collapsed
+
+
 def mutual_information(class_expert: Tensor, class_count: Tensor, groups: Optional[list[list[int]]] = None
                        ) -> tuple[Tensor, Tensor]:
     """Soft mutual information between expert and class (or class group), per layer, in bits, and relative to its
-    maximum min(H(expert), H(class)). For single-label data; classes may be merged into `groups`."""
-    joint = class_expert * class_count[:, None, None]  # (C, L, K) expected routing mass
+    maximum min(H(expert), H(class)). For single-label data; classes may be merged into `groups`.
+
+    A layer whose router sends (nearly) everything to one expert, H(expert) below `COLLAPSED_BITS`, gets relative
+    MI 0: its expert choice carries no information, and the ratio of two rounding-sized numbers would be noise."""
+    joint = class_expert.double() * class_count.double()[:, None, None]  # (C, L, K) expected routing mass
     if groups is not None:
         joint = torch.stack([joint[g].sum(0) for g in groups])
     joint = joint / joint.sum(dim=(0, 2), keepdim=True).clamp_min(1e-12)
     p_class = joint.sum(-1, keepdim=True)  # (C, L, 1)
     p_expert = joint.sum(0, keepdim=True)  # (1, L, K)
-    ratio = joint / (p_class * p_expert).clamp_min(1e-12)
-    info = (joint * ratio.clamp_min(1e-12).log2()).sum(dim=(0, 2))
-    entropy = lambda p: -(p * p.clamp_min(1e-12).log2()).sum(dim=(0, 2))  # noqa: E731
-    return info, info / torch.minimum(entropy(p_class), entropy(p_expert)).clamp_min(1e-12)
+    ratio = joint / (p_class * p_expert).clamp_min(1e-300)
+    info = (joint * ratio.clamp_min(1e-300).log2()).sum(dim=(0, 2)).clamp_min(0.0)
+    entropy = lambda p: -(p * p.clamp_min(1e-300).log2()).sum(dim=(0, 2))  # noqa: E731
+    bound = torch.minimum(entropy(p_class), entropy(p_expert))
+    relative = torch.where(bound > COLLAPSED_BITS, info / bound.clamp_min(COLLAPSED_BITS), 0.0).clamp(0.0, 1.0)
+    return info.to(class_expert.dtype), relative.to(class_expert.dtype)
 
 
 def top_words(texts: Sequence[str], n: int = 5) -> list[str]:

@@ -41,6 +41,11 @@ def test_mutual_information_is_one_for_perfect_specialisation_and_zero_for_none(
     three = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.5, 0.5]]])
     _, grouped = mutual_information(three, torch.tensor([10.0, 10.0, 20.0]), [[0, 1], [2]])
     assert grouped.item() == pytest.approx(0.0, abs=1e-6)
+    # A collapsed router (every class to expert 0) whose rounding-sized leaks differ by class: no information, and
+    # the relative figure is 0, not the ratio of two rounding errors (it read -0.12 and 2.0 before it was guarded).
+    leak = torch.tensor([[[0.0, 1e-13, 0.0, 0.0]], [[0.0, 0.0, 1e-13, 0.0]], [[0.0, 0.0, 0.0, 1e-13]]])
+    bits, relative = mutual_information(torch.tensor([1.0, 0.0, 0.0, 0.0]) + leak, torch.tensor([10.0, 20.0, 30.0]))
+    assert 0.0 <= bits.item() < 1e-9 and relative.item() == 0.0
 
 
 @pytest.fixture(scope="module")

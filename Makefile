@@ -35,10 +35,10 @@ train: $(BIN)/.installed ## train and test experiments/$(EXP).yaml (ARGS="key=va
 train-ddp: $(BIN)/.installed ## train experiments/$(EXP).yaml with DDP on GPUS=N devices of this node
 	$(BIN)/mope fit experiments/$(EXP).yaml experiments/overlays/ddp.yaml trainer.devices=$(GPUS) $(ARGS)
 
-test: $(BIN)/.installed ## run the test suite (about 10 minutes on 2 CPU cores)
+test: $(BIN)/.installed ## run the test suite (about 6 minutes on 2 CPU cores, plus the first install)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (about 15 min on 2 CPU cores)
+bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (about 8 min on 2 CPU cores)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 bench-quick: $(BIN)/.installed ## the key ratios in under 5 minutes -> benchmarks/results-quick.{json,md}

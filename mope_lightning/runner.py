@@ -81,8 +81,9 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
             lines.append(f"  {group:<18} {counts[group]:>14,}")
     lines += [f"  {'trainable':<18} {counts['trainable']:>14,}", f"  {'frozen':<18} {counts['frozen']:>14,}",
               f"  {'total':<18} {counts['total']:>14,}",
-              f"  {'trainable / total':<18} {counts['trainable_percent']:>13.2f}%",
-              f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%"]
+              f"  {'trainable / total':<18} {counts['trainable_percent']:>13.2f}%"]
+    if "trainable_percent_of_frozen" in counts:
+        lines.append(f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%")
     return "\n".join(lines)
 
 

@@ -43,6 +43,8 @@ def test_every_fusion_trains_and_tests(tmp_path, fusion):
     assert (counts["router"] > 0) == (fusion == "mope")
     assert (counts["mapper"] > 0) == (fusion in ("mope", "promptfuse"))
     assert (counts["encoders"] > 0) == (fusion == "finetune")
+    # Nothing is frozen in full fine-tuning: no trainable-to-frozen ratio (it logged 2.5e9% when divided by 1).
+    assert ("trainable_percent_of_frozen" in counts) == (fusion != "finetune")
     if not prompts_on and fusion != "finetune":
         assert counts["trainable"] == counts["head"]
     # Fine-tuned encoders are trainable weights, so their checkpoint holds them; frozen ones are left out.

@@ -100,8 +100,9 @@ class ImageTextClassifier(nn.Module):
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
         counts = {"trainable": trainable, "frozen": total - trainable, "total": total,
-                  "trainable_percent": 100.0 * trainable / max(total, 1),
-                  "trainable_percent_of_frozen": 100.0 * trainable / max(total - trainable, 1)}
+                  "trainable_percent": 100.0 * trainable / max(total, 1)}
+        if total > trainable:  # full fine-tuning freezes nothing: no ratio to state
+            counts["trainable_percent_of_frozen"] = 100.0 * trainable / (total - trainable)
         counts.update({group: sum(p.numel() for p in params) for group, params in self.param_groups().items()})
         return counts
 

@@ -185,9 +185,9 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
                 dynamic_length=p.dynamic_length, mapped_length=p.mapped_length, num_experts=p.num_experts,
                 mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
                 init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
-                router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity, condition_dispatcher=p.condition_dispatcher,
-                dispatch=p.dispatcher, dispatch_importance=p.dispatch_importance,
-                importance_threshold=cfg.mope.importance_threshold)
+                router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity,
+                condition_dispatcher=p.condition_dispatcher, dispatch=p.dispatcher,
+                dispatch_importance=p.dispatch_importance, importance_threshold=cfg.mope.importance_threshold)
     return PMoEClassifier(experts, _expert_names(p.experts), condition, cfg.prompted, pmoe, num_classes, p.combine,
                           cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)
 

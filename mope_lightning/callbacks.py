@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,21 +10,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mope_lightning.fileio import atomic_write
+from mope_lightning.predictions import write_predictions_csv
 from mope_lightning.report import RoutingView, write_report
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes one CSV row per input: id, predicted class(es), and the probability of every class.
+    """Writes one CSV row per input: id, predicted class(es), and the probability of every class
+    (`mope_lightning.predictions`). Under several processes each rank writes its own `<stem>.rank<r>.csv`."""
 
-    Multi-label predictions list every class with probability > 0.5, joined by `|`. Under several processes each
-    rank writes its own `<stem>.rank<r>.csv`.
-    """
-
-    def __init__(self, out: str | Path, classes: Sequence[str], multilabel: bool = False):
+    def __init__(self, out: str | Path, classes: Sequence[str], task: str = "multiclass"):
         super().__init__(write_interval="epoch")
-        self.out, self.classes, self.multilabel = Path(out), list(classes), multilabel
+        self.out, self.classes, self.task = Path(out), list(classes), task
 
     def _target(self, trainer: L.Trainer) -> Path:
         if trainer.world_size == 1:
@@ -34,19 +32,10 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any],
                            batch_indices: Sequence[Any]) -> None:
-        def write(fh):
-            writer = csv.writer(fh)
-            writer.writerow(["id", "prediction", *(f"prob_{c}" for c in self.classes)])
-            for batch in predictions:
-                for sample_id, probs in zip(batch["ids"], batch["probs"]):
-                    writer.writerow([sample_id, self._label(probs), *(f"{p:.6f}" for p in probs.tolist())])
-
-        atomic_write(self._target(trainer), write)
-
-    def _label(self, probs: torch.Tensor) -> str:
-        if self.multilabel:
-            return "|".join(c for c, p in zip(self.classes, probs.tolist()) if p > 0.5)
-        return self.classes[int(probs.argmax())]
+        ids = [i for batch in predictions for i in batch["ids"]]
+        probs = torch.cat([batch["probs"] for batch in predictions]) if predictions else torch.zeros(0, 0)
+        atomic_write(self._target(trainer), lambda fh: write_predictions_csv(fh, ids, probs, self.classes,
+                                                                              self.task))
 
 
 def _routing_view(trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str) -> RoutingView:
@@ -115,6 +104,26 @@ class RoutingReport(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, pl_module.test_routing, "test")
+
+
+class FinalWeights(L.Callback):
+    """Writes `checkpoints/last.ckpt` when training ends, however it ends: at `max_steps`, `max_time` or
+    `max_epochs` between validations (which are otherwise the only times checkpoints are written), and when it is
+    interrupted (Ctrl-C, SIGTERM), so that no run loses its trained weights."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SIGTERMException)) and trainer.global_step > 0:
+            self._save(trainer)
+
+    @staticmethod
+    def _save(trainer: L.Trainer) -> None:
+        if trainer.fast_dev_run or trainer.sanity_checking or trainer.checkpoint_callback is None:
+            return
+        # weights_only=False: the full training state (optimizer, loops), so that `fit ckpt=last` resumes from it.
+        trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
 
 
 class RNGState(L.Callback):

@@ -15,23 +15,28 @@ from typing import Optional, Sequence
 
 from mope_lightning.errors import MopeError
 
-USAGE = """mope {fit,validate,test,predict,params,check-data,analyze} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
 
   fit        train, then test the best checkpoint          mope fit experiments/easy_vqa.yaml
   validate   evaluate a checkpoint on the val split        mope validate experiments/easy_vqa.yaml ckpt=PATH
   test       evaluate a checkpoint on the test split       mope test experiments/easy_vqa.yaml ckpt=PATH
   predict    write id, prediction, class probabilities     mope predict experiments/easy_vqa.yaml ckpt=PATH
+             ... of new data: a .jsonl/.csv of text, image    ... predict.input=rows.jsonl predict.out=preds.csv
   params     count parameters (no weights are loaded)      mope params experiments/easy_vqa.yaml
   check-data check a dataset: sizes, labels, problems      mope check-data experiments/food101.yaml data.root=...
   analyze    routing report of a checkpoint                mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR
+  export     a checkpoint as a shareable adapter folder    mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
-`fit ckpt=last` resumes the newest run of the experiment from its last checkpoint."""
+`fit ckpt=last` resumes the newest run of the experiment from its last checkpoint. ckpt= also takes an exported
+adapter folder (validate, test, predict, analyze). Exit status: 0 finished, 1 check-data found problems, 2 an error
+named in one message, 130/143 interrupted by SIGINT/SIGTERM (its weights saved)."""
 
 
-COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze")
-# Short forms of `mope analyze ... out=DIR split=val overwrite=true`.
-ANALYZE_ALIASES = {"out": "analyze.out", "split": "analyze.split", "overwrite": "analyze.overwrite"}
+COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze", "export")
+# Short forms: `mope analyze ... out=DIR split=val overwrite=true`, `mope export ... out=DIR overwrite=true`.
+ALIASES = {"analyze": {"out": "analyze.out", "split": "analyze.split", "overwrite": "analyze.overwrite"},
+           "export": {"out": "export.out", "overwrite": "export.overwrite"}}
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
@@ -51,14 +56,13 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
             raise MopeError(f"'{arg}' is neither a .yaml config file nor a key=value override")
     if not files:
         raise MopeError("give an experiment config, e.g. `mope fit experiments/easy_vqa.yaml`")
-    if ns.command == "analyze":
-        overrides = [_analyze_alias(o) for o in overrides]
-    return ns.command, files, overrides
+    aliases = ALIASES.get(ns.command, {})
+    return ns.command, files, [_alias(o, aliases) for o in overrides]
 
 
-def _analyze_alias(override: str) -> str:
+def _alias(override: str, aliases: dict[str, str]) -> str:
     key, value = override.split("=", 1)
-    return f"{ANALYZE_ALIASES.get(key, key)}={value}"
+    return f"{aliases.get(key, key)}={value}"
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -103,13 +107,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command, files, overrides = parse_args(sys.argv[1:] if argv is None else argv)
         _setup_logging()
         from mope_lightning.config import load_config
-        from mope_lightning.runner import analyze, check_data, count_parameters, format_parameter_counts, run
+        from mope_lightning.runner import (analyze, check_data, count_parameters, export, format_parameter_counts,
+                                           run)
 
         cfg = load_config(files, overrides)
         if command == "params":
             print(format_parameter_counts(cfg, count_parameters(cfg)))
         elif command == "analyze":
             analyze(cfg)
+        elif command == "export":
+            export(cfg)
         elif command == "check-data":
             report, problems = check_data(cfg)
             print(report)
@@ -118,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             run(command, cfg)
     except MopeError as exc:
         print(f"mope: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     return 0
 
 

@@ -155,14 +155,24 @@ class CheckpointConfig:
     monitor: Optional[str] = None  # default: the dataset's headline metric (val/acc, val/f1_micro)
     mode: str = "max"
     save_top_k: int = 1
-    save_last: bool = True
+    save_last: bool = True  # replace last.ckpt at every validation (it is always written when training ends)
     test_with: str = "best"  # best | last: which weights `fit` tests at the end
 
 
 @dataclass
 class PredictConfig:
     split: str = "test"  # train | val | test
-    out: Optional[str] = None  # default: <run dir>/predictions.csv
+    input: Optional[str] = None  # new data instead of a split: a .jsonl or .csv of text and image (path) rows
+    out: Optional[str] = None  # default: <run dir>/predictions.csv (a split), <input>.predictions.csv (new data)
+    overwrite: bool = False  # replace an existing `out` (never one of the command's inputs)
+
+
+@dataclass
+class ExportConfig:
+    """`mope export EXP.yaml ckpt=PATH out=DIR` (out and overwrite are aliases)."""
+
+    out: Optional[str] = None  # the adapter folder
+    overwrite: bool = False  # replace an existing adapter in `out`
 
 
 @dataclass
@@ -197,6 +207,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     trainer: Dict[str, Any] = field(default_factory=_default_trainer)
 
 
@@ -346,6 +357,35 @@ def _check_trainer_keys(trainer: DictConfig, sources) -> None:
             valid = [f"trainer.{p}" for p in params if p != "self"]
             raise ConfigError(f"{source}: unknown key 'trainer.{key}'{_suggest(f'trainer.{key}', valid)}: not a "
                               "lightning.Trainer argument")
+
+
+def stored_config(stored: dict, overrides: Sequence[str] = (), source: str = "stored config") -> DictConfig:
+    """The `model` and `data` sections of a config saved beside trained weights, the model re-checked against the
+    schema, then `key=value` overrides (e.g. `model.text_encoder.name=/local/copy` where the encoder lives
+    elsewhere on this machine)."""
+    if not isinstance(stored.get("model"), dict):
+        raise ConfigError(f"{source}: no `model` section; it was not written by mope_lightning")
+    cfg = OmegaConf.create({"model": OmegaConf.structured(ModelConfig), "data": stored.get("data") or {}})
+    cfg = _merge(cfg, OmegaConf.create({"model": stored["model"]}), source)
+    OmegaConf.set_struct(cfg.data, True)  # the model is checked by its schema; the data keys by what was stored
+    updates = _parse_overrides(overrides)
+    outside = [k for k in updates if k not in ("model", "data")]
+    if outside:
+        raise ConfigError(f"overrides: '{outside[0]}': only model.* and data.* settings can be changed here")
+    return _merge(cfg, updates, "overrides")
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """`key: a -> b` for every key both nested dicts hold with different values (keys only one holds, e.g. options
+    added in a later version, are not differences)."""
+    found = []
+    for key in sorted(set(a) & set(b)):
+        name = f"{prefix}{key}"
+        if isinstance(a[key], dict) and isinstance(b[key], dict):
+            found += differences(a[key], b[key], f"{name}.")
+        elif a[key] != b[key]:
+            found.append(f"{name}: {a[key]!r} -> {b[key]!r}")
+    return found
 
 
 def to_container(cfg: DictConfig) -> Dict[str, Any]:

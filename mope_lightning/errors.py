@@ -19,3 +19,11 @@ class CheckpointError(MopeError):
 
 class ModelError(MopeError):
     """An encoder or fusion setting the framework cannot build."""
+
+
+class Interrupted(MopeError):
+    """A run stopped by a signal before it finished its command; the exit status says which signal (128 + N)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

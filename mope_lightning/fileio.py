@@ -1,11 +1,14 @@
-"""Files that are either complete or absent: write to a temporary sibling, then rename atomically."""
+"""Output files: either complete or absent (written to a temporary sibling, then renamed atomically), and never
+written over the command's own inputs."""
 
 from __future__ import annotations
 
 import os
 import secrets
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, Callable, Optional, Sequence
+
+from mope_lightning.errors import MopeError
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> Path:
@@ -28,3 +31,19 @@ def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = F
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_output(out: Optional[str | Path], inputs: Sequence[Optional[str | Path]], overwrite: bool, key: str) -> None:
+    """Refuse an output path that is one of the command's inputs (always), or an existing file (unless
+    `overwrite`), naming the config key that chose it. `None` (the default path) passes."""
+    if not out:
+        return
+    out = Path(out).expanduser()
+    for source in inputs:
+        if source and Path(source).expanduser().exists() and out.exists() and out.samefile(Path(source).expanduser()):
+            raise MopeError(f"{key}: {out} is an input of this command; write the output to another file")
+    if out.is_dir():
+        raise MopeError(f"{key}: {out} is a folder; give a file path")
+    if out.exists() and not overwrite:
+        raise MopeError(f"{key}: {out} already exists; choose another path or pass "
+                        f"{key.rsplit('.', 1)[0]}.overwrite=true to replace it")

@@ -3,9 +3,10 @@
 - A launcher (SLURM `srun`, `torchrun`) that started a number of processes different from
   `trainer.devices x trainer.num_nodes` would otherwise run silent duplicate trainings (ecosystem.md §12).
 - `strategy=ddp` with one device, or a precision the hardware lacks, stops with a message naming the setting.
-- Checkpoints are written to a temporary file in their own folder and renamed, so a crash mid-save never leaves a
-  corrupt `last.ckpt` (fsspec's transaction stages them in the system temp folder, which on many clusters is another
-  file system, where the final move is a copy).
+- Checkpoints are read with `weights_only=True` only (mope_lightning/checkpoints.py), and written to a temporary
+  file in their own folder and renamed, so a crash mid-save never leaves a corrupt `last.ckpt` (fsspec's transaction
+  stages them in the system temp folder, which on many clusters is another file system, where the final move is a
+  copy).
 """
 
 from __future__ import annotations
@@ -18,15 +19,21 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mope_lightning.checkpoints import read_checkpoint
 from mope_lightning.errors import ConfigError
 from mope_lightning.fileio import atomic_write
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """`torch.save` to a temporary sibling, then an atomic rename."""
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Writes: `torch.save` to a temporary sibling, then an atomic rename. Reads (resume, testing the best
+    checkpoint): `read_checkpoint`, i.e. `weights_only=True` whatever the caller asks, with one clear message for a
+    broken or unsafe file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
         atomic_write(Path(path), lambda fh: torch.save(checkpoint, fh), binary=True)
+
+    def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
+        return read_checkpoint(path, map_location=map_location if map_location is not None else "cpu")
 
 
 def launcher_world_size() -> Optional[tuple[str, int, int]]:

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MultilabelF1Score
 
-from mope_lightning.errors import CheckpointError
+from mope_lightning.checkpoints import check_fits
 from mope_lightning.models import build_model
-from mope_lightning.models.sources import weights_digest
+from mope_lightning.predictions import probabilities
 from mope_lightning.routing import RoutingStats
 
 
@@ -108,8 +108,7 @@ class MoPELitModule(L.LightningModule):
         self._eval_step(batch, self.test_metrics, self.test_routing, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        logits = self(batch).logits
-        probs = logits.sigmoid() if self.task == "multilabel" else logits.softmax(-1)
+        probs = probabilities(self(batch).logits, self.task)
         return {"ids": batch["ids"], "probs": probs.float().cpu()}
 
     # --- parameter counts, logged once per fit -------------------------------------------------------------
@@ -161,45 +160,12 @@ class MoPELitModule(L.LightningModule):
         return state
 
     def backbone_record(self) -> dict:
-        return {"signature": self.net.signature(),
-                "weights": {name: weights_digest(m) for name, m in self.net.frozen_backbones().items()}}
+        return self.net.backbone_record()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["mope_backbones"] = self.backbone_record()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_fits(self, checkpoint)
-
-
-def load_trained_weights(module: MoPELitModule, path: str) -> None:
-    """Load a fit checkpoint's trainable weights into `module` (for validate, test and predict)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    check_checkpoint_fits(module, checkpoint, source=path)
-    module.load_state_dict(checkpoint["state_dict"], strict=False)
-
-
-def check_checkpoint_fits(module: MoPELitModule, checkpoint: dict, source: Optional[str] = None) -> None:
-    """Raise `CheckpointError` unless `checkpoint` was trained on this backbone and holds every trainable tensor."""
-    where = f"{source}: " if source else "checkpoint: "
-    record = checkpoint.get("mope_backbones")
-    if record is None:
-        raise CheckpointError(f"{where}not a mope_lightning checkpoint (no backbone record)")
-    ours = module.backbone_record()
-    if record["signature"] != ours["signature"]:
-        raise CheckpointError(f"{where}trained with backbones {record['signature']}, but this config builds "
-                              f"{ours['signature']}; use the experiment config the checkpoint was trained with")
-    if record["weights"] != ours["weights"]:
-        changed = [k for k in ours["weights"] if record["weights"].get(k) != ours["weights"][k]]
-        raise CheckpointError(f"{where}trained on other frozen weights of the same architecture ({', '.join(changed)}"
-                              "); load the same pretrained encoder weights the checkpoint was trained with")
-    expected = module.state_dict()
-    state = checkpoint.get("state_dict", {})
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        details = "; ".join(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                ("shape differs", wrong)) if keys)
-        raise CheckpointError(f"{where}does not fit this model's trainable weights ({details}); use the config "
-                              "the checkpoint was trained with")
+        # Lightning restores (resume, testing the best checkpoint): check before it loads the tensors.
+        state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+        check_fits(self.net, checkpoint.get("mope_backbones"), state, "checkpoint")

@@ -16,13 +16,14 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.callbacks import PredictionWriter, RNGState, RoutingMonitor, RoutingReport
-from mope_lightning.config import to_container
+from mope_lightning.callbacks import FinalWeights, PredictionWriter, RNGState, RoutingMonitor, RoutingReport
+from mope_lightning.checkpoints import is_adapter, load_into, read_checkpoint, read_trained_weights
+from mope_lightning.config import differences, to_container
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
-from mope_lightning.errors import CheckpointError, ConfigError, MopeError
-from mope_lightning.fileio import atomic_write
-from mope_lightning.launch import AtomicCheckpointIO, check_trainer, slurm_run_version
-from mope_lightning.lit_module import MoPELitModule, load_trained_weights
+from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, MopeError
+from mope_lightning.fileio import atomic_write, check_output
+from mope_lightning.launch import SafeCheckpointIO, check_trainer, slurm_run_version
+from mope_lightning.lit_module import MoPELitModule
 
 COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -103,7 +104,7 @@ def analyze(cfg: DictConfig) -> Path:
     if ckpt_path is None:
         raise ConfigError("analyze needs ckpt=PATH: the checkpoint whose routing to report")
     module, datamodule = build(cfg)
-    load_trained_weights(module, ckpt_path)
+    load_into(module.net, read_trained_weights(ckpt_path), datamodule.classes)
     if module.val_routing is None:
         raise CheckpointError(f"{ckpt_path}: its model (model.fusion={cfg.model.fusion}) has no router, so there is "
                               "no routing to report; analyze a MoPE or pMoE checkpoint")
@@ -155,8 +156,9 @@ def resolve_ckpt(cfg: DictConfig) -> tuple[Optional[str], Optional[int]]:
                 return str(path), version
         raise ConfigError(f"ckpt=last: no {root}/version_*/checkpoints/last.ckpt yet; run fit first or pass a path")
     path = Path(cfg.ckpt).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt: checkpoint file not found: {path}")
+    if not path.is_file() and not is_adapter(path):
+        what = "is a folder without adapter_config.json" if path.is_dir() else "not found"
+        raise ConfigError(f"ckpt: {path}: {what}; pass a checkpoint file (.ckpt) or an exported adapter folder")
     return str(path), None
 
 
@@ -178,6 +180,7 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
             Timer(),  # wall time of training (validation included) and testing, reported in the summary
             RoutingMonitor(),
             RNGState(),
+            FinalWeights(),  # last.ckpt however training ends, interrupts included
         ]
         if cfg.checkpoint.save_last:
             # Every validation replaces last.ckpt, improved or not (Lightning's save_last only follows top-k saves),
@@ -188,19 +191,19 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
         callbacks.append(RoutingMonitor())
     if command == "predict":
         out = cfg.predict.out or str(Path(logger.log_dir) / "predictions.csv")
-        callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.multilabel))
+        callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.task))
     # A SLURM job's requeue checkpoint (hpc_ckpt_N.ckpt) lives in its own run directory, where a requeue finds it.
     default_root = root / str(version) if isinstance(version, str) else root
     return L.Trainer(**trainer_args, default_root_dir=default_root, logger=logger, callbacks=callbacks,
-                     plugins=[AtomicCheckpointIO()], use_distributed_sampler=False)
+                     plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
 
 
 def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
     """Resuming continues a run of the same experiment (the backbone and weights are checked when they load)."""
-    import torch
-
-    # mmap: only the hyperparameters are read here; Lightning loads the weights afterwards.
-    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+    if is_adapter(ckpt_path):
+        raise ConfigError(f"ckpt: {ckpt_path} is an adapter, which holds no training state to resume; fit resumes "
+                          "from a .ckpt (ckpt=last finds the newest run's)")
+    hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
     trained = hparams.get("config", {}).get("experiment")
     if trained != cfg.experiment:
         raise CheckpointError(f"ckpt: {ckpt_path} was trained by experiment '{trained}', not '{cfg.experiment}'; "
@@ -217,26 +220,19 @@ def run(command: str, cfg: DictConfig) -> dict:
                           f"{cfg.trainer.default_root_dir}/version_*/checkpoints/)")
     if command == "fit" and ckpt_path is not None:
         _check_resume(cfg, ckpt_path)
+    if command == "predict" and cfg.predict.input:
+        return predict_new_data(cfg, ckpt_path)
+    if command == "predict":
+        check_output(cfg.predict.out, [ckpt_path], cfg.predict.overwrite, "predict.out")
     module, datamodule = build(cfg)
     datamodule.predict_split = cfg.predict.split
     trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)
     summary: dict = {"run_dir": trainer.log_dir}
     if command == "fit":
-        timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-        # Read now: restoring the best checkpoint for testing also restores the timer's saved offset.
-        train_seconds = timer.time_elapsed("train")
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        # The reference tests its last weights; model.compat.mode=reference restores that with everything else.
-        test_with = "last" if cfg.model.compat.mode == "reference" else cfg.checkpoint.test_with
-        test_ckpt = best if (best and test_with == "best") else None
-        summary["best_checkpoint"] = best or None
-        summary["tested_weights"] = test_ckpt or "final weights"
-        summary["metrics"] = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)[0]
-        summary["seconds"] = {"train": round(train_seconds, 1), "test": round(timer.time_elapsed("test"), 1)}
+        summary.update(_fit_and_test(cfg, trainer, module, datamodule, ckpt_path))
     else:
         # Evaluation needs the trained weights only, not the training state of the checkpoint.
-        load_trained_weights(module, ckpt_path)
+        load_into(module.net, read_trained_weights(ckpt_path), datamodule.classes)
         summary["checkpoint"] = ckpt_path
         if command == "validate":
             summary["metrics"] = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -248,6 +244,87 @@ def run(command: str, cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         _report(command, summary, trainer)
     return summary
+
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, datamodule: ImageTextDataModule,
+                  ckpt_path: Optional[str]) -> dict:
+    """Train, then test the best (or last) weights. A signal ends it with `Interrupted`: never a success."""
+    from lightning.pytorch.trainer.states import TrainerStatus
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        # Read now: restoring the best checkpoint for testing also restores the timer's saved offset.
+        train_seconds = timer.time_elapsed("train")
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        # The reference tests its last weights; model.compat.mode=reference restores that with everything else.
+        test_with = "last" if cfg.model.compat.mode == "reference" else cfg.checkpoint.test_with
+        test_ckpt = best if (best and test_with == "best") else None
+        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False,
+                               weights_only=True)[0]
+    except SystemExit as exc:  # Lightning ends a run that got SIGTERM or Ctrl-C with SystemExit
+        if trainer.state.status != TrainerStatus.INTERRUPTED:
+            raise
+        name, code = ("SIGTERM", 143) if isinstance(exc, SIGTERMException) else ("SIGINT (Ctrl-C)", 130)
+        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt" if trainer.checkpoint_callback else None
+        kept = (f"its weights at step {trainer.global_step} are in {last}; resume with `mope fit ... ckpt=last`"
+                if last is not None and last.is_file() else "no weights were saved (no training step had run)")
+        raise Interrupted(f"fit interrupted by {name} before it finished, so nothing was tested; {kept}",
+                          code) from None
+    return {"best_checkpoint": best or None, "tested_weights": test_ckpt or "final weights", "metrics": metrics,
+            "seconds": {"train": round(train_seconds, 1), "test": round(timer.time_elapsed("test"), 1)}}
+
+
+def export(cfg: DictConfig) -> Path:
+    """`mope export`: the trained weights of `ckpt` as an adapter folder `export.out` (mope_lightning/adapters.py)."""
+    from mope_lightning.adapters import recorded_test_metrics, write_adapter
+    from mope_lightning.pretrained import build_pretrained, parameter_summary
+
+    if not cfg.export.out:
+        raise ConfigError("export needs out=DIR: the folder to write the adapter to")
+    ckpt_path, _ = resolve_ckpt(cfg)
+    if ckpt_path is None:
+        raise ConfigError("export needs ckpt=PATH: the checkpoint to export")
+    trained = read_trained_weights(ckpt_path)
+    changed = differences(trained.config.get("model", {}), to_container(cfg)["model"], "model.")
+    if changed:
+        raise ConfigError(f"ckpt: {ckpt_path} was trained with other model settings than this config gives ("
+                          f"{'; '.join(changed[:5])}); export it with the config it was trained with")
+    model = build_pretrained(cfg, trained)  # checks that the frozen weights here are the ones it was trained on
+    trained.metrics = trained.metrics or recorded_test_metrics(ckpt_path)
+    out = write_adapter(cfg.export.out, trained, parameter_summary(model.net), cfg.export.overwrite)
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"[mope] adapter of {ckpt_path} written to {out} ({size / 1e6:.2f} MB; load it with "
+          f"mope_lightning.from_pretrained(\"{out}\"))", flush=True)
+    return out
+
+
+def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
+    """`mope predict ... predict.input=ROWS`: predictions for a JSONL or CSV of (text, image path) rows."""
+    import torch
+
+    from mope_lightning.data.rows import read_rows
+    from mope_lightning.predictions import write_predictions_csv
+    from mope_lightning.pretrained import build_pretrained
+
+    rows_path = Path(cfg.predict.input).expanduser()
+    out = Path(cfg.predict.out).expanduser() if cfg.predict.out else rows_path.with_suffix(".predictions.csv")
+    check_output(str(out), [ckpt_path, str(rows_path)], cfg.predict.overwrite, "predict.out")
+    model = build_pretrained(cfg, read_trained_weights(ckpt_path))
+    rows = read_rows(rows_path, model.net.modalities())
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator != "cpu" and torch.cuda.is_available():
+        model.to("cuda")
+    batch_size = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
+    preds = model.predict(texts=[r.text for r in rows] if rows[0].text is not None else None,
+                          images=[r.image for r in rows] if rows[0].image is not None else None,
+                          batch_size=batch_size)
+    atomic_write(out, lambda fh: write_predictions_csv(fh, [r.id for r in rows], preds.probs, preds.classes,
+                                                       model.task))
+    print(f"[mope] predict finished: {len(rows)} rows of {rows_path}\n  predictions              {out}\n"
+          f"  checkpoint               {ckpt_path}", flush=True)
+    return {"predictions": str(out), "checkpoint": ckpt_path, "rows": len(rows)}
 
 
 def _report(command: str, summary: dict, trainer: L.Trainer) -> None:

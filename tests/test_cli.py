@@ -57,7 +57,7 @@ def test_fit_ckpt_last_resumes_the_newest_run_in_place(tmp_path):
     assert main(["fit", *base_args(tmp_path), "ckpt=last", "trainer.max_epochs=2"]) == 0
     run_dir = tmp_path / "runs" / "version_0"
     assert not (tmp_path / "runs" / "version_1").exists()  # the same run directory, continued
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 * 4  # 4 steps per epoch (tiny overlay), 2 epochs in all
 
 
@@ -65,7 +65,7 @@ def test_fit_ckpt_last_resumes_the_newest_run_in_place(tmp_path):
     (["fit", "missing.yaml"], "missing.yaml: config file not found"),
     (["fit", str(DEFAULT_EXP), "model.mope.num_expert=2"], "did you mean 'model.mope.num_experts'?"),
     (["test", str(DEFAULT_EXP)], "test needs ckpt=PATH"),
-    (["test", str(DEFAULT_EXP), "ckpt=/no/such.ckpt"], "ckpt: checkpoint file not found: /no/such.ckpt"),
+    (["test", str(DEFAULT_EXP), "ckpt=/no/such.ckpt"], "ckpt: /no/such.ckpt: not found"),
     (["fit", str(DEFAULT_EXP), "data.root=/no/data"], "/no/data: no easy-VQA dataset here"),
     (["fit", str(DEFAULT_EXP), "trainer"], "'trainer' is neither a .yaml config file nor a key=value override"),
 ])

@@ -13,7 +13,7 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.errors import ConfigError
-from mope_lightning.launch import AtomicCheckpointIO, check_trainer
+from mope_lightning.launch import SafeCheckpointIO, check_trainer
 
 from conftest import DEFAULT_EXP, TINY
 
@@ -34,7 +34,7 @@ def cli(tmp_path, *extra, cwd=None, launcher=()):
 
 
 def trainable(ckpt_path):
-    return torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_two_process_ddp_equals_one_process_with_twice_the_batch(tmp_path):
@@ -47,7 +47,7 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(tmp_path):
     a = trainable(tmp_path / "one" / "version_0" / "checkpoints" / "last.ckpt")
     b = trainable(tmp_path / "two" / "version_0" / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
-    moved = torch.load(tmp_path / "one" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)
+    moved = torch.load(tmp_path / "one" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert moved["global_step"] == 3
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=2e-6, rtol=1e-4, msg=key)
@@ -91,14 +91,14 @@ def test_a_killed_run_resumes_with_ckpt_last_to_the_same_result(tmp_path):
                             timeout=900, env={**os.environ, "KILL_AT_STEP": "40"}, cwd=tmp_path)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, mid-way through the second epoch
     last = runs / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 28  # the end of the first epoch
+    assert torch.load(last, weights_only=True)["global_step"] == 28  # the end of the first epoch
     assert not (runs / "version_0" / "fit_metrics.json").exists()  # nothing that looks like a finished run
 
     assert main(["fit", *args, "ckpt=last"]) == 0
     resumed = json.loads((runs / "version_0" / "fit_metrics.json").read_text())
     expected = json.loads((tmp_path / "whole" / "version_0" / "fit_metrics.json").read_text())
     assert resumed["metrics"] == pytest.approx(expected["metrics"], rel=1e-6, abs=1e-7)
-    assert torch.load(last, weights_only=False)["global_step"] == 56
+    assert torch.load(last, weights_only=True)["global_step"] == 56
     a, b = trainable(tmp_path / "whole" / "version_0" / "checkpoints" / "last.ckpt"), trainable(last)
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5, msg=key)
@@ -145,7 +145,7 @@ def test_resuming_from_another_experiments_checkpoint_is_refused(tmp_path, capsy
 
 
 def test_checkpoints_are_written_atomically(tmp_path):
-    io = AtomicCheckpointIO()
+    io = SafeCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
 
@@ -155,7 +155,7 @@ def test_checkpoints_are_written_atomically(tmp_path):
 
     with pytest.raises(RuntimeError, match="crash in the middle of saving"):
         io.save_checkpoint({"step": 2, "w": torch.zeros(1000), "bad": Unpicklable()}, path)
-    assert torch.load(path, weights_only=False)["step"] == 1  # the previous checkpoint is intact
+    assert torch.load(path, weights_only=True)["step"] == 1  # the previous checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # and no partial file is left behind
 
 

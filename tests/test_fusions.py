@@ -35,7 +35,7 @@ def test_params_counts_the_paper_configuration_without_weights(capsys):
 def test_every_fusion_trains_and_tests(tmp_path, fusion):
     summary = run("fit", tiny_config(tmp_path, f"model.fusion={fusion}"))
     assert 0.0 <= summary["metrics"]["test/acc"] <= 1.0
-    ckpt = torch.load(summary["best_checkpoint"], weights_only=False)
+    ckpt = torch.load(summary["best_checkpoint"], weights_only=True)
     module, _ = build(tiny_config(tmp_path, f"model.fusion={fusion}"))
     counts = module.net.parameter_counts()
     prompts_on = fusion in ("mope", "prompt_tuning", "promptfuse")

@@ -56,7 +56,7 @@ def test_checkpoint_round_trip_reproduces_the_test_metric(trained, workdir):
 
 def test_checkpoint_holds_trainable_weights_only(trained):
     _, summary = trained
-    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(summary["best_checkpoint"], map_location="cpu", weights_only=True)
     keys = list(ckpt["state_dict"])
     assert keys and not any(k.startswith(("net.text.model.", "net.image.model.")) for k in keys)
     assert any(k.endswith("router.keys") for k in keys)  # frozen random routing keys must be saved
@@ -95,6 +95,32 @@ def test_predict_writes_one_row_per_test_question(trained, workdir):
     assert len(rows) == sum(1 for q in questions if q[2] < 200)
     correct = sum(row["prediction"] == questions[int(row["id"].split("/")[1])][1] for row in rows) / len(rows)
     assert correct == pytest.approx(summary["metrics"]["test/acc"], abs=1e-6)
+
+
+def test_exported_adapter_predicts_raw_inputs_like_mope_predict(trained, workdir):
+    """The round trip a user makes: export the best checkpoint, load it with `from_pretrained` (rebuilding MiniLM
+    and MobileNetV2 from their installed weights), and score easy-VQA test pairs given as PIL images and strings."""
+    from PIL import Image
+
+    import mope_lightning
+    from mope_lightning.cli import main
+
+    _, summary = trained
+    out_csv, adapter = workdir / "predictions-roundtrip.csv", workdir / "adapter"
+    common = [str(DEFAULT_EXP), *e2e_overrides(workdir, f"ckpt={summary['best_checkpoint']}")]
+    assert main(["predict", *common, f"predict.out={out_csv}"]) == 0
+    assert main(["export", *common, f"out={adapter}"]) == 0
+    card = json.loads((adapter / "adapter_config.json").read_text())
+    assert card["metrics"]["test/acc"] == pytest.approx(summary["metrics"]["test/acc"])  # recorded by fit
+    rows = list(csv.DictReader(out_csv.open()))[:300]
+    questions = json.loads((default_root() / "test/questions.json").read_text())
+    picked = [questions[int(row["id"].split("/")[1])] for row in rows]
+    model = mope_lightning.from_pretrained(adapter)
+    images = [Image.open(default_root() / "test/images" / f"{q[2]}.png") for q in picked]
+    preds = model.predict(texts=[q[0] for q in picked], images=images)
+    expected = torch.tensor([[float(row[f"prob_{c}"]) for c in preds.classes] for row in rows])
+    torch.testing.assert_close(preds.probs, expected, atol=1e-5, rtol=0)
+    assert preds.labels == [row["prediction"] for row in rows]
 
 
 def test_a_checkpoint_does_not_load_into_another_backbone(trained, workdir):

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mope_lightning.data.features import (FeatureCache, encode_images, encode_texts, image_key, image_transform,
+from mope_lightning.data.features import (FeatureCache, encode_images, encode_texts, eval_transform, image_key,
                                           load_image, text_key)
 from mope_lightning.data.index import apply_policy, load_or_build_index
 from mope_lightning.data.samples import Scan, Split
@@ -151,10 +151,7 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _transform(self, train: bool = False):
         c = self.cfg
-        overrides = {"crop_mode": c.crop_mode, "mean": c.image_mean and tuple(c.image_mean),
-                     "std": c.image_std and tuple(c.image_std)}
-        config = {**self.spec.image_config, **{k: v for k, v in overrides.items() if v is not None}}
-        transform = image_transform(config, c.image_size, c.crop_pct)
+        transform = eval_transform(self.spec.image_config, c)
         if train and c.randaugment:
             from torchvision.transforms import Compose, RandAugment
 

@@ -52,6 +52,15 @@ def image_transform(data_config: dict, image_size: int | None = None, crop_pct: 
     return create_transform(**{k: cfg[k] for k in keys if k in cfg}, is_training=False)
 
 
+def eval_transform(image_config: dict, data_cfg) -> Callable:
+    """The evaluation preprocessing of an image encoder (its `data_config`) with the experiment's `data` settings
+    (`image_size`, `crop_pct`, `crop_mode`, `image_mean`, `image_std`) applied over it."""
+    mean, std = data_cfg.get("image_mean"), data_cfg.get("image_std")
+    overrides = {"crop_mode": data_cfg.get("crop_mode"), "mean": mean and tuple(mean), "std": std and tuple(std)}
+    config = {**image_config, **{k: v for k, v in overrides.items() if v is not None}}
+    return image_transform(config, data_cfg.get("image_size"), data_cfg.get("crop_pct"))
+
+
 def _digest(parts: Sequence[str]) -> str:
     digest = hashlib.sha1()
     for part in parts:

@@ -95,6 +95,21 @@ class ImageTextClassifier(nn.Module):
     def signature(self) -> dict:
         return {"text": self.text.signature(), "image": self.image.signature()}
 
+    def backbone_record(self) -> dict:
+        """Which frozen architecture and weights the trained tensors belong to (saved beside them)."""
+        return {"signature": self.signature(),
+                "weights": {name: weights_digest(m) for name, m in self.frozen_backbones().items()}}
+
+    def trained_state_dict(self) -> dict[str, Tensor]:
+        """The state a checkpoint or adapter keeps: every tensor but the frozen library models' (the trainable
+        weights, and buffers such as the frozen routing keys and BatchNorm statistics)."""
+        frozen = tuple(f"{name}." for name in self.frozen_backbones())
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(frozen)}
+
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities the model reads from a batch."""
+        return MODALITIES
+
     def parameter_counts(self) -> dict[str, float]:
         """Trainable, frozen and total parameters, the trainable percentage, and the trainable ones by group."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -198,16 +213,19 @@ class LateFusionClassifier(ImageTextClassifier):
     def __init__(self, text: nn.Module, image: nn.Module, num_classes: int,
                  modalities: tuple[str, ...] = MODALITIES, head_hidden: int = 256, head_dropout: float = 0.0):
         super().__init__(text, image)
-        self.modalities = modalities
+        self.read_modalities = modalities
         width = sum(self.encoder(m).num_features for m in modalities)
         # Features of very different scales (LayerNorm-ed tokens, ReLU6 CNN maps) meet one head.
         self.norm = nn.LayerNorm(width)
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
 
+    def modalities(self) -> tuple[str, ...]:
+        return self.read_modalities
+
     def cacheable_modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in self.modalities if self.encoder(m).frozen)
+        return tuple(m for m in self.read_modalities if self.encoder(m).frozen)
 
     def forward(self, batch: dict) -> FusionOutput:
-        feats = torch.cat([self.features(m, batch) for m in self.modalities], dim=-1)
+        feats = torch.cat([self.features(m, batch) for m in self.read_modalities], dim=-1)
         logits = self.head(self.norm(feats))
         return FusionOutput(logits, logits.new_zeros(()))

@@ -57,6 +57,9 @@ class PMoEClassifier(ImageTextClassifier):
     def experts(self) -> list[nn.Module]:
         return [self.encoder(self.modality), *self.more_experts]
 
+    def modalities(self) -> tuple[str, ...]:
+        return (self.modality, self.condition) if self.conditioned else (self.modality,)
+
     def cacheable_modalities(self) -> tuple[str, ...]:
         return (self.condition,) if self.conditioned and self.encoder(self.condition).frozen else ()
 

@@ -11,10 +11,10 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp test bench bench-quick tensorboard clean
+.PHONY: help install train train-ddp test bench bench-quick bench-sharing tensorboard clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: EXP=<experiment name> ARGS=\"key=value ...\" (train), GPUS (train-ddp), PYTEST_ARGS (test),"
 	@echo "             BENCH_ARGS (bench: --device cuda --precision bf16 --out FILE)"
 	@echo "             LOGDIR (tensorboard)"
@@ -35,7 +35,7 @@ train: $(BIN)/.installed ## train and test experiments/$(EXP).yaml (ARGS="key=va
 train-ddp: $(BIN)/.installed ## train experiments/$(EXP).yaml with DDP on GPUS=N devices of this node
 	$(BIN)/mope fit experiments/$(EXP).yaml experiments/overlays/ddp.yaml trainer.devices=$(GPUS) $(ARGS)
 
-test: $(BIN)/.installed ## run the test suite (about 6 minutes on 2 CPU cores, plus the first install)
+test: $(BIN)/.installed ## run the test suite (about 9 minutes on 2 CPU cores, plus the first install)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (about 8 min on 2 CPU cores)
@@ -43,6 +43,9 @@ bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (abo
 
 bench-quick: $(BIN)/.installed ## the key ratios in under 5 minutes -> benchmarks/results-quick.{json,md}
 	$(BIN)/python benchmarks/bench.py --quick --out benchmarks/results-quick.json $(BENCH_ARGS)
+
+bench-sharing: $(BIN)/.installed ## adapter sizes and from_pretrained predict throughput -> benchmarks/results-sharing.{json,md} (about 2 min)
+	$(BIN)/python benchmarks/sharing.py
 
 tensorboard: $(BIN)/.installed ## serve the TensorBoard logs under $(LOGDIR)/ on port 6006
 	$(BIN)/tensorboard --logdir $(LOGDIR) --port 6006

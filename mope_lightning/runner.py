@@ -168,6 +168,7 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
     trainer_args = to_container(cfg)["trainer"]
     check_trainer(trainer_args)
     root = Path(trainer_args.pop("default_root_dir"))
+    max_time = trainer_args.pop("max_time", None)
     version = version if version is not None else slurm_run_version()
     logger = TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False)
     callbacks: list[Callback] = [SaveConfig(cfg)]
@@ -177,7 +178,9 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
                             save_top_k=cfg.checkpoint.save_top_k, auto_insert_metric_name=False,
                             filename="epoch{epoch:03d}-step{step:06d}"),
             LearningRateMonitor(logging_interval="step"),
-            Timer(),  # wall time of training (validation included) and testing, reported in the summary
+            # Wall time of training (validation included) and testing, for the summary. It also enforces
+            # trainer.max_time: Lightning ignores max_time when the callbacks already hold a Timer.
+            Timer(duration=max_time),
             RoutingMonitor(),
             RNGState(),
             FinalWeights(),  # last.ckpt however training ends, interrupts included

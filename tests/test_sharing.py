@@ -348,3 +348,30 @@ def test_an_adapter_cannot_be_resumed(adapter, trained, capsys):
     tmp, _ = trained
     assert main(["fit", *args(tmp, f"ckpt={adapter}")]) == 2
     one_error(capsys, "holds no training state")
+
+
+def test_max_time_between_validations_keeps_the_final_weights(tmp_path):
+    assert main(["fit", *args(tmp_path, "trainer.max_epochs=1000", "trainer.limit_train_batches=null",
+                              "trainer.check_val_every_n_epoch=1000", "trainer.max_time=00:00:00:03")]) == 0
+    run_dir = tmp_path / "runs" / "version_0"
+    assert json.loads((run_dir / "fit_metrics.json").read_text())["tested_weights"] == "final weights"
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    assert step > 0
+
+
+def test_a_dataset_whose_label_order_differs_from_the_checkpoint_is_refused(tmp_path, capsys):
+    from fixtures import make_mmbt
+
+    from conftest import EXPERIMENTS
+
+    root = make_mmbt(tmp_path / "mmbt")
+    common = [str(EXPERIMENTS / "jsonl.yaml"), str(TINY), f"data.root={root}", "data.splits={train: train.jsonl, "
+              "val: dev.jsonl, test: test.jsonl}", f"trainer.default_root_dir={tmp_path / 'runs'}",
+              f"data.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"]
+    assert main(["fit", *common]) == 0
+    capsys.readouterr()
+    last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
+    (root / "labels.txt").write_text("dog\ncat\nfish\n")  # the same names, another order: every label swapped
+    for command in ("test", "predict"):
+        assert main([command, *common, f"ckpt={last}"]) == 2
+        one_error(capsys, "trained on the classes [cat, dog, fish]", "has [dog, cat, fish]")

@@ -122,7 +122,8 @@ class FinalWeights(L.Callback):
     def _save(trainer: L.Trainer) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking or trainer.checkpoint_callback is None:
             return
-        # weights_only=False: the full training state (optimizer, loops), so that `fit ckpt=last` resumes from it.
+        # Lightning's save flag, not torch.load's (nothing is read here): weights_only=False writes the full training
+        # state (optimizer, loops), so that `fit ckpt=last` resumes from it. Every read uses weights_only=True.
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
 
 

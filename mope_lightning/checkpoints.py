@@ -46,9 +46,10 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """The contents of a torch checkpoint file, loaded with `weights_only=True`; `CheckpointError` naming the file
-    for anything that is not a readable checkpoint made of tensors and plain values."""
+    for anything that is not a readable checkpoint made of tensors and plain values. `mmap=True` maps the tensors
+    instead of reading them, for a caller that only looks at the small values beside them."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file (an adapter folder holds "
@@ -59,7 +60,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; its save was probably interrupted. "
                               "Use another checkpoint of the run (checkpoints/*.ckpt)")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         found = _unsafe_globals(path)
         if not found and "Unsupported global" not in str(exc):  # not an object it refused: a malformed pickle
@@ -88,9 +89,14 @@ def weights_from_checkpoint(path: str | Path) -> TrainedWeights:
     if record is None or not isinstance(hparams, dict) or "config" not in hparams:
         raise CheckpointError(f"{path}: not a mope_lightning checkpoint (no backbone record or config); pass a "
                               "checkpoint written by `mope fit`")
-    state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
     return TrainedWeights(str(path), hparams["config"], list(hparams.get("classes", [])),
-                          hparams.get("task", "multiclass"), record, state)
+                          hparams.get("task", "multiclass"), record, classifier_state(checkpoint))
+
+
+def classifier_state(checkpoint: dict) -> dict[str, Tensor]:
+    """The classifier's tensors in a Lightning checkpoint of `MoPELitModule`, keys relative to the classifier (its
+    `net.` attribute)."""
+    return {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
 
 
 def is_adapter(path: str | Path) -> bool:

@@ -39,9 +39,9 @@ def check_output(out: Optional[str | Path], inputs: Sequence[Optional[str | Path
     if not out:
         return
     out = Path(out).expanduser()
-    for source in inputs:
-        if source and Path(source).expanduser().exists() and out.exists() and out.samefile(Path(source).expanduser()):
-            raise MopeError(f"{key}: {out} is an input of this command; write the output to another file")
+    sources = [Path(source).expanduser() for source in inputs if source]
+    if out.exists() and any(source.exists() and out.samefile(source) for source in sources):
+        raise MopeError(f"{key}: {out} is an input of this command; write the output to another file")
     if out.is_dir():
         raise MopeError(f"{key}: {out} is a folder; give a file path")
     if out.exists() and not overwrite:

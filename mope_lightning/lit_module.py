@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MultilabelF1Score
 
-from mope_lightning.checkpoints import check_fits
+from mope_lightning.checkpoints import check_fits, classifier_state
 from mope_lightning.models import build_model
 from mope_lightning.predictions import probabilities
 from mope_lightning.routing import RoutingStats
@@ -167,5 +167,4 @@ class MoPELitModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning restores (resume, testing the best checkpoint): check before it loads the tensors.
-        state = {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
-        check_fits(self.net, checkpoint.get("mope_backbones"), state, "checkpoint")
+        check_fits(self.net, checkpoint.get("mope_backbones"), classifier_state(checkpoint), "checkpoint")

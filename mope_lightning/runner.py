@@ -206,7 +206,8 @@ def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
     if is_adapter(ckpt_path):
         raise ConfigError(f"ckpt: {ckpt_path} is an adapter, which holds no training state to resume; fit resumes "
                           "from a .ckpt (ckpt=last finds the newest run's)")
-    hparams = read_checkpoint(ckpt_path).get("hyper_parameters", {})
+    # mmap: only the hyperparameters are read here; Lightning loads the weights afterwards.
+    hparams = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters", {})
     trained = hparams.get("config", {}).get("experiment")
     if trained != cfg.experiment:
         raise CheckpointError(f"ckpt: {ckpt_path} was trained by experiment '{trained}', not '{cfg.experiment}'; "

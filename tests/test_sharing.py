@@ -4,7 +4,6 @@ and `mope predict` scores new (text, image) rows."""
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -120,8 +120,9 @@ def analyze(cfg: DictConfig) -> Path:
 
 
 def check_data(cfg: DictConfig) -> tuple[str, int]:
-    """A report of the dataset `cfg` points at (split sizes, label counts, every sample problem) and the number of
-    problems. Structural problems (missing folders or split files, no labels) raise `DataError`."""
+    """A report of the dataset `cfg` points at (split sizes, label counts, images decoded, notes, every sample
+    problem, counted by kind) and the number of problems. Structural problems (missing folders or split files, no
+    labels) raise `DataError`."""
     from collections import Counter
 
     datamodule = DATAMODULES[cfg.data.name](cfg.data)
@@ -133,8 +134,16 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
         counts = Counter(c for label in split.labels for c in (label if isinstance(label, list) else [label]))
         shown = ", ".join(f"{datamodule.classes[c]} {n}" for c, n in counts.most_common())
         lines.append(f"         labels: {shown}")
+    digests = [d for pool in scan.digests.values() for d in pool]
+    lines.append(f"  images: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
+                 if scan.digests else "  images: not decoded (data.check_images=false: unreadable ones go unnoticed)")
     lines += [f"  note: {note}" for note in scan.notes]
-    lines.append(f"  problems: {len(scan.problems)}" + ("" if scan.problems else " (the dataset is clean)"))
+    kinds = Counter(problem.kind for problem in scan.problems)
+    names = {"record": "in the records", "image": "unreadable images", "duplicate": "ids repeated within a split",
+             "overlap": "val/test samples also in train"}
+    by_kind = ", ".join(f"{n} {names.get(kind, kind)}" for kind, n in kinds.items())
+    lines.append(f"  problems: {len(scan.problems)}" + (f" ({by_kind})" if scan.problems else
+                                                        " (the dataset is clean)"))
     lines += [f"    {problem}" for problem in scan.problems]
     return "\n".join(lines), len(scan.problems)
 

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+from PIL import Image
 
 from mope_lightning.config import load_config
 from mope_lightning.data import EasyVQADataModule
@@ -121,9 +122,11 @@ def test_feature_cache_encodes_each_image_once_and_notices_changes(tmp_path, tin
     image = load_image(val.files[val.split.image_index[0]])
     expected = tiny_image_encoder(dm._transform()(image).unsqueeze(0))[0]
     torch.testing.assert_close(val[0]["image_features"], expected, atol=1e-5, rtol=1e-4)
-    # Replacing a training image invalidates the train cache only.
+    # Replacing a training image invalidates the train cache only. (A copy of a test image would be refused: its
+    # questions would put test samples into train.)
     image = next((root / "train" / "images").iterdir())
-    shutil.copy(next((root / "test" / "images").iterdir()), image)
+    with Image.open(image) as original:
+        original.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)
     dm = EasyVQADataModule(cfg)
     dm.attach(image_spec(counting))
     dm.prepare_data()

@@ -2,9 +2,11 @@
 the image encoder's preprocessing, and a collate function that tokenizes in the DataLoader workers.
 
 A dataset subclass reads its native files and nothing else: `read_classes()`, `scan()` (splits, image pools and
-per-sample problems; structural problems raise `DataError`) and `source_files()` (what the index depends on). The
-model says what it reads (`InputSpec`, given to `attach`): text tokens or a cached text feature, images or a cached
-image feature.
+per-sample problems, each sample with where it was read; structural problems raise `DataError`), `source_files()`
+(what the index depends on), `split_source()` (where a split comes from, for messages) and, when its images may
+live outside `root`, `image_folders()`. The checks every dataset gets (images decoded, repeated ids, val/test
+samples also in train, empty splits) are here and in data/checks.py, not in the readers. The model says what it
+reads (`InputSpec`, given to `attach`): text tokens or a cached text feature, images or a cached image feature.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.seed = 0  # of the training order; the runner sets the experiment's seed
         self.spec = None
         self.splits: dict[str, Split] = {}
+        self._left_out = 0  # samples of this many problems were left out by data.on_bad_sample=skip
         self.datasets: dict[str, ImageTextDataset] = {}
 
     # --- what a dataset implements -------------------------------------------------------------------------
@@ -124,6 +127,14 @@ class ImageTextDataModule(L.LightningDataModule):
         """The annotation files the scan reads (their size and modification time key the cached index)."""
         raise NotImplementedError
 
+    def split_source(self, split: str) -> str:
+        """Where the samples of `split` come from (a file, or how it is held out of one), for messages."""
+        raise NotImplementedError
+
+    def image_folders(self) -> list[Path]:
+        """The folders the dataset's images are expected under; image paths leading elsewhere are noted."""
+        return [self.root]
+
     # --- the index -----------------------------------------------------------------------------------------
     @property
     def cache_folder(self) -> Path:
@@ -134,11 +145,31 @@ class ImageTextDataModule(L.LightningDataModule):
         settings = {f.name: getattr(self.cfg, f.name) for f in fields(self.config_class)
                     if f.name not in _LOADING_KEYS}
         return load_or_build_index(self.cache_folder, {"classes": self.classes, **settings}, self.source_files(),
-                                   self.scan, self.cfg.check_images)
+                                   self.scan, self.image_folders(), self.cfg.check_images)
 
     def read_splits(self, verbose: bool = True) -> tuple[dict[str, Split], dict[str, list[Path]]]:
-        scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name, verbose)
+        """The samples that pass `data.on_bad_sample`, with pools of only the images they use (an image whose
+        samples were left out is never encoded or loaded)."""
+        scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name, verbose).compact()
+        self._left_out = len(scan.problems)
         return scan.splits, scan.pools
+
+    def check_splits(self, stage: Optional[str]) -> None:
+        """Refuse, before any training or encoding, a split that `stage` needs but that holds no sample: an empty
+        val split would silently disable checkpoint selection, an empty test split fail after the whole run."""
+        needed = {"fit": ["train", "val", "test"], "validate": ["val"], "test": ["test"],
+                  "predict": [self.predict_split]}.get(stage, [])
+        for split in needed:
+            if split not in self.splits:
+                chosen = " (predict.split chooses the split to predict)" if stage == "predict" else ""
+                raise DataError(f"{self.cfg.name}: no '{split}' split; this dataset has {', '.join(self.splits)}"
+                                f"{chosen}")
+            if not len(self.splits[split]):
+                skipped = (f"; data.on_bad_sample=skip left out the samples of {self._left_out} problem(s)"
+                           if self._left_out else "")
+                raise DataError(f"{self.cfg.name}: the {split} split is empty (its samples come from "
+                                f"{self.split_source(split)}{skipped}); `{stage}` needs samples in "
+                                f"{', '.join(needed)}: add some, or run `mope check-data` to see what was read")
 
     # --- wiring --------------------------------------------------------------------------------------------
     def attach(self, spec) -> None:
@@ -165,18 +196,25 @@ class ImageTextDataModule(L.LightningDataModule):
         return self.cfg.cache_features and modality in self.spec.cacheable and not augmented
 
     def _image_features(self, cache: FeatureCache, pool: str, files: list[Path]):
+        if not files:  # only empty splits use this pool: nothing to encode (or to read)
+            return torch.empty(0)
         transform = self._transform()
         encoder = self.spec.cacheable["image"]
         key = image_key(self.spec.identity["image"], transform, files)
+        # With the images decoded when the index is built, an unreadable one has left out its samples already.
+        hint = ("" if self.cfg.check_images else "\nSet data.check_images=true so that the dataset index finds "
+                "unreadable images and data.on_bad_sample=skip can leave out their samples, or replace the files")
         return cache.get(f"image-{pool}", key, lambda: encode_images(
-            encoder, files, transform, batch_size=max(self.cfg.batch_size, 64), num_workers=self.cfg.num_workers),
-            describe=f"image features of {len(files)} {pool} images")
+            encoder, files, transform, batch_size=max(self.cfg.batch_size, 64), num_workers=self.cfg.num_workers,
+            hint=hint), rows=len(files), describe=f"image features of {len(files)} {pool} images")
 
     def _text_features(self, cache: FeatureCache, texts: list[str]):
+        if not texts:
+            return torch.empty(0)
         encoder, c = self.spec.cacheable["text"], self.cfg
         key = text_key(self.spec.identity["text"], self.spec.tokenizer, c.max_text_length, texts)
         return cache.get("text", key, lambda: encode_texts(encoder, texts, self.spec.tokenizer, c.max_text_length),
-                         describe=f"text features of {len(texts)} distinct texts")
+                         rows=len(texts), describe=f"text features of {len(texts)} distinct texts")
 
     @staticmethod
     def _distinct_texts(splits: dict[str, Split]) -> list[str]:
@@ -191,12 +229,17 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         # One process per node: scan and check the files, then build the feature caches once.
-        self._build_features(*self.read_splits())
+        self.splits, pools = self.read_splits()
+        if self.trainer is not None and self.trainer.state.fn is not None:
+            self.check_splits(self.trainer.state.fn.value)  # the stage setup will get: refuse before encoding
+        self._build_features(self.splits, pools)
 
     def setup(self, stage: Optional[str] = None) -> None:
-        if self.splits:
+        if self.datasets:
+            self.check_splits(stage)
             return
         self.splits, pools = self.read_splits(verbose=False)  # prepare_data has logged the notes
+        self.check_splits(stage)
         image, text = self._build_features(self.splits, pools)
         rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
         for name, split in self.splits.items():
@@ -241,6 +284,10 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         size, world = len(self.datasets["train"]), self._world()[0]
+        if not size:
+            raise DataError(f"{self.cfg.name}: the train split is empty (its samples come from "
+                            f"{self.split_source('train')}); add samples, or run `mope check-data` to see what was "
+                            "read")
         if size < self.cfg.batch_size * world:  # drop_last would leave no batch at all
             raise DataError(f"{self.cfg.name}: the train split has {size} samples, fewer than data.batch_size="
                             f"{self.cfg.batch_size} x {world} process(es); lower data.batch_size")

@@ -22,6 +22,7 @@ from typing import Optional
 from mope_lightning.config import DataConfig
 from mope_lightning.data.base import ImageTextDataModule
 from mope_lightning.data.samples import Problem, Scan, Split, SplitBuilder, stratified_holdout
+from mope_lightning.data.text_files import read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class EasyVQADataModule(ImageTextDataModule):
         if not path.is_file():
             raise DataError(f"{self.root}: no easy-VQA dataset here (missing {path.name}); set data.root to a folder "
                             "with answers.txt and {train,test}/questions.json + images/ (see data/README.md)")
-        classes = [line.strip() for line in path.read_text().splitlines()]
+        classes = [line.strip() for line in read_text(path).splitlines()]
         for lineno, name in enumerate(classes, 1):
             if not name:
                 raise DataError(f"{path}:{lineno}: empty answer line; remove it")
@@ -81,6 +82,11 @@ class EasyVQADataModule(ImageTextDataModule):
     def source_files(self) -> list[Path]:
         return [self.root / "answers.txt", self.root / "train" / "questions.json", self.root / "test" / "questions.json"]
 
+    def split_source(self, split: str) -> str:
+        if split == "val":
+            return f"{self.root / 'train' / 'questions.json'} (data.val_fraction of it held out)"
+        return str(self.root / split / "questions.json")
+
     def scan(self) -> Scan:
         problems: list[Problem] = []
         train, train_files = self._read_questions("train", self.cfg.train_images, problems)
@@ -95,7 +101,7 @@ class EasyVQADataModule(ImageTextDataModule):
         if not path.is_file():
             raise DataError(f"{path}: split file missing; the {split} split needs {split}/questions.json")
         try:
-            entries = json.loads(path.read_text())
+            entries = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
         if not isinstance(entries, list):
@@ -113,8 +119,9 @@ class EasyVQADataModule(ImageTextDataModule):
                 continue  # outside the requested first-N-images subset
             if not isinstance(question, str) or not question.strip():
                 problems.append(Problem(str(path), f"entry {n}", "empty question"))
-            elif answer not in label_of:
+            elif not isinstance(answer, str) or answer not in label_of:
                 problems.append(Problem(str(path), f"entry {n}", f"answer {answer!r} is not in answers.txt"))
             else:
-                builder.add(f"{split}/{n}", question, label_of[answer], self.root / split / "images" / f"{image_id}.png")
+                builder.add(f"{split}/{n}", question, label_of[answer], self.root / split / "images" / f"{image_id}.png",
+                            f"{path}:entry {n}")
         return builder.build(), builder.files

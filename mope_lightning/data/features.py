@@ -4,8 +4,8 @@ A frozen, unprompted encoder computes the same pooled feature for an input every
 once per distinct image (or text) and keeps it under `data.cache_dir`. The cache key covers the encoder (its
 architecture, a digest of its weights, its pooling), the preprocessing, and the inputs themselves (each image file's
 path, size and modification time; each text), so a changed file, text list or encoder is noticed and the features
-are rebuilt. Files are written atomically; building leaves the global RNG untouched, so a first run that builds the
-cache trains exactly like a later run that finds it.
+are rebuilt, as is a damaged file. Files are written atomically; building leaves the global RNG untouched, so a
+first run that builds the cache trains exactly like a later run that finds it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mope_lightning.data.cache import ensure_writable, write_cache_file
 from mope_lightning.errors import DataError
-from mope_lightning.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,39 @@ class FeatureCache:
     def path(self, pool: str, key: str) -> Path:
         return self.folder / f"{pool}-{key}.pt"
 
-    def get(self, pool: str, key: str, compute: Callable[[], Tensor], describe: str = "") -> Tensor:
-        """The features of `pool` for `key`, computed by `compute()` and saved first if no up-to-date file exists."""
+    def get(self, pool: str, key: str, compute: Callable[[], Tensor], rows: int, describe: str = "") -> Tensor:
+        """The `rows` features of `pool` for `key`, computed by `compute()` and saved first if no up-to-date file
+        exists. A damaged file (truncated, not a tensor, another number of rows) is rebuilt with a warning."""
         target = self.path(pool, key)
         if target.is_file():
-            return torch.load(target, map_location="cpu", weights_only=True)
+            cached = self._load(target, rows)
+            if cached is not None:
+                return cached
+        ensure_writable(self.folder)  # before the encoding, whose result could not be kept
         log.info("Caching %s into %s (one-time)", describe or pool, target)
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             features = compute().float().cpu()
         log.info("Cached %d features in %.1f s", len(features), time.perf_counter() - start)
-        atomic_write(target, lambda fh: torch.save(features, fh), binary=True)
+        write_cache_file(target, lambda fh: torch.save(features, fh), binary=True)
         for stale in self.folder.glob(f"{pool}-*.pt"):
             if stale != target:
-                stale.unlink()
+                stale.unlink(missing_ok=True)
+        return features
+
+    @staticmethod
+    def _load(path: Path, rows: int) -> Tensor | None:
+        try:
+            features = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged zip or pickle fails in many ways; the file is only a cache
+            log.warning("%s: the cached features are damaged (%s: %s); rebuilding them", path, type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")
+            return None
+        if not isinstance(features, Tensor) or features.dim() != 2 or len(features) != rows:
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            log.warning("%s: the cached features are damaged (%s, expected %d rows); rebuilding them", path, shape,
+                        rows)
+            return None
         return features
 
 
@@ -135,8 +154,10 @@ def _device(encoder) -> torch.device:
 
 
 @torch.no_grad()
-def encode_images(encoder, files: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0) -> Tensor:
-    """Pooled features of every image file; all unreadable files are listed in one `DataError`."""
+def encode_images(encoder, files: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0,
+                  hint: str = "") -> Tensor:
+    """Pooled features of every image file; all unreadable files are listed in one `DataError` (ending with
+    `hint`, what the caller's settings allow to do about them)."""
     loader = DataLoader(_ImageFiles(files, transform), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_collate_images)
     chunks, errors = [], []
@@ -147,7 +168,7 @@ def encode_images(encoder, files: Sequence[Path], transform, batch_size: int = 6
     if errors:
         shown = "\n  ".join(errors[:20])
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise DataError(f"{len(errors)} unreadable image(s); nothing was cached:\n  {shown}{more}")
+        raise DataError(f"{len(errors)} unreadable image(s); nothing was cached:\n  {shown}{more}{hint}")
     return torch.cat(chunks)
 
 

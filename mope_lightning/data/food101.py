@@ -7,13 +7,14 @@
 101 classes (the folder names, sorted); single label; accuracy. `val` is a seeded hold-out of `data.val_size`
 (5,000, as MMBT's and MoPE's "dev") training samples, stratified by class; the reference's split was unseeded.
 Texts are cleaned as MMBT's preprocessing does (punctuation to spaces, whitespace collapsed, lower case) unless
-`data.clean_text=false`. An image without text, an empty text, or a titles row that does not parse is a sample
-problem (`data.on_bad_sample`).
+`data.clean_text=false`. An image without text, an empty text, a text file that is not UTF-8, or a titles row that
+does not parse is a sample problem (`data.on_bad_sample`); a titles file that is not UTF-8 stops with its line.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Optional
 from mope_lightning.config import DataConfig
 from mope_lightning.data.base import ImageTextDataModule
 from mope_lightning.data.samples import Problem, Scan, SplitBuilder, stratified_holdout
+from mope_lightning.data.text_files import NotUTF8, read_text
 from mope_lightning.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -69,6 +71,11 @@ class Food101DataModule(ImageTextDataModule):
     def _titles_file(self, split: str) -> Path:
         return self.root / "texts" / f"{split}_titles.csv"
 
+    def split_source(self, split: str) -> str:
+        if split == "val":
+            return f"{self.root / 'images' / 'train'} (data.val_size samples held out of train)"
+        return str(self.root / "images" / split)
+
     def source_files(self) -> list[Path]:
         # Class folders change when images are added or removed; text files when a text is edited.
         folders = [d for split in ("train", "test") for d in sorted((self.root / "images" / split).iterdir())]
@@ -99,39 +106,49 @@ class Food101DataModule(ImageTextDataModule):
                 problems.append(Problem(str(class_dir), "", "class folder missing from images/train"))
                 continue
             for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-                text = self._text(image, titles, problems)
-                if text is not None:
-                    builder.add(f"{split}/{class_dir.name}/{image.name}", text, label_of[class_dir.name], image)
+                read = self._text(image, titles, problems)
+                if read is not None:
+                    text, source = read
+                    builder.add(f"{split}/{class_dir.name}/{image.name}", text, label_of[class_dir.name], image,
+                                source)
         return builder
 
-    def _text(self, image: Path, titles: Optional[dict], problems: list[Problem]) -> Optional[str]:
+    def _text(self, image: Path, titles: Optional[dict], problems: list[Problem]) -> Optional[tuple[str, str]]:
+        """The text of `image` and where the sample was read (its titles row, or the image itself)."""
         if titles is not None:
-            text, source = titles.get(image.name), self._titles_file(image.parent.parent.name)
+            text, lineno = titles.get(image.name, (None, 0))
+            source = self._titles_file(image.parent.parent.name)
             if text is None:
                 problems.append(Problem(str(image), "", f"no row for {image.name} in {source}"))
                 return None
+            where = f"{source}:line {lineno}"
         else:
-            source = self.root / "texts_txt" / image.parent.name / f"{image.stem}.txt"
+            source, where = self.root / "texts_txt" / image.parent.name / f"{image.stem}.txt", str(image)
             if not source.is_file():
                 problems.append(Problem(str(image), "", f"no text file {source}"))
                 return None
-            text = source.read_text(errors="replace")
+            try:
+                text = read_text(source)
+            except NotUTF8 as exc:
+                problems.append(Problem(str(source), f"line {exc.line}", exc.reason))
+                return None
         text = clean_text(text) if self.cfg.clean_text else text.strip()
         if not text:
             problems.append(Problem(str(source), "", f"empty text for {image.name}"))
             return None
-        return text
+        return text, where
 
-    def _read_titles(self, split: str, problems: list[Problem]) -> dict[str, str]:
+    def _read_titles(self, split: str, problems: list[Problem]) -> dict[str, tuple[str, int]]:
+        """image file name -> (page title, line of its row)."""
         path = self._titles_file(split)
         if not path.is_file():
             raise DataError(f"{path}: missing; data.text_source=titles needs texts/{{train,test}}_titles.csv")
         titles = {}
-        with path.open(newline="", errors="replace") as fh:
-            for lineno, row in enumerate(csv.reader(fh), 1):
-                if len(row) != 3:
-                    problems.append(Problem(str(path), f"line {lineno}", f"expected 3 fields (image_filename,"
-                                                                       f"page_title,class), got {len(row)}"))
-                    continue
-                titles[row[0]] = row[1]
+        reader = csv.reader(io.StringIO(read_text(path), newline=""))
+        for row in reader:
+            if len(row) != 3:
+                problems.append(Problem(str(path), f"line {reader.line_num}", f"expected 3 fields (image_filename,"
+                                                                             f"page_title,class), got {len(row)}"))
+                continue
+            titles[row[0]] = (row[1], reader.line_num)
         return titles

@@ -1,4 +1,5 @@
-"""The dataset index: a reader's scan, with every image checked once, cached and reused while its sources hold.
+"""The dataset index: a reader's scan, checked once (data/checks.py: every image decoded in full, repeated ids and
+val/test samples also in train found), cached and reused while its sources hold.
 
 `prepare_data` builds it (one process per node); `setup` on every rank finds it. The cache key covers the reader's
 settings and the size and modification time of its annotation files; the stored index also records each image's
@@ -12,19 +13,18 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
-from PIL import Image
-
+from mope_lightning.data.cache import ensure_writable, write_cache_file
+from mope_lightning.data.checks import decode_pool_images, leave_out_repeats, outside_note
 from mope_lightning.data.samples import Problem, Scan, Split
+from mope_lightning.data.text_files import read_text
 from mope_lightning.errors import DataError
-from mope_lightning.fileio import atomic_write
 
 log = logging.getLogger(__name__)
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: sample sources, image digests, problem kinds
 
 
 def file_stats(paths: Iterable[Path]) -> list[list]:
@@ -39,71 +39,87 @@ def file_stats(paths: Iterable[Path]) -> list[list]:
     return stats
 
 
-def check_image(path: Path) -> Optional[str]:
-    """None if `path` is a readable image, else what is wrong with it."""
-    try:
-        with Image.open(path) as img:
-            img.verify()
-        return None
-    except FileNotFoundError:
-        return "image file not found"
-    except Exception as exc:  # PIL raises many types for broken files
-        return f"cannot read image ({exc})"
+def _pack_sources(sources: list[str]) -> dict:
+    """The samples' sources with each file named once ("file:line 3" -> [file number, "line 3"]): they would
+    otherwise be half of the index of a large dataset, and of the time it takes to load."""
+    files: dict[str, int] = {}
+    rows = []
+    for source in sources:
+        file, sep, where = source.rpartition(":")
+        rows.append([files.setdefault(file + sep, len(files)), where])
+    return {"files": list(files), "rows": rows}
 
 
-def verify_images(scan: Scan) -> Scan:
-    """Open every image of every pool once; leave out the samples whose image is missing or unreadable."""
-    bad: dict[str, dict[int, str]] = {}
-    for pool, files in scan.pools.items():
-        bad[pool] = {i: err for i, f in enumerate(files) if (err := check_image(f))}
-    if not any(bad.values()):
-        return scan
-    problems = list(scan.problems)
-    users = {pool: Counter(j for split in scan.splits.values() if split.pool == pool for j in split.image_index)
-             for pool in bad}  # samples per image, counted once rather than once per bad image
-    for pool, errors in bad.items():
-        for i, err in errors.items():
-            problems.append(Problem(str(scan.pools[pool][i]), "", f"{err}; {users[pool][i]} sample(s) use it"))
-    splits = {name: split.subset([r for r, j in enumerate(split.image_index) if j not in bad[split.pool]])
-              for name, split in scan.splits.items()}
-    return Scan(splits, scan.pools, problems, scan.notes)
+def _unpack_sources(packed: dict) -> list[str]:
+    files = packed["files"]
+    return [files[k] + where for k, where in packed["rows"]]
 
 
 def _to_json(scan: Scan, image_stats: list) -> dict:
     return {"version": INDEX_VERSION, "image_stats": image_stats,
-            "splits": {k: asdict(v) for k, v in scan.splits.items()},
-            "pools": {k: [str(f) for f in v] for k, v in scan.pools.items()},
+            "splits": {k: {**asdict(v), "sources": _pack_sources(v.sources)} for k, v in scan.splits.items()},
+            "pools": {k: [str(f) for f in v] for k, v in scan.pools.items()}, "digests": scan.digests,
             "problems": [asdict(p) for p in scan.problems], "notes": scan.notes}
 
 
 def _from_json(data: dict) -> Scan:
-    return Scan({k: Split(**v) for k, v in data["splits"].items()},
+    """The stored index; `ValueError` when its structure does not hold together (a damaged or foreign file)."""
+    scan = Scan({k: Split(**{**v, "sources": _unpack_sources(v["sources"])}) for k, v in data["splits"].items()},
                 {k: [Path(f) for f in v] for k, v in data["pools"].items()},
-                [Problem(**p) for p in data["problems"]], data["notes"])
+                [Problem(**p) for p in data["problems"]], list(data["notes"]), dict(data["digests"]))
+    for name, split in scan.splits.items():
+        columns = (split.ids, split.texts, split.labels, split.image_index, split.sources)
+        if split.pool not in scan.pools or len({len(c) for c in columns}) != 1:
+            raise ValueError(f"split '{name}' does not match its pool or has columns of different lengths")
+        if any(not isinstance(j, int) or not 0 <= j < len(scan.pools[split.pool]) for j in split.image_index):
+            raise ValueError(f"split '{name}' points outside its image pool")
+    if any(len(scan.digests[pool]) != len(files) for pool, files in scan.pools.items() if pool in scan.digests):
+        raise ValueError("image digests do not match the image pools")
+    return scan
 
 
 def _all_images(scan: Scan) -> list[Path]:
     return [f for files in scan.pools.values() for f in files]
 
 
+def _load(path: Path) -> Optional[Scan]:
+    """The index stored at `path` if it is readable, of this version and its images are unchanged; a damaged file
+    is only a cache, so it is rebuilt with a warning."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(read_text(path))
+        if data.get("version") != INDEX_VERSION:
+            return None  # written by another version of the framework: rebuilt without fuss
+        scan = _from_json(data)
+        unchanged = data["image_stats"] == file_stats(_all_images(scan))
+    except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+        log.warning("%s: the cached dataset index is damaged (%s: %s); rebuilding it", path, type(exc).__name__, exc)
+        return None
+    return scan if unchanged else None
+
+
 def load_or_build_index(folder: Path, settings: dict, sources: Iterable[Path], scan: Callable[[], Scan],
-                        check_images: bool = True) -> Scan:
-    """The cached index for `settings` and `sources`, or a fresh scan (images checked) saved for next time."""
+                        image_folders: Sequence[Path] = (), check_images: bool = True) -> Scan:
+    """The cached index for `settings` and `sources`, or a fresh scan saved for next time, checked: every image
+    decoded (unless `check_images` is false), image paths outside `image_folders` noted, repeated ids and val/test
+    samples also in train left out as problems."""
     digest = hashlib.sha1(json.dumps([settings, file_stats(sources)], sort_keys=True, default=str).encode())
     path = Path(folder) / f"index-{digest.hexdigest()[:16]}.json"
-    if path.is_file():
-        data = json.loads(path.read_text())
-        cached = _from_json(data)
-        if data.get("version") == INDEX_VERSION and data["image_stats"] == file_stats(_all_images(cached)):
-            return cached
+    cached = _load(path)
+    if cached is not None:
+        return cached
+    ensure_writable(Path(folder))  # before the scan and the decoding, whose result could not be kept
     result = scan()
+    result.notes += outside_note(result, image_folders)
     if check_images:
-        result = verify_images(result)
+        result = decode_pool_images(result)
+    result = leave_out_repeats(result)
     data = _to_json(result, file_stats(_all_images(result)))
-    atomic_write(path, lambda fh: json.dump(data, fh))
+    write_cache_file(path, lambda fh: json.dump(data, fh))
     for stale in Path(folder).glob("index-*.json"):
         if stale != path:
-            stale.unlink()
+            stale.unlink(missing_ok=True)
     return result
 
 

@@ -1,8 +1,9 @@
 """JSON-lines image-text datasets: SNLI-VE as its authors distribute it, MMBT/MoPE's preprocessed format, and any
 user dataset described by a few field names.
 
-One record per line. A line that does not parse, a record without text, image or label, or a label outside the
-label set is a sample problem, reported with file and line (`data.on_bad_sample`).
+One record per line. A line that is not UTF-8 or does not parse, a record without text, image or label, or a label
+outside the label set is a sample problem, reported with file and line (`data.on_bad_sample`). Image paths are
+relative to `data.image_dir` (default `data.root`); one that leads outside both is read, and noted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Dict, Optional
 from mope_lightning.config import DataConfig
 from mope_lightning.data.base import ImageTextDataModule
 from mope_lightning.data.samples import ImagePool, Problem, Scan, SplitBuilder
+from mope_lightning.data.text_files import NotUTF8, read_lines, read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class JsonlDataModule(ImageTextDataModule):
         path = self.root / self.cfg.labels_file
         if not path.is_file():
             raise DataError(f"{path}: label file missing; write one label per line (the label index is the line)")
-        classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        classes = [line.strip() for line in read_text(path).splitlines() if line.strip()]
         if not classes:
             raise DataError(f"{path}: no labels")
         if len(set(classes)) != len(classes):
@@ -106,8 +108,14 @@ class JsonlDataModule(ImageTextDataModule):
     def image_dir(self) -> Path:
         return Path(self.cfg.image_dir).expanduser() if self.cfg.image_dir else self.root
 
+    def image_folders(self) -> list[Path]:
+        return [self.root, self.image_dir()]
+
     def source_files(self) -> list[Path]:
         return [self.split_file(split) for split in self.cfg.splits]
+
+    def split_source(self, split: str) -> str:
+        return str(self.split_file(split))
 
     def scan(self) -> Scan:
         for split in ("train", "val", "test"):
@@ -122,10 +130,11 @@ class JsonlDataModule(ImageTextDataModule):
         for split in ("train", "val", "test"):
             builder = SplitBuilder("images", images)
             path = self.split_file(split)
-            with path.open(errors="replace") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if line.strip():
-                        self._add(builder, split, path, lineno, line, label_of, image_dir, problems)
+            for lineno, line in read_lines(path):
+                if isinstance(line, NotUTF8):
+                    problems.append(Problem(str(path), f"line {lineno}", line.reason))
+                elif line.strip():
+                    self._add(builder, split, path, lineno, line, label_of, image_dir, problems)
             splits[split] = builder.build()
         return Scan(splits, {"images": images.files}, problems)
 
@@ -151,7 +160,7 @@ class JsonlDataModule(ImageTextDataModule):
         else:
             sample_id = record.get(c.id_field) if c.id_field else None
             builder.add(str(sample_id) if sample_id is not None else f"{split}/{lineno}", text.strip(), label,
-                        image_dir / c.image_pattern.format(image))
+                        image_dir / c.image_pattern.format(image), f"{path}:{where}")
 
     def _image_ref(self, record: dict) -> Optional[str]:
         value = record.get(self.cfg.image_field)

@@ -23,6 +23,7 @@ from typing import Optional
 from mope_lightning.config import DataConfig
 from mope_lightning.data.base import ImageTextDataModule
 from mope_lightning.data.samples import ImagePool, Problem, Scan, SplitBuilder
+from mope_lightning.data.text_files import NotUTF8, read_text
 from mope_lightning.errors import DataError
 
 GENRES = ("Drama", "Family", "Comedy", "Biography", "Romance", "War", "Thriller", "History", "Crime", "Music",
@@ -60,13 +61,16 @@ class MMIMDBDataModule(ImageTextDataModule):
     def source_files(self) -> list[Path]:
         return [self.root / "split.json", *sorted((self.root / "dataset").glob("*.json"))]
 
+    def split_source(self, split: str) -> str:
+        return f"the '{SPLIT_KEYS[split]}' list of {self.root / 'split.json'}"
+
     def _split_ids(self) -> dict[str, list[str]]:
         path = self.root / "split.json"
         try:
-            ids = json.loads(path.read_text())
+            ids = json.loads(read_text(path))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
-        missing = [key for key in SPLIT_KEYS.values() if key not in ids]
+        missing = [key for key in SPLIT_KEYS.values() if not (isinstance(ids, dict) and isinstance(ids.get(key), list))]
         if missing:
             raise DataError(f"{path}: no {', '.join(missing)} list; expected keys train, dev, test")
         return {split: [str(i) for i in ids[key]] for split, key in SPLIT_KEYS.items()}
@@ -74,18 +78,21 @@ class MMIMDBDataModule(ImageTextDataModule):
     def scan(self) -> Scan:
         problems: list[Problem] = []
         dropped_labels, filtered = Counter(), Counter()
-        records = {split: [r for i in ids if (r := self._record(i, problems, dropped_labels))]
+        listing = self.root / "split.json"
+        records = {split: [(f"{listing}:{SPLIT_KEYS[split]} entry {k}", r) for k, i in enumerate(ids)
+                           if (r := self._record(i, problems, dropped_labels))]
                    for split, ids in self._split_ids().items()}
-        seen_in_train = {g for _, _, genres, _ in records["train"] for g in genres}
+        seen_in_train = {g for _, (_, _, genres, _) in records["train"] for g in genres}
         posters, splits = ImagePool(), {}
         for split, rows in records.items():
             builder = SplitBuilder("posters", posters)
-            for movie, plot, genres, image in rows:
+            for source, (movie, plot, genres, image) in rows:
                 reason = self._filtered(split, plot, genres, seen_in_train)
                 if reason:
                     filtered[reason] += 1
                     continue
-                builder.add(f"{split}/{movie}", plot, [GENRES.index(g) for g in genres if g in GENRES], image)
+                builder.add(f"{split}/{movie}", plot, [GENRES.index(g) for g in genres if g in GENRES], image,
+                            source)
             splits[split] = builder.build()
         notes = [f"genre labels outside the 23 dropped from samples (samples kept): {dict(dropped_labels)}"]
         if filtered:
@@ -98,9 +105,15 @@ class MMIMDBDataModule(ImageTextDataModule):
             problems.append(Problem(str(self.root / "split.json"), f"id {movie}", f"no metadata file {path}"))
             return None
         try:
-            meta = json.loads(path.read_text(errors="replace"))
+            meta = json.loads(read_text(path))
+        except NotUTF8 as exc:
+            problems.append(Problem(str(path), f"line {exc.line}", exc.reason))
+            return None
         except json.JSONDecodeError as exc:
             problems.append(Problem(str(path), f"{exc.lineno}:{exc.colno}", f"not valid JSON ({exc.msg})"))
+            return None
+        if not isinstance(meta, dict):
+            problems.append(Problem(str(path), "", "not a JSON object"))
             return None
         plots = meta.get("plot") or []
         plot = max(plots, key=len).strip() if isinstance(plots, list) and plots else str(plots).strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,29 +13,36 @@ import torch
 
 @dataclass
 class Split:
-    """The samples of one split. `image_index[i]` points into the image pool `pool` (a list of files)."""
+    """The samples of one split. `image_index[i]` points into the image pool `pool` (a list of files);
+    `sources[i]` says where sample i was read ("file:line 3", "file:entry 7"), for problems that name it."""
 
     ids: list[str]
     texts: list[str]
     labels: list  # class index (multiclass) or list of class indices (multilabel)
     image_index: list[int]
     pool: str
+    sources: list[str]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, rows: Sequence[int]) -> "Split":
         return Split([self.ids[i] for i in rows], [self.texts[i] for i in rows], [self.labels[i] for i in rows],
-                     [self.image_index[i] for i in rows], self.pool)
+                     [self.image_index[i] for i in rows], self.pool, [self.sources[i] for i in rows])
 
 
 @dataclass
 class Problem:
-    """A sample-level problem: the file, where in it (line, entry, sample id), and what is wrong."""
+    """A sample-level problem: the file, where in it (line, entry, sample id), and what is wrong.
+
+    `kind` groups problems in the check-data summary: "record" (what a reader found), "image" (an image that does
+    not decode), "duplicate" (a sample id repeated within a split), "overlap" (a val/test sample also in train).
+    """
 
     file: str
     where: str
     message: str
+    kind: str = "record"
 
     def __str__(self) -> str:
         return f"{self.file}{':' + self.where if self.where else ''}: {self.message}"
@@ -42,26 +50,51 @@ class Problem:
 
 @dataclass
 class Scan:
-    """A reader's result: splits, image pools, the samples it left out with their problems, and notes to log."""
+    """A reader's result: splits, image pools, the samples it left out with their problems, and notes to log.
+
+    `digests` (filled when the index decodes the images) holds each pool image's content digest, aligned with the
+    pool; "" marks an image that did not decode.
+    """
 
     splits: dict[str, Split]
     pools: dict[str, list[Path]]
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    digests: dict[str, list[str]] = field(default_factory=dict)
+
+    def compact(self) -> "Scan":
+        """The same samples with pools of only the images they use (re-indexed), so that images whose samples were
+        left out are neither encoded nor loaded."""
+        used = {pool: sorted({j for s in self.splits.values() if s.pool == pool for j in s.image_index})
+                for pool in self.pools}
+        slot = {pool: {j: k for k, j in enumerate(js)} for pool, js in used.items()}
+        splits = {name: Split(s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.image_index], s.pool, s.sources)
+                  for name, s in self.splits.items()}
+        pools = {pool: [self.pools[pool][j] for j in js] for pool, js in used.items()}
+        digests = {pool: [self.digests[pool][j] for j in js] for pool, js in used.items() if pool in self.digests}
+        return Scan(splits, pools, self.problems, self.notes, digests)
 
 
 class ImagePool:
-    """The distinct image files of one or more splits, each with a stable index."""
+    """The distinct image files of one or more splits, each with a stable index.
+
+    A file is keyed by its real path, so spellings that reach the same file (`a/../a/x.jpg`, `./x.jpg`, a symlink)
+    are one image: encoded once, and one image for the train/test overlap check. The first spelling is kept.
+    """
 
     def __init__(self):
         self.files: list[Path] = []
-        self.slots: dict[Path, int] = {}
+        self.slots: dict[str, int] = {}  # real path -> index
+        self.spellings: dict[Path, int] = {}  # spares a realpath (a stat per path component) per sample
 
     def index(self, image: Path) -> int:
-        if image not in self.slots:
-            self.slots[image] = len(self.files)
-            self.files.append(image)
-        return self.slots[image]
+        if image not in self.spellings:
+            real = os.path.realpath(image)
+            if real not in self.slots:
+                self.slots[real] = len(self.files)
+                self.files.append(image)
+            self.spellings[image] = self.slots[real]
+        return self.spellings[image]
 
 
 class SplitBuilder:
@@ -73,20 +106,22 @@ class SplitBuilder:
     def __init__(self, pool: str, images: ImagePool | None = None):
         self.pool = pool
         self.images = images or ImagePool()
-        self.ids, self.texts, self.labels, self.image_index = [], [], [], []
+        self.ids, self.texts, self.labels, self.image_index, self.sources = [], [], [], [], []
 
     @property
     def files(self) -> list[Path]:
         return self.images.files
 
-    def add(self, sample_id: str, text: str, label, image: Path) -> None:
+    def add(self, sample_id: str, text: str, label, image: Path, source: str) -> None:
+        """One sample; `source` is where it was read ("file:line 3"), named by the problems found about it."""
         self.ids.append(sample_id)
         self.texts.append(text)
         self.labels.append(label)
         self.image_index.append(self.images.index(image))
+        self.sources.append(source)
 
     def build(self) -> Split:
-        return Split(self.ids, self.texts, self.labels, self.image_index, self.pool)
+        return Split(self.ids, self.texts, self.labels, self.image_index, self.pool, self.sources)
 
 
 def stratified_holdout(labels: list, fraction: float | None = None, seed: int = 0,

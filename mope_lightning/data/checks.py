@@ -1,0 +1,154 @@
+"""The checks every dataset index gets, whichever reader built it: each image decoded in full once (in parallel),
+image paths that lead outside the dataset's folders, sample ids repeated within a split, and val/test samples that
+are also in train. What they find are sample problems (or a note), so `data.on_bad_sample` decides, as for the
+problems a reader finds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image
+
+from mope_lightning.data.samples import Problem, Scan
+
+log = logging.getLogger(__name__)
+PARALLEL_FROM = 200  # fewer images decode faster inline than a process pool starts
+
+
+def decode_image(path: str) -> tuple[str, str]:
+    """(content digest, "") for an image file that decodes in full, else ("", what is wrong with it).
+
+    `verify()` alone reads only the headers, so a truncated JPEG would pass and fail mid-epoch; `load()` decodes
+    every pixel. The digest of the bytes is the image's identity for the overlap check (two copies of one picture).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return "", "image file not found"
+    except OSError as exc:
+        return "", f"cannot read image file ({exc.strerror or exc})"
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+    except Exception as exc:  # PIL raises many types for broken files: OSError, SyntaxError, ValueError, bombs...
+        return "", f"cannot read image ({exc})"
+    return hashlib.blake2b(data, digest_size=16).hexdigest(), ""
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def decode_images(files: Sequence[Path]) -> list[tuple[str, str]]:
+    """`decode_image` of every file, in one process per available CPU for more than a few files."""
+    workers = _cpus()
+    if len(files) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [decode_image(str(f)) for f in files]
+    log.info("Decoding %d images in full with %d processes (once; the dataset index keeps the result)", len(files),
+             workers)
+    start = time.perf_counter()
+    # fork: the workers need nothing but PIL, and start at once instead of re-importing the framework
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(decode_image, [str(f) for f in files],
+                                chunksize=min(256, max(1, len(files) // (workers * 8)))))
+    log.info("Decoded %d images in %.1f s", len(files), time.perf_counter() - start)
+    return results
+
+
+def _first_users(scan: Scan) -> dict[tuple[str, int], tuple[int, str]]:
+    """(pool, image) -> (number of samples that use it, where the first of them was read)."""
+    users: dict[tuple[str, int], tuple[int, str]] = {}
+    for split in scan.splits.values():
+        for j, source in zip(split.image_index, split.sources):
+            count, first = users.get((split.pool, j), (0, source))
+            users[split.pool, j] = (count + 1, first)
+    return users
+
+
+def decode_pool_images(scan: Scan) -> Scan:
+    """Decode every pool image; a sample whose image is missing or does not decode is left out with a problem."""
+    keys = [(pool, j) for pool, files in scan.pools.items() for j in range(len(files))]
+    results = decode_images([scan.pools[pool][j] for pool, j in keys])
+    digests: dict[str, list[str]] = {pool: [] for pool in scan.pools}
+    bad: set[tuple[str, int]] = set()
+    problems, users = list(scan.problems), _first_users(scan)
+    for (pool, j), (digest, error) in zip(keys, results):
+        digests[pool].append(digest)
+        if error:
+            bad.add((pool, j))
+            count, first = users.get((pool, j), (0, ""))
+            used = f"; {count} sample(s) use it (first: {first})" if count else "; no sample uses it"
+            problems.append(Problem(str(scan.pools[pool][j]), "", error + used, kind="image"))
+    splits = {name: split.subset([r for r, j in enumerate(split.image_index) if (split.pool, j) not in bad])
+              for name, split in scan.splits.items()}
+    return Scan(splits, scan.pools, problems, scan.notes, digests)
+
+
+def outside_note(scan: Scan, folders: Sequence[Path]) -> list[str]:
+    """A note when image paths lead outside `folders` (an escaping `..`, an absolute path elsewhere). Such images
+    are read where they point, but a copy of the dataset folder would not hold them. Symlinks are not followed:
+    a linked image folder inside the dataset folder is the dataset's own."""
+    roots = [os.path.normpath(os.path.abspath(f)) for f in folders]
+
+    def inside(path: Path) -> bool:
+        real = os.path.normpath(os.path.abspath(path))
+        return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+    outside = [(pool, j) for pool, files in scan.pools.items() for j, f in enumerate(files) if not inside(f)]
+    if not outside:
+        return []
+    pool, j = outside[0]
+    _, first = _first_users(scan).get((pool, j), (0, "no sample"))
+    return [f"{len(outside)} image path(s) lead outside {' and '.join(dict.fromkeys(roots))}, e.g. "
+            f"{scan.pools[pool][j]} (from {first}); they are read where they point, but a copy of the dataset folder "
+            "will not hold them"]
+
+
+def _image_identities(scan: Scan) -> dict[str, list[str]]:
+    """Per pool image: its content digest when the images were decoded, else its real path."""
+    return {pool: scan.digests.get(pool) or [os.path.realpath(f) for f in files] for pool, files in scan.pools.items()}
+
+
+def leave_out_repeats(scan: Scan) -> Scan:
+    """Leave out, each with a problem: a sample whose id already appeared in its split (the later one: predictions
+    are joined back by id), and a val/test sample that is also in train, by id or by the same text with the same
+    image (the evaluation copy: a sample seen in training inflates the score)."""
+    identity, problems = _image_identities(scan), list(scan.problems)
+    train_ids: dict[str, str] = {}  # id -> where
+    train_content: dict[tuple[str, str], tuple[str, str]] = {}  # (text, image) -> (id, where)
+    splits = {}
+    for name in sorted(scan.splits, key=lambda n: n != "train"):  # train first: the others are checked against it
+        split, first, keep = scan.splits[name], {}, []
+        for r, (sid, source) in enumerate(zip(split.ids, split.sources)):
+            content = (split.texts[r], identity[split.pool][split.image_index[r]])
+            if sid in first:
+                problems.append(Problem(source, "", f"sample id {sid!r} again in the {name} split (first at "
+                                        f"{first[sid]}); give every sample its own id", kind="duplicate"))
+                continue
+            first[sid] = source
+            if name == "train":
+                train_ids[sid] = source
+                train_content.setdefault(content, (sid, source))
+            elif sid in train_ids:
+                problems.append(Problem(source, "", f"{name} sample id {sid!r} is also a train sample id (at "
+                                        f"{train_ids[sid]}); an evaluation sample must not be in train",
+                                        kind="overlap"))
+                continue
+            elif content in train_content:
+                tid, where = train_content[content]
+                problems.append(Problem(source, "", f"{name} sample {sid!r} has the same text and image as train "
+                                        f"sample {tid!r} (at {where}); an evaluation sample must not be in train",
+                                        kind="overlap"))
+                continue
+            keep.append(r)
+        splits[name] = split.subset(keep)
+    return Scan({name: splits[name] for name in scan.splits}, scan.pools, problems, scan.notes, scan.digests)

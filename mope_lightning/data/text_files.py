@@ -1,0 +1,44 @@
+"""Annotation files read as strict UTF-8. A byte sequence that is not UTF-8 is reported with its file, line and byte
+offset, never replaced by U+FFFD: a replaced character would silently change a text, a label or an id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from mope_lightning.errors import DataError
+
+_BOM = "\ufeff"  # editors on Windows start UTF-8 files with it; it is an encoding mark, not text
+
+
+class NotUTF8(DataError):
+    """Bytes that are not UTF-8 at `line` of `path`. Readers that treat a line or a file as one sample turn it into
+    a sample problem (`reason` says what is wrong); elsewhere it stops the run as it is."""
+
+    def __init__(self, path: Path, line: int, offset: int):
+        self.path, self.line, self.offset = path, line, offset
+        self.reason = f"not UTF-8 text (byte offset {offset} in the file); save the file as UTF-8"
+        super().__init__(f"{path}:{line}: {self.reason}")
+
+
+def read_text(path: Path) -> str:
+    """The whole file as text; `NotUTF8` names the line and byte offset of the first invalid byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8").removeprefix(_BOM)
+    except UnicodeDecodeError as exc:
+        raise NotUTF8(path, data.count(b"\n", 0, exc.start) + 1, exc.start) from None
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str | NotUTF8]]:
+    """(line number, text) for each line of the file, streamed; a line that is not UTF-8 gives its `NotUTF8`
+    instead of its text, and the lines after it are still read."""
+    offset = 0
+    with Path(path).open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                item: str | NotUTF8 = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                item = NotUTF8(path, number, offset + exc.start)
+            yield number, item.removeprefix(_BOM) if number == 1 and isinstance(item, str) else item
+            offset += len(raw)

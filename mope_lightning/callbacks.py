@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mope_lightning.errors import NonFiniteError
 from mope_lightning.fileio import atomic_write
 from mope_lightning.predictions import write_predictions_csv
 from mope_lightning.report import RoutingView, write_report
@@ -125,6 +126,31 @@ class FinalWeights(L.Callback):
         # Lightning's save flag, not torch.load's (nothing is read here): weights_only=False writes the full training
         # state (optimizer, loops), so that `fit ckpt=last` resumes from it. Every read uses weights_only=True.
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
+
+
+class FiniteLoss(L.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, before its backward pass, so the weights stay
+    those of the last finite step and no checkpoint of diverged weights is written (`SafeCheckpointIO` also refuses
+    to save non-finite weights). The message names the step, the last finite loss and what to change."""
+
+    def __init__(self):
+        self.last_finite: tuple[int, torch.Tensor] | None = None
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
+        loss = loss.detach()
+        # Every rank takes the same decision, or the others would wait for it forever in the gradient all-reduce.
+        diverged = trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if not diverged:
+            self.last_finite = (trainer.global_step, loss)
+            return
+        before = (f"the last finite loss was {self.last_finite[1].item():.4g} at step {self.last_finite[0]}"
+                  if self.last_finite else "no step had a finite loss")
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        kept = f"; the best checkpoint so far is {best}" if best else ""
+        raise NonFiniteError(
+            f"training diverged: the loss is {loss.item()} at step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}); {before}. Nothing was saved from this step{kept}. Lower optim.lr (now "
+            f"{pl_module.cfg.optim.lr:g}), keep trainer.gradient_clip_val on, or train in trainer.precision=32-true")
 
 
 class RNGState(L.Callback):

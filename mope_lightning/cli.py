@@ -29,8 +29,9 @@ USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export} EXP
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
 `fit ckpt=last` resumes the newest run of the experiment from its last checkpoint. ckpt= also takes an exported
-adapter folder (validate, test, predict, analyze). Exit status: 0 finished, 1 check-data found problems, 2 an error
-named in one message, 130/143 interrupted by SIGINT/SIGTERM (its weights saved)."""
+adapter folder (validate, test, predict, analyze). Exit status: 0 finished with a real (finite) result, 1 check-data
+found problems, 2 an error named in one message (bad input, a diverged run), 130/143 interrupted by SIGINT/SIGTERM
+(a fit keeps its weights in last.ckpt)."""
 
 
 COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze", "export")
@@ -126,6 +127,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MopeError as exc:
         print(f"mope: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("mope: error: interrupted by SIGINT (Ctrl-C) before the command finished", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        # Lightning ends a validate/test/predict that got SIGTERM with SystemExit(), whose status would be 0.
+        if type(exc).__name__ != "SIGTERMException":
+            raise
+        print("mope: error: interrupted by SIGTERM before the command finished; nothing was written",
+              file=sys.stderr)
+        return 143
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise
+        print(f"mope: error: out of memory ({str(exc).splitlines()[0][:200]}); lower data.batch_size or "
+              "data.eval_batch_size, or use trainer.precision=bf16-mixed", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,6 +12,7 @@ checked against the Trainer's signature.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mope_lightning.config_checks import check_trainer_types, check_values
 from mope_lightning.errors import ConfigError
 
 
@@ -135,7 +137,7 @@ class DataConfig:
     cache_features: bool = True  # cache frozen, unprompted encoders' features once per distinct input
     cache_dir: str = "data/cache"
     on_bad_sample: str = "fail"  # fail | skip: what to do with samples that have a problem (see check-data)
-    check_images: bool = True  # open every image once when the dataset index is built
+    check_images: bool = True  # decode every image in full once when the dataset index is built (kept with it)
 
 
 @dataclass
@@ -251,8 +253,17 @@ def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pass an existing experiments/<name>.yaml")
     try:
-        with path.open() as fh:
-            data = yaml.safe_load(fh)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") \
+            from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -319,13 +330,24 @@ def _suggest(word: str, candidates) -> str:
 def _source_of(sources, key: str) -> str:
     """The last file (or the command line) that sets `key`."""
     for source, node in reversed(sources):
-        if OmegaConf.select(node, key, default=None) is not None:
+        value = OmegaConf.to_container(node)  # unresolved: a broken interpolation still counts as set here
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
             return source
     return "defaults"
 
 
 def _check(cfg: DictConfig, sources) -> None:
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    try:  # first: every later check reads values, and an interpolation to a missing key fails each of them
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if not missing:
+            OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        reason = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"{_source_of(sources, key)}: {key}: {reason}; interpolations (${{...}}) must name an "
+                          "existing key") from None
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(missing)}; set them in the experiment YAML")
     for key, choices in CHOICES.items():
@@ -334,14 +356,9 @@ def _check(cfg: DictConfig, sources) -> None:
             shown = ", ".join(str(c) for c in choices if c is not None)
             raise ConfigError(f"{_source_of(sources, key)}: {key}: '{value}' is not one of {shown}")
     _check_trainer_keys(cfg.trainer, sources)
-    for key in ("data.batch_size", "trainer.devices"):
-        value = OmegaConf.select(cfg, key)
-        if isinstance(value, int) and value < 1:
-            raise ConfigError(f"{_source_of(sources, key)}: {key}: must be at least 1, got {value}")
-    try:
-        OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{getattr(exc, 'full_key', '')}: {getattr(exc, 'msg', exc)}") from None
+    source_of = functools.partial(_source_of, sources)
+    check_trainer_types(cfg.trainer, source_of)
+    check_values(cfg, source_of)
 
 
 def _check_trainer_keys(trainer: DictConfig, sources) -> None:
@@ -375,17 +392,26 @@ def stored_config(stored: dict, overrides: Sequence[str] = (), source: str = "st
     return _merge(cfg, updates, "overrides")
 
 
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """`key: a -> b` for every key both nested dicts hold with different values (keys only one holds, e.g. options
-    added in a later version, are not differences)."""
+def differences(a: dict, b: dict, prefix: str = "", free_form: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:
+    """`(key, value in a, value in b)` for every key whose values differ. Keys only one side holds (options added in
+    a later version) are not differences, except in the `free_form` sections (e.g. `trainer`), where a missing key
+    means the library's default and is compared as None."""
     found = []
-    for key in sorted(set(a) & set(b)):
+    for key in sorted(set(a) | set(b)):
         name = f"{prefix}{key}"
-        if isinstance(a[key], dict) and isinstance(b[key], dict):
-            found += differences(a[key], b[key], f"{name}.")
-        elif a[key] != b[key]:
-            found.append(f"{name}: {a[key]!r} -> {b[key]!r}")
+        if (key not in a or key not in b) and not prefix.rstrip(".") in free_form:
+            continue
+        old, new = a.get(key), b.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += differences(old, new, f"{name}.", free_form)
+        elif old != new:
+            found.append((name, old, new))
     return found
+
+
+def format_differences(changes: list[tuple[str, Any, Any]], limit: int = 5) -> str:
+    shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in changes[:limit])
+    return shown + (f"; and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def to_container(cfg: DictConfig) -> Dict[str, Any]:

@@ -21,6 +21,10 @@ class ModelError(MopeError):
     """An encoder or fusion setting the framework cannot build."""
 
 
+class NonFiniteError(MopeError):
+    """Training diverged (a NaN or infinite loss), or weights that hold such values were about to be saved."""
+
+
 class Interrupted(MopeError):
     """A run stopped by a signal before it finished its command; the exit status says which signal (128 + N)."""
 

@@ -3,6 +3,7 @@
 - A launcher (SLURM `srun`, `torchrun`) that started a number of processes different from
   `trainer.devices x trainer.num_nodes` would otherwise run silent duplicate trainings (ecosystem.md §12).
 - `strategy=ddp` with one device, or a precision the hardware lacks, stops with a message naming the setting.
+- Checkpoints whose weights hold NaN or infinite values are never written (a diverged run keeps its last good ones).
 - Checkpoints are read with `weights_only=True` only (mope_lightning/checkpoints.py), and written to a temporary
   file in their own folder and renamed, so a crash mid-save never leaves a corrupt `last.ckpt` (fsspec's transaction
   stages them in the system temp folder, which on many clusters is another file system, where the final move is a
@@ -20,7 +21,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElastic
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from mope_lightning.checkpoints import read_checkpoint
-from mope_lightning.errors import ConfigError
+from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import atomic_write
 
 
@@ -30,6 +31,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
     broken or unsafe file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        bad = next((k for k, v in checkpoint.get("state_dict", {}).items()
+                    if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:  # a diverged model is never kept as if it were a result (best or last)
+            raise NonFiniteError(f"{path}: not saved: the weights hold NaN or infinite values ({bad}); training "
+                                 "diverged. Lower optim.lr or keep trainer.gradient_clip_val on")
         atomic_write(Path(path), lambda fh: torch.save(checkpoint, fh), binary=True)
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:

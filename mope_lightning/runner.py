@@ -7,6 +7,7 @@ Trainer -> command. `fit` ends by testing the best checkpoint (`checkpoint.test_
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Optional
@@ -14,16 +15,19 @@ from typing import Optional
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.callbacks import FinalWeights, PredictionWriter, RNGState, RoutingMonitor, RoutingReport
-from mope_lightning.checkpoints import is_adapter, load_into, read_checkpoint, read_trained_weights
-from mope_lightning.config import differences, to_container
+from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, RNGState, RoutingMonitor,
+                                     RoutingReport)
+from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
+from mope_lightning.config import differences, format_differences, to_container
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
-from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, MopeError
-from mope_lightning.fileio import atomic_write, check_output
+from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, MopeError, NonFiniteError
+from mope_lightning.fileio import atomic_write, check_output, check_writable
 from mope_lightning.launch import SafeCheckpointIO, check_trainer, slurm_run_version
 from mope_lightning.lit_module import MoPELitModule
+from mope_lightning.resume import check_resume, record_resume
 
 COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -47,8 +51,21 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
     datamodule = DATAMODULES[cfg.data.name](cfg.data)
     datamodule.seed = cfg.seed
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
+    _check_batch_size(cfg, module.net)
     datamodule.attach(module.net.input_spec())
     return module, datamodule
+
+
+def _check_batch_size(cfg: DictConfig, net) -> None:
+    """A trainable BatchNorm over (batch, features) cannot normalise a batch of one sample in training."""
+    from torch import nn
+
+    if cfg.data.batch_size > 1:
+        return
+    norms = [name for name, m in net.named_modules() if type(m) is nn.BatchNorm1d and m.weight.requires_grad]
+    if norms:
+        raise ConfigError(f"data.batch_size=1: the model's BatchNorm ({norms[0]}) cannot normalise a batch of one "
+                          "sample in training; use data.batch_size >= 2, or model.compat.mapper_bn_frozen=true")
 
 
 def count_parameters(cfg: DictConfig) -> dict:
@@ -177,6 +194,7 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
     trainer_args = to_container(cfg)["trainer"]
     check_trainer(trainer_args)
     root = Path(trainer_args.pop("default_root_dir"))
+    check_writable(root, "trainer.default_root_dir")
     max_time = trainer_args.pop("max_time", None)
     version = version if version is not None else slurm_run_version()
     logger = TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False)
@@ -192,6 +210,7 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
             Timer(duration=max_time),
             RoutingMonitor(),
             RNGState(),
+            FiniteLoss(),  # a NaN or infinite loss stops training before it reaches the weights
             FinalWeights(),  # last.ckpt however training ends, interrupts included
         ]
         if cfg.checkpoint.save_last:
@@ -206,21 +225,11 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
         callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.task))
     # A SLURM job's requeue checkpoint (hpc_ckpt_N.ckpt) lives in its own run directory, where a requeue finds it.
     default_root = root / str(version) if isinstance(version, str) else root
-    return L.Trainer(**trainer_args, default_root_dir=default_root, logger=logger, callbacks=callbacks,
-                     plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
-
-
-def _check_resume(cfg: DictConfig, ckpt_path: str) -> None:
-    """Resuming continues a run of the same experiment (the backbone and weights are checked when they load)."""
-    if is_adapter(ckpt_path):
-        raise ConfigError(f"ckpt: {ckpt_path} is an adapter, which holds no training state to resume; fit resumes "
-                          "from a .ckpt (ckpt=last finds the newest run's)")
-    # mmap: only the hyperparameters are read here; Lightning loads the weights afterwards.
-    hparams = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters", {})
-    trained = hparams.get("config", {}).get("experiment")
-    if trained != cfg.experiment:
-        raise CheckpointError(f"ckpt: {ckpt_path} was trained by experiment '{trained}', not '{cfg.experiment}'; "
-                              "resume a run of this experiment (ckpt=last finds its newest one)")
+    try:
+        return L.Trainer(**trainer_args, default_root_dir=default_root, logger=logger, callbacks=callbacks,
+                         plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
+    except (ValueError, TypeError, MisconfigurationException) as exc:  # Lightning's own checks of the values
+        raise ConfigError(f"trainer: lightning.Trainer refused these settings: {str(exc).splitlines()[0]}") from None
 
 
 def run(command: str, cfg: DictConfig) -> dict:
@@ -231,8 +240,7 @@ def run(command: str, cfg: DictConfig) -> dict:
     if command != "fit" and ckpt_path is None:
         raise ConfigError(f"{command} needs ckpt=PATH: the checkpoint to evaluate (fit writes them under "
                           f"{cfg.trainer.default_root_dir}/version_*/checkpoints/)")
-    if command == "fit" and ckpt_path is not None:
-        _check_resume(cfg, ckpt_path)
+    resume_changes = check_resume(cfg, ckpt_path) if command == "fit" and ckpt_path is not None else None
     if command == "predict" and cfg.predict.input:
         return predict_new_data(cfg, ckpt_path)
     if command == "predict":
@@ -241,6 +249,8 @@ def run(command: str, cfg: DictConfig) -> dict:
     datamodule.predict_split = cfg.predict.split
     trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)
     summary: dict = {"run_dir": trainer.log_dir}
+    if resume_changes is not None:
+        record_resume(trainer, ckpt_path, resume_changes)
     if command == "fit":
         summary.update(_fit_and_test(cfg, trainer, module, datamodule, ckpt_path))
     else:
@@ -303,7 +313,7 @@ def export(cfg: DictConfig) -> Path:
     changed = differences(trained.config.get("model", {}), to_container(cfg)["model"], "model.")
     if changed:
         raise ConfigError(f"ckpt: {ckpt_path} was trained with other model settings than this config gives ("
-                          f"{'; '.join(changed[:5])}); export it with the config it was trained with")
+                          f"{format_differences(changed)}); export it with the config it was trained with")
     model = build_pretrained(cfg, trained)  # checks that the frozen weights here are the ones it was trained on
     trained.metrics = trained.metrics or recorded_test_metrics(ckpt_path)
     out = write_adapter(cfg.export.out, trained, parameter_summary(model.net), cfg.export.overwrite)
@@ -342,6 +352,11 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
 
 def _report(command: str, summary: dict, trainer: L.Trainer) -> None:
     metrics = {k: float(v) for k, v in summary.get("metrics", {}).items()}
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:  # exit status 0 means a real result: a NaN metric is not one
+        raise NonFiniteError(f"{command}: {', '.join(f'{k} is {v}' for k, v in bad.items())}; the weights or the "
+                             f"inputs give non-finite outputs, so no result was written (run directory "
+                             f"{summary['run_dir']})")
     if metrics and summary["run_dir"] and not trainer.fast_dev_run:
         result = {**summary, "metrics": metrics}
         atomic_write(Path(summary["run_dir"]) / f"{command}_metrics.json",

@@ -139,7 +139,7 @@ def test_resuming_from_another_experiments_checkpoint_is_refused(tmp_path, capsy
     assert main(["fit", *base]) == 0
     ckpt = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     assert main(["fit", *base, "model.mope.num_experts=8", f"ckpt={ckpt}"]) == 2
-    assert "does not fit this model's trainable weights" in capsys.readouterr().err
+    assert "was trained with other settings (model.mope.num_experts: 4 -> 8)" in capsys.readouterr().err
     assert main(["fit", *base, "experiment=other", f"ckpt={ckpt}"]) == 2
     assert "was trained by experiment 'easy_vqa'" in capsys.readouterr().err
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import OmegaConf
 from torch import nn
@@ -119,12 +122,40 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     if compat.skip_first_block_prompt:  # the reference re-prompts no stage's first block
         layers = [i for i in layers if i > 0 and stages[i] == stages[i - 1]]
     router = {**_router_kwargs(m.router), "noise_in_eval": compat.eval_routing_noise}
-    return MoPE(encoder.layer_dims, stages, cond_dim, static_length=static, dynamic_length=dynamic,
-                mapped_length=mapped, num_experts=m.num_experts,
-                init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale, router=router,
-                prompted_layers=layers, mapper_hidden=m.mapper_hidden, prompt_dropout=m.prompt_dropout,
-                importance_threshold=m.importance_threshold, initial_prompts=compat.skip_first_block_prompt,
-                fixed_bn_stats=compat.mapper_bn_frozen)
+    make = functools.partial(
+        MoPE, encoder.layer_dims, stages, cond_dim, static_length=static, dynamic_length=dynamic,
+        mapped_length=mapped, num_experts=m.num_experts,
+        init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale, router=router,
+        prompted_layers=layers, mapper_hidden=m.mapper_hidden, prompt_dropout=m.prompt_dropout,
+        importance_threshold=m.importance_threshold, initial_prompts=compat.skip_first_block_prompt,
+        fixed_bn_stats=compat.mapper_bn_frozen)
+    check_trainable_memory(make, f"model.mope: num_experts={m.num_experts}, static_length={static}, dynamic_length="
+                                 f"{dynamic}, mapped_length={mapped}, mapper_hidden={m.mapper_hidden}")
+    return make()
+
+
+def _memory_bytes() -> int:
+    """The larger of this machine's memory and its first GPU's (where the trainable weights will live)."""
+    import torch
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    return max(ram, gpu)
+
+
+def check_trainable_memory(make: Callable[[], nn.Module], keys: str) -> None:
+    """Refuse a module whose training state cannot fit in memory, from its architecture alone (built on the meta
+    device: nothing is allocated), rather than let the allocation fail or the kernel kill the process."""
+    import torch
+
+    if torch.get_default_device().type == "meta":  # already counting on the meta device
+        return
+    with torch.device("meta"):
+        count = sum(p.numel() for p in make().parameters())
+    needed = count * 16  # float32 weights, gradients and AdamW's two moments
+    if needed > _memory_bytes():
+        raise ModelError(f"{keys}: these settings make {count:,} trainable parameters, about {needed / 2**30:,.0f} "
+                         f"GiB to train, more than the {_memory_bytes() / 2**30:,.0f} GiB of memory here; lower them")
 
 
 def _promptable(encoder: nn.Module, key: str, cfg_enc) -> nn.Module:
@@ -181,13 +212,17 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
     # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs.
     conditioned = p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0
     cond_dim = condition.num_features if conditioned else 0
-    pmoe = PMoE([e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
-                dynamic_length=p.dynamic_length, mapped_length=p.mapped_length, num_experts=p.num_experts,
-                mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
-                init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
-                router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity,
-                condition_dispatcher=p.condition_dispatcher, dispatch=p.dispatcher,
-                dispatch_importance=p.dispatch_importance, importance_threshold=cfg.mope.importance_threshold)
+    make = functools.partial(
+        PMoE, [e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
+        dynamic_length=p.dynamic_length, mapped_length=p.mapped_length, num_experts=p.num_experts,
+        mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
+        init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
+        router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity,
+        condition_dispatcher=p.condition_dispatcher, dispatch=p.dispatcher,
+        dispatch_importance=p.dispatch_importance, importance_threshold=cfg.mope.importance_threshold)
+    check_trainable_memory(make, f"model.pmoe: num_experts={p.num_experts}, static_length={p.static_length}, "
+                                 f"dynamic_length={p.dynamic_length}, hidden={p.hidden}")
+    pmoe = make()
     return PMoEClassifier(experts, _expert_names(p.experts), condition, cfg.prompted, pmoe, num_classes, p.combine,
                           cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)
 

@@ -1,0 +1,154 @@
+"""Config values that make sense: each numeric key's range and the `trainer` section's types.
+
+The schema (config.py) checks that keys exist and have the right type; a value of the right type can still be
+nonsense (a negative worker count, a dropout of 2, `trainer.max_epochs=abc`), and nonsense would otherwise surface
+minutes later as a library's traceback. Every check names the source that set the key (file or command line).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mope_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of numbers; `open_low`/`open_high` exclude that end."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            return False
+        return not (self.high is not None and (value > self.high or (self.open_high and value == self.high)))
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'greater than' if self.open_low else 'at least'} {self.low}"
+        return f"in {'(' if self.open_low else '['}{self.low}, {self.high}{')' if self.open_high else ']'}"
+
+
+COUNT, POSITIVE_COUNT = Range(0), Range(1)
+POSITIVE, NON_NEGATIVE = Range(0, open_low=True), Range(0)
+PROBABILITY_BELOW_1 = Range(0, 1, open_high=True)
+
+# Keys absent from an experiment's config (another dataset's options) are skipped.
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1),
+    "data.batch_size": POSITIVE_COUNT, "data.eval_batch_size": POSITIVE_COUNT, "data.num_workers": COUNT,
+    "data.max_text_length": POSITIVE_COUNT, "data.image_size": POSITIVE_COUNT, "data.crop_pct": POSITIVE,
+    "data.val_fraction": Range(0, 1, open_low=True, open_high=True), "data.train_images": POSITIVE_COUNT,
+    "data.test_images": POSITIVE_COUNT,
+    "model.condition_prompts": COUNT, "model.head_hidden": COUNT, "model.head_dropout": PROBABILITY_BELOW_1,
+    "model.mope.static_length": COUNT, "model.mope.dynamic_length": COUNT, "model.mope.mapped_length": COUNT,
+    "model.mope.num_experts": COUNT, "model.mope.mapper_hidden": POSITIVE_COUNT,
+    "model.mope.prompt_dropout": PROBABILITY_BELOW_1, "model.mope.init_scale": POSITIVE,
+    "model.mope.importance_weight": NON_NEGATIVE, "model.mope.importance_threshold": NON_NEGATIVE,
+    "model.mope.router.self_dim": COUNT, "model.mope.router.cross_dim": COUNT,
+    "model.mope.router.temperature": POSITIVE, "model.mope.router.noise_std": NON_NEGATIVE,
+    "model.mope.router.top_k": COUNT,
+    "model.pmoe.static_length": COUNT, "model.pmoe.dynamic_length": COUNT, "model.pmoe.mapped_length": COUNT,
+    "model.pmoe.num_experts": COUNT, "model.pmoe.hidden": POSITIVE_COUNT, "model.pmoe.init_scale": POSITIVE,
+    "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.warmup_steps": COUNT, "optim.gamma": POSITIVE,
+    "checkpoint.save_top_k": Range(-1), "analyze.exemplars": COUNT,
+    "trainer.max_epochs": Range(-1), "trainer.max_steps": Range(-1), "trainer.min_epochs": COUNT,
+    "trainer.min_steps": COUNT, "trainer.accumulate_grad_batches": POSITIVE_COUNT,
+    "trainer.log_every_n_steps": POSITIVE_COUNT, "trainer.check_val_every_n_epoch": POSITIVE_COUNT,
+    "trainer.gradient_clip_val": NON_NEGATIVE, "trainer.num_nodes": POSITIVE_COUNT,
+    "trainer.num_sanity_val_steps": Range(-1), "trainer.devices": POSITIVE_COUNT,
+    **{f"trainer.limit_{s}_batches": NON_NEGATIVE for s in ("train", "val", "test", "predict")},
+}
+# Lists of numbers: (length, range of each element).
+LIST_RANGES: dict[str, tuple[int, Range]] = {
+    "optim.betas": (2, PROBABILITY_BELOW_1), "data.randaugment": (2, COUNT), "data.image_mean": (3, Range()),
+    "data.image_std": (3, POSITIVE), "optim.milestones": (-1, COUNT),
+}
+PARAM_GROUPS = ("prompts", "condition_prompts", "router", "mapper", "dispatcher", "head", "encoders")
+
+
+def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
+    """Refuse values outside their key's range, and combinations that cannot work together."""
+    for key, allowed in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in allowed:
+            raise ConfigError(f"{source_of(key)}: {key}: must be {allowed}, got {value}")
+    for key, (length, allowed) in LIST_RANGES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if length >= 0 and len(value) != length:
+            raise ConfigError(f"{source_of(key)}: {key}: needs {length} numbers, got {len(value)} ({list(value)})")
+        bad = [v for v in value if not isinstance(v, (int, float)) or v not in allowed]
+        if bad:
+            raise ConfigError(f"{source_of(key)}: {key}: every number must be {allowed}, got {bad[0]}")
+    for group, lr in cfg.optim.group_lr.items():
+        key = f"optim.group_lr.{group}"
+        if group not in PARAM_GROUPS:
+            raise ConfigError(f"{source_of(key)}: {key}: unknown parameter group; use {', '.join(PARAM_GROUPS)}")
+        if not isinstance(lr, (int, float)) or lr not in POSITIVE:
+            raise ConfigError(f"{source_of(key)}: {key}: a learning rate must be {POSITIVE}, got {lr}")
+    mope = cfg.model.mope
+    if mope.router.top_k > max(mope.num_experts, 1):
+        raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "
+                          f"is more than the {mope.num_experts} experts; use at most model.mope.num_experts")
+
+
+def check_trainer_types(trainer: DictConfig, source_of: Callable[[str], str]) -> None:
+    """Each `trainer` value against the type `lightning.Trainer` declares for it (the types YAML can hold)."""
+    from lightning import Trainer
+
+    try:
+        hints = typing.get_type_hints(Trainer.__init__)
+    except Exception:  # an annotation that does not resolve: Lightning checks the values itself
+        return
+    for key in trainer.keys():
+        value = trainer[key]
+        value = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        accepted = _yaml_types(hints.get(key, inspect.Parameter.empty))
+        if accepted is not None and not _matches(value, accepted):
+            names = sorted({repr(a) if not isinstance(a, type) else "null" if a is type(None) else a.__name__
+                            for a in accepted})
+            raise ConfigError(f"{source_of(f'trainer.{key}')}: trainer.{key}: {value!r} is not accepted by "
+                              f"lightning.Trainer (expected {' | '.join(names)})")
+
+
+def _yaml_types(hint: Any) -> Optional[list]:
+    """The members of a type hint a YAML value can be (types, and literal values); None: do not check."""
+    if hint is inspect.Parameter.empty or hint is Any:
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        members = [_yaml_types(arg) for arg in typing.get_args(hint)]
+        return None if any(m is None for m in members) else [t for m in members for t in m]
+    if origin is typing.Literal:
+        return list(typing.get_args(hint))
+    if origin in (list, tuple):
+        return [list]  # YAML has no tuples
+    if origin is dict:
+        return [dict]
+    if hint is type(None) or hint in (int, float, str, bool):
+        return [hint]
+    return []  # a class (a Strategy, a timedelta) that YAML cannot express: no value of it to accept
+
+
+def _matches(value: Any, accepted: list) -> bool:
+    for kind in accepted:
+        if isinstance(kind, type):
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return True
+            if kind is int and isinstance(value, bool):
+                continue
+            if isinstance(value, kind):
+                return True
+        elif value == kind and type(value) is type(kind):  # a literal: 16 is not '16'
+            return True
+    return not accepted  # nothing YAML can express was declared: let Lightning judge

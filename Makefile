@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXP ?= easy_vqa
+SWEEP ?= experiments/sweeps/importance.yaml
 ARGS ?=
 LOGDIR ?= runs
 PYTEST_ARGS ?=
@@ -11,11 +12,12 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp test bench bench-quick bench-sharing tensorboard clean
+.PHONY: help install train train-ddp sweep test bench bench-quick bench-sharing tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=<experiment name> ARGS=\"key=value ...\" (train), GPUS (train-ddp), PYTEST_ARGS (test),"
+	@echo "  variables: EXP=<experiment name> ARGS=\"key=value ...\" (train, sweep), SWEEP=<sweep file>, GPUS (train-ddp),"
+	@echo "             PYTEST_ARGS (test),"
 	@echo "             BENCH_ARGS (bench: --device cuda --precision bf16 --out FILE)"
 	@echo "             LOGDIR (tensorboard)"
 
@@ -34,6 +36,9 @@ train: $(BIN)/.installed ## train and test experiments/$(EXP).yaml (ARGS="key=va
 
 train-ddp: $(BIN)/.installed ## train experiments/$(EXP).yaml with DDP on GPUS=N devices of this node
 	$(BIN)/mope fit experiments/$(EXP).yaml experiments/overlays/ddp.yaml trainer.devices=$(GPUS) $(ARGS)
+
+sweep: $(BIN)/.installed ## run (or resume) the sweep $(SWEEP) (ARGS="out=DIR launcher=slurm key=value ...")
+	$(BIN)/mope sweep $(SWEEP) $(ARGS)
 
 test: $(BIN)/.installed ## run the test suite (about 9 minutes on 2 CPU cores, plus the first install)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

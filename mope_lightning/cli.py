@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 from mope_lightning.errors import MopeError
 
 USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+       mope sweep SWEEP.yaml [out=DIR] [launcher=local|slurm|submitit-local] [key=value ...]
 
   fit        train, then test the best checkpoint          mope fit experiments/easy_vqa.yaml
   validate   evaluate a checkpoint on the val split        mope validate experiments/easy_vqa.yaml ckpt=PATH
@@ -26,15 +27,16 @@ USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export} EXP
   check-data check a dataset: sizes, labels, problems      mope check-data experiments/food101.yaml data.root=...
   analyze    routing report of a checkpoint                mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR
   export     a checkpoint as a shareable adapter folder    mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR
+  sweep      a grid x seeds of fits, aggregated            mope sweep experiments/sweeps/baselines.yaml
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
 `fit ckpt=last` resumes the newest run of the experiment from its last checkpoint. ckpt= also takes an exported
 adapter folder (validate, test, predict, analyze). Exit status: 0 finished with a real (finite) result, 1 check-data
-found problems, 2 an error named in one message (bad input, a diverged run), 130/143 interrupted by SIGINT/SIGTERM
+found problems or runs of a sweep failed, 2 an error named in one message (bad input, a diverged run), 130/143 interrupted by SIGINT/SIGTERM
 (a fit keeps its weights in last.ckpt)."""
 
 
-COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze", "export")
+COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze", "export", "sweep")
 # Short forms: `mope analyze ... out=DIR split=val overwrite=true`, `mope export ... out=DIR overwrite=true`.
 ALIASES = {"analyze": {"out": "analyze.out", "split": "analyze.split", "overwrite": "analyze.overwrite"},
            "export": {"out": "export.out", "overwrite": "export.overwrite"}}
@@ -111,6 +113,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from mope_lightning.runner import (analyze, check_data, count_parameters, export, format_parameter_counts,
                                            run)
 
+        if command == "sweep":
+            from mope_lightning.sweeps import run_sweep
+
+            if len(files) != 1:
+                raise MopeError("sweep takes one sweep file, e.g. `mope sweep experiments/sweeps/baselines.yaml`")
+            return run_sweep(files[0], overrides)
         cfg = load_config(files, overrides)
         if command == "params":
             print(format_parameter_counts(cfg, count_parameters(cfg)))

@@ -138,6 +138,11 @@ class DataConfig:
     cache_dir: str = "data/cache"
     on_bad_sample: str = "fail"  # fail | skip: what to do with samples that have a problem (see check-data)
     check_images: bool = True  # decode every image in full once when the dataset index is built (kept with it)
+    # The low-data protocol (data/subsets.py): a seeded, label-stratified subset of the train split, nested across
+    # sizes for one seed; validation and test are untouched. Set at most one of the two sizes.
+    train_fraction: float = 1.0  # keep round(f x N) training samples, 0 < f <= 1
+    shots_per_class: Optional[int] = None  # keep this many training samples of every class
+    subset_seed: int = 0
 
 
 @dataclass
@@ -237,7 +242,7 @@ CHOICES = {
 
 def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
     """Merge the schema, the YAML `files` (left to right) and the dotlist `overrides` into a checked config."""
-    sources = [(str(f), _read_yaml(Path(f))) for f in files]
+    sources = [(str(f), read_yaml(Path(f))) for f in files]
     sources.append(("command line", _parse_overrides(overrides)))
     cfg = OmegaConf.structured(Config)
     data_name = _last_value(sources, "data.name")
@@ -249,7 +254,7 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> D
     return cfg
 
 
-def _read_yaml(path: Path) -> DictConfig:
+def read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pass an existing experiments/<name>.yaml")
     try:
@@ -300,7 +305,7 @@ def _data_config_class(name: str, sources):
 
     if name not in DATAMODULES:
         where = next(src for src, node in reversed(sources) if OmegaConf.select(node, "data.name") == name)
-        raise ConfigError(f"{where}: data.name: unknown dataset '{name}'{_suggest(name, DATAMODULES)}; "
+        raise ConfigError(f"{where}: data.name: unknown dataset '{name}'{suggest(name, DATAMODULES)}; "
                           f"known: {', '.join(sorted(DATAMODULES))}")
     return DATAMODULES[name].config_class
 
@@ -314,7 +319,7 @@ def _merge(cfg: DictConfig, node: DictConfig, source: str) -> DictConfig:
         valid = list(parent.keys()) if isinstance(parent, DictConfig) else []
         prefix, _, leaf = key.rpartition(".")
         valid = [f"{prefix}.{v}" if prefix else str(v) for v in valid]
-        raise ConfigError(f"{source}: unknown key '{key}'{_suggest(key, valid)}") from None
+        raise ConfigError(f"{source}: unknown key '{key}'{suggest(key, valid)}") from None
     except ValidationError as exc:
         raise ConfigError(f"{source}: {exc.full_key}: {exc.msg.splitlines()[0]}") from None
     except OmegaConfBaseException as exc:
@@ -322,7 +327,7 @@ def _merge(cfg: DictConfig, node: DictConfig, source: str) -> DictConfig:
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{getattr(exc, 'msg', exc)}") from None
 
 
-def _suggest(word: str, candidates) -> str:
+def suggest(word: str, candidates) -> str:
     close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -372,7 +377,7 @@ def _check_trainer_keys(trainer: DictConfig, sources) -> None:
             raise ConfigError(f"{source}: trainer.{key}: set by mope_lightning itself; use the checkpoint section")
         if key not in params:
             valid = [f"trainer.{p}" for p in params if p != "self"]
-            raise ConfigError(f"{source}: unknown key 'trainer.{key}'{_suggest(f'trainer.{key}', valid)}: not a "
+            raise ConfigError(f"{source}: unknown key 'trainer.{key}'{suggest(f'trainer.{key}', valid)}: not a "
                               "lightning.Trainer argument")
 
 

@@ -23,6 +23,7 @@ from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter
 from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
 from mope_lightning.config import differences, format_differences, to_container
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
+from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, MopeError, NonFiniteError
 from mope_lightning.fileio import atomic_write, check_output, check_writable
 from mope_lightning.launch import SafeCheckpointIO, check_trainer, slurm_run_version
@@ -154,7 +155,9 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     digests = [d for pool in scan.digests.values() for d in pool]
     lines.append(f"  images: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
                  if scan.digests else "  images: not decoded (data.check_images=false: unreadable ones go unnoticed)")
-    lines += [f"  note: {note}" for note in scan.notes]
+    _, subset = training_subset(scan.splits["train"], datamodule.classes, cfg.data.train_fraction,
+                                cfg.data.shots_per_class, cfg.data.subset_seed)
+    lines += [f"  note: {note}" for note in [*scan.notes, subset] if note]
     kinds = Counter(problem.kind for problem in scan.problems)
     names = {"record": "in the records", "image": "unreadable images", "duplicate": "ids repeated within a split",
              "overlap": "val/test samples also in train"}
@@ -296,7 +299,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, da
         raise Interrupted(f"fit interrupted by {name} before it finished, so nothing was tested; {kept}",
                           code) from None
     return {"best_checkpoint": best or None, "tested_weights": test_ckpt or "final weights", "metrics": metrics,
-            "seconds": {"train": round(train_seconds, 1), "test": round(timer.time_elapsed("test"), 1)}}
+            "seconds": {"train": round(train_seconds, 1), "test": round(timer.time_elapsed("test"), 1)},
+            "parameters": module.net.parameter_counts()}
 
 
 def export(cfg: DictConfig) -> Path:

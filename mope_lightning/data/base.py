@@ -24,6 +24,7 @@ from mope_lightning.data.features import (FeatureCache, encode_images, encode_te
                                           load_image, text_key)
 from mope_lightning.data.index import apply_policy, load_or_build_index
 from mope_lightning.data.samples import Scan, Split
+from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ log = logging.getLogger(__name__)
 # Settings that change how data is loaded, not which samples exist: they do not invalidate the index.
 _LOADING_KEYS = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "image_size",
                  "crop_pct", "crop_mode", "image_mean", "image_std", "randaugment", "cache_features", "cache_dir",
-                 "on_bad_sample", "max_text_length"}
+                 "on_bad_sample", "max_text_length",
+                 # the low-data protocol subsets the indexed train split: one index serves every subset
+                 "train_fraction", "shots_per_class", "subset_seed"}
 
 
 class ImageTextDataset(Dataset):
@@ -109,6 +112,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.spec = None
         self.splits: dict[str, Split] = {}
         self._left_out = 0  # samples of this many problems were left out by data.on_bad_sample=skip
+        self.subset_note = ""  # what the low-data protocol kept of the train split
         self.datasets: dict[str, ImageTextDataset] = {}
 
     # --- what a dataset implements -------------------------------------------------------------------------
@@ -152,7 +156,14 @@ class ImageTextDataModule(L.LightningDataModule):
         samples were left out is never encoded or loaded)."""
         scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name, verbose).compact()
         self._left_out = len(scan.problems)
-        return scan.splits, scan.pools
+        # After the pools are compacted: a training subset keeps the full train split's images in the pool, so that
+        # every subset size shares one feature cache.
+        splits = dict(scan.splits)
+        splits["train"], self.subset_note = training_subset(splits["train"], self.classes, self.cfg.train_fraction,
+                                                            self.cfg.shots_per_class, self.cfg.subset_seed)
+        if verbose and self.subset_note:
+            log.info("%s: %s", self.cfg.name, self.subset_note)
+        return splits, scan.pools
 
     def check_splits(self, stage: Optional[str]) -> None:
         """Refuse, before any training or encoding, a split that `stage` needs but that holds no sample: an empty

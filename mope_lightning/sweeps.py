@@ -1,0 +1,288 @@
+"""`mope sweep SWEEP.yaml [out=DIR] [launcher=local|slurm|submitit-local] [key=value ...]`: grids of experiments
+times seeds, each run once in its own process and run directory, aggregated as the runs finish.
+
+A sweep file:
+
+    name: data_scaling                    # default: the file's name
+    experiment: [experiments/easy_vqa.yaml]   # the experiment YAML and overlays, as `mope fit` takes them
+    overrides: [trainer.max_epochs=2]     # key=value for every run (a mapping works too)
+    grid:                                 # the cartesian product of the axes
+      data.train_fraction: [0.01, 0.1, 1.0]       # a config key and its values
+      method:                             # a named axis: each value selects overlay files and/or overrides
+        mope: {}
+        prompt_tuning: {overlays: [experiments/overlays/prompt_tuning.yaml]}
+    cells:                                # optional: explicit cells (config key -> value), crossed with the grid
+      - {model.mope.num_experts: 4}
+      - {model.mope.dynamic_length: 24}
+    seeds: [1, 2, 3]
+    metric: test/acc                      # what the plots show (summary.md shows every test metric)
+    slurm: {timeout_min: 120, gpus_per_node: 1}   # submitit parameters for launcher=slurm
+
+Every run's config is built and checked before the first run starts. Runs go to `out/<cell>/seed_<s>/`. A run is
+finished when its `fit_metrics.json` is there and its resolved config matches; re-running a sweep skips finished
+runs and resumes interrupted ones from their `last.ckpt`, so a sweep killed anywhere continues where it stopped.
+A failing run is recorded with its error and the others go on; the exit status is then 1. After each run,
+`results.csv`, `summary.md` and the plots are rewritten atomically (mope_lightning/sweep_report.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+from omegaconf import OmegaConf
+
+from mope_lightning.config import load_config, read_yaml, suggest, to_container
+from mope_lightning.errors import ConfigError, Interrupted, MopeError
+
+log = logging.getLogger(__name__)
+SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm")
+LAUNCHERS = ("local", "slurm", "submitit-local")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One coordinate of a cell: the column it fills in results.csv, its value, and what it adds to the run."""
+
+    column: str
+    value: Any
+    files: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (cell, seed): everything `mope fit` needs, and where its run directories go."""
+
+    cell: tuple[Setting, ...]
+    seed: int
+    files: tuple[str, ...]
+    overrides: tuple[str, ...]
+    root: str  # trainer.default_root_dir of this run
+
+    @property
+    def slug(self) -> str:
+        return cell_slug(self.cell)
+
+    def argv(self, resume: Optional[str] = None) -> list[str]:
+        extra = [f"ckpt={resume}"] if resume else []
+        return ["fit", *self.files, *self.overrides, f"seed={self.seed}", f"trainer.default_root_dir={self.root}",
+                *extra]
+
+
+@dataclass
+class Sweep:
+    path: Path
+    name: str
+    experiment: list[str]
+    overrides: list[str]
+    cells: list[tuple[Setting, ...]]
+    seeds: list[int]
+    metric: str
+    slurm: dict = field(default_factory=dict)
+
+
+def cell_slug(cell: Sequence[Setting]) -> str:
+    """A readable, file-system-safe name of a cell: `data.train_fraction=0.1,method=mope`."""
+    text = ",".join(f"{s.column}={s.value}" for s in cell) or "default"
+    return re.sub(r"[^A-Za-z0-9._,=+-]", "_", text)
+
+
+def _as_override(key: str, value: Any) -> str:
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def _overrides(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [_as_override(k, v) for k, v in value.items()]
+    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
+        return list(value)
+    raise ConfigError(f"{where}: give key=value strings or a mapping of config keys to values")
+
+
+def _axis(path: Path, name: str, values: Any) -> list[Setting]:
+    where = f"{path}: grid.{name}"
+    if isinstance(values, dict):  # a named axis: variant -> {overlays, overrides}
+        settings = []
+        for variant, spec in values.items():
+            spec = spec or {}
+            unknown = set(spec) - {"overlays", "overrides"}
+            if not isinstance(spec, dict) or unknown:
+                raise ConfigError(f"{where}.{variant}: a variant holds `overlays` (files) and `overrides` only")
+            files = spec.get("overlays") or []
+            for f in files:
+                if not Path(f).is_file():
+                    raise ConfigError(f"{where}.{variant}: overlay file {f} not found")
+            settings.append(Setting(name, variant, tuple(files), tuple(_overrides(spec.get("overrides"),
+                                                                                  f"{where}.{variant}"))))
+    elif isinstance(values, list):
+        settings = [Setting(name, v, (), (_as_override(name, v),)) for v in values]
+    else:
+        raise ConfigError(f"{where}: give a list of values, or a mapping of named variants")
+    if not settings:
+        raise ConfigError(f"{where}: the axis has no values; give at least one")
+    return settings
+
+
+def read_sweep(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
+    """The sweep file, checked: known keys, non-empty axes and seeds, existing files."""
+    path = Path(path)
+    spec = OmegaConf.to_container(read_yaml(path))
+    for key in spec:
+        if key not in SWEEP_KEYS:
+            raise ConfigError(f"{path}: unknown key '{key}'{suggest(key, SWEEP_KEYS)}; a sweep holds "
+                              f"{', '.join(SWEEP_KEYS)}")
+    experiment = spec.get("experiment")
+    experiment = [experiment] if isinstance(experiment, str) else experiment
+    if not experiment or not all(isinstance(f, str) for f in experiment):
+        raise ConfigError(f"{path}: experiment: give the experiment YAML (and overlays), e.g. "
+                          "[experiments/easy_vqa.yaml]")
+    seeds = spec.get("seeds", [42])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: seeds: give a non-empty list of integers, e.g. [1, 2, 3]")
+    grid = spec.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: grid: give a mapping of config keys (or named axes) to their values")
+    axes = [_axis(path, name, values) for name, values in grid.items()]
+    explicit = spec.get("cells")
+    if explicit is not None and (not isinstance(explicit, list) or not explicit
+                                 or not all(isinstance(c, dict) and c for c in explicit)):
+        raise ConfigError(f"{path}: cells: give a non-empty list of mappings of config keys to values")
+    extra_cells = [tuple(Setting(k, v, (), (_as_override(k, v),)) for k, v in c.items()) for c in explicit or [{}]]
+    cells = [tuple(combo) + explicit_cell for combo in itertools.product(*axes)
+             for explicit_cell in extra_cells]
+    swept = {s.column for cell in cells for s in cell}
+    for item in extra:
+        if item.split("=", 1)[0] in swept:
+            raise ConfigError(f"command line: '{item}': {item.split('=', 1)[0]} is an axis of the sweep {path}")
+    return Sweep(path, str(spec.get("name") or path.stem), experiment,
+                 _overrides(spec.get("overrides"), f"{path}: overrides") + list(extra), cells, seeds,
+                 str(spec.get("metric", "test/acc")), dict(spec.get("slurm") or {}))
+
+
+def plan(sweep: Sweep, out: Optional[str] = None) -> tuple[Path, list[Run]]:
+    """Every run of the sweep, each cell's config built and checked now (before anything runs)."""
+    runs, out_dir = [], None
+    for cell in sweep.cells:
+        files = [*sweep.experiment, *(f for s in cell for f in s.files)]
+        overrides = [*sweep.overrides, *(o for s in cell for o in s.overrides)]
+        try:
+            cfg = load_config(files, [*overrides, f"seed={sweep.seeds[0]}"])
+        except MopeError as exc:
+            raise ConfigError(f"{sweep.path}: cell {cell_slug(cell)}: {exc}") from None
+        if out_dir is None:
+            out_dir = Path(out) if out else Path(cfg.trainer.default_root_dir) / "sweeps" / sweep.name
+        for seed in sweep.seeds:
+            root = out_dir / cell_slug(cell) / f"seed_{seed}"
+            runs.append(Run(cell, seed, tuple(files), tuple(overrides), str(root)))
+    return out_dir, runs
+
+
+def resolved_config(run: Run) -> dict:
+    return to_container(load_config(run.files, [*run.overrides, f"seed={run.seed}",
+                                                f"trainer.default_root_dir={run.root}"]))
+
+
+def _same(stored: Path, wanted: dict) -> bool:
+    try:
+        config = yaml.safe_load(stored.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and {**config, "ckpt": None} == {**wanted, "ckpt": None}
+
+
+def run_state(run: Run) -> tuple[str, Optional[Path]]:
+    """("finished", its run dir) | ("resume", its last.ckpt) | ("new", None), judged by what is on disk. Only the
+    newest run directory is resumed, in place (`ckpt=last`), and only when it was started with this config."""
+    wanted = resolved_config(run)
+    versions = sorted(Path(run.root).glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
+    for config in versions:
+        if _same(config, wanted) and (config.parent / "fit_metrics.json").is_file():
+            return "finished", config.parent
+    last = versions[-1].parent / "checkpoints" / "last.ckpt" if versions else None
+    if last is not None and last.is_file() and _same(versions[-1], wanted):
+        return "resume", last
+    return "new", None
+
+
+def execute(run: Run) -> dict:
+    """Run `mope fit` for `run` in its own process (resuming it when it was interrupted); its output goes to
+    `<run root>/sweep.log`. Returns the status record, also written to `<run root>/sweep_status.json`."""
+    from mope_lightning.fileio import atomic_write
+
+    state, path = run_state(run)
+    if state == "finished":
+        return {"status": "finished", "run_dir": str(path)}
+    root = Path(run.root)
+    root.mkdir(parents=True, exist_ok=True)
+    # ckpt=last continues the run in its own directory; a SLURM run directory (slurm-<job>) is resumed by path
+    resume = ("last" if path.parent.parent.name.startswith("version_") else str(path)) if state == "resume" else None
+    argv = run.argv(resume)
+    start = time.time()
+    with open(root / "sweep.log", "a") as logfile:
+        logfile.write(f"\n$ mope {' '.join(argv)}\n")
+        logfile.flush()
+        code = subprocess.run([sys.executable, "-m", "mope_lightning", *argv], stdout=logfile,
+                              stderr=subprocess.STDOUT).returncode
+    record = {"status": "finished" if code == 0 else "failed", "exit": code, "seconds": round(time.time() - start),
+              "resumed_from": str(path) if state == "resume" else None}
+    if code != 0:
+        record["error"] = _last_error(root / "sweep.log")
+    atomic_write(root / "sweep_status.json", lambda fh: json.dump(record, fh, indent=1))
+    return record
+
+
+def _last_error(logfile: Path) -> str:
+    lines = [line.strip() for line in logfile.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("mope: error:")]
+    return (errors or lines or ["no output"])[-1][:500]
+
+
+def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
+    """`mope sweep`: plan, run what is not finished, aggregate after each run. Exit status 1 when a run failed."""
+    from mope_lightning.sweep_report import write_report
+
+    options = {k: v for k, v in (o.split("=", 1) for o in overrides) if k in ("out", "launcher")}
+    sweep = read_sweep(path, [o for o in overrides if o.split("=", 1)[0] not in options])
+    launcher = options.get("launcher", "local")
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher: '{launcher}' is not one of {', '.join(LAUNCHERS)}")
+    out, runs = plan(sweep, options.get("out"))
+    pending = [r for r in runs if run_state(r)[0] != "finished"]
+    print(f"[mope] sweep {sweep.name}: {len(sweep.cells)} cell(s) x {len(sweep.seeds)} seed(s) = {len(runs)} runs, "
+          f"{len(runs) - len(pending)} finished, {len(pending)} to run ({launcher}); results in {out}", flush=True)
+    write_report(out, sweep, runs)
+    if launcher == "local":
+        for i, run in enumerate(pending, 1):
+            print(f"[mope] run {i}/{len(pending)}: {run.slug} seed {run.seed}", flush=True)
+            record = execute(run)
+            write_report(out, sweep, runs)
+            if record.get("exit") in (130, 143):  # the run was interrupted with the sweep: stop here
+                raise Interrupted(f"sweep interrupted during {run.slug} seed {run.seed}; run the same command "
+                                  "again to resume it", record["exit"])
+            if record["status"] == "failed":
+                print(f"[mope]   failed: {record['error']}", flush=True)
+    elif pending:
+        from mope_lightning.sweep_submit import submit_and_wait
+
+        submit_and_wait(sweep, out, runs, pending, cluster="local" if launcher == "submitit-local" else "slurm")
+    failed = write_report(out, sweep, runs)
+    print(f"[mope] sweep {sweep.name} finished: {len(runs) - len(failed)} of {len(runs)} runs finished\n"
+          f"  results                  {out / 'results.csv'}\n  summary                  {out / 'summary.md'}",
+          flush=True)
+    if failed:
+        print("[mope] failed runs (their errors are in results.csv and each run's sweep.log):\n" +
+              "\n".join(f"  {slug} seed {seed}: {error}" for slug, seed, error in failed), file=sys.stderr)
+        return 1
+    return 0

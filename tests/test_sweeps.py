@@ -1,0 +1,163 @@
+"""The low-data protocol (stratified, nested training subsets) and `mope sweep` through the real CLI on tiny
+random-init encoders: runs, aggregation, skip and resume, failures, bad sweep files, submitit's local executor."""
+
+import csv
+import json
+from collections import Counter
+
+import pytest
+import yaml
+
+from mope_lightning.cli import main
+from mope_lightning.data.samples import Split
+from mope_lightning.data.subsets import stratified_order, training_subset
+from mope_lightning.errors import DataError
+
+from conftest import DEFAULT_EXP, ROOT, TINY
+
+
+def labelled_split(labels) -> Split:
+    n = len(labels)
+    return Split([f"s{i}" for i in range(n)], ["t"] * n, list(labels), list(range(n)), "p", ["f"] * n)
+
+
+SIZES = {0: 300, 1: 120, 2: 40, 3: 12}  # an unbalanced label set
+LABELS = [c for c, n in SIZES.items() for _ in range(n)]
+CLASSES = ["a", "b", "c", "d"]
+
+
+@pytest.mark.parametrize("fraction", [0.03, 0.1, 0.25, 0.5])
+def test_a_training_fraction_is_stratified_by_label(fraction):
+    kept, note = training_subset(labelled_split(LABELS), CLASSES, fraction=fraction, seed=3)
+    assert len(kept) == round(fraction * len(LABELS))
+    counts = Counter(kept.labels)
+    for c, n in SIZES.items():
+        assert abs(counts[c] - fraction * n) <= 1, (c, counts[c], fraction * n)
+    assert f"{len(kept):,} of {len(LABELS):,} samples (data.train_fraction={fraction:g}" in note
+
+
+def test_subsets_are_nested_for_one_seed_and_redrawn_for_another():
+    split = labelled_split(LABELS)
+    ids = {f: set(training_subset(split, CLASSES, fraction=f, seed=0)[0].ids) for f in (0.01, 0.05, 0.2, 0.6, 1.0)}
+    assert ids[0.01] < ids[0.05] < ids[0.2] < ids[0.6] < ids[1.0]
+    shots = [set(training_subset(split, CLASSES, shots=k, seed=0)[0].ids) for k in (1, 4, 12)]
+    assert shots[0] < shots[1] < shots[2]
+    assert set(training_subset(split, CLASSES, fraction=0.2, seed=1)[0].ids) != ids[0.2]
+    assert stratified_order(LABELS, 5) == stratified_order(LABELS, 5)
+
+
+def test_shots_per_class_single_and_multi_label():
+    kept, _ = training_subset(labelled_split(LABELS), CLASSES, shots=5, seed=0)
+    assert Counter(kept.labels) == {c: 5 for c in SIZES}
+    multi = [[0], [0, 1], [1], [1, 2], [2], [0, 2], [0], [1], [2], [0, 1, 2]] * 4
+    kept, _ = training_subset(labelled_split(multi), CLASSES[:3], shots=3, seed=0)
+    per_label = Counter(c for label in kept.labels for c in label)
+    assert all(per_label[c] >= 3 for c in range(3)) and len(kept) < len(multi)
+    with pytest.raises(DataError, match=r"data.shots_per_class=13: class 'd' has only 12 training sample\(s\)"):
+        training_subset(labelled_split(LABELS), CLASSES, shots=13)
+
+
+def tiny_args(tmp_path, *extra):
+    return [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40",
+            "data.test_images=10", "trainer.enable_progress_bar=false", *extra]
+
+
+def test_check_data_shows_the_subset_and_bad_sizes_name_the_key(tmp_path, capsys):
+    assert main(["check-data", *tiny_args(tmp_path, "data.train_fraction=0.25")]) == 0
+    assert "note: train subset: 92 of 367 samples (data.train_fraction=0.25" in capsys.readouterr().out
+    assert main(["check-data", *tiny_args(tmp_path, "data.train_fraction=1.5")]) == 2
+    assert "data.train_fraction: must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["check-data", *tiny_args(tmp_path, "data.shots_per_class=500")]) == 2
+    assert "data.shots_per_class=500: class" in capsys.readouterr().err
+
+
+# --- mope sweep ---------------------------------------------------------------------------------------------------
+
+def write_sweep(tmp_path, name="tiny", **spec) -> str:
+    base = {"name": name, "experiment": [str(DEFAULT_EXP), str(TINY)],
+            "overrides": [f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
+                          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"],
+            "seeds": [1, 2], "metric": "test/acc"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**base, **spec}, sort_keys=False))
+    return str(path)
+
+
+def read_results(out) -> list[dict]:
+    return list(csv.DictReader((out / "results.csv").open()))
+
+
+def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, grid={"model.mope.num_experts": [1, 2]})
+    out = tmp_path / "out"
+    assert main(["sweep", sweep, f"out={out}"]) == 0
+    rows = read_results(out)
+    assert [(r["model.mope.num_experts"], r["seed"], r["status"]) for r in rows] == [
+        ("1", "1", "finished"), ("1", "2", "finished"), ("2", "1", "finished"), ("2", "2", "finished")]
+    assert all(0 <= float(r["test/acc"]) <= 1 and int(r["trainable_params"]) > 0 for r in rows)
+    assert rows[0]["trainable_params"] != rows[2]["trainable_params"]  # the expert count changes the model
+    summary = (out / "summary.md").read_text()
+    accs = [float(r["test/acc"]) for r in rows[:2]]
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5
+    assert "| 1 | 2/2 | " in summary and f"{mean:.4f} ± {std:.4f}" in summary
+    assert (out / "plot_model.mope.num_experts.png").stat().st_size > 1000
+    assert (out / "plot_trainable_params.png").is_file()
+    seeds = [json.loads((out / "model.mope.num_experts=1" / f"seed_{s}" / "version_0" / "fit_metrics.json")
+                        .read_text())["metrics"] for s in (1, 2)]
+    assert seeds[0] != seeds[1]  # two seeds, two different runs
+    capsys.readouterr()
+
+    assert main(["sweep", sweep, f"out={out}"]) == 0  # everything is finished: nothing trains
+    assert "4 finished, 0 to run" in capsys.readouterr().out
+    assert not list(out.rglob("version_1"))
+
+    # A run that stopped before writing its metrics resumes from its last.ckpt, and only that run runs.
+    (out / "model.mope.num_experts=2" / "seed_1" / "version_0" / "fit_metrics.json").unlink()
+    assert main(["sweep", sweep, f"out={out}"]) == 0
+    assert "3 finished, 1 to run" in capsys.readouterr().out
+    status = json.loads((out / "model.mope.num_experts=2" / "seed_1" / "sweep_status.json").read_text())
+    assert status["status"] == "finished" and status["resumed_from"].endswith("version_0/checkpoints/last.ckpt")
+    assert not list(out.rglob("version_1"))  # resumed in its own run directory
+    assert [r["status"] for r in read_results(out)] == ["finished"] * 4
+
+
+def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, cells=[{"data.batch_size": 8}, {"data.batch_size": 1000}], seeds=[1])
+    out = tmp_path / "out"
+    assert main(["sweep", sweep, f"out={out}"]) == 1
+    err = capsys.readouterr().err
+    assert "data.batch_size=1000 seed 1: mope: error:" in err and "fewer than data.batch_size=1000" in err
+    rows = read_results(out)
+    assert [(r["data.batch_size"], r["status"]) for r in rows] == [("8", "finished"), ("1000", "failed")]
+    assert "fewer than data.batch_size=1000" in rows[1]["error"]
+    assert "## Failed runs" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"grid": {"model.mope.num_expert": [1, 2]}},
+     "cell model.mope.num_expert=1: command line: unknown key 'model.mope.num_expert'"),
+    ({"grid": {"model.mope.num_experts": []}}, "grid.model.mope.num_experts: the axis has no values"),
+    ({"grid": {"method": {"pt": {"overlays": ["experiments/overlays/nope.yaml"]}}}},
+     "grid.method.pt: overlay file experiments/overlays/nope.yaml not found"),
+    ({"seeds": []}, "seeds: give a non-empty list of integers"),
+    ({"gird": {}}, "unknown key 'gird' (did you mean 'grid'?)"),
+])
+def test_bad_sweep_files_stop_before_any_run(tmp_path, capsys, spec, message):
+    sweep = write_sweep(tmp_path, **spec)
+    assert main(["sweep", sweep, f"out={tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mope: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_slurm_launcher_through_submitits_local_executor(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, grid={"method": {"mope": {}, "late_concat": {
+        "overlays": [str(ROOT / "experiments/overlays/late_concat.yaml")]}}}, seeds=[7])
+    out = tmp_path / "out"
+    assert main(["sweep", sweep, f"out={out}", "launcher=submitit-local"]) == 0
+    assert "submitted 2 run(s) as job array" in capsys.readouterr().out
+    rows = read_results(out)
+    assert [(r["method"], r["status"]) for r in rows] == [("mope", "finished"), ("late_concat", "finished")]
+    assert list((out / ".submitit").rglob("*_log.out"))  # submitit ran them as jobs
+    assert main(["sweep", sweep, f"out={out}", "launcher=submitit-local"]) == 0
+    assert "2 finished, 0 to run" in capsys.readouterr().out

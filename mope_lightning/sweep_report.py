@@ -118,11 +118,12 @@ def _mean_std(stat: Optional[tuple]) -> str:
 def summary_markdown(sweep, rows: list[dict]) -> str:
     stats, columns = cell_stats(rows), _columns(rows)
     metrics = _metric_names(rows)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "pending")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "pending")}
     lines = [f"# Sweep {sweep.name}", "", f"- sweep file: `{sweep.path}`", f"- experiment: {' '.join(sweep.experiment)}",
              f"- overrides: {' '.join(sweep.overrides) or '(none)'}", f"- seeds: {sweep.seeds}",
              f"- runs: {len(rows)} ({counts['finished']} finished, {counts['failed']} failed, "
-             f"{counts['pending']} pending)", "",
+             f"{counts['interrupted']} interrupted (resumed by the next run of the sweep), {counts['pending']} "
+             "pending)", "",
              "Each metric: mean ± sample standard deviation over the finished seeds of the cell (n in the n column).",
              ""]
     header = [*columns, "n", *metrics, "trainable params", "train s (mean)"]

@@ -31,8 +31,10 @@ import itertools
 import json
 import logging
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,14 +235,30 @@ def execute(run: Run) -> dict:
     with open(root / "sweep.log", "a") as logfile:
         logfile.write(f"\n$ mope {' '.join(argv)}\n")
         logfile.flush()
-        code = subprocess.run([sys.executable, "-m", "mope_lightning", *argv], stdout=logfile,
-                              stderr=subprocess.STDOUT).returncode
-    record = {"status": "finished" if code == 0 else "failed", "exit": code, "seconds": round(time.time() - start),
+        code = _run_child([sys.executable, "-m", "mope_lightning", *argv], logfile)
+    status = "finished" if code == 0 else "interrupted" if code in (130, 143) else "failed"
+    record = {"status": status, "exit": code, "seconds": round(time.time() - start),
               "resumed_from": str(path) if state == "resume" else None}
-    if code != 0:
+    if status != "finished":
         record["error"] = _last_error(root / "sweep.log")
     atomic_write(root / "sweep_status.json", lambda fh: json.dump(record, fh, indent=1))
     return record
+
+
+def _run_child(command: list[str], logfile) -> int:
+    """Run one fit and wait for it. Ctrl-C reaches the fit from the terminal, which saves its last.ckpt and exits
+    130: the sweep waits for that instead of killing it mid-save (as subprocess.run would). A SIGTERM sent to the
+    sweep alone is passed on to the fit, which does the same and exits 143."""
+    proc = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT)
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        return proc.wait()
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))}
+    try:
+        return proc.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _last_error(logfile: Path) -> str:

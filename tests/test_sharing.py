@@ -114,13 +114,16 @@ def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes(tmp_path):
            *args(tmp_path, "trainer.max_epochs=1000", "trainer.limit_train_batches=null",
                  "trainer.check_val_every_n_epoch=1000")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    started = tmp_path / "runs" / "version_0" / "hparams.yaml"  # written when training starts
-    deadline = time.time() + 240
-    while not started.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(3)  # some training steps, no validation (check_val_every_n_epoch=1000)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        started = tmp_path / "runs" / "version_0" / "hparams.yaml"  # written when training starts
+        deadline = time.time() + 240
+        while not started.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(3)  # some training steps, no validation (check_val_every_n_epoch=1000)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a 1000-epoch run behind when an assertion above fails
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "fit interrupted by SIGTERM" in err and "Traceback" not in err
     last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
@@ -137,16 +140,20 @@ def test_sigint_saves_last_ckpt_and_exits_130(tmp_path):
     cmd = [sys.executable, "-m", "mope_lightning", "fit",
            *args(tmp_path, "trainer.max_epochs=1000", "trainer.limit_train_batches=null",
                  "trainer.check_val_every_n_epoch=1000")]
-    # A fresh session: SIGINT is not ignored as it is for background jobs of a non-interactive shell.
+    # A background job of a non-interactive shell (make test &) inherits SIGINT ignored, and so would the fit:
+    # restore the default, as an interactive terminal has it.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            start_new_session=True)
-    started = tmp_path / "runs" / "version_0" / "hparams.yaml"
-    deadline = time.time() + 240
-    while not started.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        started = tmp_path / "runs" / "version_0" / "hparams.yaml"
+        deadline = time.time() + 240
+        while not started.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a 1000-epoch run behind when an assertion above fails
     assert proc.returncode == 130, err[-3000:]
     assert "fit interrupted by SIGINT" in err
     last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"

@@ -3,6 +3,7 @@ random-init encoders: runs, aggregation, skip and resume, failures, bad sweep fi
 
 import csv
 import json
+import os
 from collections import Counter
 
 import pytest
@@ -121,18 +122,6 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
     assert [r["status"] for r in read_results(out)] == ["finished"] * 4
 
 
-def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path, capsys):
-    sweep = write_sweep(tmp_path, cells=[{"data.batch_size": 8}, {"data.batch_size": 1000}], seeds=[1])
-    out = tmp_path / "out"
-    assert main(["sweep", sweep, f"out={out}"]) == 1
-    err = capsys.readouterr().err
-    assert "data.batch_size=1000 seed 1: mope: error:" in err and "fewer than data.batch_size=1000" in err
-    rows = read_results(out)
-    assert [(r["data.batch_size"], r["status"]) for r in rows] == [("8", "finished"), ("1000", "failed")]
-    assert "fewer than data.batch_size=1000" in rows[1]["error"]
-    assert "## Failed runs" in (out / "summary.md").read_text()
-
-
 @pytest.mark.parametrize("spec, message", [
     ({"grid": {"model.mope.num_expert": [1, 2]}},
      "cell model.mope.num_expert=1: command line: unknown key 'model.mope.num_expert'"),
@@ -150,14 +139,51 @@ def test_bad_sweep_files_stop_before_any_run(tmp_path, capsys, spec, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_slurm_launcher_through_submitits_local_executor(tmp_path, capsys):
-    sweep = write_sweep(tmp_path, grid={"method": {"mope": {}, "late_concat": {
-        "overlays": [str(ROOT / "experiments/overlays/late_concat.yaml")]}}}, seeds=[7])
+def test_the_slurm_launcher_records_a_failing_run_while_the_others_finish(tmp_path, capsys):
+    """The job array through submitit's local executor; one cell fails (its batch is larger than its train split)."""
+    sweep = write_sweep(tmp_path, grid={"method": {"mope": {}, "too_big": {"overrides": ["data.batch_size=1000"]}}},
+                        seeds=[7])
     out = tmp_path / "out"
-    assert main(["sweep", sweep, f"out={out}", "launcher=submitit-local"]) == 0
-    assert "submitted 2 run(s) as job array" in capsys.readouterr().out
+    assert main(["sweep", sweep, f"out={out}", "launcher=submitit-local"]) == 1
+    captured = capsys.readouterr()
+    assert "submitted 2 run(s) as job array" in captured.out
+    assert "method=too_big seed 7: mope: error:" in captured.err and "fewer than data.batch_size=1000" in captured.err
     rows = read_results(out)
-    assert [(r["method"], r["status"]) for r in rows] == [("mope", "finished"), ("late_concat", "finished")]
+    assert [(r["method"], r["status"]) for r in rows] == [("mope", "finished"), ("too_big", "failed")]
+    assert "fewer than data.batch_size=1000" in rows[1]["error"] and float(rows[0]["test/acc"]) >= 0
+    assert "## Failed runs" in (out / "summary.md").read_text()
     assert list((out / ".submitit").rglob("*_log.out"))  # submitit ran them as jobs
-    assert main(["sweep", sweep, f"out={out}", "launcher=submitit-local"]) == 0
-    assert "2 finished, 0 to run" in capsys.readouterr().out
+
+
+def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = write_sweep(tmp_path, seeds=[1])
+    spec = yaml.safe_load(open(sweep))
+    spec["overrides"] += ["trainer.max_epochs=1000"]  # runs until it is stopped; last.ckpt at every validation
+    open(sweep, "w").write(yaml.safe_dump(spec, sort_keys=False))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "mope_lightning", "sweep", sweep, f"out={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            start_new_session=True)  # its own process group, so the fit can be reaped below
+    try:
+        last = out / "default" / "seed_1" / "version_0" / "checkpoints" / "last.ckpt"
+        deadline = time.time() + 240
+        while not last.is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert last.is_file(), proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGTERM)  # to the sweep alone: it passes the signal on to the running fit
+        _, err = proc.communicate(timeout=120)
+    finally:
+        try:  # never leave a 1000-epoch fit behind when an assertion above fails
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 143, err[-3000:]
+    assert "sweep interrupted during default seed 1" in err and "Traceback" not in err
+    (row,) = read_results(out)
+    assert row["status"] == "interrupted" and "SIGTERM" in row["error"]
+    assert "0 failed, 1 interrupted" in (out / "summary.md").read_text()

@@ -197,11 +197,18 @@ def resolved_config(run: Run) -> dict:
 
 
 def _same(stored: Path, wanted: dict) -> bool:
+    """Whether a run directory's config.yaml is the run's config, wherever the sweep folder now lives (the run's
+    own directory and the checkpoint it resumed from do not count)."""
     try:
         config = yaml.safe_load(stored.read_text())
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(config, dict) and {**config, "ckpt": None} == {**wanted, "ckpt": None}
+    return isinstance(config, dict) and _comparable(config) == _comparable(wanted)
+
+
+def _comparable(config: dict) -> dict:
+    trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k != "default_root_dir"}
+    return {**config, "ckpt": None, "trainer": trainer}
 
 
 def run_state(run: Run) -> tuple[str, Optional[Path]]:

@@ -111,6 +111,9 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
     assert main(["sweep", sweep, f"out={out}"]) == 0  # everything is finished: nothing trains
     assert "4 finished, 0 to run" in capsys.readouterr().out
     assert not list(out.rglob("version_1"))
+    moved = out.rename(tmp_path / "moved")  # a sweep folder copied elsewhere (or committed) is still finished
+    assert main(["sweep", sweep, f"out={moved}"]) == 0 and "4 finished, 0 to run" in capsys.readouterr().out
+    out = moved.rename(out)
 
     # A run that stopped before writing its metrics resumes from its last.ckpt, and only that run runs.
     (out / "model.mope.num_experts=2" / "seed_1" / "version_0" / "fit_metrics.json").unlink()

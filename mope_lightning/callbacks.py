@@ -9,13 +9,13 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mope_lightning.errors import NonFiniteError
 from mope_lightning.fileio import atomic_write
 from mope_lightning.predictions import write_predictions_csv
 from mope_lightning.report import RoutingView, write_report
+from mope_lightning.tracking import log_figures, takes_images
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -54,10 +54,11 @@ def _compute_and_reset(metric) -> dict:
 
 
 class RoutingMonitor(L.Callback):
-    """Logs expert specialisation to TensorBoard after every validation epoch.
+    """Logs expert specialisation to every logger after every validation epoch.
 
-    Images (step through the epochs in TensorBoard's images tab): `routing/layer_expert`, `routing/class_expert`,
-    `routing/group_expert` (datasets with class groups), `routing/exemplars`. Scalars: `routing/entropy/layer_NN`
+    Figures, to the loggers that take images (in TensorBoard, step through the epochs in the images tab):
+    `routing/layer_expert`, `routing/class_expert`, `routing/group_expert` (datasets with class groups),
+    `routing/exemplars`. Scalars: `routing/entropy/layer_NN`
     (relative to log K), `routing/max_load/layer_NN`, `routing/mi_class_relative` and `routing/mi_group_relative`
     (single-label data). The statistics are also written to `<run dir>/routing_val.json`. Rank 0 draws; the
     statistics include every rank's samples.
@@ -80,10 +81,11 @@ class RoutingMonitor(L.Callback):
         step = trainer.global_step
         for logger in trainer.loggers:
             logger.log_metrics(view.scalars(), step=step)
-            if isinstance(logger, TensorBoardLogger):
-                for name, fig in view.figures(self.exemplars).items():
-                    logger.experiment.add_figure(f"routing/{name}", fig, global_step=step)
-                    plt.close(fig)
+        if any(takes_images(logger) for logger in trainer.loggers):
+            figures = view.figures(self.exemplars)
+            log_figures(trainer.loggers, figures, step)
+            for fig in figures.values():
+                plt.close(fig)
         if log_dir:
             atomic_write(Path(log_dir) / "routing_val.json",
                          lambda fh: json.dump({"global_step": step, **view.to_json()}, fh, indent=1))

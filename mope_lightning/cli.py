@@ -30,6 +30,7 @@ USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export} EXP
   sweep      a grid x seeds of fits, aggregated            mope sweep experiments/sweeps/baselines.yaml
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
+print_config=true prints the merged, resolved config and exits without building anything.
 `fit ckpt=last` resumes the newest run of the experiment from its last checkpoint. ckpt= also takes an exported
 adapter folder (validate, test, predict, analyze). Exit status: 0 finished with a real (finite) result, 1 check-data
 found problems or runs of a sweep failed, 2 an error named in one message (bad input, a diverged run), 130/143 interrupted by SIGINT/SIGTERM
@@ -42,7 +43,8 @@ ALIASES = {"analyze": {"out": "analyze.out", "split": "analyze.split", "overwrit
            "export": {"out": "export.out", "overwrite": "export.overwrite"}}
 
 
-def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
+def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str], bool]:
+    """(command, config files, overrides, print_config)."""
     parser = argparse.ArgumentParser(prog="mope", usage=USAGE, add_help=True)
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("args", nargs="*", help="config files, then key=value overrides")
@@ -60,7 +62,12 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str]]:
     if not files:
         raise MopeError("give an experiment config, e.g. `mope fit experiments/easy_vqa.yaml`")
     aliases = ALIASES.get(ns.command, {})
-    return ns.command, files, [_alias(o, aliases) for o in overrides]
+    flags = [o for o in overrides if o.split("=", 1)[0] == "print_config"]
+    if any(f.split("=", 1)[1].lower() not in ("true", "false") for f in flags):
+        raise MopeError(f"'{flags[0]}': print_config takes true or false")
+    print_config = bool(flags) and flags[-1].split("=", 1)[1].lower() == "true"
+    overrides = [_alias(o, aliases) for o in overrides if o not in flags]
+    return ns.command, files, overrides, print_config
 
 
 def _alias(override: str, aliases: dict[str, str]) -> str:
@@ -107,7 +114,7 @@ def _setup_logging() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        command, files, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+        command, files, overrides, print_config = parse_args(sys.argv[1:] if argv is None else argv)
         _setup_logging()
         from mope_lightning.config import load_config
         from mope_lightning.runner import (analyze, check_data, count_parameters, export, format_parameter_counts,
@@ -116,10 +123,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if command == "sweep":
             from mope_lightning.sweeps import run_sweep
 
+            if print_config:
+                raise MopeError("print_config shows one run's config: run it on the experiment YAML (with the "
+                                "sweep's overrides), e.g. `mope fit experiments/easy_vqa.yaml print_config=true`")
             if len(files) != 1:
                 raise MopeError("sweep takes one sweep file, e.g. `mope sweep experiments/sweeps/baselines.yaml`")
             return run_sweep(files[0], overrides)
         cfg = load_config(files, overrides)
+        if print_config:  # the merged, resolved config this command would run with; nothing is built
+            from omegaconf import OmegaConf
+
+            from mope_lightning.tracking import record_code
+
+            record_code(cfg)
+            print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+            return 0
         if command == "params":
             print(format_parameter_counts(cfg, count_parameters(cfg)))
         elif command == "analyze":

@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from mope_lightning.config_callbacks import resolve_callbacks
 from mope_lightning.config_checks import check_trainer_types, check_values
 from mope_lightning.errors import ConfigError
+from mope_lightning.optim import OPTIMIZERS, SCHEDULERS
+from mope_lightning.tracking import check_loggers
 
 
 @dataclass
@@ -147,12 +150,19 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """Built by mope_lightning/optim.py: torch's optimizers, transformers' per-step schedules."""
+
+    optimizer: str = "adamw"  # adamw | adam | sgd
     lr: float = 1e-3
     weight_decay: float = 1e-3
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw, adam
+    momentum: float = 0.9  # sgd
     group_lr: Dict[str, float] = field(default_factory=dict)  # prompts | router | mapper | head -> lr
-    scheduler: str = "cosine"  # cosine (per step) | multistep (per epoch) | constant
+    # per step, after warmup_steps of linear warmup: cosine | linear | constant | cosine_with_min_lr;
+    # per epoch: multistep (x gamma at each milestone epoch, no warmup)
+    scheduler: str = "cosine"
     warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine_with_min_lr: the final rate as a fraction of lr
     milestones: List[int] = field(default_factory=lambda: [3, 6])
     gamma: float = 0.4
 
@@ -204,9 +214,28 @@ def _default_trainer() -> Dict[str, Any]:
 
 
 @dataclass
+class RunRecord:
+    """Where a run came from, recorded by mope_lightning in `config.yaml`, the checkpoints and every logger's
+    hyperparameters. Not set by hand: values in a config file are replaced."""
+
+    files: List[str] = field(default_factory=list)  # the experiment YAML and overlays, in merge order
+    overrides: List[str] = field(default_factory=list)  # the key=value overrides of the command line
+    git_commit: Optional[str] = None  # of the mope_lightning checkout that ran (None: not a git checkout)
+    git_dirty: Optional[bool] = None  # whether tracked files differed from that commit
+    versions: Dict[str, str] = field(default_factory=dict)  # mope_lightning, torch, lightning, timm, transformers
+
+
+@dataclass
 class Config:
     experiment: str = MISSING
     seed: int = 42
+    tags: List[str] = field(default_factory=list)  # free labels for the trackers (W&B/MLflow tags)
+    notes: Optional[str] = None  # a sentence on what this run tests
+    # trackers that receive scalars, hyperparameters and (where they take images) the routing figures:
+    # tensorboard | csv | mlflow | wandb (mope_lightning/tracking.py)
+    loggers: List[str] = field(default_factory=lambda: ["tensorboard"])
+    # extra Lightning callbacks, as LightningCLI writes them: [{class_path: ..., init_args: {...}}]
+    callbacks: List[Dict[str, Any]] = field(default_factory=list)
     ckpt: Optional[str] = None  # fit: resume from it (or `last`); validate/test/predict: weights to evaluate
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -216,6 +245,7 @@ class Config:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     trainer: Dict[str, Any] = field(default_factory=_default_trainer)
+    run: RunRecord = field(default_factory=RunRecord)
 
 
 FUSIONS = ("mope", "prompt_tuning", "promptfuse", "late_concat", "finetune", "text_only", "image_only", "pmoe")
@@ -230,7 +260,8 @@ CHOICES = {
     "model.pmoe.combine": ("concat", "mean_logits"),
     "model.text_encoder.library": ("transformers",),
     "model.image_encoder.library": ("timm", "torchvision"),
-    "optim.scheduler": ("cosine", "multistep", "constant"),
+    "optim.optimizer": OPTIMIZERS,
+    "optim.scheduler": SCHEDULERS,
     "checkpoint.mode": ("max", "min"),
     "checkpoint.test_with": ("best", "last"),
     "predict.split": ("train", "val", "test"),
@@ -251,6 +282,8 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> D
     for source, node in sources:
         cfg = _merge(cfg, node, source)
     _check(cfg, sources)
+    # The record of this run replaces whatever a file held (a run's own config.yaml can be run again).
+    cfg.run = RunRecord(files=[str(f) for f in files], overrides=list(overrides))
     return cfg
 
 
@@ -325,6 +358,22 @@ def _merge(cfg: DictConfig, node: DictConfig, source: str) -> DictConfig:
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{getattr(exc, 'msg', exc)}") from None
+    except TypeError:  # OmegaConf: a mapping (`callbacks.0.x=...`, `optim.betas.0=...`) merged into a list
+        prefixes = [".".join(k.split(".")[:i]) for k, _ in _leaves(node) for i in range(1, k.count(".") + 1)]
+        lists = [p for p in prefixes if isinstance(OmegaConf.select(cfg, p, default=None), ListConfig)]
+        where = f" ({lists[0]})" if lists else ""
+        raise ConfigError(f"{source}: a list{where} is set as a whole, e.g. loggers=[tensorboard,csv] or "
+                          "callbacks=[{class_path: EarlyStopping, init_args: {patience: 5}}]; entries cannot be "
+                          "addressed by index") from None
+
+
+def _leaves(node, prefix: str = ""):
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            yield from _leaves(value, f"{name}.")
+        else:
+            yield name, value
 
 
 def suggest(word: str, candidates) -> str:
@@ -364,6 +413,8 @@ def _check(cfg: DictConfig, sources) -> None:
     source_of = functools.partial(_source_of, sources)
     check_trainer_types(cfg.trainer, source_of)
     check_values(cfg, source_of)
+    check_loggers(cfg.loggers, source_of("loggers"))
+    resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
 
 
 def _check_trainer_keys(trainer: DictConfig, sources) -> None:

@@ -60,6 +60,7 @@ RANGES: dict[str, Range] = {
     "model.pmoe.static_length": COUNT, "model.pmoe.dynamic_length": COUNT, "model.pmoe.mapped_length": COUNT,
     "model.pmoe.num_experts": COUNT, "model.pmoe.hidden": POSITIVE_COUNT, "model.pmoe.init_scale": POSITIVE,
     "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.warmup_steps": COUNT, "optim.gamma": POSITIVE,
+    "optim.momentum": Range(0, 1, open_high=True), "optim.min_lr_ratio": Range(0, 1),
     "checkpoint.save_top_k": Range(-1), "analyze.exemplars": COUNT,
     "trainer.max_epochs": Range(-1), "trainer.max_steps": Range(-1), "trainer.min_epochs": COUNT,
     "trainer.min_steps": COUNT, "trainer.accumulate_grad_batches": POSITIVE_COUNT,
@@ -97,6 +98,10 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
             raise ConfigError(f"{source_of(key)}: {key}: unknown parameter group; use {', '.join(PARAM_GROUPS)}")
         if not isinstance(lr, (int, float)) or lr not in POSITIVE:
             raise ConfigError(f"{source_of(key)}: {key}: a learning rate must be {POSITIVE}, got {lr}")
+    if cfg.optim.scheduler == "multistep" and cfg.optim.warmup_steps:
+        raise ConfigError(f"{source_of('optim.warmup_steps')}: optim.warmup_steps: multistep is stepped per epoch "
+                          "and has no warmup; set optim.warmup_steps=0, or use a per-step schedule (cosine, linear, "
+                          "constant)")
     mope = cfg.model.mope
     if mope.router.top_k > max(mope.num_experts, 1):
         raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "

@@ -7,7 +7,6 @@ weights it was trained on, and loading it into another backbone is a `Checkpoint
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import lightning as L
@@ -19,6 +18,7 @@ from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, Multi
 
 from mope_lightning.checkpoints import check_fits, classifier_state
 from mope_lightning.models import build_model
+from mope_lightning.optim import build_optimizer, build_scheduler
 from mope_lightning.predictions import probabilities
 from mope_lightning.routing import RoutingStats
 
@@ -124,28 +124,9 @@ class MoPELitModule(L.LightningModule):
 
     # --- optimizer -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        o = self.cfg.optim
-        groups = [{"params": params, "name": name, "lr": o.group_lr.get(name, o.lr)}
-                  for name, params in self.net.param_groups().items() if params]
-        optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        if o.scheduler == "multistep":
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.milestones), o.gamma)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        if o.scheduler == "constant" and o.warmup_steps == 0:
-            return optimizer
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup, cosine = o.warmup_steps, o.scheduler == "cosine"
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            if not cosine:
-                return 1.0
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        optimizer = build_optimizer(self.cfg.optim, self.net.param_groups())
+        scheduler = build_scheduler(self.cfg.optim, optimizer, int(self.trainer.estimated_stepping_batches))
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     # --- trainable-only checkpoints ------------------------------------------------------------------------
     def _frozen_prefixes(self, prefix: str = "") -> tuple[str, ...]:

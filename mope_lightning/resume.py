@@ -19,8 +19,8 @@ from mope_lightning.errors import CheckpointError, ConfigError
 from mope_lightning.fileio import atomic_write
 
 
-# What a resumed run may change: how long it trains, where and with how many processes, how it loads data and
-# what it prints. Anything else (model, optimiser, seed, samples, batch size, precision) would mix two experiments
+# What a resumed run may change: how long it trains, where and with how many processes, how it loads data, what it
+# prints and where it logs (the record of the command and code that resumed it is new by nature). Anything else (model, optimiser, seed, samples, batch size, precision) would mix two experiments
 # in one run, so it is refused.
 RESUME_MAY_CHANGE = ("ckpt", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
                      "trainer.min_steps", "trainer.devices", "trainer.num_nodes", "trainer.accelerator",
@@ -28,7 +28,7 @@ RESUME_MAY_CHANGE = ("ckpt", "trainer.max_epochs", "trainer.max_steps", "trainer
                      "trainer.log_every_n_steps", "trainer.default_root_dir", "data.root", "data.image_dir",
                      "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.cache_dir",
                      "data.eval_batch_size", "checkpoint.save_last", "checkpoint.save_top_k", "predict.",
-                     "analyze.", "export.")
+                     "analyze.", "export.", "run.", "tags", "notes", "loggers")
 
 
 def _may_change(key: str) -> bool:
@@ -53,11 +53,13 @@ def check_resume(cfg: DictConfig, ckpt_path: str) -> list[tuple]:
         raise ConfigError(f"ckpt: {ckpt_path} was trained with other settings ({format_differences(refused)}); a "
                           "resumed run continues the same experiment, so only its length, devices and data loading "
                           "may change. Resume with the settings it was trained with, or start a new run without ckpt=")
-    return [c for c in changes if c[0] != "ckpt"]
+    # The run record (command, commit) of a resume is new by nature: resumes.json keeps it, it is not a "change".
+    return [c for c in changes if c[0] != "ckpt" and not c[0].startswith("run.")]
 
 
-def record_resume(trainer: L.Trainer, ckpt_path: str, changes: list[tuple]) -> None:
-    """Say which settings a resumed run changed, and append them to `<run dir>/resumes.json`."""
+def record_resume(trainer: L.Trainer, ckpt_path: str, changes: list[tuple], run_record: dict) -> None:
+    """Say which settings a resumed run changed, and append them, with the resuming command's record (files,
+    overrides, commit, versions), to `<run dir>/resumes.json`."""
     log_dir = trainer.log_dir
     if not trainer.is_global_zero or not log_dir:
         return
@@ -70,5 +72,5 @@ def record_resume(trainer: L.Trainer, ckpt_path: str, changes: list[tuple]) -> N
     except (OSError, ValueError):  # a damaged record is replaced rather than stopping the run it records
         history = []
     history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "checkpoint": ckpt_path,
-                    "changes": [{"key": k, "was": old, "now": new} for k, old, new in changes]})
+                    "changes": [{"key": k, "was": old, "now": new} for k, old, new in changes], "run": run_record})
     atomic_write(path, lambda fh: json.dump(history, fh, indent=1, default=str))

@@ -14,7 +14,6 @@ from typing import Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, Timer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +21,7 @@ from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter
                                      RoutingReport)
 from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
 from mope_lightning.config import differences, format_differences, to_container
+from mope_lightning.config_callbacks import resolve_callbacks
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, MopeError, NonFiniteError
@@ -29,6 +29,7 @@ from mope_lightning.fileio import atomic_write, check_output, check_writable
 from mope_lightning.launch import SafeCheckpointIO, check_trainer, slurm_run_version
 from mope_lightning.lit_module import MoPELitModule
 from mope_lightning.resume import check_resume, record_resume
+from mope_lightning.tracking import build_loggers, check_trackers, record_code, where_to_look
 
 COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -193,14 +194,15 @@ def resolve_ckpt(cfg: DictConfig) -> tuple[Optional[str], Optional[int]]:
 
 def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str,
                   version: Optional[str | int] = None) -> L.Trainer:
-    """The Trainer of `cfg.trainer`, with the framework's logger, callbacks, samplers and checkpoint I/O."""
+    """The Trainer of `cfg.trainer`, with the config's loggers and callbacks, and the framework's callbacks,
+    samplers and checkpoint I/O."""
     trainer_args = to_container(cfg)["trainer"]
     check_trainer(trainer_args)
     root = Path(trainer_args.pop("default_root_dir"))
     check_writable(root, "trainer.default_root_dir")
     max_time = trainer_args.pop("max_time", None)
     version = version if version is not None else slurm_run_version()
-    logger = TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False)
+    loggers = build_loggers(cfg, root, version)
     callbacks: list[Callback] = [SaveConfig(cfg)]
     if command == "fit":
         callbacks += [
@@ -221,15 +223,16 @@ def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str
             # so `fit ckpt=last` resumes from the latest state.
             callbacks.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1,
                                              enable_version_counter=False))
+        callbacks += resolve_callbacks(to_container(cfg.callbacks), "callbacks")  # checked when the config loaded
     if command == "validate":
         callbacks.append(RoutingMonitor())
     if command == "predict":
-        out = cfg.predict.out or str(Path(logger.log_dir) / "predictions.csv")
+        out = cfg.predict.out or str(Path(loggers[0].log_dir) / "predictions.csv")
         callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.task))
     # A SLURM job's requeue checkpoint (hpc_ckpt_N.ckpt) lives in its own run directory, where a requeue finds it.
     default_root = root / str(version) if isinstance(version, str) else root
     try:
-        return L.Trainer(**trainer_args, default_root_dir=default_root, logger=logger, callbacks=callbacks,
+        return L.Trainer(**trainer_args, default_root_dir=default_root, logger=loggers, callbacks=callbacks,
                          plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
     except (ValueError, TypeError, MisconfigurationException) as exc:  # Lightning's own checks of the values
         raise ConfigError(f"trainer: lightning.Trainer refused these settings: {str(exc).splitlines()[0]}") from None
@@ -244,6 +247,8 @@ def run(command: str, cfg: DictConfig) -> dict:
         raise ConfigError(f"{command} needs ckpt=PATH: the checkpoint to evaluate (fit writes them under "
                           f"{cfg.trainer.default_root_dir}/version_*/checkpoints/)")
     resume_changes = check_resume(cfg, ckpt_path) if command == "fit" and ckpt_path is not None else None
+    check_trackers(cfg)
+    record_code(cfg)
     if command == "predict" and cfg.predict.input:
         return predict_new_data(cfg, ckpt_path)
     if command == "predict":
@@ -253,7 +258,7 @@ def run(command: str, cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)
     summary: dict = {"run_dir": trainer.log_dir}
     if resume_changes is not None:
-        record_resume(trainer, ckpt_path, resume_changes)
+        record_resume(trainer, ckpt_path, resume_changes, to_container(cfg.run))
     if command == "fit":
         summary.update(_fit_and_test(cfg, trainer, module, datamodule, ckpt_path))
     else:
@@ -383,5 +388,5 @@ def _report(command: str, summary: dict, trainer: L.Trainer) -> None:
                      f"test {summary['seconds']['test']:.0f} s")
     if summary.get("predictions"):
         lines.append(f"  predictions              {summary['predictions']}")
-    lines.append(f"  tensorboard              tensorboard --logdir {Path(summary['run_dir']).parent}")
+    lines += [f"  {tracker:<24} {how}" for tracker, how in where_to_look(trainer.loggers)]
     print("\n".join(lines), flush=True)

@@ -43,7 +43,7 @@ from typing import Any, Optional, Sequence
 import yaml
 from omegaconf import OmegaConf
 
-from mope_lightning.config import load_config, read_yaml, suggest, to_container
+from mope_lightning.config import differences, load_config, read_yaml, suggest, to_container
 from mope_lightning.errors import ConfigError, Interrupted, MopeError
 
 log = logging.getLogger(__name__)
@@ -197,18 +197,21 @@ def resolved_config(run: Run) -> dict:
 
 
 def _same(stored: Path, wanted: dict) -> bool:
-    """Whether a run directory's config.yaml is the run's config, wherever the sweep folder now lives (the run's
-    own directory and the checkpoint it resumed from do not count)."""
+    """Whether a run directory's config.yaml is the run's config, wherever the sweep folder now lives: the run's own
+    directory, the checkpoint it resumed from, its record (`run`), tags, notes and loggers do not count, nor do keys
+    only one side has (options added by a later version, at their defaults)."""
     try:
         config = yaml.safe_load(stored.read_text())
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(config, dict) and _comparable(config) == _comparable(wanted)
+    return isinstance(config, dict) and not differences(_comparable(config), _comparable(wanted),
+                                                        free_form=("trainer",))
 
 
 def _comparable(config: dict) -> dict:
     trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k != "default_root_dir"}
-    return {**config, "ckpt": None, "trainer": trainer}
+    kept = {k: v for k, v in config.items() if k not in ("run", "tags", "notes", "loggers")}
+    return {**kept, "ckpt": None, "trainer": trainer}
 
 
 def run_state(run: Run) -> tuple[str, Optional[Path]]:

@@ -1,0 +1,90 @@
+"""Lightning callbacks named in the config's `callbacks:` list, as LightningCLI writes them:
+
+    callbacks:
+      - class_path: lightning.pytorch.callbacks.EarlyStopping
+        init_args: {monitor: val/acc, mode: max, patience: 3}
+
+A class is looked up only among Lightning's callbacks (`lightning.pytorch.callbacks`, also spelled
+`pytorch_lightning.callbacks`, a submodule of it, or the bare class name) and this package's
+(`mope_lightning.callbacks`): a config never imports code of its own choosing. Every entry is built once when the
+config loads, so a wrong class, argument or value stops before anything else is built; the Trainer gets fresh ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from mope_lightning.errors import ConfigError
+
+# class_path prefix -> the module whose public names are looked up
+NAMESPACES = {"lightning.pytorch.callbacks": "lightning.pytorch.callbacks",
+              "pytorch_lightning.callbacks": "lightning.pytorch.callbacks",
+              "mope_lightning.callbacks": "mope_lightning.callbacks"}
+# Added by mope_lightning to every run that needs them (runner.build_trainer); a second copy would double their work.
+BUILT_IN = {"Timer": "trainer.max_time sets the time limit", "LearningRateMonitor": "learning rates are logged",
+            "RoutingMonitor": "routing is logged at every validation", "RNGState": "random states are checkpointed",
+            "FiniteLoss": "a non-finite loss stops training", "FinalWeights": "last.ckpt is written at the end",
+            "PredictionWriter": "mope predict writes predictions", "RoutingReport": "mope analyze writes the report"}
+
+
+def _lookup(class_path: str, where: str):
+    import importlib
+
+    from lightning.pytorch.callbacks import Callback
+
+    prefix, _, name = class_path.rpartition(".")
+    module = next((mod for ns, mod in NAMESPACES.items() if prefix == ns or prefix.startswith(ns + ".")), None)
+    if module is None and prefix == "":
+        module = NAMESPACES["lightning.pytorch.callbacks"]  # a bare name: Lightning's
+    if module is None:
+        raise ConfigError(f"{where}: class_path '{class_path}' is outside the allowed callbacks; a config only names "
+                          f"Lightning's callbacks (lightning.pytorch.callbacks.*) or mope_lightning.callbacks.*")
+    namespace = importlib.import_module(module)
+    found = getattr(namespace, name, None)
+    if not (inspect.isclass(found) and issubclass(found, Callback)) or name.startswith("_"):
+        known = sorted(n for n, v in vars(namespace).items()
+                       if inspect.isclass(v) and issubclass(v, Callback) and not n.startswith("_"))
+        from mope_lightning.config import suggest
+
+        raise ConfigError(f"{where}: class_path '{class_path}': {module} has no callback '{name}'"
+                          f"{suggest(name, known)}; known: {', '.join(known)}")
+    if name in BUILT_IN:
+        raise ConfigError(f"{where}: {name} is added by mope_lightning itself ({BUILT_IN[name]}); remove the entry")
+    return found
+
+
+def resolve_callbacks(entries: list[Any], source: str) -> list:
+    """The callbacks `entries` describe, built; any problem is one `ConfigError` naming the entry."""
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    callbacks = []
+    for i, entry in enumerate(entries):
+        where = f"{source}: callbacks[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("class_path"), str):
+            raise ConfigError(f"{where}: expected {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
+        unknown = set(entry) - {"class_path", "init_args"}
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; an entry has class_path and "
+                              "init_args")
+        cls = _lookup(entry["class_path"], where)
+        init_args = entry.get("init_args") or {}
+        if not isinstance(init_args, dict):
+            raise ConfigError(f"{where}: init_args must be a mapping of argument names to values, got {init_args!r}")
+        name = cls.__name__
+        try:
+            inspect.signature(cls).bind(**init_args)
+        except TypeError as exc:
+            from mope_lightning.config import suggest
+
+            params = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
+            wrong = next((a for a in init_args if a not in params), None)
+            hint = suggest(wrong, params) if wrong else ""
+            raise ConfigError(f"{where} ({name}): init_args do not fit {name}: {exc}{hint}; it takes "
+                              f"{', '.join(params)}") from None
+        try:
+            callbacks.append(cls(**init_args))
+        except (ValueError, TypeError, MisconfigurationException) as exc:
+            raise ConfigError(f"{where} ({name}): {name} refused init_args {init_args}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return callbacks

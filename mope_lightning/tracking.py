@@ -1,0 +1,226 @@
+"""Experiment trackers (`loggers:` in the config) and the record of where a run came from (`run:`).
+
+- `tensorboard` and `csv` write into the run directory (`<trainer.default_root_dir>/version_N`), which also holds
+  `config.yaml`, the checkpoints and the metrics; a list without either gets `csv`, so every run has its directory.
+- `mlflow` logs to `MLFLOW_TRACKING_URI` when it is set, else to a SQLite store in the run directory
+  (`mlflow ui --backend-store-uri sqlite:///<run dir>/mlflow.db`); the experiment is the config's `experiment`.
+- `wandb` (optional: `pip install wandb`) runs offline unless you are logged in (`wandb login`, WANDB_API_KEY);
+  the project is WANDB_PROJECT or the experiment.
+Scalars and hyperparameters go to every logger, figures (the routing heatmaps and exemplar grids) to every logger
+that takes images: TensorBoard images, MLflow artifacts, W&B images. The hyperparameters include `run`: the config
+files and overrides, the git commit of the code (and whether it had uncommitted changes) and the library versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from mope_lightning.errors import ConfigError
+
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
+FILE_LOGGERS = ("tensorboard", "csv")  # the ones that own the run directory
+VERSIONED = ("mope_lightning", "torch", "lightning", "timm", "transformers", "torchmetrics")
+
+
+def check_loggers(names, source: str) -> None:
+    """Known names, each once: checked when the config loads (nothing is imported)."""
+    from mope_lightning.config import suggest
+
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"{source}: loggers: unknown logger '{name}'{suggest(name, LOGGERS)}; choose from "
+                              f"{', '.join(LOGGERS)}")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{source}: loggers: '{repeated[0]}' is listed twice; list each logger once")
+
+
+def check_trackers(cfg: DictConfig) -> None:
+    """Before anything is built: the chosen trackers' packages are installed and a tracking server answers."""
+    if "wandb" in cfg.loggers and importlib.util.find_spec("wandb") is None:
+        raise ConfigError("loggers: wandb needs the wandb package, which is not installed here; `pip install wandb`, "
+                          "or drop wandb from loggers")
+    if "mlflow" in cfg.loggers:
+        if importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("loggers: mlflow needs the mlflow client: `pip install mlflow-skinny sqlalchemy "
+                              "alembic` (in requirements.txt), or drop mlflow from loggers")
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            _probe_mlflow(uri)
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _probe_mlflow(uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    # One quick try: MLflow's default retries with backoff for minutes before it gives up.
+    with _environ(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as exc:  # any failure here (network, auth, a bad store) would end the run later
+            reason = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"loggers: mlflow: MLFLOW_TRACKING_URI={uri} does not answer ({reason}); start the "
+                              "tracking server or fix the URI, or unset MLFLOW_TRACKING_URI to log to a store in "
+                              "the run directory") from None
+
+
+def build_loggers(cfg: DictConfig, root: Path, version: Optional[str | int]) -> list:
+    """The Lightning loggers of `cfg.loggers`, a file logger first (its folder is the run directory)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    names = [n for n in cfg.loggers if n in FILE_LOGGERS] or ["csv"]
+    names += [n for n in cfg.loggers if n not in FILE_LOGGERS]
+    loggers = []
+    for name in names:
+        if name == "tensorboard":
+            loggers.append(TensorBoardLogger(save_dir=root, name="", version=version, default_hp_metric=False))
+        elif name == "csv":
+            logger = CSVLogger(save_dir=root, name="", version=version)
+            _keep_csv_history(Path(logger.log_dir))
+            loggers.append(logger)
+        version = loggers[0].version  # every file logger in the same folder
+        run_dir = Path(loggers[0].log_dir)
+        if name == "mlflow":
+            loggers.append(_mlflow_logger(cfg, run_dir))
+        elif name == "wandb":
+            loggers.append(_wandb_logger(cfg, run_dir))
+    return loggers
+
+
+def _keep_csv_history(run_dir: Path) -> None:
+    """Lightning's CSV logger deletes the metrics.csv it finds in its folder: a run resumed in place keeps the
+    earlier part's as metrics.part<k>.csv. (That the folder is not empty is expected: TensorBoard shares it.)"""
+    import warnings
+
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+    metrics = run_dir / "metrics.csv"
+    if rank_zero_only.rank == 0 and metrics.is_file():
+        parts = len(list(run_dir.glob("metrics.part*.csv")))
+        metrics.rename(run_dir / f"metrics.part{parts + 1}.csv")
+
+
+def _mlflow_logger(cfg: DictConfig, run_dir: Path):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    tags = {"tags": ", ".join(cfg.tags)} if cfg.tags else {}
+    if cfg.notes:
+        tags["mlflow.note.content"] = cfg.notes  # shown as the run's description
+    if cfg.run.git_commit:
+        tags["mlflow.source.git.commit"] = cfg.run.git_commit
+    return MLFlowLogger(experiment_name=cfg.experiment, run_name=run_dir.name, tags=tags or None,
+                        tracking_uri=uri or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}",
+                        artifact_location=None if uri else (run_dir.resolve() / "mlflow-artifacts").as_uri())
+
+
+def _wandb_logged_in() -> bool:
+    import netrc
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def _wandb_logger(cfg: DictConfig, run_dir: Path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    return WandbLogger(project=os.environ.get("WANDB_PROJECT", cfg.experiment), name=run_dir.name,
+                       save_dir=str(run_dir), offline=not _wandb_logged_in(), tags=list(cfg.tags) or None,
+                       notes=cfg.notes)
+
+
+def takes_images(logger) -> bool:
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    return isinstance(logger, (TensorBoardLogger, MLFlowLogger, WandbLogger))
+
+
+def log_figures(loggers, figures: dict, step: int) -> None:
+    """Matplotlib `figures` (name -> figure) to every logger that takes images, under `routing/<name>`."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    for logger in loggers:
+        for name, fig in figures.items():
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(f"routing/{name}", fig, global_step=step, close=False)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_figure(logger.run_id, fig, f"routing/{name}/step_{step:07d}.png")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key=f"routing/{name}", images=[fig], step=step)
+
+
+def _git(*args: str) -> Optional[str]:
+    checkout = Path(__file__).resolve().parents[1]
+    try:
+        done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _own_checkout() -> bool:
+    """Whether this package runs from a git checkout of its own (not from site-packages inside another repo)."""
+    top = _git("rev-parse", "--show-toplevel")
+    return top is not None and Path(top).resolve() == Path(__file__).resolve().parents[1]
+
+
+def record_code(cfg: DictConfig) -> None:
+    """Fill `cfg.run` with the code that runs: the git commit of this checkout (and whether tracked files differ
+    from it) and the versions of the libraries that make the numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    commit = _git("rev-parse", "HEAD") if _own_checkout() else None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    versions = {}
+    for package in VERSIONED:
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
+    cfg.run.git_commit, cfg.run.git_dirty, cfg.run.versions = commit, bool(status) if commit else None, versions
+
+
+def where_to_look(loggers) -> list[tuple[str, str]]:
+    """(tracker, how to see this run) for the summary a command prints."""
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    found = []
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            found.append(("tensorboard", f"tensorboard --logdir {Path(logger.log_dir).parent}"))
+        elif isinstance(logger, CSVLogger):
+            found.append(("csv", str(Path(logger.log_dir) / "metrics.csv")))
+        elif isinstance(logger, MLFlowLogger):
+            import mlflow
+
+            found.append(("mlflow", f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()} (run "
+                                    f"{logger.run_id})"))
+        elif isinstance(logger, WandbLogger):
+            run = logger.experiment
+            found.append(("wandb", f"wandb sync {Path(run.dir).parent}" if run.offline else run.url))
+    return found

@@ -46,14 +46,15 @@ CASES = {
     "prompt12": "model.mope.static_length=12 model.mope.dynamic_length=12",
     "prompt24": "model.mope.static_length=24 model.mope.dynamic_length=24",
     "mope_condition_prompts": "model.condition_prompts=4",  # the reference also prompt-tunes its BERT: not cached
+    "checkpointing": "model.activation_checkpointing=true",  # MoPE recomputing each prompted block in backward
     # pMoE (config "pmoe": MiniLM-L6 + MiniLM-L3 experts) against MoPE on each single expert (config "default")
     "pmoe": "",
     "pmoe_static_epts": "model.pmoe.dynamic_length=0 model.pmoe.mapped_length=0",
     "mope_l3": "model.text_encoder.name=sentence-transformers/paraphrase-MiniLM-L3-v2",
 }
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
-QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"), ("default", "bare"),
-         ("default", "mope")]
+QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"), ("paper", "checkpointing"),
+         ("default", "bare"), ("default", "mope")]
 FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:]}
         and not (c == "default" and n == "mope_condition_prompts")] + PMOE[1:]
 
@@ -134,17 +135,52 @@ def run_case(config: str, name: str, device: str, precision: str, warmup: int, r
         if step >= warmup:
             times.append(time.perf_counter() - tic)
     median = statistics.median(times)
+    peak_mb = _peak_memory_mb(dev, baseline_mb)  # before the FLOP count: under its mode checkpointing keeps more
+    flops = _step_flops(net, optimizer, batch, autocast)
     counts = net.parameter_counts()
     result = {"config": config, "case": name, "overrides": CASES[name], "batch": CONFIGS[config]["batch"],
               "step_seconds": times, "median_step_seconds": median, "samples_per_second": CONFIGS[config]["batch"]
-              / median, "peak_memory_mb": _peak_memory_mb(dev, baseline_mb), "process_peak_rss_mb": _peak_rss_mb(),
-              "trainable": counts["trainable"],
-              "total": counts["total"], "build_seconds": build_seconds}
+              / median, "peak_memory_mb": peak_mb, "process_peak_rss_mb": _peak_rss_mb(),
+              "trainable": counts["trainable"], "total": counts["total"], "build_seconds": build_seconds,
+              "step_flops": flops, "achieved_flops_per_second": flops / median}
     if name in ("mope", "finetune"):
         result["checkpoint_bytes"] = _checkpoint_bytes(net, optimizer)
     if config == "default" and name == "mope":
         result["predict_samples_per_second"] = _predict_throughput(net, config, dev, autocast, repeats)
     return result
+
+
+def _step_flops(net, optimizer, batch: dict, autocast) -> int:
+    """Floating-point operations of one training step as executed (torch.utils.flop_counter: matmuls, convolutions
+    and attention; a checkpointed model's recomputed forward counts too), from one more, untimed step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, autocast:
+        out = net(batch)
+        loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"]) + 0.01 * out.importance_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def matmul_rate(device: str, precision: str, size: int = 2048, repeats: int = 10) -> float:
+    """The machine's dense matmul rate (FLOP/s) in this run: the median of `repeats` (size x size) @ (size x size)
+    products in the benchmark's precision, the ceiling the training steps are compared with."""
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
+    times = []
+    for step in range(repeats + 2):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        tic = time.perf_counter()
+        a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= 2:
+            times.append(time.perf_counter() - tic)
+    return 2 * size**3 / statistics.median(times)
 
 
 @torch.no_grad()
@@ -194,6 +230,9 @@ def ratios(results: list[dict]) -> dict:
     ratio("checkpoint_mope_over_finetune_default", ("default", "mope"), ("default", "finetune"), "checkpoint_bytes")
     ratio("pmoe_over_mope_l6", ("pmoe", "pmoe"), ("default", "mope"))
     ratio("pmoe_over_mope_l3", ("pmoe", "pmoe"), ("default", "mope_l3"))
+    ratio("checkpointing_memory_over_finetune", ("paper", "checkpointing"), ("paper", "finetune"), "peak_memory_mb")
+    ratio("checkpointing_memory_over_mope", ("paper", "checkpointing"), ("paper", "mope"), "peak_memory_mb")
+    ratio("checkpointing_step_over_mope", ("paper", "checkpointing"), ("paper", "mope"))
     return out
 
 
@@ -208,11 +247,17 @@ def markdown(report: dict) -> str:
              "process; memory: " + ("`torch.cuda.max_memory_allocated`" if report["device"] == "cuda" else
                                     "peak RSS above the process's RSS before the model was built (imports excluded)")
              + ".", "",
-             "| config | case | overrides | batch | step (s) | samples/s | peak memory (MB) | trainable | total |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"FLOP utilisation: the FLOPs of one step (torch.utils.flop_counter, as executed) per median step time, "
+             f"against this run's dense matmul rate, {report['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s "
+             f"({'fp32' if report['precision'] == '32' else 'bf16'}, 2048 x 2048 products).", "",
+             "| config | case | overrides | batch | step (s) | samples/s | peak memory (MB) | GFLOP/step | "
+             "GFLOP/s | of matmul rate | trainable | total |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in report["results"]:
         lines.append(f"| {x['config']} | {x['case']} | `{x['overrides'] or '-'}` | {x['batch']} | "
                      f"{x['median_step_seconds']:.3f} | {x['samples_per_second']:.1f} | {x['peak_memory_mb']:.0f} | "
+                     f"{x['step_flops'] / 1e9:.1f} | {x['achieved_flops_per_second'] / 1e9:.1f} | "
+                     f"{x['achieved_flops_per_second'] / report['matmul_flops_per_second']:.0%} | "
                      f"{x['trainable']:,} | {x['total']:,} |")
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in r.items()]
     predict = [x["predict_samples_per_second"] for x in report["results"] if "predict_samples_per_second" in x]
@@ -258,9 +303,13 @@ def main() -> None:
         x = results[-1]
         print(f"{config:8s} {name:14s} step {x['median_step_seconds']:.3f} s  {x['samples_per_second']:.1f} "
               f"samples/s  peak {x['peak_memory_mb']:.0f} MB", flush=True)
-    report = {"command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]), "quick": args.quick, "only": args.only,
-              "device": args.device, "precision": args.precision, "warmup": warmup, "repeats": repeats,
-              "machine": machine(args.device), "results": results, "ratios": ratios(results)}
+    rate = matmul_rate(args.device, args.precision)
+    for x in results:
+        x["of_matmul_rate"] = x["achieved_flops_per_second"] / rate
+    report = {"command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]), "quick": args.quick,
+              "only": args.only, "device": args.device, "precision": args.precision, "warmup": warmup,
+              "repeats": repeats, "machine": machine(args.device), "matmul_flops_per_second": rate,
+              "results": results, "ratios": ratios(results)}
     out = Path(args.out)
     out.write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text(markdown(report))

@@ -114,6 +114,9 @@ class ModelConfig:
     condition_prompts: int = 0  # static prompts per layer for the conditioning encoder itself (reference: 4)
     head_hidden: int = 0  # 0: linear head; >0: one hidden layer (the late-fusion MLP uses 256)
     head_dropout: float = 0.0
+    # recompute each prompted layer's activations in the backward pass instead of keeping them: less memory for
+    # deep or wide frozen encoders and big batches, one more forward pass of the encoder per step
+    activation_checkpointing: bool = False
     mope: MoPEConfig = field(default_factory=MoPEConfig)
     pmoe: PMoEConfig = field(default_factory=PMoEConfig)
     compat: CompatConfig = field(default_factory=CompatConfig)

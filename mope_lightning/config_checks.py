@@ -102,6 +102,10 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         raise ConfigError(f"{source_of('optim.warmup_steps')}: optim.warmup_steps: multistep is stepped per epoch "
                           "and has no warmup; set optim.warmup_steps=0, or use a per-step schedule (cosine, linear, "
                           "constant)")
+    if cfg.model.activation_checkpointing and cfg.model.fusion not in ("mope", "prompt_tuning", "promptfuse", "pmoe"):
+        raise ConfigError(f"{source_of('model.activation_checkpointing')}: model.activation_checkpointing: applies to "
+                          f"the prompted block loop, which model.fusion={cfg.model.fusion} does not run; set it to "
+                          "false")
     mope = cfg.model.mope
     if mope.router.top_k > max(mope.num_experts, 1):
         raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from mope_lightning.errors import ModelError
+from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier
 from mope_lightning.models.dispatcher import PMoE
 from mope_lightning.models.image_encoders import build_timm_encoder, build_torchvision_encoder
@@ -171,8 +172,15 @@ def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
     `weights=False` builds the architecture only (random init, no tokenizer, nothing read or downloaded), e.g. on
     the meta device to count parameters.
     """
-    if cfg.fusion == "pmoe":
-        return build_pmoe_classifier(cfg, num_classes, weights)
+    model = build_pmoe_classifier(cfg, num_classes, weights) if cfg.fusion == "pmoe" else \
+        _build_classifier(cfg, num_classes, weights)
+    for module in model.modules():  # every encoder that runs a prompted block loop (pMoE experts included)
+        if isinstance(module, Backbone):
+            module.activation_checkpointing = bool(cfg.get("activation_checkpointing", False))
+    return model
+
+
+def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
     text = build_text_encoder(cfg.text_encoder, cfg.pool, weights)
     image = build_image_encoder(cfg.image_encoder, weights)
     if cfg.fusion not in PROMPT_FUSIONS:

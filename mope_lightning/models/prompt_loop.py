@@ -5,6 +5,11 @@ after the encoder's prefix tokens ([CLS] for BERT; class, distillation and regis
 runs, and the prompt outputs are split off again. A layer the prompter declines (it returns None) receives the
 previous layer's prompt outputs instead (VPT-deep when every layer is prompted). With no prompts at all the loop is
 exactly the library's own sequence of layer calls.
+
+Activation checkpointing (`checkpointed`): a prompted model backpropagates through every frozen layer (the first
+layer's prompts reach all later ones), so it keeps every layer's activations for the backward pass. Checkpointed, a
+layer keeps only its input and recomputes the rest in the backward pass (torch.utils.checkpoint, non-reentrant, RNG
+state preserved). The prompter (routing, its noise, the importance loss) runs outside, once.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 # prompter(layer index, pooled layer input (B, D), carried prompts (B, P, D) or None) -> prompts (B, P, D) for that
 # layer, or None to carry the previous ones. The carried prompts are the previous layer's prompt outputs (pMoE's
@@ -20,6 +26,13 @@ from torch import Tensor, nn
 Prompter = Callable[[int, Tensor, Optional[Tensor]], Optional[Tensor]]
 # run_layer(layer, tokens with prompts, number of prompts) -> tokens
 LayerCall = Callable[[nn.Module, Tensor, int], Tensor]
+
+
+def checkpointed(enabled: bool, fn: Callable, *args):
+    """`fn(*args)`, recomputed in the backward pass instead of stored when `enabled` and a gradient will flow."""
+    if enabled and torch.is_grad_enabled() and any(torch.is_tensor(a) and a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def insert_prompts(x: Tensor, prompts: Optional[Tensor], prefix: int) -> Tensor:
@@ -57,15 +70,16 @@ def initial_prompts(prompter: Optional[Prompter], batch_size: int) -> Optional[T
 
 
 def prompted_block_loop(layers: Sequence[nn.Module], x: Tensor, prefix: int, run_layer: LayerCall,
-                        prompter: Optional[Prompter] = None,
-                        mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
-    """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs."""
+                        prompter: Optional[Prompter] = None, mask: Optional[Tensor] = None,
+                        checkpointing: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs.
+    `checkpointing`: recompute each layer's activations in the backward pass rather than keep them."""
     prompts = initial_prompts(prompter, x.shape[0])
     for i, layer in enumerate(layers):
         if prompter is not None:
             new = prompter(i, pooled_state(x, prompts, mask), prompts)
             prompts = new if new is not None else prompts
         num_prompts = 0 if prompts is None else prompts.shape[1]
-        x, prompts = split_prompts(run_layer(layer, insert_prompts(x, prompts, prefix), num_prompts), num_prompts,
-                                   prefix)
+        out = checkpointed(checkpointing, run_layer, layer, insert_prompts(x, prompts, prefix), num_prompts)
+        x, prompts = split_prompts(out, num_prompts, prefix)
     return x, prompts

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.prompt_loop import Prompter, initial_prompts, pooled_state
+from mope_lightning.models.prompt_loop import Prompter, checkpointed, initial_prompts, pooled_state
 
 
 class PromptedWindowAttention(nn.Module):
@@ -116,7 +116,9 @@ class PromptedSwin(Backbone):
                 if prompter is not None:
                     new = prompter(layer, pooled_state(x.flatten(1, 2), prompts), prompts)
                     prompts = new if new is not None else prompts
-                x, prompts = self._run_block(block, x, prompts)
+                # The block reads its prompts from its attention wrapper, which _run_block sets and clears:
+                # recomputed in the backward pass, it sets them again.
+                x, prompts = checkpointed(self.activation_checkpointing, self._run_block, block, x, prompts)
                 layer += 1
         tokens = x.flatten(1, 2)
         if prompts is not None:

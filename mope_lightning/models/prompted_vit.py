@@ -48,7 +48,8 @@ class PromptedViT(Backbone):
         """Normed last-layer tokens (B, prefix + P + patches, D), the last prompts after the prefix tokens."""
         v = self.model
         x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(images))))
-        x, prompts = prompted_block_loop(v.blocks, x, self.prefix, lambda block, h, _: block(h), prompter)
+        x, prompts = prompted_block_loop(v.blocks, x, self.prefix, lambda block, h, _: block(h), prompter,
+                                         checkpointing=self.activation_checkpointing)
         return v.norm(insert_prompts(x, prompts, self.prefix)), None
 
     def pool(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:

@@ -1,0 +1,84 @@
+"""Activation checkpointing in the prompted block loop (model.activation_checkpointing): the same loss, importance
+loss and gradients as keeping the activations, for every prompted encoder family."""
+
+import pytest
+import torch
+
+from mope_lightning.config import load_config
+from mope_lightning.errors import ConfigError
+from mope_lightning.models import build_model
+from mope_lightning.models.backbone import Backbone
+
+from conftest import DEFAULT_EXP, EXPERIMENTS, TINY
+
+TIMM = ["model.prompted=image", "model.image_encoder.library=timm"]
+CASES = {
+    "bert": (DEFAULT_EXP, []),
+    "vit": (DEFAULT_EXP, [*TIMM, "model.image_encoder.name=vit_base_patch16_224"]),
+    "swin": (DEFAULT_EXP, [*TIMM, "model.image_encoder.name=swin_tiny_patch4_window7_224"]),
+    "pmoe": (EXPERIMENTS / "easy_vqa_pmoe.yaml", ["model.pmoe.dynamic_length=2"]),
+}
+
+
+def _batch(net, prompted: str = "text", size: int = 3) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 5000, (size, 7), generator=generator)
+    mask = torch.ones(size, 7, dtype=torch.long)
+    mask[1, 4:] = 0  # padding reaches the checkpointed layers as well
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2])[:size]}
+    if prompted == "image":
+        batch["images"] = torch.randn(size, *net.image.data_config["input_size"], generator=generator)
+        batch["text_features"] = torch.randn(size, net.text.num_features, generator=generator)
+    else:
+        batch["image_features"] = torch.randn(size, net.image.num_features, generator=generator)
+    return batch
+
+
+def _loss_and_grads(net, batch: dict, checkpointing: bool):
+    for module in net.modules():
+        if isinstance(module, Backbone):
+            module.activation_checkpointing = checkpointing
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(0)  # the routing noise and the mapped prompts' dropout draw the same numbers both times
+    out = net(batch)
+    loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + out.importance_loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+    return loss.detach(), out.importance_loss.detach(), grads
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_checkpointed_gradients_equal_stored_ones(case):
+    experiment, overrides = CASES[case]
+    cfg = load_config([experiment, TINY], overrides)
+    net = build_model(cfg.model, num_classes=13).train()
+    batch = _batch(net, cfg.model.prompted)
+    loss, importance, grads = _loss_and_grads(net, batch, checkpointing=False)
+    loss_ckpt, importance_ckpt, grads_ckpt = _loss_and_grads(net, batch, checkpointing=True)
+    torch.testing.assert_close(loss_ckpt, loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(importance_ckpt, importance, rtol=0, atol=1e-6)
+    assert importance > 0  # routed: the importance loss is computed, once, outside the checkpointed layers
+    assert grads.keys() == grads_ckpt.keys() and len(grads) > 3
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads_ckpt[name], grad, rtol=0, atol=1e-5, msg=name)
+
+
+def test_checkpointing_recomputes_the_layers_in_backward():
+    """Checkpointing is really on: each prompted BERT layer is entered twice per step (forward, then recomputed in
+    backward, which stops as soon as the saved tensors it needs are back: a pre-hook sees it, a forward hook not)."""
+    cfg = load_config([DEFAULT_EXP, TINY], ["model.activation_checkpointing=true"])
+    net = build_model(cfg.model, num_classes=13).train()
+    calls = []
+    for layer in net.text.model.encoder.layer:
+        layer.register_forward_pre_hook(lambda *_: calls.append(1))
+    out = net(_batch(net))
+    forward_calls = len(calls)
+    torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1, 2])).backward()
+    assert forward_calls == len(net.text.model.encoder.layer) and len(calls) == 2 * forward_calls
+
+
+def test_checkpointing_without_a_prompted_loop_is_refused():
+    with pytest.raises(ConfigError, match="model.activation_checkpointing: applies to the prompted block loop, which "
+                                          "model.fusion=late_concat does not run"):
+        load_config([DEFAULT_EXP], ["model.fusion=late_concat", "model.activation_checkpointing=true"])

@@ -6,6 +6,8 @@
   (`mlflow ui --backend-store-uri sqlite:///<run dir>/mlflow.db`); the experiment is the config's `experiment`.
 - `wandb` (optional: `pip install wandb`) runs offline unless you are logged in (`wandb login`, WANDB_API_KEY);
   the project is WANDB_PROJECT or the experiment.
+A run resumed in place (`fit ckpt=last`) continues its MLflow and W&B runs (their ids are kept in the run directory,
+`mlflow_run.json`, `wandb_run.json`) and keeps its earlier CSV rows.
 Scalars and hyperparameters go to every logger, figures (the routing heatmaps and exemplar grids) to every logger
 that takes images: TensorBoard images, MLflow artifacts, W&B images. The hyperparameters include `run`: the config
 files and overrides, the git commit of the code (and whether it had uncommitted changes) and the library versions.
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Optional
 
+from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig
 
 from mope_lightning.errors import ConfigError
@@ -121,18 +125,52 @@ def _keep_csv_history(run_dir: Path) -> None:
         metrics.rename(run_dir / f"metrics.part{parts + 1}.csv")
 
 
-def _mlflow_logger(cfg: DictConfig, run_dir: Path):
-    from lightning.pytorch.loggers import MLFlowLogger
+def _tracker_run(run_dir: Path, tracker: str, where: str) -> Optional[str]:
+    """The id of the tracker's run that logged this run directory before (a run resumed in place continues it)."""
+    path = run_dir / f"{tracker}_run.json"
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return stored.get("id") if isinstance(stored, dict) and stored.get("where") == where else None
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+
+def _remember_tracker_run(run_dir: Path, tracker: str, where: str, run_id: str) -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from mope_lightning.fileio import atomic_write
+
+    if rank_zero_only.rank == 0 and run_id:
+        atomic_write(run_dir / f"{tracker}_run.json", lambda fh: json.dump({"where": where, "id": run_id}, fh))
+
+
+class ContinuedMLFlowLogger(MLFlowLogger):
+    """The MLflow run of a fit resumed in place. MLflow's params cannot change, so they stay those the run started
+    with; what the resume changed is in the run directory's resumes.json."""
+
+    def log_hyperparams(self, params) -> None:
+        pass
+
+
+def _mlflow_logger(cfg: DictConfig, run_dir: Path):
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)  # the SQLite store and the run's id live there
+    uri = env_uri or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}"
     tags = {"tags": ", ".join(cfg.tags)} if cfg.tags else {}
     if cfg.notes:
         tags["mlflow.note.content"] = cfg.notes  # shown as the run's description
     if cfg.run.git_commit:
         tags["mlflow.source.git.commit"] = cfg.run.git_commit
-    return MLFlowLogger(experiment_name=cfg.experiment, run_name=run_dir.name, tags=tags or None,
-                        tracking_uri=uri or f"sqlite:///{run_dir.resolve() / 'mlflow.db'}",
-                        artifact_location=None if uri else (run_dir.resolve() / "mlflow-artifacts").as_uri())
+    run_id = _tracker_run(run_dir, "mlflow", uri)
+    kind = ContinuedMLFlowLogger if run_id else MLFlowLogger
+    logger = kind(experiment_name=cfg.experiment, run_name=run_dir.name, tags=tags or None, tracking_uri=uri,
+                  run_id=run_id,
+                  artifact_location=None if env_uri else (run_dir.resolve() / "mlflow-artifacts").as_uri())
+    _remember_tracker_run(run_dir, "mlflow", uri, logger.run_id)  # starts the MLflow run (on rank 0)
+    return logger
 
 
 def _wandb_logged_in() -> bool:
@@ -149,11 +187,15 @@ def _wandb_logged_in() -> bool:
 
 
 def _wandb_logger(cfg: DictConfig, run_dir: Path):
+    import uuid
+
     from lightning.pytorch.loggers import WandbLogger
 
-    return WandbLogger(project=os.environ.get("WANDB_PROJECT", cfg.experiment), name=run_dir.name,
-                       save_dir=str(run_dir), offline=not _wandb_logged_in(), tags=list(cfg.tags) or None,
-                       notes=cfg.notes)
+    project = os.environ.get("WANDB_PROJECT", cfg.experiment)
+    run_id = _tracker_run(run_dir, "wandb", project) or uuid.uuid4().hex[:12]
+    _remember_tracker_run(run_dir, "wandb", project, run_id)
+    return WandbLogger(project=project, name=run_dir.name, id=run_id, save_dir=str(run_dir),
+                       offline=not _wandb_logged_in(), tags=list(cfg.tags) or None, notes=cfg.notes)
 
 
 def takes_images(logger) -> bool:

@@ -175,3 +175,19 @@ def test_schedules_and_optimizers_come_from_the_libraries():
         optim("optim.scheduler=multistep", "optim.warmup_steps=5")
     with pytest.raises(ConfigError, match="optim.optimizer: 'lion' is not one of adamw, adam, sgd"):
         optim("optim.optimizer=lion")
+
+
+def test_a_resumed_run_continues_its_tracker_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = ["fit", str(DEFAULT_EXP), str(TINY), *_tiny_args(tmp_path), "loggers=[csv,mlflow]"]
+    assert main([*args, "trainer.max_epochs=1"]) == 0
+    assert main([*args, "trainer.max_epochs=2", "ckpt=last"]) == 0
+    from mlflow.tracking import MlflowClient
+
+    run_dir = tmp_path / "runs" / "version_0"
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("easy_vqa").experiment_id])
+    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "train/loss")})
+    assert steps[0] < 4 < steps[-1]  # the first epoch's steps and the resumed second epoch's, in one MLflow run
+    earlier = list(csv.DictReader(open(run_dir / "metrics.part1.csv")))
+    assert any(r.get("train/loss") for r in earlier) and (run_dir / "metrics.csv").is_file()

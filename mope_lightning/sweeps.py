@@ -27,6 +27,7 @@ A failing run is recorded with its error and the others go on; the exit status i
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -192,8 +193,13 @@ def plan(sweep: Sweep, out: Optional[str] = None) -> tuple[Path, list[Run]]:
 
 
 def resolved_config(run: Run) -> dict:
-    return to_container(load_config(run.files, [*run.overrides, f"seed={run.seed}",
-                                                f"trainer.default_root_dir={run.root}"]))
+    """The run's full config (read-only: cached, since the report asks for every run's after each run)."""
+    return _resolved(run.files, (*run.overrides, f"seed={run.seed}", f"trainer.default_root_dir={run.root}"))
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(files: tuple[str, ...], overrides: tuple[str, ...]) -> dict:
+    return to_container(load_config(files, overrides))
 
 
 def _same(stored: Path, wanted: dict) -> bool:

@@ -40,7 +40,7 @@ train-ddp: $(BIN)/.installed ## train experiments/$(EXP).yaml with DDP on GPUS=N
 sweep: $(BIN)/.installed ## run (or resume) the sweep $(SWEEP) (ARGS="out=DIR launcher=slurm key=value ...")
 	$(BIN)/mope sweep $(SWEEP) $(ARGS)
 
-test: $(BIN)/.installed ## run the test suite (about 12 minutes on 2 CPU cores, plus the first install)
+test: $(BIN)/.installed ## run the test suite (about 12 to 13 minutes on 2 CPU cores, plus the first install)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (about 8 min on 2 CPU cores)

@@ -117,6 +117,11 @@ class ModelConfig:
     # recompute each prompted layer's activations in the backward pass instead of keeping them: less memory for
     # deep or wide frozen encoders and big batches, one more forward pass of the encoder per step
     activation_checkpointing: bool = False
+    # with activation_checkpointing: only the first so many prompted layers recompute (null: all). Each layer left
+    # out keeps its activations and saves its share of the recomputation (Megatron's recompute_num_layers)
+    checkpointed_layers: Optional[int] = None
+    # torch.compile the classifier (in place: its weights keep their names); compiles on the first steps
+    compile: bool = False
     mope: MoPEConfig = field(default_factory=MoPEConfig)
     pmoe: PMoEConfig = field(default_factory=PMoEConfig)
     compat: CompatConfig = field(default_factory=CompatConfig)
@@ -449,6 +454,10 @@ def stored_config(stored: dict, overrides: Sequence[str] = (), source: str = "st
     if outside:
         raise ConfigError(f"overrides: '{outside[0]}': only model.* and data.* settings can be changed here")
     return _merge(cfg, updates, "overrides")
+
+
+# Settings of how the model runs, not of what it computes: weights trained with one value serve the other.
+HOW_IT_RUNS = ("model.activation_checkpointing", "model.checkpointed_layers", "model.compile")
 
 
 def differences(a: dict, b: dict, prefix: str = "", free_form: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:

@@ -106,6 +106,11 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         raise ConfigError(f"{source_of('model.activation_checkpointing')}: model.activation_checkpointing: applies to "
                           f"the prompted block loop, which model.fusion={cfg.model.fusion} does not run; set it to "
                           "false")
+    layers = cfg.model.checkpointed_layers
+    if layers is not None and (not cfg.model.activation_checkpointing or layers < 1):
+        why = "is a count of layers, at least 1" if layers < 1 else "applies with model.activation_checkpointing=true"
+        raise ConfigError(f"{source_of('model.checkpointed_layers')}: model.checkpointed_layers: {why}; got {layers} "
+                          "(null: every prompted layer)")
     mope = cfg.model.mope
     if mope.router.top_k > max(mope.num_experts, 1):
         raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -85,12 +87,27 @@ def check_trainer(trainer: dict) -> None:
     if strategy.startswith("ddp") and devices == 1 and nodes == 1 and launched is None:
         raise ConfigError("trainer.strategy=ddp with trainer.devices=1 and trainer.num_nodes=1 runs a single process; "
                           "set trainer.devices to the number of GPUs (or processes) to use, or drop the strategy")
-    accelerator = str(trainer.get("accelerator", "auto"))
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = _on_gpu(trainer)
     if trainer.get("sync_batchnorm") and not on_gpu:
         raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false for CPU "
                           "runs")
     _check_precision(str(trainer.get("precision", "32-true")), on_gpu)
+
+
+def _on_gpu(trainer: dict) -> bool:
+    accelerator = str(trainer.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def check_compile(trainer: dict) -> None:
+    """model.compile on CPU: inductor compiles C++ kernels, so a C++ compiler must be on the PATH."""
+    if _on_gpu(trainer):
+        return
+    compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+    if not compiler or not shutil.which(compiler):
+        raise ConfigError("model.compile=true: torch.compile on CPU builds C++ kernels, and no C++ compiler was found "
+                          "(CXX, g++, c++ or clang++ on the PATH); install one (e.g. `apt install g++`, or "
+                          "`conda install gxx`), or set model.compile=false")
 
 
 def _check_precision(precision: str, on_gpu: bool) -> None:
@@ -100,6 +117,17 @@ def _check_precision(precision: str, on_gpu: bool) -> None:
     if precision.startswith("16") and not on_gpu:
         raise ConfigError(f"trainer.precision={precision}: float16 mixed precision needs a GPU; on CPU use "
                           "bf16-mixed or 32-true (experiments/overlays/cpu.yaml)")
+    if precision.startswith("bf16") and not on_gpu and not cpu_has_bf16():
+        print(f"[mope] note: trainer.precision={precision} on a CPU without native bfloat16 (AVX-512 BF16 or AMX): "
+              "it runs, emulated, and usually slower than 32-true", file=sys.stderr, flush=True)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (oneDNN's AVX-512 BF16 or AMX kernels)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def slurm_run_version() -> Optional[str]:

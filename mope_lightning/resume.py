@@ -14,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mope_lightning.checkpoints import is_adapter, read_checkpoint
-from mope_lightning.config import differences, format_differences, to_container
+from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.errors import CheckpointError, ConfigError
 from mope_lightning.fileio import atomic_write
 
@@ -28,7 +28,7 @@ RESUME_MAY_CHANGE = ("ckpt", "trainer.max_epochs", "trainer.max_steps", "trainer
                      "trainer.log_every_n_steps", "trainer.default_root_dir", "data.root", "data.image_dir",
                      "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.cache_dir",
                      "data.eval_batch_size", "checkpoint.save_last", "checkpoint.save_top_k", "predict.",
-                     "analyze.", "export.", "run.", "tags", "notes", "loggers")
+                     "analyze.", "export.", "run.", "tags", "notes", "loggers", *HOW_IT_RUNS)
 
 
 def _may_change(key: str) -> bool:

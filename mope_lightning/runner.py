@@ -20,13 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, RNGState, RoutingMonitor,
                                      RoutingReport)
 from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
-from mope_lightning.config import differences, format_differences, to_container
+from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.config_callbacks import resolve_callbacks
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, MopeError, NonFiniteError
 from mope_lightning.fileio import atomic_write, check_output, check_writable
-from mope_lightning.launch import SafeCheckpointIO, check_trainer, slurm_run_version
+from mope_lightning.launch import SafeCheckpointIO, check_compile, check_trainer, slurm_run_version
 from mope_lightning.lit_module import MoPELitModule
 from mope_lightning.resume import check_resume, record_resume
 from mope_lightning.tracking import build_loggers, check_trackers, record_code, where_to_look
@@ -55,6 +55,9 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
     _check_batch_size(cfg, module.net)
     datamodule.attach(module.net.input_spec())
+    if cfg.model.compile:
+        check_compile(to_container(cfg)["trainer"])
+        module.net.compile()  # nn.Module.compile: in place, so checkpoints keep the weights' names
     return module, datamodule
 
 
@@ -319,7 +322,8 @@ def export(cfg: DictConfig) -> Path:
     if ckpt_path is None:
         raise ConfigError("export needs ckpt=PATH: the checkpoint to export")
     trained = read_trained_weights(ckpt_path)
-    changed = differences(trained.config.get("model", {}), to_container(cfg)["model"], "model.")
+    changed = [c for c in differences(trained.config.get("model", {}), to_container(cfg)["model"], "model.")
+               if c[0] not in HOW_IT_RUNS]
     if changed:
         raise ConfigError(f"ckpt: {ckpt_path} was trained with other model settings than this config gives ("
                           f"{format_differences(changed)}); export it with the config it was trained with")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mope_lightning.config import load_config
-from mope_lightning.errors import ConfigError
+from mope_lightning.errors import ConfigError, ModelError
 from mope_lightning.models import build_model
 from mope_lightning.models.backbone import Backbone
 
@@ -37,7 +37,7 @@ def _batch(net, prompted: str = "text", size: int = 3) -> dict:
 def _loss_and_grads(net, batch: dict, checkpointing: bool):
     for module in net.modules():
         if isinstance(module, Backbone):
-            module.activation_checkpointing = checkpointing
+            module.checkpointed_layers = module.num_layers if checkpointing and hasattr(module, "num_layers") else 0
     net.zero_grad(set_to_none=True)
     torch.manual_seed(0)  # the routing noise and the mapped prompts' dropout draw the same numbers both times
     out = net(batch)
@@ -78,7 +78,55 @@ def test_checkpointing_recomputes_the_layers_in_backward():
     assert forward_calls == len(net.text.model.encoder.layer) and len(calls) == 2 * forward_calls
 
 
+def test_only_the_first_checkpointed_layers_recompute():
+    """model.checkpointed_layers=N: the first N layers are recomputed in backward, the others run once; the
+    gradients stay those of keeping every activation."""
+    cfg = load_config([DEFAULT_EXP, TINY], ["model.activation_checkpointing=true", "model.checkpointed_layers=1"])
+    net = build_model(cfg.model, num_classes=13).train()
+    layers = net.text.model.encoder.layer
+    assert len(layers) >= 2 and net.text.checkpointed_layers == 1
+    calls = {i: 0 for i in range(len(layers))}
+    for i, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    batch = _batch(net)
+    torch.manual_seed(0)
+    out = net(batch)
+    (torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + out.importance_loss).backward()
+    assert calls == {i: 2 if i == 0 else 1 for i in range(len(layers))}
+    partial = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+    _, _, stored = _loss_and_grads(net, batch, checkpointing=False)
+    for name, grad in stored.items():
+        torch.testing.assert_close(partial[name], grad, rtol=0, atol=1e-5, msg=name)
+
+
+def test_checkpointed_layers_is_checked():
+    with pytest.raises(ConfigError, match="model.checkpointed_layers: applies with model.activation_checkpointing="
+                                          "true; got 2"):
+        load_config([DEFAULT_EXP], ["model.checkpointed_layers=2"])
+    with pytest.raises(ConfigError, match="model.checkpointed_layers: is a count of layers, at least 1; got 0"):
+        load_config([DEFAULT_EXP], ["model.activation_checkpointing=true", "model.checkpointed_layers=0"])
+    cfg = load_config([DEFAULT_EXP, TINY], ["model.activation_checkpointing=true", "model.checkpointed_layers=99"])
+    with pytest.raises(ModelError, match="model.checkpointed_layers: 99, but the deepest prompted encoder has"):
+        build_model(cfg.model, num_classes=13)
+
+
 def test_checkpointing_without_a_prompted_loop_is_refused():
     with pytest.raises(ConfigError, match="model.activation_checkpointing: applies to the prompted block loop, which "
                                           "model.fusion=late_concat does not run"):
         load_config([DEFAULT_EXP], ["model.fusion=late_concat", "model.activation_checkpointing=true"])
+
+
+def test_compile_is_in_place_and_runs_like_activation_checkpointing(tmp_path):
+    """model.compile compiles the classifier in place (its state_dict names unchanged); like activation
+    checkpointing it says how the model runs, so resuming or exporting with another value is allowed."""
+    from mope_lightning.config import HOW_IT_RUNS
+    from mope_lightning.resume import _may_change
+    from mope_lightning.runner import build
+
+    cfg = load_config([DEFAULT_EXP, TINY], ["model.compile=true", f"data.cache_dir={tmp_path}",
+                                            "data.train_images=8", "data.test_images=4"])
+    module, _ = build(cfg)
+    eager = build_model(cfg.model, num_classes=13)
+    assert module.net._compiled_call_impl is not None and eager._compiled_call_impl is None
+    assert list(module.net.state_dict()) == list(eager.state_dict())
+    assert all(_may_change(key) for key in HOW_IT_RUNS)

@@ -171,3 +171,23 @@ def test_out_of_memory_and_ctrl_c_outside_training_get_one_message(tmp_path, cap
     monkeypatch.setattr(runner, "run", ctrl_c)
     assert main(["test", *args(tmp_path), "ckpt=x.ckpt"]) == 130
     one_error(capsys, "interrupted by SIGINT")
+
+
+def test_compile_without_a_cxx_compiler_is_one_message(tmp_path, capsys, monkeypatch):
+    """model.compile on CPU needs a C++ compiler for inductor: refused before anything trains, not mid-step."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler to be found
+    monkeypatch.delenv("CXX", raising=False)
+    assert main(["fit", *args(tmp_path, "model.compile=true")]) == 2
+    one_error(capsys, "model.compile=true: torch.compile on CPU builds C++ kernels, and no C++ compiler was found")
+    assert not checkpoints(tmp_path)
+
+
+def test_bf16_on_a_cpu_without_native_bf16_runs_with_a_note(capsys, monkeypatch):
+    from mope_lightning import launch
+
+    monkeypatch.setattr(launch, "cpu_has_bf16", lambda: False)
+    launch.check_trainer({"accelerator": "cpu", "precision": "bf16-mixed"})  # allowed, not refused
+    assert "trainer.precision=bf16-mixed on a CPU without native bfloat16" in capsys.readouterr().err
+    monkeypatch.setattr(launch, "cpu_has_bf16", lambda: True)
+    launch.check_trainer({"accelerator": "cpu", "precision": "bf16-mixed"})
+    assert capsys.readouterr().err == ""

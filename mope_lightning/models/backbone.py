@@ -12,14 +12,15 @@ class Backbone(nn.Module):
     drop-path or BatchNorm statistic updates), so a frozen encoder computes the same function in training and
     evaluation. Trainable (`frozen=False`, the fine-tuning baseline): an ordinary module.
 
-    `activation_checkpointing`: a prompted encoder recomputes each layer's activations in the backward pass instead
-    of keeping them (models/prompt_loop.py); set by the factory from `model.activation_checkpointing`.
+    `checkpointed_layers`: a prompted encoder's first `checkpointed_layers` layers recompute their activations in the
+    backward pass instead of keeping them (models/prompt_loop.py); set by the factory from
+    `model.activation_checkpointing` and `model.checkpointed_layers`. 0: none.
     """
 
     def __init__(self, model: nn.Module, frozen: bool = True):
         super().__init__()
         self.frozen = frozen
-        self.activation_checkpointing = False
+        self.checkpointed_layers = 0
         self.model = model.requires_grad_(not frozen)
         if frozen:
             self.model.eval()

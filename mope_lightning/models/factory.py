@@ -174,10 +174,24 @@ def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
     """
     model = build_pmoe_classifier(cfg, num_classes, weights) if cfg.fusion == "pmoe" else \
         _build_classifier(cfg, num_classes, weights)
-    for module in model.modules():  # every encoder that runs a prompted block loop (pMoE experts included)
-        if isinstance(module, Backbone):
-            module.activation_checkpointing = bool(cfg.get("activation_checkpointing", False))
+    _set_checkpointed_layers(model, cfg)
     return model
+
+
+def _set_checkpointed_layers(model: nn.Module, cfg) -> None:
+    """Tell every encoder that runs a prompted block loop (pMoE experts included) how many of its first layers
+    recompute their activations in the backward pass: all with `activation_checkpointing`, or the first
+    `checkpointed_layers` (an encoder with fewer layers checkpoints all of its own)."""
+    if not cfg.get("activation_checkpointing", False):
+        return
+    looped = [m for m in model.modules() if isinstance(m, Backbone) and hasattr(m, "num_layers")]
+    wanted = cfg.get("checkpointed_layers")
+    deepest = max((m.num_layers for m in looped), default=0)
+    if wanted is not None and wanted > deepest:
+        raise ModelError(f"model.checkpointed_layers: {wanted}, but the deepest prompted encoder has {deepest} "
+                         f"layers; use 1..{deepest}, or null for all")
+    for module in looped:
+        module.checkpointed_layers = module.num_layers if wanted is None else min(wanted, module.num_layers)
 
 
 def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:

@@ -9,7 +9,8 @@ exactly the library's own sequence of layer calls.
 Activation checkpointing (`checkpointed`): a prompted model backpropagates through every frozen layer (the first
 layer's prompts reach all later ones), so it keeps every layer's activations for the backward pass. Checkpointed, a
 layer keeps only its input and recomputes the rest in the backward pass (torch.utils.checkpoint, non-reentrant, RNG
-state preserved). The prompter (routing, its noise, the importance loss) runs outside, once.
+state preserved). The prompter (routing, its noise, the importance loss) runs outside, once. Checkpointing only the
+first layers trades between the two: each layer left out keeps its activations and is not recomputed.
 """
 
 from __future__ import annotations
@@ -71,15 +72,16 @@ def initial_prompts(prompter: Optional[Prompter], batch_size: int) -> Optional[T
 
 def prompted_block_loop(layers: Sequence[nn.Module], x: Tensor, prefix: int, run_layer: LayerCall,
                         prompter: Optional[Prompter] = None, mask: Optional[Tensor] = None,
-                        checkpointing: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                        checkpointed_layers: int = 0) -> tuple[Tensor, Optional[Tensor]]:
     """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs.
-    `checkpointing`: recompute each layer's activations in the backward pass rather than keep them."""
+    `checkpointed_layers`: the first so many layers recompute their activations in the backward pass rather than
+    keep them."""
     prompts = initial_prompts(prompter, x.shape[0])
     for i, layer in enumerate(layers):
         if prompter is not None:
             new = prompter(i, pooled_state(x, prompts, mask), prompts)
             prompts = new if new is not None else prompts
         num_prompts = 0 if prompts is None else prompts.shape[1]
-        out = checkpointed(checkpointing, run_layer, layer, insert_prompts(x, prompts, prefix), num_prompts)
+        out = checkpointed(i < checkpointed_layers, run_layer, layer, insert_prompts(x, prompts, prefix), num_prompts)
         x, prompts = split_prompts(out, num_prompts, prefix)
     return x, prompts

@@ -49,7 +49,7 @@ class PromptedViT(Backbone):
         v = self.model
         x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(images))))
         x, prompts = prompted_block_loop(v.blocks, x, self.prefix, lambda block, h, _: block(h), prompter,
-                                         checkpointing=self.activation_checkpointing)
+                                         checkpointed_layers=self.checkpointed_layers)
         return v.norm(insert_prompts(x, prompts, self.prefix)), None
 
     def pool(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:

@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp sweep test bench bench-quick bench-sharing tensorboard clean
+.PHONY: help install train train-ddp sweep test bench bench-quick bench-sharing gpu-check tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,11 +46,14 @@ test: $(BIN)/.installed ## run the test suite (about 12 to 13 minutes on 2 CPU c
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (about 8 min on 2 CPU cores)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
-bench-quick: $(BIN)/.installed ## the key ratios in under 5 minutes -> benchmarks/results-quick.{json,md}
+bench-quick: $(BIN)/.installed ## the key ratios, checkpointing, bf16, compile (about 12 min on 2 CPU cores) -> benchmarks/results-quick.{json,md}
 	$(BIN)/python benchmarks/bench.py --quick --out benchmarks/results-quick.json $(BENCH_ARGS)
 
 bench-sharing: $(BIN)/.installed ## adapter sizes and from_pretrained predict throughput -> benchmarks/results-sharing.{json,md} (about 2 min)
 	$(BIN)/python benchmarks/sharing.py
+
+gpu-check: $(BIN)/.installed ## on a machine with an NVIDIA GPU: CUDA tests, a short bf16 fit, fp32 and bf16 benchmarks -> benchmarks/results-gpu.md (< 8 min)
+	$(BIN)/python benchmarks/gpu_check.py
 
 tensorboard: $(BIN)/.installed ## serve the TensorBoard logs under $(LOGDIR)/ on port 6006
 	$(BIN)/tensorboard --logdir $(LOGDIR) --port 6006

@@ -6,6 +6,13 @@ Every case runs in its own process (so peak memory is the case's own), builds th
 experiment config with random weights, and times whole training steps (forward, loss, backward, AdamW step) on a
 synthetic batch of the experiment's shape: the median of repeats after warm-up. Ratios compare cases measured in
 the same run. Results go to results.json (with a top-level `ratios` object) and a Markdown table.
+
+Memory is the peak of live tensor memory in a training step: `torch.cuda.max_memory_allocated` on CUDA, and on
+CPU, which keeps no such statistic, the tensors the step starts with (weights, buffers, the previous step's
+gradients, optimizer state, the batch) plus the peak of the step's own allocations and frees, replayed in order from
+the profiler's records (one more step, after the timed ones). The process's peak RSS over the timed steps is reported
+beside it: on CPU it also counts memory the C allocator keeps after tensors are freed, which depends on the
+allocator more than on the model.
 """
 
 from __future__ import annotations
@@ -47,16 +54,23 @@ CASES = {
     "prompt24": "model.mope.static_length=24 model.mope.dynamic_length=24",
     "mope_condition_prompts": "model.condition_prompts=4",  # the reference also prompt-tunes its BERT: not cached
     "checkpointing": "model.activation_checkpointing=true",  # MoPE recomputing each prompted block in backward
+    # ... only the first 18 of Swin-B's 24 blocks. The last six, on Swin's smallest maps, keep their activations and
+    # are not recomputed; their memory is freed before the backward pass reaches the first blocks, where it peaks
+    "checkpointing18": "model.activation_checkpointing=true model.checkpointed_layers=18",
+    "compile": "model.compile=true",  # torch.compile (inductor) of the classifier
+    "mope_bf16": "",  # MoPE under bf16 autocast (CASE_PRECISION)
     # pMoE (config "pmoe": MiniLM-L6 + MiniLM-L3 experts) against MoPE on each single expert (config "default")
     "pmoe": "",
     "pmoe_static_epts": "model.pmoe.dynamic_length=0 model.pmoe.mapped_length=0",
     "mope_l3": "model.text_encoder.name=sentence-transformers/paraphrase-MiniLM-L3-v2",
 }
+CASE_PRECISION = {"mope_bf16": "bf16"}  # cases run in another precision than the benchmark's
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
 QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"), ("paper", "checkpointing"),
-         ("default", "bare"), ("default", "mope")]
+         ("paper", "checkpointing18"), ("default", "bare"), ("default", "mope"), ("default", "mope_bf16"),
+         ("default", "compile")]
 FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:]}
-        and not (c == "default" and n == "mope_condition_prompts")] + PMOE[1:]
+        and not (c == "default" and n in ("mope_condition_prompts", "checkpointing18"))] + PMOE[1:]
 
 
 def _config(config: str, overrides: str):
@@ -87,12 +101,26 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _peak_memory_mb(device: torch.device, baseline_mb: float) -> float:
-    """Memory the model and its training step take: CUDA's max_memory_allocated, or on CPU the process's peak RSS
-    above what it held before the model was built (the interpreter and imported libraries, the same in every case)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return _peak_rss_mb() - baseline_mb
+def _tensor_bytes(tensors) -> int:
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if torch.is_tensor(t)}
+    return sum(storages.values())
+
+
+def _step_tensor_memory_mb(net, optimizer, batch: dict, autocast) -> float:
+    """Peak live tensor memory (MB) of one CPU training step: what it starts with, plus the peak of the running
+    total of the allocations (positive) and frees (negative) that the profiler records during the step."""
+    state = [v for per_param in optimizer.state.values() for v in per_param.values()]
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    start = _tensor_bytes([*net.parameters(), *net.buffers(), *grads, *state, *batch.values()])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        _train_step(net, optimizer, batch, autocast)
+    records = [e for e in profiler.profiler.kineto_results.events()
+               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    live = peak = 0
+    for record in sorted(records, key=lambda e: e.start_ns()):
+        live += record.nbytes()
+        peak = max(peak, live)
+    return (start + peak) / 2**20
 
 
 def _checkpoint_bytes(net, optimizer) -> int:
@@ -104,19 +132,30 @@ def _checkpoint_bytes(net, optimizer) -> int:
     return buffer.tell()
 
 
+def _train_step(net, optimizer, batch: dict, autocast) -> None:
+    with autocast:
+        out = net(batch)
+        loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"]) + 0.01 * out.importance_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def run_case(config: str, name: str, device: str, precision: str, warmup: int, repeats: int) -> dict:
     from mope_lightning.models import build_model
 
     torch.manual_seed(0)
+    precision = CASE_PRECISION.get(name, precision)
     cfg = _config(config, CASES[name])
     dev = torch.device(device)
     baseline_mb = _peak_rss_mb()
     start = time.perf_counter()
     net = build_model(cfg.model, 13, weights=False).to(dev)
     build_seconds = time.perf_counter() - start
+    if cfg.model.compile:
+        net.compile()  # compiled by the first step, a warm-up step
     net.train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
     batch = _batch(net, config, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     times = []
@@ -124,25 +163,24 @@ def run_case(config: str, name: str, device: str, precision: str, warmup: int, r
         if dev.type == "cuda":
             torch.cuda.synchronize()
         tic = time.perf_counter()
-        with autocast:
-            out = net(batch)
-            loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"]) + 0.01 * out.importance_loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _train_step(net, optimizer, batch, autocast)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - tic)
-    median = statistics.median(times)
-    peak_mb = _peak_memory_mb(dev, baseline_mb)  # before the FLOP count: under its mode checkpointing keeps more
+        times.append(time.perf_counter() - tic)
+    timed = times[warmup:]
+    median = statistics.median(timed)
+    rss_mb = _peak_rss_mb() - baseline_mb
+    # Both after the timed steps: under the profiler or the FLOP counter the process holds more.
+    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else \
+        _step_tensor_memory_mb(net, optimizer, batch, autocast)
     flops = _step_flops(net, optimizer, batch, autocast)
     counts = net.parameter_counts()
-    result = {"config": config, "case": name, "overrides": CASES[name], "batch": CONFIGS[config]["batch"],
-              "step_seconds": times, "median_step_seconds": median, "samples_per_second": CONFIGS[config]["batch"]
-              / median, "peak_memory_mb": peak_mb, "process_peak_rss_mb": _peak_rss_mb(),
-              "trainable": counts["trainable"], "total": counts["total"], "build_seconds": build_seconds,
-              "step_flops": flops, "achieved_flops_per_second": flops / median}
+    result = {"config": config, "case": name, "overrides": CASES[name], "precision": precision,
+              "batch": CONFIGS[config]["batch"], "step_seconds": timed, "median_step_seconds": median,
+              "samples_per_second": CONFIGS[config]["batch"] / median, "peak_memory_mb": peak_mb,
+              "peak_rss_mb": rss_mb, "trainable": counts["trainable"], "total": counts["total"],
+              "build_seconds": build_seconds, "first_step_seconds": times[0], "step_flops": flops,
+              "achieved_flops_per_second": flops / median}
     if name in ("mope", "finetune"):
         result["checkpoint_bytes"] = _checkpoint_bytes(net, optimizer)
     if config == "default" and name == "mope":
@@ -164,23 +202,31 @@ def _step_flops(net, optimizer, batch: dict, autocast) -> int:
     return counter.get_total_flops()
 
 
-def matmul_rate(device: str, precision: str, size: int = 2048, repeats: int = 10) -> float:
-    """The machine's dense matmul rate (FLOP/s) in this run: the median of `repeats` (size x size) @ (size x size)
-    products in the benchmark's precision, the ceiling the training steps are compared with."""
+def matmul_rate(device: str, precision: str, largest: int = 2048, repeats: int = 10) -> tuple[float, int]:
+    """The machine's dense matmul rate (FLOP/s) in this run, the ceiling the training steps are compared with: the
+    median of `repeats` (n x n) @ (n x n) products in the given precision, and n. n doubles from 256 up to `largest`
+    while a product takes under 0.1 s (a CPU without native bf16 multiplies bf16 about 50x slower than fp32)."""
     dev = torch.device(device)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
-    times = []
-    for step in range(repeats + 2):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        tic = time.perf_counter()
-        a @ b
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        if step >= 2:
-            times.append(time.perf_counter() - tic)
-    return 2 * size**3 / statistics.median(times)
+
+    def product_seconds(size: int, count: int) -> list[float]:
+        a, b = torch.randn(size, size, device=dev, dtype=dtype), torch.randn(size, size, device=dev, dtype=dtype)
+        times = []
+        for step in range(count + 1):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            tic = time.perf_counter()
+            a @ b
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if step:  # the first warms up
+                times.append(time.perf_counter() - tic)
+        return times
+
+    size = 256
+    while size < largest and product_seconds(size, 1)[0] < 0.1:
+        size *= 2
+    return 2 * size**3 / statistics.median(product_seconds(size, repeats)), size
 
 
 @torch.no_grad()
@@ -195,6 +241,12 @@ def _predict_throughput(net, config: str, dev: torch.device, autocast, repeats: 
         if step:
             times.append(time.perf_counter() - tic)
     return CONFIGS[config]["batch"] / statistics.median(times)
+
+
+def _cpu_native_bf16() -> bool:
+    from mope_lightning.launch import cpu_has_bf16
+
+    return cpu_has_bf16()
 
 
 def machine(device: str) -> dict:
@@ -230,36 +282,48 @@ def ratios(results: list[dict]) -> dict:
     ratio("checkpoint_mope_over_finetune_default", ("default", "mope"), ("default", "finetune"), "checkpoint_bytes")
     ratio("pmoe_over_mope_l6", ("pmoe", "pmoe"), ("default", "mope"))
     ratio("pmoe_over_mope_l3", ("pmoe", "pmoe"), ("default", "mope_l3"))
-    ratio("checkpointing_memory_over_finetune", ("paper", "checkpointing"), ("paper", "finetune"), "peak_memory_mb")
-    ratio("checkpointing_memory_over_mope", ("paper", "checkpointing"), ("paper", "mope"), "peak_memory_mb")
-    ratio("checkpointing_step_over_mope", ("paper", "checkpointing"), ("paper", "mope"))
+    ratio("mope_rss_over_finetune", ("paper", "mope"), ("paper", "finetune"), "peak_rss_mb")
+    for case in ("checkpointing", "checkpointing18"):
+        ratio(f"{case}_memory_over_finetune", ("paper", case), ("paper", "finetune"), "peak_memory_mb")
+        ratio(f"{case}_memory_over_mope", ("paper", case), ("paper", "mope"), "peak_memory_mb")
+        ratio(f"{case}_rss_over_finetune", ("paper", case), ("paper", "finetune"), "peak_rss_mb")
+        ratio(f"{case}_step_over_mope", ("paper", case), ("paper", "mope"))
+    ratio("bf16_step_over_fp32_default", ("default", "mope_bf16"), ("default", "mope"))
+    ratio("compile_step_over_eager_default", ("default", "compile"), ("default", "mope"))
     return out
 
 
 def markdown(report: dict) -> str:
     r, m = report["ratios"], report["machine"]
     kind = "quick" if report["quick"] else f"cases {report['only']}" if report.get("only") else "full"
+    rates = ", ".join(f"{v / 1e9:.1f} GFLOP/s in {'fp32' if p == '32' else p} ({report['matmul_size'][p]} x "
+                      f"{report['matmul_size'][p]} products)" for p, v in report["matmul_flops_per_second"].items())
     lines = [f"# Benchmarks ({kind})", "",
              f"Command: `{report['command']}`  ", f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpus']} CPUs, "
              f"{m['threads']} torch threads{', ' + m['gpu'] if 'gpu' in m else ''}; torch {m['torch']}; device "
-             f"{report['device']}, precision {report['precision']}  ",
+             f"{report['device']}; native bf16 on this CPU: {'yes' if report['cpu_native_bf16'] else 'no'}  ",
              f"Steps: median of {report['repeats']} after {report['warmup']} warm-up step(s), each case in its own "
-             "process; memory: " + ("`torch.cuda.max_memory_allocated`" if report["device"] == "cuda" else
-                                    "peak RSS above the process's RSS before the model was built (imports excluded)")
-             + ".", "",
+             "process.  ",
+             "Memory: peak live tensor memory of a training step (" + ("`torch.cuda.max_memory_allocated`"
+             if report["device"] == "cuda" else "the tensors a step starts with, plus the peak of its allocations "
+             "replayed from the profiler's records") + "); peak RSS: the process's peak resident memory over the "
+             "timed steps, above what it held before the model was built, which on CPU also counts memory the C "
+             "allocator keeps after tensors are freed.", "",
              f"FLOP utilisation: the FLOPs of one step (torch.utils.flop_counter, as executed) per median step time, "
-             f"against this run's dense matmul rate, {report['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s "
-             f"({'fp32' if report['precision'] == '32' else 'bf16'}, 2048 x 2048 products).", "",
-             "| config | case | overrides | batch | step (s) | samples/s | peak memory (MB) | GFLOP/step | "
-             "GFLOP/s | of matmul rate | trainable | total |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"against this run's dense matmul rate ({rates}).", "",
+             "| config | case | overrides | precision | batch | step (s) | samples/s | peak memory (MB) | peak RSS (MB) "
+             "| GFLOP/step | GFLOP/s | of matmul rate | trainable | total |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in report["results"]:
-        lines.append(f"| {x['config']} | {x['case']} | `{x['overrides'] or '-'}` | {x['batch']} | "
+        lines.append(f"| {x['config']} | {x['case']} | `{x['overrides'] or '-'}` | {x['precision']} | {x['batch']} | "
                      f"{x['median_step_seconds']:.3f} | {x['samples_per_second']:.1f} | {x['peak_memory_mb']:.0f} | "
-                     f"{x['step_flops'] / 1e9:.1f} | {x['achieved_flops_per_second'] / 1e9:.1f} | "
-                     f"{x['achieved_flops_per_second'] / report['matmul_flops_per_second']:.0%} | "
+                     f"{x['peak_rss_mb']:.0f} | {x['step_flops'] / 1e9:.1f} | "
+                     f"{x['achieved_flops_per_second'] / 1e9:.1f} | {x['of_matmul_rate']:.0%} | "
                      f"{x['trainable']:,} | {x['total']:,} |")
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in r.items()]
+    compiled = [x for x in report["results"] if x["case"] == "compile"]
+    for x in compiled:
+        lines += ["", f"Compilation ({x['config']}): the first step took {x['first_step_seconds']:.0f} s."]
     predict = [x["predict_samples_per_second"] for x in report["results"] if "predict_samples_per_second" in x]
     if predict:
         lines += ["", f"Predict throughput, default configuration: {predict[0]:.0f} samples/s (batch "
@@ -269,7 +333,7 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the key ratios only, fewer repeats (< 5 min, 2 CPUs)")
+    parser.add_argument("--quick", action="store_true", help="the key cases only, fewer repeats (about 12 min on 2 CPUs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
@@ -303,12 +367,15 @@ def main() -> None:
         x = results[-1]
         print(f"{config:8s} {name:14s} step {x['median_step_seconds']:.3f} s  {x['samples_per_second']:.1f} "
               f"samples/s  peak {x['peak_memory_mb']:.0f} MB", flush=True)
-    rate = matmul_rate(args.device, args.precision)
+    rates, sizes = {}, {}
+    for precision in sorted({x["precision"] for x in results}):
+        rates[precision], sizes[precision] = matmul_rate(args.device, precision)
     for x in results:
-        x["of_matmul_rate"] = x["achieved_flops_per_second"] / rate
+        x["of_matmul_rate"] = x["achieved_flops_per_second"] / rates[x["precision"]]
     report = {"command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]), "quick": args.quick,
               "only": args.only, "device": args.device, "precision": args.precision, "warmup": warmup,
-              "repeats": repeats, "machine": machine(args.device), "matmul_flops_per_second": rate,
+              "repeats": repeats, "machine": machine(args.device),
+              "cpu_native_bf16": _cpu_native_bf16(), "matmul_flops_per_second": rates, "matmul_size": sizes,
               "results": results, "ratios": ratios(results)}
     out = Path(args.out)
     out.write_text(json.dumps(report, indent=1))

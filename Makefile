@@ -43,7 +43,7 @@ sweep: $(BIN)/.installed ## run (or resume) the sweep $(SWEEP) (ARGS="out=DIR la
 test: $(BIN)/.installed ## run the test suite (about 12 to 13 minutes on 2 CPU cores, plus the first install)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (about 8 min on 2 CPU cores)
+bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (longer than bench-quick)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 bench-quick: $(BIN)/.installed ## the key ratios, checkpointing, bf16, compile (about 12 min on 2 CPU cores) -> benchmarks/results-quick.{json,md}

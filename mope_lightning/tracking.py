@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
 from mope_lightning.errors import ConfigError
@@ -90,8 +90,6 @@ def _probe_mlflow(uri: str) -> None:
 
 def build_loggers(cfg: DictConfig, root: Path, version: Optional[str | int]) -> list:
     """The Lightning loggers of `cfg.loggers`, a file logger first (its folder is the run directory)."""
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     names = [n for n in cfg.loggers if n in FILE_LOGGERS] or ["csv"]
     names += [n for n in cfg.loggers if n not in FILE_LOGGERS]
     loggers = []
@@ -189,8 +187,6 @@ def _wandb_logged_in() -> bool:
 def _wandb_logger(cfg: DictConfig, run_dir: Path):
     import uuid
 
-    from lightning.pytorch.loggers import WandbLogger
-
     project = os.environ.get("WANDB_PROJECT", cfg.experiment)
     run_id = _tracker_run(run_dir, "wandb", project) or uuid.uuid4().hex[:12]
     _remember_tracker_run(run_dir, "wandb", project, run_id)
@@ -198,16 +194,15 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path):
                        offline=not _wandb_logged_in(), tags=list(cfg.tags) or None, notes=cfg.notes)
 
 
-def takes_images(logger) -> bool:
-    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+IMAGE_LOGGERS = (TensorBoardLogger, MLFlowLogger, WandbLogger)  # the ones log_figures writes to
 
-    return isinstance(logger, (TensorBoardLogger, MLFlowLogger, WandbLogger))
+
+def takes_images(logger) -> bool:
+    return isinstance(logger, IMAGE_LOGGERS)
 
 
 def log_figures(loggers, figures: dict, step: int) -> None:
     """Matplotlib `figures` (name -> figure) to every logger that takes images, under `routing/<name>`."""
-    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
-
     for logger in loggers:
         for name, fig in figures.items():
             if isinstance(logger, TensorBoardLogger):
@@ -249,8 +244,6 @@ def record_code(cfg: DictConfig) -> None:
 
 def where_to_look(loggers) -> list[tuple[str, str]]:
     """(tracker, how to see this run) for the summary a command prints."""
-    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
-
     found = []
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):

@@ -1,7 +1,5 @@
 """MoPE on any encoder pair, in either direction, and the baselines, on tiny random-init encoders."""
 
-import json
-
 import pytest
 import torch
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from mope_lightning.models.classifier import MODALITIES, FusionOutput, ImageTextClassifier, make_head
 from mope_lightning.models.dispatcher import Dispatcher, PMoE

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,8 +70,11 @@ def main() -> int:
     budget = args.minutes * 60
     out = Path(args.out)
     python = sys.executable
-    parts = [_run("tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"],
-                  SHARE["tests"] * budget)]
+    tests = _run("tests", [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py"], SHARE["tests"] * budget)
+    if tests["status"] == "passed" and re.search(r"\d+ (skipped|deselected)", tests["tail"]):
+        tests["status"] = "failed (CUDA tests were skipped: the test process saw no GPU)"
+        print(f"[gpu-check] tests: {tests['status']}", flush=True)
+    parts = [tests]
     with tempfile.TemporaryDirectory() as runs:
         fit = _run("fit", [python, "-m", "mope_lightning", "fit", "experiments/easy_vqa.yaml",
                            "trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed",

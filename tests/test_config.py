@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from mope_lightning.config import load_config
 from mope_lightning.errors import ConfigError
 
-from conftest import DEFAULT_EXP, TINY
+from conftest import DEFAULT_EXP, EXPERIMENTS, TINY
 
 
 def write(tmp_path, name, text):
@@ -70,3 +70,24 @@ def test_missing_file_and_missing_required_value(tmp_path):
     empty = write(tmp_path, "empty.yaml", "data:\n  name: easy_vqa\n")
     with pytest.raises(ConfigError, match="missing required value.*experiment"):
         load_config([empty])
+
+
+@pytest.mark.parametrize("overlay", sorted((EXPERIMENTS / "overlays").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_overlay_loads_on_the_default_experiment(overlay):
+    """Each shipped overlay is valid against the schema and its own checks (a renamed key fails here, not in a
+    user's run), and every value it sets is in the resolved config."""
+    cfg = load_config([DEFAULT_EXP, overlay])
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    overlay_values = dict(leaves(OmegaConf.to_container(OmegaConf.load(overlay))))
+    assert overlay_values
+    for key, value in overlay_values.items():
+        resolved = OmegaConf.select(cfg, key)
+        resolved = OmegaConf.to_container(resolved) if OmegaConf.is_config(resolved) else resolved
+        assert resolved == value, key

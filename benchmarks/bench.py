@@ -111,11 +111,17 @@ def _tensor_bytes(tensors) -> int:
 
 def _step_tensor_memory_mb(net, optimizer, batch: dict, autocast) -> float:
     """Peak live tensor memory (MB) of one CPU training step: what it starts with, plus the peak of the running
-    total of the allocations (positive) and frees (negative) that the profiler records during the step."""
+    total of the allocations (positive) and frees (negative) that the profiler records during the step.
+
+    The profiler records no free of a tensor allocated before it started, so the previous step's gradients, which
+    the step frees (zero_grad) and replaces, are copied inside the profiled window first: their frees are then
+    recorded, and they are counted there rather than in the starting tensors."""
     state = [v for per_param in optimizer.state.values() for v in per_param.values()]
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    start = _tensor_bytes([*net.parameters(), *net.buffers(), *grads, *state, *batch.values()])
+    start = _tensor_bytes([*net.parameters(), *net.buffers(), *state, *batch.values()])
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as profiler:
+        for param in net.parameters():
+            if param.grad is not None:
+                param.grad = param.grad.clone()
         _train_step(net, optimizer, batch, autocast)
     records = [e for e in profiler.profiler.kineto_results.events()
                if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]

@@ -23,10 +23,12 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
 from mope_lightning.errors import ConfigError
+from mope_lightning.fileio import atomic_write
 
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 FILE_LOGGERS = ("tensorboard", "csv")  # the ones that own the run directory
@@ -114,8 +116,6 @@ def _keep_csv_history(run_dir: Path) -> None:
     earlier part's as metrics.part<k>.csv. (That the folder is not empty is expected: TensorBoard shares it.)"""
     import warnings
 
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
     metrics = run_dir / "metrics.csv"
     if rank_zero_only.rank == 0 and metrics.is_file():
@@ -134,10 +134,6 @@ def _tracker_run(run_dir: Path, tracker: str, where: str) -> Optional[str]:
 
 
 def _remember_tracker_run(run_dir: Path, tracker: str, where: str, run_id: str) -> None:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    from mope_lightning.fileio import atomic_write
-
     if rank_zero_only.rank == 0 and run_id:
         atomic_write(run_dir / f"{tracker}_run.json", lambda fh: json.dump({"where": where, "id": run_id}, fh))
 
@@ -151,8 +147,6 @@ class ContinuedMLFlowLogger(MLFlowLogger):
 
 
 def _mlflow_logger(cfg: DictConfig, run_dir: Path):
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)  # the SQLite store and the run's id live there

@@ -24,6 +24,7 @@ from mope_lightning.errors import CheckpointError
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter.safetensors"
+OPTIONAL_KEYS = ("missing_features.",)  # trained tensors that older weights lack (added in later versions)
 
 
 @dataclass
@@ -126,7 +127,8 @@ def check_fits(net: nn.Module, backbones: Optional[dict], state: dict[str, Tenso
         raise CheckpointError(f"{where}: trained on other frozen weights of the same architecture "
                               f"({', '.join(changed)}); load the same pretrained encoder weights it was trained with")
     expected = net.trained_state_dict()
-    missing = sorted(set(expected) - set(state))
+    # Weights from before missing-modality support have no missing embeddings: they stay at their untrained zeros.
+    missing = sorted(k for k in set(expected) - set(state) if not k.startswith(OPTIONAL_KEYS))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from mope_lightning.errors import MopeError
 
-USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export,robustness} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
        mope sweep SWEEP.yaml [out=DIR] [launcher=local|slurm|submitit-local] [key=value ...]
 
   fit        train, then test the best checkpoint          mope fit experiments/easy_vqa.yaml
@@ -27,6 +27,7 @@ USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export} EXP
   check-data check a dataset: sizes, labels, problems      mope check-data experiments/food101.yaml data.root=...
   analyze    routing report of a checkpoint                mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR
   export     a checkpoint as a shareable adapter folder    mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR
+  robustness test a checkpoint with modalities missing       mope robustness experiments/easy_vqa.yaml ckpt=PATH
   sweep      a grid x seeds of fits, aggregated            mope sweep experiments/sweeps/baselines.yaml
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
@@ -37,10 +38,11 @@ found problems or runs of a sweep failed, 2 an error named in one message (bad i
 (a fit keeps its weights in last.ckpt)."""
 
 
-COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze", "export", "sweep")
+COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze", "export", "robustness", "sweep")
 # Short forms: `mope analyze ... out=DIR split=val overwrite=true`, `mope export ... out=DIR overwrite=true`.
 ALIASES = {"analyze": {"out": "analyze.out", "split": "analyze.split", "overwrite": "analyze.overwrite"},
-           "export": {"out": "export.out", "overwrite": "export.overwrite"}}
+           "export": {"out": "export.out", "overwrite": "export.overwrite"},
+           "robustness": {k: f"robustness.{k}" for k in ("out", "rates", "kinds", "overwrite")}}
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str], bool]:
@@ -144,6 +146,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             analyze(cfg)
         elif command == "export":
             export(cfg)
+        elif command == "robustness":
+            from mope_lightning.robustness import evaluate
+
+            evaluate(cfg)
         elif command == "check-data":
             report, problems = check_data(cfg)
             print(report)

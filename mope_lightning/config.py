@@ -122,9 +122,34 @@ class ModelConfig:
     checkpointed_layers: Optional[int] = None
     # torch.compile the classifier (in place: its weights keep their names); compiles on the first steps
     compile: bool = False
+    # missing-aware prompts (Lee et al., CVPR 2023): learned prompts per prompted layer, one set per missing case
+    # (complete, text missing, image missing), chosen by each sample's case and added to the fusion's prompts
+    missing_prompts: bool = False
+    missing_prompt_length: int = 4
     mope: MoPEConfig = field(default_factory=MoPEConfig)
     pmoe: PMoEConfig = field(default_factory=PMoEConfig)
     compat: CompatConfig = field(default_factory=CompatConfig)
+
+
+@dataclass
+class MissingRates:
+    """What share of one split's samples lose a modality (data/missing.py). The kinds add up to at most 1: no sample
+    loses both modalities."""
+
+    image: float = 0.0  # this share of samples lose their image
+    text: float = 0.0  # this share lose their text
+    both: float = 0.0  # this share lose one of the two: half their text, half their image (the MMP protocol)
+
+
+@dataclass
+class MissingConfig:
+    """Samples with a missing modality, per split: seeded and fixed per sample (the same in every epoch and
+    process), at exactly the requested rates."""
+
+    train: MissingRates = field(default_factory=MissingRates)
+    val: MissingRates = field(default_factory=MissingRates)
+    test: MissingRates = field(default_factory=MissingRates)
+    seed: int = 0
 
 
 @dataclass
@@ -154,6 +179,8 @@ class DataConfig:
     train_fraction: float = 1.0  # keep round(f x N) training samples, 0 < f <= 1
     shots_per_class: Optional[int] = None  # keep this many training samples of every class
     subset_seed: int = 0
+    # Samples that lose their image or text (data/missing.py), e.g. data.missing.test.image=0.7
+    missing: MissingConfig = field(default_factory=MissingConfig)
 
 
 @dataclass
@@ -210,6 +237,16 @@ class AnalyzeConfig:
     exemplars: int = 8  # samples shown per expert
 
 
+@dataclass
+class RobustnessConfig:
+    """`mope robustness EXP.yaml ckpt=PATH [out=DIR]` (out, rates, kinds, overwrite are aliases)."""
+
+    out: Optional[str] = None  # default: the checkpoint's run directory
+    rates: List[float] = field(default_factory=lambda: [0.0, 0.3, 0.7, 1.0])  # test missing rates
+    kinds: List[str] = field(default_factory=lambda: ["image", "text", "both"])  # data.missing.test.<kind>
+    overwrite: bool = False  # replace robustness results of another checkpoint in `out`
+
+
 def _default_trainer() -> Dict[str, Any]:
     return {
         "default_root_dir": "runs/${experiment}",
@@ -252,6 +289,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     trainer: Dict[str, Any] = field(default_factory=_default_trainer)
     run: RunRecord = field(default_factory=RunRecord)
 

@@ -48,7 +48,10 @@ RANGES: dict[str, Range] = {
     "data.max_text_length": POSITIVE_COUNT, "data.image_size": POSITIVE_COUNT, "data.crop_pct": POSITIVE,
     "data.val_fraction": Range(0, 1, open_low=True, open_high=True), "data.train_images": POSITIVE_COUNT,
     "data.test_images": POSITIVE_COUNT, "data.train_fraction": Range(0, 1, open_low=True),
-    "data.shots_per_class": POSITIVE_COUNT, "data.subset_seed": COUNT,
+    "data.shots_per_class": POSITIVE_COUNT, "data.subset_seed": COUNT, "data.missing.seed": COUNT,
+    **{f"data.missing.{split}.{kind}": Range(0, 1) for split in ("train", "val", "test")
+       for kind in ("image", "text", "both")},
+    "model.missing_prompt_length": POSITIVE_COUNT,
     "model.condition_prompts": COUNT, "model.head_hidden": COUNT, "model.head_dropout": PROBABILITY_BELOW_1,
     "model.mope.static_length": COUNT, "model.mope.dynamic_length": COUNT, "model.mope.mapped_length": COUNT,
     "model.mope.num_experts": COUNT, "model.mope.mapper_hidden": POSITIVE_COUNT,
@@ -74,7 +77,7 @@ LIST_RANGES: dict[str, tuple[int, Range]] = {
     "optim.betas": (2, PROBABILITY_BELOW_1), "data.randaugment": (2, COUNT), "data.image_mean": (3, Range()),
     "data.image_std": (3, POSITIVE), "optim.milestones": (-1, COUNT),
 }
-PARAM_GROUPS = ("prompts", "condition_prompts", "router", "mapper", "dispatcher", "head", "encoders")
+PARAM_GROUPS = ("prompts", "condition_prompts", "router", "mapper", "dispatcher", "head", "encoders", "missing")
 
 
 def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
@@ -102,7 +105,7 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         raise ConfigError(f"{source_of('optim.warmup_steps')}: optim.warmup_steps: multistep is stepped per epoch "
                           "and has no warmup; set optim.warmup_steps=0, or use a per-step schedule (cosine, linear, "
                           "constant)")
-    if cfg.model.activation_checkpointing and cfg.model.fusion not in ("mope", "prompt_tuning", "promptfuse", "pmoe"):
+    if cfg.model.activation_checkpointing and cfg.model.fusion not in (*PROMPT_FUSIONS, "pmoe"):
         raise ConfigError(f"{source_of('model.activation_checkpointing')}: model.activation_checkpointing: applies to "
                           f"the prompted block loop, which model.fusion={cfg.model.fusion} does not run; set it to "
                           "false")
@@ -111,10 +114,49 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         why = "is a count of layers, at least 1" if layers < 1 else "applies with model.activation_checkpointing=true"
         raise ConfigError(f"{source_of('model.checkpointed_layers')}: model.checkpointed_layers: {why}; got {layers} "
                           "(null: every prompted layer)")
+    _check_missing(cfg, source_of)
     mope = cfg.model.mope
     if mope.router.top_k > max(mope.num_experts, 1):
         raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "
                           f"is more than the {mope.num_experts} experts; use at most model.mope.num_experts")
+
+
+PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
+
+
+def _read_modalities(model: DictConfig) -> tuple[str, ...]:
+    """The modalities a model reads from a batch (a model reading one alone has no input without it)."""
+    single = {"text_only": ("text",), "image_only": ("image",)}.get(model.fusion)
+    if single:
+        return single
+    p = model.pmoe
+    if model.fusion == "pmoe" and not (p.condition_dispatcher or p.dynamic_length or p.mapped_length):
+        return (model.prompted,)
+    return ("text", "image")
+
+
+def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
+    """The rates of each split add up to at most 1, and the model reads some modality that stays."""
+    missing = cfg.data.get("missing")
+    if missing is None:
+        return
+    reads = _read_modalities(cfg.model)
+    for split in ("train", "val", "test"):
+        rates = missing[split]
+        key = f"data.missing.{split}"
+        if rates.image + rates.text + rates.both > 1:
+            raise ConfigError(f"{source_of(key)}: {key}: image {rates.image:g} + text {rates.text:g} + both "
+                              f"{rates.both:g} is more than 1; a sample loses one modality at most, so the shares "
+                              "add up to 1 at most")
+        for modality in ("text", "image"):
+            if len(reads) == 1 and reads[0] == modality and (rates[modality] or rates.both):
+                kind = f"{key}.{modality}" if rates[modality] else f"{key}.both"
+                raise ConfigError(f"{source_of(kind)}: {kind}: model.fusion={cfg.model.fusion} reads the {modality} "
+                                  f"alone, so a sample without it has no input; use a fusion that reads both "
+                                  f"modalities, or remove no {modality}")
+    if cfg.model.missing_prompts and cfg.model.fusion not in PROMPT_FUSIONS:
+        raise ConfigError(f"{source_of('model.missing_prompts')}: model.missing_prompts: added to the prompts of "
+                          f"{', '.join(PROMPT_FUSIONS)}; model.fusion={cfg.model.fusion} has none. Set it to false")
 
 
 def check_trainer_types(trainer: DictConfig, source_of: Callable[[str], str]) -> None:

@@ -22,9 +22,11 @@ from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter
 from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
 from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.config_callbacks import resolve_callbacks
+from mope_lightning.config_checks import PARAM_GROUPS
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
+from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.subsets import training_subset
-from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, MopeError, NonFiniteError
+from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, ModelError, MopeError, NonFiniteError
 from mope_lightning.fileio import atomic_write, check_output, check_writable
 from mope_lightning.launch import SafeCheckpointIO, check_compile, check_trainer, slurm_run_version
 from mope_lightning.lit_module import MoPELitModule
@@ -54,11 +56,24 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
     datamodule.seed = cfg.seed
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
     _check_batch_size(cfg, module.net)
+    _check_missing(cfg, module.net)
     datamodule.attach(module.net.input_spec())
     if cfg.model.compile:
         check_compile(to_container(cfg)["trainer"])
         module.net.compile()  # nn.Module.compile: in place, so checkpoints keep the weights' names
     return module, datamodule
+
+
+def _check_missing(cfg: DictConfig, net) -> None:
+    """Refuse, before any data is read, a model that cannot run on the samples `data.missing` removes."""
+    missing = cfg.data.get("missing")
+    for split in ("train", "val", "test") if missing is not None else ():
+        for modality in ("text", "image"):
+            if missing[split][modality] or missing[split].both:
+                problem = net.missing_problem(modality)
+                if problem:
+                    key = f"data.missing.{split}.{modality if missing[split][modality] else 'both'}"
+                    raise ModelError(f"{key}: {problem}")
 
 
 def _check_batch_size(cfg: DictConfig, net) -> None:
@@ -99,7 +114,7 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
         enc[f"{m.prompted}_encoder"] = "experts " + ", ".join(f"{e.library} {e.name}" for e in m.pmoe.experts)
     lines = [f"[mope] parameters of {cfg.experiment}: fusion {m.fusion}, prompted {m.prompted}; "
              f"text {enc['text_encoder']}, image {enc['image_encoder']}; {counts['num_classes']} classes"]
-    for group in ("prompts", "condition_prompts", "router", "mapper", "dispatcher", "head", "encoders"):
+    for group in PARAM_GROUPS:
         if group in counts:
             lines.append(f"  {group:<18} {counts[group]:>14,}")
     lines += [f"  {'trainable':<18} {counts['trainable']:>14,}", f"  {'frozen':<18} {counts['frozen']:>14,}",
@@ -159,9 +174,12 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     digests = [d for pool in scan.digests.values() for d in pool]
     lines.append(f"  images: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
                  if scan.digests else "  images: not decoded (data.check_images=false: unreadable ones go unnoticed)")
-    _, subset = training_subset(scan.splits["train"], datamodule.classes, cfg.data.train_fraction,
-                                cfg.data.shots_per_class, cfg.data.subset_seed)
+    train, subset = training_subset(scan.splits["train"], datamodule.classes, cfg.data.train_fraction,
+                                    cfg.data.shots_per_class, cfg.data.subset_seed)
     lines += [f"  note: {note}" for note in [*scan.notes, subset] if note]
+    tables = datamodule.missing_tables({**scan.splits, "train": train})
+    lines += [f"  missing ({name}): {describe_missing(table)} (data.missing.{name}, seed {cfg.data.missing.seed})"
+              for name, table in tables.items() if table]
     kinds = Counter(problem.kind for problem in scan.problems)
     names = {"record": "in the records", "image": "unreadable images", "duplicate": "ids repeated within a split",
              "overlap": "val/test samples also in train"}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mope_lightning.fileio import atomic_write
+from mope_lightning.robustness import RESULTS, robustness_figure
 
 
 def _finished_record(run) -> Optional[dict]:
@@ -21,9 +22,15 @@ def _finished_record(run) -> Optional[dict]:
     if state != "finished":
         return None
     record = json.loads((run_dir / "fit_metrics.json").read_text())
-    metrics = {**record.get("metrics", {}), **_routing_metrics(run_dir / "routing_val.json")}
+    metrics = {**record.get("metrics", {}), **_routing_metrics(run_dir / "routing_val.json"),
+               **_robustness_metrics(run_dir / RESULTS)}
     return {"metrics": metrics, "trainable_params": record.get("parameters", {}).get("trainable"),
             "train_seconds": record.get("seconds", {}).get("train"), "run_dir": str(run_dir)}
+
+
+def _robustness_metrics(path: Path) -> dict[str, float]:
+    """The run's test metrics with modalities missing (`mope robustness`), if evaluated."""
+    return json.loads(path.read_text()).get("metrics", {}) if path.is_file() else {}
 
 
 def _routing_metrics(path: Path) -> dict[str, float]:
@@ -207,6 +214,10 @@ def write_plots(out: Path, sweep, rows: list[dict]) -> list[Path]:
         plots["plot_trainable_params.png"] = _plot(stats, sweep.metric, lambda cell: cell["trainable_params"], family,
                                                    "trainable parameters",
                                                    f"{sweep.name}: {sweep.metric} against trainable parameters")
+    if sweep.robustness:
+        metric = sweep.metric.removeprefix("test/")
+        curves = {cell["cell"]: {k: v[:2] for k, v in cell["stats"].items()} for cell in stats}
+        plots["plot_robustness.png"] = robustness_figure(curves, *sweep.robustness, metric)
     written = []
     for name, fig in plots.items():
         if fig is not None:

@@ -16,6 +16,7 @@ A sweep file:
       - {model.mope.dynamic_length: 24}
     seeds: [1, 2, 3]
     metric: test/acc                      # what the plots show (summary.md shows every test metric)
+    robustness: {rates: [0, 0.7], kinds: [image, text, both]}   # optional: `mope robustness` after each fit
     slurm: {timeout_min: 120, gpus_per_node: 1}   # submitit parameters for launcher=slurm
 
 Every run's config is built and checked before the first run starts. Runs go to `out/<cell>/seed_<s>/`. A run is
@@ -48,7 +49,7 @@ from mope_lightning.config import differences, load_config, read_yaml, suggest, 
 from mope_lightning.errors import ConfigError, Interrupted, MopeError
 
 log = logging.getLogger(__name__)
-SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm")
+SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm", "robustness")
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
 
@@ -71,6 +72,7 @@ class Run:
     files: tuple[str, ...]
     overrides: tuple[str, ...]
     root: str  # trainer.default_root_dir of this run
+    robustness: tuple[tuple[float, ...], tuple[str, ...]] = ()  # (rates, kinds) evaluated after the fit
 
     @property
     def slug(self) -> str:
@@ -92,6 +94,7 @@ class Sweep:
     seeds: list[int]
     metric: str
     slurm: dict = field(default_factory=dict)
+    robustness: tuple[tuple[float, ...], tuple[str, ...]] = ()  # (rates, kinds): `mope robustness` after each fit
 
 
 def cell_slug(cell: Sequence[Setting]) -> str:
@@ -171,7 +174,29 @@ def read_sweep(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
             raise ConfigError(f"command line: '{item}': {item.split('=', 1)[0]} is an axis of the sweep {path}")
     return Sweep(path, str(spec.get("name") or path.stem), experiment,
                  _overrides(spec.get("overrides"), f"{path}: overrides") + list(extra), cells, seeds,
-                 str(spec.get("metric", "test/acc")), dict(spec.get("slurm") or {}))
+                 str(spec.get("metric", "test/acc")), dict(spec.get("slurm") or {}),
+                 _robustness(path, spec.get("robustness")))
+
+
+def _robustness(path: Path, spec: Any) -> tuple:
+    """(rates, kinds) of the sweep's `robustness` section, checked; () without one."""
+    from mope_lightning.config import RobustnessConfig
+    from mope_lightning.robustness import conditions
+
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict) or set(spec) - {"rates", "kinds"}:
+        raise ConfigError(f"{path}: robustness: give rates (a list in [0, 1]) and kinds (image, text, both)")
+    default = RobustnessConfig()
+    rates, kinds = spec.get("rates", default.rates), spec.get("kinds", default.kinds)
+    if not isinstance(rates, list) or not all(isinstance(r, (int, float)) for r in rates) \
+            or not isinstance(kinds, list):
+        raise ConfigError(f"{path}: robustness: rates is a list of numbers, kinds a list of image, text, both")
+    try:
+        conditions(rates, kinds)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return tuple(float(r) for r in rates), tuple(kinds)
 
 
 def plan(sweep: Sweep, out: Optional[str] = None) -> tuple[Path, list[Run]]:
@@ -188,7 +213,7 @@ def plan(sweep: Sweep, out: Optional[str] = None) -> tuple[Path, list[Run]]:
             out_dir = Path(out) if out else Path(cfg.trainer.default_root_dir) / "sweeps" / sweep.name
         for seed in sweep.seeds:
             root = out_dir / cell_slug(cell) / f"seed_{seed}"
-            runs.append(Run(cell, seed, tuple(files), tuple(overrides), str(root)))
+            runs.append(Run(cell, seed, tuple(files), tuple(overrides), str(root), sweep.robustness))
     return out_dir, runs
 
 
@@ -221,12 +246,17 @@ def _comparable(config: dict) -> dict:
 
 
 def run_state(run: Run) -> tuple[str, Optional[Path]]:
-    """("finished", its run dir) | ("resume", its last.ckpt) | ("new", None), judged by what is on disk. Only the
-    newest run directory is resumed, in place (`ckpt=last`), and only when it was started with this config."""
+    """("finished", its run dir) | ("evaluate", its run dir: fitted, robustness not yet evaluated) | ("resume", its
+    last.ckpt) | ("new", None), judged by what is on disk. Only the newest run directory is resumed, in place
+    (`ckpt=last`), and only when it was started with this config."""
+    from mope_lightning.robustness import finished as robustness_finished
+
     wanted = resolved_config(run)
     versions = sorted(Path(run.root).glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)
     for config in versions:
         if _same(config, wanted) and (config.parent / "fit_metrics.json").is_file():
+            if run.robustness and not robustness_finished(config.parent, *run.robustness):
+                return "evaluate", config.parent
             return "finished", config.parent
     last = versions[-1].parent / "checkpoints" / "last.ckpt" if versions else None
     if last is not None and last.is_file() and _same(versions[-1], wanted):
@@ -244,21 +274,39 @@ def execute(run: Run) -> dict:
         return {"status": "finished", "run_dir": str(path)}
     root = Path(run.root)
     root.mkdir(parents=True, exist_ok=True)
-    # ckpt=last continues the run in its own directory; a SLURM run directory (slurm-<job>) is resumed by path
-    resume = ("last" if path.parent.parent.name.startswith("version_") else str(path)) if state == "resume" else None
-    argv = run.argv(resume)
     start = time.time()
-    with open(root / "sweep.log", "a") as logfile:
-        logfile.write(f"\n$ mope {' '.join(argv)}\n")
-        logfile.flush()
-        code = _run_child([sys.executable, "-m", "mope_lightning", *argv], logfile)
+    code, resumed_from = 0, str(path) if state == "resume" else None
+    if state != "evaluate":
+        # ckpt=last continues the run in its own directory; a SLURM run directory (slurm-<job>) is resumed by path
+        resume = ("last" if path.parent.parent.name.startswith("version_") else str(path)) if state == "resume" \
+            else None
+        code = _mope(run.argv(resume), root)
+        state, path = run_state(run)
+    if code == 0 and state == "evaluate":
+        code = _mope(_robustness_argv(run, path), root)
     status = "finished" if code == 0 else "interrupted" if code in (130, 143) else "failed"
     record = {"status": status, "exit": code, "seconds": round(time.time() - start),
-              "resumed_from": str(path) if state == "resume" else None}
+              "resumed_from": resumed_from}
     if status != "finished":
         record["error"] = _last_error(root / "sweep.log")
     atomic_write(root / "sweep_status.json", lambda fh: json.dump(record, fh, indent=1))
     return record
+
+
+def _mope(argv: list[str], root: Path) -> int:
+    """Run `mope <argv>` in a child process, its output appended to `<root>/sweep.log`; its exit status."""
+    with open(root / "sweep.log", "a") as logfile:
+        logfile.write(f"\n$ mope {' '.join(argv)}\n")
+        logfile.flush()
+        return _run_child([sys.executable, "-m", "mope_lightning", *argv], logfile)
+
+
+def _robustness_argv(run: Run, run_dir: Path) -> list[str]:
+    """`mope robustness` of a fitted run: its own config, the weights its fit tested, results in its directory."""
+    tested = json.loads((run_dir / "fit_metrics.json").read_text())["tested_weights"]
+    rates, kinds = run.robustness
+    return ["robustness", str(run_dir / "config.yaml"), f"ckpt={tested}", f"out={run_dir}",
+            f"rates={json.dumps(list(rates))}", f"kinds=[{','.join(kinds)}]"]
 
 
 def _run_child(command: list[str], logfile) -> int:

@@ -44,7 +44,7 @@ def test_every_fusion_trains_and_tests(tmp_path, fusion):
     # Nothing is frozen in full fine-tuning: no trainable-to-frozen ratio (it logged 2.5e9% when divided by 1).
     assert ("trainable_percent_of_frozen" in counts) == (fusion != "finetune")
     if not prompts_on and fusion != "finetune":
-        assert counts["trainable"] == counts["head"]
+        assert counts["trainable"] == counts["head"] + counts["missing"]
     # Fine-tuned encoders are trainable weights, so their checkpoint holds them; frozen ones are left out.
     has_encoders = any(k.startswith(("net.text.model.", "net.image.model.")) for k in ckpt["state_dict"])
     assert has_encoders == (fusion == "finetune")

@@ -85,13 +85,15 @@ def test_gradients_reach_prompts_dispatchers_and_head_only(tmp_path):
     cfg = load_config([PMOE, TINY], ["model.pmoe.dynamic_length=2"])
     net = build_model(cfg.model, num_classes=13)
     ids, mask = text_batch(batch=5)
+    # one sample lost its image: the learned missing embedding stands in for its conditioning feature
     batch = {"input_ids": ids, "attention_mask": mask, "image_features": torch.randn(5, net.image.num_features),
-             "labels": torch.randint(0, 13, (5,))}
+             "labels": torch.randint(0, 13, (5,)), "image_missing": torch.tensor([True, False, False, False, False])}
     net.train()
     out = net(batch)
     (torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + out.importance_loss).backward()
     groups = net.param_groups()
     assert groups["prompts"] and groups["dispatcher"] and groups["head"] and groups["router"] and groups["mapper"]
+    assert groups["missing"]
     assert not groups["encoders"]
     trained = {id(p) for params in groups.values() for p in params}
     for name, param in net.named_parameters():

@@ -23,6 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from mope_lightning.data.features import (FeatureCache, encode_images, encode_texts, eval_transform, image_key,
                                           load_image, text_key)
 from mope_lightning.data.index import apply_policy, load_or_build_index
+from mope_lightning.data.missing import MODALITIES as MISSABLE
+from mope_lightning.data.missing import describe as describe_missing
+from mope_lightning.data.missing import missing_table
 from mope_lightning.data.samples import Scan, Split
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import DataError
@@ -34,17 +37,26 @@ _LOADING_KEYS = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "
                  "crop_pct", "crop_mode", "image_mean", "image_std", "randaugment", "cache_features", "cache_dir",
                  "on_bad_sample", "max_text_length",
                  # the low-data protocol subsets the indexed train split: one index serves every subset
-                 "train_fraction", "shots_per_class", "subset_seed"}
+                 "train_fraction", "shots_per_class", "subset_seed",
+                 "missing"}  # which samples lose a modality is decided on the indexed splits
 
 
 class ImageTextDataset(Dataset):
-    """Items of a `Split`: the label, the text (or its cached feature), the image (or its cached feature)."""
+    """Items of a `Split`: the label, the text (or its cached feature), the image (or its cached feature).
+
+    `missing` (data/missing.py): per sample, the modality it lost, or "". A lost text is the empty text (or a zero
+    feature, which the model replaces by its learned missing embedding); a lost image is never read: its cached
+    feature is zeros, its pixels `blank_image` (ones after normalisation, the missing-aware-prompts paper's dummy),
+    which only a model that needs pixels (Swin) looks at.
+    """
 
     def __init__(self, split: Split, num_classes: int, multilabel: bool, files: Sequence[Path], transform=None,
-                 image_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None):
+                 image_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None,
+                 missing: Optional[list[str]] = None, blank_image: Optional[torch.Tensor] = None):
         self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
         self.files, self.transform = files, transform
         self.image_features, self.text_features, self.text_rows = image_features, text_features, text_rows
+        self.missing, self.blank_image = missing, blank_image
 
     def __len__(self) -> int:
         return len(self.split)
@@ -52,14 +64,19 @@ class ImageTextDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         s, j = self.split, self.split.image_index[i]
         item = {"id": s.ids[i], "index": i, "label": self._target(s.labels[i])}
+        lost = self.missing[i] if self.missing is not None else ""
+        if self.missing is not None:
+            item["missing"] = lost
         if self.text_features is not None:
-            item["text_features"] = self.text_features[self.text_rows[s.texts[i]]]
+            feature = self.text_features[self.text_rows[s.texts[i]]]
+            item["text_features"] = torch.zeros_like(feature) if lost == "text" else feature
         else:
-            item["text"] = s.texts[i]
+            item["text"] = "" if lost == "text" else s.texts[i]
         if self.image_features is not None:
-            item["image_features"] = self.image_features[j]
+            item["image_features"] = (torch.zeros_like(self.image_features[j]) if lost == "image"
+                                      else self.image_features[j])
         else:
-            item["images"] = self.transform(load_image(self.files[j]))
+            item["images"] = self.blank_image if lost == "image" else self.transform(load_image(self.files[j]))
         return item
 
     def _target(self, label):
@@ -88,6 +105,9 @@ class TokenizingCollate:
         for key in ("text_features", "image_features", "images"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
+        if "missing" in first:  # the split loses modalities: which sample lost which (B,) bool per modality
+            for modality in MISSABLE:
+                batch[f"{modality}_missing"] = torch.tensor([it["missing"] == modality for it in items])
         return batch
 
 
@@ -113,6 +133,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self.splits: dict[str, Split] = {}
         self._left_out = 0  # samples of this many problems were left out by data.on_bad_sample=skip
         self.subset_note = ""  # what the low-data protocol kept of the train split
+        self.missing: dict[str, Optional[list[str]]] = {}  # per split: the modality each sample lost (data.missing)
         self.datasets: dict[str, ImageTextDataset] = {}
 
     # --- what a dataset implements -------------------------------------------------------------------------
@@ -163,7 +184,20 @@ class ImageTextDataModule(L.LightningDataModule):
                                                             self.cfg.shots_per_class, self.cfg.subset_seed)
         if verbose and self.subset_note:
             log.info("%s: %s", self.cfg.name, self.subset_note)
+        self.missing = self.missing_tables(splits)
+        for name, table in self.missing.items():
+            if verbose and table:
+                log.info("%s %s: %s (data.missing.%s, seed %d)", self.cfg.name, name, describe_missing(table), name,
+                         self.cfg.missing.seed)
         return splits, scan.pools
+
+    def missing_tables(self, splits: dict[str, Split]) -> dict[str, Optional[list[str]]]:
+        """Per split, the modality each sample lost (`data.missing`), or None for a complete split."""
+        rates = self.cfg.get("missing")
+        if rates is None:
+            return {name: None for name in splits}
+        return {name: missing_table(split.ids, rates[name], rates.seed) if name in rates else None
+                for name, split in splits.items()}
 
     def check_splits(self, stage: Optional[str]) -> None:
         """Refuse, before any training or encoding, a split that `stage` needs but that holds no sample: an empty
@@ -200,6 +234,12 @@ class ImageTextDataModule(L.LightningDataModule):
             num_ops, magnitude = c.randaugment
             transform = Compose([RandAugment(num_ops=num_ops, magnitude=magnitude), transform])
         return transform
+
+    def _blank_image(self) -> torch.Tensor:
+        """The pixels of a missing image: ones after normalisation, in the shape the preprocessing makes."""
+        from PIL import Image
+
+        return torch.ones_like(self._transform()(Image.new("RGB", (8, 8))))
 
     def _cached(self, modality: str) -> bool:
         # Augmented training images change every epoch, so their features cannot be cached.
@@ -255,9 +295,11 @@ class ImageTextDataModule(L.LightningDataModule):
         rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
         for name, split in self.splits.items():
             transform = None if image is not None else self._transform(train=name == "train")
+            missing = self.missing.get(name)
+            blank = self._blank_image() if missing is not None and image is None else None
             self.datasets[name] = ImageTextDataset(split, len(self.classes), self.multilabel, pools[split.pool],
                                                    transform, image[split.pool] if image is not None else None,
-                                                   text, rows)
+                                                   text, rows, missing, blank)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
 
     # --- loaders -------------------------------------------------------------------------------------------

@@ -4,6 +4,12 @@ Both hold a text encoder (`self.text`) and an image encoder (`self.image`) and t
 yields: text tokens (`input_ids`, `attention_mask`), `images`, or the cached pooled feature of a frozen, unprompted
 encoder (`text_features`, `image_features`). `input_spec()` tells the DataModule which of these to provide. No
 tokenization or image decoding happens here.
+
+Missing modalities (data/missing.py): a batch whose split loses modalities carries `text_missing` and
+`image_missing`, (B,) bools. Every pooled feature a model reads (the conditioning feature, late fusion's features)
+is replaced, for the samples that lost its modality, by a learned embedding of that modality's absence
+(`missing_features`, zeros until trained on missing samples). The prompted encoder runs on what is left: the empty
+text's special tokens, a ViT's prefix tokens and prompts, a Swin's blank image.
 """
 
 from __future__ import annotations
@@ -20,6 +26,21 @@ from mope_lightning.models.router import MultimodalRouter
 from mope_lightning.models.sources import weights_digest
 
 MODALITIES = ("text", "image")
+
+
+def missing_rows(batch: dict, modality: str) -> Optional[Tensor]:
+    """(B,) bool: the samples of `batch` that lost `modality`; None for a batch of a complete split."""
+    return batch.get(f"{modality}_missing")
+
+
+def missing_case(batch: dict, batch_size: int, device: torch.device) -> Tensor:
+    """(B,) long: each sample's missing case, 0 complete, 1 + the index in MODALITIES of the modality it lost."""
+    case = torch.zeros(batch_size, dtype=torch.long, device=device)
+    for k, modality in enumerate(MODALITIES):
+        rows = missing_rows(batch, modality)
+        if rows is not None:
+            case = case.masked_fill(rows.to(device), k + 1)
+    return case
 
 
 @dataclass
@@ -58,18 +79,36 @@ class ImageTextClassifier(nn.Module):
         super().__init__()
         self.text = text
         self.image = image
+        self.missing_features = nn.ParameterDict()  # modality -> the learned feature of its absence
 
     def encoder(self, modality: str) -> nn.Module:
         return self.text if modality == "text" else self.image
 
+    def learn_missing_features(self, modalities: tuple[str, ...]) -> None:
+        """A learned missing embedding for each modality read as a pooled feature; zeros until trained."""
+        for modality in modalities:
+            self.missing_features[modality] = nn.Parameter(torch.zeros(self.encoder(modality).num_features))
+
     def features(self, modality: str, batch: dict) -> Tensor:
-        """The pooled feature of one modality: cached by the DataModule, or computed by its encoder."""
-        cached = batch.get(f"{modality}_features")
-        if cached is not None:
-            return cached
-        encoder = self.encoder(modality)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder.frozen):
-            return encoder(**encoder.inputs(batch))
+        """The pooled feature of one modality: cached by the DataModule, or computed by its encoder; the missing
+        embedding for the samples that lost the modality."""
+        feats = batch.get(f"{modality}_features")
+        if feats is None:
+            encoder = self.encoder(modality)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder.frozen):
+                feats = encoder(**encoder.inputs(batch))
+        return self.fill_missing(modality, feats, batch)
+
+    def fill_missing(self, modality: str, feats: Tensor, batch: dict) -> Tensor:
+        rows = missing_rows(batch, modality)
+        if rows is None or modality not in self.missing_features:
+            return feats
+        embedding = self.missing_features[modality].to(feats.dtype)
+        return torch.where(rows.to(feats.device).unsqueeze(-1), embedding, feats)
+
+    def missing_problem(self, modality: str) -> Optional[str]:
+        """Why this model cannot run on samples that lost `modality`, or None."""
+        return None
 
     def cacheable_modalities(self) -> tuple[str, ...]:
         """Modalities read only as the pooled feature of a frozen, unprompted encoder."""
@@ -124,7 +163,7 @@ class ImageTextClassifier(nn.Module):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role, for named optimizer groups, per-group learning rates and counts."""
         groups: dict[str, list[nn.Parameter]] = {"prompts": [], "router": [], "mapper": [], "head": [],
-                                                 "encoders": []}
+                                                 "encoders": [], "missing": []}
         seen: set[int] = set()
         for role, types in (("router", MultimodalRouter), ("mapper", ConditionMapper), ("prompts", PromptLayer),
                             ("encoders", Backbone)):
@@ -134,6 +173,8 @@ class ImageTextClassifier(nn.Module):
                         if param.requires_grad and id(param) not in seen:
                             groups[role].append(param)
                             seen.add(id(param))
+        groups["missing"] = [p for p in self.missing_features.parameters() if p.requires_grad]
+        seen |= {id(p) for p in groups["missing"]}
         groups["head"] = [p for p in self.parameters() if p.requires_grad and id(p) not in seen]
         return groups
 
@@ -165,6 +206,7 @@ class PromptFusionClassifier(ImageTextClassifier):
         width = self.encoder(prompted).num_features
         width += self.encoder(self.condition).num_features if head_condition else 0
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
+        self.learn_missing_features((self.condition,))
 
     def cacheable_modalities(self) -> tuple[str, ...]:
         return () if self.condition_prompts is not None or not self.encoder(self.condition).frozen else (
@@ -182,6 +224,10 @@ class PromptFusionClassifier(ImageTextClassifier):
             groups["prompts"] = [p for p in groups["prompts"] if id(p) not in own]
         return groups
 
+    def missing_problem(self, modality: str) -> Optional[str]:
+        check = getattr(self.encoder(modality), "missing_problem", None)
+        return check() if modality == self.prompted and check is not None else None
+
     def condition_features(self, batch: dict) -> Tensor:
         if self.condition_prompts is None:
             return self.features(self.condition, batch)
@@ -190,11 +236,12 @@ class PromptFusionClassifier(ImageTextClassifier):
         anchor = next(iter(inputs.values()))
         # Static prompts need no conditioning; an empty feature carries the batch size and device.
         prompter = self.condition_prompts.bind(anchor.new_zeros(anchor.shape[0], 0, dtype=torch.float))
-        return encoder(**inputs, prompter=prompter)
+        return self.fill_missing(self.condition, encoder(**inputs, prompter=prompter), batch)
 
     def forward(self, batch: dict) -> FusionOutput:
         cond = self.condition_features(batch)
-        prompter = self.fusion.bind(cond)
+        case = missing_case(batch, cond.shape[0], cond.device) if self.fusion.missing_cases else None
+        prompter = self.fusion.bind(cond, case)
         encoder = self.encoder(self.prompted)
         pooled = encoder.pool(*encoder.forward_features(**encoder.inputs(batch), prompter=prompter))
         if self.head_condition:
@@ -218,6 +265,7 @@ class LateFusionClassifier(ImageTextClassifier):
         # Features of very different scales (LayerNorm-ed tokens, ReLU6 CNN maps) meet one head.
         self.norm = nn.LayerNorm(width)
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
+        self.learn_missing_features(modalities)
 
     def modalities(self) -> tuple[str, ...]:
         return self.read_modalities

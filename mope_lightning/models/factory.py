@@ -13,7 +13,7 @@ from torch import nn
 
 from mope_lightning.errors import ModelError
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier
+from mope_lightning.models.classifier import MODALITIES, LateFusionClassifier, PromptFusionClassifier
 from mope_lightning.models.dispatcher import PMoE
 from mope_lightning.models.image_encoders import build_timm_encoder, build_torchvision_encoder
 from mope_lightning.models.pmoe import PMoEClassifier
@@ -129,10 +129,17 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
         init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale, router=router,
         prompted_layers=layers, mapper_hidden=m.mapper_hidden, prompt_dropout=m.prompt_dropout,
         importance_threshold=m.importance_threshold, initial_prompts=compat.skip_first_block_prompt,
-        fixed_bn_stats=compat.mapper_bn_frozen)
+        fixed_bn_stats=compat.mapper_bn_frozen, **_missing_prompts(cfg))
     check_trainable_memory(make, f"model.mope: num_experts={m.num_experts}, static_length={static}, dynamic_length="
                                  f"{dynamic}, mapped_length={mapped}, mapper_hidden={m.mapper_hidden}")
     return make()
+
+
+def _missing_prompts(cfg) -> dict:
+    """MoPE's missing-aware prompt arguments: one set per case, complete or one modality lost."""
+    if not cfg.get("missing_prompts", False):
+        return {}
+    return {"missing_length": cfg.missing_prompt_length, "missing_cases": 1 + len(MODALITIES)}
 
 
 def _memory_bytes() -> int:

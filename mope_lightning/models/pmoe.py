@@ -52,6 +52,7 @@ class PMoEClassifier(ImageTextClassifier):
             self.head = make_head(sum(widths), num_classes, head_hidden, head_dropout)
         else:
             self.heads = nn.ModuleList(make_head(w, num_classes, head_hidden, head_dropout) for w in widths)
+        self.learn_missing_features((self.condition,) if conditioned else ())
 
     @property
     def experts(self) -> list[nn.Module]:
@@ -62,6 +63,12 @@ class PMoEClassifier(ImageTextClassifier):
 
     def cacheable_modalities(self) -> tuple[str, ...]:
         return (self.condition,) if self.conditioned and self.encoder(self.condition).frozen else ()
+
+    def missing_problem(self, modality: str) -> Optional[str]:
+        if modality != self.modality:
+            return None
+        problems = [check() for e in self.experts if (check := getattr(e, "missing_problem", None))]
+        return next((p for p in problems if p), None)
 
     def routing_shape(self) -> Optional[tuple[int, int]]:
         return sum(self.pmoe.depths), self.pmoe.num_candidates

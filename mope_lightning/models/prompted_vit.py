@@ -4,6 +4,10 @@ timm's `forward_features` is patch_embed -> _pos_embed -> patch_drop -> norm_pre
 modules in the same order and run the blocks through the shared prompted block loop, with prompts inserted after the
 prefix tokens (class, distillation and register tokens: `num_prefix_tokens`). With no prompts the output equals
 timm's own `forward_features` / `forward_head(pre_logits=True)` (tests/test_prompted_vision.py).
+
+A sample whose image is missing (`missing`, data/missing.py) runs on its prefix tokens and prompts alone: its patch
+tokens are masked out of every attention (timm's `attn_mask`), of the router's view of the layer and of average
+pooling, so its pixels (a blank placeholder) never reach its output.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
+
+from mope_lightning.errors import ModelError
 
 from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.prompt_loop import Prompter, insert_prompts, prompted_block_loop
@@ -42,22 +49,62 @@ class PromptedViT(Backbone):
 
     @staticmethod
     def inputs(batch: dict) -> dict:
-        return {"images": batch["images"]}
+        return {"images": batch["images"], "missing": batch.get("image_missing")}
 
-    def forward_features(self, images: Tensor, prompter: Optional[Prompter] = None) -> tuple[Tensor, None]:
-        """Normed last-layer tokens (B, prefix + P + patches, D), the last prompts after the prefix tokens."""
+    def missing_problem(self) -> Optional[str]:
+        """Why this encoder cannot leave out missing images, or None."""
+        v = self.model
+        if v.attn_pool is not None or v.global_pool not in ("token", "avg") or v.pool_include_prefix:
+            return (f"timm '{self.name}' pools with global_pool='{v.global_pool}', which cannot leave out the patches "
+                    "of a missing image; use a class-token or average-pooled ViT")
+        return None
+
+    def forward_features(self, images: Tensor, prompter: Optional[Prompter] = None,
+                         missing: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """Normed last-layer tokens (B, prefix + P + patches, D), the last prompts after the prefix tokens, and
+        their (B, N) mask of valid tokens when some image is missing (else None)."""
         v = self.model
         x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(images))))
-        x, prompts = prompted_block_loop(v.blocks, x, self.prefix, lambda block, h, _: block(h), prompter,
+        valid = None
+        if missing is not None:  # the patches of a missing image are no tokens
+            valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            valid[:, self.prefix:] = ~missing.to(x.device).unsqueeze(1)
+        masks: dict[int, Optional[Tensor]] = {}  # the additive attention mask for each number of prompts
+
+        def run_layer(block: nn.Module, h: Tensor, num_prompts: int) -> Tensor:
+            if valid is None:
+                return block(h)
+            if num_prompts not in masks:
+                keys = self._with_prompts(valid, num_prompts)
+                masks[num_prompts] = torch.zeros(keys.shape, dtype=h.dtype, device=h.device).masked_fill(
+                    ~keys, float("-inf"))[:, None, None, :]
+            return block(h, attn_mask=masks[num_prompts])
+
+        x, prompts = prompted_block_loop(v.blocks, x, self.prefix, run_layer, prompter, valid,
                                          checkpointed_layers=self.checkpointed_layers)
-        return v.norm(insert_prompts(x, prompts, self.prefix)), None
+        num_prompts = 0 if prompts is None else prompts.shape[1]
+        tokens = v.norm(insert_prompts(x, prompts, self.prefix))
+        return tokens, None if valid is None else self._with_prompts(valid, num_prompts)
+
+    def _with_prompts(self, valid: Tensor, num_prompts: int) -> Tensor:
+        prompts = valid.new_ones(valid.shape[0], num_prompts)
+        return torch.cat([valid[:, :self.prefix], prompts, valid[:, self.prefix:]], dim=1)
 
     def pool(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """timm's own pooling (class token, or the mean of the non-prefix tokens, prompts included)."""
-        return self.model.forward_head(tokens, pre_logits=True)
+        """timm's own pooling (class token, or the mean of the non-prefix tokens, prompts included); with missing
+        images, the average leaves out their patches."""
+        v = self.model
+        if mask is None or v.global_pool == "token":
+            return v.forward_head(tokens, pre_logits=True)
+        problem = self.missing_problem()
+        if problem:
+            raise ModelError(f"model.image_encoder: {problem}")
+        weights = mask[:, self.prefix:].to(tokens.dtype).unsqueeze(-1)
+        pooled = (tokens[:, self.prefix:] * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return v.head_drop(v.fc_norm(pooled))
 
-    def forward(self, images: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
-        return self.pool(*self.forward_features(images, prompter))
+    def forward(self, images: Tensor, prompter: Optional[Prompter] = None, missing: Optional[Tensor] = None) -> Tensor:
+        return self.pool(*self.forward_features(images, prompter, missing))
 
     def signature(self) -> dict:
         v = self.model

@@ -5,7 +5,9 @@ Each prompted layer i receives, in this order (mope_method.md §2.4):
 - static prompts S_i (static_length × D): learned, the same for every instance;
 - dynamic prompts D_i = Σ_k r_ik · E_ik (dynamic_length × D): a mixture of K prompt experts weighted by the
   layer's multimodal router (`router.py`);
-- mapped prompts M_s (mapped_length × D): a projection of the conditioning feature, one set per encoder stage.
+- mapped prompts M_s (mapped_length × D): a projection of the conditioning feature, one set per encoder stage;
+- missing-aware prompts (missing_length × D, optional; Lee et al., CVPR 2023): one learned set per missing case
+  (complete, text missing, image missing), chosen by each sample's case.
 
 `MoPE.bind(cond)` returns a `LayerPrompter`, the callable an encoder's block loop asks for the prompts of layer i
 given its pooled tokens. Nothing here knows about the encoder's architecture beyond its per-layer widths and stages.
@@ -59,14 +61,18 @@ class PromptLayer(nn.Module):
     """The learned prompts of one layer: static tokens, K prompt experts and the router that mixes them."""
 
     def __init__(self, dim: int, cond_dim: int, static_length: int, dynamic_length: int, num_experts: int,
-                 init_scale: float, router: dict):
+                 init_scale: float, router: dict, missing_length: int = 0, missing_cases: int = 0):
         super().__init__()
         self.static = _uniform((static_length, dim), init_scale) if static_length else None
         self.experts = _uniform((num_experts, dynamic_length, dim), init_scale) if dynamic_length else None
         self.router = MultimodalRouter(dim, cond_dim, num_experts, **router) if dynamic_length else None
+        self.missing = (_uniform((missing_cases, missing_length, dim), init_scale)
+                        if missing_length and missing_cases else None)
 
-    def forward(self, pooled: Tensor, cond: Tensor, mapped: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
-        """Prompts (B, P, D) for this layer and the routing probabilities (B, K), or None without experts."""
+    def forward(self, pooled: Tensor, cond: Tensor, mapped: Optional[Tensor],
+                case: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """Prompts (B, P, D) for this layer and the routing probabilities (B, K), or None without experts.
+        `case` (B,): each sample's missing case, which picks its missing-aware prompts (0, complete, if None)."""
         batch = pooled.shape[0]
         parts, probs = [], None
         if self.static is not None:
@@ -76,6 +82,8 @@ class PromptLayer(nn.Module):
             parts.append(torch.einsum("bk,kpd->bpd", probs.to(self.experts.dtype), self.experts))
         if mapped is not None:
             parts.append(mapped)
+        if self.missing is not None:
+            parts.append(self.missing[case] if case is not None else self.missing[0].expand(batch, -1, -1))
         return torch.cat(parts, dim=1), probs
 
 
@@ -96,6 +104,8 @@ class MoPE(nn.Module):
         initial_prompts: learn prompts that enter before the first layer (the reference's shallow Swin prompt,
             used when the first layer is not prompted).
         fixed_bn_stats: the reference's mapper BatchNorm that never updates its statistics.
+        missing_length, missing_cases: missing-aware prompts per layer, one set for each of `missing_cases` cases
+            (complete, then one per modality a sample can lose); 0 turns them off.
     """
 
     def __init__(self, layer_dims: Sequence[int], layer_stages: Sequence[int], cond_dim: int, *,
@@ -103,7 +113,7 @@ class MoPE(nn.Module):
                  init_scale: float = 0.1, router: Optional[dict] = None,
                  prompted_layers: Optional[Sequence[int]] = None, mapper_hidden: Optional[int] = None,
                  prompt_dropout: float = 0.1, importance_threshold: float = 0.1, initial_prompts: bool = False,
-                 fixed_bn_stats: bool = False):
+                 fixed_bn_stats: bool = False, missing_length: int = 0, missing_cases: int = 0):
         super().__init__()
         if len(layer_dims) != len(layer_stages):
             raise ValueError("layer_dims and layer_stages must have one entry per layer")
@@ -121,19 +131,20 @@ class MoPE(nn.Module):
                                        fixed_bn_stats) if mapped_length else None)
         self.layers = nn.ModuleDict({
             str(i): PromptLayer(layer_dims[i], cond_dim, static_length, dynamic_length, num_experts, init_scale,
-                                dict(router or {}))
+                                dict(router or {}), missing_length, missing_cases)
             for i in prompted
         })
         self.prompted_layers = prompted
-        self.num_prompts = static_length + dynamic_length + mapped_length
+        self.missing_cases = missing_cases if missing_length else 0
+        self.num_prompts = static_length + dynamic_length + mapped_length + (missing_length if missing_cases else 0)
         self.initial = _uniform((self.num_prompts, layer_dims[0]), init_scale) if initial_prompts else None
         self.num_experts = num_experts if dynamic_length else 0
         self.importance_threshold = importance_threshold
 
-    def bind(self, cond: Tensor) -> "LayerPrompter":
-        """Prepare one forward pass conditioned on `cond` (B, C)."""
+    def bind(self, cond: Tensor, case: Optional[Tensor] = None) -> "LayerPrompter":
+        """Prepare one forward pass conditioned on `cond` (B, C), for samples of missing cases `case` (B,)."""
         mapped = self.mapper(cond) if self.mapper is not None else None
-        return LayerPrompter(self, cond, mapped)
+        return LayerPrompter(self, cond, mapped, case)
 
 
 class LayerPrompter:
@@ -142,8 +153,8 @@ class LayerPrompter:
     It records the routing probabilities of every routed layer, read afterwards with `routing_probs()`.
     """
 
-    def __init__(self, mope: MoPE, cond: Tensor, mapped: Optional[list[Tensor]]):
-        self.mope, self.cond, self.mapped = mope, cond, mapped
+    def __init__(self, mope: MoPE, cond: Tensor, mapped: Optional[list[Tensor]], case: Optional[Tensor] = None):
+        self.mope, self.cond, self.mapped, self.case = mope, cond, mapped, case
         self.routing: list[Tensor] = []
 
     def __call__(self, layer: int, pooled: Tensor, carried: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -151,7 +162,7 @@ class LayerPrompter:
         if key not in self.mope.layers:
             return None
         mapped = self.mapped[self.mope.layer_stages[layer]] if self.mapped is not None else None
-        prompts, probs = self.mope.layers[key](pooled, self.cond, mapped)
+        prompts, probs = self.mope.layers[key](pooled, self.cond, mapped, self.case)
         if probs is not None:
             self.routing.append(probs)
         return prompts.to(pooled.dtype)

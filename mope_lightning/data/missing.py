@@ -1,0 +1,61 @@
+"""Samples that lose a modality: which ones, per split, seeded and fixed per sample (`data.missing`).
+
+`data.missing.<split>.image: r` removes the image of round(r · N) samples of the split, `.text` their text, and
+`.both` follows the protocol of the missing-aware-prompts paper (Lee et al., CVPR 2023): round(r · N) samples lose a
+modality, half of them their text and half their image; no sample loses both. The kinds of one split add up to at
+most 1.
+
+Which samples: every sample gets a rank from a hash of (`data.missing.seed`, its id), so the choice depends on the
+sample alone, not on the order of a file, the epoch, the process or the DataLoader worker: every epoch and every DDP
+rank removes the same modality of the same samples. The lowest ranks lose their image (`image`), the next their text
+(`text`), then `both` alternates text and image down the ranks. A higher rate of one kind removes more samples and
+keeps the earlier ones removed (nested, like the low-data subsets), so a robustness curve adds missing samples
+rather than redrawing them.
+
+What a removed modality becomes is the DataModule's and the model's business (data/base.py, models/classifier.py):
+a removed text is an empty text (its tokens are the tokenizer's special tokens only); a removed image is not read
+at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from typing import Optional, Sequence
+
+MODALITIES = ("text", "image")  # what a sample can lose; a missing-aware prompt's case is 1 + this index (0: none)
+
+
+def _rank_key(seed: int, sample_id: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\0{sample_id}".encode(), digest_size=8).digest()
+
+
+def missing_table(ids: Sequence[str], rates, seed: int = 0) -> Optional[list[str]]:
+    """Per sample, the modality it loses ("text", "image") or "" (complete); None when the rates remove nothing.
+
+    `rates` has `image`, `text` and `both` (a `MissingRates` config node or anything with those attributes)."""
+    n = len(ids)
+    counts = {kind: round(float(getattr(rates, kind)) * n) for kind in ("image", "text", "both")}
+    if not any(counts.values()):
+        return None
+    order = sorted(range(n), key=lambda i: (_rank_key(seed, ids[i]), i))
+    lost = [""] * n
+    kinds = ["image"] * counts["image"] + ["text"] * counts["text"]
+    kinds += [("text", "image")[k % 2] for k in range(counts["both"])]
+    for row, kind in zip(order, kinds):
+        lost[row] = kind
+    return lost
+
+
+def describe(table: Optional[list[str]]) -> str:
+    """'1,234 of 4,000 lose their image, 20 their text' (or '' for a complete split)."""
+    if not table:
+        return ""
+    counts = Counter(table)
+    parts = [f"{counts[m]:,} their {m}" for m in ("image", "text") if counts[m]]
+    return f"{sum(counts[m] for m in MODALITIES):,} of {len(table):,} samples lose a modality: " + ", ".join(parts)
+
+
+def case_index(lost: str) -> int:
+    """The missing case of a sample: 0 complete, 1 + the index of the modality it lost."""
+    return 0 if not lost else 1 + MODALITIES.index(lost)

@@ -1,0 +1,196 @@
+"""`mope robustness EXP.yaml ckpt=PATH [out=DIR]`: one trained model tested with a modality missing, at several rates.
+
+For every kind in `robustness.kinds` (image, text, both: data/missing.py) and rate in `robustness.rates`, the test
+split is evaluated with `data.missing.test.<kind>=<rate>` (the other kinds at 0; rate 0, the complete test split,
+once for all kinds). The results go to `<out>/robustness.json` as they finish (a run stopped anywhere resumes from
+there), then `robustness.md` (a table: kinds x rates) and `robustness.png` (the headline metric against the rate, a
+line per kind). `out` defaults to the checkpoint's run directory.
+
+In a sweep file, `robustness: {rates: [...], kinds: [...]}` runs this after each fit; the sweep's results then hold
+one column per condition (`missing/<kind>=<rate>/<metric>`), with mean ± std over seeds in summary.md, and
+`plot_robustness.png` draws each cell's curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from mope_lightning.errors import ConfigError, NonFiniteError
+from mope_lightning.fileio import atomic_write
+
+KINDS = ("image", "text", "both")
+RESULTS = "robustness.json"
+LEFT_OUT = ("loss", "importance_loss")  # the model's losses, not its quality: not reported per condition
+
+
+def condition_name(kind: str, rate: float, metric: str) -> str:
+    return f"missing/{kind}={float(rate):g}/{metric}"
+
+
+def conditions(rates: Sequence[float], kinds: Sequence[str]) -> list[tuple[str, float]]:
+    """(kind, rate) to evaluate: the complete test split once (as kind "none"), then every kind at every rate > 0."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise ConfigError(f"robustness.kinds: {list(kinds)}: give one or more of {', '.join(KINDS)}")
+    bad = [r for r in rates if not 0 <= r <= 1]
+    if bad or not rates:
+        raise ConfigError(f"robustness.rates: {list(rates)}: give one or more rates in [0, 1]")
+    found = [("none", 0.0)] if 0 in rates else []
+    return found + [(kind, float(rate)) for kind in kinds for rate in sorted(set(rates)) if rate > 0]
+
+
+def metric_of(results: dict, kind: str, rate: float, metric: str) -> Optional[float]:
+    """A condition's metric; rate 0 is the complete test split, shared by every kind."""
+    key = condition_name("none", 0.0, metric) if rate == 0 else condition_name(kind, rate, metric)
+    return results.get(key)
+
+
+def finished(run_dir: Path, rates: Sequence[float], kinds: Sequence[str]) -> bool:
+    """Whether `run_dir/robustness.json` holds every condition."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return False
+    done = {name.rsplit("/", 1)[0] for name in json.loads(path.read_text()).get("metrics", {})}
+    return all(condition_name(k, r, "x").rsplit("/", 1)[0] in done for k, r in conditions(rates, kinds))
+
+
+def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
+    if cfg.robustness.out:
+        return Path(cfg.robustness.out).expanduser()
+    path = Path(ckpt)
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    raise ConfigError("robustness.out: not set, and the checkpoint is not in a run directory's checkpoints/; "
+                      "pass out=DIR")
+
+
+def _read(path: Path, ckpt: str, overwrite: bool) -> dict:
+    if not path.is_file() or overwrite:
+        return {}
+    stored = json.loads(path.read_text())
+    if stored.get("checkpoint") != ckpt:
+        raise ConfigError(f"{path}: holds the robustness of another checkpoint ({stored.get('checkpoint')}); pass "
+                          "another out=DIR, or overwrite=true to replace it")
+    return dict(stored.get("metrics", {}))
+
+
+def _trainer(cfg: DictConfig):
+    import lightning as L
+
+    from mope_lightning.launch import SafeCheckpointIO
+
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    keep = {k: t[k] for k in ("accelerator", "precision", "limit_test_batches", "deterministic") if k in t}
+    return L.Trainer(**keep, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                     plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
+
+
+def evaluate(cfg: DictConfig) -> Path:
+    """Evaluate `cfg.ckpt` at every condition; write robustness.json, .md and .png into the output folder."""
+    from mope_lightning.checkpoints import load_into, read_trained_weights
+    from mope_lightning.data import DATAMODULES
+    from mope_lightning.runner import build, resolve_ckpt
+
+    ckpt, _ = resolve_ckpt(cfg)
+    if ckpt is None:
+        raise ConfigError("robustness needs ckpt=PATH: the checkpoint (or adapter folder) to evaluate")
+    r = cfg.robustness
+    todo = conditions(list(r.rates), list(r.kinds))
+    out = _out_dir(cfg, ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    results = _read(out / RESULTS, ckpt, r.overwrite)
+    module, datamodule = build(cfg)
+    for modality in {"text", "image"} & {m for kind, _ in todo for m in (("text", "image") if kind == "both" else
+                                                                         (kind,) if kind != "none" else ())}:
+        problem = module.net.missing_problem(modality)
+        if problem:
+            raise ConfigError(f"robustness.kinds: {problem}")
+    load_into(module.net, read_trained_weights(ckpt), datamodule.classes)
+    trainer = _trainer(cfg)
+    for kind, rate in todo:
+        if any(name.startswith(condition_name(kind, rate, "")) for name in results):
+            continue
+        data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
+        if kind != "none":
+            data.missing.test[kind] = rate
+        condition = DATAMODULES[cfg.data.name](data)
+        condition.attach(module.net.input_spec())
+        print(f"[mope] robustness: test with {'no modality' if kind == 'none' else kind} missing at {rate:g}",
+              flush=True)
+        metrics = trainer.test(module, datamodule=condition, verbose=False)[0]
+        for name, value in metrics.items():
+            metric = name.removeprefix("test/")
+            if metric in LEFT_OUT:
+                continue
+            if not math.isfinite(value):
+                raise NonFiniteError(f"robustness: {name} is {value} with {kind} missing at {rate:g}; the model "
+                                     "diverged or its weights are broken")
+            results[condition_name(kind, rate, metric)] = float(value)
+        record = {"checkpoint": ckpt, "experiment": cfg.experiment, "metrics": results}
+        atomic_write(out / RESULTS, lambda fh: json.dump(record, fh, indent=1))
+    metric = datamodule.monitor.removeprefix("val/")
+    atomic_write(out / "robustness.md", lambda fh: fh.write(table_markdown(results, r.rates, r.kinds, metric, ckpt)))
+    figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds,
+                               metric)
+    _save(figure, out / "robustness.png")
+    print(f"[mope] robustness of {ckpt}\n  table                    {out / 'robustness.md'}\n"
+          f"  plot                     {out / 'robustness.png'}", flush=True)
+    return out
+
+
+def table_markdown(results: dict, rates: Sequence[float], kinds: Sequence[str], metric: str, ckpt: str) -> str:
+    lines = [f"# Robustness to missing modalities: test {metric}", "", f"- weights: `{ckpt}`",
+             "- rate: the share of test samples that lose the modality; `both`: half lose their text, half their "
+             "image", "", "| missing | " + " | ".join(f"{float(x):g}" for x in rates) + " |",
+             "|---|" + "---|" * len(rates)]
+    for kind in kinds:
+        values = [metric_of(results, kind, rate, metric) for rate in rates]
+        lines.append(f"| {kind} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def robustness_figure(curves: dict[str, dict[str, tuple]], rates: Sequence[float], kinds: Sequence[str],
+                      metric: str):
+    """One panel per kind: `metric` against the rate, a line (mean ± std) per entry of `curves`
+    (label -> condition name -> (mean, std or None)); None when nothing is measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), dpi=110, sharey=True, squeeze=False)
+    drawn = False
+    for ax, kind in zip(axes[0], kinds):
+        for label, values in curves.items():
+            points = [(float(rate), metric_of(values, kind, rate, metric)) for rate in rates]
+            points = [(x, v) for x, v in points if v is not None]
+            if not points:
+                continue
+            drawn = True
+            ax.errorbar([x for x, _ in points], [v[0] for _, v in points], yerr=[v[1] or 0.0 for _, v in points],
+                        marker="o", capsize=3, label=label)
+        ax.set_title(f"{kind} missing", fontsize=10)
+        ax.set_xlabel("test missing rate")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"test {metric}")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    if not drawn:
+        plt.close(fig)
+        return None
+    return fig
+
+
+def _save(fig, path: Path) -> Optional[Path]:
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        return None
+    written = atomic_write(path, lambda fh: fig.savefig(fh, format="png"), binary=True)
+    plt.close(fig)
+    return written

@@ -53,7 +53,8 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str], bool]:
     ns = parser.parse_args(argv)
     files, overrides = [], []
     for arg in ns.args:
-        if "=" in arg:
+        # a config file in a sweep's run directory has '=' in its path (method=mope/seed_1/...)
+        if "=" in arg and not (arg.endswith((".yaml", ".yml")) and os.path.isfile(arg)):
             overrides.append(arg)
         elif arg.endswith((".yaml", ".yml")):
             if overrides:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy, MultilabelF1Score
+from torchmetrics.classification import BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MultilabelF1Score
 
 from mope_lightning.checkpoints import check_fits, classifier_state
 from mope_lightning.models import build_model
@@ -33,13 +33,24 @@ class SamplesF1(BinaryF1Score):
         return super().compute().mean()
 
 
+class PositiveClassAUROC(BinaryAUROC):
+    """AUROC of a two-logit classifier: the score is the softmax probability of class 1 (exact, no binning)."""
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(logits.float().softmax(-1)[:, 1], target)
+
+
 def make_metrics(task: str, num_classes: int) -> MetricCollection:
-    """Accuracy (single label); F1 micro, macro, weighted and samples at 0.5 (multi-label, as MM-IMDB papers)."""
+    """Accuracy (single label), and AUROC with two classes (Hateful Memes' metric); F1 micro, macro, weighted and
+    samples at 0.5 (multi-label, as MM-IMDB papers)."""
     if task == "multilabel":
         metrics = {f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg)
                    for avg in ("micro", "macro", "weighted")}
         return MetricCollection({**metrics, "f1_samples": SamplesF1()})
-    return MetricCollection({"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")})
+    metrics = {"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
+    if num_classes == 2:
+        metrics["auroc"] = PositiveClassAUROC()
+    return MetricCollection(metrics)
 
 
 class MoPELitModule(L.LightningModule):

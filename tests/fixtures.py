@@ -100,3 +100,19 @@ def make_mmbt(root: Path, multilabel: bool = False) -> Path:
             n += 1
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+def make_hateful_memes(root: Path, per_split: dict | None = None) -> Path:
+    """img/<id>.png and {train,dev_seen,test_seen}.jsonl lines {id, img, label, text}; labels alternate 0, 1."""
+    per_split = per_split or {"train": 12, "dev_seen": 4, "test_seen": 4}
+    n = 0
+    for split, count in per_split.items():
+        lines = []
+        for _ in range(count):
+            meme = f"{n + 10000:05d}"
+            write_image(root / "img" / f"{meme}.png", n, fmt="PNG")
+            lines.append(json.dumps({"id": meme, "img": f"img/{meme}.png", "label": n % 2,
+                                     "text": f"caption number {n} {'love' if n % 2 == 0 else 'hate'}"}))
+            n += 1
+        (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return root

@@ -4,6 +4,7 @@ tiny overlay, and the errors that corrupted copies produce."""
 import json
 
 import pytest
+import torch
 
 from mope_lightning.cli import main
 from mope_lightning.config import load_config
@@ -12,7 +13,8 @@ from mope_lightning.errors import DataError
 from mope_lightning.runner import check_data, run
 
 from conftest import EXPERIMENTS, TINY
-from fixtures import FOOD_CLASSES, make_food101, make_mmbt, make_mmimdb, make_snli_ve, write_image
+from fixtures import (FOOD_CLASSES, make_food101, make_hateful_memes, make_mmbt, make_mmimdb, make_snli_ve,
+                      write_image)
 
 
 def config(tmp_path, experiment, root, *overrides):
@@ -71,6 +73,43 @@ def test_mmimdb_genre_filters(tmp_path):
     sizes = {f: sum(len(s) for s in splits_of(config(tmp_path, "mmimdb", root, f"data.genre_filter={f}")).values())
              for f in ("none", "mmbt", "mope")}
     assert sizes["none"] == 14 and sizes["mmbt"] == sizes["mope"] == 14 - 2  # movies 3 and 9 have News
+
+
+def test_hateful_memes_native_layout_reports_auroc(tmp_path, capsys):
+    root = make_hateful_memes(tmp_path / "hm")
+    args = [str(EXPERIMENTS / "hateful_memes.yaml"), str(TINY), f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.missing.test.both=0.5"]
+    assert main(["check-data", *args]) == 0
+    report = capsys.readouterr().out
+    assert "check-data hateful_memes: 2 classes" in report and "the dataset is clean" in report
+    assert "labels: not_hateful 6, hateful 6" in report
+    assert "missing (test): 2 of 4 samples lose a modality: 1 their image, 1 their text" in report
+    cfg = config(tmp_path, "hateful_memes", root, "data.num_workers=0")
+    splits = splits_of(cfg)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [12, 4, 4]
+    assert splits["train"].ids[:2] == ["10000", "10001"] and splits["train"].labels[:2] == [0, 1]
+    summary = run("fit", cfg)
+    assert 0.0 <= summary["metrics"]["test/auroc"] <= 1.0 and "test/acc" in summary["metrics"]
+    assert DATAMODULES["hateful_memes"](cfg.data).monitor == "val/auroc"  # checkpoints are selected on it
+    # the first release's file names
+    (root / "dev_seen.jsonl").rename(root / "dev.jsonl")
+    (root / "test_seen.jsonl").rename(root / "test.jsonl")
+    assert [len(s) for s in splits_of(cfg).values()] == [12, 4, 4]
+
+
+def test_hateful_memes_bad_lines_are_named_by_file_and_line(tmp_path):
+    root = make_hateful_memes(tmp_path / "hm")
+    test = root / "test_seen.jsonl"
+    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    del rows[0]["label"]  # the challenge's unlabelled test file
+    rows[1]["label"] = 2
+    rows[2]["img"] = "img/nowhere.png"
+    test.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    report, problems = check_data(config(tmp_path, "hateful_memes", root))
+    assert problems == 3
+    for expected in (f"{test}:line 1: no 'label': this split file has no labels",
+                     f"{test}:line 2: label 2 is not 0 (not hateful) or 1 (hateful)", "nowhere.png: image file"):
+        assert expected in report, expected
 
 
 @pytest.mark.parametrize("image_dir", ["Flickr30K/flickr30k_images", "flickr30k_images"])
@@ -230,3 +269,16 @@ def test_make_train_runs_a_dataset_experiment_on_a_fixture_copy(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[mope] fit finished" in proc.stdout and "test/acc" in proc.stdout
+
+
+def test_auroc_scores_the_probability_of_the_positive_class():
+    from mope_lightning.lit_module import make_metrics
+
+    metrics = make_metrics("multiclass", 2)
+    logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])
+    metrics.update(logits, torch.tensor([0, 1, 0, 1]))
+    assert metrics.compute()["auroc"] == 1.0
+    flipped = make_metrics("multiclass", 2)
+    flipped.update(logits, torch.tensor([1, 0, 1, 0]))
+    assert flipped.compute()["auroc"] == 0.0
+    assert "auroc" not in make_metrics("multiclass", 3)

@@ -3,6 +3,7 @@
 from mope_lightning.data.base import ImageTextDataModule, ImageTextDataset, TokenizingCollate
 from mope_lightning.data.easy_vqa import EasyVQADataModule
 from mope_lightning.data.food101 import Food101DataModule
+from mope_lightning.data.hateful_memes import HatefulMemesDataModule
 from mope_lightning.data.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
 from mope_lightning.data.mmimdb import MMIMDBDataModule
 from mope_lightning.data.samples import Problem, Scan, Split
@@ -17,12 +18,14 @@ class MMBTDataModule(JsonlDataModule):
 DATAMODULES: dict[str, type[ImageTextDataModule]] = {
     "easy_vqa": EasyVQADataModule,
     "food101": Food101DataModule,
+    "hateful_memes": HatefulMemesDataModule,
     "mmimdb": MMIMDBDataModule,
     "snli_ve": SNLIVEDataModule,
     "mmbt": MMBTDataModule,
     "jsonl": JsonlDataModule,
 }
 
-__all__ = ["DATAMODULES", "EasyVQADataModule", "Food101DataModule", "ImageTextDataModule", "ImageTextDataset",
+__all__ = ["DATAMODULES", "EasyVQADataModule", "Food101DataModule", "HatefulMemesDataModule", "ImageTextDataModule",
+           "ImageTextDataset",
            "JsonlDataModule", "MMBTDataModule", "MMIMDBDataModule", "Problem", "SNLIVEDataModule", "Scan", "Split",
            "TokenizingCollate"]

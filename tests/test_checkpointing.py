@@ -31,6 +31,8 @@ def _batch(net, prompted: str = "text", size: int = 3) -> dict:
         batch["text_features"] = torch.randn(size, net.text.num_features, generator=generator)
     else:
         batch["image_features"] = torch.randn(size, net.image.num_features, generator=generator)
+    # the first sample lost its conditioning modality: the learned missing embedding stands in (and trains)
+    batch[f"{'image' if prompted == 'text' else 'text'}_missing"] = torch.arange(size) == 0
     return batch
 
 

@@ -100,11 +100,13 @@ class ImageTextClassifier(nn.Module):
         return self.fill_missing(modality, feats, batch)
 
     def fill_missing(self, modality: str, feats: Tensor, batch: dict) -> Tensor:
-        rows = missing_rows(batch, modality)
-        if rows is None or modality not in self.missing_features:
+        if modality not in self.missing_features:
             return feats
+        rows = missing_rows(batch, modality)
+        # In the graph on complete batches too (a zero gradient): DDP requires every trainable parameter to be used.
+        rows = feats.new_zeros(feats.shape[0], dtype=torch.bool) if rows is None else rows.to(feats.device)
         embedding = self.missing_features[modality].to(feats.dtype)
-        return torch.where(rows.to(feats.device).unsqueeze(-1), embedding, feats)
+        return torch.where(rows.unsqueeze(-1), embedding, feats)
 
     def missing_problem(self, modality: str) -> Optional[str]:
         """Why this model cannot run on samples that lost `modality`, or None."""

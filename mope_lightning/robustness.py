@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from mope_lightning.errors import ConfigError, NonFiniteError
-from mope_lightning.fileio import atomic_write
+from mope_lightning.fileio import atomic_write, check_writable
 
 KINDS = ("image", "text", "both")
 RESULTS = "robustness.json"
@@ -70,13 +70,19 @@ def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
 
 
 def _read(path: Path, ckpt: str, overwrite: bool) -> dict:
+    """The conditions already evaluated for `ckpt` (to resume); another checkpoint's results are not mixed in."""
     if not path.is_file() or overwrite:
         return {}
-    stored = json.loads(path.read_text())
+    try:
+        stored = json.loads(path.read_text())
+        metrics = dict(stored["metrics"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: not a robustness report written by mope robustness; remove it, or pass "
+                          "overwrite=true to replace it") from None
     if stored.get("checkpoint") != ckpt:
         raise ConfigError(f"{path}: holds the robustness of another checkpoint ({stored.get('checkpoint')}); pass "
                           "another out=DIR, or overwrite=true to replace it")
-    return dict(stored.get("metrics", {}))
+    return metrics
 
 
 def _trainer(cfg: DictConfig):
@@ -90,10 +96,40 @@ def _trainer(cfg: DictConfig):
                      plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
 
 
+def _check_model(net, todo: list[tuple[str, float]]) -> None:
+    """Refuse, before evaluating anything, a model that cannot run without a modality some condition removes."""
+    lost = {m for kind, _ in todo if kind != "none" for m in (("text", "image") if kind == "both" else (kind,))}
+    for modality in sorted(lost):
+        problem = net.missing_problem(modality)
+        if problem:
+            raise ConfigError(f"robustness.kinds: {problem}")
+
+
+def _test_condition(cfg: DictConfig, module, trainer, kind: str, rate: float) -> dict[str, float]:
+    """The test metrics (losses left out) with `kind` missing at `rate` in the test split."""
+    from mope_lightning.data import DATAMODULES
+
+    data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
+    if kind != "none":
+        data.missing.test[kind] = rate
+    datamodule = DATAMODULES[cfg.data.name](data)
+    datamodule.attach(module.net.input_spec())
+    print(f"[mope] robustness: test with {'no modality' if kind == 'none' else kind} missing at {rate:g}", flush=True)
+    found = {}
+    for name, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items():
+        metric = name.removeprefix("test/")
+        if metric in LEFT_OUT:
+            continue
+        if not math.isfinite(value):
+            raise NonFiniteError(f"robustness: {name} is {value} with {kind} missing at {rate:g}; the model "
+                                 "diverged or its weights are broken")
+        found[condition_name(kind, rate, metric)] = float(value)
+    return found
+
+
 def evaluate(cfg: DictConfig) -> Path:
     """Evaluate `cfg.ckpt` at every condition; write robustness.json, .md and .png into the output folder."""
     from mope_lightning.checkpoints import load_into, read_trained_weights
-    from mope_lightning.data import DATAMODULES
     from mope_lightning.runner import build, resolve_ckpt
 
     ckpt, _ = resolve_ckpt(cfg)
@@ -102,37 +138,17 @@ def evaluate(cfg: DictConfig) -> Path:
     r = cfg.robustness
     todo = conditions(list(r.rates), list(r.kinds))
     out = _out_dir(cfg, ckpt)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "robustness.out")
     results = _read(out / RESULTS, ckpt, r.overwrite)
     module, datamodule = build(cfg)
-    for modality in {"text", "image"} & {m for kind, _ in todo for m in (("text", "image") if kind == "both" else
-                                                                         (kind,) if kind != "none" else ())}:
-        problem = module.net.missing_problem(modality)
-        if problem:
-            raise ConfigError(f"robustness.kinds: {problem}")
+    _check_model(module.net, todo)
     load_into(module.net, read_trained_weights(ckpt), datamodule.classes)
     trainer = _trainer(cfg)
     for kind, rate in todo:
-        if any(name.startswith(condition_name(kind, rate, "")) for name in results):
-            continue
-        data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
-        if kind != "none":
-            data.missing.test[kind] = rate
-        condition = DATAMODULES[cfg.data.name](data)
-        condition.attach(module.net.input_spec())
-        print(f"[mope] robustness: test with {'no modality' if kind == 'none' else kind} missing at {rate:g}",
-              flush=True)
-        metrics = trainer.test(module, datamodule=condition, verbose=False)[0]
-        for name, value in metrics.items():
-            metric = name.removeprefix("test/")
-            if metric in LEFT_OUT:
-                continue
-            if not math.isfinite(value):
-                raise NonFiniteError(f"robustness: {name} is {value} with {kind} missing at {rate:g}; the model "
-                                     "diverged or its weights are broken")
-            results[condition_name(kind, rate, metric)] = float(value)
-        record = {"checkpoint": ckpt, "experiment": cfg.experiment, "metrics": results}
-        atomic_write(out / RESULTS, lambda fh: json.dump(record, fh, indent=1))
+        if not any(name.startswith(condition_name(kind, rate, "")) for name in results):
+            results.update(_test_condition(cfg, module, trainer, kind, rate))
+            record = {"checkpoint": ckpt, "experiment": cfg.experiment, "metrics": results}
+            atomic_write(out / RESULTS, lambda fh: json.dump(record, fh, indent=1))
     metric = datamodule.monitor.removeprefix("val/")
     atomic_write(out / "robustness.md", lambda fh: fh.write(table_markdown(results, r.rates, r.kinds, metric, ckpt)))
     figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds,

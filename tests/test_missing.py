@@ -214,6 +214,11 @@ def test_robustness_tests_one_checkpoint_at_each_rate_and_resumes(tmp_path, caps
     other.write_bytes(open(summary["best_checkpoint"], "rb").read())
     assert main([*argv[:-4], f"ckpt={other}", *argv[-3:]]) == 2  # another checkpoint's results are not mixed in
     assert "overwrite=true" in capsys.readouterr().err
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "robustness.json").write_text("{")
+    assert main([*argv[:-3], f"out={damaged}", *argv[-2:]]) == 2
+    assert "robustness.json: not a robustness report" in capsys.readouterr().err
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from mope_lightning.data.missing import lost_by
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import atomic_write, check_writable
 
@@ -98,7 +99,7 @@ def _trainer(cfg: DictConfig):
 
 def _check_model(net, todo: list[tuple[str, float]]) -> None:
     """Refuse, before evaluating anything, a model that cannot run without a modality some condition removes."""
-    lost = {m for kind, _ in todo if kind != "none" for m in (("text", "image") if kind == "both" else (kind,))}
+    lost = {m for kind, _ in todo if kind != "none" for m in lost_by(kind)}
     for modality in sorted(lost):
         problem = net.missing_problem(modality)
         if problem:

@@ -25,6 +25,7 @@ from mope_lightning.config_callbacks import resolve_callbacks
 from mope_lightning.config_checks import PARAM_GROUPS
 from mope_lightning.data import DATAMODULES, ImageTextDataModule
 from mope_lightning.data.missing import describe as describe_missing
+from mope_lightning.data.missing import lost_by
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, ModelError, MopeError, NonFiniteError
 from mope_lightning.fileio import atomic_write, check_output, check_writable
@@ -68,12 +69,10 @@ def _check_missing(cfg: DictConfig, net) -> None:
     """Refuse, before any data is read, a model that cannot run on the samples `data.missing` removes."""
     missing = cfg.data.get("missing")
     for split in ("train", "val", "test") if missing is not None else ():
-        for modality in ("text", "image"):
-            if missing[split][modality] or missing[split].both:
-                problem = net.missing_problem(modality)
-                if problem:
-                    key = f"data.missing.{split}.{modality if missing[split][modality] else 'both'}"
-                    raise ModelError(f"{key}: {problem}")
+        for kind in ("image", "text", "both"):
+            problem = next(filter(None, map(net.missing_problem, lost_by(kind))), None) if missing[split][kind] else None
+            if problem:
+                raise ModelError(f"data.missing.{split}.{kind}: {problem}")
 
 
 def _check_batch_size(cfg: DictConfig, net) -> None:

@@ -26,6 +26,11 @@ from typing import Optional, Sequence
 MODALITIES = ("text", "image")  # what a sample can lose; a missing-aware prompt's case is 1 + this index (0: none)
 
 
+def lost_by(kind: str) -> tuple[str, ...]:
+    """The modalities samples of a removal kind ("image", "text", "both") can lose."""
+    return MODALITIES if kind == "both" else (kind,)
+
+
 def _rank_key(seed: int, sample_id: str) -> bytes:
     return hashlib.blake2b(f"{seed}\0{sample_id}".encode(), digest_size=8).digest()
 

@@ -70,7 +70,9 @@ def _check_missing(cfg: DictConfig, net) -> None:
     missing = cfg.data.get("missing")
     for split in ("train", "val", "test") if missing is not None else ():
         for kind in ("image", "text", "both"):
-            problem = next(filter(None, map(net.missing_problem, lost_by(kind))), None) if missing[split][kind] else None
+            if not missing[split][kind]:
+                continue
+            problem = next(filter(None, map(net.missing_problem, lost_by(kind))), None)
             if problem:
                 raise ModelError(f"data.missing.{split}.{kind}: {problem}")
 

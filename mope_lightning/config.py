@@ -23,7 +23,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from mope_lightning.config_callbacks import resolve_callbacks
-from mope_lightning.config_checks import check_trainer_types, check_values
+from mope_lightning.config_checks import MODALITIES, check_trainer_types, check_values
 from mope_lightning.errors import ConfigError
 from mope_lightning.optim import OPTIMIZERS, SCHEDULERS
 from mope_lightning.tracking import check_loggers
@@ -107,10 +107,18 @@ class ModelConfig:
     # mope | prompt_tuning (static prompts only) | promptfuse (mapped prompts only) | late_concat (frozen features)
     # | finetune (both encoders trained, late concat) | text_only | image_only | pmoe (model.pmoe.experts)
     fusion: str = "mope"
+    # the two modalities the model fuses, each read by its model.<modality>_encoder (text, image, audio); their
+    # order numbers the missing cases of missing-aware prompts
+    modalities: List[str] = field(default_factory=lambda: ["text", "image"])
     prompted: str = "text"  # the modality whose encoder is prompted; the other one conditions it
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     image_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(library="torchvision"))
+    # a transformers speech encoder (wav2vec2, HuBERT, WavLM) with its own feature extractor; `arch` builds its
+    # random-init miniature without files (the MoPE reference's wav2vec2-base-960h)
+    audio_encoder: EncoderConfig = field(
+        default_factory=lambda: EncoderConfig(name="facebook/wav2vec2-base-960h", arch="wav2vec2"))
     pool: str = "mean"  # text pooling: mean (over tokens and prompts, masked) | cls; image encoders pool as timm does
+    # audio encoders pool by the mean over frames and prompts
     condition_prompts: int = 0  # static prompts per layer for the conditioning encoder itself (reference: 4)
     head_hidden: int = 0  # 0: linear head; >0: one hidden layer (the late-fusion MLP uses 256)
     head_dropout: float = 0.0
@@ -294,10 +302,11 @@ class Config:
     run: RunRecord = field(default_factory=RunRecord)
 
 
-FUSIONS = ("mope", "prompt_tuning", "promptfuse", "late_concat", "finetune", "text_only", "image_only", "pmoe")
+FUSIONS = ("mope", "prompt_tuning", "promptfuse", "late_concat", "finetune", "text_only", "image_only", "audio_only",
+           "pmoe")
 CHOICES = {
     "model.fusion": FUSIONS,
-    "model.prompted": ("text", "image"),
+    "model.prompted": MODALITIES,
     "model.compat.mode": (None, "reference"),
     "model.compat.window_prompt_order": ("batch", "reference"),
     "model.pool": ("mean", "cls"),
@@ -306,6 +315,7 @@ CHOICES = {
     "model.pmoe.combine": ("concat", "mean_logits"),
     "model.text_encoder.library": ("transformers",),
     "model.image_encoder.library": ("timm", "torchvision"),
+    "model.audio_encoder.library": ("transformers",),
     "optim.optimizer": OPTIMIZERS,
     "optim.scheduler": SCHEDULERS,
     "checkpoint.mode": ("max", "min"),
@@ -314,6 +324,8 @@ CHOICES = {
     "analyze.split": ("val", "test"),
     "data.on_bad_sample": ("fail", "skip"),
     "data.crop_mode": (None, "center", "squash"),
+    "data.split": (None, "speaker_dependent", "speaker_independent"),  # MUStARD
+    "data.text": (None, "speaker", "utterance", "context"),  # MUStARD
 }
 
 
@@ -440,7 +452,7 @@ def _source_of(sources, key: str) -> str:
 
 def _check(cfg: DictConfig, sources) -> None:
     try:  # first: every later check reads values, and an interpolation to a missing key fails each of them
-        missing = sorted(OmegaConf.missing_keys(cfg))
+        missing = sorted(_needed(cfg, OmegaConf.missing_keys(cfg)))
         if not missing:
             OmegaConf.resolve(OmegaConf.create(OmegaConf.to_container(cfg)))
     except OmegaConfBaseException as exc:
@@ -461,6 +473,14 @@ def _check(cfg: DictConfig, sources) -> None:
     check_values(cfg, source_of)
     check_loggers(cfg.loggers, source_of("loggers"))
     resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
+
+
+def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:
+    """The missing values the experiment needs: an encoder outside its modality pair is never built, so its
+    section may stay unset (a text-audio experiment names no image encoder)."""
+    pair = OmegaConf.select(cfg, "model.modalities", default=None) or []
+    unused = tuple(f"model.{m}_encoder." for m in MODALITIES if m not in pair)
+    return {key for key in missing if not key.startswith(unused)}
 
 
 def _check_trainer_keys(trainer: DictConfig, sources) -> None:

@@ -47,7 +47,8 @@ RANGES: dict[str, Range] = {
     "data.batch_size": POSITIVE_COUNT, "data.eval_batch_size": POSITIVE_COUNT, "data.num_workers": COUNT,
     "data.max_text_length": POSITIVE_COUNT, "data.image_size": POSITIVE_COUNT, "data.crop_pct": POSITIVE,
     "data.val_fraction": Range(0, 1, open_low=True, open_high=True), "data.train_images": POSITIVE_COUNT,
-    "data.test_images": POSITIVE_COUNT, "data.train_fraction": Range(0, 1, open_low=True),
+    "data.test_images": POSITIVE_COUNT, "data.fold": COUNT, "data.max_audio_seconds": POSITIVE,
+    "data.train_fraction": Range(0, 1, open_low=True),
     "data.shots_per_class": POSITIVE_COUNT, "data.subset_seed": COUNT, "data.missing.seed": COUNT,
     **{f"data.missing.{split}.{kind}": Range(0, 1) for split in ("train", "val", "test")
        for kind in ("image", "text", "both")},
@@ -114,6 +115,7 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         why = "is a count of layers, at least 1" if layers < 1 else "applies with model.activation_checkpointing=true"
         raise ConfigError(f"{source_of('model.checkpointed_layers')}: model.checkpointed_layers: {why}; got {layers} "
                           "(null: every prompted layer)")
+    _check_pair(cfg.model, source_of)
     _check_missing(cfg, source_of)
     mope = cfg.model.mope
     if mope.router.top_k > max(mope.num_experts, 1):
@@ -122,17 +124,37 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
 
 
 PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
+MODALITIES = ("text", "image", "audio")  # config.py's schema imports this module
+
+
+UNIMODAL_FUSIONS = {"text_only": "text", "image_only": "image", "audio_only": "audio"}
+
+
+def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:
+    """`model.modalities` names two different modalities, and the prompted and unimodal ones are among them."""
+    pair = list(model.modalities)
+    key = "model.modalities"
+    if len(pair) != 2 or len(set(pair)) != 2 or not set(pair) <= set(MODALITIES):
+        raise ConfigError(f"{source_of(key)}: {key}: {pair} must name two different modalities of "
+                          f"{', '.join(MODALITIES)}, e.g. [text, image] or [text, audio]")
+    if model.prompted not in pair:
+        raise ConfigError(f"{source_of('model.prompted')}: model.prompted: '{model.prompted}' is not one of "
+                          f"{key} {pair}; prompt one of them (the other conditions it)")
+    single = UNIMODAL_FUSIONS.get(model.fusion)
+    if single is not None and single not in pair:
+        raise ConfigError(f"{source_of('model.fusion')}: model.fusion: {model.fusion} reads the {single}, which is "
+                          f"not one of {key} {pair}; use {', '.join(f'{m}_only' for m in pair)}")
 
 
 def _read_modalities(model: DictConfig) -> tuple[str, ...]:
     """The modalities a model reads from a batch (a model reading one alone has no input without it)."""
-    single = {"text_only": ("text",), "image_only": ("image",)}.get(model.fusion)
+    single = UNIMODAL_FUSIONS.get(model.fusion)
     if single:
-        return single
+        return (single,)
     p = model.pmoe
     if model.fusion == "pmoe" and not (p.condition_dispatcher or p.dynamic_length or p.mapped_length):
         return (model.prompted,)
-    return ("text", "image")
+    return tuple(model.modalities)
 
 
 def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
@@ -148,6 +170,12 @@ def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
             raise ConfigError(f"{source_of(key)}: {key}: image {rates.image:g} + text {rates.text:g} + both "
                               f"{rates.both:g} is more than 1; a sample loses one modality at most, so the shares "
                               "add up to 1 at most")
+        for kind in ("text", "image", "both"):
+            lost = ("text", "image") if kind == "both" else (kind,)
+            if rates[kind] and not set(lost) <= set(cfg.model.modalities):
+                raise ConfigError(f"{source_of(f'{key}.{kind}')}: {key}.{kind}: removes the "
+                                  f"{' or '.join(lost)} of samples, but model.modalities is "
+                                  f"{list(cfg.model.modalities)}; data.missing removes texts and images")
         for modality in ("text", "image"):
             if len(reads) == 1 and reads[0] == modality and (rates[modality] or rates.both):
                 kind = f"{key}.{modality}" if rates[modality] else f"{key}.both"

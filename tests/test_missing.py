@@ -11,7 +11,7 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.config import FUSIONS, load_config
-from mope_lightning.data import DATAMODULES, TokenizingCollate
+from mope_lightning.data import DATAMODULES, BatchCollate
 from mope_lightning.data.missing import describe, missing_table
 from mope_lightning.models import build_model
 from mope_lightning.models.classifier import missing_case
@@ -79,7 +79,7 @@ def test_the_datamodule_removes_the_same_samples_in_every_epoch_and_process(tmp_
         if lost[i] == "image":
             assert not a["image_features"].any()  # cached feature: zeros, replaced by the model
     rows = [i for i, m in enumerate(lost) if m == "text"][:3] + [i for i, m in enumerate(lost) if m != "text"][:5]
-    batch = TokenizingCollate(first.spec.tokenizer, 32)([epoch_1[i] for i in rows])
+    batch = BatchCollate(first.spec.tokenizer, 32)([epoch_1[i] for i in rows])
     assert batch["image_missing"].tolist() == [lost[i] == "image" for i in rows]
     assert batch["text_missing"].tolist() == [True] * 3 + [False] * 5
     assert (batch["attention_mask"][:3].sum(1) == 2).all()  # [CLS] [SEP]: special tokens only
@@ -98,7 +98,7 @@ def batch_without(net, modality, size=4):
             "image_missing": torch.full((size,), modality == "image")}
 
 
-CASES = [(f"model.fusion={f}",) for f in FUSIONS if f != "pmoe"] + [tuple(VIT), tuple(SWIN)]
+CASES = [(f"model.fusion={f}",) for f in FUSIONS if f not in ("pmoe", "audio_only")] + [tuple(VIT), tuple(SWIN)]
 
 
 @pytest.mark.parametrize("modality", ["image", "text"])
@@ -179,7 +179,7 @@ def test_missing_aware_prompts_are_chosen_by_the_sample_case():
     batch = batch_without(net, "text")
     batch["text_missing"] = torch.tensor([False, True, False, False])
     batch["image_missing"] = torch.tensor([False, False, True, False])
-    assert missing_case(batch, 4, torch.device("cpu")).tolist() == [0, 1, 2, 0]
+    assert missing_case(batch, 4, torch.device("cpu"), net.pair).tolist() == [0, 1, 2, 0]
     batch["text_missing"] = torch.tensor([True, True, False, False])  # cases 1, 1, 0, 0: no image-less sample
     batch["image_missing"] = torch.zeros(4, dtype=torch.bool)
     net.train()

@@ -60,7 +60,3 @@ def describe(table: Optional[list[str]]) -> str:
     parts = [f"{counts[m]:,} their {m}" for m in ("image", "text") if counts[m]]
     return f"{sum(counts[m] for m in MODALITIES):,} of {len(table):,} samples lose a modality: " + ", ".join(parts)
 
-
-def case_index(lost: str) -> int:
-    """The missing case of a sample: 0 complete, 1 + the index of the modality it lost."""
-    return 0 if not lost else 1 + MODALITIES.index(lost)

@@ -1,12 +1,14 @@
-"""Image-text classifiers: prompt fusion (MoPE and its prompt baselines) and late fusion on pooled features.
+"""Multimodal classifiers: prompt fusion (MoPE and its prompt baselines) and late fusion on pooled features.
 
-Both hold a text encoder (`self.text`) and an image encoder (`self.image`) and take the batch dict the DataLoader
-yields: text tokens (`input_ids`, `attention_mask`), `images`, or the cached pooled feature of a frozen, unprompted
-encoder (`text_features`, `image_features`). `input_spec()` tells the DataModule which of these to provide. No
-tokenization or image decoding happens here.
+Each holds one encoder per modality of its pair (`model.modalities`, e.g. text and image, or text and audio), as the
+attribute named by the modality (`self.text`, `self.image`, `self.audio`), and takes the batch dict the DataLoader
+yields: text tokens (`input_ids`, `attention_mask`), `images`, audio samples (`audio`, `audio_mask`), or the cached
+pooled feature of a frozen, unprompted encoder (`text_features`, `image_features`, `audio_features`).
+`input_spec()` tells the DataModule which of these to provide and how to preprocess them. No tokenization, image
+decoding or audio feature extraction happens here.
 
-Missing modalities (data/missing.py): a batch whose split loses modalities carries `text_missing` and
-`image_missing`, (B,) bools. Every pooled feature a model reads (the conditioning feature, late fusion's features)
+Missing modalities (data/missing.py): a batch whose split loses modalities carries `<modality>_missing`, (B,)
+bools. Every pooled feature a model reads (the conditioning feature, late fusion's features)
 is replaced, for the samples that lost its modality, by a learned embedding of that modality's absence
 (`missing_features`, zeros until trained on missing samples). The prompted encoder runs on what is left: the empty
 text's special tokens, a ViT's prefix tokens and prompts, a Swin's blank image.
@@ -25,7 +27,8 @@ from mope_lightning.models.prompts import ConditionMapper, MoPE, PromptLayer
 from mope_lightning.models.router import MultimodalRouter
 from mope_lightning.models.sources import weights_digest
 
-MODALITIES = ("text", "image")
+MODALITIES = ("text", "image", "audio")  # every modality an encoder family exists for
+DEFAULT_PAIR = ("text", "image")
 
 
 def missing_rows(batch: dict, modality: str) -> Optional[Tensor]:
@@ -33,14 +36,21 @@ def missing_rows(batch: dict, modality: str) -> Optional[Tensor]:
     return batch.get(f"{modality}_missing")
 
 
-def missing_case(batch: dict, batch_size: int, device: torch.device) -> Tensor:
-    """(B,) long: each sample's missing case, 0 complete, 1 + the index in MODALITIES of the modality it lost."""
+def missing_case(batch: dict, batch_size: int, device: torch.device, pair: tuple[str, ...]) -> Tensor:
+    """(B,) long: each sample's missing case, 0 complete, 1 + the index in `pair` of the modality it lost."""
     case = torch.zeros(batch_size, dtype=torch.long, device=device)
-    for k, modality in enumerate(MODALITIES):
+    for k, modality in enumerate(pair):
         rows = missing_rows(batch, modality)
         if rows is not None:
             case = case.masked_fill(rows.to(device), k + 1)
     return case
+
+
+def other_modality(pair: tuple[str, ...], modality: str) -> str:
+    """The modality of `pair` that is not `modality`."""
+    if modality not in pair:
+        raise ValueError(f"{modality!r} is not one of the pair {pair}")
+    return pair[1 - pair.index(modality)]
 
 
 @dataclass
@@ -59,10 +69,11 @@ class InputSpec:
     `<modality>_features` instead. `identity` says what a cached feature depends on (for cache keys).
     """
 
-    tokenizer: Any
-    image_config: dict
+    tokenizer: Any = None  # text
+    image_config: Optional[dict] = None  # image: timm's data config
     cacheable: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
     identity: dict[str, str] = field(default_factory=dict)
+    audio_preprocessor: Any = None  # audio: the transformers feature extractor
 
 
 def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -72,17 +83,26 @@ def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
 
 
-class ImageTextClassifier(nn.Module):
-    """Shared plumbing: the two encoders, their pooled features, parameter groups and checkpoint signatures."""
+class FusionClassifier(nn.Module):
+    """Shared plumbing: the encoders of the modality pair, their pooled features, parameter groups and checkpoint
+    signatures.
 
-    def __init__(self, text: nn.Module, image: nn.Module):
+    `encoders` maps each modality of the pair, in the experiment's order (which numbers the missing cases), to its
+    encoder; each becomes the attribute named by its modality, so checkpoints name weights `text.`, `image.`, ...
+    """
+
+    def __init__(self, encoders: dict[str, nn.Module]):
         super().__init__()
-        self.text = text
-        self.image = image
+        unknown = [m for m in encoders if m not in MODALITIES]
+        if unknown or len(encoders) != 2:
+            raise ValueError(f"a classifier fuses two of {MODALITIES}, got {tuple(encoders)}")
+        self.pair = tuple(encoders)
+        for modality, encoder in encoders.items():
+            self.add_module(modality, encoder)
         self.missing_features = nn.ParameterDict()  # modality -> the learned feature of its absence
 
     def encoder(self, modality: str) -> nn.Module:
-        return self.text if modality == "text" else self.image
+        return self._modules[modality]
 
     def learn_missing_features(self, modalities: tuple[str, ...]) -> None:
         """A learned missing embedding for each modality read as a pooled feature; zeros until trained."""
@@ -117,7 +137,10 @@ class ImageTextClassifier(nn.Module):
         return ()
 
     def input_spec(self) -> InputSpec:
-        spec = InputSpec(self.text.tokenizer, self.image.data_config)
+        encoders = {m: self.encoder(m) for m in self.pair}
+        spec = InputSpec(getattr(encoders.get("text"), "tokenizer", None),
+                         getattr(encoders.get("image"), "data_config", None),
+                         audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None))
         for modality in self.cacheable_modalities():
             encoder = self.encoder(modality)
             spec.cacheable[modality] = encoder
@@ -134,7 +157,7 @@ class ImageTextClassifier(nn.Module):
         return {f"{name}.model": m.model for name, m in self.named_modules() if isinstance(m, Backbone) and m.frozen}
 
     def signature(self) -> dict:
-        return {"text": self.text.signature(), "image": self.image.signature()}
+        return {m: self.encoder(m).signature() for m in self.pair}
 
     def backbone_record(self) -> dict:
         """Which frozen architecture and weights the trained tensors belong to (saved beside them)."""
@@ -149,7 +172,7 @@ class ImageTextClassifier(nn.Module):
 
     def modalities(self) -> tuple[str, ...]:
         """The modalities the model reads from a batch."""
-        return MODALITIES
+        return self.pair
 
     def parameter_counts(self) -> dict[str, float]:
         """Trainable, frozen and total parameters, the trainable percentage, and the trainable ones by group."""
@@ -181,12 +204,13 @@ class ImageTextClassifier(nn.Module):
         return groups
 
 
-class PromptFusionClassifier(ImageTextClassifier):
+class PromptFusionClassifier(FusionClassifier):
     """Prompt fusion: the `prompted` modality's encoder is prompted at every layer, conditioned on the other one.
 
     Args:
-        text, image: the encoders; the prompted one must support prompting (BERT family, ViT, Swin).
-        prompted: "text" or "image".
+        encoders: the pair's encoders by modality; the prompted one must support prompting (BERT family, ViT,
+            Swin, wav2vec2 family).
+        prompted: the modality whose encoder is prompted; the other one conditions it.
         fusion: the prompt generator (`MoPE`; static-only or mapped-only for the prompt baselines).
         num_classes: outputs of the head.
         head_hidden, head_dropout: the head (linear when `head_hidden` is 0).
@@ -196,12 +220,12 @@ class PromptFusionClassifier(ImageTextClassifier):
             its feature is then computed every step and trained through.
     """
 
-    def __init__(self, text: nn.Module, image: nn.Module, prompted: str, fusion: MoPE, num_classes: int,
+    def __init__(self, encoders: dict[str, nn.Module], prompted: str, fusion: MoPE, num_classes: int,
                  head_hidden: int = 0, head_dropout: float = 0.0, head_condition: bool = False,
                  condition_prompts: Optional[MoPE] = None):
-        super().__init__(text, image)
+        super().__init__(encoders)
         self.prompted = prompted
-        self.condition = MODALITIES[1 - MODALITIES.index(prompted)]
+        self.condition = other_modality(self.pair, prompted)
         self.fusion = fusion
         self.condition_prompts = condition_prompts
         self.head_condition = head_condition
@@ -242,7 +266,7 @@ class PromptFusionClassifier(ImageTextClassifier):
 
     def forward(self, batch: dict) -> FusionOutput:
         cond = self.condition_features(batch)
-        case = missing_case(batch, cond.shape[0], cond.device) if self.fusion.missing_cases else None
+        case = missing_case(batch, cond.shape[0], cond.device, self.pair) if self.fusion.missing_cases else None
         prompter = self.fusion.bind(cond, case)
         encoder = self.encoder(self.prompted)
         pooled = encoder.pool(*encoder.forward_features(**encoder.inputs(batch), prompter=prompter))
@@ -252,22 +276,22 @@ class PromptFusionClassifier(ImageTextClassifier):
         return FusionOutput(self.head(pooled), prompter.importance_loss(routing), routing)
 
 
-class LateFusionClassifier(ImageTextClassifier):
+class LateFusionClassifier(FusionClassifier):
     """Late fusion on pooled features: both concatenated (`late_concat`), or one modality alone.
 
     With frozen encoders it is a probe on frozen features (the linear probe with `head_hidden=0`); with trainable
     encoders it is full fine-tuning.
     """
 
-    def __init__(self, text: nn.Module, image: nn.Module, num_classes: int,
-                 modalities: tuple[str, ...] = MODALITIES, head_hidden: int = 256, head_dropout: float = 0.0):
-        super().__init__(text, image)
-        self.read_modalities = modalities
-        width = sum(self.encoder(m).num_features for m in modalities)
+    def __init__(self, encoders: dict[str, nn.Module], num_classes: int, modalities: Optional[tuple[str, ...]] = None,
+                 head_hidden: int = 256, head_dropout: float = 0.0):
+        super().__init__(encoders)
+        self.read_modalities = self.pair if modalities is None else tuple(modalities)
+        width = sum(self.encoder(m).num_features for m in self.read_modalities)
         # Features of very different scales (LayerNorm-ed tokens, ReLU6 CNN maps) meet one head.
         self.norm = nn.LayerNorm(width)
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
-        self.learn_missing_features(modalities)
+        self.learn_missing_features(self.read_modalities)
 
     def modalities(self) -> tuple[str, ...]:
         return self.read_modalities

@@ -6,14 +6,15 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from omegaconf import OmegaConf
 from torch import nn
 
 from mope_lightning.errors import ModelError
+from mope_lightning.models.audio_encoders import TINY_AUDIO, TINY_AUDIO_EXTRA, PromptedAudioEncoder
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.classifier import MODALITIES, LateFusionClassifier, PromptFusionClassifier
+from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier, other_modality
 from mope_lightning.models.dispatcher import PMoE
 from mope_lightning.models.image_encoders import build_timm_encoder, build_torchvision_encoder
 from mope_lightning.models.pmoe import PMoEClassifier
@@ -23,8 +24,9 @@ from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
 PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
-LATE_FUSION_MODALITIES = {"late_concat": ("text", "image"), "finetune": ("text", "image"), "text_only": ("text",),
-                          "image_only": ("image",)}
+# The modalities a late fusion reads; None: both of the experiment's pair.
+LATE_FUSION_MODALITIES = {"late_concat": None, "finetune": None, "text_only": ("text",), "image_only": ("image",),
+                          "audio_only": ("audio",)}
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
@@ -75,6 +77,49 @@ def build_text_encoder(cfg, pool: str = "mean", weights: bool = True,
         return PromptedTextEncoder(model, tokenizer, pool)
     except TypeError as exc:
         raise ModelError(f"{key}.name: {exc}") from None
+
+
+def build_audio_encoder(cfg, weights: bool = True, key: str = "model.audio_encoder") -> PromptedAudioEncoder:
+    """A frozen transformers speech encoder (wav2vec2, HuBERT, WavLM) and its feature extractor: pretrained from a hub
+    id or local directory, or random init (`pretrained: false`, `tiny: true`). Without files to read the feature
+    extractor is the library's default (16 kHz, normalised per utterance), as for a random-init model.
+    `weights=False` builds the architecture only."""
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+
+    source = resolve_text_source(cfg.name)
+    tiny = {**TINY_AUDIO, **TINY_AUDIO_EXTRA.get(cfg.arch or "", {})} if cfg.tiny else {}
+    kwargs = {**tiny, **cfg.kwargs}
+    local = Path(source).exists()
+    try:
+        if cfg.pretrained and weights and not cfg.tiny:
+            model = AutoModel.from_pretrained(source, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(source, **kwargs) if local or not cfg.arch else \
+                AutoConfig.for_model(cfg.arch, **kwargs)
+            model = AutoModel.from_config(config)
+        preprocessor = None
+        if weights:
+            preprocessor = (AutoFeatureExtractor.from_pretrained(source) if local or (cfg.pretrained and not cfg.tiny)
+                            else Wav2Vec2FeatureExtractor(return_attention_mask=True))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"{key}: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
+                         "directory or a hub id reachable from this machine") from None
+    try:
+        return PromptedAudioEncoder(model, preprocessor)
+    except TypeError as exc:
+        raise ModelError(f"{key}.name: {exc}") from None
+
+
+def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key: Optional[str] = None) -> nn.Module:
+    """The encoder of `modality` from its section of `model` (`model.<modality>_encoder`), or from `cfg` (a pMoE
+    expert's section, named `key` in messages)."""
+    cfg = model_cfg[f"{modality}_encoder"] if cfg is None else cfg
+    key = key or f"model.{modality}_encoder"
+    if modality == "text":
+        return build_text_encoder(cfg, model_cfg.pool, weights, key)
+    if modality == "audio":
+        return build_audio_encoder(cfg, weights, key)
+    return build_image_encoder(cfg, weights)
 
 
 def build_image_encoder(cfg, weights: bool = True) -> nn.Module:
@@ -139,7 +184,7 @@ def _missing_prompts(cfg) -> dict:
     """MoPE's missing-aware prompt arguments: one set per case, complete or one modality lost."""
     if not cfg.get("missing_prompts", False):
         return {}
-    return {"missing_length": cfg.missing_prompt_length, "missing_cases": 1 + len(MODALITIES)}
+    return {"missing_length": cfg.missing_prompt_length, "missing_cases": 1 + len(cfg.modalities)}
 
 
 def _memory_bytes() -> int:
@@ -202,28 +247,26 @@ def _set_checkpointed_layers(model: nn.Module, cfg) -> None:
 
 
 def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
-    text = build_text_encoder(cfg.text_encoder, cfg.pool, weights)
-    image = build_image_encoder(cfg.image_encoder, weights)
+    encoders = {m: build_encoder(m, cfg, weights) for m in cfg.modalities}
     if cfg.fusion not in PROMPT_FUSIONS:
         if cfg.fusion == "finetune":
-            text.unfreeze()
-            image.unfreeze()
-        return LateFusionClassifier(text, image, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], cfg.head_hidden,
+            for encoder in encoders.values():
+                encoder.unfreeze()
+        return LateFusionClassifier(encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], cfg.head_hidden,
                                     cfg.head_dropout)
     compat = Compat.from_config(cfg.compat)
-    encoders = {"text": (text, cfg.text_encoder), "image": (image, cfg.image_encoder)}
-    prompted = _promptable(encoders[cfg.prompted][0], f"model.{cfg.prompted}_encoder", encoders[cfg.prompted][1])
-    condition_name = "image" if cfg.prompted == "text" else "text"
-    condition = encoders[condition_name][0]
+    condition_name = other_modality(tuple(cfg.modalities), cfg.prompted)
+    prompted = _promptable(encoders[cfg.prompted], f"model.{cfg.prompted}_encoder", cfg[f"{cfg.prompted}_encoder"])
+    condition = encoders[condition_name]
     if isinstance(prompted, PromptedSwin):
         prompted.set_window_major(compat.window_major)
     condition_prompts = None
     if cfg.condition_prompts:
-        _promptable(condition, f"model.{condition_name}_encoder", encoders[condition_name][1])
+        _promptable(condition, f"model.{condition_name}_encoder", cfg[f"{condition_name}_encoder"])
         condition_prompts = MoPE(condition.layer_dims, condition.layer_stages, 0, static_length=cfg.condition_prompts,
                                  dynamic_length=0, mapped_length=0, init_scale=condition.prompt_init_scale)
     fusion = build_mope(cfg, prompted, condition.num_features, compat)
-    return PromptFusionClassifier(text, image, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
+    return PromptFusionClassifier(encoders, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
                                   head_condition=cfg.fusion == "prompt_tuning", condition_prompts=condition_prompts)
 
 
@@ -235,9 +278,7 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
                          "experiment YAML; see experiments/easy_vqa_pmoe.yaml")
     experts = [_pmoe_expert(cfg, i, weights) for i in range(len(p.experts))]
     _check_shared_inputs(cfg, experts)
-    condition_cfg = cfg.image_encoder if cfg.prompted == "text" else cfg.text_encoder
-    condition = (build_image_encoder(condition_cfg, weights) if cfg.prompted == "text"
-                 else build_text_encoder(condition_cfg, cfg.pool, weights))
+    condition = build_encoder(other_modality(tuple(cfg.modalities), cfg.prompted), cfg, weights)
     # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs.
     conditioned = p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0
     cond_dim = condition.num_features if conditioned else 0
@@ -252,24 +293,25 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
     check_trainable_memory(make, f"model.pmoe: num_experts={p.num_experts}, static_length={p.static_length}, "
                                  f"dynamic_length={p.dynamic_length}, hidden={p.hidden}")
     pmoe = make()
-    return PMoEClassifier(experts, _expert_names(p.experts), condition, cfg.prompted, pmoe, num_classes, p.combine,
-                          cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)
+    return PMoEClassifier(experts, _expert_names(p.experts), condition, tuple(cfg.modalities), cfg.prompted, pmoe,
+                          num_classes, p.combine, cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)
 
 
 def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:
     e, key = cfg.pmoe.experts[i], f"model.pmoe.experts[{i}]"
     if cfg[f"{cfg.prompted}_encoder"].tiny and not e.tiny:  # the tiny overlay miniaturises the experts too
         e = OmegaConf.merge(e, {"tiny": True})
-    is_text = e.library == "transformers"
-    if is_text != (cfg.prompted == "text"):
-        kind = "a text" if is_text else "an image"
+    is_image = e.library != "transformers"
+    if is_image != (cfg.prompted == "image"):
+        kind = "an image" if is_image else "a transformers (text or audio)"
         raise ModelError(f"{key}: {e.library} '{e.name}' is {kind} encoder, but this pMoE's experts are "
                          f"{cfg.prompted} encoders (model.prompted={cfg.prompted}); every expert must be of the "
                          "prompted modality")
-    encoder = build_text_encoder(e, cfg.pool, weights, key) if is_text else build_image_encoder(e, weights)
+    encoder = build_encoder(cfg.prompted, cfg, weights, e, key)
     if isinstance(encoder, PromptedSwin) or not hasattr(encoder, "forward_features"):
         raise ModelError(f"{key}: {e.library} '{e.name}' cannot be a pMoE expert: pMoE prompts isotropic encoders "
-                         "(BERT family, timm ViT/DeiT); hierarchical (Swin) and CNN encoders are not supported")
+                         "(BERT family, timm ViT/DeiT, wav2vec2 family); hierarchical (Swin) and CNN encoders are not "
+                         "supported")
     return encoder
 
 
@@ -282,10 +324,19 @@ def _check_shared_inputs(cfg, experts: list) -> None:
                 and first.tokenizer.get_vocab() != expert.tokenizer.get_vocab():
             raise ModelError(f"{key}: its tokenizer's vocabulary differs from experts[0]'s; text experts share "
                              "one tokenized batch, so pick experts with the same vocabulary (or set `tokenizer:`)")
+        if cfg.prompted == "audio" and _audio_preprocessing(expert) != _audio_preprocessing(first):
+            raise ModelError(f"{key}: its feature extractor ({_audio_preprocessing(expert)}) differs from "
+                             f"experts[0]'s ({_audio_preprocessing(first)}); audio experts share one batch of "
+                             "samples, so pick experts with the same sampling rate and normalisation")
         if cfg.prompted == "image" and expert.data_config["input_size"] != first.data_config["input_size"]:
             raise ModelError(f"{key}: input size {expert.data_config['input_size']} differs from experts[0]'s "
                              f"{first.data_config['input_size']}; image experts share one preprocessed batch, so "
                              "set kwargs.img_size to match")
+
+
+def _audio_preprocessing(encoder) -> dict:
+    p = encoder.preprocessor
+    return {} if p is None else {"sampling_rate": p.sampling_rate, "do_normalize": p.do_normalize}
 
 
 def _expert_names(experts) -> list[str]:

@@ -1,9 +1,10 @@
 """The pMoE classifier: several frozen expert encoders of one modality, prompted together through dispatchers
 (`dispatcher.py`), optionally conditioned on the other modality's feature, with one head over all experts.
 
-The first expert doubles as the classifier's encoder of its modality (`self.text` or `self.image`), so the
-DataModule reads its tokenizer or image preprocessing; the other experts must accept the same inputs (checked when
-the model is built). The other modality's encoder supplies the conditioning feature, cached when it is frozen.
+The first expert doubles as the classifier's encoder of its modality (`self.text`, `self.image` or `self.audio`),
+so the DataModule reads its tokenizer, image preprocessing or audio feature extractor; the other experts must accept
+the same inputs (checked when the model is built). The other modality's encoder supplies the conditioning feature,
+cached when it is frozen.
 """
 
 from __future__ import annotations
@@ -13,35 +14,36 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from mope_lightning.models.classifier import MODALITIES, FusionOutput, ImageTextClassifier, make_head
+from mope_lightning.models.classifier import FusionClassifier, FusionOutput, make_head, other_modality
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
 
 COMBINES = ("concat", "mean_logits")
 
 
-class PMoEClassifier(ImageTextClassifier):
+class PMoEClassifier(FusionClassifier):
     """pMoE over `experts` (encoders of `modality`), conditioned on the other modality when `conditioned`.
 
     Args:
-        experts: prompted encoders of one modality (BERT family or ViT/DeiT), frozen.
+        experts: prompted encoders of one modality (BERT family, ViT/DeiT or wav2vec2 family), frozen.
         names: one display name per expert (routing heatmaps, the report).
         condition: the other modality's encoder.
-        modality: "text" or "image", the experts' modality.
+        pair: the experiment's two modalities, in its order; `modality` is the experts' one.
         pmoe: EPTs and dispatchers sized for the experts.
         combine: "concat" (one linear head on the concatenated pooled features) or "mean_logits" (a head per
             expert, logits averaged).
         conditioned: whether the other modality's feature reaches the prompts (dispatchers, dynamic or mapped EPTs).
     """
 
-    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: nn.Module, modality: str,
-                 pmoe: PMoE, num_classes: int, combine: str = "concat", head_hidden: int = 0,
-                 head_dropout: float = 0.0, conditioned: bool = True):
+    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: nn.Module,
+                 pair: tuple[str, str], modality: str, pmoe: PMoE, num_classes: int, combine: str = "concat",
+                 head_hidden: int = 0, head_dropout: float = 0.0, conditioned: bool = True):
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         first, rest = experts[0], list(experts[1:])
-        super().__init__(*((first, condition) if modality == "text" else (condition, first)))
+        other = other_modality(tuple(pair), modality)
+        super().__init__({m: first if m == modality else condition for m in pair})
         self.modality = modality
-        self.condition = MODALITIES[1 - MODALITIES.index(modality)]
+        self.condition = other
         self.more_experts = nn.ModuleList(rest)
         self.names = list(names)
         self.pmoe = pmoe

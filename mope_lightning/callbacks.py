@@ -43,7 +43,8 @@ def _routing_view(trainer: L.Trainer, pl_module: L.LightningModule, stats: dict,
     dm = trainer.datamodule
     dataset = dm.datasets[split]
     labels = getattr(pl_module.net, "routing_labels", lambda: None)()
-    return RoutingView(stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel, labels)
+    return RoutingView(stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel, labels,
+                       dm.media)
 
 
 def _compute_and_reset(metric) -> dict:

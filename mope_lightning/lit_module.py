@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MultilabelF1Score
+from torchmetrics.classification import (BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
+                                         MultilabelF1Score)
 
 from mope_lightning.checkpoints import check_fits, classifier_state
 from mope_lightning.models import build_model
@@ -41,15 +42,16 @@ class PositiveClassAUROC(BinaryAUROC):
 
 
 def make_metrics(task: str, num_classes: int) -> MetricCollection:
-    """Accuracy (single label), and AUROC with two classes (Hateful Memes' metric); F1 micro, macro, weighted and
-    samples at 0.5 (multi-label, as MM-IMDB papers)."""
+    """Accuracy (single label), and AUROC and weighted F1 with two classes (Hateful Memes', MUStARD's); F1 micro,
+    macro, weighted and samples at 0.5 (multi-label, as MM-IMDB papers)."""
     if task == "multilabel":
         metrics = {f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg)
                    for avg in ("micro", "macro", "weighted")}
         return MetricCollection({**metrics, "f1_samples": SamplesF1()})
     metrics = {"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
-    if num_classes == 2:
+    if num_classes == 2:  # Hateful Memes' AUROC; MUStARD's F-score, the weighted average of the two classes'
         metrics["auroc"] = PositiveClassAUROC()
+        metrics["f1_weighted"] = MulticlassF1Score(num_classes=2, average="weighted")
     return MetricCollection(metrics)
 
 

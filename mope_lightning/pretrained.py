@@ -1,12 +1,13 @@
-"""The Python API: trained weights on their frozen encoders, predicting from raw texts and images.
+"""The Python API: trained weights on their frozen encoders, predicting from raw texts, images and audio clips.
 
     import mope_lightning
     model = mope_lightning.from_pretrained("adapters/easy_vqa")      # adapter folder, .ckpt, or Hub repo id
     out = model.predict(texts=["what shape is this?"], images=["circle.png"])
     out.labels, out.probs, out.routing
+    # a text-audio model: model.predict(texts=[...], audio=["clip.wav"])
 
-The model applies its own tokenizer and image preprocessing (the ones it was trained with), batches, and runs on
-the device it was moved to. Nothing here imports Lightning.
+The model applies its own tokenizer, image preprocessing and audio feature extractor (the ones it was trained
+with), batches, and runs on the device it was moved to. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class PretrainedModel:
         self.trained = trained
         self.classes, self.task = list(trained.classes), trained.task
         self.max_text_length = data_cfg.get("max_text_length", 128)
-        self.tokenizer = net.text.tokenizer
+        self.max_audio_seconds = data_cfg.get("max_audio_seconds")
+        self.tokenizer = net.text.tokenizer if "text" in net.pair else None
         self.transform = eval_transform(net.image.data_config, data_cfg) if "image" in net.modalities() else None
+        self.audio_preprocessor = net.audio.preprocessor if "audio" in net.modalities() else None
 
     @property
     def device(self) -> torch.device:
@@ -69,8 +72,23 @@ class PretrainedModel:
             raise MopeError(f"images[{i}]: {type(image).__name__}; give a PIL image, a file path or a tensor")
         return self.transform(image.convert("RGB"))
 
-    def preprocess(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None) -> dict:
-        """The batch the classifier reads: tokenized texts and preprocessed images, on the model's device."""
+    def _audio(self, clip: Any, i: int):
+        """Samples at the audio encoder's rate: a file is decoded and resampled; an array is taken as it is."""
+        from mope_lightning.data.audio import load_clip
+
+        rate = self.audio_preprocessor.sampling_rate
+        if isinstance(clip, (str, Path)):
+            return load_clip(Path(clip), rate, self.max_audio_seconds).numpy()
+        if isinstance(clip, Tensor):
+            clip = clip.detach().cpu().numpy()
+        if getattr(clip, "ndim", 0) != 1 or not len(clip):
+            raise MopeError(f"audio[{i}]: give a file path or a 1-D array of samples at {rate} Hz (mono)")
+        return clip.astype("float32", copy=False)
+
+    def preprocess(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None,
+                   audio: Optional[Sequence[Any]] = None) -> dict:
+        """The batch the classifier reads: tokenized texts, preprocessed images and padded, normalised audio
+        samples, on the model's device."""
         batch = {}
         if texts is not None:
             tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length,
@@ -78,36 +96,44 @@ class PretrainedModel:
             batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
         if images is not None:
             batch["images"] = torch.stack([self._image(img, i) for i, img in enumerate(images)])
+        if audio is not None:
+            p = self.audio_preprocessor
+            clips = p([self._audio(clip, i) for i, clip in enumerate(audio)], sampling_rate=p.sampling_rate,
+                      padding=True, return_attention_mask=True, return_tensors="pt")
+            batch["audio"], batch["audio_mask"] = clips["input_values"], clips["attention_mask"]
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def _check_inputs(self, texts, images) -> int:
-        given = {"text": texts, "image": images}
-        for modality in self.net.modalities():
+    def _check_inputs(self, texts, images, audio=None) -> int:
+        given = {"text": texts, "image": images, "audio": audio}
+        keyword = {"text": "texts", "image": "images", "audio": "audio"}
+        reads = self.net.modalities()
+        for modality in reads:
             if given[modality] is None:
-                raise MopeError(f"predict: this model reads {' and '.join(self.net.modalities())}; pass "
-                                f"{modality}s=[...]")
-        sizes = {len(v) for m, v in given.items() if v is not None and m in self.net.modalities()}
-        if len(sizes) != 1:
-            raise MopeError(f"predict: texts and images differ in length ({len(texts)} and {len(images)}); give "
-                            "one text per image")
+                raise MopeError(f"predict: this model reads {' and '.join(reads)}; pass {keyword[modality]}=[...]")
+        lengths = {keyword[m]: len(v) for m, v in given.items() if v is not None and m in reads}
+        if len(set(lengths.values())) != 1:
+            shown = " and ".join(f"{k} {n}" for k, n in lengths.items())
+            raise MopeError(f"predict: the inputs differ in length ({shown}); give one of each per input")
         for i, text in enumerate(texts or []):
             if not isinstance(text, str) or not text.strip():
                 raise MopeError(f"texts[{i}]: empty or not a string; give the text of each input")
-        return sizes.pop()
+        return next(iter(lengths.values()))
 
     # --- prediction ----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None,
-                batch_size: int = 64) -> Predictions:
-        """Class probabilities, labels and routing weights of each (text, image) pair. Images: PIL images, file
-        paths, uint8 (C, H, W) tensors, or float tensors already preprocessed by `self.transform`."""
-        n = self._check_inputs(texts, images)
+                batch_size: int = 64, audio: Optional[Sequence[Any]] = None) -> Predictions:
+        """Class probabilities, labels and routing weights of each input (a text and an image, or a text and an audio
+        clip). Images: PIL images, file paths, uint8 (C, H, W) tensors, or float tensors already preprocessed by
+        `self.transform`. Audio: file paths, or 1-D float arrays of samples at the audio encoder's rate."""
+        n = self._check_inputs(texts, images, audio)
         reads = self.net.modalities()
         probs, routing = [], []
         for start in range(0, n, batch_size):
             part = slice(start, start + batch_size)
             batch = self.preprocess(texts[part] if "text" in reads else None,
-                                    images[part] if "image" in reads else None)
+                                    images[part] if "image" in reads else None,
+                                    audio[part] if "audio" in reads else None)
             out = self.net(batch)
             probs.append(probabilities(out.logits.float(), self.task).cpu())
             if out.routing is not None:

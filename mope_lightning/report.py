@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from mope_lightning.data.audio import spectrogram_image
 from mope_lightning.data.samples import Split
 from mope_lightning.fileio import atomic_write
 from mope_lightning.routing import (exemplar_grid, expert_names, heatmap, layer_names, mutual_information,
@@ -21,11 +22,12 @@ REPORT_FILES = ("summary.md", "routing.csv", "layer_expert.png", "class_expert.p
 
 
 class RoutingView:
-    """Routing statistics of one pass over a split, with the split's texts, images and class names."""
+    """Routing statistics of one pass over a split, with the split's texts, media files (images or audio clips, shown
+    as spectrograms) and class names."""
 
     def __init__(self, stats: dict[str, Tensor], split: Split, files: list[Path], classes: list[str],
                  groups: Optional[dict[str, list[int]]], multilabel: bool,
-                 labels: Optional[tuple[list[str], list[str]]] = None):
+                 labels: Optional[tuple[list[str], list[str]]] = None, media: str = "image"):
         layers, experts = stats["layer_expert"].reshape(-1, stats["class_expert"].shape[-1]).shape
         # torchmetrics squeezes one-element results (one routed layer or one class): restore the shapes
         stats = {**stats, "layer_expert": stats["layer_expert"].reshape(layers, experts),
@@ -34,7 +36,7 @@ class RoutingView:
                  "class_count": stats["class_count"].reshape(len(classes)),
                  "sample_routing": stats["sample_routing"].reshape(-1, layers, experts)}
         self.stats, self.split, self.files, self.classes = stats, split, files, classes
-        self.groups, self.multilabel = groups, multilabel
+        self.groups, self.multilabel, self.media = groups, multilabel, media
         # Row and column names: "layer i" and "expert k" for MoPE; (expert model, layer) and candidates for pMoE.
         self.layer_labels, self.expert_labels = labels or (layer_names(layers), expert_names(experts))
 
@@ -90,8 +92,8 @@ class RoutingView:
 
     def exemplar_figure(self, n: int):
         chosen = self.exemplars(n)
-        images = {k: [_thumbnail(self.files[self.split.image_index[r]]) for r in rows] for k, (rows, _) in
-                  chosen.items()}
+        images = {k: [_thumbnail(self.files[self.split.media_index[r]], self.media) for r in rows]
+                  for k, (rows, _) in chosen.items()}
         return exemplar_grid(images, {k: words for k, (_, words) in chosen.items()},
                              "samples routed most strongly to each expert (layer-averaged)", self.expert_labels)
 
@@ -103,7 +105,9 @@ class RoutingView:
         return out
 
 
-def _thumbnail(path: Path, size: int = 96):
+def _thumbnail(path: Path, media: str = "image", size: int = 96):
+    if media == "audio":
+        return spectrogram_image(path, size)
     with Image.open(path) as img:
         img = img.convert("RGB")
         img.thumbnail((size, size))

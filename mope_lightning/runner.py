@@ -23,7 +23,8 @@ from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weigh
 from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.config_callbacks import resolve_callbacks
 from mope_lightning.config_checks import PARAM_GROUPS
-from mope_lightning.data import DATAMODULES, ImageTextDataModule
+from mope_lightning.data import DATAMODULES, MultimodalDataModule
+from mope_lightning.data.audio import describe_clips
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import lost_by
 from mope_lightning.data.subsets import training_subset
@@ -50,11 +51,12 @@ class SaveConfig(Callback):
             atomic_write(Path(log_dir) / "config.yaml", lambda fh: fh.write(resolved))
 
 
-def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
+def build(cfg: DictConfig) -> tuple[MoPELitModule, MultimodalDataModule]:
     """Seed, then build the DataModule and the LightningModule, and tell the DataModule what the model reads."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = DATAMODULES[cfg.data.name](cfg.data)
     datamodule.seed = cfg.seed
+    _check_modalities(cfg, datamodule)
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
     _check_batch_size(cfg, module.net)
     _check_missing(cfg, module.net)
@@ -63,6 +65,15 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, ImageTextDataModule]:
         check_compile(to_container(cfg)["trainer"])
         module.net.compile()  # nn.Module.compile: in place, so checkpoints keep the weights' names
     return module, datamodule
+
+
+def _check_modalities(cfg: DictConfig, datamodule: MultimodalDataModule) -> None:
+    """The model reads modalities the dataset has (an audio dataset has no images), before anything is built."""
+    lacking = [m for m in cfg.model.modalities if m not in datamodule.modalities]
+    if lacking:
+        raise ConfigError(f"model.modalities: {list(cfg.model.modalities)}, but {cfg.data.name} has "
+                          f"{' and '.join(datamodule.modalities)}, no {' or '.join(lacking)}; set model.modalities="
+                          f"[{','.join(datamodule.modalities)}] (see experiments/{cfg.data.name}.yaml)")
 
 
 def _check_missing(cfg: DictConfig, net) -> None:
@@ -110,11 +121,11 @@ def count_parameters(cfg: DictConfig) -> dict:
 
 def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
     m = cfg.model
-    enc = {k: f"{m[k].library} {m[k].name}" for k in ("text_encoder", "image_encoder")}
+    enc = {k: f"{m[f'{k}_encoder'].library} {m[f'{k}_encoder'].name}" for k in m.modalities}
     if m.fusion == "pmoe":  # the experts replace the prompted modality's single encoder
-        enc[f"{m.prompted}_encoder"] = "experts " + ", ".join(f"{e.library} {e.name}" for e in m.pmoe.experts)
+        enc[m.prompted] = "experts " + ", ".join(f"{e.library} {e.name}" for e in m.pmoe.experts)
     lines = [f"[mope] parameters of {cfg.experiment}: fusion {m.fusion}, prompted {m.prompted}; "
-             f"text {enc['text_encoder']}, image {enc['image_encoder']}; {counts['num_classes']} classes"]
+             + ", ".join(f"{k} {v}" for k, v in enc.items()) + f"; {counts['num_classes']} classes"]
     for group in PARAM_GROUPS:
         if group in counts:
             lines.append(f"  {group:<18} {counts[group]:>14,}")
@@ -166,15 +177,19 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     datamodule = DATAMODULES[cfg.data.name](cfg.data)
     scan = datamodule.index()
     lines = [f"[mope] check-data {cfg.data.name}: {len(datamodule.classes)} classes"]
+    media = {"image": "images", "audio": "clips"}[datamodule.media]
     for name, split in scan.splits.items():
-        images = len(set(split.image_index))
-        lines.append(f"  {name:<6} {len(split):>9,} samples  {images:>8,} images")
+        lines.append(f"  {name:<6} {len(split):>9,} samples  {len(set(split.media_index)):>8,} {media}")
         counts = Counter(c for label in split.labels for c in (label if isinstance(label, list) else [label]))
         shown = ", ".join(f"{datamodule.classes[c]} {n}" for c, n in counts.most_common())
         lines.append(f"         labels: {shown}")
     digests = [d for pool in scan.digests.values() for d in pool]
-    lines.append(f"  images: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
-                 if scan.digests else "  images: not decoded (data.check_images=false: unreadable ones go unnoticed)")
+    lines.append(f"  {media}: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
+                 if scan.digests else f"  {media}: not decoded (data.check_images=false: unreadable ones go "
+                                      "unnoticed)")
+    if datamodule.media == "audio":  # the rate the clips are resampled to is the audio encoder's, named at fit
+        files = sorted({f for files in scan.pools.values() for f in files})
+        lines += [f"  audio {line}" for line in describe_clips(files, None, cfg.data.get("max_audio_seconds"))]
     train, subset = training_subset(scan.splits["train"], datamodule.classes, cfg.data.train_fraction,
                                     cfg.data.shots_per_class, cfg.data.subset_seed)
     lines += [f"  note: {note}" for note in [*scan.notes, subset] if note]
@@ -182,7 +197,8 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     lines += [f"  missing ({name}): {describe_missing(table)} (data.missing.{name}, seed {cfg.data.missing.seed})"
               for name, table in tables.items() if table]
     kinds = Counter(problem.kind for problem in scan.problems)
-    names = {"record": "in the records", "image": "unreadable images", "duplicate": "ids repeated within a split",
+    names = {"record": "in the records", "image": "unreadable images", "audio": "unreadable audio clips",
+             "duplicate": "ids repeated within a split",
              "overlap": "val/test samples also in train"}
     by_kind = ", ".join(f"{n} {names.get(kind, kind)}" for kind, n in kinds.items())
     lines.append(f"  problems: {len(scan.problems)}" + (f" ({by_kind})" if scan.problems else
@@ -214,7 +230,7 @@ def resolve_ckpt(cfg: DictConfig) -> tuple[Optional[str], Optional[int]]:
     return str(path), None
 
 
-def build_trainer(cfg: DictConfig, datamodule: ImageTextDataModule, command: str,
+def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: str,
                   version: Optional[str | int] = None) -> L.Trainer:
     """The Trainer of `cfg.trainer`, with the config's loggers and callbacks, and the framework's callbacks,
     samplers and checkpoint I/O."""
@@ -299,7 +315,7 @@ def run(command: str, cfg: DictConfig) -> dict:
     return summary
 
 
-def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, datamodule: ImageTextDataModule,
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, datamodule: MultimodalDataModule,
                   ckpt_path: Optional[str]) -> dict:
     """Train, then test the best (or last) weights. A signal ends it with `Interrupted`: never a success."""
     from lightning.pytorch.trainer.states import TrainerStatus
@@ -374,6 +390,7 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
     batch_size = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
     preds = model.predict(texts=[r.text for r in rows] if rows[0].text is not None else None,
                           images=[r.image for r in rows] if rows[0].image is not None else None,
+                          audio=[r.audio for r in rows] if rows[0].audio is not None else None,
                           batch_size=batch_size)
     atomic_write(out, lambda fh: write_predictions_csv(fh, [r.id for r in rows], preds.probs, preds.classes,
                                                        model.task))

@@ -116,3 +116,70 @@ def make_hateful_memes(root: Path, per_split: dict | None = None) -> Path:
             n += 1
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+MUSTARD_SHOWS = ("FRIENDS", "BBT", "GOLDENGIRLS")
+
+
+def write_wav(path: Path, seed: int, seconds: float = 0.5, rate: int = 16000, channels: int = 1) -> Path:
+    """A PCM WAV of a tone and noise (16-bit), written with the standard library."""
+    import wave
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    signal = 0.3 * np.sin(2 * np.pi * (200 + 40 * (seed % 7)) * t) + 0.05 * rng.standard_normal(len(t))
+    frames = np.repeat((signal * 32767).astype("<i2")[:, None], channels, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(frames.tobytes())
+    return path
+
+
+def write_mp4_audio(path: Path, seed: int, seconds: float = 0.5, rate: int = 22050) -> Path:
+    """An MP4 with one AAC audio track (as the released MUStARD clips carry), encoded with PyAV."""
+    import av
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.3 * np.sin(2 * np.pi * (300 + 10 * seed) * t)).astype(np.float32)[None, :]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
+def make_mustard(root: Path, count: int = 30) -> Path:
+    """sarcasm_data.json, utterances_final/<id>.wav (one .mp4 clip, one 44.1 kHz stereo WAV) and split_indices.p
+    (5 folds of numpy index arrays, pickled as the release ships them)."""
+    import pickle
+
+    import numpy as np
+
+    data = {}
+    for n in range(count):
+        clip_id = f"{n // 10 + 1}_{n}"
+        data[clip_id] = {"utterance": f"Oh great, another line number {n}.", "speaker": ["SHELDON", "CHANDLER"][n % 2],
+                         "context": [f"context {n} a", f"context {n} b"], "context_speakers": ["LEONARD", "PENNY"],
+                         "show": MUSTARD_SHOWS[n % 3], "sarcasm": n % 2 == 1}
+        clips = root / "utterances_final"
+        if n == 3:
+            write_mp4_audio(clips / f"{clip_id}.mp4", n)
+        elif n == 4:
+            write_wav(clips / f"{clip_id}.wav", n, rate=44100, channels=2)
+        else:
+            write_wav(clips / f"{clip_id}.wav", n, seconds=0.3 + 0.05 * (n % 5))
+    (root / "sarcasm_data.json").write_text(json.dumps(data, indent=2))
+    order = np.random.default_rng(0).permutation(count)
+    folds = [(np.sort(np.setdiff1d(order, part)), np.sort(part)) for part in np.array_split(order, 5)]
+    (root / "split_indices.p").write_bytes(pickle.dumps(folds))
+    return root

@@ -89,7 +89,7 @@ def test_subset_keeps_the_questions_of_the_first_images(tmp_path):
     dm = EasyVQADataModule(data_config(tmp_path, "data.train_images=40", "data.test_images=10"))
     splits, pools = dm.read_splits()
     assert len(pools["train"]) == 40 and len(pools["test"]) == 10
-    assert max(splits["train"].image_index + splits["val"].image_index) == 39
+    assert max(splits["train"].media_index + splits["val"].media_index) == 39
     assert len(splits["test"]) == sum(1 for e in json.loads((PACKAGE_ROOT / "test/questions.json").read_text())
                                       if e[2] < 10)
 
@@ -119,7 +119,7 @@ def test_feature_cache_encodes_each_image_once_and_notices_changes(tmp_path, tin
     assert counting.images_seen == 6 + 3
     # A cached feature is the encoder's output for that image.
     val = dm.datasets["val"]
-    image = load_image(val.files[val.split.image_index[0]])
+    image = load_image(val.files[val.split.media_index[0]])
     expected = tiny_image_encoder(dm._transform()(image).unsqueeze(0))[0]
     torch.testing.assert_close(val[0]["image_features"], expected, atol=1e-5, rtol=1e-4)
     # Replacing a training image invalidates the train cache only. (A copy of a test image would be refused: its

@@ -97,7 +97,7 @@ def _distinct_images(cfg) -> set:
     datamodule.attach(module.net.input_spec())
     datamodule.setup("fit")
     datamodule.setup("test")
-    return {split.files[i] for split in datamodule.datasets.values() for i in set(split.split.image_index)}
+    return {split.files[i] for split in datamodule.datasets.values() for i in set(split.split.media_index)}
 
 
 def test_no_forward_tokenizes_or_decodes_images(tmp_path, monkeypatch):

@@ -1,11 +1,12 @@
 """DataModules by name (`data.name`). Each declares its own config dataclass (`config_class`)."""
 
-from mope_lightning.data.base import ImageTextDataModule, ImageTextDataset, TokenizingCollate
+from mope_lightning.data.base import MultimodalDataModule, MultimodalDataset, BatchCollate
 from mope_lightning.data.easy_vqa import EasyVQADataModule
 from mope_lightning.data.food101 import Food101DataModule
 from mope_lightning.data.hateful_memes import HatefulMemesDataModule
 from mope_lightning.data.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
 from mope_lightning.data.mmimdb import MMIMDBDataModule
+from mope_lightning.data.mustard import MustardDataModule
 from mope_lightning.data.samples import Problem, Scan, Split
 
 
@@ -15,17 +16,17 @@ class MMBTDataModule(JsonlDataModule):
     config_class = MMBTConfig
 
 
-DATAMODULES: dict[str, type[ImageTextDataModule]] = {
+DATAMODULES: dict[str, type[MultimodalDataModule]] = {
     "easy_vqa": EasyVQADataModule,
     "food101": Food101DataModule,
     "hateful_memes": HatefulMemesDataModule,
     "mmimdb": MMIMDBDataModule,
+    "mustard": MustardDataModule,
     "snli_ve": SNLIVEDataModule,
     "mmbt": MMBTDataModule,
     "jsonl": JsonlDataModule,
 }
 
-__all__ = ["DATAMODULES", "EasyVQADataModule", "Food101DataModule", "HatefulMemesDataModule", "ImageTextDataModule",
-           "ImageTextDataset",
-           "JsonlDataModule", "MMBTDataModule", "MMIMDBDataModule", "Problem", "SNLIVEDataModule", "Scan", "Split",
-           "TokenizingCollate"]
+__all__ = ["DATAMODULES", "EasyVQADataModule", "Food101DataModule", "HatefulMemesDataModule", "MultimodalDataModule",
+           "MultimodalDataset", "JsonlDataModule", "MMBTDataModule", "MMIMDBDataModule", "MustardDataModule", "Problem",
+           "SNLIVEDataModule", "Scan", "Split", "BatchCollate"]

@@ -1,16 +1,19 @@
-"""The shared image-text DataModule: a cached index of (id, text, image, label) samples, cached frozen features,
-the image encoder's preprocessing, and a collate function that tokenizes in the DataLoader workers.
+"""The shared DataModule: a cached index of (id, text, media, label) samples, where the media file is an image or,
+for audio datasets (`media = "audio"`), an audio clip; cached frozen features; the media encoder's preprocessing;
+and a collate function that tokenizes texts and runs the audio feature extractor in the DataLoader workers.
 
-A dataset subclass reads its native files and nothing else: `read_classes()`, `scan()` (splits, image pools and
+A dataset subclass reads its native files and nothing else: `read_classes()`, `scan()` (splits, media pools and
 per-sample problems, each sample with where it was read; structural problems raise `DataError`), `source_files()`
-(what the index depends on), `split_source()` (where a split comes from, for messages) and, when its images may
-live outside `root`, `image_folders()`. The checks every dataset gets (images decoded, repeated ids, val/test
+(what the index depends on), `split_source()` (where a split comes from, for messages) and, when its files may
+live outside `root`, `image_folders()`. The checks every dataset gets (files decoded, repeated ids, val/test
 samples also in train, empty splits) are here and in data/checks.py, not in the readers. The model says what it
-reads (`InputSpec`, given to `attach`): text tokens or a cached text feature, images or a cached image feature.
+reads (`InputSpec`, given to `attach`): text tokens or a cached text feature, images or audio samples, or their
+cached feature.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import fields
 from pathlib import Path
@@ -20,8 +23,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mope_lightning.data.features import (FeatureCache, encode_images, encode_texts, eval_transform, image_key,
-                                          load_image, text_key)
+from mope_lightning.data.audio import describe_clips, load_clip
+from mope_lightning.data.features import (FeatureCache, LoadImage, encode_audio, encode_images, encode_texts,
+                                          eval_transform, media_key, text_key)
 from mope_lightning.data.index import apply_policy, load_or_build_index
 from mope_lightning.data.missing import MODALITIES as MISSABLE
 from mope_lightning.data.missing import describe as describe_missing
@@ -35,14 +39,15 @@ log = logging.getLogger(__name__)
 # Settings that change how data is loaded, not which samples exist: they do not invalidate the index.
 _LOADING_KEYS = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "image_size",
                  "crop_pct", "crop_mode", "image_mean", "image_std", "randaugment", "cache_features", "cache_dir",
-                 "on_bad_sample", "max_text_length",
+                 "on_bad_sample", "max_text_length", "max_audio_seconds",
                  # the low-data protocol subsets the indexed train split: one index serves every subset
                  "train_fraction", "shots_per_class", "subset_seed",
                  "missing"}  # which samples lose a modality is decided on the indexed splits
 
 
-class ImageTextDataset(Dataset):
-    """Items of a `Split`: the label, the text (or its cached feature), the image (or its cached feature).
+class MultimodalDataset(Dataset):
+    """Items of a `Split`: the label, the text (or its cached feature), the media file loaded by `load` (an image
+    through the encoder's transform, an audio clip at the encoder's rate) or its cached feature.
 
     `missing` (data/missing.py): per sample, the modality it lost, or "". A lost text is the empty text (or a zero
     feature, which the model replaces by its learned missing embedding); a lost image is never read: its cached
@@ -50,19 +55,19 @@ class ImageTextDataset(Dataset):
     which only a model that needs pixels (Swin) looks at.
     """
 
-    def __init__(self, split: Split, num_classes: int, multilabel: bool, files: Sequence[Path], transform=None,
-                 image_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None,
+    def __init__(self, split: Split, num_classes: int, multilabel: bool, files: Sequence[Path], media: str = "image",
+                 load=None, media_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None,
                  missing: Optional[list[str]] = None, blank_image: Optional[torch.Tensor] = None):
         self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
-        self.files, self.transform = files, transform
-        self.image_features, self.text_features, self.text_rows = image_features, text_features, text_rows
+        self.files, self.media, self.load = files, media, load
+        self.media_features, self.text_features, self.text_rows = media_features, text_features, text_rows
         self.missing, self.blank_image = missing, blank_image
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict:
-        s, j = self.split, self.split.image_index[i]
+        s, j = self.split, self.split.media_index[i]
         item = {"id": s.ids[i], "index": i, "label": self._target(s.labels[i])}
         lost = self.missing[i] if self.missing is not None else ""
         if self.missing is not None:
@@ -72,11 +77,11 @@ class ImageTextDataset(Dataset):
             item["text_features"] = torch.zeros_like(feature) if lost == "text" else feature
         else:
             item["text"] = "" if lost == "text" else s.texts[i]
-        if self.image_features is not None:
-            item["image_features"] = (torch.zeros_like(self.image_features[j]) if lost == "image"
-                                      else self.image_features[j])
+        if self.media_features is not None:
+            feature = self.media_features[j]
+            item[f"{self.media}_features"] = torch.zeros_like(feature) if lost == self.media else feature
         else:
-            item["images"] = self.blank_image if lost == "image" else self.transform(load_image(self.files[j]))
+            item[MEDIA_KEYS[self.media]] = self.blank_image if lost == "image" else self.load(self.files[j])
         return item
 
     def _target(self, label):
@@ -87,11 +92,15 @@ class ImageTextDataset(Dataset):
         return target
 
 
-class TokenizingCollate:
-    """Batches items and tokenizes their texts with dynamic padding (runs in the DataLoader workers)."""
+MEDIA_KEYS = {"image": "images", "audio": "audio"}  # the batch key of a media file's loaded content
 
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
+
+class BatchCollate:
+    """Batches items, tokenizing their texts with dynamic padding and padding their audio clips with the audio
+    encoder's feature extractor (normalised per clip over its own samples); runs in the DataLoader workers."""
+
+    def __init__(self, tokenizer, max_length: int, audio_preprocessor=None):
+        self.tokenizer, self.max_length, self.audio_preprocessor = tokenizer, max_length, audio_preprocessor
 
     def __call__(self, items: list[dict]) -> dict:
         first = items[0]
@@ -100,9 +109,14 @@ class TokenizingCollate:
             tokens = self.tokenizer([it["text"] for it in items], padding=True, truncation=True,
                                     max_length=self.max_length, return_tensors="pt")
             batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        if "audio" in first:
+            p = self.audio_preprocessor
+            clips = p([it["audio"].numpy() for it in items], sampling_rate=p.sampling_rate, padding=True,
+                      return_attention_mask=True, return_tensors="pt")
+            batch["audio"], batch["audio_mask"] = clips["input_values"], clips["attention_mask"]
         batch["labels"] = (torch.stack([it["label"] for it in items]) if torch.is_tensor(first["label"])
                            else torch.tensor([it["label"] for it in items]))
-        for key in ("text_features", "image_features", "images"):
+        for key in ("text_features", "image_features", "audio_features", "images"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
         if "missing" in first:  # the split loses modalities: which sample lost which (B,) bool per modality
@@ -111,15 +125,17 @@ class TokenizingCollate:
         return batch
 
 
-class ImageTextDataModule(L.LightningDataModule):
+class MultimodalDataModule(L.LightningDataModule):
     """Base DataModule for image-text classification. Subclasses set `config_class` and read their files.
 
-    Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric) and
-    `num_classes` (when the label set is fixed).
+    Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric),
+    `num_classes` (when the label set is fixed) and `media` (what the pool files are: "image" or "audio"; the
+    dataset's modalities are the text and its media).
     """
 
     config_class: type = None
     task = "multiclass"
+    media = "image"
     monitor = "val/acc"
     num_classes: Optional[int] = None  # the size of a fixed label set, known without the data (`mope params`)
 
@@ -134,7 +150,7 @@ class ImageTextDataModule(L.LightningDataModule):
         self._left_out = 0  # samples of this many problems were left out by data.on_bad_sample=skip
         self.subset_note = ""  # what the low-data protocol kept of the train split
         self.missing: dict[str, Optional[list[str]]] = {}  # per split: the modality each sample lost (data.missing)
-        self.datasets: dict[str, ImageTextDataset] = {}
+        self.datasets: dict[str, MultimodalDataset] = {}
 
     # --- what a dataset implements -------------------------------------------------------------------------
     def read_classes(self) -> list[str]:
@@ -170,7 +186,7 @@ class ImageTextDataModule(L.LightningDataModule):
         settings = {f.name: getattr(self.cfg, f.name) for f in fields(self.config_class)
                     if f.name not in _LOADING_KEYS}
         return load_or_build_index(self.cache_folder, {"classes": self.classes, **settings}, self.source_files(),
-                                   self.scan, self.image_folders(), self.cfg.check_images)
+                                   self.scan, self.image_folders(), self.cfg.check_images, self.media)
 
     def read_splits(self, verbose: bool = True) -> tuple[dict[str, Split], dict[str, list[Path]]]:
         """The samples that pass `data.on_bad_sample`, with pools of only the images they use (an image whose
@@ -225,6 +241,19 @@ class ImageTextDataModule(L.LightningDataModule):
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
+    @property
+    def modalities(self) -> tuple[str, str]:
+        """The modalities of the samples: the text and the media."""
+        return "text", self.media
+
+    def _load_media(self, train: bool = False):
+        """file -> the tensor the model reads: an image through the encoder's transform (augmented in training),
+        or an audio clip at the audio encoder's rate, cut to `data.max_audio_seconds`."""
+        if self.media == "audio":
+            return functools.partial(load_clip, sampling_rate=self.spec.audio_preprocessor.sampling_rate,
+                                     max_seconds=self.cfg.get("max_audio_seconds"))
+        return LoadImage(self._transform(train))
+
     def _transform(self, train: bool = False):
         c = self.cfg
         transform = eval_transform(self.spec.image_config, c)
@@ -243,21 +272,30 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _cached(self, modality: str) -> bool:
         # Augmented training images change every epoch, so their features cannot be cached.
-        augmented = modality == "image" and bool(self.cfg.randaugment)
+        augmented = modality == "image" and bool(self.cfg.get("randaugment"))
         return self.cfg.cache_features and modality in self.spec.cacheable and not augmented
 
-    def _image_features(self, cache: FeatureCache, pool: str, files: list[Path]):
+    def _media_features(self, cache: FeatureCache, pool: str, files: list[Path]):
         if not files:  # only empty splits use this pool: nothing to encode (or to read)
             return torch.empty(0)
-        transform = self._transform()
-        encoder = self.spec.cacheable["image"]
-        key = image_key(self.spec.identity["image"], transform, files)
-        # With the images decoded when the index is built, an unreadable one has left out its samples already.
-        hint = ("" if self.cfg.check_images else "\nSet data.check_images=true so that the dataset index finds "
-                "unreadable images and data.on_bad_sample=skip can leave out their samples, or replace the files")
-        return cache.get(f"image-{pool}", key, lambda: encode_images(
-            encoder, files, transform, batch_size=max(self.cfg.batch_size, 64), num_workers=self.cfg.num_workers,
-            hint=hint), rows=len(files), describe=f"image features of {len(files)} {pool} images")
+        media, encoder = self.media, self.spec.cacheable[self.media]
+        # With the files decoded when the index is built, an unreadable one has left out its samples already.
+        hint = ("" if self.cfg.check_images else f"\nSet data.check_images=true so that the dataset index finds "
+                f"unreadable {media} files and data.on_bad_sample=skip can leave out their samples, or replace them")
+        if media == "audio":
+            load, collate = self._load_media(), BatchCollate(None, 0, self.spec.audio_preprocessor)
+            preprocessing = (f"{self.spec.audio_preprocessor.to_json_string()}|max_audio_seconds="
+                             f"{self.cfg.get('max_audio_seconds')}")
+            key = media_key(self.spec.identity[media], preprocessing, files)
+            compute = functools.partial(encode_audio, encoder, files, load, collate, self.cfg.batch_size,
+                                        self.cfg.num_workers, hint)
+        else:
+            transform = self._transform()
+            key = media_key(self.spec.identity[media], repr(transform), files)
+            compute = functools.partial(encode_images, encoder, files, transform, max(self.cfg.batch_size, 64),
+                                        self.cfg.num_workers, hint)
+        return cache.get(f"{media}-{pool}", key, compute, rows=len(files),
+                         describe=f"{media} features of {len(files)} {pool} files")
 
     def _text_features(self, cache: FeatureCache, texts: list[str]):
         if not texts:
@@ -273,10 +311,10 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def _build_features(self, splits: dict[str, Split], pools: dict[str, list[Path]]):
         cache = FeatureCache(self.cache_folder)
-        image = ({pool: self._image_features(cache, pool, files) for pool, files in pools.items()}
-                 if self._cached("image") else None)
+        media = ({pool: self._media_features(cache, pool, files) for pool, files in pools.items()}
+                 if self._cached(self.media) else None)
         text = self._text_features(cache, self._distinct_texts(splits)) if self._cached("text") else None
-        return image, text
+        return media, text
 
     def prepare_data(self) -> None:
         # One process per node: scan and check the files, then build the feature caches once.
@@ -291,15 +329,19 @@ class ImageTextDataModule(L.LightningDataModule):
             return
         self.splits, pools = self.read_splits(verbose=False)  # prepare_data has logged the notes
         self.check_splits(stage)
-        image, text = self._build_features(self.splits, pools)
+        media, text = self._build_features(self.splits, pools)
         rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
+        if media is None and self.media == "audio":
+            for line in describe_clips(sorted({f for files in pools.values() for f in files}),
+                                       self.spec.audio_preprocessor.sampling_rate, self.cfg.get("max_audio_seconds")):
+                log.info("%s audio %s", self.cfg.name, line)
         for name, split in self.splits.items():
-            transform = None if image is not None else self._transform(train=name == "train")
+            load = None if media is not None else self._load_media(train=name == "train")
             missing = self.missing.get(name)
-            blank = self._blank_image() if missing is not None and image is None else None
-            self.datasets[name] = ImageTextDataset(split, len(self.classes), self.multilabel, pools[split.pool],
-                                                   transform, image[split.pool] if image is not None else None,
-                                                   text, rows, missing, blank)
+            blank = self._blank_image() if missing is not None and media is None and self.media == "image" else None
+            self.datasets[name] = MultimodalDataset(split, len(self.classes), self.multilabel, pools[split.pool],
+                                                    self.media, load, media[split.pool] if media is not None else None,
+                                                    text, rows, missing, blank)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
 
     # --- loaders -------------------------------------------------------------------------------------------
@@ -333,7 +375,8 @@ class ImageTextDataModule(L.LightningDataModule):
         return DataLoader(self.datasets[split], batch_size=batch_size, sampler=self._sampler(split, train),
                           drop_last=train, num_workers=c.num_workers, pin_memory=pin,
                           persistent_workers=c.persistent_workers and c.num_workers > 0,
-                          collate_fn=TokenizingCollate(self.spec.tokenizer, c.max_text_length))
+                          collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length,
+                                                  self.spec.audio_preprocessor))
 
     def train_dataloader(self) -> DataLoader:
         size, world = len(self.datasets["train"]), self._world()[0]

@@ -1,7 +1,7 @@
-"""The checks every dataset index gets, whichever reader built it: each image decoded in full once (in parallel),
-image paths that lead outside the dataset's folders, sample ids repeated within a split, and val/test samples that
-are also in train. What they find are sample problems (or a note), so `data.on_bad_sample` decides, as for the
-problems a reader finds.
+"""The checks every dataset index gets, whichever reader built it: each image (or audio clip) decoded in full once
+(in parallel), image paths that lead outside the dataset's folders, sample ids repeated within a split, and val/test
+samples that are also in train. What they find are sample problems (or a note), so `data.on_bad_sample` decides, as
+for the problems a reader finds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from PIL import Image
 
@@ -30,37 +30,59 @@ def decode_image(path: str) -> tuple[str, str]:
     `verify()` alone reads only the headers, so a truncated JPEG would pass and fail mid-epoch; `load()` decodes
     every pixel. The digest of the bytes is the image's identity for the overlap check (two copies of one picture).
     """
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        return "", "image file not found"
-    except OSError as exc:
-        return "", f"cannot read image file ({exc.strerror or exc})"
+    data, problem = read_file(path, "image")
+    if data is None:
+        return "", problem
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
     except Exception as exc:  # PIL raises many types for broken files: OSError, SyntaxError, ValueError, bombs...
         return "", f"cannot read image ({exc})"
-    return hashlib.blake2b(data, digest_size=16).hexdigest(), ""
+    return content_digest(data), ""
+
+
+def read_file(path: str, kind: str) -> tuple[bytes | None, str]:
+    """(the file's bytes, "") or (None, what is wrong), for a file of `kind` ("image", "audio")."""
+    try:
+        return Path(path).read_bytes(), ""
+    except FileNotFoundError:
+        return None, f"{kind} file not found"
+    except OSError as exc:
+        return None, f"cannot read {kind} file ({exc.strerror or exc})"
+
+
+def content_digest(data: bytes) -> str:
+    """A file's identity for the train/test overlap check: two byte-identical copies are one sample's media."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def decode_images(files: Sequence[Path]) -> list[tuple[str, str]]:
-    """`decode_image` of every file, in one process per available CPU for more than a few files."""
-    workers = _cpus()
+def _decoder(media: str) -> Callable[[str], tuple[str, str]]:
+    """The check of one file of a dataset's pools: `decode_image`, or for audio datasets `check_clip`."""
+    if media == "audio":
+        from mope_lightning.data.audio import check_clip
+
+        return check_clip
+    return decode_image
+
+
+def decode_files(files: Sequence[Path], media: str = "image") -> list[tuple[str, str]]:
+    """The `media` check of every file (decoded in full), in one process per available CPU for more than a few."""
+    decode, workers = _decoder(media), _cpus()
     if len(files) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [decode_image(str(f)) for f in files]
-    log.info("Decoding %d images in full with %d processes (once; the dataset index keeps the result)", len(files),
-             workers)
+        return [decode(str(f)) for f in files]
+    what = "images" if media == "image" else f"{media} clips"
+    log.info("Decoding %d %s in full with %d processes (once; the dataset index keeps the result)", len(files),
+             what, workers)
     start = time.perf_counter()
-    # fork: the workers need nothing but PIL, and start at once instead of re-importing the framework
+    # fork: the workers need nothing but the decoder, and start at once instead of re-importing the framework
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(pool.map(decode_image, [str(f) for f in files],
+        results = list(pool.map(decode, [str(f) for f in files],
                                 chunksize=min(256, max(1, len(files) // (workers * 8)))))
-    log.info("Decoded %d images in %.1f s", len(files), time.perf_counter() - start)
+    log.info("Decoded %d %s in %.1f s", len(files), what, time.perf_counter() - start)
     return results
 
 
@@ -68,16 +90,17 @@ def _first_users(scan: Scan) -> dict[tuple[str, int], tuple[int, str]]:
     """(pool, image) -> (number of samples that use it, where the first of them was read)."""
     users: dict[tuple[str, int], tuple[int, str]] = {}
     for split in scan.splits.values():
-        for j, source in zip(split.image_index, split.sources):
+        for j, source in zip(split.media_index, split.sources):
             count, first = users.get((split.pool, j), (0, source))
             users[split.pool, j] = (count + 1, first)
     return users
 
 
-def decode_pool_images(scan: Scan) -> Scan:
-    """Decode every pool image; a sample whose image is missing or does not decode is left out with a problem."""
+def decode_pool(scan: Scan, media: str = "image") -> Scan:
+    """Decode every pool file (images, or audio clips for `media="audio"`); a sample whose file is missing or does
+    not decode is left out with a problem of that kind."""
     keys = [(pool, j) for pool, files in scan.pools.items() for j in range(len(files))]
-    results = decode_images([scan.pools[pool][j] for pool, j in keys])
+    results = decode_files([scan.pools[pool][j] for pool, j in keys], media)
     digests: dict[str, list[str]] = {pool: [] for pool in scan.pools}
     bad: set[tuple[str, int]] = set()
     problems, users = list(scan.problems), _first_users(scan)
@@ -87,8 +110,8 @@ def decode_pool_images(scan: Scan) -> Scan:
             bad.add((pool, j))
             count, first = users.get((pool, j), (0, ""))
             used = f"; {count} sample(s) use it (first: {first})" if count else "; no sample uses it"
-            problems.append(Problem(str(scan.pools[pool][j]), "", error + used, kind="image"))
-    splits = {name: split.subset([r for r, j in enumerate(split.image_index) if (split.pool, j) not in bad])
+            problems.append(Problem(str(scan.pools[pool][j]), "", error + used, kind=media))
+    splits = {name: split.subset([r for r, j in enumerate(split.media_index) if (split.pool, j) not in bad])
               for name, split in scan.splits.items()}
     return Scan(splits, scan.pools, problems, scan.notes, digests)
 
@@ -129,7 +152,7 @@ def leave_out_repeats(scan: Scan) -> Scan:
     for name in sorted(scan.splits, key=lambda n: n != "train"):  # train first: the others are checked against it
         split, first, keep = scan.splits[name], {}, []
         for r, (sid, source) in enumerate(zip(split.ids, split.sources)):
-            content = (split.texts[r], identity[split.pool][split.image_index[r]])
+            content = (split.texts[r], identity[split.pool][split.media_index[r]])
             if sid in first:
                 problems.append(Problem(source, "", f"sample id {sid!r} again in the {name} split (first at "
                                         f"{first[sid]}); give every sample its own id", kind="duplicate"))

@@ -13,16 +13,15 @@ questions about the first N images of a split (small, reproducible subsets for s
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from mope_lightning.config import DataConfig
-from mope_lightning.data.base import ImageTextDataModule
+from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import Problem, Scan, Split, SplitBuilder, stratified_holdout
-from mope_lightning.data.text_files import read_text
+from mope_lightning.data.text_files import read_json, read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ def default_root() -> Optional[Path]:
     return Path(easy_vqa.__file__).parent / "data"
 
 
-class EasyVQADataModule(ImageTextDataModule):
+class EasyVQADataModule(MultimodalDataModule):
     config_class = EasyVQAConfig
     task = "multiclass"
     monitor = "val/acc"
@@ -100,10 +99,7 @@ class EasyVQADataModule(ImageTextDataModule):
         path = self.root / split / "questions.json"
         if not path.is_file():
             raise DataError(f"{path}: split file missing; the {split} split needs {split}/questions.json")
-        try:
-            entries = json.loads(read_text(path))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
+        entries = read_json(path)
         if not isinstance(entries, list):
             raise DataError(f"{path}: expected a JSON list of [question, answer, image_id]")
         label_of = {name: i for i, name in enumerate(self.classes)}

@@ -1,7 +1,7 @@
 """Cached features of frozen encoders, and the image loading and preprocessing they need.
 
 A frozen, unprompted encoder computes the same pooled feature for an input every time, so the DataModule computes it
-once per distinct image (or text) and keeps it under `data.cache_dir`. The cache key covers the encoder (its
+once per distinct image, audio clip or text and keeps it under `data.cache_dir`. The cache key covers the encoder (its
 architecture, a digest of its weights, its pooling), the preprocessing, and the inputs themselves (each image file's
 path, size and modification time; each text), so a changed file, text list or encoder is noticed and the features
 are rebuilt, as is a damaged file. Files are written atomically; building leaves the global RNG untouched, so a
@@ -69,13 +69,14 @@ def _digest(parts: Sequence[str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def image_key(identity: str, transform, files: Sequence[Path]) -> str:
-    """Cache key of image features: encoder identity, preprocessing, and each file's path, size and mtime."""
+def media_key(identity: str, preprocessing: str, files: Sequence[Path]) -> str:
+    """Cache key of image or audio features: encoder identity, preprocessing (its description), and each file's path,
+    size and mtime."""
     stats = []
     for f in files:
         st = os.stat(f) if os.path.exists(f) else None
         stats.append(f"{f}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}")
-    return _digest([identity, repr(transform), *stats])
+    return _digest([identity, preprocessing, *stats])
 
 
 def text_key(identity: str, tokenizer, max_length: int, texts: Sequence[str]) -> str:
@@ -128,25 +129,52 @@ class FeatureCache:
         return features
 
 
-class _ImageFiles(Dataset):
-    """Decoded, transformed images; a bad file yields its error message instead of raising inside a worker."""
+class LoadImage:
+    """path -> the image through `transform` (picklable, for DataLoader workers of any start method)."""
 
-    def __init__(self, paths: Sequence[Path], transform):
-        self.paths, self.transform = list(paths), transform
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, path: Path) -> Tensor:
+        return self.transform(load_image(path))
+
+
+class _MediaFiles(Dataset):
+    """Loaded media files (`load`: path -> tensor); a bad file yields its error message instead of raising inside a
+    worker."""
+
+    def __init__(self, paths: Sequence[Path], load: Callable[[Path], Tensor]):
+        self.paths, self.load = list(paths), load
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return self.transform(load_image(self.paths[i])), ""
+            return self.load(self.paths[i]), ""
         except DataError as exc:
             return torch.zeros(0), str(exc)
 
 
-def _collate_images(items):
-    errors = [err for _, err in items if err]
-    return (None if errors else torch.stack([img for img, _ in items])), errors
+class _CollateMedia:
+    """(batch or None when a file failed, the errors); `batch` stacks images or pads clips with `collate`."""
+
+    def __init__(self, collate: Callable | None = None):
+        self.collate = collate
+
+    def __call__(self, items):
+        errors = [err for _, err in items if err]
+        if errors:
+            return None, errors
+        if self.collate is None:
+            return torch.stack([x for x, _ in items]), errors
+        return self.collate([{"id": "", "index": 0, "label": 0, "audio": x} for x, _ in items]), errors
+
+
+def _raise_unreadable(errors: list[str], what: str, hint: str) -> None:
+    shown = "\n  ".join(errors[:20])
+    more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+    raise DataError(f"{len(errors)} unreadable {what}; nothing was cached:\n  {shown}{more}{hint}")
 
 
 def _device(encoder) -> torch.device:
@@ -158,17 +186,32 @@ def encode_images(encoder, files: Sequence[Path], transform, batch_size: int = 6
                   hint: str = "") -> Tensor:
     """Pooled features of every image file; all unreadable files are listed in one `DataError` (ending with
     `hint`, what the caller's settings allow to do about them)."""
-    loader = DataLoader(_ImageFiles(files, transform), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate_images)
+    loader = DataLoader(_MediaFiles(files, LoadImage(transform)), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_CollateMedia())
     chunks, errors = [], []
     for images, errs in loader:
         errors += errs
         if images is not None and not errors:
             chunks.append(encoder(images.to(_device(encoder))).float().cpu())
     if errors:
-        shown = "\n  ".join(errors[:20])
-        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise DataError(f"{len(errors)} unreadable image(s); nothing was cached:\n  {shown}{more}{hint}")
+        _raise_unreadable(errors, "image(s)", hint)
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def encode_audio(encoder, files: Sequence[Path], load: Callable[[Path], Tensor], collate: Callable,
+                 batch_size: int = 32, num_workers: int = 0, hint: str = "") -> Tensor:
+    """Pooled features of every audio file (`load`: path -> samples; `collate` pads them as training does)."""
+    loader = DataLoader(_MediaFiles(files, load), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=_CollateMedia(collate))
+    chunks, errors = [], []
+    device = _device(encoder)
+    for batch, errs in loader:
+        errors += errs
+        if batch is not None and not errors:
+            chunks.append(encoder(batch["audio"].to(device), batch["audio_mask"].to(device)).float().cpu())
+    if errors:
+        _raise_unreadable(errors, "audio clip(s)", hint)
     return torch.cat(chunks)
 
 

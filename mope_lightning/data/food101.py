@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from mope_lightning.config import DataConfig
-from mope_lightning.data.base import ImageTextDataModule
+from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import Problem, Scan, SplitBuilder, stratified_holdout
 from mope_lightning.data.text_files import NotUTF8, read_text
 from mope_lightning.errors import DataError
@@ -45,7 +45,7 @@ def clean_text(text: str) -> str:
     return " ".join(_PUNCTUATION.sub(" ", text).split()).lower()
 
 
-class Food101DataModule(ImageTextDataModule):
+class Food101DataModule(MultimodalDataModule):
     config_class = Food101Config
     task = "multiclass"
     monitor = "val/acc"

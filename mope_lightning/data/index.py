@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from mope_lightning.data.cache import ensure_writable, write_cache_file
-from mope_lightning.data.checks import decode_pool_images, leave_out_repeats, outside_note
+from mope_lightning.data.checks import decode_pool, leave_out_repeats, outside_note
 from mope_lightning.data.samples import Problem, Scan, Split
 from mope_lightning.data.text_files import read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
-INDEX_VERSION = 2  # 2: sample sources, image digests, problem kinds
+INDEX_VERSION = 3  # 2: sample sources, image digests, problem kinds; 3: media_index (images or audio clips)
 
 
 def file_stats(paths: Iterable[Path]) -> list[list]:
@@ -68,10 +68,10 @@ def _from_json(data: dict) -> Scan:
                 {k: [Path(f) for f in v] for k, v in data["pools"].items()},
                 [Problem(**p) for p in data["problems"]], list(data["notes"]), dict(data["digests"]))
     for name, split in scan.splits.items():
-        columns = (split.ids, split.texts, split.labels, split.image_index, split.sources)
+        columns = (split.ids, split.texts, split.labels, split.media_index, split.sources)
         if split.pool not in scan.pools or len({len(c) for c in columns}) != 1:
             raise ValueError(f"split '{name}' does not match its pool or has columns of different lengths")
-        if any(not isinstance(j, int) or not 0 <= j < len(scan.pools[split.pool]) for j in split.image_index):
+        if any(not isinstance(j, int) or not 0 <= j < len(scan.pools[split.pool]) for j in split.media_index):
             raise ValueError(f"split '{name}' points outside its image pool")
     if any(len(scan.digests[pool]) != len(files) for pool, files in scan.pools.items() if pool in scan.digests):
         raise ValueError("image digests do not match the image pools")
@@ -100,10 +100,10 @@ def _load(path: Path) -> Optional[Scan]:
 
 
 def load_or_build_index(folder: Path, settings: dict, sources: Iterable[Path], scan: Callable[[], Scan],
-                        image_folders: Sequence[Path] = (), check_images: bool = True) -> Scan:
-    """The cached index for `settings` and `sources`, or a fresh scan saved for next time, checked: every image
-    decoded (unless `check_images` is false), image paths outside `image_folders` noted, repeated ids and val/test
-    samples also in train left out as problems."""
+                        image_folders: Sequence[Path] = (), check_images: bool = True, media: str = "image") -> Scan:
+    """The cached index for `settings` and `sources`, or a fresh scan saved for next time, checked: every image (or
+    audio clip, for `media="audio"`) decoded (unless `check_images` is false), image paths outside `image_folders`
+    noted, repeated ids and val/test samples also in train left out as problems."""
     digest = hashlib.sha1(json.dumps([settings, file_stats(sources)], sort_keys=True, default=str).encode())
     path = Path(folder) / f"index-{digest.hexdigest()[:16]}.json"
     cached = _load(path)
@@ -113,7 +113,7 @@ def load_or_build_index(folder: Path, settings: dict, sources: Iterable[Path], s
     result = scan()
     result.notes += outside_note(result, image_folders)
     if check_images:
-        result = decode_pool_images(result)
+        result = decode_pool(result, media)
     result = leave_out_repeats(result)
     data = _to_json(result, file_stats(_all_images(result)))
     write_cache_file(path, lambda fh: json.dump(data, fh))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from mope_lightning.config import DataConfig
-from mope_lightning.data.base import ImageTextDataModule
+from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import ImagePool, Problem, Scan, SplitBuilder
 from mope_lightning.data.text_files import NotUTF8, read_lines, read_text
 from mope_lightning.errors import DataError
@@ -68,7 +68,7 @@ SNLI_VE_CLASSES = ["contradiction", "entailment", "neutral"]  # sorted, like the
 SNLI_VE_IMAGE_DIRS = ("Flickr30K/flickr30k_images", "flickr30k_images")  # SNLI-VE's download script, then flat
 
 
-class JsonlDataModule(ImageTextDataModule):
+class JsonlDataModule(MultimodalDataModule):
     """Image-text classification from JSON lines (`data.name: jsonl`, or the `mmbt` preset)."""
 
     config_class = JsonlConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from mope_lightning.config import DataConfig
-from mope_lightning.data.base import ImageTextDataModule
+from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import ImagePool, Problem, Scan, SplitBuilder
 from mope_lightning.data.text_files import NotUTF8, read_text
 from mope_lightning.errors import DataError
@@ -40,7 +40,7 @@ class MMIMDBConfig(DataConfig):
     genre_filter: str = "none"  # none (standard split) | mmbt | mope
 
 
-class MMIMDBDataModule(ImageTextDataModule):
+class MMIMDBDataModule(MultimodalDataModule):
     config_class = MMIMDBConfig
     task = "multilabel"
     monitor = "val/f1_micro"

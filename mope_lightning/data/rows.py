@@ -1,9 +1,10 @@
-"""New inputs to predict on, outside any dataset: a JSONL or CSV file of (text, image path) rows.
+"""New inputs to predict on, outside any dataset: a JSONL or CSV file of (text, image or audio path) rows.
 
-JSONL: one object per line, `{"id": ..., "text": ..., "image": "path/to/image.jpg"}`. CSV: a header row naming the
-columns `text`, `image` and optionally `id`. `id` defaults to the row's line number; image paths are relative to the
-rows file's folder (or absolute). Every problem (a line that does not parse, an empty text, a missing image file)
-is collected and reported at once, each naming its line, before anything runs.
+JSONL: one object per line, `{"id": ..., "text": ..., "image": "path/to/image.jpg"}` (`"audio": "clip.wav"` for a
+text-audio model). CSV: a header row naming the columns `text`, `image` (or `audio`) and optionally `id`. `id`
+defaults to the row's line number; file paths are relative to the rows file's folder (or absolute). Every problem (a
+line that does not parse, an empty text, a missing file) is collected and reported at once, each naming its line,
+before anything runs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ SUFFIXES = (".jsonl", ".csv")
 class Row:
     id: str
     text: Optional[str]
-    image: Optional[Path]
+    image: Optional[Path] = None
+    audio: Optional[Path] = None
 
 
 def _records(path: Path) -> Iterator[tuple[int, object]]:
@@ -47,7 +49,8 @@ def read_rows(path: str | Path, modalities: tuple[str, ...] = ("text", "image"))
     """The rows of `path`, with the fields the model reads (`modalities`) checked; `DataError` lists every bad row."""
     path = Path(path).expanduser()
     if path.suffix not in SUFFIXES:
-        raise DataError(f"predict.input: {path}: give a .jsonl or .csv file of text and image rows")
+        raise DataError(f"predict.input: {path}: give a .jsonl or .csv file of rows with the model's inputs "
+                        f"({', '.join(modalities)})")
     if not path.is_file():
         raise DataError(f"predict.input: {path}: file not found")
     rows, problems = [], []
@@ -77,18 +80,20 @@ def _row(path: Path, line_no: int, record, modalities) -> tuple[Optional[Row], s
         return None, record
     if not isinstance(record, dict):
         return None, f"expected an object with {' and '.join(modalities)}, got {type(record).__name__}"
-    text = image = None
+    text, files = None, {}
     if "text" in modalities:
         text = record.get("text")
         if not isinstance(text, str) or not text.strip():
             return None, "empty or missing text"
-    if "image" in modalities:
-        name = record.get("image")
+    for media in ("image", "audio"):
+        if media not in modalities:
+            continue
+        name = record.get(media)
         if not isinstance(name, str) or not name.strip():
-            return None, "missing image path"
-        image = Path(name).expanduser()
-        image = image if image.is_absolute() else path.parent / image
-        if not image.is_file():
-            return None, f"image file not found: {image}"
+            return None, f"missing {media} path"
+        file = Path(name).expanduser()
+        files[media] = file if file.is_absolute() else path.parent / file
+        if not files[media].is_file():
+            return None, f"{media} file not found: {files[media]}"
     sample_id = record.get("id")
-    return Row(str(sample_id) if sample_id not in (None, "") else str(line_no), text, image), ""
+    return Row(str(sample_id) if sample_id not in (None, "") else str(line_no), text, **files), ""

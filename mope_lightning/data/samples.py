@@ -1,4 +1,5 @@
-"""What a dataset reader returns: splits of samples, the image pools they point into, and per-sample problems."""
+"""What a dataset reader returns: splits of samples, the media pools (image or audio files) they point into, and
+per-sample problems."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import torch
 
 @dataclass
 class Split:
-    """The samples of one split. `image_index[i]` points into the image pool `pool` (a list of files);
+    """The samples of one split. `media_index[i]` points into the media pool `pool` (a list of image files, or of
+    audio files for an audio dataset);
     `sources[i]` says where sample i was read ("file:line 3", "file:entry 7"), for problems that name it."""
 
     ids: list[str]
     texts: list[str]
     labels: list  # class index (multiclass) or list of class indices (multilabel)
-    image_index: list[int]
+    media_index: list[int]
     pool: str
     sources: list[str]
 
@@ -28,7 +30,7 @@ class Split:
 
     def subset(self, rows: Sequence[int]) -> "Split":
         return Split([self.ids[i] for i in rows], [self.texts[i] for i in rows], [self.labels[i] for i in rows],
-                     [self.image_index[i] for i in rows], self.pool, [self.sources[i] for i in rows])
+                     [self.media_index[i] for i in rows], self.pool, [self.sources[i] for i in rows])
 
 
 @dataclass
@@ -65,10 +67,10 @@ class Scan:
     def compact(self) -> "Scan":
         """The same samples with pools of only the images they use (re-indexed), so that images whose samples were
         left out are neither encoded nor loaded."""
-        used = {pool: sorted({j for s in self.splits.values() if s.pool == pool for j in s.image_index})
+        used = {pool: sorted({j for s in self.splits.values() if s.pool == pool for j in s.media_index})
                 for pool in self.pools}
         slot = {pool: {j: k for k, j in enumerate(js)} for pool, js in used.items()}
-        splits = {name: Split(s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.image_index], s.pool, s.sources)
+        splits = {name: Split(s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.media_index], s.pool, s.sources)
                   for name, s in self.splits.items()}
         pools = {pool: [self.pools[pool][j] for j in js] for pool, js in used.items()}
         digests = {pool: [self.digests[pool][j] for j in js] for pool, js in used.items() if pool in self.digests}
@@ -106,7 +108,7 @@ class SplitBuilder:
     def __init__(self, pool: str, images: ImagePool | None = None):
         self.pool = pool
         self.images = images or ImagePool()
-        self.ids, self.texts, self.labels, self.image_index, self.sources = [], [], [], [], []
+        self.ids, self.texts, self.labels, self.media_index, self.sources = [], [], [], [], []
 
     @property
     def files(self) -> list[Path]:
@@ -117,11 +119,11 @@ class SplitBuilder:
         self.ids.append(sample_id)
         self.texts.append(text)
         self.labels.append(label)
-        self.image_index.append(self.images.index(image))
+        self.media_index.append(self.images.index(image))
         self.sources.append(source)
 
     def build(self) -> Split:
-        return Split(self.ids, self.texts, self.labels, self.image_index, self.pool, self.sources)
+        return Split(self.ids, self.texts, self.labels, self.media_index, self.pool, self.sources)
 
 
 def stratified_holdout(labels: list, fraction: float | None = None, seed: int = 0,

@@ -3,6 +3,7 @@ offset, never replaced by U+FFFD: a replaced character would silently change a t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -28,6 +29,14 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8").removeprefix(_BOM)
     except UnicodeDecodeError as exc:
         raise NotUTF8(path, data.count(b"\n", 0, exc.start) + 1, exc.start) from None
+
+
+def read_json(path: Path):
+    """The file's JSON value; invalid JSON is a `DataError` naming the file, line and column."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON ({exc.msg})") from None
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str | NotUTF8]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
@@ -39,12 +39,13 @@ class PredictionWriter(BasePredictionWriter):
                                                                               self.task))
 
 
-def _routing_view(trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str) -> RoutingView:
+def _routing_view(trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str,
+                  attributes: Optional[list] = None) -> RoutingView:
     dm = trainer.datamodule
     dataset = dm.datasets[split]
     labels = getattr(pl_module.net, "routing_labels", lambda: None)()
     return RoutingView(stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel, labels,
-                       dm.media)
+                       dm.media, attributes)
 
 
 def _compute_and_reset(metric) -> dict:
@@ -95,13 +96,14 @@ class RoutingMonitor(L.Callback):
 class RoutingReport(L.Callback):
     """Writes the routing report of the evaluated split into `out` at the end of a validate or test pass."""
 
-    def __init__(self, out: str | Path, header: dict, exemplars: int = 8):
-        self.out, self.header, self.exemplars = Path(out), header, exemplars
+    def __init__(self, out: str | Path, header: dict, exemplars: int = 8, attributes: Optional[list] = None):
+        self.out, self.header, self.exemplars, self.attributes = Path(out), header, exemplars, attributes
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, metric, split: str) -> None:
         stats = _compute_and_reset(metric)
         if trainer.is_global_zero:
-            write_report(_routing_view(trainer, pl_module, stats, split), self.out, self.header, self.exemplars)
+            write_report(_routing_view(trainer, pl_module, stats, split, self.attributes), self.out, self.header,
+                         self.exemplars)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, pl_module.val_routing, "val")

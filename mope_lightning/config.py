@@ -243,6 +243,8 @@ class AnalyzeConfig:
     split: str = "val"  # val | test
     overwrite: bool = False  # replace an existing report in `out`
     exemplars: int = 8  # samples shown per expert
+    # sample attributes to relate routing to (check-data lists a dataset's); null: all of them
+    attributes: Optional[List[str]] = None
 
 
 @dataclass

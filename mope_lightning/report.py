@@ -15,8 +15,8 @@ from torch import Tensor
 from mope_lightning.data.audio import spectrogram_image
 from mope_lightning.data.samples import Split
 from mope_lightning.fileio import atomic_write
-from mope_lightning.routing import (exemplar_grid, expert_names, heatmap, layer_names, mutual_information,
-                                    routing_summary, strongest, top_words)
+from mope_lightning.routing import (attribute_routing, exemplar_grid, expert_names, heatmap, layer_names,
+                                    mutual_information, routing_summary, strongest, top_words)
 
 REPORT_FILES = ("summary.md", "routing.csv", "layer_expert.png", "class_expert.png", "exemplars.png")
 
@@ -27,7 +27,8 @@ class RoutingView:
 
     def __init__(self, stats: dict[str, Tensor], split: Split, files: list[Path], classes: list[str],
                  groups: Optional[dict[str, list[int]]], multilabel: bool,
-                 labels: Optional[tuple[list[str], list[str]]] = None, media: str = "image"):
+                 labels: Optional[tuple[list[str], list[str]]] = None, media: str = "image",
+                 attributes: Optional[list[str]] = None):
         layers, experts = stats["layer_expert"].reshape(-1, stats["class_expert"].shape[-1]).shape
         # torchmetrics squeezes one-element results (one routed layer or one class): restore the shapes
         stats = {**stats, "layer_expert": stats["layer_expert"].reshape(layers, experts),
@@ -37,6 +38,7 @@ class RoutingView:
                  "sample_routing": stats["sample_routing"].reshape(-1, layers, experts)}
         self.stats, self.split, self.files, self.classes = stats, split, files, classes
         self.groups, self.multilabel, self.media = groups, multilabel, media
+        self.attribute_names = attributes  # the sample attributes to relate routing to; None: all
         # Row and column names: "layer i" and "expert k" for MoPE; (expert model, layer) and candidates for pMoE.
         self.layer_labels, self.expert_labels = labels or (layer_names(layers), expert_names(experts))
 
@@ -44,12 +46,31 @@ class RoutingView:
     def num_experts(self) -> int:
         return self.stats["layer_expert"].shape[1]
 
-    def specialization(self) -> dict[str, Tensor]:
-        """Mutual information between expert and class (and class group), per layer; single-label data only."""
-        if self.multilabel:
-            return {}
+    def attributes(self) -> dict[str, tuple[list[str], Tensor, Tensor, int]]:
+        """Per sample attribute of the split (image shape, genre, ...): its values, the mean routing per value
+        (values, layers, experts), the weight of each value and the number of samples without one."""
         s = self.stats
-        out = dict(zip(("mi_class_bits", "mi_class_relative"), mutual_information(s["class_expert"],
+        attributes = {k: v for k, v in self.split.attributes.items()
+                      if self.attribute_names is None or k in self.attribute_names}
+        # single-label data has the class's own statistics (class_expert, mi_class); multi-label data gets its
+        # labels as an attribute
+        if self.multilabel and self.attribute_names is None:
+            attributes["labels"] = [[self.classes[c] for c in label] for label in self.split.labels]
+        return {name: attribute_routing(s["sample_routing"], s["sample_index"], values)
+                for name, values in sorted(attributes.items()) if len(s["sample_index"])}
+
+    def specialization(self) -> dict[str, Tensor]:
+        """Mutual information between expert and class (and class group; single-label data), and between expert
+        and each sample attribute, per layer."""
+        out = {}
+        for name, (_, value_expert, value_count, _) in self.attributes().items():
+            if len(value_count) > 1:
+                out.update(zip((f"mi_{name}_bits", f"mi_{name}_relative"),
+                               mutual_information(value_expert, value_count)))
+        if self.multilabel:
+            return out
+        s = self.stats
+        out.update(zip(("mi_class_bits", "mi_class_relative"), mutual_information(s["class_expert"],
                                                                                   s["class_count"])))
         if self.groups:
             grouped = mutual_information(s["class_expert"], s["class_count"], list(self.groups.values()))
@@ -78,6 +99,10 @@ class RoutingView:
                     for idx in self.groups.values()]
             figs["group_expert"] = heatmap(torch.stack(rows), list(self.groups), experts,
                                            "mean routing probability per class group")
+        for name, (values, value_expert, _, _) in self.attributes().items():
+            if len(values) <= 40:  # a heatmap of hundreds of values (ids, years) would be unreadable
+                figs[f"{name}_expert"] = heatmap(value_expert.mean(1), values, experts,
+                                                 f"mean routing probability per {name} (averaged over layers)")
         if exemplars and len(s["sample_index"]):
             figs["exemplars"] = self.exemplar_figure(exemplars)
         return figs
@@ -102,6 +127,9 @@ class RoutingView:
         out = {k: self.stats[k].tolist() for k in keep}
         out.update(layer_labels=self.layer_labels, expert_labels=self.expert_labels)
         out.update({k: v.tolist() for k, v in self.specialization().items()})
+        out["attributes"] = {name: {"values": values, "routing": value_expert.mean(1).tolist(),
+                                    "weight": value_count.tolist(), "unknown": unknown}
+                             for name, (values, value_expert, value_count, unknown) in self.attributes().items()}
         return out
 
 
@@ -147,7 +175,7 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
         f"- samples: {len(s['sample_index'])}", f"- routed layers: {s['layer_expert'].shape[0]}, experts: "
         f"{view.num_experts}", ""]
     spec = view.specialization()
-    if spec:
+    if "mi_class_bits" in spec:
         lines += ["## Specialisation", "",
                   "Soft mutual information between the expert a sample is routed to and its class, in bits, and "
                   "relative to its maximum min(H(expert), H(class)) (0: routing ignores the class, or one expert takes "
@@ -166,6 +194,7 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
         if "mi_group_relative" in spec:
             mean.append(f"with the class group: **{spec['mi_group_relative'].mean():.3f}**")
         lines += ["", "; ".join(mean) + ".", ""]
+    lines += _attribute_lines(view, spec)
     lines += ["## Experts", "", f"Top words of the {exemplars} samples routed most strongly to each expert "
               "(layer-averaged); their images are in exemplars.png.", ""]
     for expert, (rows, words) in view.exemplars(exemplars).items():
@@ -177,6 +206,21 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
     lines += ["", "Files: " + ", ".join(f"`{f}`" for f in ("layer_expert.png", "class_expert.png", "group_expert.png",
                                                            "exemplars.png", "routing.csv", "routing.json"))]
     return "\n".join(lines) + "\n"
+
+
+def _attribute_lines(view: RoutingView, spec: dict[str, Tensor]) -> list[str]:
+    attributes = view.attributes()
+    if not attributes:
+        return []
+    lines = ["## Routing by sample attribute", "",
+             "Soft mutual information between the expert and each attribute of the samples (averaged over layers), "
+             "relative to its maximum, and in bits; the heatmaps are `<attribute>_expert.png`.", "",
+             "| attribute | values | samples without one | MI (relative) | MI (bits) |", "|---|---|---|---|---|"]
+    for name, (values, _, _, unknown) in attributes.items():
+        relative, bits = spec.get(f"mi_{name}_relative"), spec.get(f"mi_{name}_bits")
+        shown = f"{relative.mean():.3f} | {bits.mean():.3f}" if relative is not None else "- | -"
+        lines.append(f"| {name} | {len(values)} | {unknown} | {shown} |")
+    return lines + [""]
 
 
 def _counts(items: list[str]) -> list[tuple[str, int]]:

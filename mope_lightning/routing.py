@@ -99,6 +99,32 @@ def mutual_information(class_expert: Tensor, class_count: Tensor, groups: Option
     return info.to(class_expert.dtype), relative.to(class_expert.dtype)
 
 
+def attribute_routing(sample_routing: Tensor, sample_index: Tensor, values: Sequence[Sequence[str]]
+                      ) -> tuple[list[str], Tensor, Tensor, int]:
+    """Mean routing per value of a sample attribute: (the values, (V, layers, experts) mean routing, (V,) sample
+    weight, the number of samples whose value is unknown).
+
+    `values[r]` lists the values of split row r; `sample_index` gives each routed sample's row. A sample with several
+    values (a film's genres) counts 1/n towards each, so every sample weighs the same in the mutual information;
+    one without a value is left out and counted. The per-sample routing is gathered from every process (a "cat"
+    state), so this is exact under DDP too."""
+    rows = sample_index.long().tolist()
+    names = sorted({v for r in rows for v in values[r]})
+    slot = {v: i for i, v in enumerate(names)}
+    weights = torch.zeros(len(rows), len(names), dtype=torch.float64)
+    unknown = 0
+    for n, r in enumerate(rows):
+        if not values[r]:
+            unknown += 1
+        for v in values[r]:
+            weights[n, slot[v]] += 1.0 / len(values[r])
+    routing = sample_routing.double().reshape(len(rows), -1)
+    mass = (weights.T @ routing).reshape(len(names), *sample_routing.shape[1:])
+    count = weights.sum(0)
+    mean = mass / count.clamp_min(1e-12)[:, None, None]
+    return names, mean.to(sample_routing.dtype), count.to(sample_routing.dtype), unknown
+
+
 def top_words(texts: Sequence[str], n: int = 5) -> list[str]:
     words = Counter(w for t in texts for w in re.findall(r"[a-z]+", t.lower()) if w not in STOPWORDS and len(w) > 1)
     return [w for w, _ in words.most_common(n)]

@@ -153,6 +153,7 @@ def analyze(cfg: DictConfig) -> Path:
     if ckpt_path is None:
         raise ConfigError("analyze needs ckpt=PATH: the checkpoint whose routing to report")
     module, datamodule = build(cfg)
+    _check_attributes(a.attributes, datamodule)
     load_into(module.net, read_trained_weights(ckpt_path), datamodule.classes)
     if module.val_routing is None:
         raise CheckpointError(f"{ckpt_path}: its model (model.fusion={cfg.model.fusion}) has no router, so there is "
@@ -160,12 +161,23 @@ def analyze(cfg: DictConfig) -> Path:
     header = {"experiment": cfg.experiment, "checkpoint": ckpt_path, "split": a.split}
     trainer = L.Trainer(accelerator=cfg.trainer.get("accelerator", "auto"), devices=1, logger=False,
                         enable_checkpointing=False, precision=cfg.trainer.get("precision"),
-                        callbacks=[RoutingReport(out, header, a.exemplars)],
+                        callbacks=[RoutingReport(out, header, a.exemplars, a.attributes)],
                         enable_progress_bar=cfg.trainer.get("enable_progress_bar", True))
     evaluate = trainer.validate if a.split == "val" else trainer.test
     evaluate(module, datamodule=datamodule, verbose=False)
     print(f"[mope] routing report of {a.split} written to {out} (summary.md)", flush=True)
     return out
+
+
+def _check_attributes(names, datamodule: MultimodalDataModule) -> None:
+    if names is None:
+        return
+    splits, _ = datamodule.read_splits(verbose=False)
+    has = sorted({name for split in splits.values() for name in split.attributes})
+    unknown = [n for n in names if n not in has]
+    if unknown:
+        raise ConfigError(f"analyze.attributes: '{unknown[0]}' is not an attribute of {datamodule.cfg.name}'s samples; "
+                          f"it has {', '.join(has) or 'none'} (the class is always analysed)")
 
 
 def check_data(cfg: DictConfig) -> tuple[str, int]:
@@ -193,6 +205,7 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     train, subset = training_subset(scan.splits["train"], datamodule.classes, cfg.data.train_fraction,
                                     cfg.data.shots_per_class, cfg.data.subset_seed)
     lines += [f"  note: {note}" for note in [*scan.notes, subset] if note]
+    lines += _attribute_summary(scan.splits)
     tables = datamodule.missing_tables({**scan.splits, "train": train})
     lines += [f"  missing ({name}): {describe_missing(table)} (data.missing.{name}, seed {cfg.data.missing.seed})"
               for name, table in tables.items() if table]
@@ -205,6 +218,19 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
                                                         " (the dataset is clean)"))
     lines += [f"    {problem}" for problem in scan.problems]
     return "\n".join(lines), len(scan.problems)
+
+
+def _attribute_summary(splits: dict) -> list[str]:
+    """One line per sample attribute (for routing analysis): its values and how many samples lack one."""
+    names = sorted({name for split in splits.values() for name in split.attributes})
+    lines = []
+    for name in names:
+        columns = [split.attributes.get(name, [[]] * len(split)) for split in splits.values()]
+        values = sorted({v for column in columns for row in column for v in row})
+        unknown = sum(not row for column in columns for row in column)
+        shown = ", ".join(values[:8]) + (f", ... ({len(values)} in all)" if len(values) > 8 else "")
+        lines.append(f"  attribute {name}: {shown}; {unknown:,} sample(s) without one")
+    return lines
 
 
 def _versions(root: Path) -> list[int]:

@@ -35,12 +35,13 @@ def _robustness_metrics(path: Path) -> dict[str, float]:
 
 def _routing_metrics(path: Path) -> dict[str, float]:
     """Expert specialisation at the run's last validation (routing_val.json, written by RoutingMonitor): the
-    relative mutual information of expert choice with the class and the class group, averaged over layers."""
+    relative mutual information of expert choice with the class, the class group and each sample attribute (image
+    shape, colour, ...), averaged over layers."""
     if not path.is_file():
         return {}
     stats = json.loads(path.read_text())
-    return {f"last_val/routing_{key}": statistics.fmean(stats[key])
-            for key in ("mi_class_relative", "mi_group_relative") if stats.get(key)}
+    return {f"last_val/routing_{key}": statistics.fmean(values) for key, values in stats.items()
+            if key.startswith("mi_") and key.endswith("_relative") and values}
 
 
 def collect(runs: list) -> list[dict]:

@@ -153,8 +153,11 @@ def test_generic_jsonl_with_custom_fields(tmp_path):
         lines = []
         for n in range(count):
             write_image(root / "pics" / f"{split}{n}.png", n, fmt="PNG")
-            lines.append(json.dumps({"caption": f"{split} caption {n}", "verdict": ["good", "bad"][n % 2],
-                                     "picture": f"{split}{n}"}))
+            record = {"caption": f"{split} caption {n}", "verdict": ["good", "bad"][n % 2], "picture": f"{split}{n}",
+                      "tags": ["a", "b"] if n == 1 else "a"}
+            if n != 2:  # a row without the attribute field: an unknown value, not a problem
+                record["source"] = f"site{n % 3}"
+            lines.append(json.dumps(record))
         (root / f"{split}.jsonl").write_text("\n".join(lines))
     fields = ["data.splits={train: tr.jsonl, val: va.jsonl, test: te.jsonl}", "data.labels_file=classes.txt",
               "data.text_field=caption", "data.label_field=verdict", "data.image_field=picture",
@@ -162,6 +165,10 @@ def test_generic_jsonl_with_custom_fields(tmp_path):
     cfg = config(tmp_path, "jsonl", root, *fields)
     splits = splits_of(cfg)
     assert splits["train"].texts[1] == "tr caption 1" and splits["train"].labels[1] == 1
+    assert splits["train"].attributes == {}  # only the fields listed in data.attributes are kept
+    train = splits_of(config(tmp_path, "jsonl", root, *fields, "data.attributes=[source,tags]"))["train"]
+    assert train.attributes["source"][:3] == [["site0"], ["site1"], []]
+    assert train.attributes["tags"][:2] == [["a"], ["a", "b"]]
     with pytest.raises(DataError, match=r"the train split has 6 samples, fewer than data.batch_size=8"):
         run("fit", cfg)
     assert "test/acc" in run("fit", config(tmp_path, "jsonl", root, *fields, "data.batch_size=4"))["metrics"]

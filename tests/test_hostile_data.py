@@ -13,6 +13,7 @@ from mope_lightning.cli import main
 from mope_lightning.config import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.data.features import FeatureCache
+from mope_lightning.data.index import INDEX_VERSION
 from mope_lightning.errors import DataError
 
 from conftest import EXPERIMENTS, TINY
@@ -250,7 +251,8 @@ def test_damaged_index_and_feature_files_are_rebuilt(tmp_path, capsys):
     assert code == 0 and "[mope] fit finished" in out
     assert f"{index}: the cached dataset index is damaged (JSONDecodeError" in err
     assert f"{features}: the cached features are damaged" in err and "rebuilding them" in err
-    assert json.loads(index.read_text())["version"] == 2 and len(torch.load(features, weights_only=True)) == 15
+    assert json.loads(index.read_text())["version"] == INDEX_VERSION
+    assert len(torch.load(features, weights_only=True)) == 15
 
 
 @pytest.mark.parametrize("damage", [

@@ -11,7 +11,7 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.errors import CheckpointError, ConfigError
-from mope_lightning.routing import RoutingStats, mutual_information
+from mope_lightning.routing import RoutingStats, attribute_routing, mutual_information
 from mope_lightning.runner import analyze, run
 
 from conftest import DEFAULT_EXP, TINY, tiny_config
@@ -48,6 +48,57 @@ def test_mutual_information_is_one_for_perfect_specialisation_and_zero_for_none(
     assert 0.0 <= bits.item() < 1e-9 and relative.item() == 0.0
 
 
+def test_attribute_mutual_information_of_a_router_that_copies_or_ignores_it():
+    # 12 samples, an attribute with 3 values (4 samples each), 3 experts; routing is hand-built.
+    values = [["circle"], ["square"], ["triangle"]] * 4
+    index = torch.arange(12)
+    copies = torch.eye(3)[torch.arange(12) % 3].reshape(12, 1, 3)  # value k -> expert k, hard
+    names, value_expert, weight, unknown = attribute_routing(copies, index, values)
+    assert names == ["circle", "square", "triangle"] and weight.tolist() == [4.0, 4.0, 4.0] and unknown == 0
+    bits, relative = mutual_information(value_expert, weight)
+    assert bits.item() == pytest.approx(torch.log2(torch.tensor(3.0)).item()) and relative.item() == pytest.approx(1.0)
+    ignores = torch.eye(3)[(torch.arange(12) // 3) % 3].reshape(12, 1, 3)  # by position: every value alike
+    bits, relative = mutual_information(*attribute_routing(ignores, index, values)[1:3])
+    assert bits.item() == pytest.approx(0.0, abs=1e-9) and relative.item() == pytest.approx(0.0, abs=1e-9)
+    # Samples without a value are counted and left out; a sample with two values weighs half on each.
+    values = [["a"], [], ["a", "b"], ["b"]]
+    names, value_expert, weight, unknown = attribute_routing(torch.eye(2)[[0, 0, 1, 1]].reshape(4, 1, 2),
+                                                             torch.arange(4), values)
+    assert unknown == 1 and weight.tolist() == [1.5, 1.5]
+    torch.testing.assert_close(value_expert[:, 0], torch.tensor([[2 / 3, 1 / 3], [0.0, 1.0]]))
+
+
+def test_easy_vqa_shape_and_colour_attributes_agree_with_the_images():
+    """The attributes are read from the dataset's questions; the pictures must say the same. The shape's colour is
+    the most frequent colour after the background (one colour per name across images), and its fill of its bounding
+    box tells the shape: about 1 for a rectangle, pi/4 for a circle, 1/2 for a triangle."""
+    import numpy as np
+    from PIL import Image
+
+    from mope_lightning.config import load_config
+    from mope_lightning.data import DATAMODULES
+
+    dm = DATAMODULES["easy_vqa"](load_config([DEFAULT_EXP], ["data.test_images=60"]).data)
+    scan = dm.index()
+    test = scan.splits["test"]
+    seen, rgb_of = set(), {}
+    for row, j in enumerate(test.media_index):
+        shape, color = test.attributes["shape"][row], test.attributes["color"][row]
+        if j in seen or not shape or not color:
+            continue
+        seen.add(j)
+        pixels = np.asarray(Image.open(scan.pools["test"][j]).convert("RGB")).reshape(-1, 3)
+        colours, counts = np.unique(pixels, axis=0, return_counts=True)
+        ink = colours[np.argsort(-counts)[1]]
+        rgb_of.setdefault(color[0], set()).add(tuple(ink))
+        ys, xs = np.nonzero((pixels == ink).all(1).reshape(64, 64))
+        fill = len(ys) / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+        guess = "rectangle" if fill > 0.9 else "circle" if fill > 0.62 else "triangle"
+        assert guess == shape[0], (scan.pools["test"][j], shape, color, fill)
+    assert len(seen) >= 40 and all(len(v) == 1 for v in rgb_of.values()), rgb_of
+    assert len({next(iter(v)) for v in rgb_of.values()}) == len(rgb_of)  # different names, different colours
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("routing")
@@ -73,6 +124,12 @@ def test_analyze_writes_a_routing_report(tiny_run, capsys):
     assert abs(sum(float(rows[0][f"mean_e{k}"]) for k in range(4)) - 1.0) < 1e-4
     text = (out / "summary.md").read_text()
     assert "MI class (relative)" in text and "MI group (relative)" in text and "expert 3:" in text
+    # routing by the samples' attributes: easy-VQA's image shape and colour and the question type
+    assert "| shape | 3 | 0 |" in text and "| color | " in text and "| question_type | 3 | 0 |" in text
+    assert (out / "shape_expert.png").is_file() and (out / "color_expert.png").is_file()
+    report = json.loads((out / "routing.json").read_text())
+    assert set(report["attributes"]) == {"shape", "color", "question_type"}
+    assert 0.0 <= sum(report["mi_shape_relative"]) / len(report["mi_shape_relative"]) <= 1.0
     # An existing report is never overwritten without overwrite=true.
     assert main(["analyze", *analyze_args(tmp, summary, out)]) == 2
     assert "already holds a routing report" in capsys.readouterr().err
@@ -91,6 +148,9 @@ def test_analyze_refuses_a_model_without_router_and_an_unknown_split(tmp_path, t
         analyze(cfg)
     with pytest.raises(ConfigError, match="analyze needs out=DIR"):
         analyze(tiny_config(tmp_path, f"ckpt={summary['best_checkpoint']}"))
+    assert main(["analyze", *analyze_args(tmp, summary, tmp_path / "r", "analyze.attributes=[size]")]) == 2
+    assert ("analyze.attributes: 'size' is not an attribute of easy_vqa's samples; it has color, question_type, "
+            "shape") in capsys.readouterr().err
 
 
 def validate_routing(tmp, summary, devices):
@@ -112,5 +172,6 @@ def test_routing_statistics_under_two_process_ddp_equal_one_process(tiny_run):
     tmp, summary = tiny_run
     one, two = validate_routing(tmp, summary, 1), validate_routing(tmp, summary, 2)
     assert one["class_count"] == two["class_count"] and sum(one["class_count"]) == 24
-    for key in ("layer_expert", "entropy", "max_load", "mi_class_relative", "mi_group_relative"):
+    for key in ("layer_expert", "entropy", "max_load", "mi_class_relative", "mi_group_relative",
+                "mi_shape_relative", "mi_color_relative", "mi_question_type_relative"):
         torch.testing.assert_close(torch.tensor(two[key]), torch.tensor(one[key]), atol=1e-5, rtol=1e-4)

@@ -14,6 +14,7 @@ questions about the first N images of a split (small, reproducible subsets for s
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -103,7 +104,9 @@ class EasyVQADataModule(MultimodalDataModule):
         if not isinstance(entries, list):
             raise DataError(f"{path}: expected a JSON list of [question, answer, image_id]")
         label_of = {name: i for i, name in enumerate(self.classes)}
-        image_ids = sorted({e[2] for e in entries if isinstance(e, list) and len(e) == 3 and isinstance(e[2], int)})
+        valid = [e for e in entries if isinstance(e, list) and len(e) == 3 and isinstance(e[2], int)]
+        image_ids = sorted({e[2] for e in valid})
+        properties, kind = self._image_properties(valid), self._kinds()
         keep = set(image_ids[:limit] if limit is not None else image_ids)
         builder = SplitBuilder(split)
         for n, entry in enumerate(entries):
@@ -118,6 +121,32 @@ class EasyVQADataModule(MultimodalDataModule):
             elif not isinstance(answer, str) or answer not in label_of:
                 problems.append(Problem(str(path), f"entry {n}", f"answer {answer!r} is not in answers.txt"))
             else:
+                attributes = {**properties.get(image_id, {}), "question_type": [kind[answer]]}
                 builder.add(f"{split}/{n}", question, label_of[answer], self.root / split / "images" / f"{image_id}.png",
-                            f"{path}:entry {n}")
+                            f"{path}:entry {n}", attributes)
         return builder.build(), builder.files
+
+    def _kinds(self) -> dict[str, str]:
+        """Each answer's kind: "yes/no", "shape" or "color" (the question types)."""
+        return {c: group for group, members in self.class_groups().items() for c in (self.classes[i] for i in members)}
+
+    def _image_properties(self, entries: list) -> dict[int, dict[str, list[str]]]:
+        """The shape and colour of each image, read from the dataset's own questions about it: the answer of a
+        shape or colour question, a property the question names ("what is the blue shape?" -> blue), and the
+        properties of a yes/no question that holds ("does the image contain a circle?" yes -> circle)."""
+        kind = self._kinds()
+        words = {c: kind[c] for c in self.classes if kind[c] != "yes/no"}
+        found: dict[int, dict[str, set[str]]] = {}
+        for question, answer, image_id in entries:
+            if not isinstance(question, str) or answer not in kind:
+                continue
+            tokens = re.findall(r"[a-z]+", question.lower())
+            named = [w for w in tokens if w in words]
+            if kind[answer] == "yes/no":  # "is there not a ...", "is no ... present": a negated question
+                holds = (answer == "yes") != bool({"not", "no"} & set(tokens))
+                named = named if holds else []
+            else:
+                named.append(answer)
+            for word in named:
+                found.setdefault(image_id, {"shape": set(), "color": set()})[words[word]].add(word)
+        return {i: {name: sorted(values) for name, values in props.items()} for i, props in found.items()}

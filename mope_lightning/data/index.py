@@ -24,7 +24,7 @@ from mope_lightning.data.text_files import read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
-INDEX_VERSION = 3  # 2: sample sources, image digests, problem kinds; 3: media_index (images or audio clips)
+INDEX_VERSION = 4  # 2: sources, image digests, problem kinds; 3: media_index (images or clips); 4: attributes
 
 
 def file_stats(paths: Iterable[Path]) -> list[list]:
@@ -68,7 +68,8 @@ def _from_json(data: dict) -> Scan:
                 {k: [Path(f) for f in v] for k, v in data["pools"].items()},
                 [Problem(**p) for p in data["problems"]], list(data["notes"]), dict(data["digests"]))
     for name, split in scan.splits.items():
-        columns = (split.ids, split.texts, split.labels, split.media_index, split.sources)
+        columns = (split.ids, split.texts, split.labels, split.media_index, split.sources,
+                   *split.attributes.values())
         if split.pool not in scan.pools or len({len(c) for c in columns}) != 1:
             raise ValueError(f"split '{name}' does not match its pool or has columns of different lengths")
         if any(not isinstance(j, int) or not 0 <= j < len(scan.pools[split.pool]) for j in split.media_index):

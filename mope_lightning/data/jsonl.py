@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from mope_lightning.config import DataConfig
 from mope_lightning.data.base import MultimodalDataModule
@@ -21,6 +21,13 @@ from mope_lightning.data.text_files import NotUTF8, read_lines, read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
+
+
+def _attribute_values(value) -> list[str]:
+    """An attribute field's values: a list gives several, null or absent none (an unknown value)."""
+    if value is None or value == "":
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 @dataclass
@@ -38,6 +45,9 @@ class JsonlConfig(DataConfig):
     image_dir: Optional[str] = None  # default: root
     id_field: Optional[str] = "id"  # default id: <split>/<line>
     multilabel: bool = False
+    # fields carried as sample attributes for routing analysis (never given to the model), e.g. [source, year];
+    # a list value is several values; a row without the field counts as an unknown value
+    attributes: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -160,7 +170,8 @@ class JsonlDataModule(MultimodalDataModule):
         else:
             sample_id = record.get(c.id_field) if c.id_field else None
             builder.add(str(sample_id) if sample_id is not None else f"{split}/{lineno}", text.strip(), label,
-                        image_dir / c.image_pattern.format(image), f"{path}:{where}")
+                        image_dir / c.image_pattern.format(image), f"{path}:{where}",
+                        {name: _attribute_values(record.get(name)) for name in c.attributes})
 
     def _image_ref(self, record: dict) -> Optional[str]:
         value = record.get(self.cfg.image_field)

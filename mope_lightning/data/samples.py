@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -15,8 +15,9 @@ import torch
 @dataclass
 class Split:
     """The samples of one split. `media_index[i]` points into the media pool `pool` (a list of image files, or of
-    audio files for an audio dataset);
-    `sources[i]` says where sample i was read ("file:line 3", "file:entry 7"), for problems that name it."""
+    audio files for an audio dataset); `sources[i]` says where sample i was read ("file:line 3", "file:entry 7"),
+    for problems that name it. `attributes` (name -> per-sample list of values, empty where unknown) describe the
+    samples for analysis only (routing by image shape, genre, ...): they never reach the model."""
 
     ids: list[str]
     texts: list[str]
@@ -24,13 +25,15 @@ class Split:
     media_index: list[int]
     pool: str
     sources: list[str]
+    attributes: dict[str, list[list[str]]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, rows: Sequence[int]) -> "Split":
         return Split([self.ids[i] for i in rows], [self.texts[i] for i in rows], [self.labels[i] for i in rows],
-                     [self.media_index[i] for i in rows], self.pool, [self.sources[i] for i in rows])
+                     [self.media_index[i] for i in rows], self.pool, [self.sources[i] for i in rows],
+                     {name: [values[i] for i in rows] for name, values in self.attributes.items()})
 
 
 @dataclass
@@ -70,7 +73,8 @@ class Scan:
         used = {pool: sorted({j for s in self.splits.values() if s.pool == pool for j in s.media_index})
                 for pool in self.pools}
         slot = {pool: {j: k for k, j in enumerate(js)} for pool, js in used.items()}
-        splits = {name: Split(s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.media_index], s.pool, s.sources)
+        splits = {name: Split(s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.media_index], s.pool, s.sources,
+                              s.attributes)
                   for name, s in self.splits.items()}
         pools = {pool: [self.pools[pool][j] for j in js] for pool, js in used.items()}
         digests = {pool: [self.digests[pool][j] for j in js] for pool, js in used.items() if pool in self.digests}
@@ -109,13 +113,21 @@ class SplitBuilder:
         self.pool = pool
         self.images = images or ImagePool()
         self.ids, self.texts, self.labels, self.media_index, self.sources = [], [], [], [], []
+        self.attributes: dict[str, list[list[str]]] = {}
 
     @property
     def files(self) -> list[Path]:
         return self.images.files
 
-    def add(self, sample_id: str, text: str, label, image: Path, source: str) -> None:
-        """One sample; `source` is where it was read ("file:line 3"), named by the problems found about it."""
+    def add(self, sample_id: str, text: str, label, image: Path, source: str,
+            attributes: Optional[dict[str, list[str]]] = None) -> None:
+        """One sample; `source` is where it was read ("file:line 3"), named by the problems found about it;
+        `attributes` its values of the reader's attributes (the same names for every sample)."""
+        given = attributes or {}
+        for name in given.keys() - self.attributes.keys():  # a name first seen here: unknown for earlier samples
+            self.attributes[name] = [[] for _ in self.ids]
+        for name, column in self.attributes.items():
+            column.append(list(given.get(name, ())))
         self.ids.append(sample_id)
         self.texts.append(text)
         self.labels.append(label)
@@ -123,7 +135,7 @@ class SplitBuilder:
         self.sources.append(source)
 
     def build(self) -> Split:
-        return Split(self.ids, self.texts, self.labels, self.media_index, self.pool, self.sources)
+        return Split(self.ids, self.texts, self.labels, self.media_index, self.pool, self.sources, self.attributes)
 
 
 def stratified_holdout(labels: list, fraction: float | None = None, seed: int = 0,

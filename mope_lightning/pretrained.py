@@ -97,10 +97,10 @@ class PretrainedModel:
         if images is not None:
             batch["images"] = torch.stack([self._image(img, i) for i, img in enumerate(images)])
         if audio is not None:
-            p = self.audio_preprocessor
-            clips = p([self._audio(clip, i) for i, clip in enumerate(audio)], sampling_rate=p.sampling_rate,
-                      padding=True, return_attention_mask=True, return_tensors="pt")
-            batch["audio"], batch["audio_mask"] = clips["input_values"], clips["attention_mask"]
+            from mope_lightning.data.audio import pad_clips
+
+            batch["audio"], batch["audio_mask"] = pad_clips(self.audio_preprocessor,
+                                                            [self._audio(clip, i) for i, clip in enumerate(audio)])
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def _check_inputs(self, texts, images, audio=None) -> int:

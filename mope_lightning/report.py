@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -46,9 +47,11 @@ class RoutingView:
     def num_experts(self) -> int:
         return self.stats["layer_expert"].shape[1]
 
+    @functools.cached_property
     def attributes(self) -> dict[str, tuple[list[str], Tensor, Tensor, int]]:
         """Per sample attribute of the split (image shape, genre, ...): its values, the mean routing per value
-        (values, layers, experts), the weight of each value and the number of samples without one."""
+        (values, layers, experts), the weight of each value and the number of samples without one. Computed once
+        per view: the scalars, figures, JSON and summary of one validation all read it."""
         s = self.stats
         attributes = {k: v for k, v in self.split.attributes.items()
                       if self.attribute_names is None or k in self.attribute_names}
@@ -63,7 +66,7 @@ class RoutingView:
         """Mutual information between expert and class (and class group; single-label data), and between expert
         and each sample attribute, per layer."""
         out = {}
-        for name, (_, value_expert, value_count, _) in self.attributes().items():
+        for name, (_, value_expert, value_count, _) in self.attributes.items():
             if len(value_count) > 1:
                 out.update(zip((f"mi_{name}_bits", f"mi_{name}_relative"),
                                mutual_information(value_expert, value_count)))
@@ -99,7 +102,7 @@ class RoutingView:
                     for idx in self.groups.values()]
             figs["group_expert"] = heatmap(torch.stack(rows), list(self.groups), experts,
                                            "mean routing probability per class group")
-        for name, (values, value_expert, _, _) in self.attributes().items():
+        for name, (values, value_expert, _, _) in self.attributes.items():
             if len(values) <= 40:  # a heatmap of hundreds of values (ids, years) would be unreadable
                 figs[f"{name}_expert"] = heatmap(value_expert.mean(1), values, experts,
                                                  f"mean routing probability per {name} (averaged over layers)")
@@ -129,7 +132,7 @@ class RoutingView:
         out.update({k: v.tolist() for k, v in self.specialization().items()})
         out["attributes"] = {name: {"values": values, "routing": value_expert.mean(1).tolist(),
                                     "weight": value_count.tolist(), "unknown": unknown}
-                             for name, (values, value_expert, value_count, unknown) in self.attributes().items()}
+                             for name, (values, value_expert, value_count, unknown) in self.attributes.items()}
         return out
 
 
@@ -209,7 +212,7 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
 
 
 def _attribute_lines(view: RoutingView, spec: dict[str, Tensor]) -> list[str]:
-    attributes = view.attributes()
+    attributes = view.attributes
     if not attributes:
         return []
     lines = ["## Routing by sample attribute", "",

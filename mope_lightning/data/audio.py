@@ -55,6 +55,14 @@ def load_clip(path: Path, sampling_rate: int, max_seconds: Optional[float]) -> t
     return torch.from_numpy(np.ascontiguousarray(samples))
 
 
+def pad_clips(preprocessor, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, samples) padded, normalised input values and their (B, samples) mask of real samples: the audio
+    encoder's feature extractor, with the mask requested so that each clip is normalised over its own samples."""
+    out = preprocessor(list(clips), sampling_rate=preprocessor.sampling_rate, padding=True,
+                       return_attention_mask=True, return_tensors="pt")
+    return out["input_values"], out["attention_mask"]
+
+
 def check_clip(path: str) -> tuple[str, str]:
     """(content digest, "") for a clip that decodes in full and holds samples, else ("", what is wrong with it)."""
     from mope_lightning.data.checks import content_digest, read_file

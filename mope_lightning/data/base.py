@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mope_lightning.data.audio import describe_clips, load_clip
+from mope_lightning.data.audio import describe_clips, load_clip, pad_clips
 from mope_lightning.data.features import (FeatureCache, LoadImage, encode_audio, encode_images, encode_texts,
                                           eval_transform, media_key, text_key)
 from mope_lightning.data.index import apply_policy, load_or_build_index
@@ -110,10 +110,8 @@ class BatchCollate:
                                     max_length=self.max_length, return_tensors="pt")
             batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
         if "audio" in first:
-            p = self.audio_preprocessor
-            clips = p([it["audio"].numpy() for it in items], sampling_rate=p.sampling_rate, padding=True,
-                      return_attention_mask=True, return_tensors="pt")
-            batch["audio"], batch["audio_mask"] = clips["input_values"], clips["attention_mask"]
+            batch["audio"], batch["audio_mask"] = pad_clips(self.audio_preprocessor,
+                                                            [it["audio"].numpy() for it in items])
         batch["labels"] = (torch.stack([it["label"] for it in items]) if torch.is_tensor(first["label"])
                            else torch.tensor([it["label"] for it in items]))
         for key in ("text_features", "image_features", "audio_features", "images"):

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.prompt_loop import Prompter, insert_prompts, prompted_block_loop
+from mope_lightning.models.prompt_loop import Prompter, insert_prompts, mask_with_prompts, prompted_block_loop
 from mope_lightning.models.text_encoders import masked_mean
 
 # Speech encoders with the wav2vec2 layout: conv feature encoder, feature projection, positional conv, layers.
@@ -108,7 +107,7 @@ class PromptedAudioEncoder(Backbone):
             x = self.model.encoder.layer_norm(x)
             prompts = None if prompts is None else self.model.encoder.layer_norm(prompts)
         num_prompts = 0 if prompts is None else prompts.shape[1]
-        return insert_prompts(x, prompts, 0), self._mask_with_prompts(frame_mask, num_prompts)
+        return insert_prompts(x, prompts, 0), mask_with_prompts(frame_mask, num_prompts, 0)
 
     def _layer_call(self, frame_mask: Tensor):
         """run_layer(layer, frames with prompts, number of prompts) for this family's layer signature."""
@@ -120,7 +119,7 @@ class PromptedAudioEncoder(Backbone):
             if not self.mask_attention:
                 return None
             if num_prompts not in masks:
-                padded = self._mask_with_prompts(frame_mask, num_prompts)
+                padded = mask_with_prompts(frame_mask, num_prompts, 0)
                 masks[num_prompts] = padded.long() if wavlm else create_bidirectional_mask(
                     config=self.model.config, inputs_embeds=hidden, attention_mask=padded)
             return masks[num_prompts]
@@ -152,12 +151,6 @@ class PromptedAudioEncoder(Backbone):
 
     def forward(self, input_values: Tensor, audio_mask: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
         return self.pool(*self.forward_features(input_values, audio_mask, prompter))
-
-    @staticmethod
-    def _mask_with_prompts(mask: Tensor, num_prompts: int) -> Tensor:
-        if not num_prompts:
-            return mask
-        return torch.cat([mask.new_ones(mask.shape[0], num_prompts), mask], dim=1)
 
     def signature(self) -> dict:
         """What a checkpoint must match: the architecture of the frozen model."""

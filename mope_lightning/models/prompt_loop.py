@@ -42,6 +42,14 @@ def insert_prompts(x: Tensor, prompts: Optional[Tensor], prefix: int) -> Tensor:
     return torch.cat([x[:, :prefix], prompts.to(x.dtype), x[:, prefix:]], dim=1)
 
 
+def mask_with_prompts(mask: Tensor, num_prompts: int, prefix: int) -> Tensor:
+    """A (B, N) token mask with `num_prompts` valid positions inserted after the `prefix` tokens, where
+    `insert_prompts` puts the prompts."""
+    if not num_prompts:
+        return mask
+    return torch.cat([mask[:, :prefix], mask.new_ones(mask.shape[0], num_prompts), mask[:, prefix:]], dim=1)
+
+
 def split_prompts(h: Tensor, num_prompts: int, prefix: int) -> tuple[Tensor, Optional[Tensor]]:
     if not num_prompts:
         return h, None

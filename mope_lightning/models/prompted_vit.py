@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from mope_lightning.errors import ModelError
 
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.prompt_loop import Prompter, insert_prompts, prompted_block_loop
+from mope_lightning.models.prompt_loop import Prompter, insert_prompts, mask_with_prompts, prompted_block_loop
 
 
 class PromptedViT(Backbone):
@@ -75,7 +75,7 @@ class PromptedViT(Backbone):
             if valid is None:
                 return block(h)
             if num_prompts not in masks:
-                keys = self._with_prompts(valid, num_prompts)
+                keys = mask_with_prompts(valid, num_prompts, self.prefix)
                 masks[num_prompts] = torch.zeros(keys.shape, dtype=h.dtype, device=h.device).masked_fill(
                     ~keys, float("-inf"))[:, None, None, :]
             return block(h, attn_mask=masks[num_prompts])
@@ -84,11 +84,7 @@ class PromptedViT(Backbone):
                                          checkpointed_layers=self.checkpointed_layers)
         num_prompts = 0 if prompts is None else prompts.shape[1]
         tokens = v.norm(insert_prompts(x, prompts, self.prefix))
-        return tokens, None if valid is None else self._with_prompts(valid, num_prompts)
-
-    def _with_prompts(self, valid: Tensor, num_prompts: int) -> Tensor:
-        prompts = valid.new_ones(valid.shape[0], num_prompts)
-        return torch.cat([valid[:, :self.prefix], prompts, valid[:, self.prefix:]], dim=1)
+        return tokens, None if valid is None else mask_with_prompts(valid, num_prompts, self.prefix)
 
     def pool(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """timm's own pooling (class token, or the mean of the non-prefix tokens, prompts included); with missing

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 from transformers.masking_utils import create_bidirectional_mask
 
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.prompt_loop import Prompter, insert_prompts, prompted_block_loop
+from mope_lightning.models.prompt_loop import Prompter, insert_prompts, mask_with_prompts, prompted_block_loop
 
 # Encoder families whose layers take (hidden_states, attention_mask) and whose embeddings take input_ids.
 PROMPTABLE_TEXT_MODELS = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie")
@@ -76,14 +75,14 @@ class PromptedTextEncoder(Backbone):
             if num_prompts not in masks:
                 masks[num_prompts] = create_bidirectional_mask(
                     config=self.model.config, inputs_embeds=hidden,
-                    attention_mask=self._mask_with_prompts(attention_mask, num_prompts))
+                    attention_mask=mask_with_prompts(attention_mask, num_prompts, 1))
             out = layer(hidden, masks[num_prompts])
             return out[0] if isinstance(out, tuple) else out  # transformers 4.x returned a tuple
 
         x, prompts = prompted_block_loop(self.model.encoder.layer, x, 1, run_layer, prompter, attention_mask,
                                          checkpointed_layers=self.checkpointed_layers)
         num_prompts = 0 if prompts is None else prompts.shape[1]
-        return insert_prompts(x, prompts, 1), self._mask_with_prompts(attention_mask, num_prompts)
+        return insert_prompts(x, prompts, 1), mask_with_prompts(attention_mask, num_prompts, 1)
 
     def pool(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """(B, D) summary: masked mean over tokens and prompts, or the [CLS] token."""
@@ -91,12 +90,6 @@ class PromptedTextEncoder(Backbone):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
         return self.pool(*self.forward_features(input_ids, attention_mask, prompter))
-
-    @staticmethod
-    def _mask_with_prompts(mask: Tensor, num_prompts: int) -> Tensor:
-        if not num_prompts:
-            return mask
-        return torch.cat([mask[:, :1], mask.new_ones(mask.shape[0], num_prompts), mask[:, 1:]], dim=1)
 
     def signature(self) -> dict:
         """What a checkpoint must match: the architecture of the frozen model."""

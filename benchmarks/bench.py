@@ -53,6 +53,10 @@ CASES = {
     "prompt12": "model.mope.static_length=12 model.mope.dynamic_length=12",
     "prompt24": "model.mope.static_length=24 model.mope.dynamic_length=24",
     "mope_condition_prompts": "model.condition_prompts=4",  # the reference also prompt-tunes its BERT: not cached
+    # Reference mode: its training-time dropouts run the frozen conditioning encoder in train mode, so its feature is
+    # computed every step (BERT-base in the paper config; the default's MobileNetV2 has no dropout and stays cached)
+    "reference": "model.compat.mode=reference",
+    "reference_condition_prompts": "model.compat.mode=reference model.condition_prompts=4",  # the official setup
     "checkpointing": "model.activation_checkpointing=true",  # MoPE recomputing each prompted block in backward
     # ... only the first 18 of Swin-B's 24 blocks. The last six, on Swin's smallest maps, keep their activations and
     # are not recomputed; their memory is freed before the backward pass reaches the first blocks, where it peaks
@@ -72,7 +76,8 @@ QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper",
 # bf16 and compile in the default configuration only: on a CPU without native bf16 a paper-configuration bf16 step
 # takes minutes, and compiling Swin-B + BERT-base longer still.
 FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:]}
-        and not (c == "default" and n in ("mope_condition_prompts", "checkpointing18"))
+        and not (c == "default" and n in ("mope_condition_prompts", "reference_condition_prompts",
+                                          "checkpointing18"))
         and not (c == "paper" and n in ("mope_bf16", "compile"))] + PMOE[1:]
 
 
@@ -287,6 +292,10 @@ def ratios(results: list[dict]) -> dict:
     ratio("mope_over_finetune", ("paper", "mope"), ("paper", "finetune"))
     ratio("mope_condition_prompts_over_bare", ("paper", "mope_condition_prompts"), ("paper", "bare"))
     ratio("prompt24_over_prompt6", ("paper", "prompt24"), ("paper", "mope"))
+    ratio("reference_over_mope", ("paper", "reference"), ("paper", "mope"))
+    ratio("reference_over_mope_default", ("default", "reference"), ("default", "mope"))
+    ratio("reference_condition_prompts_over_mope_condition_prompts", ("paper", "reference_condition_prompts"),
+          ("paper", "mope_condition_prompts"))
     ratio("checkpoint_mope_over_finetune", ("paper", "mope"), ("paper", "finetune"), "checkpoint_bytes")
     ratio("checkpoint_mope_over_finetune_default", ("default", "mope"), ("default", "finetune"), "checkpoint_bytes")
     ratio("pmoe_over_mope_l6", ("pmoe", "pmoe"), ("default", "mope"))

@@ -81,6 +81,10 @@ class CompatConfig:
     skip_first_block_prompt: bool = False  # true: the first block of each stage carries prompts, not new ones
     eval_routing_noise: bool = False  # true: routing noise also at evaluation
     mapper_bn_frozen: bool = False  # true: the mapper's BatchNorm keeps its initial statistics
+    # Training-time dropouts of the reference (rate: model.mope.prompt_dropout; none changes evaluation):
+    initial_prompt_dropout: bool = False  # true: on the prompts entering before the first block (the shallow prompt)
+    condition_prompt_dropout: bool = False  # true: on the conditioning encoder's prompts (model.condition_prompts)
+    condition_encoder_dropout: bool = False  # true: the frozen conditioning encoder's own dropout (feature not cached)
 
 
 @dataclass

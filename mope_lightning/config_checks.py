@@ -117,6 +117,7 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
                           "(null: every prompted layer)")
     _check_pair(cfg.model, source_of)
     _check_missing(cfg, source_of)
+    _check_compat(cfg.model, source_of)
     mope = cfg.model.mope
     if mope.router.top_k > max(mope.num_experts, 1):
         raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "
@@ -144,6 +145,25 @@ def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:
     if single is not None and single not in pair:
         raise ConfigError(f"{source_of('model.fusion')}: model.fusion: {model.fusion} reads the {single}, which is "
                           f"not one of {key} {pair}; use {', '.join(f'{m}_only' for m in pair)}")
+
+
+def _check_compat(model: DictConfig, source_of: Callable[[str], str]) -> None:
+    """A training-dropout flag set on its own has something to act on (`mode: reference` turns on those that do)."""
+    compat = model.compat
+    needs = {"initial_prompt_dropout": (compat.skip_first_block_prompt, "acts on the prompts entering before the "
+                                        "first block, which exist with model.compat.skip_first_block_prompt=true"),
+             "condition_prompt_dropout": (model.condition_prompts > 0, "acts on the conditioning encoder's prompts, "
+                                          "which exist with model.condition_prompts > 0"),
+             "condition_encoder_dropout": (True, "")}
+    for flag, (applies, why) in needs.items():
+        key = f"model.compat.{flag}"
+        if not compat[flag] or compat.mode == "reference":
+            continue
+        if model.fusion not in PROMPT_FUSIONS:
+            raise ConfigError(f"{source_of(key)}: {key}: applies to the prompt fusions ({', '.join(PROMPT_FUSIONS)}), "
+                              f"not model.fusion={model.fusion}; set it to false")
+        if not applies:
+            raise ConfigError(f"{source_of(key)}: {key}: {why}; set that too, or set this to false")
 
 
 def _read_modalities(model: DictConfig) -> tuple[str, ...]:

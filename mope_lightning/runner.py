@@ -116,7 +116,8 @@ def count_parameters(cfg: DictConfig) -> dict:
         num_classes = data_cls.num_classes  # the dataset is not here; its label set size is fixed
     with torch.device("meta"):
         net = build_model(cfg.model, num_classes, weights=False)
-    return {"num_classes": num_classes, **net.parameter_counts()}
+    features = {m: net.uncached_reason(m) for m in net.feature_modalities()}
+    return {"num_classes": num_classes, **net.parameter_counts(), "pooled_features": features}
 
 
 def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
@@ -134,6 +135,10 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
               f"  {'trainable / total':<18} {counts['trainable_percent']:>13.2f}%"]
     if "trainable_percent_of_frozen" in counts:
         lines.append(f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%")
+    for modality, reason in counts["pooled_features"].items():
+        cached = "computed once per distinct input (data.cache_features)" if cfg.data.cache_features else \
+            "computed every batch (data.cache_features=false)"
+        lines.append(f"  {modality + ' feature':<18} {cached if reason is None else 'computed every batch: ' + reason}")
     return "\n".join(lines)
 
 

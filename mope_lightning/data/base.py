@@ -319,6 +319,8 @@ class MultimodalDataModule(L.LightningDataModule):
         self.splits, pools = self.read_splits()
         if self.trainer is not None and self.trainer.state.fn is not None:
             self.check_splits(self.trainer.state.fn.value)  # the stage setup will get: refuse before encoding
+        for modality, reason in self.spec.uncached.items() if self.cfg.cache_features else ():
+            log.info("%s: %s features are not cached: %s; it encodes every batch", self.cfg.name, modality, reason)
         self._build_features(self.splits, pools)
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.dropout import _DropoutNd
 
 
 class Backbone(nn.Module):
@@ -12,6 +14,10 @@ class Backbone(nn.Module):
     drop-path or BatchNorm statistic updates), so a frozen encoder computes the same function in training and
     evaluation. Trainable (`frozen=False`, the fine-tuning baseline): an ordinary module.
 
+    `dropout_in_training` (`keep_dropout_in_training()`, the reference's frozen BERT): frozen, but its own dropout and
+    drop-path run in training as in an unfrozen model. Its normalisation layers stay in eval, so no statistic of the
+    frozen weights changes; its output then varies from step to step and cannot be cached.
+
     `checkpointed_layers`: a prompted encoder's first `checkpointed_layers` layers recompute their activations in the
     backward pass instead of keeping them (models/prompt_loop.py); set by the factory from
     `model.activation_checkpointing` and `model.checkpointed_layers`. 0: none.
@@ -20,6 +26,7 @@ class Backbone(nn.Module):
     def __init__(self, model: nn.Module, frozen: bool = True):
         super().__init__()
         self.frozen = frozen
+        self.dropout_in_training = False
         self.checkpointed_layers = 0
         self.model = model.requires_grad_(not frozen)
         if frozen:
@@ -30,8 +37,22 @@ class Backbone(nn.Module):
         self.model.requires_grad_(True)
         self.model.train(self.training)
 
+    def stochastic_layers(self) -> list[str]:
+        """The library model's modules that act only in training: dropout and drop-path with a nonzero rate."""
+        return [name for name, m in self.model.named_modules()
+                if (isinstance(m, _DropoutNd) and m.p > 0) or getattr(m, "drop_prob", 0) > 0]
+
+    def keep_dropout_in_training(self) -> bool:
+        """Run the frozen model's dropout in training; False (and nothing changes) where it has none."""
+        self.dropout_in_training = bool(self.stochastic_layers())
+        self.train(self.training)  # Lightning never calls train() at the start of fit: set the mode now
+        return self.dropout_in_training
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen:
-            self.model.eval()
+            self.model.train(mode and self.dropout_in_training)
+            for module in self.model.modules() if mode and self.dropout_in_training else ():
+                if isinstance(module, _NormBase):  # BatchNorm, InstanceNorm: their statistics are frozen weights
+                    module.eval()
         return self

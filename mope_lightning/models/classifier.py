@@ -66,7 +66,8 @@ class InputSpec:
 
     `cacheable` maps a modality to the function computing its pooled feature from the encoder's inputs, for a
     frozen encoder whose feature never changes: the DataModule may compute it once per distinct input and yield
-    `<modality>_features` instead. `identity` says what a cached feature depends on (for cache keys).
+    `<modality>_features` instead. `identity` says what a cached feature depends on (for cache keys). `uncached`
+    says, for a modality read as a pooled feature that cannot be cached, why (the DataModule logs it).
     """
 
     tokenizer: Any = None  # text
@@ -74,6 +75,7 @@ class InputSpec:
     cacheable: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
     identity: dict[str, str] = field(default_factory=dict)
     audio_preprocessor: Any = None  # audio: the transformers feature extractor
+    uncached: dict[str, str] = field(default_factory=dict)
 
 
 def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -134,15 +136,32 @@ class FusionClassifier(nn.Module):
 
     def cacheable_modalities(self) -> tuple[str, ...]:
         """Modalities read only as the pooled feature of a frozen, unprompted encoder."""
+        return tuple(m for m in self.feature_modalities() if self.uncached_reason(m) is None)
+
+    def feature_modalities(self) -> tuple[str, ...]:
+        """Modalities read only as a pooled feature (not prompted)."""
         return ()
+
+    def uncached_reason(self, modality: str) -> Optional[str]:
+        """Why the pooled feature of `modality` changes from step to step and cannot be cached, or None."""
+        encoder = self.encoder(modality)
+        if not encoder.frozen:
+            return f"the {modality} encoder is fine-tuned"
+        if encoder.dropout_in_training:
+            return (f"the frozen {modality} encoder runs its own dropout in training "
+                    "(model.compat.condition_encoder_dropout)")
+        return None
 
     def input_spec(self) -> InputSpec:
         encoders = {m: self.encoder(m) for m in self.pair}
         spec = InputSpec(getattr(encoders.get("text"), "tokenizer", None),
                          getattr(encoders.get("image"), "data_config", None),
                          audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None))
-        for modality in self.cacheable_modalities():
-            encoder = self.encoder(modality)
+        for modality in self.feature_modalities():
+            encoder, reason = self.encoder(modality), self.uncached_reason(modality)
+            if reason is not None:
+                spec.uncached[modality] = reason
+                continue
             spec.cacheable[modality] = encoder
             pool = getattr(encoder, "pool_mode", "")
             spec.identity[modality] = f"{encoder.signature()}|{weights_digest(encoder)}|{pool}"
@@ -234,9 +253,13 @@ class PromptFusionClassifier(FusionClassifier):
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
         self.learn_missing_features((self.condition,))
 
-    def cacheable_modalities(self) -> tuple[str, ...]:
-        return () if self.condition_prompts is not None or not self.encoder(self.condition).frozen else (
-            self.condition,)
+    def feature_modalities(self) -> tuple[str, ...]:
+        return (self.condition,)
+
+    def uncached_reason(self, modality: str) -> Optional[str]:
+        if self.condition_prompts is not None:
+            return f"the {modality} encoder is prompt-tuned (model.condition_prompts)"
+        return super().uncached_reason(modality)
 
     def routing_shape(self) -> Optional[tuple[int, int]]:
         routed = sum(1 for layer in self.fusion.layers.values() if layer.router is not None)
@@ -296,8 +319,8 @@ class LateFusionClassifier(FusionClassifier):
     def modalities(self) -> tuple[str, ...]:
         return self.read_modalities
 
-    def cacheable_modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in self.read_modalities if self.encoder(m).frozen)
+    def feature_modalities(self) -> tuple[str, ...]:
+        return self.read_modalities
 
     def forward(self, batch: dict) -> FusionOutput:
         feats = torch.cat([self.features(m, batch) for m in self.read_modalities], dim=-1)

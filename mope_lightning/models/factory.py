@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from mope_lightning.models.prompts import MoPE
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
+log = logging.getLogger(__name__)
+
 PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
 # The modalities a late fusion reads; None: both of the experiment's pair.
 LATE_FUSION_MODALITIES = {"late_concat": None, "finetune": None, "text_only": ("text",), "image_only": ("image",),
@@ -38,13 +42,17 @@ class Compat:
     skip_first_block_prompt: bool = False
     eval_routing_noise: bool = False
     mapper_bn_frozen: bool = False
+    initial_prompt_dropout: bool = False
+    condition_prompt_dropout: bool = False
+    condition_encoder_dropout: bool = False
 
     @classmethod
     def from_config(cls, c) -> "Compat":
         if c.mode == "reference":
-            return cls(True, True, True, True)
+            return cls(*[True] * len(dataclasses.fields(cls)))
         return cls(c.window_prompt_order == "reference", c.skip_first_block_prompt, c.eval_routing_noise,
-                   c.mapper_bn_frozen)
+                   c.mapper_bn_frozen, c.initial_prompt_dropout, c.condition_prompt_dropout,
+                   c.condition_encoder_dropout)
 
 
 def _text_config(cfg, source: str, kwargs: dict):
@@ -168,13 +176,14 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     if compat.skip_first_block_prompt:  # the reference re-prompts no stage's first block
         layers = [i for i in layers if i > 0 and stages[i] == stages[i - 1]]
     router = {**_router_kwargs(m.router), "noise_in_eval": compat.eval_routing_noise}
+    initial_dropout = m.prompt_dropout if compat.initial_prompt_dropout else 0.0
     make = functools.partial(
         MoPE, encoder.layer_dims, stages, cond_dim, static_length=static, dynamic_length=dynamic,
         mapped_length=mapped, num_experts=m.num_experts,
         init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale, router=router,
         prompted_layers=layers, mapper_hidden=m.mapper_hidden, prompt_dropout=m.prompt_dropout,
         importance_threshold=m.importance_threshold, initial_prompts=compat.skip_first_block_prompt,
-        fixed_bn_stats=compat.mapper_bn_frozen, **_missing_prompts(cfg))
+        fixed_bn_stats=compat.mapper_bn_frozen, initial_dropout=initial_dropout, **_missing_prompts(cfg))
     check_trainable_memory(make, f"model.mope: num_experts={m.num_experts}, static_length={static}, dynamic_length="
                                  f"{dynamic}, mapped_length={mapped}, mapper_hidden={m.mapper_hidden}")
     return make()
@@ -260,11 +269,17 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
     condition = encoders[condition_name]
     if isinstance(prompted, PromptedSwin):
         prompted.set_window_major(compat.window_major)
+    if compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
+        enc = cfg[f"{condition_name}_encoder"]
+        log.info("model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with a "
+                 "nonzero rate, so nothing changes (and its feature can still be cached)", condition_name,
+                 enc.library, enc.name)
     condition_prompts = None
     if cfg.condition_prompts:
         _promptable(condition, f"model.{condition_name}_encoder", cfg[f"{condition_name}_encoder"])
         condition_prompts = MoPE(condition.layer_dims, condition.layer_stages, 0, static_length=cfg.condition_prompts,
-                                 dynamic_length=0, mapped_length=0, init_scale=condition.prompt_init_scale)
+                                 dynamic_length=0, mapped_length=0, init_scale=condition.prompt_init_scale,
+                                 layer_dropout=cfg.mope.prompt_dropout if compat.condition_prompt_dropout else 0.0)
     fusion = build_mope(cfg, prompted, condition.num_features, compat)
     return PromptFusionClassifier(encoders, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
                                   head_condition=cfg.fusion == "prompt_tuning", condition_prompts=condition_prompts)

@@ -63,8 +63,8 @@ class PMoEClassifier(FusionClassifier):
     def modalities(self) -> tuple[str, ...]:
         return (self.modality, self.condition) if self.conditioned else (self.modality,)
 
-    def cacheable_modalities(self) -> tuple[str, ...]:
-        return (self.condition,) if self.conditioned and self.encoder(self.condition).frozen else ()
+    def feature_modalities(self) -> tuple[str, ...]:
+        return (self.condition,) if self.conditioned else ()
 
     def missing_problem(self, modality: str) -> Optional[str]:
         if modality != self.modality:

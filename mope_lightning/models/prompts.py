@@ -104,6 +104,8 @@ class MoPE(nn.Module):
         initial_prompts: learn prompts that enter before the first layer (the reference's shallow Swin prompt,
             used when the first layer is not prompted).
         fixed_bn_stats: the reference's mapper BatchNorm that never updates its statistics.
+        initial_dropout: dropout on the initial prompts in training (the reference's shallow Swin prompt).
+        layer_dropout: dropout on every layer's prompts in training (the reference's BERT deep prompts).
         missing_length, missing_cases: missing-aware prompts per layer, one set for each of `missing_cases` cases
             (complete, then one per modality a sample can lose); 0 turns them off.
     """
@@ -113,7 +115,8 @@ class MoPE(nn.Module):
                  init_scale: float = 0.1, router: Optional[dict] = None,
                  prompted_layers: Optional[Sequence[int]] = None, mapper_hidden: Optional[int] = None,
                  prompt_dropout: float = 0.1, importance_threshold: float = 0.1, initial_prompts: bool = False,
-                 fixed_bn_stats: bool = False, missing_length: int = 0, missing_cases: int = 0):
+                 fixed_bn_stats: bool = False, missing_length: int = 0, missing_cases: int = 0,
+                 initial_dropout: float = 0.0, layer_dropout: float = 0.0):
         super().__init__()
         if len(layer_dims) != len(layer_stages):
             raise ValueError("layer_dims and layer_stages must have one entry per layer")
@@ -138,6 +141,9 @@ class MoPE(nn.Module):
         self.missing_cases = missing_cases if missing_length else 0
         self.num_prompts = static_length + dynamic_length + mapped_length + (missing_length if missing_cases else 0)
         self.initial = _uniform((self.num_prompts, layer_dims[0]), init_scale) if initial_prompts else None
+        # Applied per sample (after expanding to the batch), as the reference does; identity at p=0 and in eval.
+        self.initial_dropout = nn.Dropout(initial_dropout)
+        self.layer_dropout = nn.Dropout(layer_dropout)
         self.num_experts = num_experts if dynamic_length else 0
         self.importance_threshold = importance_threshold
 
@@ -165,12 +171,12 @@ class LayerPrompter:
         prompts, probs = self.mope.layers[key](pooled, self.cond, mapped, self.case)
         if probs is not None:
             self.routing.append(probs)
-        return prompts.to(pooled.dtype)
+        return self.mope.layer_dropout(prompts).to(pooled.dtype)
 
     def initial_prompts(self, batch_size: int) -> Optional[Tensor]:
         """Prompts that enter before the first layer, or None."""
         initial = self.mope.initial
-        return None if initial is None else initial.expand(batch_size, -1, -1)
+        return None if initial is None else self.mope.initial_dropout(initial.expand(batch_size, -1, -1))
 
     def routing_probs(self) -> Optional[Tensor]:
         """(B, routed layers, K) routing probabilities of this forward pass, or None without experts."""

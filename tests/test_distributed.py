@@ -135,7 +135,7 @@ def test_slurm_mismatch_and_settings_refused_before_training(monkeypatch):
 
 def test_resuming_from_another_experiments_checkpoint_is_refused(tmp_path, capsys):
     base = [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=24",
-            "trainer.enable_progress_bar=false", f"trainer.default_root_dir={tmp_path / 'runs'}"]
+            "data.test_images=10", "trainer.enable_progress_bar=false", f"trainer.default_root_dir={tmp_path / 'runs'}"]
     assert main(["fit", *base]) == 0
     ckpt = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     assert main(["fit", *base, "model.mope.num_experts=8", f"ckpt={ckpt}"]) == 2

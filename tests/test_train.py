@@ -31,8 +31,8 @@ def workdir(tmp_path_factory):
 def e2e_overrides(workdir, *extra):
     # The CI subset of datasets.md: 800 train / 200 test images; 64 px images for a quick one-time feature cache.
     return [f"trainer.default_root_dir={workdir / 'runs'}", f"data.cache_dir={workdir / 'cache'}",
-            "data.train_images=800", "data.test_images=200", "data.image_size=64", "trainer.max_steps=150",
-            "trainer.val_check_interval=75", "optim.warmup_steps=20", "optim.lr=3e-3",
+            "data.train_images=800", "data.test_images=200", "data.image_size=64", "trainer.max_steps=90",
+            "trainer.val_check_interval=45", "optim.warmup_steps=20", "optim.lr=3e-3",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]
 
 
@@ -81,7 +81,7 @@ def test_training_is_logged_to_tensorboard(trained):
     assert expected | routing <= scalars, (expected | routing) - scalars
     # One heatmap per validation (two in this run), to step through in TensorBoard's images tab.
     for tag in ("routing/layer_expert", "routing/class_expert", "routing/group_expert", "routing/exemplars"):
-        assert tag in images and [e.step for e in images[tag]] == [75, 150], tag
+        assert tag in images and [e.step for e in images[tag]] == [45, 90], tag
         assert images[tag][0].encoded_image_string.startswith(b"\x89PNG")
 
 

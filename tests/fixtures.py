@@ -52,7 +52,7 @@ def make_mmimdb(root: Path, per_split: dict | None = None) -> Path:
         for _ in range(count):
             movie = f"{n:07d}"
             genres = [MMIMDB_GENRES[n % 2]] + ([MMIMDB_GENRES[2 + n % 2]] if n % 3 == 0 else [])
-            meta = {"title": f"Movie {n}", "genres": genres,
+            meta = {"title": f"Movie {n}", "genres": genres, "year": [1994, "2003", None, "n/a"][n % 4],
                     "plot": [f"A short plot {n}.", f"A much longer plot of movie number {n}, with more words."]}
             (root / "dataset").mkdir(parents=True, exist_ok=True)
             (root / "dataset" / f"{movie}.json").write_text(json.dumps(meta))

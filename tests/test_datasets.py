@@ -63,6 +63,9 @@ def test_mmimdb_native_layout(tmp_path):
     assert splits["train"].texts[first].startswith("A much longer plot")  # the longest plot
     news = splits["train"].ids.index("train/0000003")  # Comedy + News: News is not a label, the movie stays
     assert [dm.classes[i] for i in splits["train"].labels[news]] == ["Comedy"]
+    # The release decade is a sample attribute (for routing analysis); unknown without a year.
+    assert [splits["train"].attributes["decade"][splits["train"].ids.index(f"train/000000{n}")]
+            for n in range(4)] == [["1990s"], ["2000s"], [], []]
     summary = run("fit", cfg)
     assert set(summary["metrics"]) >= {"test/f1_micro", "test/f1_macro", "test/f1_weighted", "test/f1_samples"}
     assert "ModelCheckpoint" not in str(summary) and summary["best_checkpoint"]

@@ -24,7 +24,8 @@ from mope_lightning.data.text_files import read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
-INDEX_VERSION = 4  # 2: sources, image digests, problem kinds; 3: media_index (images or clips); 4: attributes
+INDEX_VERSION = 5  # 2: sources, image digests, problem kinds; 3: media_index (images or clips); 4: attributes;
+# 5: MM-IMDB decade
 
 
 def file_stats(paths: Iterable[Path]) -> list[list]:

@@ -10,6 +10,9 @@ counted in the log; samples are kept, so the splits are the standard ones. `data
 other work: `mmbt` drops samples with News; `mope` (MoPE's preprocessing, which changes the test set) drops samples
 with News, Reality-TV or Talk-Show and dev/test samples with a genre unseen in train. Metrics: F1 micro, macro,
 weighted and samples at threshold 0.5; the checkpoint monitor is val/f1_micro, as MoPE intends.
+
+Sample attribute (routing analysis only, never given to the model): `decade`, the release year's decade ("1990s")
+from the metadata's "year"; unknown where the year is absent or not a year. The genres are the labels attribute.
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ GENRES = ("Drama", "Family", "Comedy", "Biography", "Romance", "War", "Thriller"
           "Short", "Sci-Fi", "Film-Noir", "Fantasy")
 FILTERED_GENRES = {"none": (), "mmbt": ("News",), "mope": ("News", "Reality-TV", "Talk-Show")}
 SPLIT_KEYS = {"train": "train", "val": "dev", "test": "test"}
+YEARS = range(1870, 2100)  # a "year" outside is not a release year: its decade is unknown
+
+
+def decade(year) -> list[str]:
+    """The decade of a metadata "year" (1994, "1994", "1994-1997"), as an attribute value list; [] if unknown."""
+    digits = str(year).strip()[:4] if isinstance(year, (int, str)) and not isinstance(year, bool) else ""
+    if not digits.isdigit() or int(digits) not in YEARS:
+        return []
+    return [f"{int(digits) // 10 * 10}s"]
 
 
 @dataclass
@@ -82,17 +94,17 @@ class MMIMDBDataModule(MultimodalDataModule):
         records = {split: [(f"{listing}:{SPLIT_KEYS[split]} entry {k}", r) for k, i in enumerate(ids)
                            if (r := self._record(i, problems, dropped_labels))]
                    for split, ids in self._split_ids().items()}
-        seen_in_train = {g for _, (_, _, genres, _) in records["train"] for g in genres}
+        seen_in_train = {g for _, (_, _, genres, _, _) in records["train"] for g in genres}
         posters, splits = ImagePool(), {}
         for split, rows in records.items():
             builder = SplitBuilder("posters", posters)
-            for source, (movie, plot, genres, image) in rows:
+            for source, (movie, plot, genres, image, year) in rows:
                 reason = self._filtered(split, plot, genres, seen_in_train)
                 if reason:
                     filtered[reason] += 1
                     continue
                 builder.add(f"{split}/{movie}", plot, [GENRES.index(g) for g in genres if g in GENRES], image,
-                            source)
+                            source, {"decade": decade(year)})
             splits[split] = builder.build()
         notes = [f"genre labels outside the 23 dropped from samples (samples kept): {dict(dropped_labels)}"]
         if filtered:
@@ -126,7 +138,7 @@ class MMIMDBDataModule(MultimodalDataModule):
             if not any(g in GENRES for g in genres):
                 problems.append(Problem(str(path), "genres", f"no genre in the label set (has {genres})"))
                 return None
-        return movie, plot, genres, self.root / "dataset" / f"{movie}.jpeg"
+        return movie, plot, genres, self.root / "dataset" / f"{movie}.jpeg", meta.get("year")
 
     def _filtered(self, split: str, plot: str, genres: list[str], seen_in_train: set) -> Optional[str]:
         excluded = FILTERED_GENRES[self.cfg.genre_filter]

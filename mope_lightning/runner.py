@@ -136,9 +136,13 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
     if "trainable_percent_of_frozen" in counts:
         lines.append(f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%")
     for modality, reason in counts["pooled_features"].items():
-        cached = "computed once per distinct input (data.cache_features)" if cfg.data.cache_features else \
-            "computed every batch (data.cache_features=false)"
-        lines.append(f"  {modality + ' feature':<18} {cached if reason is None else 'computed every batch: ' + reason}")
+        if reason is None and not cfg.data.cache_features:
+            reason = "data.cache_features=false"
+        elif reason is None and modality == "image" and cfg.data.get("randaugment"):
+            reason = "data.randaugment changes the training images every epoch"
+        how = "computed once per distinct input (data.cache_features)" if reason is None else \
+            f"computed every batch: {reason}"
+        lines.append(f"  {modality + ' feature':<18} {how}")
     return "\n".join(lines)
 
 

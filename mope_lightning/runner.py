@@ -24,6 +24,7 @@ from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, 
 from mope_lightning.config_callbacks import resolve_callbacks
 from mope_lightning.config_checks import PARAM_GROUPS
 from mope_lightning.data import DATAMODULES, MultimodalDataModule
+from mope_lightning.data.base import data_prevents_caching
 from mope_lightning.data.audio import describe_clips
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import lost_by
@@ -136,10 +137,7 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
     if "trainable_percent_of_frozen" in counts:
         lines.append(f"  {'trainable / frozen':<18} {counts['trainable_percent_of_frozen']:>13.2f}%")
     for modality, reason in counts["pooled_features"].items():
-        if reason is None and not cfg.data.cache_features:
-            reason = "data.cache_features=false"
-        elif reason is None and modality == "image" and cfg.data.get("randaugment"):
-            reason = "data.randaugment changes the training images every epoch"
+        reason = reason or data_prevents_caching(cfg.data, modality)
         how = "computed once per distinct input (data.cache_features)" if reason is None else \
             f"computed every batch: {reason}"
         lines.append(f"  {modality + ' feature':<18} {how}")

@@ -123,6 +123,15 @@ class BatchCollate:
         return batch
 
 
+def data_prevents_caching(cfg, modality: str) -> Optional[str]:
+    """Why the `data` settings `cfg` keep the frozen feature of `modality` from being cached, or None."""
+    if not cfg.cache_features:
+        return "data.cache_features=false"
+    if modality == "image" and cfg.get("randaugment"):  # augmented training images change every epoch
+        return "data.randaugment changes the training images every epoch"
+    return None
+
+
 class MultimodalDataModule(L.LightningDataModule):
     """Base DataModule for image-text classification. Subclasses set `config_class` and read their files.
 
@@ -269,9 +278,7 @@ class MultimodalDataModule(L.LightningDataModule):
         return torch.ones_like(self._transform()(Image.new("RGB", (8, 8))))
 
     def _cached(self, modality: str) -> bool:
-        # Augmented training images change every epoch, so their features cannot be cached.
-        augmented = modality == "image" and bool(self.cfg.get("randaugment"))
-        return self.cfg.cache_features and modality in self.spec.cacheable and not augmented
+        return modality in self.spec.cacheable and data_prevents_caching(self.cfg, modality) is None
 
     def _media_features(self, cache: FeatureCache, pool: str, files: list[Path]):
         if not files:  # only empty splits use this pool: nothing to encode (or to read)

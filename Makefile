@@ -49,7 +49,7 @@ test: $(BIN)/.installed ## run the test suite (about 11 minutes on 2 CPU cores, 
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (longer than bench-quick)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
-bench-quick: $(BIN)/.installed ## the key ratios, checkpointing, bf16, compile (about 12 min on 2 CPU cores) -> benchmarks/results-quick.{json,md}
+bench-quick: $(BIN)/.installed ## the key ratios, checkpointing, bf16, compile (about 15 min on 2 CPU cores) -> benchmarks/results-quick.{json,md}
 	$(BIN)/python benchmarks/bench.py --quick --out benchmarks/results-quick.json $(BENCH_ARGS)
 
 bench-sharing: $(BIN)/.installed ## adapter sizes and from_pretrained predict throughput -> benchmarks/results-sharing.{json,md} (about 2 min)

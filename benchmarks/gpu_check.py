@@ -28,7 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # The cases whose numbers change on a GPU: MoPE against its floor and full fine-tuning, checkpointing, compile.
-BENCH_CASES = "paper:mope,paper:finetune,paper:checkpointing,paper:checkpointing18,default:mope,default:compile"
+BENCH_CASES = ("paper:mope,paper:finetune,paper:checkpointing,paper:checkpointing_full,paper:checkpointing18,"
+               "default:mope,default:compile")
 SHARE = {"tests": 0.3, "fit": 0.25, "bench32": 0.2, "bench_bf16": 0.2}  # of the time budget
 
 

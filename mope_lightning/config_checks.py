@@ -115,6 +115,9 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         why = "is a count of layers, at least 1" if layers < 1 else "applies with model.activation_checkpointing=true"
         raise ConfigError(f"{source_of('model.checkpointed_layers')}: model.checkpointed_layers: {why}; got {layers} "
                           "(null: every prompted layer)")
+    if cfg.model.checkpoint_policy != "selective" and not cfg.model.activation_checkpointing:
+        raise ConfigError(f"{source_of('model.checkpoint_policy')}: model.checkpoint_policy: applies with "
+                          "model.activation_checkpointing=true")
     _check_pair(cfg.model, source_of)
     _check_missing(cfg, source_of)
     _check_compat(cfg.model, source_of)

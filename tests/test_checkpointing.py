@@ -1,8 +1,11 @@
 """Activation checkpointing in the prompted block loop (model.activation_checkpointing): the same loss, importance
 loss and gradients as keeping the activations, for every prompted encoder family."""
 
+from typing import Optional
+
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from mope_lightning.config import load_config
 from mope_lightning.errors import ConfigError, ModelError
@@ -36,10 +39,12 @@ def _batch(net, prompted: str = "text", size: int = 3) -> dict:
     return batch
 
 
-def _loss_and_grads(net, batch: dict, checkpointing: bool):
+def _loss_and_grads(net, batch: dict, checkpointing: Optional[str]):
+    """Loss, importance loss and gradients of one step; `checkpointing`: the policy of every layer (None: off)."""
     for module in net.modules():
         if isinstance(module, Backbone):
             module.checkpointed_layers = module.num_layers if checkpointing and hasattr(module, "num_layers") else 0
+            module.checkpoint_policy = checkpointing
     net.zero_grad(set_to_none=True)
     torch.manual_seed(0)  # the routing noise and the mapped prompts' dropout draw the same numbers both times
     out = net(batch)
@@ -49,14 +54,15 @@ def _loss_and_grads(net, batch: dict, checkpointing: bool):
     return loss.detach(), out.importance_loss.detach(), grads
 
 
+@pytest.mark.parametrize("policy", ["selective", "full"])
 @pytest.mark.parametrize("case", CASES)
-def test_checkpointed_gradients_equal_stored_ones(case):
+def test_checkpointed_gradients_equal_stored_ones(case, policy):
     experiment, overrides = CASES[case]
     cfg = load_config([experiment, TINY], overrides)
     net = build_model(cfg.model, num_classes=13).train()
     batch = _batch(net, cfg.model.prompted)
-    loss, importance, grads = _loss_and_grads(net, batch, checkpointing=False)
-    loss_ckpt, importance_ckpt, grads_ckpt = _loss_and_grads(net, batch, checkpointing=True)
+    loss, importance, grads = _loss_and_grads(net, batch, checkpointing=None)
+    loss_ckpt, importance_ckpt, grads_ckpt = _loss_and_grads(net, batch, checkpointing=policy)
     torch.testing.assert_close(loss_ckpt, loss, rtol=0, atol=1e-6)
     torch.testing.assert_close(importance_ckpt, importance, rtol=0, atol=1e-6)
     assert importance > 0  # routed: the importance loss is computed, once, outside the checkpointed layers
@@ -80,6 +86,29 @@ def test_checkpointing_recomputes_the_layers_in_backward():
     assert forward_calls == len(net.text.model.encoder.layer) and len(calls) == 2 * forward_calls
 
 
+def test_the_selective_policy_recomputes_all_but_the_down_projections():
+    """The selective policy keeps each layer's MLP down-projection output (BERT: output.dense, 4d -> d): a step
+    computes exactly those products' FLOPs less than under the full policy, and more than without checkpointing."""
+    cfg = load_config([DEFAULT_EXP, TINY], ["model.activation_checkpointing=true"])
+    net = build_model(cfg.model, num_classes=13).train()
+    assert net.text.checkpoint_policy == "selective"
+    batch = _batch(net)
+    down = []
+    for layer in net.text.model.encoder.layer:
+        dense = layer.output.dense
+        assert dense.in_features >= 2 * dense.out_features
+        dense.register_forward_hook(lambda m, args, out: down.append(2 * args[0].numel() * m.out_features))
+    flops = {}
+    for policy in (None, "selective", "full"):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            _loss_and_grads(net, batch, checkpointing=policy)
+        flops[policy] = counter.get_total_flops()
+    down_projections = sum(down[:len(net.text.model.encoder.layer)])  # one forward's worth
+    assert flops[None] < flops["selective"] and down_projections > 0
+    assert flops["full"] - flops["selective"] == down_projections
+
+
 def test_only_the_first_checkpointed_layers_recompute():
     """model.checkpointed_layers=N: the first N layers are recomputed in backward, the others run once; the
     gradients stay those of keeping every activation."""
@@ -96,7 +125,7 @@ def test_only_the_first_checkpointed_layers_recompute():
     (torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + out.importance_loss).backward()
     assert calls == {i: 2 if i == 0 else 1 for i in range(len(layers))}
     partial = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
-    _, _, stored = _loss_and_grads(net, batch, checkpointing=False)
+    _, _, stored = _loss_and_grads(net, batch, checkpointing=None)
     for name, grad in stored.items():
         torch.testing.assert_close(partial[name], grad, rtol=0, atol=1e-5, msg=name)
 
@@ -110,6 +139,10 @@ def test_checkpointed_layers_is_checked():
     cfg = load_config([DEFAULT_EXP, TINY], ["model.activation_checkpointing=true", "model.checkpointed_layers=99"])
     with pytest.raises(ModelError, match="model.checkpointed_layers: 99, but the deepest prompted encoder has"):
         build_model(cfg.model, num_classes=13)
+    with pytest.raises(ConfigError, match="model.checkpoint_policy: applies with model.activation_checkpointing=true"):
+        load_config([DEFAULT_EXP], ["model.checkpoint_policy=full"])
+    with pytest.raises(ConfigError, match="model.checkpoint_policy"):
+        load_config([DEFAULT_EXP], ["model.activation_checkpointing=true", "model.checkpoint_policy=some"])
 
 
 def test_checkpointing_without_a_prompted_loop_is_refused():

@@ -69,13 +69,14 @@ def test_bf16_autocast_on_the_gpu_stays_close_to_fp32():
     assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max() + 1e-2
 
 
+@pytest.mark.parametrize("policy", ["selective", "full"])
 @pytest.mark.parametrize("case", ["bert", "swin", "pmoe"])
-def test_activation_checkpointing_on_the_gpu_gives_the_same_gradients(case):
+def test_activation_checkpointing_on_the_gpu_gives_the_same_gradients(case, policy):
     net, prompted = _model(case)
     net.cuda().train()
     batch = _on(_batch(net, prompted), "cuda")
-    loss, importance, grads = _loss_and_grads(net, batch, checkpointing=False)
-    loss_ckpt, importance_ckpt, grads_ckpt = _loss_and_grads(net, batch, checkpointing=True)
+    loss, importance, grads = _loss_and_grads(net, batch, checkpointing=None)
+    loss_ckpt, importance_ckpt, grads_ckpt = _loss_and_grads(net, batch, checkpointing=policy)
     torch.testing.assert_close(loss_ckpt, loss, rtol=0, atol=1e-5)
     torch.testing.assert_close(importance_ckpt, importance, rtol=0, atol=1e-5)
     for name, grad in grads.items():

@@ -19,8 +19,8 @@ class Backbone(nn.Module):
     frozen weights changes; its output then varies from step to step and cannot be cached.
 
     `checkpointed_layers`: a prompted encoder's first `checkpointed_layers` layers recompute their activations in the
-    backward pass instead of keeping them (models/prompt_loop.py); set by the factory from
-    `model.activation_checkpointing` and `model.checkpointed_layers`. 0: none.
+    backward pass instead of keeping them, by `checkpoint_policy` (models/prompt_loop.py); set by the factory from
+    `model.activation_checkpointing`, `model.checkpointed_layers` and `model.checkpoint_policy`. 0: none.
     """
 
     def __init__(self, model: nn.Module, frozen: bool = True):
@@ -28,6 +28,7 @@ class Backbone(nn.Module):
         self.frozen = frozen
         self.dropout_in_training = False
         self.checkpointed_layers = 0
+        self.checkpoint_policy = "selective"
         self.model = model.requires_grad_(not frozen)
         if frozen:
             self.model.eval()

@@ -242,7 +242,7 @@ def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
 def _set_checkpointed_layers(model: nn.Module, cfg) -> None:
     """Tell every encoder that runs a prompted block loop (pMoE experts included) how many of its first layers
     recompute their activations in the backward pass: all with `activation_checkpointing`, or the first
-    `checkpointed_layers` (an encoder with fewer layers checkpoints all of its own)."""
+    `checkpointed_layers` (an encoder with fewer layers checkpoints all of its own), by `checkpoint_policy`."""
     if not cfg.get("activation_checkpointing", False):
         return
     looped = [m for m in model.modules() if isinstance(m, Backbone) and hasattr(m, "num_layers")]
@@ -253,6 +253,7 @@ def _set_checkpointed_layers(model: nn.Module, cfg) -> None:
                          f"layers; use 1..{deepest}, or null for all")
     for module in looped:
         module.checkpointed_layers = module.num_layers if wanted is None else min(wanted, module.num_layers)
+        module.checkpoint_policy = cfg.get("checkpoint_policy", "selective")
 
 
 def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:

@@ -11,15 +11,22 @@ layer's prompts reach all later ones), so it keeps every layer's activations for
 layer keeps only its input and recomputes the rest in the backward pass (torch.utils.checkpoint, non-reentrant, RNG
 state preserved). The prompter (routing, its noise, the importance loss) runs outside, once. Checkpointing only the
 first layers trades between the two: each layer left out keeps its activations and is not recomputed.
+
+The selective policy (the default) also keeps the output of every matrix product whose reduction is at least twice
+its output width, which in a transformer layer is the MLP's down-projection (4d -> d): of the layer's products it
+costs the most computation per value kept (4d multiply-adds), so keeping it skips about a third of the layer's
+recomputation for one more (B, N, d) tensor, the size of the layer input that checkpointing keeps anyway. The full
+policy keeps only the layer inputs.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 # prompter(layer index, pooled layer input (B, D), carried prompts (B, P, D) or None) -> prompts (B, P, D) for that
 # layer, or None to carry the previous ones. The carried prompts are the previous layer's prompt outputs (pMoE's
@@ -29,9 +36,26 @@ Prompter = Callable[[int, Tensor, Optional[Tensor]], Optional[Tensor]]
 LayerCall = Callable[[nn.Module, Tensor, int], Tensor]
 
 
-def checkpointed(enabled: bool, fn: Callable, *args):
-    """`fn(*args)`, recomputed in the backward pass instead of stored when `enabled` and a gradient will flow."""
-    if enabled and torch.is_grad_enabled() and any(torch.is_tensor(a) and a.requires_grad for a in args):
+_ADDMM = (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default)  # (bias, mat1, mat2)
+_MM = (torch.ops.aten.mm.default, torch.ops.aten.bmm.default)  # (mat1, mat2)
+
+
+def _keep_down_projections(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """The selective policy: keep a product's output when its reduction is at least twice its width."""
+    if op in _MM or op in _ADDMM:
+        mat1, mat2 = args[1:3] if op in _ADDMM else args[:2]
+        if mat1.shape[-1] >= 2 * mat2.shape[-1]:
+            return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def checkpointed(policy: Optional[str], fn: Callable, *args):
+    """`fn(*args)`, recomputed in the backward pass instead of stored by `policy` ("selective" or "full"; None: not
+    checkpointed) when a gradient will flow."""
+    if policy and torch.is_grad_enabled() and any(torch.is_tensor(a) and a.requires_grad for a in args):
+        if policy == "selective":
+            context = partial(create_selective_checkpoint_contexts, _keep_down_projections)
+            return checkpoint(fn, *args, use_reentrant=False, context_fn=context)
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
@@ -80,16 +104,18 @@ def initial_prompts(prompter: Optional[Prompter], batch_size: int) -> Optional[T
 
 def prompted_block_loop(layers: Sequence[nn.Module], x: Tensor, prefix: int, run_layer: LayerCall,
                         prompter: Optional[Prompter] = None, mask: Optional[Tensor] = None,
-                        checkpointed_layers: int = 0) -> tuple[Tensor, Optional[Tensor]]:
+                        checkpointed_layers: int = 0, checkpoint_policy: str = "selective"
+                        ) -> tuple[Tensor, Optional[Tensor]]:
     """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs.
-    `checkpointed_layers`: the first so many layers recompute their activations in the backward pass rather than
-    keep them."""
+    `checkpointed_layers`: the first so many layers recompute their activations in the backward pass, by
+    `checkpoint_policy`, rather than keep them."""
     prompts = initial_prompts(prompter, x.shape[0])
     for i, layer in enumerate(layers):
         if prompter is not None:
             new = prompter(i, pooled_state(x, prompts, mask), prompts)
             prompts = new if new is not None else prompts
         num_prompts = 0 if prompts is None else prompts.shape[1]
-        out = checkpointed(i < checkpointed_layers, run_layer, layer, insert_prompts(x, prompts, prefix), num_prompts)
+        policy = checkpoint_policy if i < checkpointed_layers else None
+        out = checkpointed(policy, run_layer, layer, insert_prompts(x, prompts, prefix), num_prompts)
         x, prompts = split_prompts(out, num_prompts, prefix)
     return x, prompts

@@ -43,7 +43,7 @@ sweep: $(BIN)/.installed ## run (or resume) the sweep $(SWEEP) (ARGS="out=DIR la
 # Two pytest workers (pytest-xdist), each test file on one of them so that a module's shared fit runs once: many
 # tests wait on subprocesses, imports and files, so two workers on 2 cores finish in 11 min where one took 16.
 TEST_WORKERS ?= 2
-test: $(BIN)/.installed ## run the test suite (about 11 minutes on 2 CPU cores, plus the first install: about 4)
+test: $(BIN)/.installed ## run the test suite (11-12 minutes on 2 CPU cores, plus the first install: about 4)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (longer than bench-quick)

@@ -331,8 +331,8 @@ def markdown(report: dict) -> str:
              "allocator keeps after tensors are freed.", "",
              f"FLOP utilisation: the FLOPs of one step (torch.utils.flop_counter, as executed) per median step time, "
              f"against this run's dense matmul rate ({rates}).", "",
-             "| config | case | overrides | precision | batch | step (s) | samples/s | peak memory (MB) | peak RSS (MB) "
-             "| GFLOP/step | GFLOP/s | of matmul rate | trainable | total |",
+             "| config | case | overrides | precision | batch | step (s) | samples/s | peak memory (MB) "
+             "| peak RSS (MB) | GFLOP/step | GFLOP/s | of matmul rate | trainable | total |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in report["results"]:
         lines.append(f"| {x['config']} | {x['case']} | `{x['overrides'] or '-'}` | {x['precision']} | {x['batch']} | "
@@ -353,7 +353,8 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="the key cases only, fewer repeats (about 12 min on 2 CPUs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the key cases only, fewer repeats (about 15 min on 2 CPUs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))

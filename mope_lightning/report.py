@@ -188,8 +188,8 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
             cols += ["MI group (bits)", "MI group (relative)"]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for i in range(s["layer_expert"].shape[0]):
-            cells = [view.layer_labels[i], f"{s['entropy'][i]:.3f}", f"{s['max_load'][i]:.3f}", f"{spec['mi_class_bits'][i]:.3f}",
-                     f"{spec['mi_class_relative'][i]:.3f}"]
+            cells = [view.layer_labels[i], f"{s['entropy'][i]:.3f}", f"{s['max_load'][i]:.3f}",
+                     f"{spec['mi_class_bits'][i]:.3f}", f"{spec['mi_class_relative'][i]:.3f}"]
             if "mi_group_bits" in spec:
                 cells += [f"{spec['mi_group_bits'][i]:.3f}", f"{spec['mi_group_relative'][i]:.3f}"]
             lines.append("| " + " | ".join(cells) + " |")
@@ -204,8 +204,8 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
         labels = [view.classes[c] for r in rows for c in (view.split.labels[r] if isinstance(view.split.labels[r],
                                                                                               list)
                                                             else [view.split.labels[r]])]
-        lines.append(f"- {view.expert_labels[expert]}: load {s['layer_expert'][:, expert].mean():.3f}; words: {', '.join(words)};"
-                     f" labels: {', '.join(f'{c} x{n}' for c, n in _counts(labels))}")
+        lines.append(f"- {view.expert_labels[expert]}: load {s['layer_expert'][:, expert].mean():.3f}; "
+                     f"words: {', '.join(words)}; labels: {', '.join(f'{c} x{n}' for c, n in _counts(labels))}")
     lines += ["", "Files: " + ", ".join(f"`{f}`" for f in ("layer_expert.png", "class_expert.png", "group_expert.png",
                                                            "exemplars.png", "routing.csv", "routing.json"))]
     return "\n".join(lines) + "\n"

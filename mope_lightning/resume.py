@@ -20,8 +20,8 @@ from mope_lightning.fileio import atomic_write
 
 
 # What a resumed run may change: how long it trains, where and with how many processes, how it loads data, what it
-# prints and where it logs (the record of the command and code that resumed it is new by nature). Anything else (model, optimiser, seed, samples, batch size, precision) would mix two experiments
-# in one run, so it is refused.
+# prints and where it logs (the record of the command and code that resumed it is new by nature). Anything else
+# (model, optimiser, seed, samples, batch size, precision) would mix two experiments in one run, so it is refused.
 RESUME_MAY_CHANGE = ("ckpt", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
                      "trainer.min_steps", "trainer.devices", "trainer.num_nodes", "trainer.accelerator",
                      "trainer.strategy", "trainer.enable_progress_bar", "trainer.enable_model_summary",

@@ -127,7 +127,8 @@ def summary_markdown(sweep, rows: list[dict]) -> str:
     stats, columns = cell_stats(rows), _columns(rows)
     metrics = _metric_names(rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "pending")}
-    lines = [f"# Sweep {sweep.name}", "", f"- sweep file: `{sweep.path}`", f"- experiment: {' '.join(sweep.experiment)}",
+    lines = [f"# Sweep {sweep.name}", "", f"- sweep file: `{sweep.path}`",
+             f"- experiment: {' '.join(sweep.experiment)}",
              f"- overrides: {' '.join(sweep.overrides) or '(none)'}", f"- seeds: {sweep.seeds}",
              f"- runs: {len(rows)} ({counts['finished']} finished, {counts['failed']} failed, "
              f"{counts['interrupted']} interrupted (resumed by the next run of the sweep), {counts['pending']} "

@@ -139,7 +139,8 @@ def test_onnx_expert_is_converted_once_and_matches_onnxruntime(tmp_path, monkeyp
     stamp = (path / "conversion.json").stat().st_mtime_ns
     assert onnx_convert.paraphrase_minilm_l3_path() == path  # reused, not converted again
     assert (path / "conversion.json").stat().st_mtime_ns == stamp
-    expert = build_text_encoder(OmegaConf.structured(EncoderConfig(name="sentence-transformers/paraphrase-MiniLM-L3-v2")))
+    l3 = EncoderConfig(name="sentence-transformers/paraphrase-MiniLM-L3-v2")
+    expert = build_text_encoder(OmegaConf.structured(l3))
     assert expert.num_layers == 3 and expert.width == 384 and expert.tokenizer is not None
 
 

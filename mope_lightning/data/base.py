@@ -372,7 +372,9 @@ class MultimodalDataModule(L.LightningDataModule):
             sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
             sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
             return sampler
-        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        if world == 1:
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         c = self.cfg

@@ -80,7 +80,7 @@ class EasyVQADataModule(MultimodalDataModule):
         return {g: [i for i, c in enumerate(self.classes) if kind[c] == g] for g in ("yes/no", "shape", "color")}
 
     def source_files(self) -> list[Path]:
-        return [self.root / "answers.txt", self.root / "train" / "questions.json", self.root / "test" / "questions.json"]
+        return [self.root / "answers.txt", *(self.root / split / "questions.json" for split in ("train", "test"))]
 
     def split_source(self, split: str) -> str:
         if split == "val":
@@ -122,8 +122,8 @@ class EasyVQADataModule(MultimodalDataModule):
                 problems.append(Problem(str(path), f"entry {n}", f"answer {answer!r} is not in answers.txt"))
             else:
                 attributes = {**properties.get(image_id, {}), "question_type": [kind[answer]]}
-                builder.add(f"{split}/{n}", question, label_of[answer], self.root / split / "images" / f"{image_id}.png",
-                            f"{path}:entry {n}", attributes)
+                image = self.root / split / "images" / f"{image_id}.png"
+                builder.add(f"{split}/{n}", question, label_of[answer], image, f"{path}:entry {n}", attributes)
         return builder.build(), builder.files
 
     def _kinds(self) -> dict[str, str]:

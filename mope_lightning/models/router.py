@@ -5,8 +5,8 @@ For one prompted layer, the router scores K prompt experts per instance from a q
     q = [W_self · pool(tokens of this layer) ; W_cross · condition feature]        (B, self_dim + cross_dim)
     r = softmax(q · E / τ + ε),  E frozen orthogonal "routing embeddings"           (B, K)
 
-ε ~ N(0, noise_std²) only in training, so evaluation is deterministic (`noise_in_eval` restores the reference). `top_k > 0` keeps the k best experts
-(renormalised); the default 0 is the paper's dense soft routing.
+ε ~ N(0, noise_std²) only in training, so evaluation is deterministic (`noise_in_eval` restores the reference).
+`top_k > 0` keeps the k best experts (renormalised); the default 0 is the paper's dense soft routing.
 """
 
 from __future__ import annotations

@@ -102,8 +102,7 @@ class PromptedAudioEncoder(Backbone):
         x, frame_mask = self.frames(input_values, audio_mask)
         run_layer = self._layer_call(frame_mask)
         x, prompts = prompted_block_loop(self.model.encoder.layers, x, 0, run_layer, prompter, frame_mask,
-                                         checkpointed_layers=self.checkpointed_layers,
-                                         checkpoint_policy=self.checkpoint_policy)
+                                         layer_policy=self.layer_checkpoint_policy)
         if self.pre_norm:
             x = self.model.encoder.layer_norm(x)
             prompts = None if prompts is None else self.model.encoder.layer_norm(prompts)

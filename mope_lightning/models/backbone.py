@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
@@ -32,6 +34,11 @@ class Backbone(nn.Module):
         self.model = model.requires_grad_(not frozen)
         if frozen:
             self.model.eval()
+
+    def layer_checkpoint_policy(self, layer: int) -> Optional[str]:
+        """How prompted layer `layer` is checkpointed: `checkpoint_policy`, or None (kept) past the first
+        `checkpointed_layers`."""
+        return self.checkpoint_policy if layer < self.checkpointed_layers else None
 
     def unfreeze(self) -> None:
         self.frozen = False

@@ -34,6 +34,8 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 Prompter = Callable[[int, Tensor, Optional[Tensor]], Optional[Tensor]]
 # run_layer(layer, tokens with prompts, number of prompts) -> tokens
 LayerCall = Callable[[nn.Module, Tensor, int], Tensor]
+# layer_policy(layer index) -> how that layer is checkpointed ("selective", "full") or None: not checkpointed
+LayerPolicy = Callable[[int], Optional[str]]
 
 
 _ADDMM = (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default)  # (bias, mat1, mat2)
@@ -49,13 +51,15 @@ def _keep_down_projections(ctx, op, *args, **kwargs) -> CheckpointPolicy:
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
+_SELECTIVE_CONTEXTS = partial(create_selective_checkpoint_contexts, _keep_down_projections)
+
+
 def checkpointed(policy: Optional[str], fn: Callable, *args):
     """`fn(*args)`, recomputed in the backward pass instead of stored by `policy` ("selective" or "full"; None: not
     checkpointed) when a gradient will flow."""
     if policy and torch.is_grad_enabled() and any(torch.is_tensor(a) and a.requires_grad for a in args):
         if policy == "selective":
-            context = partial(create_selective_checkpoint_contexts, _keep_down_projections)
-            return checkpoint(fn, *args, use_reentrant=False, context_fn=context)
+            return checkpoint(fn, *args, use_reentrant=False, context_fn=_SELECTIVE_CONTEXTS)
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
 
@@ -104,18 +108,17 @@ def initial_prompts(prompter: Optional[Prompter], batch_size: int) -> Optional[T
 
 def prompted_block_loop(layers: Sequence[nn.Module], x: Tensor, prefix: int, run_layer: LayerCall,
                         prompter: Optional[Prompter] = None, mask: Optional[Tensor] = None,
-                        checkpointed_layers: int = 0, checkpoint_policy: str = "selective"
-                        ) -> tuple[Tensor, Optional[Tensor]]:
+                        layer_policy: Optional[LayerPolicy] = None) -> tuple[Tensor, Optional[Tensor]]:
     """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs.
-    `checkpointed_layers`: the first so many layers recompute their activations in the backward pass, by
-    `checkpoint_policy`, rather than keep them."""
+    `layer_policy`: how each layer recomputes its activations in the backward pass rather than keep them
+    (`Backbone.layer_checkpoint_policy`); None: every layer keeps them."""
     prompts = initial_prompts(prompter, x.shape[0])
     for i, layer in enumerate(layers):
         if prompter is not None:
             new = prompter(i, pooled_state(x, prompts, mask), prompts)
             prompts = new if new is not None else prompts
         num_prompts = 0 if prompts is None else prompts.shape[1]
-        policy = checkpoint_policy if i < checkpointed_layers else None
+        policy = layer_policy(i) if layer_policy is not None else None
         out = checkpointed(policy, run_layer, layer, insert_prompts(x, prompts, prefix), num_prompts)
         x, prompts = split_prompts(out, num_prompts, prefix)
     return x, prompts

@@ -118,8 +118,7 @@ class PromptedSwin(Backbone):
                     prompts = new if new is not None else prompts
                 # The block reads its prompts from its attention wrapper, which _run_block sets and clears:
                 # recomputed in the backward pass, it sets them again.
-                policy = self.checkpoint_policy if layer < self.checkpointed_layers else None
-                x, prompts = checkpointed(policy, self._run_block, block, x, prompts)
+                x, prompts = checkpointed(self.layer_checkpoint_policy(layer), self._run_block, block, x, prompts)
                 layer += 1
         tokens = x.flatten(1, 2)
         if prompts is not None:

@@ -81,8 +81,7 @@ class PromptedViT(Backbone):
             return block(h, attn_mask=masks[num_prompts])
 
         x, prompts = prompted_block_loop(v.blocks, x, self.prefix, run_layer, prompter, valid,
-                                         checkpointed_layers=self.checkpointed_layers,
-                                         checkpoint_policy=self.checkpoint_policy)
+                                         layer_policy=self.layer_checkpoint_policy)
         num_prompts = 0 if prompts is None else prompts.shape[1]
         tokens = v.norm(insert_prompts(x, prompts, self.prefix))
         return tokens, None if valid is None else mask_with_prompts(valid, num_prompts, self.prefix)

@@ -80,8 +80,7 @@ class PromptedTextEncoder(Backbone):
             return out[0] if isinstance(out, tuple) else out  # transformers 4.x returned a tuple
 
         x, prompts = prompted_block_loop(self.model.encoder.layer, x, 1, run_layer, prompter, attention_mask,
-                                         checkpointed_layers=self.checkpointed_layers,
-                                         checkpoint_policy=self.checkpoint_policy)
+                                         layer_policy=self.layer_checkpoint_policy)
         num_prompts = 0 if prompts is None else prompts.shape[1]
         return insert_prompts(x, prompts, 1), mask_with_prompts(attention_mask, num_prompts, 1)
 

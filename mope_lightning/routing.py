@@ -144,21 +144,27 @@ def _figure(rows: int, cols: int, row_chars: int = 8, col_chars: int = 8):
 
 def heatmap(values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str):
     """A labelled heatmap with the values written in the cells."""
-    values = values.detach().float().cpu()
     fig, ax = _figure(len(row_labels), len(col_labels), max(map(len, row_labels), default=0),
                       max(map(len, col_labels), default=0))
+    draw_heatmap(fig, ax, values, row_labels, col_labels, title)
+    fig.tight_layout()
+    return fig
+
+
+def draw_heatmap(fig, ax, values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str,
+                 fontsize: int = 10) -> None:
+    """Draw a labelled heatmap, the values written in the cells, on the axes `ax` of `fig`."""
+    values = values.detach().float().cpu()
     image = ax.imshow(values.numpy(), cmap="viridis", vmin=0.0, aspect="auto")
     ax.set_xticks(range(len(col_labels)), col_labels, rotation=45, ha="right")
     ax.set_yticks(range(len(row_labels)), row_labels)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=fontsize)
     if values.numel() <= 400:
         high = values.max().item()
         for (r, c), v in zip([(r, c) for r in range(values.shape[0]) for c in range(values.shape[1])],
                              values.flatten().tolist()):
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.6 * high else "w")
     fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    return fig
 
 
 def exemplar_grid(images_per_expert: dict[int, list], words_per_expert: dict[int, list[str]], title: str,

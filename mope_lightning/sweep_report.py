@@ -1,6 +1,6 @@
 """A sweep's results, rewritten atomically after every run: `results.csv` (one row per run), `summary.md` (per cell:
 mean ± sample std and n of every test metric) and plots (the sweep's metric against each numeric axis, and
-against the trainable parameters, with std error bars)."""
+against the trainable parameters, with std error bars; each run's routing per sample attribute, `sweep_routing`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from mope_lightning.fileio import atomic_write
 from mope_lightning.robustness import RESULTS, robustness_figure
+from mope_lightning.sweep_routing import routing_figures
 
 
 def _finished_record(run) -> Optional[dict]:
@@ -220,6 +221,7 @@ def write_plots(out: Path, sweep, rows: list[dict]) -> list[Path]:
         metric = sweep.metric.removeprefix("test/")
         curves = {cell["cell"]: {k: v[:2] for k, v in cell["stats"].items()} for cell in stats}
         plots["plot_robustness.png"] = robustness_figure(curves, *sweep.robustness, metric)
+    plots.update(routing_figures(rows))
     written = []
     for name, fig in plots.items():
         if fig is not None:

@@ -68,6 +68,33 @@ def test_attribute_mutual_information_of_a_router_that_copies_or_ignores_it():
     torch.testing.assert_close(value_expert[:, 0], torch.tensor([[2 / 3, 1 / 3], [0.0, 1.0]]))
 
 
+def test_a_sweeps_routing_figure_has_a_panel_per_finished_run_and_skips_the_rest(tmp_path):
+    from mope_lightning.sweep_routing import routing_figures
+
+    def run_dir(name, shape_routing, mi):
+        path = tmp_path / name
+        path.mkdir()
+        ids = [f"id{i}" for i in range(41)]  # too many values to draw: left out
+        attributes = {"shape": {"values": ["circle", "square"], "routing": shape_routing, "weight": [5, 5],
+                                "unknown": 0},
+                      "id": {"values": ids, "routing": [[1.0, 0.0]] * 41, "weight": [1] * 41, "unknown": 0}}
+        (path / "routing_val.json").write_text(json.dumps({"attributes": attributes, "mi_shape_relative": mi}))
+        return str(path)
+
+    rows = [{"cell": "w=0", "seed": 1, "status": "finished", "run_dir": run_dir("a", [[1, 0], [0, 1]], [1.0, 0.5])},
+            {"cell": "w=0", "seed": 2, "status": "finished", "run_dir": run_dir("b", [[.5, .5], [.5, .5]], [0.0])},
+            {"cell": "w=1", "seed": 1, "status": "finished", "run_dir": run_dir("c", [[0, 1], [1, 0]], [1.0])},
+            {"cell": "w=1", "seed": 2, "status": "failed", "run_dir": run_dir("d", [[0, 1], [1, 0]], [1.0])},
+            {"cell": "w=1", "seed": 3, "status": "pending", "run_dir": str(tmp_path / "none")}]
+    figures = routing_figures(rows)
+    assert list(figures) == ["routing_shape.png"]
+    drawn = [ax for ax in figures["routing_shape.png"].axes if ax.images]
+    assert [ax.get_title() for ax in drawn] == ["w=0\nseed 1: relative MI 0.750", "w=0\nseed 2: relative MI 0.000",
+                                                "w=1\nseed 1: relative MI 1.000"]
+    assert drawn[2].images[0].get_array().tolist() == [[0, 1], [1, 0]]
+    assert [t.get_text() for t in drawn[0].get_yticklabels()] == ["circle", "square"]
+
+
 def test_easy_vqa_shape_and_colour_attributes_agree_with_the_images():
     """The attributes are read from the dataset's questions; the pictures must say the same. The shape's colour is
     the most frequent colour after the background (one colour per name across images), and its fill of its bounding

@@ -103,6 +103,7 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
     assert "| 1 | 2/2 | " in summary and f"{mean:.4f} ± {std:.4f}" in summary
     assert (out / "plot_model.mope.num_experts.png").stat().st_size > 1000
     assert (out / "plot_trainable_params.png").is_file()
+    assert (out / "routing_shape.png").stat().st_size > 1000  # easy-VQA's sample attributes, a panel per run
     seeds = [json.loads((out / "model.mope.num_experts=1" / f"seed_{s}" / "version_0" / "fit_metrics.json")
                         .read_text())["metrics"] for s in (1, 2)]
     assert seeds[0] != seeds[1]  # two seeds, two different runs

@@ -109,6 +109,9 @@ def _setup_logging() -> None:
     # The frozen encoders are in eval mode on purpose (see models/backbone.py).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Our training order resumes mid-epoch through the DataModule's state, which Lightning's check does not look for
+    # (data/training_order.py).
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

@@ -75,33 +75,74 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_killed_run_resumes_with_ckpt_last_to_the_same_result(tmp_path):
-    # 24 images -> 224 training questions -> 28 steps per epoch at batch 8; 2 epochs; a checkpoint per epoch.
-    # checkpoint.test_with=last: the test metrics are those of the final weights, not of an earlier best checkpoint
-    common = ["trainer.limit_train_batches=1.0", "trainer.max_epochs=2", "trainer.limit_val_batches=3",
-              "trainer.limit_test_batches=4", "checkpoint.test_with=last"]
-    whole = cli(tmp_path, *common, f"trainer.default_root_dir={tmp_path / 'whole'}")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+# 24 images -> 224 training questions -> 28 steps per epoch at batch 8; 2 epochs; a validation (and last.ckpt) every
+# half epoch. checkpoint.test_with=last: the test metrics are those of the final weights, not of an earlier best one.
+RESUMED = ["trainer.limit_train_batches=1.0", "trainer.max_epochs=2", "trainer.val_check_interval=0.5",
+           "trainer.limit_val_batches=3", "trainer.limit_test_batches=4", "checkpoint.test_with=last"]
 
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
+    whole = cli(tmp_path, *RESUMED, f"trainer.default_root_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return tmp_path / "whole" / "version_0"
+
+
+# Killed in the second epoch: after its first validation (last.ckpt mid-epoch, at step 42: the resumed epoch must go
+# on with the 14 batches it had not seen, not start its order again), or before it (last.ckpt at the end of the first
+# epoch, step 28). Data workers fetch their first indices as soon as the loader is iterated, before the trainer's
+# state is restored: the resumed position must not depend on that.
+@pytest.mark.parametrize("kill_at, saved_at, workers", [(48, 42, 2), (40, 28, 0)])
+def test_a_killed_run_resumes_with_ckpt_last_to_the_same_result(tmp_path, uninterrupted, kill_at, saved_at, workers):
     runs = tmp_path / "killed"
     args = [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=24",
             "data.test_images=10", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", *common, f"trainer.default_root_dir={runs}"]
+            "trainer.enable_model_summary=false", f"data.num_workers={workers}", *RESUMED,
+            f"trainer.default_root_dir={runs}"]
     killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args], capture_output=True, text=True,
-                            timeout=900, env={**os.environ, "KILL_AT_STEP": "40"}, cwd=tmp_path)
+                            timeout=900, env={**os.environ, "KILL_AT_STEP": str(kill_at)}, cwd=tmp_path)
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, mid-way through the second epoch
     last = runs / "version_0" / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 28  # the end of the first epoch
+    assert torch.load(last, weights_only=True)["global_step"] == saved_at
     assert not (runs / "version_0" / "fit_metrics.json").exists()  # nothing that looks like a finished run
 
     assert main(["fit", *args, "ckpt=last"]) == 0
     resumed = json.loads((runs / "version_0" / "fit_metrics.json").read_text())
-    expected = json.loads((tmp_path / "whole" / "version_0" / "fit_metrics.json").read_text())
+    expected = json.loads((uninterrupted / "fit_metrics.json").read_text())
     assert resumed["metrics"] == pytest.approx(expected["metrics"], rel=1e-6, abs=1e-7)
     assert torch.load(last, weights_only=True)["global_step"] == 56
-    a, b = trainable(tmp_path / "whole" / "version_0" / "checkpoints" / "last.ckpt"), trainable(last)
+    a, b = trainable(uninterrupted / "checkpoints" / "last.ckpt"), trainable(last)
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_the_training_order_resumes_each_process_after_the_batches_it_trained():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from mope_lightning.data.training_order import TrainingOrder, training_position
+
+    data = list(range(103))
+    for rank in (0, 1):
+        whole = TrainingOrder(data, 2, rank, seed=5, batch_size=4)
+        whole.set_epoch(1)
+        resumed = TrainingOrder(data, 2, rank, seed=5, batch_size=4, start={"epoch": 1, "batches": 3})
+        assert resumed.epoch == 1 and list(resumed) == list(whole)[12:] and len(resumed) == len(whole)
+        whole.set_epoch(2)
+        resumed.set_epoch(2)
+        assert list(resumed) == list(whole)  # only the resumed epoch starts late
+
+    def trainer(step, epoch, batches=10, accumulate=1, fn=TrainerFn.FITTING):
+        return SimpleNamespace(state=SimpleNamespace(fn=fn), num_training_batches=batches, current_epoch=epoch,
+                               accumulate_grad_batches=accumulate, global_step=step)
+
+    assert training_position(trainer(13, 1)) == {"epoch": 1, "batches": 3}
+    assert training_position(trainer(10, 0)) == {"epoch": 1, "batches": 0}  # an epoch's end: the next one's start
+    assert training_position(trainer(7, 1, accumulate=3)) == {"epoch": 1, "batches": 9}  # 4 steps an epoch
+    assert training_position(trainer(3, 0, fn=TrainerFn.TESTING)) is None
+    assert training_position(trainer(0, 0, batches=float("inf"))) is None
 
 
 def test_torchrun_with_a_mismatched_world_size_is_refused(tmp_path):

@@ -32,6 +32,7 @@ from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import missing_table
 from mope_lightning.data.samples import Scan, Split
 from mope_lightning.data.subsets import training_subset
+from mope_lightning.data.training_order import TrainingOrder, training_position
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.classes: list[str] = self.read_classes()
         self.predict_split = "test"
         self.seed = 0  # of the training order; the runner sets the experiment's seed
+        self.resume_position: Optional[dict[str, int]] = None  # where the resumed run stopped (training_order.py)
         self.spec = None
         self.splits: dict[str, Split] = {}
         self._left_out = 0  # samples of this many problems were left out by data.on_bad_sample=skip
@@ -360,17 +362,18 @@ class MultimodalDataModule(L.LightningDataModule):
         """The samplers are ours (the Trainer runs with use_distributed_sampler=False):
 
         - training: shuffled by (seed, epoch) and sharded over the processes, so the order does not depend on the
-          global RNG and a resumed run sees the same batches as an uninterrupted one;
+          global RNG, and resumed where the checkpoint stopped, even mid-epoch (`TrainingOrder`): a resumed run
+          sees the same batches as an uninterrupted one;
         - evaluation: every sample on exactly one process, no padding duplicates, so metrics under DDP are exact.
         """
         from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-        from torch.utils.data import DistributedSampler
 
         world, rank = self._world()
         dataset = self.datasets[split]
         if train:
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-            sampler.set_epoch(self.trainer.current_epoch if self.trainer is not None else 0)
+            sampler = TrainingOrder(dataset, world, rank, self.seed, self.cfg.batch_size, self.resume_position)
+            if self.trainer is not None:  # built before the trainer's state is restored, its epoch reads 0
+                sampler.set_epoch(max(self.trainer.current_epoch, sampler.epoch))
             return sampler
         if world == 1:
             return None
@@ -381,11 +384,23 @@ class MultimodalDataModule(L.LightningDataModule):
         batch_size = c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size)
         pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
         # drop_last in training: a last batch of one sample would break the mapper's BatchNorm
-        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=self._sampler(split, train),
+        sampler = self._sampler(split, train)
+        # Every loader draws its workers' seed from a generator of its own, never from the global RNG, so that how
+        # often loaders are iterated (a resumed run, persistent workers or none) changes no routing noise or dropout.
+        generator = sampler.generator if train else torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, generator=generator,
                           drop_last=train, num_workers=c.num_workers, pin_memory=pin,
                           persistent_workers=c.persistent_workers and c.num_workers > 0,
                           collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length,
                                                   self.spec.audio_preprocessor))
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: where training stands in the epoch's order."""
+        position = training_position(self.trainer)
+        return {"training_position": position} if position else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.resume_position = state_dict.get("training_position")
 
     def train_dataloader(self) -> DataLoader:
         size, world = len(self.datasets["train"]), self._world()[0]

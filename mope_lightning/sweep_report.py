@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from mope_lightning.fileio import atomic_write
 from mope_lightning.robustness import RESULTS, robustness_figure
-from mope_lightning.sweep_routing import routing_figures
+from mope_lightning.sweep_routing import write_routing_figures
 
 
 def _finished_record(run) -> Optional[dict]:
@@ -221,13 +221,12 @@ def write_plots(out: Path, sweep, rows: list[dict]) -> list[Path]:
         metric = sweep.metric.removeprefix("test/")
         curves = {cell["cell"]: {k: v[:2] for k, v in cell["stats"].items()} for cell in stats}
         plots["plot_robustness.png"] = robustness_figure(curves, *sweep.robustness, metric)
-    plots.update(routing_figures(rows))
     written = []
     for name, fig in plots.items():
         if fig is not None:
             written.append(atomic_write(out / name, lambda fh, f=fig: f.savefig(fh, format="png"), binary=True))
             plt.close(fig)
-    return written
+    return written + write_routing_figures(out, rows)
 
 
 def write_report(out: Path, sweep, runs: list) -> list[tuple[str, int, str]]:

@@ -2,28 +2,42 @@
 MM-IMDB's genres, ...), one figure `routing_<attribute>.png` with a heatmap per finished run (a row of panels per
 cell, a panel per seed) of the mean routing probability per attribute value and expert, averaged over layers, read
 from each run's `routing_val.json` (its last validation, written by the routing callback). The panels of a cell
-side by side show whether a specialisation is the method's or one seed's."""
+side by side show whether a specialisation is the method's or one seed's.
+
+The report is rewritten after every run, and drawing these panels costs seconds, so a figure is drawn again only
+when what it shows changed: each PNG carries a signature of its runs' routing files, compared before drawing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from mope_lightning.fileio import atomic_write
 from mope_lightning.routing import draw_heatmap, expert_names
 
 MAX_VALUES = 40  # as the run report: a heatmap of hundreds of values (ids, years) would be unreadable
 
 
+def _finished_routing(rows: list[dict]) -> list[tuple[dict, Path]]:
+    return [(row, path) for row in rows if row["status"] == "finished"
+            for path in [Path(row.get("run_dir", "")) / "routing_val.json"] if path.is_file()]
+
+
+def _signature(rows: list[dict]) -> str:
+    """Changes when a panel would: a run finished or gone, a routing file rewritten."""
+    parts = [(row["cell"], row["seed"], str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+             for row, path in _finished_routing(rows)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
 def _attribute_panels(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, dict, float]]]]:
     """attribute -> cell -> [(seed, the attribute's entry of routing_val.json, its layer-averaged relative MI)]."""
     panels: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for row in rows:
-        path = Path(row.get("run_dir", "")) / "routing_val.json"
-        if row["status"] != "finished" or not path.is_file():
-            continue
+    for row, path in _finished_routing(rows):
         stats = json.loads(path.read_text())
         for name, entry in (stats.get("attributes") or {}).items():
             if 0 < len(entry["values"]) <= MAX_VALUES:
@@ -32,8 +46,9 @@ def _attribute_panels(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, d
     return panels
 
 
-def routing_figures(rows: list[dict]) -> dict[str, object]:
-    """`routing_<attribute>.png` -> its figure, for every attribute that some finished run's routing_val.json has."""
+def routing_figures(rows: list[dict], skip=lambda name: False) -> dict[str, object]:
+    """`routing_<attribute>.png` -> its figure, for every attribute that some finished run's routing_val.json has
+    (but those whose file name `skip` accepts)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,6 +56,8 @@ def routing_figures(rows: list[dict]) -> dict[str, object]:
 
     figures = {}
     for name, cells in _attribute_panels(rows).items():
+        if skip(f"routing_{name}.png"):
+            continue
         cols = max(len(panels) for panels in cells.values())
         values = max(len(entry["values"]) for panels in cells.values() for _, entry, _ in panels)
         experts = max(len(entry["routing"][0]) for panels in cells.values() for _, entry, _ in panels)
@@ -61,3 +78,27 @@ def routing_figures(rows: list[dict]) -> dict[str, object]:
         fig.tight_layout()
         figures[f"routing_{name}.png"] = fig
     return figures
+
+
+def write_routing_figures(out: Path, rows: list[dict]) -> list[Path]:
+    """Write `routing_<attribute>.png` into `out`, each unless it already shows these runs; the paths written."""
+    import matplotlib.pyplot as plt
+
+    signature = _signature(rows)
+    written = []
+    for name, fig in routing_figures(rows, skip=lambda name: _signed(out / name) == signature).items():
+        written.append(atomic_write(out / name, lambda fh, f=fig: f.savefig(fh, format="png",
+                                                                          metadata={"mope-routing": signature}),
+                                    binary=True))
+        plt.close(fig)
+    return written
+
+
+def _signed(path: Path):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.text.get("mope-routing")
+    except (OSError, ValueError):
+        return None

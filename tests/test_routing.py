@@ -69,7 +69,7 @@ def test_attribute_mutual_information_of_a_router_that_copies_or_ignores_it():
 
 
 def test_a_sweeps_routing_figure_has_a_panel_per_finished_run_and_skips_the_rest(tmp_path):
-    from mope_lightning.sweep_routing import routing_figures
+    from mope_lightning.sweep_routing import routing_figures, write_routing_figures
 
     def run_dir(name, shape_routing, mi):
         path = tmp_path / name
@@ -93,6 +93,17 @@ def test_a_sweeps_routing_figure_has_a_panel_per_finished_run_and_skips_the_rest
                                                 "w=1\nseed 1: relative MI 1.000"]
     assert drawn[2].images[0].get_array().tolist() == [[0, 1], [1, 0]]
     assert [t.get_text() for t in drawn[0].get_yticklabels()] == ["circle", "square"]
+
+    # Written into the sweep folder, and drawn again only when a panel would change.
+    out = tmp_path / "sweep"
+    out.mkdir()
+    assert [p.name for p in write_routing_figures(out, rows)] == ["routing_shape.png"]
+    assert write_routing_figures(out, rows) == []
+    rows[3]["status"] = "finished"  # another run finished: a fourth panel
+    assert [p.name for p in write_routing_figures(out, rows)] == ["routing_shape.png"]
+    os.utime(tmp_path / "a" / "routing_val.json", ns=(1, 1))  # a routing file rewritten
+    assert [p.name for p in write_routing_figures(out, rows)] == ["routing_shape.png"]
+    assert write_routing_figures(out, rows) == []
 
 
 def test_easy_vqa_shape_and_colour_attributes_agree_with_the_images():

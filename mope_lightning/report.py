@@ -16,8 +16,8 @@ from torch import Tensor
 from mope_lightning.data.audio import spectrogram_image
 from mope_lightning.data.samples import Split
 from mope_lightning.fileio import atomic_write
-from mope_lightning.routing import (attribute_routing, exemplar_grid, expert_names, heatmap, layer_names,
-                                    mutual_information, routing_summary, strongest, top_words)
+from mope_lightning.routing import (MAX_HEATMAP_VALUES, attribute_routing, exemplar_grid, expert_names, heatmap,
+                                    layer_names, mutual_information, routing_summary, strongest, top_words)
 
 REPORT_FILES = ("summary.md", "routing.csv", "layer_expert.png", "class_expert.png", "exemplars.png")
 
@@ -103,7 +103,7 @@ class RoutingView:
             figs["group_expert"] = heatmap(torch.stack(rows), list(self.groups), experts,
                                            "mean routing probability per class group")
         for name, (values, value_expert, _, _) in self.attributes.items():
-            if len(values) <= 40:  # a heatmap of hundreds of values (ids, years) would be unreadable
+            if len(values) <= MAX_HEATMAP_VALUES:
                 figs[f"{name}_expert"] = heatmap(value_expert.mean(1), values, experts,
                                                  f"mean routing probability per {name} (averaged over layers)")
         if exemplars and len(s["sample_index"]):

@@ -18,6 +18,9 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+# Attributes with more values than this (ids, years) get no heatmap, which would be unreadable: their MI still counts.
+MAX_HEATMAP_VALUES = 40
+
 STOPWORDS = set("""a an the is are was were be been of in on at to for from by with and or not no does do did
 it its this that there what which who how image contain contains shape color colour any some as into than""".split())
 

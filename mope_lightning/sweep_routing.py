@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 
 from mope_lightning.fileio import atomic_write
-from mope_lightning.routing import draw_heatmap, expert_names
-
-MAX_VALUES = 40  # as the run report: a heatmap of hundreds of values (ids, years) would be unreadable
+from mope_lightning.routing import MAX_HEATMAP_VALUES, draw_heatmap, expert_names
 
 
 def _finished_routing(rows: list[dict]) -> list[tuple[dict, Path]]:
@@ -40,7 +38,7 @@ def _attribute_panels(rows: list[dict]) -> dict[str, dict[str, list[tuple[int, d
     for row, path in _finished_routing(rows):
         stats = json.loads(path.read_text())
         for name, entry in (stats.get("attributes") or {}).items():
-            if 0 < len(entry["values"]) <= MAX_VALUES:
+            if 0 < len(entry["values"]) <= MAX_HEATMAP_VALUES:
                 mi = stats.get(f"mi_{name}_relative") or [float("nan")]
                 panels[name][row["cell"]].append((row["seed"], entry, sum(mi) / len(mi)))
     return panels

@@ -27,7 +27,7 @@ def training_position(trainer) -> Optional[dict[str, int]]:
     if trainer is None or trainer.state.fn != TrainerFn.FITTING:
         return None
     batches = trainer.num_training_batches
-    if not isinstance(batches, int) or batches <= 0 or not math.isfinite(batches):
+    if not isinstance(batches, int) or batches <= 0:  # float("inf") before the train loader's length is known
         return None
     accumulate = trainer.accumulate_grad_batches
     epoch = trainer.current_epoch

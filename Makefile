@@ -41,9 +41,10 @@ sweep: $(BIN)/.installed ## run (or resume) the sweep $(SWEEP) (ARGS="out=DIR la
 	$(BIN)/mope sweep $(SWEEP) $(ARGS)
 
 # Two pytest workers (pytest-xdist), each test file on one of them so that a module's shared fit runs once: many
-# tests wait on subprocesses, imports and files, so two workers on 2 cores finish in 11 min where one took 16.
+# tests wait on subprocesses, imports and files, so two workers keep 2 cores busy; tests/conftest.py gives each
+# worker its share of the cores as torch threads.
 TEST_WORKERS ?= 2
-test: $(BIN)/.installed ## run the test suite (11-12 minutes on 2 CPU cores, plus the first install: about 4)
+test: $(BIN)/.installed ## run the test suite (about 5 minutes on 2 CPU cores, plus the first install: 2-4)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (longer than bench-quick)

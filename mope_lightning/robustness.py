@@ -1,10 +1,16 @@
 """`mope robustness EXP.yaml ckpt=PATH [out=DIR]`: one trained model tested with a modality missing, at several rates.
 
 For every kind in `robustness.kinds` (image, text, both: data/missing.py) and rate in `robustness.rates`, the test
-split is evaluated with `data.missing.test.<kind>=<rate>` (the other kinds at 0; rate 0, the complete test split,
-once for all kinds). The results go to `<out>/robustness.json` as they finish (a run stopped anywhere resumes from
-there), then `robustness.md` (a table: kinds x rates) and `robustness.png` (the headline metric against the rate, a
-line per kind). `out` defaults to the checkpoint's run directory.
+metrics are those of the test split with `data.missing.test.<kind>=<rate>` (the other kinds at 0; rate 0, the
+complete test split, once for all kinds). The results go to `<out>/robustness.json` as they finish (a run stopped
+anywhere resumes from there), then `robustness.md` (a table: kinds x rates) and `robustness.png` (the headline metric
+against the rate, a line per kind). `out` defaults to the checkpoint's run directory.
+
+The test split is run at most three times, however many conditions there are: complete, with every image removed,
+with every text removed. In eval mode a sample's logits depend on that sample alone, and data/missing.py removes a
+fixed modality of fixed samples whatever the rate, so each condition's logits are, sample by sample, those of one of
+the three passes; its metrics are computed from them (tests/test_missing.py checks them against `mope test` with
+`data.missing.test` set).
 
 In a sweep file, `robustness: {rates: [...], kinds: [...]}` runs this after each fit; the sweep's results then hold
 one column per condition (`missing/<kind>=<rate>/<metric>`), with mean ± std over seeds in summary.md, and
@@ -16,17 +22,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from types import SimpleNamespace
+from typing import NamedTuple, Optional, Sequence
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.data.missing import lost_by
+from mope_lightning.data.missing import lost_by, missing_table
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import atomic_write, check_writable
 
 KINDS = ("image", "text", "both")
 RESULTS = "robustness.json"
-LEFT_OUT = ("loss", "importance_loss")  # the model's losses, not its quality: not reported per condition
 
 
 def condition_name(kind: str, rate: float, metric: str) -> str:
@@ -111,26 +118,91 @@ def _check_model(net, todo: list[tuple[str, float]]) -> None:
             raise ConfigError(f"robustness.kinds: {problem}")
 
 
-def _test_condition(cfg: DictConfig, module, trainer, kind: str, rate: float) -> dict[str, float]:
-    """The test metrics (losses left out) with `kind` missing at `rate` in the test split."""
+class PassOutputs(NamedTuple):
+    """What one run of the test split gave, per sample (ordered by its row in the split): row, logits and target."""
+    rows: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], PassOutputs]:
+    """The test split's ids and per-sample outputs with `lost` ("image", "text") removed from every sample, or with
+    every sample complete ("")."""
     from mope_lightning.data import DATAMODULES
 
     data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
-    if kind != "none":
-        data.missing.test[kind] = rate
+    if lost:
+        data.missing.test[lost] = 1.0
     datamodule = DATAMODULES[cfg.data.name](data)
     datamodule.attach(module.net.input_spec())
-    print(f"[mope] robustness: test with {'no modality' if kind == 'none' else kind} missing at {rate:g}", flush=True)
+    print(f"[mope] robustness: test split with {f'every {lost} missing' if lost else 'every sample complete'}",
+          flush=True)
+    captured = []
+
+    def capture(net, args, output):
+        batch = args[0]
+        captured.append((batch["index"].cpu(), output.logits.detach().float().cpu(),
+                         module._targets(batch["labels"]).cpu()))
+
+    handle = module.net.register_forward_hook(capture)
+    try:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        handle.remove()
+    rows, logits, targets = (torch.cat(parts) for parts in zip(*captured))
+    order = rows.argsort()  # by row in the split, so that the passes line up sample by sample
+    return list(datamodule.splits["test"].ids), PassOutputs(rows[order], logits[order], targets[order])
+
+
+def _lost_per_sample(ids: list[str], rows: torch.Tensor, kind: str, rate: float, seed: int) -> list[str]:
+    """Per evaluated sample, the modality it loses in condition (kind, rate): "", "image" or "text"."""
+    rates = SimpleNamespace(image=0.0, text=0.0, both=0.0)
+    if kind != "none":
+        setattr(rates, kind, rate)
+    table = missing_table(ids, rates, seed)
+    return [table[i] if table else "" for i in rows.tolist()]
+
+
+def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: str, num_classes: int,
+                       kind: str, rate: float) -> dict[str, float]:
+    """The test metrics of one condition, from each sample's logits in the pass that removed what it loses."""
+    from mope_lightning.lit_module import make_metrics
+
+    complete = passes[""]
+    logits = complete.logits.clone()
+    for modality, outputs in passes.items():
+        if modality:
+            chosen = torch.tensor([m == modality for m in lost])
+            logits[chosen] = outputs.logits[chosen]
+    metrics = make_metrics(task, num_classes)
+    metrics.update(logits, complete.targets)
     found = {}
-    for name, value in trainer.test(module, datamodule=datamodule, verbose=False)[0].items():
-        metric = name.removeprefix("test/")
-        if metric in LEFT_OUT:
-            continue
+    for metric, value in metrics.compute().items():
+        value = float(value)
         if not math.isfinite(value):
-            raise NonFiniteError(f"robustness: {name} is {value} with {kind} missing at {rate:g}; the model "
+            raise NonFiniteError(f"robustness: test/{metric} is {value} with {kind} missing at {rate:g}; the model "
                                  "diverged or its weights are broken")
-        found[condition_name(kind, rate, metric)] = float(value)
+        found[condition_name(kind, rate, metric)] = value
     return found
+
+
+def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]], save) -> None:
+    """Evaluate the conditions `todo` with at most three passes over the test split (complete first, then every image
+    or every text removed, where some condition needs it), calling `save(metrics)` as soon as a condition's passes
+    are done."""
+    trainer = _trainer(cfg)
+    passes: dict[str, PassOutputs] = {}
+    lost_of: dict[tuple[str, float], list[str]] = {}
+    for lost in ("", "image", "text"):
+        if not todo:
+            break
+        if lost and not any(lost in lost_of[c] for c in todo):
+            continue
+        ids, passes[lost] = _test_pass(cfg, module, trainer, lost)
+        lost_of = lost_of or {c: _lost_per_sample(ids, passes[lost].rows, *c, cfg.data.missing.seed) for c in todo}
+        for condition in [c for c in todo if set(lost_of[c]) <= set(passes)]:
+            save(_condition_metrics(passes, lost_of[condition], module.task, len(module.classes), *condition))
+            todo.remove(condition)
 
 
 def evaluate(cfg: DictConfig) -> Path:
@@ -149,12 +221,15 @@ def evaluate(cfg: DictConfig) -> Path:
     module, datamodule = build(cfg)
     _check_model(module.net, todo)
     load_into(module.net, read_trained_weights(ckpt), datamodule.classes)
-    trainer = _trainer(cfg)
-    for kind, rate in todo:
-        if not any(name.startswith(condition_name(kind, rate, "")) for name in results):
-            results.update(_test_condition(cfg, module, trainer, kind, rate))
-            record = {"checkpoint": ckpt, "experiment": cfg.experiment, "metrics": results}
-            atomic_write(out / RESULTS, lambda fh: json.dump(record, fh, indent=1))
+    todo = [(kind, rate) for kind, rate in todo
+            if not any(name.startswith(condition_name(kind, rate, "")) for name in results)]
+
+    def save(found: dict[str, float]) -> None:
+        results.update(found)
+        record = {"checkpoint": ckpt, "experiment": cfg.experiment, "metrics": results}
+        atomic_write(out / RESULTS, lambda fh: json.dump(record, fh, indent=1))
+
+    _evaluate_conditions(cfg, module, todo, save)
     metric = datamodule.monitor.removeprefix("val/")
     atomic_write(out / "robustness.md", lambda fh: fh.write(table_markdown(results, r.rates, r.kinds, metric, ckpt)))
     figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds,

@@ -193,23 +193,40 @@ def test_missing_aware_prompts_are_chosen_by_the_sample_case():
 
 # --- the robustness report --------------------------------------------------------------------------------------
 def test_robustness_tests_one_checkpoint_at_each_rate_and_resumes(tmp_path, capsys):
-    summary = run("fit", tiny_config(tmp_path, "data.missing.train.both=0.5", "data.missing.val.both=0.5"))
+    # Long enough to answer some questions (the conditions then differ), with half the training samples missing.
+    summary = run("fit", tiny_config(tmp_path, "data.missing.train.both=0.5", "data.missing.val.both=0.5",
+                                     "trainer.limit_train_batches=24", "trainer.max_epochs=2", "optim.lr=3e-3",
+                                     "optim.warmup_steps=4", "trainer.limit_test_batches=1.0"))
     out = tmp_path / "robust"
     argv = ["robustness", str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
-            f"ckpt={summary['best_checkpoint']}", f"out={out}", "rates=[0,0.5,1]", "kinds=[image,both]"]
+            "trainer.limit_test_batches=1.0", f"ckpt={summary['best_checkpoint']}", f"out={out}", "rates=[0,0.5,1]",
+            "kinds=[image,both]"]
     assert main(argv) == 0
+    # Five conditions from three passes over the test split: complete, every image missing, every text missing.
+    assert capsys.readouterr().out.count("robustness: test split with") == 3
     results = json.loads((out / "robustness.json").read_text())
     names = sorted(results["metrics"])
     assert names == ["missing/both=0.5/acc", "missing/both=1/acc", "missing/image=0.5/acc", "missing/image=1/acc",
                      "missing/none=0/acc"]
     assert all(0 <= v <= 1 for v in results["metrics"].values())
     assert results["metrics"]["missing/none=0/acc"] == pytest.approx(summary["metrics"]["test/acc"])
+    # Each condition, put together sample by sample from the passes, is what `mope test` gives with it set.
+    for kind, rate in (("image", 0.5), ("both", 0.5), ("both", 1)):
+        tested = run("test", tiny_config(tmp_path, f"ckpt={summary['best_checkpoint']}",
+                                         "trainer.limit_test_batches=1.0", f"data.missing.test.{kind}={rate}"))
+        tested = tested["metrics"]["test/acc"]
+        assert results["metrics"][f"missing/{kind}={rate:g}/acc"] == pytest.approx(tested, abs=1e-6), (kind, rate)
+    assert len(set(results["metrics"].values())) > 2  # the conditions differ: a check that can fail
     table = (out / "robustness.md").read_text()
     assert "| image |" in table and "| both |" in table and (out / "robustness.png").stat().st_size > 0
     capsys.readouterr()
     assert main(argv) == 0  # finished: nothing is evaluated again
-    assert "robustness: test with" not in capsys.readouterr().out
+    assert "robustness: test split with" not in capsys.readouterr().out
+    stopped = {**results, "metrics": {k: v for k, v in results["metrics"].items() if "both" not in k}}
+    (out / "robustness.json").write_text(json.dumps(stopped))  # as if stopped before the text pass
+    assert main(argv) == 0
+    assert json.loads((out / "robustness.json").read_text()) == results  # resumed to the same results
     other = tmp_path / "other.ckpt"
     other.write_bytes(open(summary["best_checkpoint"], "rb").read())
     assert main([*argv[:-4], f"ckpt={other}", *argv[-3:]]) == 2  # another checkpoint's results are not mixed in

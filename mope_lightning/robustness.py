@@ -10,7 +10,9 @@ The test split is run at most three times, however many conditions there are: co
 with every text removed. In eval mode a sample's logits depend on that sample alone, and data/missing.py removes a
 fixed modality of fixed samples whatever the rate, so each condition's logits are, sample by sample, those of one of
 the three passes; its metrics are computed from them (tests/test_missing.py checks them against `mope test` with
-`data.missing.test` set).
+`data.missing.test` set). They agree to float rounding: a removed text changes the padded length of its batch, and
+with it the shapes of the products (6e-8 in the logits of a tiny model), so a rank metric such as AUROC may order
+samples whose scores tie to that precision the other way.
 
 In a sweep file, `robustness: {rates: [...], kinds: [...]}` runs this after each fit; the sweep's results then hold
 one column per condition (`missing/<kind>=<rate>/<metric>`), with mean ± std over seeds in summary.md, and
@@ -119,10 +121,12 @@ def _check_model(net, todo: list[tuple[str, float]]) -> None:
 
 
 class PassOutputs(NamedTuple):
-    """What one run of the test split gave, per sample (ordered by its row in the split): row, logits and target."""
+    """What one run of the test split gave, per sample (ordered by its row in the split): row, logits and target;
+    and the sizes of its batches."""
     rows: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
+    batch_sizes: list[int]
 
 
 def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], PassOutputs]:
@@ -151,7 +155,8 @@ def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], 
         handle.remove()
     rows, logits, targets = (torch.cat(parts) for parts in zip(*captured))
     order = rows.argsort()  # by row in the split, so that the passes line up sample by sample
-    return list(datamodule.splits["test"].ids), PassOutputs(rows[order], logits[order], targets[order])
+    sizes = [len(part[0]) for part in captured]
+    return list(datamodule.splits["test"].ids), PassOutputs(rows[order], logits[order], targets[order], sizes)
 
 
 def _lost_per_sample(ids: list[str], rows: torch.Tensor, kind: str, rate: float, seed: int) -> list[str]:
@@ -175,7 +180,11 @@ def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: st
             chosen = torch.tensor([m == modality for m in lost])
             logits[chosen] = outputs.logits[chosen]
     metrics = make_metrics(task, num_classes)
-    metrics.update(logits, complete.targets)
+    # Batch by batch as in the test step (the test loader is sequential): torchmetrics decides per update whether
+    # its inputs are logits or probabilities (multi-label F1), so one update of everything could decide otherwise.
+    sizes = complete.batch_sizes
+    for batch_logits, batch_targets in zip(logits.split(sizes), complete.targets.split(sizes)):
+        metrics.update(batch_logits, batch_targets)
     found = {}
     for metric, value in metrics.compute().items():
         value = float(value)

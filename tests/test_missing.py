@@ -238,6 +238,33 @@ def test_robustness_tests_one_checkpoint_at_each_rate_and_resumes(tmp_path, caps
     assert "robustness.json: not a robustness report" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["text", "both"])
+def test_robustness_of_multi_label_f1s_equals_mope_test(tmp_path, kind):
+    """MM-IMDB's multi-label F1s (whose torchmetrics reads logits or probabilities by what each update holds),
+    condition by condition, against `mope test` with `data.missing.test` set."""
+    from fixtures import make_mmimdb
+
+    root = make_mmimdb(tmp_path / "data", {"train": 8, "dev": 3, "test": 12})
+    args = [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
+            f"trainer.default_root_dir={tmp_path / 'runs'}", "data.num_workers=0", "trainer.limit_test_batches=1.0",
+            "data.batch_size=4"]
+    exp = [EXPERIMENTS / "mmimdb.yaml", TINY]
+    summary = run("fit", load_config(exp, [*args, "trainer.max_steps=3"]))
+    ckpt = f"ckpt={summary['best_checkpoint']}"
+    assert main(["robustness", *map(str, exp), *args, ckpt, f"out={tmp_path / 'r'}", "rates=[0,0.5,1]",
+                 f"kinds=[{kind}]"]) == 0
+    results = json.loads((tmp_path / "r" / "robustness.json").read_text())["metrics"]
+    for rate in (0, 0.5, 1):
+        condition = [f"data.missing.test.{kind}={rate}"]
+        tested = run("test", load_config(exp, [*args, ckpt, *condition]))["metrics"]
+        wanted = {k.removeprefix("test/"): v for k, v in tested.items() if "loss" not in k}
+        assert len(wanted) >= 3
+        for metric, value in wanted.items():
+            name = f"missing/{'none' if rate == 0 else kind}={rate:g}/{metric}"
+            assert results[name] == pytest.approx(value, abs=1e-6), (name, value)
+    assert len({round(v, 6) for v in results.values()}) > len(wanted)  # the conditions differ: it can fail
+
+
 # --- refusals ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, message", [
     (["data.missing.test.image=1.5"], "data.missing.test.image: must be in [0, 1], got 1.5"),

@@ -199,7 +199,7 @@ def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]],
     """Evaluate the conditions `todo` with at most three passes over the test split (complete first, then every image
     or every text removed, where some condition needs it), calling `save(metrics)` as soon as a condition's passes
     are done."""
-    trainer = _trainer(cfg)
+    trainer, todo = _trainer(cfg), list(todo)
     passes: dict[str, PassOutputs] = {}
     lost_of: dict[tuple[str, float], list[str]] = {}
     for lost in ("", "image", "text"):

@@ -9,6 +9,7 @@ requeued (after a time-out or preemption; submitit resubmits it through `checkpo
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def submit_and_wait(sweep, out: Path, runs: list, pending: list, cluster: str = 
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         if not _has_gpu():
             params.pop("gpus_per_node", None)
+        setup = local_thread_setup(len(pending), os.environ, os.cpu_count() or 1)
+        if setup:
+            params.setdefault("local_setup", setup)
     executor = submitit.AutoExecutor(folder=out / ".submitit" / "%j", cluster=cluster)
     try:
         executor.update_parameters(**params)
@@ -62,6 +66,16 @@ def submit_and_wait(sweep, out: Path, runs: list, pending: list, cluster: str = 
             write_report(out, sweep, runs)
         else:
             time.sleep(poll_s)
+
+
+def local_thread_setup(jobs: int, environ, cpus: int) -> list[str]:
+    """Shell lines that give each of `jobs` concurrent local jobs its share of the `cpus` as torch threads, unless
+    OMP_NUM_THREADS is set already. submitit's local executor starts every job of the array at once, and processes
+    whose OpenMP threads outnumber the cores wait on descheduled ones: two 2-thread processes on 2 cores ran a small
+    convolution 60 times slower than two 1-thread ones (tests/conftest.py gives pytest's workers the same rule)."""
+    if "OMP_NUM_THREADS" in environ:
+        return []
+    return [f"export OMP_NUM_THREADS={max(1, cpus // max(1, jobs))}"]
 
 
 def _has_gpu() -> bool:

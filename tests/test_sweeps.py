@@ -143,8 +143,11 @@ def test_bad_sweep_files_stop_before_any_run(tmp_path, capsys, spec, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_slurm_launcher_records_a_failing_run_while_the_others_finish(tmp_path, capsys):
-    """The job array through submitit's local executor; one cell fails (its batch is larger than its train split)."""
+def test_the_slurm_launcher_records_a_failing_run_while_the_others_finish(tmp_path, capsys, monkeypatch):
+    """The job array through submitit's local executor; one cell fails (its batch is larger than its train split).
+    Without OMP_NUM_THREADS, the sweep gives each job its share of the cores through submitit's `local_setup` (an
+    option the local executor refused would stop the sweep with exit 2)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     sweep = write_sweep(tmp_path, grid={"method": {"mope": {}, "too_big": {"overrides": ["data.batch_size=1000"]}}},
                         seeds=[7])
     out = tmp_path / "out"
@@ -157,6 +160,15 @@ def test_the_slurm_launcher_records_a_failing_run_while_the_others_finish(tmp_pa
     assert "fewer than data.batch_size=1000" in rows[1]["error"] and float(rows[0]["test/acc"]) >= 0
     assert "## Failed runs" in (out / "summary.md").read_text()
     assert list((out / ".submitit").rglob("*_log.out"))  # submitit ran them as jobs
+
+
+def test_local_jobs_get_their_share_of_the_cores_as_threads():
+    from mope_lightning.sweep_submit import local_thread_setup
+
+    assert local_thread_setup(2, {}, 2) == ["export OMP_NUM_THREADS=1"]
+    assert local_thread_setup(2, {}, 16) == ["export OMP_NUM_THREADS=8"]
+    assert local_thread_setup(12, {}, 2) == ["export OMP_NUM_THREADS=1"]
+    assert local_thread_setup(2, {"OMP_NUM_THREADS": "4"}, 2) == []  # the user's choice stands
 
 
 def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):

@@ -72,7 +72,8 @@ def local_thread_setup(jobs: int, environ, cpus: int) -> list[str]:
     """Shell lines that give each of `jobs` concurrent local jobs its share of the `cpus` as torch threads, unless
     OMP_NUM_THREADS is set already. submitit's local executor starts every job of the array at once, and processes
     whose OpenMP threads outnumber the cores wait on descheduled ones: two 2-thread processes on 2 cores ran a small
-    convolution 60 times slower than two 1-thread ones (tests/conftest.py gives pytest's workers the same rule)."""
+    convolution 190 times slower than two 1-thread ones (benchmarks/oversubscription.py; tests/conftest.py gives
+    pytest's workers the same rule, Lightning's)."""
     if "OMP_NUM_THREADS" in environ:
         return []
     return [f"export OMP_NUM_THREADS={max(1, cpus // max(1, jobs))}"]

@@ -22,12 +22,13 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 def pytest_configure(config):
     """Under pytest-xdist, each worker and every process it starts gets its share of the cores as torch threads.
     Two workers of 2 threads each on 2 cores oversubscribe them, and OpenMP's spinning threads then wait on
-    descheduled ones: a small convolution ran 60 times slower than with one thread per worker."""
+    descheduled ones: a small convolution ran 190 times slower than with one thread per worker
+    (benchmarks/oversubscription.py)."""
+    from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+
     workers = getattr(config, "workerinput", {}).get("workercount")
-    if workers and "OMP_NUM_THREADS" not in os.environ:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the CLI and DDP processes the tests start
-        torch.set_num_threads(threads)
+    if workers:  # Lightning's own rule for its DDP processes; it also sets OMP_NUM_THREADS for the CLI runs we start
+        _set_num_threads_if_needed(workers)
 
 
 @pytest.fixture(autouse=True)

@@ -43,7 +43,7 @@ def submit_and_wait(sweep, out: Path, runs: list, pending: list, cluster: str = 
         params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         if not _has_gpu():
             params.pop("gpus_per_node", None)
-        setup = local_thread_setup(len(pending), os.environ, os.cpu_count() or 1)
+        setup = local_thread_setup(len(pending), os.environ)
         if setup:
             params.setdefault("local_setup", setup)
     executor = submitit.AutoExecutor(folder=out / ".submitit" / "%j", cluster=cluster)
@@ -68,15 +68,17 @@ def submit_and_wait(sweep, out: Path, runs: list, pending: list, cluster: str = 
             time.sleep(poll_s)
 
 
-def local_thread_setup(jobs: int, environ, cpus: int) -> list[str]:
-    """Shell lines that give each of `jobs` concurrent local jobs its share of the `cpus` as torch threads, unless
-    OMP_NUM_THREADS is set already. submitit's local executor starts every job of the array at once, and processes
-    whose OpenMP threads outnumber the cores wait on descheduled ones: two 2-thread processes on 2 cores ran a small
-    convolution 190 times slower than two 1-thread ones (benchmarks/oversubscription.py; tests/conftest.py gives
-    pytest's workers the same rule, Lightning's)."""
+def local_thread_setup(jobs: int, environ) -> list[str]:
+    """Shell lines that give each of `jobs` concurrent local jobs its share of the cores available to this process
+    as torch threads, unless OMP_NUM_THREADS is set already. submitit's local executor starts every job of the array
+    at once, and processes whose OpenMP threads outnumber the cores wait on descheduled ones: two 2-thread processes
+    on 2 cores ran a small convolution 190 times slower than two 1-thread ones (benchmarks/oversubscription.py). The
+    share is Lightning's rule for its DDP processes, which tests/conftest.py also gives pytest's workers."""
+    from lightning.fabric.utilities.distributed import _suggested_max_num_threads
+
     if "OMP_NUM_THREADS" in environ:
         return []
-    return [f"export OMP_NUM_THREADS={max(1, cpus // max(1, jobs))}"]
+    return [f"export OMP_NUM_THREADS={_suggested_max_num_threads(jobs)}"]
 
 
 def _has_gpu() -> bool:

@@ -162,13 +162,17 @@ def test_the_slurm_launcher_records_a_failing_run_while_the_others_finish(tmp_pa
     assert list((out / ".submitit").rglob("*_log.out"))  # submitit ran them as jobs
 
 
-def test_local_jobs_get_their_share_of_the_cores_as_threads():
+def test_local_jobs_get_their_share_of_the_cores_as_threads(monkeypatch):
+    from lightning.fabric.utilities import distributed
+
     from mope_lightning.sweep_submit import local_thread_setup
 
-    assert local_thread_setup(2, {}, 2) == ["export OMP_NUM_THREADS=1"]
-    assert local_thread_setup(2, {}, 16) == ["export OMP_NUM_THREADS=8"]
-    assert local_thread_setup(12, {}, 2) == ["export OMP_NUM_THREADS=1"]
-    assert local_thread_setup(2, {"OMP_NUM_THREADS": "4"}, 2) == []  # the user's choice stands
+    monkeypatch.setattr(distributed, "_num_cpus_available", lambda: 2)
+    assert local_thread_setup(2, {}) == ["export OMP_NUM_THREADS=1"]
+    assert local_thread_setup(12, {}) == ["export OMP_NUM_THREADS=1"]
+    assert local_thread_setup(2, {"OMP_NUM_THREADS": "4"}) == []  # the user's choice stands
+    monkeypatch.setattr(distributed, "_num_cpus_available", lambda: 16)
+    assert local_thread_setup(2, {}) == ["export OMP_NUM_THREADS=8"]
 
 
 def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 from mope_lightning.config import load_config  # noqa: E402
 
@@ -29,6 +30,16 @@ def pytest_configure(config):
     workers = getattr(config, "workerinput", {}).get("workercount")
     if workers:  # Lightning's own rule for its DDP processes; it also sets OMP_NUM_THREADS for the CLI runs we start
         _set_num_threads_if_needed(workers)
+
+
+# Property-based tests: a bounded number of examples, drawn from a fixed seed so that CI and a developer see the
+# same cases (`--hypothesis-seed` or HYPOTHESIS_PROFILE=explore searches further); no per-example deadline, since
+# two xdist workers share 2 cores and a slow example is not a failure.
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("explore", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,6 @@ does not parse is a sample problem (`data.on_bad_sample`); a titles file that is
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Optional
 from mope_lightning.config import DataConfig
 from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import Problem, Scan, SplitBuilder, stratified_holdout
-from mope_lightning.data.text_files import NotUTF8, read_text
+from mope_lightning.data.text_files import NotUTF8, csv_records, read_text
 from mope_lightning.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -144,11 +142,10 @@ class Food101DataModule(MultimodalDataModule):
         if not path.is_file():
             raise DataError(f"{path}: missing; data.text_source=titles needs texts/{{train,test}}_titles.csv")
         titles = {}
-        reader = csv.reader(io.StringIO(read_text(path), newline=""))
-        for row in reader:
+        for line, row in csv_records(path, read_text(path)):
             if len(row) != 3:
-                problems.append(Problem(str(path), f"line {reader.line_num}", f"expected 3 fields (image_filename,"
-                                                                             f"page_title,class), got {len(row)}"))
+                problems.append(Problem(str(path), f"line {line}", f"expected 3 fields (image_filename,"
+                                                                   f"page_title,class), got {len(row)}"))
                 continue
-            titles[row[0]] = (row[1], reader.line_num)
+            titles[row[0]] = (row[1], line)
         return titles

@@ -169,8 +169,9 @@ def _check_compat(model: DictConfig, source_of: Callable[[str], str]) -> None:
             raise ConfigError(f"{source_of(key)}: {key}: {why}; set that too, or set this to false")
 
 
-def _read_modalities(model: DictConfig) -> tuple[str, ...]:
-    """The modalities a model reads from a batch (a model reading one alone has no input without it)."""
+def read_modalities(model: DictConfig) -> tuple[str, ...]:
+    """The modalities the model `model` describes reads from a batch (a model reading one alone has no input
+    without it), known before it is built: `mope predict` checks its rows' files with them first."""
     single = UNIMODAL_FUSIONS.get(model.fusion)
     if single:
         return (single,)
@@ -185,7 +186,7 @@ def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
     missing = cfg.data.get("missing")
     if missing is None:
         return
-    reads = _read_modalities(cfg.model)
+    reads = read_modalities(cfg.model)
     for split in ("train", "val", "test"):
         rates = missing[split]
         key = f"data.missing.{split}"

@@ -22,7 +22,7 @@ from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter
 from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
 from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.config_callbacks import resolve_callbacks
-from mope_lightning.config_checks import PARAM_GROUPS
+from mope_lightning.config_checks import PARAM_GROUPS, read_modalities
 from mope_lightning.data import DATAMODULES, MultimodalDataModule
 from mope_lightning.data.base import data_prevents_caching
 from mope_lightning.data.audio import describe_clips
@@ -415,8 +415,9 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
     rows_path = Path(cfg.predict.input).expanduser()
     out = Path(cfg.predict.out).expanduser() if cfg.predict.out else rows_path.with_suffix(".predictions.csv")
     check_output(str(out), [ckpt_path, str(rows_path)], cfg.predict.overwrite, "predict.out")
+    # Every row and the files it names are checked first: building the model (encoders, weights) takes longest.
+    rows = read_rows(rows_path, read_modalities(cfg.model))
     model = build_pretrained(cfg, read_trained_weights(ckpt_path))
-    rows = read_rows(rows_path, model.net.modalities())
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator != "cpu" and torch.cuda.is_available():
         model.to("cuda")

@@ -44,7 +44,8 @@ def decode_image(path: str) -> tuple[str, str]:
 def read_file(path: str, kind: str) -> tuple[bytes | None, str]:
     """(the file's bytes, "") or (None, what is wrong), for a file of `kind` ("image", "audio")."""
     try:
-        return Path(path).read_bytes(), ""
+        data = Path(path).read_bytes()
+        return (data, "") if data else (None, f"empty {kind} file (0 bytes)")
     except FileNotFoundError:
         return None, f"{kind} file not found"
     except OSError as exc:

@@ -8,22 +8,26 @@
 
 The frozen encoders are not included: whoever loads the adapter rebuilds them from their source, and the digests
 say whether they are the weights it was trained on. A folder is written under a temporary name and renamed when
-complete, so an interrupted export leaves nothing that looks like an adapter.
+complete, so an interrupted export leaves the earlier adapter or the new one, never a mix. Only an adapter mope
+wrote is ever replaced (with overwrite=true), and only a folder that holds nothing else: a folder with other files in
+it, or the checkpoint being exported, is refused (fileio.claim_output).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from mope_lightning import __version__
 from mope_lightning.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TrainedWeights
-from mope_lightning.errors import CheckpointError, ConfigError, MopeError
+from mope_lightning.errors import CheckpointError, MopeError
+from mope_lightning.fileio import claim_output, written_json
 
 FORMAT = "mope_lightning.adapter"
 FORMAT_VERSION = 1
@@ -31,15 +35,23 @@ ADAPTER_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, "README.md")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def claim_adapter_folder(out: str | Path, overwrite: bool, inputs: Sequence[Optional[str | Path]] = (),
+                         key: str = "out") -> Path:
+    """`out` checked as the place for an adapter folder (fileio.claim_output): new, empty, or holding only an adapter
+    mope wrote (replaced with `overwrite`); never an input, never a folder with other files in it."""
+    return claim_output(out, key, inputs=inputs, overwrite=overwrite, files=ADAPTER_FILES, earlier=_is_adapter,
+                        whole_folder=True, what="adapter", flag="overwrite")
+
+
+def _is_adapter(folder: Path) -> bool:
+    return written_json(folder / ADAPTER_CONFIG, ("config",), format=FORMAT)
+
+
 def write_adapter(out: str | Path, trained: TrainedWeights, parameters: Optional[dict] = None,
-                  overwrite: bool = False) -> Path:
-    """Write `trained` as an adapter folder `out`; an existing adapter there is replaced only with `overwrite`."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"out: {out} is a file; give a folder for the adapter")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"out: {out} already exists and is not empty; choose another out= or pass overwrite=true "
-                          "to replace the adapter in it")
+                  overwrite: bool = False, key: str = "out") -> Path:
+    """Write `trained` as an adapter folder `out`; an adapter mope wrote there before is replaced only with
+    `overwrite`, and a folder holding anything else, or the weights being exported, is refused."""
+    out = claim_adapter_folder(out, overwrite, [trained.source], key)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.{secrets.token_hex(6)}.tmp"
     staging.mkdir()
@@ -75,7 +87,13 @@ def _swap_in(staging: Path, out: Path) -> None:
     retired = out.parent / f".{out.name}.{secrets.token_hex(6)}.old"
     os.replace(out, retired)
     os.replace(staging, out)
-    shutil.rmtree(retired, ignore_errors=True)
+    # The earlier adapter's own files only (claim_adapter_folder saw nothing else); anything that appeared in the
+    # folder meanwhile is kept in `retired`, never deleted.
+    for name in ADAPTER_FILES:
+        if (retired / name).is_file():
+            os.unlink(retired / name)
+    with contextlib.suppress(OSError):
+        retired.rmdir()
 
 
 def read_adapter(folder: str | Path) -> TrainedWeights:

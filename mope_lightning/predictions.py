@@ -7,6 +7,7 @@ One definition for `mope predict` (a dataset split or new data) and the Python A
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 from typing import IO, Sequence
 
 from torch import Tensor
@@ -30,3 +31,14 @@ def write_predictions_csv(fh: IO, ids: Sequence, probs: Tensor, classes: Sequenc
     for sample_id, label, row in zip(ids, predicted_labels(probs, classes, task), probs.tolist()):
         writer.writerow([sample_id, "|".join(label) if isinstance(label, list) else label,
                          *(f"{p:.6f}" for p in row)])
+
+
+def is_predictions_csv(path: Path) -> bool:
+    """Whether `path` starts with the header `write_predictions_csv` writes: the predictions mope wrote before, which
+    `predict.overwrite=true` may replace (and no other file)."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(65536)
+    except OSError:
+        return False
+    return first.startswith(b"id,prediction,prob_")

@@ -15,11 +15,21 @@ from torch import Tensor
 
 from mope_lightning.data.audio import spectrogram_image
 from mope_lightning.data.samples import Split
-from mope_lightning.fileio import atomic_write
+from mope_lightning.fileio import atomic_write, claim_output, written_json
 from mope_lightning.routing import (MAX_HEATMAP_VALUES, attribute_routing, exemplar_grid, expert_names, heatmap,
                                     layer_names, mutual_information, routing_summary, strongest, top_words)
 
-REPORT_FILES = ("summary.md", "routing.csv", "layer_expert.png", "class_expert.png", "exemplars.png")
+# The files every report may hold; a report also draws <attribute>_expert.png per sample attribute.
+REPORT_FILES = ("routing.json", "summary.md", "routing.csv", "layer_expert.png", "class_expert.png",
+                "group_expert.png", "exemplars.png")
+
+
+def claim_report_folder(out: str | Path, inputs: list, overwrite: bool, files=REPORT_FILES) -> Path:
+    """`analyze.out` checked (fileio.claim_output): a folder, not an input nor inside one, whose files named like
+    the report's are replaced only when they are a report mope wrote (its routing.json) and overwrite=true."""
+    return claim_output(out, "out", inputs=inputs, overwrite=overwrite, files=files,
+                        earlier=lambda folder: written_json(folder / "routing.json", ("checkpoint", "split")),
+                        what="routing report")
 
 
 class RoutingView:
@@ -149,12 +159,17 @@ def write_report(view: RoutingView, out: Path, header: dict, exemplars: int = 8)
     """Heatmaps (PNG), exemplars (PNG), per-sample routing (CSV) and a Markdown summary, into `out`."""
     import matplotlib.pyplot as plt
 
+    figures = view.figures(exemplars)
+    # The names are known now (an attribute's heatmap among them): none may be a file mope did not write. The
+    # command checked overwrite=true before any work where an earlier report was here.
+    claim_report_folder(out, [], True, [*REPORT_FILES, *(f"{name}.png" for name in figures)])
     out.mkdir(parents=True, exist_ok=True)
-    for name, fig in view.figures(exemplars).items():
+    # routing.json first: it marks the folder as a report of mope's, which a later overwrite=true may replace.
+    atomic_write(out / "routing.json", lambda fh: json.dump({**header, **view.to_json()}, fh, indent=1))
+    for name, fig in figures.items():
         atomic_write(out / f"{name}.png", lambda fh, f=fig: f.savefig(fh, format="png"), binary=True)
         plt.close(fig)
     atomic_write(out / "routing.csv", lambda fh: _write_csv(view, fh))
-    atomic_write(out / "routing.json", lambda fh: json.dump({**header, **view.to_json()}, fh, indent=1))
     atomic_write(out / "summary.md", lambda fh: fh.write(_summary(view, header, exemplars)))  # last: a complete report
 
 

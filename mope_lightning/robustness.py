@@ -32,10 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mope_lightning.data.missing import lost_by, missing_table
 from mope_lightning.errors import ConfigError, NonFiniteError
-from mope_lightning.fileio import atomic_write, check_writable
+from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
 
 KINDS = ("image", "text", "both")
 RESULTS = "robustness.json"
+FILES = (RESULTS, "robustness.md", "robustness.png")
 
 
 def condition_name(kind: str, rate: float, metric: str) -> str:
@@ -79,16 +80,24 @@ def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
                       "pass out=DIR")
 
 
+def _claim(cfg: DictConfig, ckpt: str) -> Path:
+    """The output folder, checked before any work (fileio.claim_output): not an input nor inside one, and its
+    robustness files only mope's own, of this checkpoint (resumed) or, with overwrite=true, of another."""
+    # overwrite=True: whether mope's own results there are resumed or replaced is `_read`'s call
+    return claim_output(_out_dir(cfg, ckpt), "robustness.out", inputs=[ckpt], overwrite=True, files=FILES,
+                        earlier=lambda folder: written_json(folder / RESULTS, ("checkpoint", "metrics")),
+                        what="robustness report")
+
+
 def _read(path: Path, ckpt: str, overwrite: bool) -> dict:
     """The conditions already evaluated for `ckpt` (to resume); another checkpoint's results are not mixed in."""
     if not path.is_file() or overwrite:
         return {}
-    try:
-        stored = json.loads(path.read_text())
-        metrics = dict(stored["metrics"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path}: not a robustness report written by mope robustness; remove it, or pass "
-                          "overwrite=true to replace it") from None
+    stored = json.loads(path.read_text())  # a robustness report mope wrote (checked by `_claim`)
+    metrics = stored["metrics"]
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{path}: its metrics are not a mapping, so it is not a robustness report mope wrote; "
+                          "choose another out=DIR")
     if stored.get("checkpoint") != ckpt:
         raise ConfigError(f"{path}: holds the robustness of another checkpoint ({stored.get('checkpoint')}); pass "
                           "another out=DIR, or overwrite=true to replace it")
@@ -216,17 +225,29 @@ def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]],
 
 def evaluate(cfg: DictConfig) -> Path:
     """Evaluate `cfg.ckpt` at every condition; write robustness.json, .md and .png into the output folder."""
-    from mope_lightning.checkpoints import load_into, read_trained_weights
-    from mope_lightning.runner import build, resolve_ckpt
+    from mope_lightning.runner import resolve_ckpt
 
     ckpt, _ = resolve_ckpt(cfg)
     if ckpt is None:
         raise ConfigError("robustness needs ckpt=PATH: the checkpoint (or adapter folder) to evaluate")
     r = cfg.robustness
     todo = conditions(list(r.rates), list(r.kinds))
-    out = _out_dir(cfg, ckpt)
-    check_writable(out, "robustness.out")
+    out = _claim(cfg, ckpt)
     results = _read(out / RESULTS, ckpt, r.overwrite)
+    with NewFolders() as created:  # a robustness run that fails leaves no empty folder behind
+        created.expect(out)
+        check_writable(out, "robustness.out")
+        _evaluate_into(cfg, ckpt, out, todo, results)
+    print(f"[mope] robustness of {ckpt}\n  table                    {out / 'robustness.md'}\n"
+          f"  plot                     {out / 'robustness.png'}", flush=True)
+    return out
+
+
+def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: dict) -> None:
+    from mope_lightning.checkpoints import load_into, read_trained_weights
+    from mope_lightning.runner import build
+
+    r = cfg.robustness
     module, datamodule = build(cfg)
     _check_model(module.net, todo)
     load_into(module.net, read_trained_weights(ckpt), datamodule.classes)
@@ -244,9 +265,6 @@ def evaluate(cfg: DictConfig) -> Path:
     figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds,
                                metric)
     _save(figure, out / "robustness.png")
-    print(f"[mope] robustness of {ckpt}\n  table                    {out / 'robustness.md'}\n"
-          f"  plot                     {out / 'robustness.png'}", flush=True)
-    return out
 
 
 def table_markdown(results: dict, rates: Sequence[float], kinds: Sequence[str], metric: str, ckpt: str) -> str:

@@ -30,11 +30,11 @@ from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import lost_by
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, ModelError, MopeError, NonFiniteError
-from mope_lightning.fileio import atomic_write, check_output, check_writable
+from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output
 from mope_lightning.launch import SafeCheckpointIO, check_compile, check_trainer, slurm_run_version
 from mope_lightning.lit_module import MoPELitModule
 from mope_lightning.resume import check_resume, record_resume
-from mope_lightning.tracking import build_loggers, check_trackers, record_code, where_to_look
+from mope_lightning.tracking import build_loggers, check_trackers, record_code, records_nothing, where_to_look
 
 COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -146,19 +146,15 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
 
 def analyze(cfg: DictConfig) -> Path:
     """Run a checkpoint over a split and write its routing report (heatmaps, exemplars, CSV, summary) to `out`."""
-    from mope_lightning.report import REPORT_FILES
+    from mope_lightning.report import claim_report_folder
 
     a = cfg.analyze
     if not a.out:
         raise ConfigError("analyze needs out=DIR: the folder for the routing report")
-    out = Path(a.out).expanduser()
-    existing = [f for f in REPORT_FILES if (out / f).exists()]
-    if existing and not a.overwrite:
-        raise ConfigError(f"out: {out} already holds a routing report ({', '.join(existing)}); choose another out= "
-                          "or pass overwrite=true to replace it")
     ckpt_path, _ = resolve_ckpt(cfg)
     if ckpt_path is None:
         raise ConfigError("analyze needs ckpt=PATH: the checkpoint whose routing to report")
+    out = claim_report_folder(a.out, [ckpt_path], a.overwrite)  # before any model work
     module, datamodule = build(cfg)
     _check_attributes(a.attributes, datamodule)
     load_into(module.net, read_trained_weights(ckpt_path), datamodule.classes)
@@ -322,11 +318,28 @@ def run(command: str, cfg: DictConfig) -> dict:
     record_code(cfg)
     if command == "predict" and cfg.predict.input:
         return predict_new_data(cfg, ckpt_path)
-    if command == "predict":
-        check_output(cfg.predict.out, [ckpt_path], cfg.predict.overwrite, "predict.out")
-    module, datamodule = build(cfg)
-    datamodule.predict_split = cfg.predict.split
-    trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)
+    if command == "predict" and cfg.predict.out:
+        claim_predictions(cfg.predict.out, [ckpt_path], cfg.predict.overwrite)
+    with NewFolders() as created:  # a command that fails leaves no empty run directory behind
+        created.expect(cfg.trainer.default_root_dir)
+        module, datamodule = build(cfg)
+        datamodule.predict_split = cfg.predict.split
+        trainer = build_trainer(cfg, datamodule, command, version if command == "fit" else None)
+        created.expect(trainer.log_dir, records_nothing=records_nothing)
+        return _run_command(command, cfg, trainer, module, datamodule, ckpt_path, resume_changes)
+
+
+def claim_predictions(out: str | Path, inputs: list, overwrite: bool) -> Path:
+    """`predict.out` checked (fileio.claim_output): a file, never an input nor inside an input folder (an adapter
+    being read), and an existing file only when it is predictions mope wrote and predict.overwrite=true."""
+    from mope_lightning.predictions import is_predictions_csv
+
+    return claim_output(out, "predict.out", inputs=inputs, overwrite=overwrite, earlier=is_predictions_csv,
+                        what="predictions CSV")
+
+
+def _run_command(command: str, cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule,
+                 datamodule: MultimodalDataModule, ckpt_path: Optional[str], resume_changes) -> dict:
     summary: dict = {"run_dir": trainer.log_dir}
     if resume_changes is not None:
         record_resume(trainer, ckpt_path, resume_changes, to_container(cfg.run))
@@ -381,7 +394,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, da
 
 def export(cfg: DictConfig) -> Path:
     """`mope export`: the trained weights of `ckpt` as an adapter folder `export.out` (mope_lightning/adapters.py)."""
-    from mope_lightning.adapters import recorded_test_metrics, write_adapter
+    from mope_lightning.adapters import claim_adapter_folder, recorded_test_metrics, write_adapter
     from mope_lightning.pretrained import build_pretrained, parameter_summary
 
     if not cfg.export.out:
@@ -389,6 +402,7 @@ def export(cfg: DictConfig) -> Path:
     ckpt_path, _ = resolve_ckpt(cfg)
     if ckpt_path is None:
         raise ConfigError("export needs ckpt=PATH: the checkpoint to export")
+    claim_adapter_folder(cfg.export.out, cfg.export.overwrite, [ckpt_path])  # before any model work
     trained = read_trained_weights(ckpt_path)
     changed = [c for c in differences(trained.config.get("model", {}), to_container(cfg)["model"], "model.")
                if c[0] not in HOW_IT_RUNS]
@@ -413,8 +427,8 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
     from mope_lightning.pretrained import build_pretrained
 
     rows_path = Path(cfg.predict.input).expanduser()
-    out = Path(cfg.predict.out).expanduser() if cfg.predict.out else rows_path.with_suffix(".predictions.csv")
-    check_output(str(out), [ckpt_path, str(rows_path)], cfg.predict.overwrite, "predict.out")
+    out = claim_predictions(cfg.predict.out or rows_path.with_suffix(".predictions.csv"), [ckpt_path, rows_path],
+                            cfg.predict.overwrite)
     # Every row and the files it names are checked first: building the model (encoders, weights) takes longest.
     rows = read_rows(rows_path, read_modalities(cfg.model))
     model = build_pretrained(cfg, read_trained_weights(ckpt_path))

@@ -111,6 +111,23 @@ def build_loggers(cfg: DictConfig, root: Path, version: Optional[str | int]) -> 
     return loggers
 
 
+def records_nothing(path: Path) -> bool:
+    """Whether `path`, a file in a new run directory, records nothing of a run yet: the config SaveConfig writes
+    when the run sets up, or a TensorBoard event file holding only its header. A run directory holding only such
+    files is removed when its command fails (fileio.NewFolders)."""
+    if path.name == "config.yaml":
+        return True
+    if not path.name.startswith("events.out.tfevents."):
+        return False
+    try:
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+        events = [event for _, event in zip(range(2), EventFileLoader(str(path)).Load())]
+    except Exception:  # no tensorboard package, or a file it cannot read: kept, as a record we cannot judge
+        return False
+    return len(events) == 1 and events[0].WhichOneof("what") == "file_version"
+
+
 def _keep_csv_history(run_dir: Path) -> None:
     """Lightning's CSV logger deletes the metrics.csv it finds in its folder: a run resumed in place keeps the
     earlier part's as metrics.part<k>.csv. (That the folder is not empty is expected: TensorBoard shares it.)"""

@@ -342,7 +342,8 @@ def tensors(draw, shapes=st.lists(st.integers(0, 5), max_size=5), dtypes=st.samp
 
 
 def pil_images():
-    return st.builds(Image.new, st.sampled_from(PIL_MODES), st.tuples(st.integers(0, 40), st.integers(0, 40)))
+    sizes = mostly(st.tuples(st.integers(1, 40), st.integers(1, 40)), st.tuples(st.integers(0, 1), st.integers(0, 1)))
+    return st.builds(Image.new, st.sampled_from(PIL_MODES), sizes)
 
 
 def numpy_arrays():
@@ -404,19 +405,35 @@ def check_outcome(call, arguments: dict, classes) -> None:
             assert int(named.group(3)) < len(arguments[named.group(1)]), message
         return
     event("a result")
-    assert_predictions(out, len(arguments["texts"]), classes)
+    texts = arguments["texts"]  # a result only for a list of texts, each with words: never a str's characters
+    assert isinstance(texts, (list, tuple)) and all(isinstance(t, str) and t.strip() for t in texts), texts
+    for name, batch_ndim in (("images", 4), ("audio", 2)):
+        value = arguments.get(name)
+        assert value is None or isinstance(value, (list, tuple)) or value.ndim == batch_ndim, (name, value)
+    assert_predictions(out, len(texts), classes)
+
+
+@st.composite
+def containers(draw):
+    """(texts, images): a list of texts half the time, else a str or something else; the images as many as the texts
+    have items (a str's characters included) four times in five, so that a str split into characters would give a
+    result."""
+    texts = draw({"list": st.lists(VALID_TEXTS, min_size=1, max_size=3), "str": st.text(min_size=1, max_size=3),
+                  "other": anything_but_a_list_of(TEXTS)}[draw(st.sampled_from(["list", "list", "str", "other"]))])
+    n = len(texts) if isinstance(texts, (str, list, tuple, set, dict, bytes)) and texts else draw(st.integers(1, 3))
+    images = draw(mostly(st.lists(pil_images(), min_size=n, max_size=n) | PIXELS.map(lambda t: t.expand(n, -1, -1, -1)),
+                         anything_but_a_list_of(IMAGE_ELEMENTS) | tensors()))
+    return texts, images
 
 
 @settings(max_examples=40)
-@given(texts=mostly(st.lists(VALID_TEXTS, min_size=1, max_size=3), anything_but_a_list_of(TEXTS)),
-       images=mostly(st.lists(pil_images(), min_size=1, max_size=3) | PIXELS.map(lambda t: t.unsqueeze(0)),
-                     anything_but_a_list_of(IMAGE_ELEMENTS) | tensors()),
-       batch_size=mostly(st.integers(1, 4), st.integers(-1, 0) | SCALARS),
+@given(inputs=containers(), batch_size=mostly(st.integers(1, 4), st.integers(-1, 0) | SCALARS),
        audio=mostly(st.none(), st.just([clip()])),
        unknown=mostly(st.just({}), st.dictionaries(st.sampled_from(["text", "image", "device"]), st.none(),
                                                    min_size=1, max_size=1)))
-def test_predict_on_random_containers_gives_a_named_error_or_a_correct_result(model, texts, images, batch_size,
-                                                                             audio, unknown):
+def test_predict_on_random_containers_gives_a_named_error_or_a_correct_result(model, inputs, batch_size, audio,
+                                                                             unknown):
+    texts, images = inputs
     arguments = {"texts": texts, "images": images, "batch_size": batch_size, "audio": audio, **unknown}
     check_outcome(model.predict, arguments, CLASSES)
 

@@ -31,3 +31,14 @@ class Interrupted(MopeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ArgumentValueError(MopeError, ValueError):
+    """A Python API argument with a wrong value (an empty list, lengths that differ, a tensor of the wrong shape).
+    A ValueError for Python callers, as PyTorch and scikit-learn raise; a MopeError for the CLI, which reaches the
+    API through `mope predict`."""
+
+
+class ArgumentTypeError(MopeError, TypeError):
+    """A Python API argument of the wrong type (a str where a list of texts is expected, None inside a list, an
+    unknown keyword argument)."""

@@ -7,7 +7,8 @@
     # a text-audio model: model.predict(texts=[...], audio=["clip.wav"])
 
 The model applies its own tokenizer, image preprocessing and audio feature extractor (the ones it was trained
-with), batches, and runs on the device it was moved to. Nothing here imports Lightning.
+with), batches, and runs on the device it was moved to. Every argument is checked before any model work
+(api_arguments.py): a `TypeError` or `ValueError` names the argument. Nothing here imports Lightning.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from mope_lightning.api_arguments import (check_batch_size, check_clip, check_device, check_flag, check_image,
+                                          check_inputs, check_path, check_repo_id, check_samples, check_strings,
+                                          check_text, reject_unknown)
 from mope_lightning.checkpoints import TrainedWeights, load_into, read_trained_weights
-from mope_lightning.errors import MopeError
+from mope_lightning.errors import ArgumentValueError, DataError
 from mope_lightning.predictions import predicted_labels, probabilities
 
 
@@ -48,6 +53,8 @@ class PretrainedModel:
         self.max_audio_seconds = data_cfg.get("max_audio_seconds")
         self.tokenizer = net.text.tokenizer if "text" in net.pair else None
         self.transform = eval_transform(net.image.data_config, data_cfg) if "image" in net.modalities() else None
+        # The shape of a preprocessed image, which a float tensor given as an image must have.
+        self.image_shape = tuple(self.transform(Image.new("RGB", (1, 1))).shape) if self.transform else None
         self.audio_preprocessor = net.audio.preprocessor if "audio" in net.modalities() else None
 
     @property
@@ -55,86 +62,94 @@ class PretrainedModel:
         return next(self.net.parameters()).device
 
     def to(self, device: str | torch.device) -> "PretrainedModel":
-        self.net.to(device)
+        self.net.to(check_device("device", device))
         return self
 
     # --- inputs --------------------------------------------------------------------------------------------
-    def _image(self, image: Any, i: int) -> Tensor:
+    def _image(self, image: Path | Image.Image | Tensor, i: int) -> Tensor:
+        """One checked image (`check_image`) as the encoder's input; a file that does not decode names `images[i]`."""
         from mope_lightning.data.features import load_image
 
-        if isinstance(image, (str, Path)):
-            image = load_image(Path(image))
-        elif isinstance(image, Tensor):
-            if image.is_floating_point():  # already preprocessed, e.g. by `model.transform`
-                return image
-            image = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())  # uint8 (C, H, W)
-        if not isinstance(image, Image.Image):
-            raise MopeError(f"images[{i}]: {type(image).__name__}; give a PIL image, a file path or a tensor")
-        return self.transform(image.convert("RGB"))
+        if isinstance(image, Tensor) and image.is_floating_point():  # already preprocessed, e.g. by `model.transform`
+            return image.detach().to("cpu", torch.float32)
+        try:
+            if isinstance(image, Path):
+                image = load_image(image)
+            elif isinstance(image, Tensor):  # uint8 (C, H, W)
+                pixels = image.detach().cpu().permute(1, 2, 0).numpy()
+                image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+            return self.transform(image.convert("RGB"))
+        except DataError as exc:  # its message names the file and what to do
+            raise ArgumentValueError(f"images[{i}]: {exc}") from None
+        except (OSError, ValueError) as exc:  # a truncated file behind a lazily read image, a mode PIL cannot convert
+            raise ArgumentValueError(f"images[{i}]: cannot read it as an RGB image ({exc}); give an image in a mode "
+                                     "PIL converts to RGB (RGB, RGBA, L, P, ...)") from None
 
-    def _audio(self, clip: Any, i: int):
-        """Samples at the audio encoder's rate: a file is decoded and resampled; an array is taken as it is."""
+    def _audio(self, clip: Path | np.ndarray, i: int) -> np.ndarray:
+        """One checked clip (`check_clip`): a file is decoded and resampled to the encoder's rate, and its samples
+        checked as an array's are; an array is already float32 at that rate."""
         from mope_lightning.data.audio import load_clip
 
+        if not isinstance(clip, Path):
+            return clip
         rate = self.audio_preprocessor.sampling_rate
-        if isinstance(clip, (str, Path)):
-            return load_clip(Path(clip), rate, self.max_audio_seconds).numpy()
-        if isinstance(clip, Tensor):
-            clip = clip.detach().cpu().numpy()
-        if getattr(clip, "ndim", 0) != 1 or not len(clip):
-            raise MopeError(f"audio[{i}]: give a file path or a 1-D array of samples at {rate} Hz (mono)")
-        return clip.astype("float32", copy=False)
+        try:
+            samples = load_clip(clip, rate, self.max_audio_seconds).numpy()
+        except DataError as exc:
+            raise ArgumentValueError(f"audio[{i}]: {exc}") from None
+        check_samples(f"audio[{i}]", samples, self.net.audio.shortest_input, rate, source=clip)
+        return samples
+
+    def _check_inputs(self, texts: Any, images: Any, audio: Any) -> dict[str, list]:
+        """The elements of each modality the model reads, checked (api_arguments.py) before any model work."""
+        checks = {"text": check_text,
+                  "image": lambda i, image: check_image(i, image, self.image_shape),
+                  "audio": lambda i, clip: check_clip(i, clip, self.net.audio.shortest_input,
+                                                      self.audio_preprocessor.sampling_rate)}
+        return check_inputs(self.net.modalities(), {"text": texts, "image": images, "audio": audio}, checks)
+
+    def _batch(self, inputs: dict[str, list], start: int = 0) -> dict:
+        """The batch the classifier reads from checked inputs; `start` is the index of the first, for messages."""
+        batch = {}
+        if "text" in inputs:
+            tokens = self.tokenizer(inputs["text"], padding=True, truncation=True, max_length=self.max_text_length,
+                                    return_tensors="pt")
+            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
+        if "image" in inputs:
+            batch["images"] = torch.stack([self._image(img, start + i) for i, img in enumerate(inputs["image"])])
+        if "audio" in inputs:
+            from mope_lightning.data.audio import pad_clips
+
+            clips = [self._audio(clip, start + i) for i, clip in enumerate(inputs["audio"])]
+            batch["audio"], batch["audio_mask"] = pad_clips(self.audio_preprocessor, clips)
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def preprocess(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None,
                    audio: Optional[Sequence[Any]] = None) -> dict:
         """The batch the classifier reads: tokenized texts, preprocessed images and padded, normalised audio
-        samples, on the model's device."""
-        batch = {}
-        if texts is not None:
-            tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_text_length,
-                                    return_tensors="pt")
-            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
-        if images is not None:
-            batch["images"] = torch.stack([self._image(img, i) for i, img in enumerate(images)])
-        if audio is not None:
-            from mope_lightning.data.audio import pad_clips
-
-            batch["audio"], batch["audio_mask"] = pad_clips(self.audio_preprocessor,
-                                                            [self._audio(clip, i) for i, clip in enumerate(audio)])
-        return {k: v.to(self.device) for k, v in batch.items()}
-
-    def _check_inputs(self, texts, images, audio=None) -> int:
-        given = {"text": texts, "image": images, "audio": audio}
-        keyword = {"text": "texts", "image": "images", "audio": "audio"}
-        reads = self.net.modalities()
-        for modality in reads:
-            if given[modality] is None:
-                raise MopeError(f"predict: this model reads {' and '.join(reads)}; pass {keyword[modality]}=[...]")
-        lengths = {keyword[m]: len(v) for m, v in given.items() if v is not None and m in reads}
-        if len(set(lengths.values())) != 1:
-            shown = " and ".join(f"{k} {n}" for k, n in lengths.items())
-            raise MopeError(f"predict: the inputs differ in length ({shown}); give one of each per input")
-        for i, text in enumerate(texts or []):
-            if not isinstance(text, str) or not text.strip():
-                raise MopeError(f"texts[{i}]: empty or not a string; give the text of each input")
-        return next(iter(lengths.values()))
+        samples, on the model's device. The inputs are checked as `predict` checks them."""
+        return self._batch(self._check_inputs(texts, images, audio))
 
     # --- prediction ----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None,
-                batch_size: int = 64, audio: Optional[Sequence[Any]] = None) -> Predictions:
+                batch_size: int = 64, audio: Optional[Sequence[Any]] = None, **unknown) -> Predictions:
         """Class probabilities, labels and routing weights of each input (a text and an image, or a text and an audio
-        clip). Images: PIL images, file paths, uint8 (C, H, W) tensors, or float tensors already preprocessed by
-        `self.transform`. Audio: file paths, or 1-D float arrays of samples at the audio encoder's rate."""
-        n = self._check_inputs(texts, images, audio)
-        reads = self.net.modalities()
+        clip).
+
+        Each modality the model reads is one list with one element per input, all of one length (one input: a list
+        of one; a lone str, image or clip is refused, never taken as one input). Texts: non-empty str. Images: PIL
+        images, file paths, uint8 (C, H, W) tensors with 1, 3 or 4 channels, or float tensors already preprocessed
+        by `self.transform`; or one (N, C, H, W) tensor. Audio: file paths, or 1-D float arrays or tensors of samples
+        at the audio encoder's rate; or one (N, samples) array. Every argument is checked before any model work:
+        `TypeError` or `ValueError` naming the argument (and the index of a bad element)."""
+        reject_unknown("predict", unknown, ("texts", "images", "audio", "batch_size"))
+        batch_size = check_batch_size(batch_size)
+        inputs = self._check_inputs(texts, images, audio)
+        n = len(next(iter(inputs.values())))
         probs, routing = [], []
         for start in range(0, n, batch_size):
-            part = slice(start, start + batch_size)
-            batch = self.preprocess(texts[part] if "text" in reads else None,
-                                    images[part] if "image" in reads else None,
-                                    audio[part] if "audio" in reads else None)
-            out = self.net(batch)
+            out = self.net(self._batch({m: values[start:start + batch_size] for m, values in inputs.items()}, start))
             probs.append(probabilities(out.logits.float(), self.task).cpu())
             if out.routing is not None:
                 routing.append(out.routing.float().cpu())
@@ -150,6 +165,8 @@ class PretrainedModel:
 
     def save_pretrained(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the model's adapter folder (`adapter.safetensors`, `adapter_config.json`, `README.md`)."""
+        check_path("out", out, "the adapter folder to write")
+        check_flag("overwrite", overwrite)
         from mope_lightning.adapters import write_adapter
 
         return write_adapter(out, self.trained_weights(), parameter_summary(self.net), overwrite)
@@ -158,6 +175,9 @@ class PretrainedModel:
         """Publish the model's adapter to the Hugging Face Hub; returns the commit URL."""
         from mope_lightning.adapters import push_to_hub
 
+        check_repo_id("repo_id", repo_id)
+        if private is not None:
+            check_flag("private", private)
         with tempfile.TemporaryDirectory() as tmp:
             folder = self.save_pretrained(Path(tmp) / "adapter")
             return push_to_hub(folder, repo_id, private=private, token=token)
@@ -193,17 +213,24 @@ def from_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
         overrides: `key=value` changes to the stored config, e.g. `model.text_encoder.name=/local/bert` when an
             encoder lives elsewhere on this machine (its weights must still match the adapter's digests).
         revision, cache_dir, token: for the Hub.
+
+    Raises `TypeError` or `ValueError` naming the argument for a source or device of the wrong type or value (a
+    local path that does not exist, a CUDA device this machine lacks), or overrides given as one str.
     """
     from mope_lightning.adapters import download_adapter, is_repo_id
     from mope_lightning.config import stored_config
 
+    check_path("source", source, "an adapter folder, a .ckpt file or a Hub repo id 'org/name'")
+    device = check_device("device", device)
+    overrides = check_strings("overrides", overrides, "key=value changes")
     source = str(source)
     if is_repo_id(source):
         path = download_adapter(source, revision=revision, cache_dir=cache_dir, token=token)
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise MopeError(f"{source}: no such adapter folder or checkpoint file (nor a Hub repo id 'org/name')")
+            raise ArgumentValueError(f"source: {source}: no such adapter folder or checkpoint file (nor a Hub repo "
+                                     "id 'org/name')")
     trained = read_trained_weights(path)
     cfg = stored_config(trained.config, overrides, source=str(path))
     return build_pretrained(cfg, trained).to(device)

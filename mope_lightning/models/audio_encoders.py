@@ -76,6 +76,16 @@ class PromptedAudioEncoder(Backbone):
     def sampling_rate(self) -> Optional[int]:
         return getattr(self.preprocessor, "sampling_rate", None)
 
+    @property
+    def shortest_input(self) -> int:
+        """The fewest samples that make one frame: each convolution of the feature encoder needs a kernel's width of
+        its input (wav2vec2-base: 400 samples, 25 ms at 16 kHz); a shorter clip has no frame to pool."""
+        samples = 1
+        config = self.model.config
+        for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+            samples = (samples - 1) * stride + kernel
+        return samples
+
     @staticmethod
     def inputs(batch: dict) -> dict:
         return {"input_values": batch["audio"], "audio_mask": batch["audio_mask"]}

@@ -63,8 +63,8 @@ class RoutingMonitor(L.Callback):
     `routing/layer_expert`, `routing/class_expert`, `routing/group_expert` (datasets with class groups),
     `routing/exemplars`. Scalars: `routing/entropy/layer_NN`
     (relative to log K), `routing/max_load/layer_NN`, `routing/mi_class_relative` and `routing/mi_group_relative`
-    (single-label data whose split holds two classes or groups or more). The statistics are also written to `<run dir>/routing_val.json`. Rank 0 draws; the
-    statistics include every rank's samples.
+    (single-label data whose split holds two classes or groups or more). The statistics are also written to
+    `<run dir>/routing_val.json`. Rank 0 draws; the statistics include every rank's samples.
     """
 
     def __init__(self, exemplars: int = 8):

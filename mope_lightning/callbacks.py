@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mope_lightning.data.training_order import align_loop_progress, saved_position
 from mope_lightning.errors import NonFiniteError
 from mope_lightning.fileio import atomic_write
 from mope_lightning.predictions import write_predictions_csv
@@ -62,8 +63,8 @@ class RoutingMonitor(L.Callback):
     `routing/layer_expert`, `routing/class_expert`, `routing/group_expert` (datasets with class groups),
     `routing/exemplars`. Scalars: `routing/entropy/layer_NN`
     (relative to log K), `routing/max_load/layer_NN`, `routing/mi_class_relative` and `routing/mi_group_relative`
-    (single-label data). The statistics are also written to `<run dir>/routing_val.json`. Rank 0 draws; the
-    statistics include every rank's samples.
+    (single-label data whose split holds two classes or groups or more). The statistics are also written to
+    `<run dir>/routing_val.json`. Rank 0 draws; the statistics include every rank's samples.
     """
 
     def __init__(self, exemplars: int = 8):
@@ -131,6 +132,28 @@ class FinalWeights(L.Callback):
         # Lightning's save flag, not torch.load's (nothing is read here): weights_only=False writes the full training
         # state (optimizer, loops), so that `fit ckpt=last` resumes from it. Every read uses weights_only=True.
         trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt", weights_only=False)
+
+
+class ResumePosition(L.Callback):
+    """A resumed fit goes on from where its checkpoint stands (`training_position`: the epoch and how many of its
+    batches were trained), whether or not the new run sets `max_steps` (`align_loop_progress`). Runs before
+    Lightning restores its loops from the checkpoint."""
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+        position = saved_position(checkpoint)
+        if trainer.state.fn == TrainerFn.FITTING and fit_loop and position:
+            align_loop_progress(fit_loop, position)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # With max_steps set, Lightning restarts the epoch loop even at an epoch's start, where there is nothing to
+        # restart: it then spends its first iteration on a validation check that trains no batch but counts one for
+        # the loggers' step. Starting the epoch afresh is what it does without max_steps.
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if epoch_loop.restarting and epoch_loop.batch_progress.current.ready == 0:
+            epoch_loop.restarting = False
 
 
 class FiniteLoss(L.Callback):

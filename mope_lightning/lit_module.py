@@ -7,6 +7,7 @@ weights it was trained on, and loading it into another backbone is a `Checkpoint
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 import lightning as L
@@ -14,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
+from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import (BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
                                          MultilabelF1Score)
 
 from mope_lightning.checkpoints import check_fits, classifier_state
+from mope_lightning.errors import ConfigError
 from mope_lightning.models import build_model
 from mope_lightning.optim import build_optimizer, build_scheduler
 from mope_lightning.predictions import probabilities
@@ -35,10 +38,23 @@ class SamplesF1(BinaryF1Score):
 
 
 class PositiveClassAUROC(BinaryAUROC):
-    """AUROC of a two-logit classifier: the score is the softmax probability of class 1 (exact, no binning)."""
+    """AUROC of a two-logit classifier: the score is the softmax probability of class 1 (exact, no binning).
+
+    Undefined when the samples hold one class only (a small or skewed split): scikit-learn refuses it, torchmetrics
+    would return 0 with a warning, a number that reads as a result. `compute` then returns NaN and `only_class`
+    names the class present, so that the metric is left out with a note (`defined_metrics`)."""
+
+    only_class: Optional[int] = None
 
     def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
         super().update(logits.float().softmax(-1)[:, 1], target)
+
+    def compute(self) -> torch.Tensor:
+        present = dim_zero_cat(self.target).unique().tolist()  # every process's targets: compute runs synced
+        self.only_class = int(present[0]) if len(present) == 1 else None
+        if len(present) < 2:
+            return torch.tensor(float("nan"))
+        return super().compute()
 
 
 def make_metrics(task: str, num_classes: int) -> MetricCollection:
@@ -53,6 +69,17 @@ def make_metrics(task: str, num_classes: int) -> MetricCollection:
         metrics["auroc"] = PositiveClassAUROC()
         metrics["f1_weighted"] = MulticlassF1Score(num_classes=2, average="weighted")
     return MetricCollection(metrics)
+
+
+def defined_metrics(metrics: MetricCollection, classes: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The collection's values, less those undefined on the samples it saw, and a note naming each one left out."""
+    values, notes = metrics.compute(), []
+    for name, metric in metrics.items():
+        if getattr(metric, "only_class", None) is not None:
+            del values[name]
+            notes.append(f"{name} left out: it needs samples of both classes, and these are all "
+                         f"'{classes[metric.only_class]}'")
+    return values, notes
 
 
 class MoPELitModule(L.LightningModule):
@@ -79,6 +106,7 @@ class MoPELitModule(L.LightningModule):
         shape = self.net.routing_shape()  # (routed layers, experts), or None for a model without a router
         self.val_routing = RoutingStats(*shape, len(classes)) if shape else None
         self.test_routing = RoutingStats(*shape, len(classes)) if shape else None
+        self._noted: set[str] = set()  # notes on undefined metrics, printed once per run
 
     # --- steps ---------------------------------------------------------------------------------------------
     def forward(self, batch: dict):
@@ -100,7 +128,6 @@ class MoPELitModule(L.LightningModule):
         self.log_dict({"train/loss": loss, "train/task_loss": task_loss,
                        "train/importance_loss": out.importance_loss}, batch_size=n, prog_bar=False)
         self.train_metrics.update(out.logits.detach(), self._targets(batch["labels"]))
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
         return loss
 
     def _eval_step(self, batch: dict, metrics: MetricCollection, routing: Optional[RoutingStats],
@@ -110,7 +137,6 @@ class MoPELitModule(L.LightningModule):
         self.log(f"{stage}/loss", self._task_loss(out.logits, batch["labels"]), batch_size=n, sync_dist=True)
         self.log(f"{stage}/importance_loss", out.importance_loss, batch_size=n, sync_dist=True)
         metrics.update(out.logits, self._targets(batch["labels"]))
-        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=n, prog_bar=True)
         if routing is not None and out.routing is not None:
             routing.update(out.routing, batch["labels"], batch["index"])
 
@@ -120,9 +146,47 @@ class MoPELitModule(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, self.test_routing, "test")
 
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.test_metrics)
+
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        """Log the epoch's metrics, less those undefined on its samples (AUROC of a split holding one class), each
+        named in a note once per run. Logged by hand rather than as Metric objects, which Lightning would compute
+        whatever they are."""
+        values, notes = defined_metrics(metrics, self.classes)
+        metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        for note in notes:
+            if note not in self._noted and self.trainer.is_global_zero:
+                print(f"[mope] note: {note}", file=sys.stderr, flush=True)
+            self._noted.add(note)
+        # compute() has already gathered every process's samples: the values are the same on every rank
+        self.log_dict(values, prog_bar=True)
+
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = probabilities(self(batch).logits, self.task)
         return {"ids": batch["ids"], "probs": probs.float().cpu()}
+
+    def setup(self, stage: str) -> None:
+        """A checkpoint monitor that the val split leaves undefined (AUROC of one class) is refused before training:
+        ModelCheckpoint would otherwise stop at the first validation, missing the metric."""
+        checkpoint, datamodule = self.trainer.checkpoint_callback, self.trainer.datamodule
+        if stage != "fit" or checkpoint is None or checkpoint.monitor != "val/auroc" or self.task == "multilabel":
+            return
+        val = datamodule.datasets["val"].split
+        present = sorted(set(val.labels))
+        if len(present) == 1:
+            raise ConfigError(f"checkpoint.monitor: {checkpoint.monitor} needs samples of both classes in the val "
+                              f"split, and its {len(val)} sample(s) are all '{self.classes[present[0]]}'; set "
+                              "checkpoint.monitor=val/loss checkpoint.mode=min, or give the val split samples of "
+                              "both classes")
 
     # --- parameter counts, logged once per fit -------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -41,11 +41,12 @@ class RoutingView:
                  labels: Optional[tuple[list[str], list[str]]] = None, media: str = "image",
                  attributes: Optional[list[str]] = None):
         layers, experts = stats["layer_expert"].reshape(-1, stats["class_expert"].shape[-1]).shape
-        # torchmetrics squeezes one-element results (one routed layer or one class): restore the shapes
+        # torchmetrics squeezes one-element results (one routed layer, one class, one sample): restore the shapes
         stats = {**stats, "layer_expert": stats["layer_expert"].reshape(layers, experts),
                  "class_expert": stats["class_expert"].reshape(len(classes), layers, experts),
                  "entropy": stats["entropy"].reshape(layers), "max_load": stats["max_load"].reshape(layers),
                  "class_count": stats["class_count"].reshape(len(classes)),
+                 "sample_index": stats["sample_index"].reshape(-1),
                  "sample_routing": stats["sample_routing"].reshape(-1, layers, experts)}
         self.stats, self.split, self.files, self.classes = stats, split, files, classes
         self.groups, self.multilabel, self.media = groups, multilabel, media
@@ -80,15 +81,18 @@ class RoutingView:
             if len(value_count) > 1:
                 out.update(zip((f"mi_{name}_bits", f"mi_{name}_relative"),
                                mutual_information(value_expert, value_count)))
-        if self.multilabel:
+        if self.multilabel or self.classes_present() < 2:  # one class: MI is 0 whatever the routing
             return out
         s = self.stats
         out.update(zip(("mi_class_bits", "mi_class_relative"), mutual_information(s["class_expert"],
                                                                                   s["class_count"])))
-        if self.groups:
+        if self.groups and sum(bool(s["class_count"][idx].sum()) for idx in self.groups.values()) > 1:
             grouped = mutual_information(s["class_expert"], s["class_count"], list(self.groups.values()))
             out.update(zip(("mi_group_bits", "mi_group_relative"), grouped))
         return out
+
+    def classes_present(self) -> int:
+        return int((self.stats["class_count"] > 0).sum())
 
     def scalars(self) -> dict[str, float]:
         out = {f"routing/{k}": v for k, v in routing_summary(self.stats).items()}
@@ -212,6 +216,10 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
         if "mi_group_relative" in spec:
             mean.append(f"with the class group: **{spec['mi_group_relative'].mean():.3f}**")
         lines += ["", "; ".join(mean) + ".", ""]
+    elif not view.multilabel:
+        only = [c for c, n in zip(view.classes, s["class_count"].tolist()) if n]
+        lines += ["## Specialisation", "", f"Not measured: the samples are all of one class ({', '.join(only)}), and "
+                  "the mutual information between expert and class is 0 whatever the routing.", ""]
     lines += _attribute_lines(view, spec)
     lines += ["## Experts", "", f"Top words of the {exemplars} samples routed most strongly to each expert "
               "(layer-averaged); their images are in exemplars.png.", ""]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mope_lightning.checkpoints import is_adapter, read_checkpoint
 from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
+from mope_lightning.data.training_order import saved_position
 from mope_lightning.errors import CheckpointError, ConfigError
 from mope_lightning.fileio import atomic_write
 
@@ -41,8 +42,9 @@ def check_resume(cfg: DictConfig, ckpt_path: str) -> list[tuple]:
     if is_adapter(ckpt_path):
         raise ConfigError(f"ckpt: {ckpt_path} is an adapter, which holds no training state to resume; fit resumes "
                           "from a .ckpt (ckpt=last finds the newest run's)")
-    # mmap: only the hyperparameters are read here; Lightning loads the weights afterwards.
-    hparams = read_checkpoint(ckpt_path, mmap=True).get("hyper_parameters", {})
+    # mmap: only the hyperparameters and counters are read here; Lightning loads the weights afterwards.
+    checkpoint = read_checkpoint(ckpt_path, mmap=True)
+    hparams = checkpoint.get("hyper_parameters", {})
     stored = hparams.get("config", {})
     if stored.get("experiment") != cfg.experiment:
         raise CheckpointError(f"ckpt: {ckpt_path} was trained by experiment '{stored.get('experiment')}', not "
@@ -53,8 +55,30 @@ def check_resume(cfg: DictConfig, ckpt_path: str) -> list[tuple]:
         raise ConfigError(f"ckpt: {ckpt_path} was trained with other settings ({format_differences(refused)}); a "
                           "resumed run continues the same experiment, so only its length, devices and data loading "
                           "may change. Resume with the settings it was trained with, or start a new run without ckpt=")
+    _check_run_length(to_container(cfg)["trainer"], checkpoint, ckpt_path)
     # The run record (command, commit) of a resume is new by nature: resumes.json keeps it, it is not a "change".
     return [c for c in changes if c[0] != "ckpt" and not c[0].startswith("run.")]
+
+
+def _check_run_length(trainer: dict, checkpoint: dict, ckpt_path: str) -> None:
+    """A resumed fit must have something left to train: a limit the checkpoint has already reached would end the run
+    at once, and its test of the old weights would read as the result of a training that never ran."""
+    step = int(checkpoint.get("global_step", 0))
+    position = saved_position(checkpoint) or {"epoch": int(checkpoint.get("epoch", 0)), "batches": 0}
+    epochs, batches = position["epoch"], position["batches"]
+    reached = []  # (the limit, what would let the run train)
+    for key, done in (("max_steps", step), ("max_epochs", epochs)):
+        limit = trainer.get(key)
+        # -1 or None: no limit (with max_epochs unset, our Timer callback makes Lightning train without one)
+        if isinstance(limit, int) and limit != -1 and limit <= done:
+            reached.append((f"trainer.{key}={limit}", f"trainer.{key} above {done}"))
+    if not reached:
+        return
+    trained = f"{epochs} epoch(s)" + (f" and {batches} batch(es) of epoch {epochs + 1}" if batches else "")
+    limits, fixes = " and ".join(key for key, _ in reached), " and ".join(fix for _, fix in reached)
+    raise ConfigError(f"ckpt: {ckpt_path} has trained {trained}, up to step {step}: {limits} "
+                      f"{'leaves' if len(reached) == 1 else 'leave'} nothing to train, so nothing was run. To train "
+                      f"further, set {fixes}; to evaluate these weights, run `mope test ... ckpt={ckpt_path}`")
 
 
 def record_resume(trainer: L.Trainer, ckpt_path: str, changes: list[tuple], run_record: dict) -> None:

@@ -177,10 +177,11 @@ def _lost_per_sample(ids: list[str], rows: torch.Tensor, kind: str, rate: float,
     return [table[i] if table else "" for i in rows.tolist()]
 
 
-def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: str, num_classes: int,
-                       kind: str, rate: float) -> dict[str, float]:
-    """The test metrics of one condition, from each sample's logits in the pass that removed what it loses."""
-    from mope_lightning.lit_module import make_metrics
+def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: str, classes: list[str],
+                       kind: str, rate: float) -> tuple[dict[str, float], list[str]]:
+    """The test metrics of one condition, from each sample's logits in the pass that removed what it loses, and a
+    note for each metric left out as undefined on the test split (AUROC when it holds one class)."""
+    from mope_lightning.lit_module import defined_metrics, make_metrics
 
     complete = passes[""]
     logits = complete.logits.clone()
@@ -188,20 +189,20 @@ def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: st
         if modality:
             chosen = torch.tensor([m == modality for m in lost])
             logits[chosen] = outputs.logits[chosen]
-    metrics = make_metrics(task, num_classes)
+    metrics = make_metrics(task, len(classes))
     # Batch by batch as in the test step (the test loader is sequential): torchmetrics decides per update whether
     # its inputs are logits or probabilities (multi-label F1), so one update of everything could decide otherwise.
     sizes = complete.batch_sizes
     for batch_logits, batch_targets in zip(logits.split(sizes), complete.targets.split(sizes)):
         metrics.update(batch_logits, batch_targets)
-    found = {}
-    for metric, value in metrics.compute().items():
+    found, (values, notes) = {}, defined_metrics(metrics, classes)
+    for metric, value in values.items():
         value = float(value)
         if not math.isfinite(value):
             raise NonFiniteError(f"robustness: test/{metric} is {value} with {kind} missing at {rate:g}; the model "
                                  "diverged or its weights are broken")
         found[condition_name(kind, rate, metric)] = value
-    return found
+    return found, notes
 
 
 def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]], save) -> None:
@@ -211,6 +212,7 @@ def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]],
     trainer, todo = _trainer(cfg), list(todo)
     passes: dict[str, PassOutputs] = {}
     lost_of: dict[tuple[str, float], list[str]] = {}
+    noted: set[str] = set()
     for lost in ("", "image", "text"):
         if not todo:
             break
@@ -219,7 +221,11 @@ def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]],
         ids, passes[lost] = _test_pass(cfg, module, trainer, lost)
         lost_of = lost_of or {c: _lost_per_sample(ids, passes[lost].rows, *c, cfg.data.missing.seed) for c in todo}
         for condition in [c for c in todo if set(lost_of[c]) <= set(passes)]:
-            save(_condition_metrics(passes, lost_of[condition], module.task, len(module.classes), *condition))
+            found, notes = _condition_metrics(passes, lost_of[condition], module.task, module.classes, *condition)
+            for note in sorted(set(notes) - noted):  # the test split's classes are the same in every condition
+                print(f"[mope] note: robustness: test/{note}", flush=True)
+            noted.update(notes)
+            save(found)
             todo.remove(condition)
 
 

@@ -17,8 +17,8 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, RNGState, RoutingMonitor,
-                                     RoutingReport)
+from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, ResumePosition, RNGState,
+                                     RoutingMonitor, RoutingReport)
 from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
 from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.config_callbacks import resolve_callbacks
@@ -282,6 +282,7 @@ def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: st
             Timer(duration=max_time),
             RoutingMonitor(),
             RNGState(),
+            ResumePosition(),  # a resumed run starts where its checkpoint stopped, whatever its max_steps
             FiniteLoss(),  # a NaN or infinite loss stops training before it reaches the weights
             FinalWeights(),  # last.ckpt however training ends, interrupts included
         ]

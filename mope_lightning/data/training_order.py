@@ -29,13 +29,50 @@ def training_position(trainer) -> Optional[dict[str, int]]:
     batches = trainer.num_training_batches
     if not isinstance(batches, int) or batches <= 0:  # float("inf") before the train loader's length is known
         return None
-    accumulate = trainer.accumulate_grad_batches
-    epoch = trainer.current_epoch
-    # Every finished epoch took ceil(batches / accumulate) optimizer steps (the last one may accumulate fewer).
-    done = (trainer.global_step - epoch * math.ceil(batches / accumulate)) * accumulate
-    if done < 0:
+    # From the global step alone: every epoch takes ceil(batches / accumulate) optimizer steps (the last one may
+    # accumulate fewer). Lightning's epoch counter is no guide: a run stopped by max_steps or max_time in the middle
+    # of an epoch counts that epoch as completed.
+    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    epoch, steps = divmod(trainer.global_step, steps_per_epoch)
+    return {"epoch": epoch, "batches": steps * trainer.accumulate_grad_batches}
+
+
+def saved_position(checkpoint: dict) -> Optional[dict[str, int]]:
+    """The training position a checkpoint records: the DataModule's (Lightning keeps a DataModule's state under its
+    class name); else what Lightning's loop counters say (checkpoints written before the position was recorded)."""
+    for value in checkpoint.values():
+        if isinstance(value, dict) and isinstance(value.get("training_position"), dict):
+            return value["training_position"]
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+    if not fit_loop:
         return None
-    return {"epoch": epoch + 1, "batches": 0} if done >= batches else {"epoch": epoch, "batches": done}
+    epochs = fit_loop["epoch_progress"]["total"]
+    unfinished = epochs["processed"] < epochs["ready"]
+    return {"epoch": epochs["processed"],
+            "batches": fit_loop["epoch_loop.batch_progress"]["current"]["completed"] if unfinished else 0}
+
+
+def align_loop_progress(fit_loop: dict, position: dict[str, int]) -> None:
+    """Rewrite the fit loop's saved progress so that Lightning resumes at `position`, whatever the new run's
+    `max_steps`.
+
+    Lightning closes an epoch's counters when training stops, at the epoch's end or in its middle (max_steps,
+    max_time), and whether it restarts inside that epoch depends on the resuming run: with `max_steps` set it
+    always does, and takes the saved in-epoch batch count as the new epoch's progress (an epoch that had ended is
+    then over before it starts, so the run trains nothing and reports success); without it, it starts a new epoch
+    (the rest of an epoch cut short is never trained). Closed counters are therefore rewritten to what they would
+    read at `position`: at an epoch's start, epoch e begins afresh; in its middle, epoch e is in progress with k
+    batches done (the state Lightning saves and restores mid-epoch). Counters of an epoch in progress are left as
+    they are."""
+    epochs, batches = fit_loop["epoch_progress"], fit_loop["epoch_loop.batch_progress"]
+    if epochs["total"]["processed"] < epochs["total"]["ready"]:
+        return
+    epoch, done = position["epoch"], position["batches"]
+    in_progress = epoch + 1 if done else epoch
+    for counts in (epochs["total"], epochs["current"]):
+        counts.update(ready=in_progress, started=in_progress, processed=epoch, completed=epoch)
+    batches["current"].update(ready=done, started=done, processed=done, completed=done)
+    batches["is_last_batch"] = False
 
 
 class TrainingOrder(DistributedSampler):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mope_lightning.models import MoPE, MultimodalRouter, importance_loss
+from mope_lightning.models.router import NEGLIGIBLE_LOGIT_GAP, dropped_below, softmax_without_subnormals
 
 
 def entropy(p):
@@ -99,3 +100,36 @@ def test_prompt_kinds_and_layers_can_be_switched_off():
     assert prompter(0, torch.randn(2, 8)) is None and prompter(1, torch.randn(2, 8)) is not None
     with pytest.raises(ValueError, match="at least one prompt kind"):
         MoPE([8], [0], cond_dim=4, static_length=0, dynamic_length=0, mapped_length=0)
+
+
+def _subnormal(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < torch.finfo(torch.float32).tiny)).sum())
+
+
+def test_a_converged_router_gives_no_subnormal_probability_or_gradient():
+    """Logit gaps of a converged router (here 30 to 95, after the temperature): the plain softmax yields subnormal
+    probabilities (e^-95 ~ 5e-42), and x86 CPUs process those many times slower. The router's softmax gives 0 beyond
+    the negligible gap and the exact softmax below it, and its backward holds no subnormal value either."""
+    logits = torch.tensor([[0.0, -30.0, -60.0, -95.0], [5.0, 4.0, -50.0, -88.0]], requires_grad=True)
+    plain = logits.detach().softmax(-1)
+    assert _subnormal(plain) > 0  # what the router avoids
+    probs = softmax_without_subnormals(logits)
+    assert _subnormal(probs) == 0
+    gap = logits.detach().amax(-1, keepdim=True) - logits.detach()
+    assert torch.equal(probs[gap > NEGLIGIBLE_LOGIT_GAP], torch.zeros(int((gap > NEGLIGIBLE_LOGIT_GAP).sum())))
+    assert torch.allclose(probs, plain, rtol=1e-6, atol=dropped_below * 4)  # the mass dropped is below 4 x 1.1e-19
+    assert probs[0, 1] > 0 and probs[0, 1] == plain[0, 1]  # e^-30 (9e-14) is kept, exactly
+    (probs * torch.randn(2, 4)).sum().backward()
+    assert _subnormal(logits.grad) == 0
+    assert torch.equal(logits.grad[gap > NEGLIGIBLE_LOGIT_GAP], torch.zeros(int((gap > NEGLIGIBLE_LOGIT_GAP).sum())))
+
+
+def test_the_router_uses_the_subnormal_free_softmax():
+    router = MultimodalRouter(token_dim=4, cond_dim=3, num_experts=3, self_dim=1, cross_dim=2, temperature=0.01)
+    router.eval()
+    with torch.no_grad():  # a query of norm ~10 over temperature 0.01 spreads the logits by hundreds
+        router.cross_proj.weight.mul_(30)
+    pooled, cond = torch.randn(64, 4), torch.randn(64, 3)
+    probs = router(pooled, cond)
+    assert _subnormal(probs) == 0 and (probs == 0).any()
+    assert torch.allclose(probs.sum(-1), torch.ones(64))

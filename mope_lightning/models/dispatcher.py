@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mope_lightning.models.prompts import ConditionMapper, PromptLayer
-from mope_lightning.models.router import mean_importance_loss
+from mope_lightning.models.router import mean_importance_loss, softmax_without_subnormals
 
 GRANULARITIES = ("expert", "token")
 DISPATCH_MODES = ("learned", "identity")
@@ -59,7 +59,7 @@ class Dispatcher(nn.Module):
         hidden = self.fc1(self.context_norm(torch.cat([pooled, carried_mean], dim=-1)))
         if self.cond_proj is not None:
             hidden = hidden + self.cond_proj(cond.to(hidden.dtype))
-        return self.fc2(F.gelu(hidden)).unflatten(-1, (self.groups, -1)).softmax(dim=-1)
+        return softmax_without_subnormals(self.fc2(F.gelu(hidden)).unflatten(-1, (self.groups, -1)))  # see router.py
 
 
 class PMoE(nn.Module):

@@ -22,7 +22,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mope_lightning.config_callbacks import resolve_callbacks
+from mope_lightning.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
 from mope_lightning.config_checks import MODALITIES, check_trainer_types, check_values
 from mope_lightning.errors import ConfigError
 from mope_lightning.optim import OPTIMIZERS, SCHEDULERS
@@ -505,7 +505,20 @@ def _check(cfg: DictConfig, sources) -> None:
     check_trainer_types(cfg.trainer, source_of)
     check_values(cfg, source_of)
     check_loggers(cfg.loggers, source_of("loggers"))
-    resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
+    callbacks = resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
+    if callbacks:  # against the checkpoints a fit adds (the dataset's headline metric, where known without data)
+        monitor = cfg.checkpoint.monitor or _headline_metric(cfg.data.name)
+        check_trainer_rules(callbacks, fit_checkpoints(cfg.checkpoint, monitor), source_of("callbacks"),
+                            cfg.trainer.get("enable_progress_bar", True) is not False)
+
+
+def _headline_metric(dataset: str) -> Optional[str]:
+    """A dataset's default checkpoint monitor, when it does not depend on the dataset's options (else the fit's
+    Trainer checks its callbacks again)."""
+    from mope_lightning.data import DATAMODULES
+
+    monitor = getattr(DATAMODULES[dataset], "monitor", None)
+    return monitor if isinstance(monitor, str) else None
 
 
 def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:

@@ -22,7 +22,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mope_lightning.config_callbacks import resolve_callbacks
+from mope_lightning.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
 from mope_lightning.config_checks import MODALITIES, check_trainer_types, check_values
 from mope_lightning.errors import ConfigError
 from mope_lightning.optim import OPTIMIZERS, SCHEDULERS
@@ -380,23 +380,36 @@ def read_yaml(path: Path) -> DictConfig:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got {type(data).__name__}")
-    return OmegaConf.create(data)
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as exc:  # e.g. a value with a malformed interpolation, `${a`
+        key = getattr(exc, "full_key", "") or ""
+        raise ConfigError(f"{path}: {key + ': ' if key else ''}{str(getattr(exc, 'msg', exc)).splitlines()[0]}") \
+            from None
 
 
 def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"command line: '{item}' is not a key=value override (e.g. trainer.max_epochs=3)")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"command line: cannot parse overrides ({exc})") from None
+    for item in overrides:  # one by one, to name the one that does not parse
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as exc:  # the value is read as YAML: `key=*`, `key=:` are not YAML values
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            key, value = item.split("=", 1)
+            raise ConfigError(f"command line: '{item}': the value does not parse as YAML ({problem}); quote it, "
+                              f"e.g. \"{key}='{value}'\"") from None
+        except (OmegaConfBaseException, IndexError, KeyError, ValueError) as exc:  # a malformed key path, `[=1`
+            raise ConfigError(f"command line: '{item}': cannot parse this override "
+                              f"({str(exc).splitlines()[0] or type(exc).__name__}); write key.path=value") from None
+    return OmegaConf.from_dotlist(list(overrides))
 
 
 def _last_value(sources, key: str):
     value = None
     for _, node in sources:
-        found = OmegaConf.select(node, key, default=None)
+        found = _select(node, key)
         if found is not None:
             value = found
     return value
@@ -406,7 +419,7 @@ def _data_config_class(name: str, sources):
     from mope_lightning.data import DATAMODULES
 
     if name not in DATAMODULES:
-        where = next(src for src, node in reversed(sources) if OmegaConf.select(node, "data.name") == name)
+        where = next(src for src, node in reversed(sources) if _select(node, "data.name") == name)
         raise ConfigError(f"{where}: data.name: unknown dataset '{name}'{suggest(name, DATAMODULES)}; "
                           f"known: {', '.join(sorted(DATAMODULES))}")
     return DATAMODULES[name].config_class
@@ -417,23 +430,32 @@ def _merge(cfg: DictConfig, node: DictConfig, source: str) -> DictConfig:
         return OmegaConf.merge(cfg, node)
     except ConfigKeyError as exc:
         key = exc.full_key or str(exc.key)
-        parent = OmegaConf.select(cfg, key.rpartition(".")[0]) if "." in key else cfg
+        parent = _select(cfg, key.rpartition(".")[0]) if "." in key else cfg
         valid = list(parent.keys()) if isinstance(parent, DictConfig) else []
         prefix, _, leaf = key.rpartition(".")
         valid = [f"{prefix}.{v}" if prefix else str(v) for v in valid]
         raise ConfigError(f"{source}: unknown key '{key}'{suggest(key, valid)}") from None
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {exc.full_key}: {exc.msg.splitlines()[0]}") from None
+        raise ConfigError(f"{source}: {exc.full_key}: {str(exc.msg or exc).splitlines()[0]}") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{getattr(exc, 'msg', exc)}") from None
     except TypeError:  # OmegaConf: a mapping (`callbacks.0.x=...`, `optim.betas.0=...`) merged into a list
         prefixes = [".".join(k.split(".")[:i]) for k, _ in _leaves(node) for i in range(1, k.count(".") + 1)]
-        lists = [p for p in prefixes if isinstance(OmegaConf.select(cfg, p, default=None), ListConfig)]
+        lists = [p for p in prefixes if isinstance(_select(cfg, p), ListConfig)]
         where = f" ({lists[0]})" if lists else ""
         raise ConfigError(f"{source}: a list{where} is set as a whole, e.g. loggers=[tensorboard,csv] or "
                           "callbacks=[{class_path: EarlyStopping, init_args: {patience: 5}}]; entries cannot be "
                           "addressed by index") from None
+
+
+def _select(cfg: DictConfig, key: str):
+    """The node at `key`, or None where there is none (a key that is not a path into `cfg`, e.g. a name inside a
+    list): for messages about a key that failed to merge."""
+    try:
+        return OmegaConf.select(cfg, key, default=None)
+    except OmegaConfBaseException:
+        return None
 
 
 def _leaves(node, prefix: str = ""):
@@ -446,7 +468,7 @@ def _leaves(node, prefix: str = ""):
 
 
 def suggest(word: str, candidates) -> str:
-    close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.5)
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -483,7 +505,20 @@ def _check(cfg: DictConfig, sources) -> None:
     check_trainer_types(cfg.trainer, source_of)
     check_values(cfg, source_of)
     check_loggers(cfg.loggers, source_of("loggers"))
-    resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
+    callbacks = resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
+    if callbacks:  # against the checkpoints a fit adds (the dataset's headline metric, where known without data)
+        monitor = cfg.checkpoint.monitor or _headline_metric(cfg.data.name)
+        check_trainer_rules(callbacks, fit_checkpoints(cfg.checkpoint, monitor), source_of("callbacks"),
+                            cfg.trainer.get("enable_progress_bar", True) is not False)
+
+
+def _headline_metric(dataset: str) -> Optional[str]:
+    """A dataset's default checkpoint monitor, when it does not depend on the dataset's options (else the fit's
+    Trainer checks its callbacks again)."""
+    from mope_lightning.data import DATAMODULES
+
+    monitor = getattr(DATAMODULES[dataset], "monitor", None)
+    return monitor if isinstance(monitor, str) else None
 
 
 def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:

@@ -222,12 +222,47 @@ def check_trainer_types(trainer: DictConfig, source_of: Callable[[str], str]) ->
     for key in trainer.keys():
         value = trainer[key]
         value = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        if key == "max_time":
+            check_max_time(value, source_of("trainer.max_time"))
+            continue
         accepted = _yaml_types(hints.get(key, inspect.Parameter.empty))
         if accepted is not None and not _matches(value, accepted):
             names = sorted({repr(a) if not isinstance(a, type) else "null" if a is type(None) else a.__name__
                             for a in accepted})
             raise ConfigError(f"{source_of(f'trainer.{key}')}: trainer.{key}: {value!r} is not accepted by "
                               f"lightning.Trainer (expected {' | '.join(names)})")
+
+
+MAX_TIME_FORMS = ("a string DD:HH:MM:SS (e.g. '00:12:00:00', twelve hours) or a mapping of timedelta arguments "
+                  "(e.g. {days: 1, hours: 2})")
+
+
+def check_max_time(value: Any, source: str) -> None:
+    """`trainer.max_time` in a form Lightning's Timer takes (the Timer parses it), and a positive duration."""
+    from lightning.pytorch.callbacks import Timer
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    if value is None:
+        return
+    if isinstance(value, (str, dict)):
+        try:
+            seconds = Timer(duration=value).time_remaining()
+        except (MisconfigurationException, TypeError, ValueError, OverflowError) as exc:
+            problem = str(exc).splitlines()[0]
+            if isinstance(value, dict) and any(":" in str(k) for k in value):  # {days:1} is the key 'days:1'
+                problem += "; YAML needs a space after each colon, {days: 1}"
+        else:
+            problem = None if seconds > 0 else "no time at all: give a positive duration"
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 60 ** 3:
+        # YAML 1.1 reads an unquoted 10:00:00:00 as the base-60 number 10 * 60**3
+        days, rest = divmod(value, 60 ** 3)
+        text = f"{days}:{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
+        problem = f"YAML reads an unquoted {text} as a base-60 number; quote it, or write the days as 0{text}"
+    else:
+        problem = f"{type(value).__name__} values are neither form"
+    if problem:
+        raise ConfigError(f"{source}: trainer.max_time: {value!r} is not accepted by lightning.Trainer ({problem}); "
+                          f"give {MAX_TIME_FORMS}")
 
 
 def _yaml_types(hint: Any) -> Optional[list]:

@@ -55,14 +55,16 @@ def check_resume(cfg: DictConfig, ckpt_path: str) -> list[tuple]:
         raise ConfigError(f"ckpt: {ckpt_path} was trained with other settings ({format_differences(refused)}); a "
                           "resumed run continues the same experiment, so only its length, devices and data loading "
                           "may change. Resume with the settings it was trained with, or start a new run without ckpt=")
-    _check_run_length(to_container(cfg)["trainer"], checkpoint, ckpt_path)
+    _check_run_length(to_container(cfg)["trainer"], checkpoint, ckpt_path, {c[0] for c in changes})
     # The run record (command, commit) of a resume is new by nature: resumes.json keeps it, it is not a "change".
     return [c for c in changes if c[0] != "ckpt" and not c[0].startswith("run.")]
 
 
-def _check_run_length(trainer: dict, checkpoint: dict, ckpt_path: str) -> None:
-    """A resumed fit must have something left to train: a limit the checkpoint has already reached would end the run
-    at once, and its test of the old weights would read as the result of a training that never ran."""
+def _check_run_length(trainer: dict, checkpoint: dict, ckpt_path: str, changed: set[str]) -> None:
+    """A resume that changes a run-length limit to one the checkpoint has already reached is refused: the run would
+    end at once, and its test of the old weights would read as the result of a training that never ran. With the
+    limits it was trained with, a finished training resumes to what is left of the command (its test, when the run
+    stopped before writing its metrics), and says that nothing was trained."""
     step = int(checkpoint.get("global_step", 0))
     position = saved_position(checkpoint) or {"epoch": int(checkpoint.get("epoch", 0)), "batches": 0}
     epochs, batches = position["epoch"], position["batches"]
@@ -75,6 +77,10 @@ def _check_run_length(trainer: dict, checkpoint: dict, ckpt_path: str) -> None:
     if not reached:
         return
     trained = f"{epochs} epoch(s)" + (f" and {batches} batch(es) of epoch {epochs + 1}" if batches else "")
+    if not changed & {key.split("=")[0] for key, _ in reached}:
+        print(f"[mope] ckpt: {ckpt_path} finished its training ({trained}, up to step {step}) under these limits: "
+              "nothing is trained, what follows uses its weights", flush=True)
+        return
     limits, fixes = " and ".join(key for key, _ in reached), " and ".join(fix for _, fix in reached)
     raise ConfigError(f"ckpt: {ckpt_path} has trained {trained}, up to step {step}: {limits} "
                       f"{'leaves' if len(reached) == 1 else 'leave'} nothing to train, so nothing was run. To train "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,7 +21,7 @@ from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter
                                      RoutingMonitor, RoutingReport)
 from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
 from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
-from mope_lightning.config_callbacks import resolve_callbacks
+from mope_lightning.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
 from mope_lightning.config_checks import PARAM_GROUPS, read_modalities
 from mope_lightning.data import DATAMODULES, MultimodalDataModule
 from mope_lightning.data.base import data_prevents_caching
@@ -265,6 +265,11 @@ def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: st
     samplers and checkpoint I/O."""
     trainer_args = to_container(cfg)["trainer"]
     check_trainer(trainer_args)
+    if command == "fit":
+        checkpoints = fit_checkpoints(cfg.checkpoint, cfg.checkpoint.monitor or datamodule.monitor)
+        extra = resolve_callbacks(to_container(cfg.callbacks), "callbacks")  # checked when the config loaded, and
+        # again here against the dataset's own headline metric (a JSONL dataset's depends on its options)
+        check_trainer_rules(extra, checkpoints, "callbacks", trainer_args.get("enable_progress_bar") is not False)
     root = Path(trainer_args.pop("default_root_dir"))
     check_writable(root, "trainer.default_root_dir")
     max_time = trainer_args.pop("max_time", None)
@@ -273,9 +278,6 @@ def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: st
     callbacks: list[Callback] = [SaveConfig(cfg)]
     if command == "fit":
         callbacks += [
-            ModelCheckpoint(monitor=cfg.checkpoint.monitor or datamodule.monitor, mode=cfg.checkpoint.mode,
-                            save_top_k=cfg.checkpoint.save_top_k, auto_insert_metric_name=False,
-                            filename="epoch{epoch:03d}-step{step:06d}"),
             LearningRateMonitor(logging_interval="step"),
             # Wall time of training (validation included) and testing, for the summary. It also enforces
             # trainer.max_time: Lightning ignores max_time when the callbacks already hold a Timer.
@@ -285,13 +287,9 @@ def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: st
             ResumePosition(),  # a resumed run starts where its checkpoint stopped, whatever its max_steps
             FiniteLoss(),  # a NaN or infinite loss stops training before it reaches the weights
             FinalWeights(),  # last.ckpt however training ends, interrupts included
+            *checkpoints.values(),
+            *extra,
         ]
-        if cfg.checkpoint.save_last:
-            # Every validation replaces last.ckpt, improved or not (Lightning's save_last only follows top-k saves),
-            # so `fit ckpt=last` resumes from the latest state.
-            callbacks.append(ModelCheckpoint(filename="last", monitor=None, save_top_k=1,
-                                             enable_version_counter=False))
-        callbacks += resolve_callbacks(to_container(cfg.callbacks), "callbacks")  # checked when the config loaded
     if command == "validate":
         callbacks.append(RoutingMonitor())
     if command == "predict":

@@ -201,12 +201,15 @@ def write_plots(out: Path, sweep, rows: list[dict]) -> list[Path]:
 
     # Cells that set the same keys (and the same non-numeric values) form one line; within it a numeric key is
     # named with its value when it is constant, else as the one that varies.
+    def family_key(cell) -> tuple:  # values as text: a grid value may be a list or a mapping (unhashable)
+        return tuple((c, None if c in numeric else _format(v)) for c, v in cell["settings"].items())
+
     families: dict[tuple, list[dict]] = defaultdict(list)
     for cell in stats:
-        families[tuple((c, None if c in numeric else v) for c, v in cell["settings"].items())].append(cell)
+        families[family_key(cell)].append(cell)
 
     def family(cell):
-        members = families[tuple((c, None if c in numeric else v) for c, v in cell["settings"].items())]
+        members = families[family_key(cell)]
         parts = []
         for c, v in cell["settings"].items():
             varies = c in numeric and len({m["settings"][c] for m in members}) > 1

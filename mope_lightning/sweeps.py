@@ -29,38 +29,26 @@ A failing run is recorded with its error and the others go on; the exit status i
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import yaml
-from omegaconf import OmegaConf
 
-from mope_lightning.config import differences, load_config, read_yaml, suggest, to_container
+from mope_lightning.config import differences, load_config, to_container
 from mope_lightning.errors import ConfigError, Interrupted, MopeError
+from mope_lightning.fileio import atomic_write, check_writable, claim_output
+from mope_lightning.sweep_file import Setting, Sweep, cell_slug, read_sweep
 
 log = logging.getLogger(__name__)
-SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm", "robustness")
 LAUNCHERS = ("local", "slurm", "submitit-local")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One coordinate of a cell: the column it fills in results.csv, its value, and what it adds to the run."""
-
-    column: str
-    value: Any
-    files: tuple[str, ...] = ()
-    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,137 +72,54 @@ class Run:
                 *extra]
 
 
-@dataclass
-class Sweep:
-    path: Path
-    name: str
-    experiment: list[str]
-    overrides: list[str]
-    cells: list[tuple[Setting, ...]]
-    seeds: list[int]
-    metric: str
-    slurm: dict = field(default_factory=dict)
-    robustness: tuple[tuple[float, ...], tuple[str, ...]] = ()  # (rates, kinds): `mope robustness` after each fit
-
-
-def cell_slug(cell: Sequence[Setting]) -> str:
-    """A readable, file-system-safe name of a cell: `data.train_fraction=0.1,method=mope`."""
-    text = ",".join(f"{s.column}={s.value}" for s in cell) or "default"
-    return re.sub(r"[^A-Za-z0-9._,=+-]", "_", text)
-
-
-def _as_override(key: str, value: Any) -> str:
-    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
-
-
-def _overrides(value: Any, where: str) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, dict):
-        return [_as_override(k, v) for k, v in value.items()]
-    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
-        return list(value)
-    raise ConfigError(f"{where}: give key=value strings or a mapping of config keys to values")
-
-
-def _axis(path: Path, name: str, values: Any) -> list[Setting]:
-    where = f"{path}: grid.{name}"
-    if isinstance(values, dict):  # a named axis: variant -> {overlays, overrides}
-        settings = []
-        for variant, spec in values.items():
-            spec = spec or {}
-            unknown = set(spec) - {"overlays", "overrides"}
-            if not isinstance(spec, dict) or unknown:
-                raise ConfigError(f"{where}.{variant}: a variant holds `overlays` (files) and `overrides` only")
-            files = spec.get("overlays") or []
-            for f in files:
-                if not Path(f).is_file():
-                    raise ConfigError(f"{where}.{variant}: overlay file {f} not found")
-            settings.append(Setting(name, variant, tuple(files), tuple(_overrides(spec.get("overrides"),
-                                                                                  f"{where}.{variant}"))))
-    elif isinstance(values, list):
-        settings = [Setting(name, v, (), (_as_override(name, v),)) for v in values]
-    else:
-        raise ConfigError(f"{where}: give a list of values, or a mapping of named variants")
-    if not settings:
-        raise ConfigError(f"{where}: the axis has no values; give at least one")
-    return settings
-
-
-def read_sweep(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
-    """The sweep file, checked: known keys, non-empty axes and seeds, existing files."""
-    path = Path(path)
-    spec = OmegaConf.to_container(read_yaml(path))
-    for key in spec:
-        if key not in SWEEP_KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}'{suggest(key, SWEEP_KEYS)}; a sweep holds "
-                              f"{', '.join(SWEEP_KEYS)}")
-    experiment = spec.get("experiment")
-    experiment = [experiment] if isinstance(experiment, str) else experiment
-    if not experiment or not all(isinstance(f, str) for f in experiment):
-        raise ConfigError(f"{path}: experiment: give the experiment YAML (and overlays), e.g. "
-                          "[experiments/easy_vqa.yaml]")
-    seeds = spec.get("seeds", [42])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: seeds: give a non-empty list of integers, e.g. [1, 2, 3]")
-    grid = spec.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"{path}: grid: give a mapping of config keys (or named axes) to their values")
-    axes = [_axis(path, name, values) for name, values in grid.items()]
-    explicit = spec.get("cells")
-    if explicit is not None and (not isinstance(explicit, list) or not explicit
-                                 or not all(isinstance(c, dict) and c for c in explicit)):
-        raise ConfigError(f"{path}: cells: give a non-empty list of mappings of config keys to values")
-    extra_cells = [tuple(Setting(k, v, (), (_as_override(k, v),)) for k, v in c.items()) for c in explicit or [{}]]
-    cells = [tuple(combo) + explicit_cell for combo in itertools.product(*axes)
-             for explicit_cell in extra_cells]
-    swept = {s.column for cell in cells for s in cell}
-    for item in extra:
-        if item.split("=", 1)[0] in swept:
-            raise ConfigError(f"command line: '{item}': {item.split('=', 1)[0]} is an axis of the sweep {path}")
-    return Sweep(path, str(spec.get("name") or path.stem), experiment,
-                 _overrides(spec.get("overrides"), f"{path}: overrides") + list(extra), cells, seeds,
-                 str(spec.get("metric", "test/acc")), dict(spec.get("slurm") or {}),
-                 _robustness(path, spec.get("robustness")))
-
-
-def _robustness(path: Path, spec: Any) -> tuple:
-    """(rates, kinds) of the sweep's `robustness` section, checked; () without one."""
-    from mope_lightning.config import RobustnessConfig
-    from mope_lightning.robustness import conditions
-
-    if spec is None:
-        return ()
-    if not isinstance(spec, dict) or set(spec) - {"rates", "kinds"}:
-        raise ConfigError(f"{path}: robustness: give rates (a list in [0, 1]) and kinds (image, text, both)")
-    default = RobustnessConfig()
-    rates, kinds = spec.get("rates", default.rates), spec.get("kinds", default.kinds)
-    if not isinstance(rates, list) or not all(isinstance(r, (int, float)) for r in rates) \
-            or not isinstance(kinds, list):
-        raise ConfigError(f"{path}: robustness: rates is a list of numbers, kinds a list of image, text, both")
-    try:
-        conditions(rates, kinds)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    return tuple(float(r) for r in rates), tuple(kinds)
-
-
 def plan(sweep: Sweep, out: Optional[str] = None) -> tuple[Path, list[Run]]:
-    """Every run of the sweep, each cell's config built and checked now (before anything runs)."""
-    runs, out_dir = [], None
+    """Every run of the sweep, each run's full config (seed and folder included) built and checked now, as `mope fit`
+    will check it, before anything runs. A config that fails names the place in the sweep that makes it fail."""
+    runs, out_dir = [], Path(out) if out else None
     for cell in sweep.cells:
         files = [*sweep.experiment, *(f for s in cell for f in s.files)]
         overrides = [*sweep.overrides, *(o for s in cell for o in s.overrides)]
-        try:
-            cfg = load_config(files, [*overrides, f"seed={sweep.seeds[0]}"])
-        except MopeError as exc:
-            raise ConfigError(f"{sweep.path}: cell {cell_slug(cell)}: {exc}") from None
-        if out_dir is None:
-            out_dir = Path(out) if out else Path(cfg.trainer.default_root_dir) / "sweeps" / sweep.name
         for seed in sweep.seeds:
-            root = out_dir / cell_slug(cell) / f"seed_{seed}"
-            runs.append(Run(cell, seed, tuple(files), tuple(overrides), str(root), sweep.robustness))
+            if out_dir is None:  # <the first run's trainer.default_root_dir>/sweeps/<name>
+                try:
+                    cfg = load_config(files, [*overrides, f"seed={seed}"])
+                except MopeError as exc:
+                    raise _blame(_places(sweep, cell, seed), exc) from None
+                out_dir = Path(cfg.trainer.default_root_dir) / "sweeps" / sweep.name
+            run = Run(cell, seed, tuple(files), tuple(overrides), str(out_dir / cell_slug(cell) / f"seed_{seed}"),
+                      sweep.robustness)
+            try:
+                resolved_config(run)
+            except MopeError as exc:
+                raise _blame(_places(sweep, cell, seed, (f"out={out}" if out else None, run.root)), exc) from None
+            runs.append(run)
     return out_dir, runs
+
+
+def _places(sweep: Sweep, cell: Sequence[Setting], seed: int,
+            root: tuple[Optional[str], str] = (None, "")) -> list[tuple[str, list[str], list[str]]]:
+    """(where, files, overrides): what each place in the sweep adds to one run, in the order `mope fit` merges it."""
+    places = [(f"{sweep.path}: experiment", list(sweep.experiment), [])]
+    places += [(where, [], [item]) for where, item in zip(sweep.override_origins, sweep.overrides)]
+    places += [(f"{sweep.path}: {s.where}", list(s.files), list(s.overrides)) for s in cell]
+    places.append((f"{sweep.path}: seeds[{sweep.seeds.index(seed)}]", [], [f"seed={seed}"]))
+    if root[1]:
+        places.append((root[0] or "trainer.default_root_dir", [], [f"trainer.default_root_dir={root[1]}"]))
+    return places
+
+
+def _blame(places: list[tuple[str, list[str], list[str]]], error: MopeError) -> ConfigError:
+    """`error` of a run's config, named by the first place in the sweep that, added to the ones before it, gives
+    that error (only the settings of a failing run are reloaded here)."""
+    culprit = places[-1][0]
+    for n in range(1, len(places)):
+        try:
+            load_config([f for p in places[:n] for f in p[1]], [o for p in places[:n] for o in p[2]])
+        except MopeError as partial:
+            if str(partial) == str(error):
+                culprit = places[n - 1][0]
+                break
+    return ConfigError(f"{culprit}: {str(error).removeprefix('command line: ')}")
 
 
 def resolved_config(run: Run) -> dict:
@@ -267,8 +172,6 @@ def run_state(run: Run) -> tuple[str, Optional[Path]]:
 def execute(run: Run) -> dict:
     """Run `mope fit` for `run` in its own process (resuming it when it was interrupted); its output goes to
     `<run root>/sweep.log`. Returns the status record, also written to `<run root>/sweep_status.json`."""
-    from mope_lightning.fileio import atomic_write
-
     state, path = run_state(run)
     if state == "finished":
         return {"status": "finished", "run_dir": str(path)}
@@ -331,6 +234,31 @@ def _last_error(logfile: Path) -> str:
     return (errors or lines or ["no output"])[-1][:500]
 
 
+SUMMARY_FILES = ("results.csv", "summary.md")  # written by sweep_report into the sweep's folder
+
+
+def _check_folder(out: Path, key: str) -> None:
+    """The sweep writes a folder (its runs, results.csv, summary.md, plots): `out` may be new or an earlier sweep's
+    folder (continued: its summary files are the sweep's own to replace), never a file or a folder whose
+    results.csv or summary.md mope did not write, and must be writable. Checked after planning, before anything is
+    written."""
+    claim_output(out, key, files=SUMMARY_FILES, earlier=_holds_a_sweep, overwrite=True, what="sweep")
+    check_writable(out, key)
+
+
+def _holds_a_sweep(out: Path) -> bool:
+    """Whether the summary files in `out` are the ones a sweep writes (their first line says so)."""
+    def first_line(name: str) -> str:
+        try:
+            with open(out / name, encoding="utf-8") as fh:
+                return fh.readline()
+        except (OSError, UnicodeDecodeError):
+            return ""
+    return all(not (out / name).exists() or marker(first_line(name)) for name, marker in
+               (("summary.md", lambda line: line.startswith("# Sweep ")),
+                ("results.csv", lambda line: ",seed,status," in f",{line}")))
+
+
 def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
     """`mope sweep`: plan, run what is not finished, aggregate after each run. Exit status 1 when a run failed."""
     from mope_lightning.sweep_report import write_report
@@ -341,6 +269,7 @@ def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher: '{launcher}' is not one of {', '.join(LAUNCHERS)}")
     out, runs = plan(sweep, options.get("out"))
+    _check_folder(out, "out" if options.get("out") else "trainer.default_root_dir")
     pending = [r for r in runs if run_state(r)[0] != "finished"]
     print(f"[mope] sweep {sweep.name}: {len(sweep.cells)} cell(s) x {len(sweep.seeds)} seed(s) = {len(runs)} runs, "
           f"{len(runs) - len(pending)} finished, {len(pending)} to run ({launcher}); results in {out}", flush=True)

@@ -5,6 +5,7 @@ views and test."""
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -92,8 +93,24 @@ def test_a_run_stopped_by_max_steps_mid_epoch_resumes_inside_that_epoch(tmp_path
     assert_same_weights(uninterrupted, after)
 
 
+def test_a_finished_run_resumed_with_its_own_limits_trains_nothing_and_says_so(extended_by_epochs, tmp_path,
+                                                                             capsys):
+    """The limits it was trained with: a sweep resumes a run killed after training, before its metrics were written.
+    Nothing trains (the weights stay), the note says so, and the run's test follows."""
+    shutil.copytree(extended_by_epochs[0] / "runs", tmp_path / "runs")  # the module's run stays as it was
+    tmp = tmp_path
+    before = last_checkpoint(tmp)
+    capsys.readouterr()
+    assert main(["fit", *args(tmp, *FLAT_LR, "ckpt=last", "trainer.max_epochs=3", "trainer.max_steps=100")]) == 0
+    out = capsys.readouterr().out
+    assert "finished its training (3 epoch(s), up to step 12) under these limits: nothing is trained" in out
+    assert "test/acc" in out
+    after = last_checkpoint(tmp)
+    assert after["global_step"] == 12
+    assert_same_weights(before, after)
+
+
 @pytest.mark.parametrize("limits, named", [
-    (["trainer.max_epochs=3", "trainer.max_steps=100"], "trainer.max_epochs=3 leaves nothing to train"),
     (["trainer.max_epochs=2", "trainer.max_steps=100"], "trainer.max_epochs=2 leaves nothing to train"),
     (["trainer.max_epochs=5", "trainer.max_steps=12"], "trainer.max_steps=12 leaves nothing to train"),
     (["trainer.max_epochs=3", "trainer.max_steps=9"], "trainer.max_steps=9 and trainer.max_epochs=3 leave nothing"),

@@ -128,10 +128,10 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
 
 @pytest.mark.parametrize("spec, message", [
     ({"grid": {"model.mope.num_expert": [1, 2]}},
-     "cell model.mope.num_expert=1: command line: unknown key 'model.mope.num_expert'"),
+     "grid.model.mope.num_expert[0]: unknown key 'model.mope.num_expert'"),
     ({"grid": {"model.mope.num_experts": []}}, "grid.model.mope.num_experts: the axis has no values"),
     ({"grid": {"method": {"pt": {"overlays": ["experiments/overlays/nope.yaml"]}}}},
-     "grid.method.pt: overlay file experiments/overlays/nope.yaml not found"),
+     "grid.method.pt.overlays[0]: config file experiments/overlays/nope.yaml not found"),
     ({"seeds": []}, "seeds: give a non-empty list of integers"),
     ({"gird": {}}, "unknown key 'gird' (did you mean 'grid'?)"),
 ])

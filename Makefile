@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp sweep test bench bench-quick bench-sharing gpu-check tensorboard clean
+.PHONY: help install train train-ddp sweep test bench bench-quick bench-sharing bench-predict gpu-check tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-quick: $(BIN)/.installed ## the key ratios, checkpointing, bf16, compile (
 
 bench-sharing: $(BIN)/.installed ## adapter sizes and from_pretrained predict throughput -> benchmarks/results-sharing.{json,md} (about 2 min)
 	$(BIN)/python benchmarks/sharing.py
+
+bench-predict: $(BIN)/.installed ## predict samples/s, this code against the code before issue 36, in one run -> benchmarks/results-loader.json (predict, ratios)
+	$(BIN)/python benchmarks/predict.py
 
 gpu-check: $(BIN)/.installed ## on a machine with an NVIDIA GPU: CUDA tests, a short bf16 fit, fp32 and bf16 benchmarks -> benchmarks/results-gpu.md (< 8 min)
 	$(BIN)/python benchmarks/gpu_check.py

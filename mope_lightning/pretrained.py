@@ -13,6 +13,8 @@ with), batches, and runs on the device it was moved to. Every argument is checke
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from mope_lightning.api_arguments import (check_batch_size, check_clip, check_de
                                           check_text, reject_unknown)
 from mope_lightning.checkpoints import TrainedWeights, load_into, read_trained_weights
 from mope_lightning.errors import ArgumentValueError, DataError
+from mope_lightning.inference import PADDED_PER_BATCH, Distinct, overlaps, prefetched
 from mope_lightning.predictions import predicted_labels, probabilities
 
 
@@ -108,27 +111,31 @@ class PretrainedModel:
                                                       self.audio_preprocessor.sampling_rate)}
         return check_inputs(self.net.modalities(), {"text": texts, "image": images, "audio": audio}, checks)
 
-    def _batch(self, inputs: dict[str, list], start: int = 0) -> dict:
-        """The batch the classifier reads from checked inputs; `start` is the index of the first, for messages."""
-        batch = {}
-        if "text" in inputs:
-            tokens = self.tokenizer(inputs["text"], padding=True, truncation=True, max_length=self.max_text_length,
+    def _batch(self, modality: str, values: Sequence, indices: Sequence[int]) -> dict[str, Tensor]:
+        """The batch entries of one modality's checked inputs, on the CPU; `indices` number them for messages."""
+        if modality == "text":
+            tokens = self.tokenizer(list(values), padding=True, truncation=True, max_length=self.max_text_length,
                                     return_tensors="pt")
-            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
-        if "image" in inputs:
-            batch["images"] = torch.stack([self._image(img, start + i) for i, img in enumerate(inputs["image"])])
-        if "audio" in inputs:
-            from mope_lightning.data.audio import pad_clips
+            return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        if modality == "image":
+            return {"images": torch.stack([self._image(image, i) for image, i in zip(values, indices)])}
+        from mope_lightning.data.audio import pad_clips
 
-            clips = [self._audio(clip, start + i) for i, clip in enumerate(inputs["audio"])]
-            batch["audio"], batch["audio_mask"] = pad_clips(self.audio_preprocessor, clips)
+        audio, mask = pad_clips(self.audio_preprocessor, [self._audio(clip, i) for clip, i in zip(values, indices)])
+        return {"audio": audio, "audio_mask": mask}
+
+    def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def preprocess(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None,
                    audio: Optional[Sequence[Any]] = None) -> dict:
         """The batch the classifier reads: tokenized texts, preprocessed images and padded, normalised audio
         samples, on the model's device. The inputs are checked as `predict` checks them."""
-        return self._batch(self._check_inputs(texts, images, audio))
+        inputs = self._check_inputs(texts, images, audio)
+        batch = {}
+        for modality, values in inputs.items():
+            batch.update(self._batch(modality, values, range(len(values))))
+        return self._to_device(batch)
 
     # --- prediction ----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -142,20 +149,78 @@ class PretrainedModel:
         images, file paths, uint8 (C, H, W) tensors with 1, 3 or 4 channels, or float tensors already preprocessed
         by `self.transform`; or one (N, C, H, W) tensor. Audio: file paths, or 1-D float arrays or tensors of samples
         at the audio encoder's rate; or one (N, samples) array. Every argument is checked before any model work:
-        `TypeError` or `ValueError` naming the argument (and the index of a bad element)."""
+        `TypeError` or `ValueError` naming the argument (and the index of a bad element).
+
+        Inputs given more than once (one image for many questions, as a path, the same object, or equal pixels) are
+        preprocessed once per batch, and the conditioning encoder runs once per distinct image or text per call
+        (audio clips: per batch, whose padding their feature sees; inference.py); the next batch is preprocessed
+        while the model runs on this one."""
         reject_unknown("predict", unknown, ("texts", "images", "audio", "batch_size"))
         batch_size = check_batch_size(batch_size)
         inputs = self._check_inputs(texts, images, audio)
         n = len(next(iter(inputs.values())))
+        reused = () if self.net.training else self.net.batch_feature_modalities()
+        # Prompted texts are tokenized per batch, as before: padding to the batch's longest keeps every result.
+        distinct = {m: Distinct(values) for m, values in inputs.items() if m in reused or m != "text"}
+        features: dict[str, dict[int, Tensor]] = {m: {} for m in reused}  # distinct input -> feature, until last read
         probs, routing = [], []
-        for start in range(0, n, batch_size):
-            out = self.net(self._batch({m: values[start:start + batch_size] for m, values in inputs.items()}, start))
-            probs.append(probabilities(out.logits.float(), self.task).cpu())
-            if out.routing is not None:
-                routing.append(out.routing.float().cpu())
+        spans = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        prepare = functools.partial(self._prepare, inputs, distinct, reused)
+        with contextlib.closing(prefetched(lambda b: prepare(*spans[b]), len(spans), overlaps(self.device))) as ready:
+            for (start, stop), (batch, new) in zip(spans, ready):
+                batch = self._to_device(batch)
+                for m in reused:
+                    batch[f"{m}_features"] = self._features(m, distinct[m], features[m], new[m], start, stop)
+                out = self.net(batch)
+                probs.append(probabilities(out.logits.float(), self.task).cpu())
+                if out.routing is not None:
+                    routing.append(out.routing.float().cpu())
         probs = torch.cat(probs)
         return Predictions(predicted_labels(probs, self.classes, self.task), probs, self.classes,
                            torch.cat(routing) if routing else None)
+
+    def _prepare(self, inputs: dict[str, list], distinct: dict[str, Distinct], reused: tuple[str, ...], start: int,
+                 stop: int) -> tuple[dict[str, Tensor], dict[str, tuple[dict, Optional[Tensor]]]]:
+        """The CPU work of samples [start, stop), run ahead in a thread: (the batch entries of the modalities read
+        as they are; for each reused modality, the encoder inputs of the distinct inputs to encode here, with each
+        sample's position among them where they are the batch's own, or None where features outlive the batch)."""
+        batch, new = {}, {}
+        for m, values in inputs.items():
+            d = distinct.get(m)
+            if d is None:  # prompted texts: tokenized per batch as before, padded to the batch's longest
+                batch.update(self._batch(m, values[start:stop], range(start, stop)))
+            elif m in reused and m not in PADDED_PER_BATCH:
+                new[m] = (self._distinct_batch(m, values, d, d.first_seen(start, stop)), None)
+            else:  # each distinct input of the batch preprocessed once, then given to each of its samples
+                here, position = d.within(start, stop)
+                once, position = self._distinct_batch(m, values, d, here), torch.from_numpy(position)
+                if m in reused:
+                    new[m] = (once, position)
+                else:
+                    batch.update({k: v[position] for k, v in once.items()})
+        return batch, new
+
+    def _distinct_batch(self, modality: str, values: list, distinct: Distinct, inputs: Sequence[int]) -> dict:
+        """The batch entries of distinct inputs (numbers in `distinct`), named in messages by their first sample."""
+        firsts = [distinct.first[j] for j in inputs]
+        return self._batch(modality, [values[i] for i in firsts], firsts) if firsts else {}
+
+    def _features(self, modality: str, distinct: Distinct, kept: dict[int, Tensor],
+                  new: tuple[dict[str, Tensor], Optional[Tensor]], start: int, stop: int) -> Tensor:
+        """The pooled `modality` feature of samples [start, stop). The encoder runs on the distinct inputs `new`
+        holds: the batch's own, given to each sample by position; or those first seen here, whose features are
+        `kept` until their last sample."""
+        encoder_inputs, position = new
+        if position is not None:
+            return self.net.features(modality, self._to_device(encoder_inputs))[position.to(self.device)]
+        if encoder_inputs:
+            kept.update(zip(distinct.first_seen(start, stop),
+                            self.net.features(modality, self._to_device(encoder_inputs))))
+        rows = distinct.rows[start:stop]
+        feats = torch.stack([kept[j] for j in rows])
+        for j in distinct.last_read_before(np.unique(rows), stop):
+            del kept[j]
+        return feats
 
     # --- sharing -------------------------------------------------------------------------------------------
     def trained_weights(self) -> TrainedWeights:

@@ -142,6 +142,13 @@ class FusionClassifier(nn.Module):
         """Modalities read only as a pooled feature (not prompted)."""
         return ()
 
+    def batch_feature_modalities(self) -> tuple[str, ...]:
+        """Modalities read only as a pooled feature that `forward` takes from the batch's `<modality>_features`
+        when given (`features`). In evaluation such a feature depends on its input alone, so prediction computes it
+        once per distinct input: unlike `cacheable_modalities`, a fine-tuned encoder or one with dropout in training
+        counts, since within one call its weights are fixed and evaluation runs no dropout."""
+        return self.feature_modalities()
+
     def uncached_reason(self, modality: str) -> Optional[str]:
         """Why the pooled feature of `modality` changes from step to step and cannot be cached, or None."""
         encoder = self.encoder(modality)
@@ -255,6 +262,10 @@ class PromptFusionClassifier(FusionClassifier):
 
     def feature_modalities(self) -> tuple[str, ...]:
         return (self.condition,)
+
+    def batch_feature_modalities(self) -> tuple[str, ...]:
+        # A prompt-tuned conditioning encoder runs inside `condition_features`, which reads no batch feature.
+        return () if self.condition_prompts is not None else super().batch_feature_modalities()
 
     def uncached_reason(self, modality: str) -> Optional[str]:
         if self.condition_prompts is not None:

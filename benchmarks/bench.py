@@ -65,22 +65,29 @@ CASES = {
     "checkpointing18": "model.activation_checkpointing=true model.checkpointed_layers=18",
     "compile": "model.compile=true",  # torch.compile (inductor) of the classifier
     "mope_bf16": "",  # MoPE under bf16 autocast (CASE_PRECISION)
+    # Steady state: the weights a real run ended with against fresh ones, both on a real batch (TRAINED_ASSET)
+    "mope_trained": "",
+    "mope_fresh": "",
     # pMoE (config "pmoe": MiniLM-L6 + MiniLM-L3 experts) against MoPE on each single expert (config "default")
     "pmoe": "",
     "pmoe_static_epts": "model.pmoe.dynamic_length=0 model.pmoe.mapped_length=0",
     "mope_l3": "model.text_encoder.name=sentence-transformers/paraphrase-MiniLM-L3-v2",
 }
 CASE_PRECISION = {"mope_bf16": "bf16"}  # cases run in another precision than the benchmark's
+# Trained weights of the default experiment and a real validation batch (benchmarks/trained_asset.py says how made)
+TRAINED_ASSET = ROOT / "benchmarks" / "assets" / "easy_vqa_trained"
+REAL_BATCH = ("mope_trained", "mope_fresh")
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
 QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"),
          ("paper", "checkpointing"), ("paper", "checkpointing_full"), ("paper", "checkpointing18"),
-         ("default", "bare"), ("default", "mope"), ("default", "mope_bf16"), ("default", "compile")]
+         ("default", "bare"), ("default", "mope"), ("default", "mope_bf16"), ("default", "compile"),
+         ("default", "mope_fresh"), ("default", "mope_trained")]
 # bf16 and compile in the default configuration only: on a CPU without native bf16 a paper-configuration bf16 step
 # takes minutes, and compiling Swin-B + BERT-base longer still.
 FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:]}
         and not (c == "default" and n in ("mope_condition_prompts", "reference_condition_prompts",
                                           "checkpointing_full", "checkpointing18"))
-        and not (c == "paper" and n in ("mope_bf16", "compile"))] + PMOE[1:]
+        and not (c == "paper" and n in ("mope_bf16", "compile", *REAL_BATCH))] + PMOE[1:]
 
 
 def _config(config: str, overrides: str):
@@ -105,6 +112,24 @@ def _batch(net, config: str, device: torch.device) -> dict:
             size = net.image.data_config["input_size"][-1] if config == "paper" else spec["image_size"]
             out["images"] = torch.randn(batch, 3, size, size)
     return {k: v.to(device) for k, v in out.items()}
+
+
+def _trained_or_fresh(cfg, name: str):
+    """The default experiment's model with its real frozen encoders (their weights shape the routing), holding the
+    asset's trained weights (`mope_trained`) or its fresh initial ones (`mope_fresh`)."""
+    from mope_lightning.checkpoints import load_into, read_trained_weights
+    from mope_lightning.models import build_model
+
+    net = build_model(cfg.model, 13)
+    if name == "mope_trained":
+        load_into(net, read_trained_weights(TRAINED_ASSET))
+    return net
+
+
+def _real_batch(device: torch.device) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.to(device) for k, v in load_file(TRAINED_ASSET / "batch.safetensors").items()}
 
 
 def _peak_rss_mb() -> float:
@@ -166,13 +191,14 @@ def run_case(config: str, name: str, device: str, precision: str, warmup: int, r
     dev = torch.device(device)
     baseline_mb = _peak_rss_mb()
     start = time.perf_counter()
-    net = build_model(cfg.model, 13, weights=False).to(dev)
+    net = _trained_or_fresh(cfg, name) if name in REAL_BATCH else build_model(cfg.model, 13, weights=False)
+    net = net.to(dev)
     build_seconds = time.perf_counter() - start
     if cfg.model.compile:
         net.compile()  # compiled by the first step, a warm-up step
     net.train()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    batch = _batch(net, config, dev)
+    batch = _real_batch(dev) if name in REAL_BATCH else _batch(net, config, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     times = []
     for step in range(warmup + repeats):
@@ -310,6 +336,7 @@ def ratios(results: list[dict]) -> dict:
         ratio(f"{case}_step_over_mope", ("paper", case), ("paper", "mope"))
     ratio("bf16_step_over_fp32_default", ("default", "mope_bf16"), ("default", "mope"))
     ratio("compile_step_over_eager_default", ("default", "compile"), ("default", "mope"))
+    ratio("trained_over_fresh_step_default", ("default", "mope_trained"), ("default", "mope_fresh"))
     return out
 
 

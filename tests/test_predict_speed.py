@@ -256,11 +256,10 @@ def test_preprocessing_runs_ahead_in_a_thread_and_a_bad_file_keeps_its_index(mod
         assert threads and all(name.startswith(where) for name in threads)
 
 
-def test_the_thread_runs_on_a_gpu_or_a_second_core(monkeypatch):
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+def test_the_thread_runs_on_a_gpu_only(monkeypatch):
+    """On a CPU the forward pass's own threads keep the cores busy: a preprocessing thread only competes with them."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert not overlaps(torch.device("cpu")) and overlaps(torch.device("cuda"))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    assert overlaps(torch.device("cpu"))
 
 
 # --- audio, and `mope predict` -------------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ CASES = {
     # Steady state: the weights a real run ended with against fresh ones, both on a real batch (TRAINED_ASSET)
     "mope_trained": "",
     "mope_fresh": "",
+    "mope_trained_plain_softmax": "",  # ... with the router's softmax as it was: subnormal probabilities kept
     # pMoE (config "pmoe": MiniLM-L6 + MiniLM-L3 experts) against MoPE on each single expert (config "default")
     "pmoe": "",
     "pmoe_static_epts": "model.pmoe.dynamic_length=0 model.pmoe.mapped_length=0",
@@ -76,7 +77,8 @@ CASES = {
 CASE_PRECISION = {"mope_bf16": "bf16"}  # cases run in another precision than the benchmark's
 # Trained weights of the default experiment and a real validation batch (benchmarks/trained_asset.py says how made)
 TRAINED_ASSET = ROOT / "benchmarks" / "assets" / "easy_vqa_trained"
-REAL_BATCH = ("mope_trained", "mope_fresh")
+REAL_BATCH = ("mope_trained", "mope_fresh", "mope_trained_plain_softmax")
+STEADY = [("default", name) for name in REAL_BATCH]  # --only steady
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
 QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"),
          ("paper", "checkpointing"), ("paper", "checkpointing_full"), ("paper", "checkpointing18"),
@@ -121,8 +123,12 @@ def _trained_or_fresh(cfg, name: str):
     from mope_lightning.models import build_model
 
     net = build_model(cfg.model, 13)
-    if name == "mope_trained":
+    if name != "mope_fresh":
         load_into(net, read_trained_weights(TRAINED_ASSET))
+    if name == "mope_trained_plain_softmax":  # this case runs in a process of its own: nothing else sees the patch
+        from mope_lightning.models import router
+
+        router.softmax_without_subnormals = lambda logits: logits.float().softmax(dim=-1)
     return net
 
 
@@ -337,6 +343,8 @@ def ratios(results: list[dict]) -> dict:
     ratio("bf16_step_over_fp32_default", ("default", "mope_bf16"), ("default", "mope"))
     ratio("compile_step_over_eager_default", ("default", "compile"), ("default", "mope"))
     ratio("trained_over_fresh_step_default", ("default", "mope_trained"), ("default", "mope_fresh"))
+    ratio("plain_softmax_over_router_trained_default", ("default", "mope_trained_plain_softmax"),
+          ("default", "mope_trained"))
     return out
 
 
@@ -387,8 +395,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--repeats", type=int, help="timed steps per case (default 5; quick 3)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
-    parser.add_argument("--only", help="comma-separated config:case pairs to run instead (e.g. "
-                        "default:mope,pmoe:pmoe; 'pmoe' runs pMoE against MoPE on each single expert)")
+    parser.add_argument("--only", help="comma-separated config:case pairs to run instead (e.g. default:mope,pmoe:pmoe); "
+                        "'pmoe': pMoE against MoPE on each single expert; 'steady': trained weights against fresh "
+                        "ones, and against the plain softmax")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: config:name, run in this process
     args = parser.parse_args()
     warmup, repeats = (1, 3) if args.quick else (2, 5)
@@ -401,6 +410,8 @@ def main() -> None:
     results = []
     if args.only == "pmoe":
         plan = PMOE
+    elif args.only == "steady":
+        plan = STEADY
     elif args.only:
         plan = [tuple(item.split(":")) for item in args.only.split(",")]
     else:

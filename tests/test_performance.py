@@ -7,6 +7,8 @@
 - No `forward` tokenizes text or decodes images: both happen in the DataLoader.
 """
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -164,3 +166,37 @@ def test_prompted_attention_uses_scaled_dot_product_attention(family, tiny_bert,
     mope = _mope_for(encoder)
     encoder.forward_features(**inputs, prompter=mope.bind(torch.randn(2, 12)))
     assert len(calls) == attention_layers  # every prompted attention call went through SDPA
+
+
+def test_converged_weights_give_no_subnormal_routing_probability_or_gradient(monkeypatch):
+    """The default experiment's weights after 1,600 steps (benchmarks/assets/easy_vqa_trained) on a real validation
+    batch: with the plain softmax, some routing probabilities and parameter gradients of a training step are
+    subnormal floats (slow on x86 CPUs); with the router's softmax there are none, and the logits are the same."""
+    import sys
+
+    from mope_lightning.models import router
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench
+
+    net = bench._trained_or_fresh(bench._config("default", ""), "mope_trained").train()
+    batch = bench._real_batch(torch.device("cpu"))
+    tiny = torch.finfo(torch.float32).tiny
+
+    def subnormals(softmax) -> tuple[int, int, torch.Tensor]:
+        monkeypatch.setattr(router, "softmax_without_subnormals", softmax)
+        torch.manual_seed(0)  # the same routing noise and prompt dropout in both steps
+        out = net(batch)
+        loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + 0.01 * out.importance_loss
+        grads = torch.autograd.grad(loss, [p for p in net.parameters() if p.requires_grad], allow_unused=True)
+        grads = torch.cat([g.flatten() for g in grads if g is not None])
+        probs = torch.stack(list(out.routing))
+        count = lambda t: int(((t != 0) & (t.abs() < tiny)).sum())  # noqa: E731
+        return count(probs), count(grads), out.logits.detach()
+
+    without_subnormals = router.softmax_without_subnormals
+    plain_probs, plain_grads, plain_logits = subnormals(lambda logits: logits.float().softmax(dim=-1))
+    probs, grads, logits = subnormals(without_subnormals)
+    assert plain_probs > 0 and plain_grads > 0  # what a converged router gave before
+    assert probs == 0 and grads == 0
+    torch.testing.assert_close(logits, plain_logits, atol=1e-6, rtol=1e-6)

@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp sweep test bench bench-quick bench-sharing bench-predict gpu-check tensorboard clean
+.PHONY: help install train train-ddp sweep test lint bench bench-quick bench-sharing bench-predict gpu-check tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ sweep: $(BIN)/.installed ## run (or resume) the sweep $(SWEEP) (ARGS="out=DIR la
 TEST_WORKERS ?= 2
 test: $(BIN)/.installed ## run the test suite (about 5 minutes on 2 CPU cores, plus the first install: 2-4)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+lint: $(BIN)/.installed ## ruff's checks (pyflakes, pycodestyle errors, bugbear; pyproject.toml) on the package, tests and benchmarks
+	$(BIN)/ruff check mope_lightning tests benchmarks
 
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (longer than bench-quick)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)

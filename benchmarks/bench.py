@@ -207,7 +207,7 @@ def run_case(config: str, name: str, device: str, precision: str, warmup: int, r
     batch = _real_batch(dev) if name in REAL_BATCH else _batch(net, config, dev)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     times = []
-    for step in range(warmup + repeats):
+    for _ in range(warmup + repeats):
         if dev.type == "cuda":
             torch.cuda.synchronize()
         tic = time.perf_counter()

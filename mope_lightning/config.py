@@ -572,7 +572,7 @@ def differences(a: dict, b: dict, prefix: str = "", free_form: Sequence[str] = (
     found = []
     for key in sorted(set(a) | set(b)):
         name = f"{prefix}{key}"
-        if (key not in a or key not in b) and not prefix.rstrip(".") in free_form:
+        if (key not in a or key not in b) and prefix.rstrip(".") not in free_form:
             continue
         old, new = a.get(key), b.get(key)
         if isinstance(old, dict) and isinstance(new, dict):

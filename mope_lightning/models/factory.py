@@ -34,7 +34,7 @@ LATE_FUSION_MODALITIES = {"late_concat": None, "finetune": None, "text_only": ("
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Compat:
     """The reference code's behaviours that change numbers (mope_method.md §8); all False is the fixed default."""
 

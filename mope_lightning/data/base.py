@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mope_lightning.data.audio import describe_clips, load_clip, pad_clips
 from mope_lightning.data.features import (FeatureCache, LoadImage, encode_audio, encode_images, encode_texts,
-                                          eval_transform, media_key, text_key)
+                                          image_pipeline, media_key, text_key)
 from mope_lightning.data.index import apply_policy, load_or_build_index
 from mope_lightning.data.missing import MODALITIES as MISSABLE
 from mope_lightning.data.missing import describe as describe_missing
@@ -264,14 +264,7 @@ class MultimodalDataModule(L.LightningDataModule):
         return LoadImage(self._transform(train))
 
     def _transform(self, train: bool = False):
-        c = self.cfg
-        transform = eval_transform(self.spec.image_config, c)
-        if train and c.randaugment:
-            from torchvision.transforms import Compose, RandAugment
-
-            num_ops, magnitude = c.randaugment
-            transform = Compose([RandAugment(num_ops=num_ops, magnitude=magnitude), transform])
-        return transform
+        return image_pipeline(self.spec.image_config, self.cfg, train)
 
     def _blank_image(self) -> torch.Tensor:
         """The pixels of a missing image: ones after normalisation, in the shape the preprocessing makes."""

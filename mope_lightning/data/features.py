@@ -61,6 +61,18 @@ def eval_transform(image_config: dict, data_cfg) -> Callable:
     return image_transform(config, data_cfg.get("image_size"), data_cfg.get("crop_pct"))
 
 
+def image_pipeline(image_config: dict, data_cfg, train: bool = False) -> Callable:
+    """An image's preprocessing: `eval_transform`, preceded in training by RandAugment on the decoded image when
+    `data.randaugment` = [num_ops, magnitude] is set (the loaders and benchmarks/loader.py build it here)."""
+    transform = eval_transform(image_config, data_cfg)
+    if train and data_cfg.get("randaugment"):
+        from torchvision.transforms import Compose, RandAugment
+
+        num_ops, magnitude = data_cfg.get("randaugment")
+        transform = Compose([RandAugment(num_ops=num_ops, magnitude=magnitude), transform])
+    return transform
+
+
 def _digest(parts: Sequence[str]) -> str:
     digest = hashlib.sha1()
     for part in parts:

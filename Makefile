@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp sweep test lint bench bench-quick bench-sharing bench-predict gpu-check tensorboard clean
+.PHONY: help install train train-ddp sweep test lint bench bench-quick bench-sharing bench-predict bench-loader gpu-check tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ bench-sharing: $(BIN)/.installed ## adapter sizes and from_pretrained predict th
 
 bench-predict: $(BIN)/.installed ## predict samples/s, this code against the code before issue 36, in one run -> benchmarks/results-loader.json (predict, ratios)
 	$(BIN)/python benchmarks/predict.py
+
+bench-loader: $(BIN)/.installed ## DataLoader samples/s per worker for SNLI-VE, Food-101, easy-VQA against a GPU's demand (about 3 min) -> benchmarks/results-loader.{json,md} (loader, ratios)
+	$(BIN)/python benchmarks/loader.py
 
 gpu-check: $(BIN)/.installed ## on a machine with an NVIDIA GPU: CUDA tests, a short bf16 fit, fp32 and bf16 benchmarks -> benchmarks/results-gpu.md (< 8 min)
 	$(BIN)/python benchmarks/gpu_check.py

@@ -180,12 +180,13 @@ def summarise(times: dict, samples: dict[str, int]) -> dict:
     return out
 
 
-def update_results(path: Path, section: dict, ratios: dict) -> None:
-    """Merge this benchmark's section and ratios into `path`, keeping every other key, and replace it atomically."""
+def update_results(path: Path, section: dict, ratios: dict, name: str = "predict") -> None:
+    """Merge a benchmark's section (`name`) and ratios into `path`, keeping every other key, and replace it
+    atomically."""
     from mope_lightning.fileio import atomic_write
 
     results = json.loads(path.read_text()) if path.is_file() else {}
-    results["predict"] = section
+    results[name] = section
     results.setdefault("ratios", {}).update(ratios)
     atomic_write(path, lambda fh: fh.write(json.dumps(results, indent=2) + "\n"))
 

@@ -47,8 +47,9 @@ TEST_WORKERS ?= 2
 test: $(BIN)/.installed ## run the test suite (about 5 minutes on 2 CPU cores, plus the first install: 2-4)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-lint: $(BIN)/.installed ## ruff's checks (pyflakes, pycodestyle errors, bugbear; pyproject.toml) on the package, tests and benchmarks
+lint: $(BIN)/.installed ## ruff's checks (pyflakes, pycodestyle errors, bugbear) and the import contracts (no cycle, no Lightning in models/inference/analysis; pyproject.toml)
 	$(BIN)/ruff check mope_lightning tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (longer than bench-quick)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)

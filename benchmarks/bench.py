@@ -119,7 +119,8 @@ def _batch(net, config: str, device: torch.device) -> dict:
 def _trained_or_fresh(cfg, name: str):
     """The default experiment's model with its real frozen encoders (their weights shape the routing), holding the
     asset's trained weights (`mope_trained`) or its fresh initial ones (`mope_fresh`)."""
-    from mope_lightning.checkpoints import load_into, read_trained_weights
+    from mope_lightning.adapters import read_trained_weights
+    from mope_lightning.checkpoints import load_into
     from mope_lightning.models import build_model
 
     net = build_model(cfg.model, 13)

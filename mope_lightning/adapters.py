@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mope_lightning import __version__
-from mope_lightning.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TrainedWeights
+from mope_lightning.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TrainedWeights, is_adapter, weights_from_checkpoint
 from mope_lightning.errors import CheckpointError, MopeError
 from mope_lightning.fileio import claim_output, written_json
 
@@ -130,6 +130,11 @@ def read_adapter(folder: str | Path) -> TrainedWeights:
                               "again") from None
     return TrainedWeights(str(folder), config["config"], list(config["classes"]), config["task"],
                           config["backbones"], state, dict(config.get("metrics") or {}))
+
+
+def read_trained_weights(path: str | Path) -> TrainedWeights:
+    """Trained weights from a `.ckpt` file or an exported adapter folder."""
+    return read_adapter(path) if is_adapter(path) else weights_from_checkpoint(path)
 
 
 def recorded_test_metrics(ckpt_path: str | Path) -> dict[str, float]:

@@ -104,15 +104,6 @@ def is_adapter(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / ADAPTER_CONFIG).is_file()
 
 
-def read_trained_weights(path: str | Path) -> TrainedWeights:
-    """Trained weights from a `.ckpt` file or an exported adapter folder."""
-    if is_adapter(path):
-        from mope_lightning.adapters import read_adapter
-
-        return read_adapter(path)
-    return weights_from_checkpoint(path)
-
-
 def check_fits(net: nn.Module, backbones: Optional[dict], state: dict[str, Tensor], where: str) -> None:
     """Raise `CheckpointError` unless `state` was trained on `net`'s frozen backbone and holds every tensor of
     `net.trained_state_dict()` with its shape. `where` names the source in the message."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Optional
 
-from mope_lightning.errors import ConfigError
+from mope_lightning.errors import ConfigError, suggest
 
 if TYPE_CHECKING:  # Lightning is imported when a callback is built, not with the config
     from lightning.pytorch.callbacks import Callback
@@ -50,8 +50,6 @@ def _lookup(class_path: str, where: str):
     if not (inspect.isclass(found) and issubclass(found, Callback)) or name.startswith("_"):
         known = sorted(n for n, v in vars(namespace).items()
                        if inspect.isclass(v) and issubclass(v, Callback) and not n.startswith("_"))
-        from mope_lightning.config import suggest
-
         raise ConfigError(f"{where}: class_path '{class_path}': {module} has no callback '{name}'"
                           f"{suggest(name, known)}; known: {', '.join(known)}")
     if name in BUILT_IN:
@@ -80,8 +78,6 @@ def resolve_callbacks(entries: list[Any], source: str) -> list:
         try:
             inspect.signature(cls).bind(**init_args)
         except TypeError as exc:
-            from mope_lightning.config import suggest
-
             params = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
             wrong = next((a for a in init_args if a not in params), None)
             hint = suggest(wrong, params) if wrong else ""

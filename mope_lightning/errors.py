@@ -1,5 +1,7 @@
 """Errors a user can fix. The CLI prints their message (no traceback) and exits with status 2."""
 
+import difflib
+
 
 class MopeError(Exception):
     """Base class: the message names the file, line or key at fault and says what to do."""
@@ -42,3 +44,9 @@ class ArgumentValueError(MopeError, ValueError):
 class ArgumentTypeError(MopeError, TypeError):
     """A Python API argument of the wrong type (a str where a list of texts is expected, None inside a list, an
     unknown keyword argument)."""
+
+
+def suggest(word: str, candidates) -> str:
+    """For a message about an unknown name: " (did you mean '<the closest candidate>'?)", or "" when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from mope_lightning.api_arguments import (check_batch_size, check_clip, check_device, check_flag, check_image,
                                           check_inputs, check_path, check_repo_id, check_samples, check_strings,
                                           check_text, reject_unknown)
-from mope_lightning.checkpoints import TrainedWeights, load_into, read_trained_weights
+from mope_lightning.adapters import read_trained_weights
+from mope_lightning.checkpoints import TrainedWeights, load_into
 from mope_lightning.errors import ArgumentValueError, DataError
 from mope_lightning.inference import PADDED_PER_BATCH, Distinct, overlaps, prefetched
 from mope_lightning.predictions import predicted_labels, probabilities
@@ -283,7 +284,7 @@ def from_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
     local path that does not exist, a CUDA device this machine lacks), or overrides given as one str.
     """
     from mope_lightning.adapters import download_adapter, is_repo_id
-    from mope_lightning.config import stored_config
+    from mope_lightning.config_model import stored_config
 
     check_path("source", source, "an adapter folder, a .ckpt file or a Hub repo id 'org/name'")
     device = check_device("device", device)

@@ -25,7 +25,7 @@ import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,42 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 from mope_lightning.data.missing import lost_by, missing_table
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
-
-KINDS = ("image", "text", "both")
-RESULTS = "robustness.json"
-FILES = (RESULTS, "robustness.md", "robustness.png")
-
-
-def condition_name(kind: str, rate: float, metric: str) -> str:
-    return f"missing/{kind}={float(rate):g}/{metric}"
-
-
-def conditions(rates: Sequence[float], kinds: Sequence[str]) -> list[tuple[str, float]]:
-    """(kind, rate) to evaluate: the complete test split once (as kind "none"), then every kind at every rate > 0."""
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise ConfigError(f"robustness.kinds: {list(kinds)}: give one or more of {', '.join(KINDS)}")
-    bad = [r for r in rates if not 0 <= r <= 1]
-    if bad or not rates:
-        raise ConfigError(f"robustness.rates: {list(rates)}: give one or more rates in [0, 1]")
-    found = [("none", 0.0)] if 0 in rates else []
-    return found + [(kind, float(rate)) for kind in kinds for rate in sorted(set(rates)) if rate > 0]
-
-
-def metric_of(results: dict, kind: str, rate: float, metric: str) -> Optional[float]:
-    """A condition's metric; rate 0 is the complete test split, shared by every kind."""
-    key = condition_name("none", 0.0, metric) if rate == 0 else condition_name(kind, rate, metric)
-    return results.get(key)
-
-
-def finished(run_dir: Path, rates: Sequence[float], kinds: Sequence[str]) -> bool:
-    """Whether `run_dir/robustness.json` holds every condition."""
-    path = Path(run_dir) / RESULTS
-    if not path.is_file():
-        return False
-    done = {name.rsplit("/", 1)[0] for name in json.loads(path.read_text()).get("metrics", {})}
-    return all(condition_name(k, r, "x").rsplit("/", 1)[0] in done for k, r in conditions(rates, kinds))
-
+from mope_lightning.robustness_tables import (FILES, KINDS, RESULTS, condition_name, conditions, finished,  # noqa: F401
+                                              metric_of, robustness_figure, table_markdown)
 
 def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
     if cfg.robustness.out:
@@ -141,7 +107,7 @@ class PassOutputs(NamedTuple):
 def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], PassOutputs]:
     """The test split's ids and per-sample outputs with `lost` ("image", "text") removed from every sample, or with
     every sample complete ("")."""
-    from mope_lightning.data import DATAMODULES
+    from mope_lightning.data.registry import DATAMODULES
 
     data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
     if lost:
@@ -250,7 +216,8 @@ def evaluate(cfg: DictConfig) -> Path:
 
 
 def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: dict) -> None:
-    from mope_lightning.checkpoints import load_into, read_trained_weights
+    from mope_lightning.adapters import read_trained_weights
+    from mope_lightning.checkpoints import load_into
     from mope_lightning.runner import build
 
     r = cfg.robustness
@@ -271,49 +238,6 @@ def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: d
     figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds,
                                metric)
     _save(figure, out / "robustness.png")
-
-
-def table_markdown(results: dict, rates: Sequence[float], kinds: Sequence[str], metric: str, ckpt: str) -> str:
-    lines = [f"# Robustness to missing modalities: test {metric}", "", f"- weights: `{ckpt}`",
-             "- rate: the share of test samples that lose the modality; `both`: half lose their text, half their "
-             "image", "", "| missing | " + " | ".join(f"{float(x):g}" for x in rates) + " |",
-             "|---|" + "---|" * len(rates)]
-    for kind in kinds:
-        values = [metric_of(results, kind, rate, metric) for rate in rates]
-        lines.append(f"| {kind} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def robustness_figure(curves: dict[str, dict[str, tuple]], rates: Sequence[float], kinds: Sequence[str],
-                      metric: str):
-    """One panel per kind: `metric` against the rate, a line (mean ± std) per entry of `curves`
-    (label -> condition name -> (mean, std or None)); None when nothing is measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), dpi=110, sharey=True, squeeze=False)
-    drawn = False
-    for ax, kind in zip(axes[0], kinds):
-        for label, values in curves.items():
-            points = [(float(rate), metric_of(values, kind, rate, metric)) for rate in rates]
-            points = [(x, v) for x, v in points if v is not None]
-            if not points:
-                continue
-            drawn = True
-            ax.errorbar([x for x, _ in points], [v[0] for _, v in points], yerr=[v[1] or 0.0 for _, v in points],
-                        marker="o", capsize=3, label=label)
-        ax.set_title(f"{kind} missing", fontsize=10)
-        ax.set_xlabel("test missing rate")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"test {metric}")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    if not drawn:
-        plt.close(fig)
-        return None
-    return fig
 
 
 def _save(fig, path: Path) -> Optional[Path]:

@@ -19,12 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, ResumePosition, RNGState,
                                      RoutingMonitor, RoutingReport)
-from mope_lightning.checkpoints import is_adapter, load_into, read_trained_weights
+from mope_lightning.adapters import read_trained_weights
+from mope_lightning.checkpoints import is_adapter, load_into
 from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
 from mope_lightning.config_checks import PARAM_GROUPS, read_modalities
-from mope_lightning.data import DATAMODULES, MultimodalDataModule
-from mope_lightning.data.base import data_prevents_caching
+from mope_lightning.data.base import MultimodalDataModule, data_prevents_caching
+from mope_lightning.data.registry import DATAMODULES
 from mope_lightning.data.audio import describe_clips
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import lost_by

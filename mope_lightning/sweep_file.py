@@ -198,7 +198,7 @@ def _name(path: Path, name: Any) -> str:
 def _robustness(path: Path, spec: Any) -> tuple:
     """(rates, kinds) of the sweep's `robustness` section, checked; () without one."""
     from mope_lightning.config import RobustnessConfig
-    from mope_lightning.robustness import conditions
+    from mope_lightning.robustness_tables import conditions
 
     if spec is None:
         return ()

@@ -2,7 +2,7 @@
 the jobs finish (`launcher=submitit-local` runs the same array through submitit's local executor, to check a sweep
 before sending it to a cluster).
 
-Each job runs `sweeps.execute` for its run: the same skip-and-resume rule as the local launcher, so a job that is
+Each job runs `sweep_runs.execute` for its run: the same skip-and-resume rule as the local launcher, so a job that is
 requeued (after a time-out or preemption; submitit resubmits it through `checkpoint`) resumes its run from
 `last.ckpt`, and re-running the sweep submits only what is not finished. Job logs are in `<out>/.submitit/`.
 """
@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from mope_lightning.errors import ConfigError
+from mope_lightning.sweep_runs import execute
 
 # submitit's defaults would end a local job after 2 minutes; a training run needs longer.
 DEFAULTS = {"timeout_min": 24 * 60, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 8, "gpus_per_node": 1}
@@ -23,8 +25,6 @@ class SweepJob:
     """The callable each array task runs; requeued with its own arguments (`checkpoint`) when SLURM stops it."""
 
     def __call__(self, run) -> dict:
-        from mope_lightning.sweeps import execute
-
         return execute(run)
 
     def checkpoint(self, run):
@@ -33,10 +33,11 @@ class SweepJob:
         return submitit.helpers.DelayedSubmission(self, run)
 
 
-def submit_and_wait(sweep, out: Path, runs: list, pending: list, cluster: str = "slurm", poll_s: float = 5.0) -> None:
+def submit_and_wait(sweep, out: Path, pending: list, cluster: str = "slurm", poll_s: float = 5.0,
+                    on_progress: Callable[[], None] = lambda: None) -> None:
+    """Submit the `pending` runs as one job array and wait for every job; `on_progress` is called after each poll
+    that saw a job finish (the sweep rewrites its report there)."""
     import submitit
-
-    from mope_lightning.sweep_report import write_report
 
     params = {**DEFAULTS, "name": f"mope-{sweep.name}", **sweep.slurm}
     if cluster == "local":  # this machine: no SLURM options, and no GPU to ask for unless it has one
@@ -63,7 +64,7 @@ def submit_and_wait(sweep, out: Path, runs: list, pending: list, cluster: str = 
             if error is not None:  # the job itself failed (not the training run, which execute records)
                 print(f"[mope]   job {job.job_id} for {run.slug} seed {run.seed} failed: {error}", flush=True)
         if done:
-            write_report(out, sweep, runs)
+            on_progress()
         else:
             time.sleep(poll_s)
 

@@ -27,7 +27,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
-from mope_lightning.errors import ConfigError
+from mope_lightning.errors import ConfigError, suggest
 from mope_lightning.fileio import atomic_write
 
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
@@ -37,8 +37,6 @@ VERSIONED = ("mope_lightning", "torch", "lightning", "timm", "transformers", "to
 
 def check_loggers(names, source: str) -> None:
     """Known names, each once: checked when the config loads (nothing is imported)."""
-    from mope_lightning.config import suggest
-
     for name in names:
         if name not in LOGGERS:
             raise ConfigError(f"{source}: loggers: unknown logger '{name}'{suggest(name, LOGGERS)}; choose from "

@@ -1,32 +1,25 @@
-"""DataModules by name (`data.name`). Each declares its own config dataclass (`config_class`)."""
+"""Datasets: the DataModules by name (`DATAMODULES`, data/registry.py) and what they are built from.
 
-from mope_lightning.data.base import MultimodalDataModule, MultimodalDataset, BatchCollate
-from mope_lightning.data.easy_vqa import EasyVQADataModule
-from mope_lightning.data.food101 import Food101DataModule
-from mope_lightning.data.hateful_memes import HatefulMemesDataModule
-from mope_lightning.data.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
-from mope_lightning.data.mmimdb import MMIMDBDataModule
-from mope_lightning.data.mustard import MustardDataModule
-from mope_lightning.data.samples import Problem, Scan, Split
+The names below are imported on first use: the DataModules are Lightning's, and the modules that inference needs
+(data.features, data.audio, data.samples) must load without Lightning (`from_pretrained` imports them)."""
 
+import importlib
 
-class MMBTDataModule(JsonlDataModule):
-    """MMBT/MoPE's preprocessed format ({train,val,test}.jsonl with text/label/img, and labels.txt)."""
-
-    config_class = MMBTConfig
-
-
-DATAMODULES: dict[str, type[MultimodalDataModule]] = {
-    "easy_vqa": EasyVQADataModule,
-    "food101": Food101DataModule,
-    "hateful_memes": HatefulMemesDataModule,
-    "mmimdb": MMIMDBDataModule,
-    "mustard": MustardDataModule,
-    "snli_ve": SNLIVEDataModule,
-    "mmbt": MMBTDataModule,
-    "jsonl": JsonlDataModule,
+_HOMES = {
+    "DATAMODULES": "registry", "MMBTDataModule": "registry",
+    "MultimodalDataModule": "base", "MultimodalDataset": "base", "BatchCollate": "base",
+    "EasyVQADataModule": "easy_vqa", "Food101DataModule": "food101", "HatefulMemesDataModule": "hateful_memes",
+    "JsonlDataModule": "jsonl", "SNLIVEDataModule": "jsonl", "MMIMDBDataModule": "mmimdb",
+    "MustardDataModule": "mustard", "Problem": "samples", "Scan": "samples", "Split": "samples",
 }
+__all__ = sorted(_HOMES)
 
-__all__ = ["DATAMODULES", "EasyVQADataModule", "Food101DataModule", "HatefulMemesDataModule", "MultimodalDataModule",
-           "MultimodalDataset", "JsonlDataModule", "MMBTDataModule", "MMIMDBDataModule", "MustardDataModule", "Problem",
-           "SNLIVEDataModule", "Scan", "Split", "BatchCollate"]
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

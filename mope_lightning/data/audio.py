@@ -63,22 +63,6 @@ def pad_clips(preprocessor, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, 
     return out["input_values"], out["attention_mask"]
 
 
-def check_clip(path: str) -> tuple[str, str]:
-    """(content digest, "") for a clip that decodes in full and holds samples, else ("", what is wrong with it)."""
-    from mope_lightning.data.checks import content_digest, read_file
-
-    data, problem = read_file(path, "audio")
-    if data is None:
-        return "", problem
-    try:
-        samples, _ = read_audio(Path(path))
-    except DataError as exc:
-        return "", str(exc).removeprefix(f"{path}: ")
-    if not len(samples):
-        return "", "empty clip: no audio samples"
-    return content_digest(data), ""
-
-
 def probe_clip(path: Path) -> tuple[int, float]:
     """(the file's sampling rate, its duration in seconds) from the container's headers, without decoding; (0, 0)
     when the headers do not say."""

@@ -18,7 +18,9 @@ from typing import Callable, Sequence
 
 from PIL import Image
 
+from mope_lightning.data.audio import read_audio
 from mope_lightning.data.samples import Problem, Scan
+from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 PARALLEL_FROM = 200  # fewer images decode faster inline than a process pool starts
@@ -57,6 +59,20 @@ def content_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def check_clip(path: str) -> tuple[str, str]:
+    """(content digest, "") for a clip that decodes in full and holds samples, else ("", what is wrong with it)."""
+    data, problem = read_file(path, "audio")
+    if data is None:
+        return "", problem
+    try:
+        samples, _ = read_audio(Path(path))
+    except DataError as exc:
+        return "", str(exc).removeprefix(f"{path}: ")
+    if not len(samples):
+        return "", "empty clip: no audio samples"
+    return content_digest(data), ""
+
+
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -64,8 +80,6 @@ def _cpus() -> int:
 def _decoder(media: str) -> Callable[[str], tuple[str, str]]:
     """The check of one file of a dataset's pools: `decode_image`, or for audio datasets `check_clip`."""
     if media == "audio":
-        from mope_lightning.data.audio import check_clip
-
         return check_clip
     return decode_image
 

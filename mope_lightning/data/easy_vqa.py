@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mope_lightning.config import DataConfig
+from mope_lightning.data.options import DataConfig
 from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import Problem, Scan, Split, SplitBuilder, stratified_holdout
 from mope_lightning.data.text_files import read_json, read_text

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mope_lightning.config import DataConfig
+from mope_lightning.data.options import DataConfig
 from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import Problem, Scan, SplitBuilder, stratified_holdout
 from mope_lightning.data.text_files import NotUTF8, csv_records, read_text

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mope_lightning.config import DataConfig
+from mope_lightning.data.options import DataConfig
 from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.samples import ImagePool, Problem, Scan, SplitBuilder
 from mope_lightning.data.text_files import NotUTF8, read_text

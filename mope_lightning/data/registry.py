@@ -1,0 +1,29 @@
+"""DataModules by name (`data.name`). Each declares its own config dataclass (`config_class`), which the config
+schema (mope_lightning/config.py) looks up here when it reads `data.name`: config imports the datasets, never the
+reverse."""
+
+from mope_lightning.data.base import MultimodalDataModule
+from mope_lightning.data.easy_vqa import EasyVQADataModule
+from mope_lightning.data.food101 import Food101DataModule
+from mope_lightning.data.hateful_memes import HatefulMemesDataModule
+from mope_lightning.data.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
+from mope_lightning.data.mmimdb import MMIMDBDataModule
+from mope_lightning.data.mustard import MustardDataModule
+
+
+class MMBTDataModule(JsonlDataModule):
+    """MMBT/MoPE's preprocessed format ({train,val,test}.jsonl with text/label/img, and labels.txt)."""
+
+    config_class = MMBTConfig
+
+
+DATAMODULES: dict[str, type[MultimodalDataModule]] = {
+    "easy_vqa": EasyVQADataModule,
+    "food101": Food101DataModule,
+    "hateful_memes": HatefulMemesDataModule,
+    "mmimdb": MMIMDBDataModule,
+    "mustard": MustardDataModule,
+    "snli_ve": SNLIVEDataModule,
+    "mmbt": MMBTDataModule,
+    "jsonl": JsonlDataModule,
+}

@@ -183,6 +183,9 @@ class RepeatedFiles:
         return self.load(self.files[i % len(self.files)])
 
 
+WORKER_TIMEOUT_S = 120  # seconds a DataLoader waits for one batch before it raises
+
+
 def loader_rate(load, files: list[Path], samples: int, batch_size: int, workers: int) -> float:
     """Samples/s of a DataLoader after its warm-up: the first batches (each worker's first, plus as many again)
     are left out, so worker start-up is not timed."""
@@ -192,8 +195,10 @@ def loader_rate(load, files: list[Path], samples: int, batch_size: int, workers:
     warmup = max(1, 2 * workers)
     samples = max(samples, (warmup + 2) * batch_size)
     torch.manual_seed(SEED)
+    # A timeout, so that a worker that stops answering fails the benchmark instead of hanging it (seen once with
+    # workers forked from a pytest-xdist worker, whose other threads fork leaves behind)
     loader = DataLoader(RepeatedFiles(files, samples, load), batch_size=batch_size, num_workers=workers,
-                        drop_last=True)
+                        drop_last=True, timeout=WORKER_TIMEOUT_S if workers else 0)
     arrivals = [time.perf_counter() for _ in loader]
     return (len(arrivals) - warmup) * batch_size / (arrivals[-1] - arrivals[warmup - 1])
 

@@ -77,10 +77,31 @@ def _format(value: Any) -> str:
     return "" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+SUMMARY_FILES = ("results.csv", "summary.md")  # what write_report writes into the sweep's folder, besides plots
+SUMMARY_TITLE = "# Sweep "  # summary.md's first line, before the sweep's name
+RUN_COLUMNS = ("seed", "status")  # results.csv's columns after the grid's
+
+
+def written_by_a_sweep(out: Path) -> bool:
+    """Whether the summary files in `out` are ones write_report wrote (by their first line), so that a sweep may
+    replace them: `mope sweep ... out=` continues an earlier sweep's folder, and refuses one holding other files of
+    those names."""
+    def first_line(name: str) -> str:
+        try:
+            with open(out / name, encoding="utf-8") as fh:
+                return fh.readline()
+        except (OSError, UnicodeDecodeError):
+            return ""
+
+    marks = {"summary.md": lambda line: line.startswith(SUMMARY_TITLE),
+             "results.csv": lambda line: f",{','.join(RUN_COLUMNS)}," in f",{line}"}
+    return all(not (out / name).exists() or marks[name](first_line(name)) for name in SUMMARY_FILES)
+
+
 def write_csv(fh, rows: list[dict], out: Path) -> None:
     columns, metrics = _columns(rows), _metric_names(rows)
     writer = csv.writer(fh)
-    writer.writerow([*columns, "seed", "status", *metrics, "trainable_params", "train_seconds", "run_dir", "error"])
+    writer.writerow([*columns, *RUN_COLUMNS, *metrics, "trainable_params", "train_seconds", "run_dir", "error"])
     for row in rows:
         writer.writerow([*(_format(row["settings"].get(c)) for c in columns), row["seed"], row["status"],
                          *(_format(row["metrics"].get(m)) for m in metrics), _format(row.get("trainable_params")),
@@ -127,7 +148,7 @@ def summary_markdown(sweep, rows: list[dict]) -> str:
     stats, columns = cell_stats(rows), _columns(rows)
     metrics = _metric_names(rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "pending")}
-    lines = [f"# Sweep {sweep.name}", "", f"- sweep file: `{sweep.path}`",
+    lines = [f"{SUMMARY_TITLE}{sweep.name}", "", f"- sweep file: `{sweep.path}`",
              f"- experiment: {' '.join(sweep.experiment)}",
              f"- overrides: {' '.join(sweep.overrides) or '(none)'}", f"- seeds: {sweep.seeds}",
              f"- runs: {len(rows)} ({counts['finished']} finished, {counts['failed']} failed, "

@@ -93,29 +93,15 @@ def _blame(places: list[tuple[str, list[str], list[str]]], error: MopeError) -> 
     return ConfigError(f"{culprit}: {str(error).removeprefix('command line: ')}")
 
 
-SUMMARY_FILES = ("results.csv", "summary.md")  # written by sweep_report into the sweep's folder
-
-
 def _check_folder(out: Path, key: str) -> None:
     """The sweep writes a folder (its runs, results.csv, summary.md, plots): `out` may be new or an earlier sweep's
     folder (continued: its summary files are the sweep's own to replace), never a file or a folder whose
     results.csv or summary.md mope did not write, and must be writable. Checked after planning, before anything is
     written."""
-    claim_output(out, key, files=SUMMARY_FILES, earlier=_holds_a_sweep, overwrite=True, what="sweep")
+    from mope_lightning.sweep_report import SUMMARY_FILES, written_by_a_sweep
+
+    claim_output(out, key, files=SUMMARY_FILES, earlier=written_by_a_sweep, overwrite=True, what="sweep")
     check_writable(out, key)
-
-
-def _holds_a_sweep(out: Path) -> bool:
-    """Whether the summary files in `out` are the ones a sweep writes (their first line says so)."""
-    def first_line(name: str) -> str:
-        try:
-            with open(out / name, encoding="utf-8") as fh:
-                return fh.readline()
-        except (OSError, UnicodeDecodeError):
-            return ""
-    return all(not (out / name).exists() or marker(first_line(name)) for name, marker in
-               (("summary.md", lambda line: line.startswith("# Sweep ")),
-                ("results.csv", lambda line: ",seed,status," in f",{line}")))
 
 
 def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:

@@ -12,7 +12,7 @@ A_{j->k} a learned width bridge (identity when the widths agree), a(l, j) the la
 depth, and c the other modality's feature when the dispatcher is conditioned on it (the multimodal pMoE). The gate
 is one weight per candidate set (`granularity="expert"`) or one per candidate set and prompt token ("token").
 P_hat replaces the carried prompts before the frozen layer runs (VPT-deep style). Every design choice where the
-paper is silent is listed in ../shared/reference/peers.md §3.4 and in the README.
+paper is silent is listed in docs/design/peers.md §3.4 and docs/guides/pmoe.md.
 
 An expert's EPTs may themselves be MoPE prompts: static tokens, dynamic tokens mixed from prompt experts by a router
 that reads the other modality only, and mapped tokens projected from the other modality's feature. So every

@@ -6,7 +6,7 @@ its token outputs against onnxruntime on sample sentences, and save it with Mini
 uncased WordPiece vocabulary) under the model cache. Later runs load the saved directory. A conversion whose output
 differs from onnxruntime's is an error, and nothing is saved.
 
-How the export maps back (../shared/reference/offline_models.md §3.3): initializers named `model.0.auto_model.*`
+How the export maps back (docs/design/offline_models.md §3.3): initializers named `model.0.auto_model.*`
 are BERT's own keys; each unnamed MatMul weight takes the name of the bias its consuming `Add` node adds, transposed.
 """
 

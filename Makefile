@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 GPUS ?= 2
-.PHONY: help install train train-ddp sweep test lint bench bench-quick bench-sharing bench-predict bench-loader gpu-check tensorboard clean
+.PHONY: help install train train-ddp sweep test lint docs bench bench-quick bench-sharing bench-predict bench-loader gpu-check tensorboard clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ lint: $(BIN)/.installed ## ruff's checks (pyflakes, pycodestyle errors, bugbear)
 	$(BIN)/ruff check mope_lightning tests benchmarks
 	$(BIN)/lint-imports
 
+docs: $(BIN)/.installed ## build the docs site into site/ (mkdocs, --strict: a broken link or a warning fails)
+	$(BIN)/mkdocs build --strict
+
 bench: $(BIN)/.installed ## full benchmarks -> benchmarks/results.{json,md} (longer than bench-quick)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
@@ -72,5 +75,5 @@ gpu-check: $(BIN)/.installed ## on a machine with an NVIDIA GPU: CUDA tests, a s
 tensorboard: $(BIN)/.installed ## serve the TensorBoard logs under $(LOGDIR)/ on port 6006
 	$(BIN)/tensorboard --logdir $(LOGDIR) --port 6006
 
-clean: ## delete runs/, the feature cache and .venv
-	rm -rf runs data/cache $(VENV)
+clean: ## delete runs/, the feature cache, the docs site and .venv
+	rm -rf runs data/cache site $(VENV)

@@ -110,6 +110,7 @@ class PromptedAudioEncoder(Backbone):
                          prompter: Optional[Prompter] = None) -> tuple[Tensor, Tensor]:
         """Last-layer frames (B, P + T, D) with the last prompts in front, and their (B, P + T) mask."""
         x, frame_mask = self.frames(input_values, audio_mask)
+        self.select_attention(x, x.shape[1])
         run_layer = self._layer_call(frame_mask)
         x, prompts = prompted_block_loop(self.model.encoder.layers, x, 0, run_layer, prompter, frame_mask,
                                          layer_policy=self.layer_checkpoint_policy)

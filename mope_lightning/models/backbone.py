@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.dropout import _DropoutNd
+
+from mope_lightning.models.attention import AttentionSwitch, attention_kernel
 
 
 class Backbone(nn.Module):
@@ -23,6 +25,9 @@ class Backbone(nn.Module):
     `checkpointed_layers`: a prompted encoder's first `checkpointed_layers` layers recompute their activations in the
     backward pass instead of keeping them, by `checkpoint_policy` (models/prompt_loop.py); set by the factory from
     `model.activation_checkpointing`, `model.checkpointed_layers` and `model.checkpoint_policy`. 0: none.
+
+    `attention` (`model.attention`): which attention kernel the library model runs, "auto", "library" or "eager"
+    (models/attention.py); the wrappers call `select_attention` at the start of each forward pass.
     """
 
     def __init__(self, model: nn.Module, frozen: bool = True):
@@ -31,6 +36,8 @@ class Backbone(nn.Module):
         self.dropout_in_training = False
         self.checkpointed_layers = 0
         self.checkpoint_policy = "selective"
+        self.attention = "auto"
+        self._attention_switch = AttentionSwitch(model)
         self.model = model.requires_grad_(not frozen)
         if frozen:
             self.model.eval()
@@ -39,6 +46,11 @@ class Backbone(nn.Module):
         """How prompted layer `layer` is checkpointed: `checkpoint_policy`, or None (kept) past the first
         `checkpointed_layers`."""
         return self.checkpoint_policy if layer < self.checkpointed_layers else None
+
+    def select_attention(self, reference: Tensor, tokens: int) -> None:
+        """Run the library model's attention over `tokens` tokens with the kernel `attention` picks for the device
+        and precision of `reference` (an activation of this forward pass)."""
+        self._attention_switch.set(attention_kernel(self.attention, reference, tokens))
 
     def unfreeze(self) -> None:
         self.frozen = False

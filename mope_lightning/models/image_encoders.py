@@ -52,6 +52,7 @@ class PooledImageEncoder(Backbone):
         return {"images": batch["images"]}
 
     def forward(self, images: Tensor) -> Tensor:
+        self.select_attention(images, getattr(getattr(self.model, "patch_embed", None), "num_patches", 0))
         return self.model(images).flatten(1)
 
     def signature(self) -> dict:

@@ -38,6 +38,8 @@ class PromptedWindowAttention(nn.Module):
         self.prompts: Optional[Tensor] = None
         self.prompt_out: Optional[Tensor] = None
         self.window_major = False
+        # Like timm's own attention modules: PyTorch's fused kernel, or the plain path (models/attention.py picks)
+        self.fused_attn = True
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         if self.prompts is None:
@@ -59,7 +61,10 @@ class PromptedWindowAttention(nn.Module):
             shift = F.pad(mask, (num_prompts, 0, num_prompts, 0)).view(1, -1, 1, total, total)
             bias = (bias.unsqueeze(1) + shift).expand(windows // mask.shape[0], -1, -1, -1, -1)
             bias = bias.reshape(windows, a.num_heads, total, total)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        else:  # timm WindowAttention's own unfused path
+            out = a.attn_drop(((q * a.scale) @ k.transpose(-2, -1) + bias.to(q.dtype)).softmax(dim=-1)) @ v
         out = a.proj_drop(a.proj(out.transpose(1, 2).reshape(windows, total, -1)))
         prompt_out = out[:, :num_prompts]
         if self.window_major:
@@ -106,6 +111,8 @@ class PromptedSwin(Backbone):
         """Normed last-stage tokens (B, P + H·W, C) with the last prompts first."""
         m = self.model
         x = m.patch_embed(images)  # (B, H, W, C), timm's NHWC layout
+        window = self.blocks[0].window_size
+        self.select_attention(x, window[0] * window[1])  # attention runs within windows
         prompts = initial_prompts(prompter, x.shape[0])
         layer = 0
         for stage in m.layers:

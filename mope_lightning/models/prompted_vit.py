@@ -65,6 +65,7 @@ class PromptedViT(Backbone):
         their (B, N) mask of valid tokens when some image is missing (else None)."""
         v = self.model
         x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(images))))
+        self.select_attention(x, x.shape[1])
         valid = None
         if missing is not None:  # the patches of a missing image are no tokens
             valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)

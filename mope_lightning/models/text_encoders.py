@@ -69,6 +69,7 @@ class PromptedTextEncoder(Backbone):
                          token_type_ids: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """Last-layer tokens (B, 1 + P + L - 1, D) with the last prompts after [CLS], and their (B, N) mask."""
         x = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        self.select_attention(x, x.shape[1])
         masks: dict[int, Optional[Tensor]] = {}  # the 4-D attention mask for each number of prompts
 
         def run_layer(layer: nn.Module, hidden: Tensor, num_prompts: int) -> Tensor:

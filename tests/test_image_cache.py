@@ -278,6 +278,22 @@ def test_by_default_only_training_reads_the_cache(tmp_path):
     assert item.dtype == torch.uint8 and item.shape == (3, *fit.pixels.blank.shape[1:])
 
 
+def test_training_images_are_augmented_after_the_cache_drawn_from_the_torch_seed(tmp_path):
+    fit, _ = batches(tmp_path, "fit", "data.randaugment=[2,9]")
+    train, plain = fit.datasets["train"], fit.pixels.images[fit.splits["train"].pool]
+
+    def draw(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)  # a DataLoader worker's seed, as the loaders give it
+        return [train[i]["images"] for i in range(6)]
+
+    first = draw(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, draw(1)))
+    assert not all(torch.equal(a, b) for a, b in zip(first, draw(2)))
+    rows = [torch.from_numpy(plain.row(train.files[train.split.media_index[i]])).permute(2, 0, 1) for i in range(6)]
+    assert not all(torch.equal(a, b) for a, b in zip(first, rows))
+    assert all(a.dtype == torch.uint8 and a.shape == b.shape for a, b in zip(first, rows))
+
+
 def cli_args(tmp_path, *extra) -> list[str]:
     return [str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
             f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
@@ -341,3 +357,31 @@ def test_a_read_only_cache_folder_is_one_message_naming_it(tmp_path, capsys):
     one_error(capsys, f"data.cache_dir: cannot write in {folder}")
     assert shards(folder) == []
 
+
+
+# --- benchmarks/loader.py ----------------------------------------------------------------------------------------
+
+def test_the_loader_benchmark_measures_the_cached_path_beside_the_pil_path(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import loader as loader_bench
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    out = tmp_path / "results-loader.json"
+    loader_bench.main(["--samples", "tiny", "--workers", "0", "--recipes", "snli_ve", "--out", str(out)])
+    results = json.loads(out.read_text())
+    snli = results["loader"]["recipes"]["snli_ve"]
+    assert set(snli["paths"]) == {"pil", "cached"} and snli["cache"]["shape"] == [224, 224, 3]
+    train = snli["paths"]["cached"]["train"]
+    assert train["stages_on_device"] == ["to_float_normalise"] and train["stages_us_per_sample"]["resize_crop"] is None
+    assert train["stages_us_per_sample"]["augment"] > 0 and train["device_us_per_sample"] > 0
+    assert train["host_us_per_sample"] == round(train["stages_sum_us_per_sample"] - train["device_us_per_sample"], 1)
+    rates = {path: snli["paths"][path]["train"]["workers"]["0"]["per_worker_samples_per_s"] for path in snli["paths"]}
+    ratios = results["ratios"]
+    assert ratios["cached_over_pil_train_per_worker"] == round(rates["cached"] / rates["pil"], 2)
+    assert {"loader_cores_h100_40pct_pil_train_snli_ve", "loader_cores_h100_40pct_cached_train_snli_ve"} <= set(ratios)
+    assert "| snli_ve | train | cached |" in out.with_suffix(".md").read_text()
+    assert not list(scratch.iterdir())  # the JPEGs and the cache are gone

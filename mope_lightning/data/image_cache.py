@@ -77,7 +77,7 @@ class CachedImages:
     opened by each process on its first read, never pickled."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], files: Sequence[Path],
-                 augment: Optional[Callable[[Tensor], Tensor]] = None):
+                 augment: Optional[Callable[[np.ndarray], np.ndarray]] = None):
         self.path, self.shape, self.augment = path, tuple(shape), augment
         self.rows = {str(f): i for i, f in enumerate(files)}
         self._array: Optional[np.memmap] = None
@@ -85,17 +85,23 @@ class CachedImages:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}
 
-    def augmented(self, augment: Optional[Callable[[Tensor], Tensor]]) -> "CachedImages":
+    def augmented(self, augment: Optional[Callable[[np.ndarray], np.ndarray]]) -> "CachedImages":
         """The same rows read through `augment` (the training split's)."""
         other = CachedImages.__new__(CachedImages)
         other.__dict__.update({**self.__getstate__(), "augment": augment})
         return other
 
-    def __call__(self, path: Path) -> Tensor:
+    def row(self, path: Path) -> np.ndarray:
+        """The file's cached HWC pixels (a copy: the shard is mapped read-only)."""
         if self._array is None:
             self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
-        pixels = torch.from_numpy(np.array(self._array[self.rows[str(path)]])).permute(2, 0, 1)
-        return self.augment(pixels) if self.augment is not None else pixels
+        return np.array(self._array[self.rows[str(path)]])
+
+    def __call__(self, path: Path) -> Tensor:
+        pixels = self.row(path)
+        if self.augment is not None:
+            pixels = self.augment(pixels)
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 class PixelCache:
@@ -187,7 +193,7 @@ class PixelPools:
     (uint8), the steps that finish a batch on its device, and the pixels of a missing image (set there)."""
 
     images: dict[str, CachedImages]
-    augment: Optional[Callable[[Tensor], Tensor]]
+    augment: Optional[Callable[[np.ndarray], np.ndarray]]
     device: DevicePixels
     blank: Tensor
 

@@ -144,7 +144,7 @@ class PixelCache:
                         and recorded.get("shape") == list(shape) and shard.stat().st_size == int(np.prod(shape)))
             reason = "its size or completion marker does not match"
         except FileNotFoundError:
-            complete, reason = False, "it has no completion marker (an interrupted build)"
+            complete, reason = False, "its shard or completion marker is missing (an interrupted build)"
         except (OSError, ValueError) as exc:
             complete, reason = False, f"its completion marker is damaged ({type(exc).__name__})"
         if not complete:

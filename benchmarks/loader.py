@@ -17,8 +17,16 @@ each image is read by `LoadImage`, as in training. Inputs:
   random JPEG quality in 75-90, in a temporary folder removed afterwards;
 - easy_vqa: its installed training images (64x64 PNG) and its preprocessing.
 
-For every recipe, split (train, eval) and loader path ("pil": decode with PIL, transform on the CPU, every epoch),
-a DataLoader with the recipe's batch size reads `--samples` samples (the files in turn, from the page cache: no disk
+Loader paths, measured in the same run:
+- "pil": decode with PIL, transform on the CPU, every epoch (`data.image_cache=false`);
+- "cached": the decoded-image cache (data/image_cache.py, `data.image_cache=true`), built once per recipe into the
+  temporary folder (its build time is reported): the workers read uint8 rows of the memory-mapped shard and, in
+  training, run RandAugment on them (torchvision v2, after the resize); to-float and normalisation run on the whole
+  batch on the device, so they are not in the workers' samples/s: their cost per sample, timed on CPU batches (the
+  stand-in for the device), is reported beside it ("device_us_per_sample"; "host_us_per_sample" is the rest).
+
+For every recipe, split (train, eval) and loader path, a DataLoader with the recipe's batch size reads `--samples`
+samples (the files in turn, from the page cache: no disk
 reads are timed) with 0 workers (in-process, the reference), 1 and 2 worker processes. The clock starts when the
 first batches have arrived (worker start-up excluded) and stops at the last batch; the median of `--repeats` runs
 is reported, as samples/s in all and per worker process. Each stage of the training pipeline (decode, augment,
@@ -27,7 +35,8 @@ resize/crop, to-float/normalise) is also timed on its own, in-process, as micros
 The model's demand: FLOPs per training sample of the paper configuration (`step_flops` / batch of the `paper`/`mope`
 case of `--step-results`, from `make bench-quick`) and the samples/s that implies at 30% and 40% of an H100 SXM's
 dense bf16 peak; a paper recipe's loader cores per GPU are that rate over the samples/s of one worker process.
-Results go into `--out` under "loader" and the `loader_cores_*` keys of "ratios" (other keys are kept), with a
+Results go into `--out` under "loader" and, in "ratios", the `loader_cores_*` keys (per path, before: pil, after:
+cached) and `cached_over_pil_{train,eval}_per_worker` (SNLI-VE-like JPEGs; other keys are kept), with a
 Markdown summary of the whole file beside it (same name, .md).
 """
 
@@ -138,16 +147,33 @@ def recipe_pipelines(name: str) -> tuple[dict, dict]:
                       for split in ("train", "eval")}
 
 
-def path_loaders(transform) -> dict:
-    """Loader path -> (file -> model input). "pil" is today's path; a decoded-image cache adds its own."""
+def cached_pool(data, transform, files: list[Path], folder: Path) -> tuple[object, float]:
+    """(the recipe's images in the decoded-image cache, as its DataModule builds it (`PixelPools`), seconds the
+    one-time build took)."""
+    from mope_lightning.data.image_cache import pixel_pools
+
+    start = time.perf_counter()
+    data = data.copy()
+    data.image_cache, data.num_workers = True, 0
+    pools = pixel_pools(data, folder, {POOL: files}, transform, "fit")
+    return pools, time.perf_counter() - start
+
+
+POOL = "bench"  # the cached pool's name
+
+
+def path_loaders(transform, pools, train: bool) -> dict:
+    """Loader path -> (file -> what the loader's workers hand over). "pil": today's path, the model's float input;
+    "cached": the decoded-image cache's uint8 pixels (augmented in training), made float on the device."""
     from mope_lightning.data.features import LoadImage
 
-    return {"pil": LoadImage(transform)}
+    return {"pil": LoadImage(transform), "cached": pools.loader(POOL, train)}
 
 
 def flatten(transform) -> list:
-    inner = getattr(transform, "transforms", None)
-    return [t for part in inner for t in flatten(part)] if inner is not None else [transform]
+    from mope_lightning.data.image_transforms import flatten as steps
+
+    return steps(transform)
 
 
 def transform_stages(transform) -> list[tuple[str, list]]:
@@ -224,8 +250,35 @@ def stage_times(transform, files: list[Path], samples: int) -> dict[str, float]:
     return {stage: round(out[stage], 1) if stage in out else None for stage in STAGES}  # None: no such step
 
 
-def measure_split(load, transform, files: list[Path], size: dict, batch_size: int, workers: list[int],
-                  repeats: int) -> dict:
+def cached_stage_times(pools, train: bool, files: list[Path], samples: int, batch_size: int) -> dict[str, float]:
+    """Microseconds per sample of the cached path's stages: "decode" reads a row of the memory-mapped shard,
+    "augment" is RandAugment on uint8 (training), no "resize_crop" (done once, when the cache is built), and
+    "to_float_normalise" runs on whole batches (`DevicePixels`, on the CPU here: the stand-in for the device)."""
+    import torch
+
+    torch.manual_seed(SEED)
+    read, paths = pools.loader(POOL, train=False), [files[i % len(files)] for i in range(samples)]
+    start = time.perf_counter()
+    items = [read.row(p) for p in paths]
+    out = {"decode": (time.perf_counter() - start) / samples * 1e6}
+    if train and pools.augment is not None:
+        start = time.perf_counter()
+        items = [pools.augment(x) for x in items]
+        out["augment"] = (time.perf_counter() - start) / samples * 1e6
+    chw = [torch.from_numpy(x).permute(2, 0, 1) for x in items]
+    batches = [torch.stack(chw[i:i + batch_size]) for i in range(0, samples, batch_size)]
+    start = time.perf_counter()
+    for batch in batches:
+        pools.device({"images": batch})
+    out["to_float_normalise"] = (time.perf_counter() - start) / samples * 1e6
+    return {stage: round(out[stage], 1) if stage in out else None for stage in STAGES}
+
+
+ON_DEVICE = {"cached": ("to_float_normalise",)}  # stages a path runs on the batch on the device, not in the loader
+
+
+def measure_split(load, stages: dict, files: list[Path], size: dict, batch_size: int, workers: list[int],
+                  repeats: int, on_device: tuple = ()) -> dict:
     rates: dict[int, list[float]] = {w: [] for w in workers}
     for _ in range(repeats):
         for w in workers:
@@ -236,24 +289,32 @@ def measure_split(load, transform, files: list[Path], size: dict, batch_size: in
         by_workers[str(w)] = {"samples_per_s": round(median, 1),
                               "per_worker_samples_per_s": round(median / max(w, 1), 1),
                               "runs_samples_per_s": [round(r, 1) for r in runs]}
-    stages = stage_times(transform, files, size["stage_samples"])
     total = sum(v for v in stages.values() if v is not None)
+    host = sum(v for k, v in stages.items() if v is not None and k not in on_device)
     return {"workers": by_workers, "stages_us_per_sample": stages, "stages_sum_us_per_sample": round(total, 1),
-            "stages_share": {k: round(v / total, 3) for k, v in stages.items() if v is not None}}
+            "stages_share": {k: round(v / total, 3) for k, v in stages.items() if v is not None},
+            "stages_on_device": list(on_device), "host_us_per_sample": round(host, 1),
+            "device_us_per_sample": round(total - host, 1)}
 
 
-def measure_recipe(name: str, files: list[Path], size: dict, workers: list[int], repeats: int) -> dict:
+def measure_recipe(name: str, files: list[Path], size: dict, workers: list[int], repeats: int, folder: Path) -> dict:
     data, pipelines = recipe_pipelines(name)
     batch_size = size["batch_size"] or data.batch_size
+    pools, build_s = cached_pool(data, pipelines["eval"], files, folder)
     out = {"experiment": f"experiments/{RECIPES[name]['experiment']}", "model": RECIPES[name]["model"],
            "images": describe_files(files), "batch_size": batch_size,
            "randaugment": list(data.randaugment) if data.get("randaugment") else None,
-           "transforms": {split: [repr(step) for step in flatten(t)] for split, t in pipelines.items()}, "paths": {}}
+           "transforms": {split: [repr(step) for step in flatten(t)] for split, t in pipelines.items()}, "paths": {},
+           "cache": {"files": len(files), "build_s": round(build_s, 3),
+                     "shape": list(pools.images[POOL].shape[1:]), "dtype": "uint8"}}
     for split, transform in pipelines.items():
-        for path, load in path_loaders(transform).items():
+        train = split == "train"
+        for path, load in path_loaders(transform, pools, train).items():
             print(f"{name} {split} {path} ...", flush=True)
-            out["paths"].setdefault(path, {})[split] = measure_split(load, transform, files, size, batch_size,
-                                                                     workers, repeats)
+            stages = (cached_stage_times(pools, train, files, size["stage_samples"], batch_size) if path == "cached"
+                      else stage_times(transform, files, size["stage_samples"]))
+            out["paths"].setdefault(path, {})[split] = measure_split(load, stages, files, size, batch_size, workers,
+                                                                     repeats, ON_DEVICE.get(path, ()))
     return out
 
 
@@ -280,16 +341,27 @@ def cores_per_gpu(recipes: dict, demand: dict) -> dict:
             continue
         for path, splits in recipe["paths"].items():
             for split, result in splits.items():
-                per_worker = result["workers"].get("1", result["workers"].get("0"))["per_worker_samples_per_s"]
                 out.setdefault(name, {}).setdefault(path, {})[split] = {
-                    fraction: round(rate / per_worker, 1) for fraction, rate in demand["samples_per_s"].items()}
+                    fraction: round(rate / per_worker(result), 1) for fraction, rate in demand["samples_per_s"].items()}
     return out
 
 
-def loader_ratios(cores: dict) -> dict:
-    return {f"loader_cores_h100_{round(float(f) * 100)}pct_{path}_{split}_{name}": n
-            for name, paths in cores.items() for path, splits in paths.items() if path == "pil"
-            for split, by_fraction in splits.items() if split == "train" for f, n in by_fraction.items()}
+def loader_ratios(cores: dict, recipes: dict) -> dict:
+    """Loader cores per GPU of each paper recipe's training path, and the cached path's samples/s per worker over
+    the PIL path's (host-side work per sample) on SNLI-VE-like JPEGs."""
+    ratios = {f"loader_cores_h100_{round(float(f) * 100)}pct_{path}_{split}_{name}": n
+              for name, paths in cores.items() for path, splits in paths.items()
+              for split, by_fraction in splits.items() if split == "train" for f, n in by_fraction.items()}
+    snli = recipes.get("snli_ve")
+    for split in ("train", "eval") if snli else ():
+        pil, cached = (per_worker(snli["paths"][path][split]) for path in ("pil", "cached"))
+        ratios[f"cached_over_pil_{split}_per_worker"] = round(cached / pil, 2)
+    return ratios
+
+
+def per_worker(result: dict) -> float:
+    """Samples/s of one worker process (in-process where the run had no worker)."""
+    return result["workers"].get("1", result["workers"].get("0"))["per_worker_samples_per_s"]
 
 
 # --- report ----------------------------------------------------------------------------------------------------------
@@ -322,15 +394,20 @@ def loader_markdown(loader: dict) -> list[str]:
              f"{loader['samples']} samples per run, median of {loader['repeats']}; JPEGs from "
              f"{loader['photographs']}.", "",
              "Samples/s per worker process (0 workers: in-process, the reference); the stages, timed on their own "
-             "in-process, in microseconds per sample.", "",
+             "in-process, in microseconds per sample, and their sums in the loader (host) and on the batch on the "
+             "device (the cached path's to-float and normalisation, timed on CPU batches).", "",
              "| recipe | split | path | " + " | ".join(f"{w} worker{'s' * (w != 1)}" for w in workers) + " | "
-             + " | ".join(STAGES) + " |", "|---|---|---|" + "---|" * (len(workers) + len(STAGES))]
+             + " | ".join(STAGES) + " | host | device |", "|---|---|---|" + "---|" * (len(workers) + len(STAGES) + 2)]
     for name, recipe in loader["recipes"].items():
         for path, splits in recipe["paths"].items():
             for split, result in splits.items():
                 rates = [str(result["workers"][str(w)]["per_worker_samples_per_s"]) for w in workers]
                 stages = [str(result["stages_us_per_sample"][s] or "-") for s in STAGES]
-                lines.append(f"| {name} | {split} | {path} | " + " | ".join(rates + stages) + " |")
+                sums = [str(result.get(k, "-")) for k in ("host_us_per_sample", "device_us_per_sample")]
+                lines.append(f"| {name} | {split} | {path} | " + " | ".join(rates + stages + sums) + " |")
+    lines += [""] + [f"Decoded-image cache of {name}: {recipe['cache']['files']} files of "
+                     f"{'x'.join(map(str, recipe['cache']['shape']))} uint8, built in {recipe['cache']['build_s']} s."
+                     for name, recipe in loader["recipes"].items() if "cache" in recipe]
     lines += ["", f"Demand: {demand['flops_per_sample'] / 1e9:.1f} GFLOP per training sample ({demand['source']}); "
               f"one {demand['gpu']} at " + ", ".join(f"{float(f):.0%} of its dense bf16 peak consumes {n} samples/s"
                                                      for f, n in demand['samples_per_s'].items()) + ".", "",
@@ -402,13 +479,13 @@ def main(argv: list[str] | None = None) -> None:
             shape = RECIPES[name]["size"]
             files = (write_jpegs(Path(tmp), sources, shape, size["files"], SEED) if shape
                      else easy_vqa_images(size["files"]))
-            recipes[name] = measure_recipe(name, files, size, ns.workers, repeats)
+            recipes[name] = measure_recipe(name, files, size, ns.workers, repeats, Path(tmp) / f"cache-{name}")
     section = {"command": " ".join(["python benchmarks/loader.py", *(argv if argv is not None else sys.argv[1:])]),
                "machine": machine("cpu"), "photographs": source, "jpeg_quality": list(QUALITY), "seed": SEED,
                "samples": size["samples"], "repeats": repeats, "workers": ns.workers, "recipes": recipes,
                "demand": demand}
     section["cores_per_gpu"] = cores_per_gpu(recipes, demand)
-    ratios = loader_ratios(section["cores_per_gpu"])
+    ratios = loader_ratios(section["cores_per_gpu"], recipes)
     write_results(ns.out, section, ratios)
     print(json.dumps({"cores_per_gpu": section["cores_per_gpu"], "ratios": ratios}, indent=2))
     print(f"written {ns.out} and {ns.out.with_suffix('.md')}")

@@ -45,6 +45,7 @@ PROBABILITY_BELOW_1 = Range(0, 1, open_high=True)
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1),
     "data.batch_size": POSITIVE_COUNT, "data.eval_batch_size": POSITIVE_COUNT, "data.num_workers": COUNT,
+    "data.prefetch_factor": POSITIVE_COUNT,
     "data.max_text_length": POSITIVE_COUNT, "data.image_size": POSITIVE_COUNT, "data.crop_pct": POSITIVE,
     "data.val_fraction": Range(0, 1, open_low=True, open_high=True), "data.train_images": POSITIVE_COUNT,
     "data.test_images": POSITIVE_COUNT, "data.fold": COUNT, "data.max_audio_seconds": POSITIVE,

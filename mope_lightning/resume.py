@@ -27,9 +27,9 @@ RESUME_MAY_CHANGE = ("ckpt", "trainer.max_epochs", "trainer.max_steps", "trainer
                      "trainer.min_steps", "trainer.devices", "trainer.num_nodes", "trainer.accelerator",
                      "trainer.strategy", "trainer.enable_progress_bar", "trainer.enable_model_summary",
                      "trainer.log_every_n_steps", "trainer.default_root_dir", "data.root", "data.image_dir",
-                     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.cache_dir",
-                     "data.eval_batch_size", "checkpoint.save_last", "checkpoint.save_top_k", "predict.",
-                     "analyze.", "export.", "run.", "tags", "notes", "loggers", *HOW_IT_RUNS)
+                     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
+                     "data.cache_dir", "data.eval_batch_size", "checkpoint.save_last", "checkpoint.save_top_k",
+                     "predict.", "analyze.", "export.", "run.", "tags", "notes", "loggers", *HOW_IT_RUNS)
 
 
 def _may_change(key: str) -> bool:

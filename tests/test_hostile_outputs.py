@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
 def no_model(monkeypatch):
     """Any model build fails the test: the refusals must come before any model work."""
     import mope_lightning.pretrained as pretrained
-    import mope_lightning.runner as runner
+    import mope_lightning.cli.fit as runner
 
     def built(*a, **k):
         raise AssertionError("a model was built before the output was checked")
@@ -221,7 +221,7 @@ def test_a_fit_refused_by_lightning_leaves_no_run_directory(tmp_path, capsys):
 
 def test_a_fit_failing_at_setup_leaves_no_run_directory_and_keeps_a_resumed_one(trained, tmp_path, capsys,
                                                                                 monkeypatch):
-    import mope_lightning.lit_module as lit_module
+    import mope_lightning.training.lit_module as lit_module
 
     def broken(self, stage):
         raise ModelError("model.fusion: cannot set up (as a test)")

@@ -17,8 +17,8 @@ from test_api_arguments import CLASSES, write_tiny_adapter
 
 LIGHTNING = ("lightning", "pytorch_lightning")
 # The analysis: routing statistics and figures, reports, the sweep's routing figures, the robustness tables.
-LIGHTNING_FREE = ("mope_lightning.models", "mope_lightning.routing", "mope_lightning.report",
-                  "mope_lightning.sweep_routing", "mope_lightning.robustness_tables", "mope_lightning.pretrained")
+LIGHTNING_FREE = ("mope_lightning.models", "mope_lightning.analysis.routing", "mope_lightning.analysis.report",
+                  "mope_lightning.analysis.sweep_routing", "mope_lightning.analysis.robustness_tables", "mope_lightning.pretrained")
 
 
 def fresh_python(code: str) -> dict:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config import FUSIONS, load_config
+from mope_lightning.config.schema import FUSIONS, load_config
 from mope_lightning.data import DATAMODULES, BatchCollate
 from mope_lightning.data.missing import describe, missing_table
 from mope_lightning.models import build_model
 from mope_lightning.models.classifier import missing_case
-from mope_lightning.runner import run
+from mope_lightning.cli.fit import run
 
 from conftest import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 

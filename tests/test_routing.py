@@ -11,8 +11,8 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.errors import CheckpointError, ConfigError
-from mope_lightning.routing import RoutingStats, attribute_routing, mutual_information
-from mope_lightning.runner import analyze, run
+from mope_lightning.analysis.routing import RoutingStats, attribute_routing, mutual_information
+from mope_lightning.cli.fit import analyze, run
 
 from conftest import DEFAULT_EXP, TINY, tiny_config
 
@@ -69,7 +69,7 @@ def test_attribute_mutual_information_of_a_router_that_copies_or_ignores_it():
 
 
 def test_a_sweeps_routing_figure_has_a_panel_per_finished_run_and_skips_the_rest(tmp_path):
-    from mope_lightning.sweep_routing import routing_figures, write_routing_figures
+    from mope_lightning.analysis.sweep_routing import routing_figures, write_routing_figures
 
     def run_dir(name, shape_routing, mi):
         path = tmp_path / name
@@ -113,7 +113,7 @@ def test_easy_vqa_shape_and_colour_attributes_agree_with_the_images():
     import numpy as np
     from PIL import Image
 
-    from mope_lightning.config import load_config
+    from mope_lightning.config.schema import load_config
     from mope_lightning.data import DATAMODULES
 
     dm = DATAMODULES["easy_vqa"](load_config([DEFAULT_EXP], ["data.test_images=60"]).data)

@@ -16,7 +16,7 @@ from PIL import Image
 
 import mope_lightning
 from mope_lightning.cli import main
-from mope_lightning.data.easy_vqa import default_root
+from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.errors import CheckpointError, MopeError
 
 from conftest import DEFAULT_EXP, TINY
@@ -200,7 +200,7 @@ def test_export_refuses_to_overwrite_and_an_interrupted_export_leaves_nothing(tr
     assert main(["export", *args(tmp, f"ckpt={last}", f"out={adapter}", "overwrite=true")]) == 0
     mope_lightning.from_pretrained(adapter)  # the replaced adapter is complete
 
-    import mope_lightning.adapters as adapters
+    import mope_lightning.weights.adapters as adapters
 
     def crash(*a, **k):
         raise KeyboardInterrupt

@@ -32,7 +32,7 @@ from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import missing_table
 from mope_lightning.data.samples import Scan, Split
 from mope_lightning.data.subsets import training_subset
-from mope_lightning.data.training_order import TrainingOrder, training_position
+from mope_lightning.training.training_order import TrainingOrder, training_position
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mope_lightning.fileio import atomic_write
-from mope_lightning.routing import MAX_HEATMAP_VALUES, draw_heatmap, expert_names
+from mope_lightning.analysis.routing import MAX_HEATMAP_VALUES, draw_heatmap, expert_names
 
 
 def _finished_routing(rows: list[dict]) -> list[tuple[dict, Path]]:

@@ -23,7 +23,7 @@ Every run's config is built and checked before the first run starts. Runs go to 
 finished when its `fit_metrics.json` is there and its resolved config matches; re-running a sweep skips finished
 runs and resumes interrupted ones from their `last.ckpt`, so a sweep killed anywhere continues where it stopped.
 A failing run is recorded with its error and the others go on; the exit status is then 1. After each run,
-`results.csv`, `summary.md` and the plots are rewritten atomically (mope_lightning/sweep_report.py).
+`results.csv`, `summary.md` and the plots are rewritten atomically (mope_lightning/sweeps/report.py).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mope_lightning.config import load_config
+from mope_lightning.config.schema import load_config
 from mope_lightning.errors import ConfigError, Interrupted, MopeError
 from mope_lightning.fileio import check_writable, claim_output
-from mope_lightning.sweep_file import Setting, Sweep, cell_slug, read_sweep
-from mope_lightning.sweep_runs import Run, execute, resolved_config, run_state
+from mope_lightning.sweeps.spec import Setting, Sweep, cell_slug, read_sweep
+from mope_lightning.sweeps.runs import Run, execute, resolved_config, run_state
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -98,7 +98,7 @@ def _check_folder(out: Path, key: str) -> None:
     folder (continued: its summary files are the sweep's own to replace), never a file or a folder whose
     results.csv or summary.md mope did not write, and must be writable. Checked after planning, before anything is
     written."""
-    from mope_lightning.sweep_report import SUMMARY_FILES, written_by_a_sweep
+    from mope_lightning.sweeps.report import SUMMARY_FILES, written_by_a_sweep
 
     claim_output(out, key, files=SUMMARY_FILES, earlier=written_by_a_sweep, overwrite=True, what="sweep")
     check_writable(out, key)
@@ -106,7 +106,7 @@ def _check_folder(out: Path, key: str) -> None:
 
 def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
     """`mope sweep`: plan, run what is not finished, aggregate after each run. Exit status 1 when a run failed."""
-    from mope_lightning.sweep_report import write_report
+    from mope_lightning.sweeps.report import write_report
 
     options = {k: v for k, v in (o.split("=", 1) for o in overrides) if k in ("out", "launcher")}
     sweep = read_sweep(path, [o for o in overrides if o.split("=", 1)[0] not in options])
@@ -130,7 +130,7 @@ def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
             if record["status"] == "failed":
                 print(f"[mope]   failed: {record['error']}", flush=True)
     elif pending:
-        from mope_lightning.sweep_submit import submit_and_wait
+        from mope_lightning.sweeps.submit import submit_and_wait
 
         submit_and_wait(sweep, out, pending, cluster="local" if launcher == "submitit-local" else "slurm",
                         on_progress=lambda: write_report(out, sweep, runs))

@@ -4,7 +4,7 @@
   `trainer.devices x trainer.num_nodes` would otherwise run silent duplicate trainings (ecosystem.md §12).
 - `strategy=ddp` with one device, or a precision the hardware lacks, stops with a message naming the setting.
 - Checkpoints whose weights hold NaN or infinite values are never written (a diverged run keeps its last good ones).
-- Checkpoints are read with `weights_only=True` only (mope_lightning/checkpoints.py), and written to a temporary
+- Checkpoints are read with `weights_only=True` only (mope_lightning/weights/checkpoints.py), and written to a temporary
   file in their own folder and renamed, so a crash mid-save never leaves a corrupt `last.ckpt` (fsspec's transaction
   stages them in the system temp folder, which on many clusters is another file system, where the final move is a
   copy).
@@ -22,7 +22,7 @@ import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mope_lightning.checkpoints import read_checkpoint
+from mope_lightning.weights.checkpoints import read_checkpoint
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import atomic_write
 

@@ -17,13 +17,13 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, ResumePosition, RNGState,
+from mope_lightning.training.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, ResumePosition, RNGState,
                                      RoutingMonitor, RoutingReport)
-from mope_lightning.adapters import read_trained_weights
-from mope_lightning.checkpoints import is_adapter, load_into
-from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
-from mope_lightning.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
-from mope_lightning.config_checks import PARAM_GROUPS, read_modalities
+from mope_lightning.weights.adapters import read_trained_weights
+from mope_lightning.weights.checkpoints import is_adapter, load_into
+from mope_lightning.config.schema import HOW_IT_RUNS, differences, format_differences, to_container
+from mope_lightning.training.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
+from mope_lightning.config.checks import PARAM_GROUPS, read_modalities
 from mope_lightning.data.base import MultimodalDataModule, data_prevents_caching
 from mope_lightning.data.registry import DATAMODULES
 from mope_lightning.data.audio import describe_clips
@@ -32,10 +32,10 @@ from mope_lightning.data.missing import lost_by
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.errors import CheckpointError, ConfigError, Interrupted, ModelError, MopeError, NonFiniteError
 from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output
-from mope_lightning.launch import SafeCheckpointIO, check_compile, check_trainer, slurm_run_version
-from mope_lightning.lit_module import MoPELitModule
-from mope_lightning.resume import check_resume, record_resume
-from mope_lightning.tracking import build_loggers, check_trackers, record_code, records_nothing, where_to_look
+from mope_lightning.training.launch import SafeCheckpointIO, check_compile, check_trainer, slurm_run_version
+from mope_lightning.training.lit_module import MoPELitModule
+from mope_lightning.training.resume import check_resume, record_resume
+from mope_lightning.training.tracking import build_loggers, check_trackers, record_code, records_nothing, where_to_look
 
 COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -147,7 +147,7 @@ def format_parameter_counts(cfg: DictConfig, counts: dict) -> str:
 
 def analyze(cfg: DictConfig) -> Path:
     """Run a checkpoint over a split and write its routing report (heatmaps, exemplars, CSV, summary) to `out`."""
-    from mope_lightning.report import claim_report_folder
+    from mope_lightning.analysis.report import claim_report_folder
 
     a = cfg.analyze
     if not a.out:
@@ -393,8 +393,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, da
 
 
 def export(cfg: DictConfig) -> Path:
-    """`mope export`: the trained weights of `ckpt` as an adapter folder `export.out` (mope_lightning/adapters.py)."""
-    from mope_lightning.adapters import claim_adapter_folder, recorded_test_metrics, write_adapter
+    """`mope export`: the trained weights of `ckpt` as an adapter folder `export.out` (mope_lightning/weights/adapters.py)."""
+    from mope_lightning.weights.adapters import claim_adapter_folder, recorded_test_metrics, write_adapter
     from mope_lightning.pretrained import build_pretrained, parameter_summary
 
     if not cfg.export.out:

@@ -19,12 +19,12 @@ from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.classification import (BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
                                          MultilabelF1Score)
 
-from mope_lightning.checkpoints import check_fits, classifier_state
+from mope_lightning.weights.checkpoints import check_fits, classifier_state
 from mope_lightning.errors import ConfigError
 from mope_lightning.models import build_model
-from mope_lightning.optim import build_optimizer, build_scheduler
+from mope_lightning.training.optim import build_optimizer, build_scheduler
 from mope_lightning.predictions import probabilities
-from mope_lightning.routing import RoutingStats
+from mope_lightning.analysis.routing import RoutingStats
 
 
 class SamplesF1(BinaryF1Score):

@@ -6,7 +6,7 @@
 
 A class is looked up only among Lightning's callbacks (`lightning.pytorch.callbacks`, also spelled
 `pytorch_lightning.callbacks`, a submodule of it, or the bare class name) and this package's
-(`mope_lightning.callbacks`): a config never imports code of its own choosing. Every entry is built once when the
+(`mope_lightning.training.callbacks`): a config never imports code of its own choosing. Every entry is built once when the
 config loads, so a wrong class, argument or value stops before anything else is built; the Trainer gets fresh ones.
 Lightning's own rules for a Trainer's callbacks (one state per state key, one progress bar) are checked then too,
 against the checkpoints mope_lightning adds itself (`fit_checkpoints`).
@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # Lightning is imported when a callback is built, not with th
 # class_path prefix -> the module whose public names are looked up
 NAMESPACES = {"lightning.pytorch.callbacks": "lightning.pytorch.callbacks",
               "pytorch_lightning.callbacks": "lightning.pytorch.callbacks",
-              "mope_lightning.callbacks": "mope_lightning.callbacks"}
+              "mope_lightning.training.callbacks": "mope_lightning.training.callbacks",
+              "mope_lightning.callbacks": "mope_lightning.training.callbacks"}  # their home before issue 37
 # Added by mope_lightning to every run that needs them (runner.build_trainer); a second copy would double their work.
 BUILT_IN = {"Timer": "trainer.max_time sets the time limit", "LearningRateMonitor": "learning rates are logged",
             "RoutingMonitor": "routing is logged at every validation", "RNGState": "random states are checkpointed",
@@ -44,7 +45,7 @@ def _lookup(class_path: str, where: str):
         module = NAMESPACES["lightning.pytorch.callbacks"]  # a bare name: Lightning's
     if module is None:
         raise ConfigError(f"{where}: class_path '{class_path}' is outside the allowed callbacks; a config only names "
-                          f"Lightning's callbacks (lightning.pytorch.callbacks.*) or mope_lightning.callbacks.*")
+                          f"Lightning's callbacks (lightning.pytorch.callbacks.*) or mope_lightning.training.callbacks.*")
     namespace = importlib.import_module(module)
     found = getattr(namespace, name, None)
     if not (inspect.isclass(found) and issubclass(found, Callback)) or name.startswith("_"):

@@ -1,4 +1,4 @@
-"""A sweep file read and checked as a whole (the format is described in mope_lightning/sweeps.py): every section
+"""A sweep file read and checked as a whole (the format is described in mope_lightning/sweeps/sweep.py): every section
 against its shape, every file it lists, and every setting it adds to a run, each refusal naming the sweep file and
 the key (`grid.method.mope.overlays[0]`, `cells[1].model.mope.num_experts`, `seeds[2]`). Each run's full config is
 checked later, when the sweep is planned (sweeps.plan)."""
@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from omegaconf import OmegaConf
 
-from mope_lightning.config import read_yaml, suggest
+from mope_lightning.config.schema import read_yaml, suggest
 from mope_lightning.errors import ConfigError
 
 SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm", "robustness")
@@ -197,8 +197,8 @@ def _name(path: Path, name: Any) -> str:
 
 def _robustness(path: Path, spec: Any) -> tuple:
     """(rates, kinds) of the sweep's `robustness` section, checked; () without one."""
-    from mope_lightning.config import RobustnessConfig
-    from mope_lightning.robustness_tables import conditions
+    from mope_lightning.config.schema import RobustnessConfig
+    from mope_lightning.analysis.robustness_tables import conditions
 
     if spec is None:
         return ()

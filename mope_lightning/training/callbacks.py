@@ -11,12 +11,12 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mope_lightning.data.training_order import align_loop_progress, saved_position
+from mope_lightning.training.training_order import align_loop_progress, saved_position
 from mope_lightning.errors import NonFiniteError
 from mope_lightning.fileio import atomic_write
 from mope_lightning.predictions import write_predictions_csv
-from mope_lightning.report import RoutingView, write_report
-from mope_lightning.tracking import log_figures, takes_images
+from mope_lightning.analysis.report import RoutingView, write_report
+from mope_lightning.training.tracking import log_figures, takes_images
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -21,21 +21,21 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mope_lightning.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
-from mope_lightning.config_checks import MODALITIES, check_trainer_types, check_values
+from mope_lightning.training.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
+from mope_lightning.config.checks import MODALITIES, check_trainer_types, check_values
 # The model schema, merging and stored configs live apart so that loading a trained model needs no Lightning;
 # their names stay importable from here.
-from mope_lightning.config_model import (CompatConfig, EncoderConfig, ModelConfig, MoPEConfig, PMoEConfig,  # noqa: F401
+from mope_lightning.config.model import (CompatConfig, EncoderConfig, ModelConfig, MoPEConfig, PMoEConfig,  # noqa: F401
                                          RouterConfig, merge_node, parse_overrides, select_node, stored_config)
 from mope_lightning.data.options import DataConfig, MissingConfig, MissingRates  # noqa: F401
 from mope_lightning.errors import ConfigError, suggest  # noqa: F401
-from mope_lightning.optim import OPTIMIZERS, SCHEDULERS
-from mope_lightning.tracking import check_loggers
+from mope_lightning.training.optim import OPTIMIZERS, SCHEDULERS
+from mope_lightning.training.tracking import check_loggers
 
 
 @dataclass
 class OptimConfig:
-    """Built by mope_lightning/optim.py: torch's optimizers, transformers' per-step schedules."""
+    """Built by mope_lightning/training/optim.py: torch's optimizers, transformers' per-step schedules."""
 
     optimizer: str = "adamw"  # adamw | adam | sgd
     lr: float = 1e-3
@@ -129,7 +129,7 @@ class Config:
     tags: List[str] = field(default_factory=list)  # free labels for the trackers (W&B/MLflow tags)
     notes: Optional[str] = None  # a sentence on what this run tests
     # trackers that receive scalars, hyperparameters and (where they take images) the routing figures:
-    # tensorboard | csv | mlflow | wandb (mope_lightning/tracking.py)
+    # tensorboard | csv | mlflow | wandb (mope_lightning/training/tracking.py)
     loggers: List[str] = field(default_factory=lambda: ["tensorboard"])
     # extra Lightning callbacks, as LightningCLI writes them: [{class_path: ..., init_args: {...}}]
     callbacks: List[Dict[str, Any]] = field(default_factory=list)

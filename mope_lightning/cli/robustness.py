@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from mope_lightning.data.missing import lost_by, missing_table
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
-from mope_lightning.robustness_tables import (FILES, KINDS, RESULTS, condition_name, conditions, finished,  # noqa: F401
+from mope_lightning.analysis.robustness_tables import (FILES, KINDS, RESULTS, condition_name, conditions, finished,  # noqa: F401
                                               metric_of, robustness_figure, table_markdown)
 
 def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
@@ -73,7 +73,7 @@ def _read(path: Path, ckpt: str, overwrite: bool) -> dict:
 def _trainer(cfg: DictConfig):
     import lightning as L
 
-    from mope_lightning.launch import SafeCheckpointIO
+    from mope_lightning.training.launch import SafeCheckpointIO
 
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     keep = {k: t[k] for k in ("accelerator", "precision", "limit_test_batches", "deterministic") if k in t}
@@ -147,7 +147,7 @@ def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: st
                        kind: str, rate: float) -> tuple[dict[str, float], list[str]]:
     """The test metrics of one condition, from each sample's logits in the pass that removed what it loses, and a
     note for each metric left out as undefined on the test split (AUROC when it holds one class)."""
-    from mope_lightning.lit_module import defined_metrics, make_metrics
+    from mope_lightning.training.lit_module import defined_metrics, make_metrics
 
     complete = passes[""]
     logits = complete.logits.clone()
@@ -197,7 +197,7 @@ def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]],
 
 def evaluate(cfg: DictConfig) -> Path:
     """Evaluate `cfg.ckpt` at every condition; write robustness.json, .md and .png into the output folder."""
-    from mope_lightning.runner import resolve_ckpt
+    from mope_lightning.cli.fit import resolve_ckpt
 
     ckpt, _ = resolve_ckpt(cfg)
     if ckpt is None:
@@ -216,9 +216,9 @@ def evaluate(cfg: DictConfig) -> Path:
 
 
 def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: dict) -> None:
-    from mope_lightning.adapters import read_trained_weights
-    from mope_lightning.checkpoints import load_into
-    from mope_lightning.runner import build
+    from mope_lightning.weights.adapters import read_trained_weights
+    from mope_lightning.weights.checkpoints import load_into
+    from mope_lightning.cli.fit import build
 
     r = cfg.robustness
     module, datamodule = build(cfg)

@@ -13,9 +13,9 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
-from mope_lightning.checkpoints import is_adapter, read_checkpoint
-from mope_lightning.config import HOW_IT_RUNS, differences, format_differences, to_container
-from mope_lightning.data.training_order import saved_position
+from mope_lightning.weights.checkpoints import is_adapter, read_checkpoint
+from mope_lightning.config.schema import HOW_IT_RUNS, differences, format_differences, to_container
+from mope_lightning.training.training_order import saved_position
 from mope_lightning.errors import CheckpointError, ConfigError
 from mope_lightning.fileio import atomic_write
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from mope_lightning.errors import ConfigError
-from mope_lightning.sweep_runs import execute
+from mope_lightning.sweeps.runs import execute
 
 # submitit's defaults would end a local job after 2 minutes; a training run needs longer.
 DEFAULTS = {"timeout_min": 24 * 60, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 8, "gpus_per_node": 1}

@@ -17,9 +17,9 @@ from typing import Optional
 
 import yaml
 
-from mope_lightning.config import differences, load_config, to_container
+from mope_lightning.config.schema import differences, load_config, to_container
 from mope_lightning.fileio import atomic_write
-from mope_lightning.sweep_file import Setting, cell_slug
+from mope_lightning.sweeps.spec import Setting, cell_slug
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def run_state(run: Run) -> tuple[str, Optional[Path]]:
     """("finished", its run dir) | ("evaluate", its run dir: fitted, robustness not yet evaluated) | ("resume", its
     last.ckpt) | ("new", None), judged by what is on disk. Only the newest run directory is resumed, in place
     (`ckpt=last`), and only when it was started with this config."""
-    from mope_lightning.robustness_tables import finished as robustness_finished
+    from mope_lightning.analysis.robustness_tables import finished as robustness_finished
 
     wanted = resolved_config(run)
     versions = sorted(Path(run.root).glob("*/config.yaml"), key=lambda p: p.stat().st_mtime)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
-from mope_lightning.data.jsonl import JsonlConfig, JsonlDataModule
+from mope_lightning.data.datasets.jsonl import JsonlConfig, JsonlDataModule
 
 log = logging.getLogger(__name__)
 

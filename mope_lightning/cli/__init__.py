@@ -122,12 +122,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         command, files, overrides, print_config = parse_args(sys.argv[1:] if argv is None else argv)
         _setup_logging()
-        from mope_lightning.config import load_config
-        from mope_lightning.runner import (analyze, check_data, count_parameters, export, format_parameter_counts,
+        from mope_lightning.config.schema import load_config
+        from mope_lightning.cli.fit import (analyze, check_data, count_parameters, export, format_parameter_counts,
                                            run)
 
         if command == "sweep":
-            from mope_lightning.sweeps import run_sweep
+            from mope_lightning.sweeps.sweep import run_sweep
 
             if print_config:
                 raise MopeError("print_config shows one run's config: run it on the experiment YAML (with the "
@@ -139,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if print_config:  # the merged, resolved config this command would run with; nothing is built
             from omegaconf import OmegaConf
 
-            from mope_lightning.tracking import record_code
+            from mope_lightning.training.tracking import record_code
 
             record_code(cfg)
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
@@ -151,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif command == "export":
             export(cfg)
         elif command == "robustness":
-            from mope_lightning.robustness import evaluate
+            from mope_lightning.cli.robustness import evaluate
 
             evaluate(cfg)
         elif command == "check-data":

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from mope_lightning import __version__
-from mope_lightning.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TrainedWeights, is_adapter, weights_from_checkpoint
+from mope_lightning.weights.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TrainedWeights, is_adapter, weights_from_checkpoint
 from mope_lightning.errors import CheckpointError, MopeError
 from mope_lightning.fileio import claim_output, written_json
 

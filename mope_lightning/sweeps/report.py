@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mope_lightning.fileio import atomic_write
-from mope_lightning.robustness_tables import RESULTS, robustness_figure
-from mope_lightning.sweep_routing import write_routing_figures
-from mope_lightning.sweep_runs import run_state
+from mope_lightning.analysis.robustness_tables import RESULTS, robustness_figure
+from mope_lightning.analysis.sweep_routing import write_routing_figures
+from mope_lightning.sweeps.runs import run_state
 
 
 def _finished_record(run) -> Optional[dict]:

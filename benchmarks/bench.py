@@ -93,7 +93,7 @@ FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name fo
 
 
 def _config(config: str, overrides: str):
-    from mope_lightning.config.schema import load_config
+    from mope_lightning.training.trainer_config import load_config
 
     spec = CONFIGS[config]
     return load_config([EXPERIMENTS / f for f in spec["files"]], overrides.split() if overrides else [])

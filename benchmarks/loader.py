@@ -128,7 +128,7 @@ def describe_files(files: list[Path]) -> dict:
 # --- the project's preprocessing -------------------------------------------------------------------------------------
 def recipe_pipelines(name: str) -> tuple[dict, dict]:
     """(the recipe's `data` settings, {split: the transform its loaders run}), from its experiment file."""
-    from mope_lightning.config.schema import load_config
+    from mope_lightning.training.trainer_config import load_config
     from mope_lightning.data.features import image_pipeline
     from mope_lightning.models.factory import build_image_encoder
 

@@ -41,7 +41,8 @@ CONFIGS = {"default": (["easy_vqa.yaml"], []),
 
 def build(name: str):
     from mope_lightning.weights.checkpoints import TrainedWeights
-    from mope_lightning.config.schema import load_config, to_container
+    from mope_lightning.config.schema import to_container
+    from mope_lightning.training.trainer_config import load_config
     from mope_lightning.data.datasets.easy_vqa import default_root
     from mope_lightning.models import build_model
     from mope_lightning.pretrained import PretrainedModel

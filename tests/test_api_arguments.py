@@ -20,7 +20,8 @@ from PIL import Image
 import mope_lightning
 from mope_lightning.weights.adapters import write_adapter
 from mope_lightning.weights.checkpoints import TrainedWeights
-from mope_lightning.config.schema import load_config, to_container
+from mope_lightning.config.schema import to_container
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ArgumentTypeError, ArgumentValueError, MopeError
 from mope_lightning.models import build_model
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
-from mope_lightning.cli.fit import build, build_trainer
+from mope_lightning.training.trainer_config import load_config
+from mope_lightning.training.build import build, build_trainer
 
 from conftest import DEFAULT_EXP, ROOT, TINY
 

@@ -7,7 +7,7 @@ from lightning.pytorch.utilities.model_helpers import _ModuleMode
 from torch import nn
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 from mope_lightning.models import build_model
 from mope_lightning.models.backbone import Backbone

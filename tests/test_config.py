@@ -3,7 +3,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 
 from conftest import DEFAULT_EXP, EXPERIMENTS, TINY

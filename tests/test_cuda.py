@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.models import build_model
 
 from conftest import DEFAULT_EXP, TINY

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.errors import DataError
-from mope_lightning.cli.fit import check_data, run
+from mope_lightning.cli.check_data import check_data
+from mope_lightning.cli.fit import run
 
 from conftest import EXPERIMENTS, TINY
 from fixtures import (FOOD_CLASSES, make_food101, make_hateful_memes, make_mmbt, make_mmimdb, make_snli_ve,

@@ -56,8 +56,8 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import lightning as L
-    from mope_lightning import runner
-    from mope_lightning.config.schema import load_config
+    from mope_lightning.cli import fit as runner
+    from mope_lightning.training.trainer_config import load_config
 
     class KillAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):

@@ -4,10 +4,13 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import FUSIONS, load_config
+from mope_lightning.config.schema import FUSIONS
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ModelError
 from mope_lightning.models import build_model
-from mope_lightning.cli.fit import build, count_parameters, run
+from mope_lightning.cli.fit import run
+from mope_lightning.cli.params import count_parameters
+from mope_lightning.training.build import build
 
 from conftest import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 

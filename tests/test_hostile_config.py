@@ -11,7 +11,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import MopeError
 from mope_lightning.sweeps.sweep import plan, read_sweep
 

@@ -45,12 +45,16 @@ def trained(tmp_path_factory):
 def no_model(monkeypatch):
     """Any model build fails the test: the refusals must come before any model work."""
     import mope_lightning.pretrained as pretrained
+    import mope_lightning.cli.analyze as analyze_command
     import mope_lightning.cli.fit as runner
+    import mope_lightning.training.build as building
 
     def built(*a, **k):
         raise AssertionError("a model was built before the output was checked")
 
     monkeypatch.setattr(runner, "build", built)
+    monkeypatch.setattr(analyze_command, "build", built)  # the commands import it from training/build.py
+    monkeypatch.setattr(building, "build", built)
     monkeypatch.setattr(pretrained, "build_pretrained", built)
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 import mope_lightning.pretrained
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.data.rows import read_rows
 from mope_lightning.errors import DataError, MopeError

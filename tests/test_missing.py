@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import FUSIONS, load_config
-from mope_lightning.data import DATAMODULES, BatchCollate
+from mope_lightning.config.schema import FUSIONS
+from mope_lightning.training.trainer_config import load_config
+from mope_lightning.data import BatchCollate
 from mope_lightning.data.missing import describe, missing_table
 from mope_lightning.models import build_model
 from mope_lightning.models.classifier import missing_case
 from mope_lightning.cli.fit import run
+from mope_lightning.training.datamodule import datamodule
 
 from conftest import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 
@@ -61,7 +63,7 @@ def test_the_datamodule_removes_the_same_samples_in_every_epoch_and_process(tmp_
     cfg = tiny_config(tmp_path, "data.missing.train.both=0.5", "data.missing.test.image=1.0", "data.missing.seed=7")
     datamodules = []
     for _ in range(2):  # two processes build their DataModules independently
-        dm = DATAMODULES[cfg.data.name](cfg.data)
+        dm = datamodule(cfg.data)
         net = build_model(cfg.model, len(dm.classes))
         dm.attach(net.input_spec())
         dm.setup("fit")

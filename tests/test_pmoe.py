@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import EncoderConfig, load_config
+from mope_lightning.config.schema import EncoderConfig
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ModelError
 from mope_lightning.models import MoPE, PMoE, build_model, build_text_encoder
 from mope_lightning.models.dispatcher import aligned_layer

@@ -21,7 +21,7 @@ from PIL import Image
 import mope_lightning
 from mope_lightning import inference
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.inference import Distinct, distinct_rows, overlaps
 from mope_lightning.models.image_encoders import PooledImageEncoder

@@ -12,7 +12,8 @@ import torch
 from mope_lightning.cli import main
 from mope_lightning.errors import CheckpointError, ConfigError
 from mope_lightning.analysis.routing import RoutingStats, attribute_routing, mutual_information
-from mope_lightning.cli.fit import analyze, run
+from mope_lightning.cli.analyze import analyze
+from mope_lightning.cli.fit import run
 
 from conftest import DEFAULT_EXP, TINY, tiny_config
 
@@ -113,7 +114,7 @@ def test_easy_vqa_shape_and_colour_attributes_agree_with_the_images():
     import numpy as np
     from PIL import Image
 
-    from mope_lightning.config.schema import load_config
+    from mope_lightning.training.trainer_config import load_config
     from mope_lightning.data import DATAMODULES
 
     dm = DATAMODULES["easy_vqa"](load_config([DEFAULT_EXP], ["data.test_images=60"]).data)

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 
 from conftest import DEFAULT_EXP, EXPERIMENTS, ROOT, TINY

@@ -13,7 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.errors import CheckpointError
 from mope_lightning.cli.fit import run

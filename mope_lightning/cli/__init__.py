@@ -11,43 +11,74 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from mope_lightning.errors import MopeError
 
-USAGE = """mope {fit,validate,test,predict,params,check-data,analyze,export,robustness} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+@dataclass(frozen=True)
+class Command:
+    """One `mope` command: the function that runs it ("module:function" under mope_lightning.cli, imported when the
+    command runs, so that `mope --help` stays quick), what it does and an example, for the usage text, and its
+    short forms of config keys (`mope analyze ... out=DIR` for analyze.out=DIR)."""
+
+    handler: str
+    summary: str
+    example: str
+    more: tuple[str, str] = ()  # a second line of summary and example
+    aliases: dict = field(default_factory=dict)
+
+
+# The commands, once: the usage text, the parser's choices and the dispatch in `main` are built from this table.
+COMMANDS: dict[str, Command] = {
+    "fit": Command("fit:fit", "train, then test the best checkpoint", "mope fit experiments/easy_vqa.yaml"),
+    "validate": Command("fit:validate", "evaluate a checkpoint on the val split",
+                        "mope validate experiments/easy_vqa.yaml ckpt=PATH"),
+    "test": Command("fit:test", "evaluate a checkpoint on the test split",
+                    "mope test experiments/easy_vqa.yaml ckpt=PATH"),
+    "predict": Command("fit:predict", "write id, prediction, class probabilities",
+                       "mope predict experiments/easy_vqa.yaml ckpt=PATH",
+                       ("... of new data: a .jsonl/.csv of text, image", "... predict.input=rows.jsonl predict.out=preds.csv")),
+    "params": Command("params:main", "count parameters (no weights are loaded)", "mope params experiments/easy_vqa.yaml"),
+    "check-data": Command("check_data:main", "check a dataset: sizes, labels, problems",
+                          "mope check-data experiments/food101.yaml data.root=..."),
+    "analyze": Command("analyze:main", "routing report of a checkpoint",
+                       "mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR",
+                       aliases={k: f"analyze.{k}" for k in ("out", "split", "overwrite")}),
+    "export": Command("export:main", "a checkpoint as a shareable adapter folder",
+                      "mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR",
+                      aliases={k: f"export.{k}" for k in ("out", "overwrite")}),
+    "robustness": Command("robustness:main", "test a checkpoint with modalities missing",
+                          "mope robustness experiments/easy_vqa.yaml ckpt=PATH",
+                          aliases={k: f"robustness.{k}" for k in ("out", "rates", "kinds", "overwrite")}),
+    "sweep": Command("sweep:main", "a grid x seeds of fits, aggregated", "mope sweep experiments/sweeps/baselines.yaml"),
+}
+SWEEP = "sweep"  # the one command that reads a sweep file, not an experiment config
+
+
+def _usage() -> str:
+    configured = ",".join(name for name in COMMANDS if name != SWEEP)
+    rows = []
+    for name, command in COMMANDS.items():
+        rows.append(f"  {name:<10} {command.summary:<46} {command.example}")
+        if command.more:
+            rows.append(f"  {'':<10} {command.more[0]:<46} {command.more[1]}")
+    return f"""mope {{{configured}}} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
        mope sweep SWEEP.yaml [out=DIR] [launcher=local|slurm|submitit-local] [key=value ...]
 
-  fit        train, then test the best checkpoint          mope fit experiments/easy_vqa.yaml
-  validate   evaluate a checkpoint on the val split        mope validate experiments/easy_vqa.yaml ckpt=PATH
-  test       evaluate a checkpoint on the test split       mope test experiments/easy_vqa.yaml ckpt=PATH
-  predict    write id, prediction, class probabilities     mope predict experiments/easy_vqa.yaml ckpt=PATH
-             ... of new data: a .jsonl/.csv of text, image    ... predict.input=rows.jsonl predict.out=preds.csv
-  params     count parameters (no weights are loaded)      mope params experiments/easy_vqa.yaml
-  check-data check a dataset: sizes, labels, problems      mope check-data experiments/food101.yaml data.root=...
-  analyze    routing report of a checkpoint                mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR
-  export     a checkpoint as a shareable adapter folder    mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR
-  robustness test a checkpoint with modalities missing       mope robustness experiments/easy_vqa.yaml ckpt=PATH
-  sweep      a grid x seeds of fits, aggregated            mope sweep experiments/sweeps/baselines.yaml
+""" + "\n".join(rows) + """
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
 print_config=true prints the merged, resolved config and exits without building anything.
 `fit ckpt=last` resumes the newest run of the experiment from its last checkpoint. ckpt= also takes an exported
 adapter folder (validate, test, predict, analyze). Exit status: 0 finished with a real (finite) result, 1 check-data
-found problems or runs of a sweep failed, 2 an error named in one message (bad input, a diverged run), 130/143 interrupted by SIGINT/SIGTERM
-(a fit keeps its weights in last.ckpt)."""
-
-
-COMMANDS = ("fit", "validate", "test", "predict", "params", "check-data", "analyze", "export", "robustness", "sweep")
-# Short forms: `mope analyze ... out=DIR split=val overwrite=true`, `mope export ... out=DIR overwrite=true`.
-ALIASES = {"analyze": {"out": "analyze.out", "split": "analyze.split", "overwrite": "analyze.overwrite"},
-           "export": {"out": "export.out", "overwrite": "export.overwrite"},
-           "robustness": {k: f"robustness.{k}" for k in ("out", "rates", "kinds", "overwrite")}}
+found problems or runs of a sweep failed, 2 an error named in one message (bad input, a diverged run), 130/143
+interrupted by SIGINT/SIGTERM (a fit keeps its weights in last.ckpt)."""
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str], bool]:
     """(command, config files, overrides, print_config)."""
-    parser = argparse.ArgumentParser(prog="mope", usage=USAGE, add_help=True)
+    parser = argparse.ArgumentParser(prog="mope", usage=_usage(), add_help=True)
     parser.add_argument("command", choices=COMMANDS)
     parser.add_argument("args", nargs="*", help="config files, then key=value overrides")
     ns = parser.parse_args(argv)
@@ -64,7 +95,7 @@ def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str], bool]:
             raise MopeError(f"'{arg}' is neither a .yaml config file nor a key=value override")
     if not files:
         raise MopeError("give an experiment config, e.g. `mope fit experiments/easy_vqa.yaml`")
-    aliases = ALIASES.get(ns.command, {})
+    aliases = COMMANDS[ns.command].aliases
     flags = [o for o in overrides if o.split("=", 1)[0] == "print_config"]
     if any(f.split("=", 1)[1].lower() not in ("true", "false") for f in flags):
         raise MopeError(f"'{flags[0]}': print_config takes true or false")
@@ -122,19 +153,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         command, files, overrides, print_config = parse_args(sys.argv[1:] if argv is None else argv)
         _setup_logging()
-        from mope_lightning.config.schema import load_config
-        from mope_lightning.cli.fit import (analyze, check_data, count_parameters, export, format_parameter_counts,
-                                           run)
-
-        if command == "sweep":
-            from mope_lightning.sweeps.sweep import run_sweep
-
+        handler = _handler(COMMANDS[command].handler)
+        if command == SWEEP:
             if print_config:
                 raise MopeError("print_config shows one run's config: run it on the experiment YAML (with the "
                                 "sweep's overrides), e.g. `mope fit experiments/easy_vqa.yaml print_config=true`")
-            if len(files) != 1:
-                raise MopeError("sweep takes one sweep file, e.g. `mope sweep experiments/sweeps/baselines.yaml`")
-            return run_sweep(files[0], overrides)
+            return handler(files, overrides)
+        from mope_lightning.training.trainer_config import load_config
+
         cfg = load_config(files, overrides)
         if print_config:  # the merged, resolved config this command would run with; nothing is built
             from omegaconf import OmegaConf
@@ -144,22 +170,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             record_code(cfg)
             print(OmegaConf.to_yaml(cfg, resolve=True), end="")
             return 0
-        if command == "params":
-            print(format_parameter_counts(cfg, count_parameters(cfg)))
-        elif command == "analyze":
-            analyze(cfg)
-        elif command == "export":
-            export(cfg)
-        elif command == "robustness":
-            from mope_lightning.cli.robustness import evaluate
-
-            evaluate(cfg)
-        elif command == "check-data":
-            report, problems = check_data(cfg)
-            print(report)
-            return 1 if problems else 0
-        else:
-            run(command, cfg)
+        return handler(cfg)
     except MopeError as exc:
         print(f"mope: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
@@ -179,7 +190,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mope: error: out of memory ({str(exc).splitlines()[0][:200]}); lower data.batch_size or "
               "data.eval_batch_size, or use trainer.precision=bf16-mixed", file=sys.stderr)
         return 2
-    return 0
+
+
+def _handler(where: str):
+    import importlib
+
+    module, _, function = where.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
 if __name__ == "__main__":

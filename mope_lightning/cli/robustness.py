@@ -107,12 +107,12 @@ class PassOutputs(NamedTuple):
 def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], PassOutputs]:
     """The test split's ids and per-sample outputs with `lost` ("image", "text") removed from every sample, or with
     every sample complete ("")."""
-    from mope_lightning.data.registry import DATAMODULES
+    from mope_lightning.training.datamodule import datamodule as build_datamodule
 
     data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
     if lost:
         data.missing.test[lost] = 1.0
-    datamodule = DATAMODULES[cfg.data.name](data)
+    datamodule = build_datamodule(data)
     datamodule.attach(module.net.input_spec())
     print(f"[mope] robustness: test split with {f'every {lost} missing' if lost else 'every sample complete'}",
           flush=True)
@@ -197,7 +197,7 @@ def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]],
 
 def evaluate(cfg: DictConfig) -> Path:
     """Evaluate `cfg.ckpt` at every condition; write robustness.json, .md and .png into the output folder."""
-    from mope_lightning.cli.fit import resolve_ckpt
+    from mope_lightning.training.build import resolve_ckpt
 
     ckpt, _ = resolve_ckpt(cfg)
     if ckpt is None:
@@ -218,7 +218,7 @@ def evaluate(cfg: DictConfig) -> Path:
 def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: dict) -> None:
     from mope_lightning.weights.adapters import read_trained_weights
     from mope_lightning.weights.checkpoints import load_into
-    from mope_lightning.cli.fit import build
+    from mope_lightning.training.build import build
 
     r = cfg.robustness
     module, datamodule = build(cfg)
@@ -248,3 +248,8 @@ def _save(fig, path: Path) -> Optional[Path]:
     written = atomic_write(path, lambda fh: fig.savefig(fh, format="png"), binary=True)
     plt.close(fig)
     return written
+
+
+def main(cfg: DictConfig) -> int:
+    evaluate(cfg)
+    return 0

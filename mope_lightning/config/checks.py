@@ -1,20 +1,19 @@
-"""Config values that make sense: each numeric key's range and the `trainer` section's types.
+"""Config values that make sense: each numeric key's range, the combinations that work together, the loggers.
+(The `trainer` section's keys and types are checked against Lightning's Trainer in training/trainer_config.py.)
 
-The schema (config.py) checks that keys exist and have the right type; a value of the right type can still be
+The schema (config/schema.py) checks that keys exist and have the right type; a value of the right type can still be
 nonsense (a negative worker count, a dropout of 2, `trainer.max_epochs=abc`), and nonsense would otherwise surface
 minutes later as a library's traceback. Every check names the source that set the key (file or command line).
 """
 
 from __future__ import annotations
 
-import inspect
-import typing
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.errors import ConfigError
+from mope_lightning.errors import ConfigError, suggest
 
 
 @dataclass(frozen=True)
@@ -211,88 +210,15 @@ def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
                           f"{', '.join(PROMPT_FUSIONS)}; model.fusion={cfg.model.fusion} has none. Set it to false")
 
 
-def check_trainer_types(trainer: DictConfig, source_of: Callable[[str], str]) -> None:
-    """Each `trainer` value against the type `lightning.Trainer` declares for it (the types YAML can hold)."""
-    from lightning import Trainer
-
-    try:
-        hints = typing.get_type_hints(Trainer.__init__)
-    except Exception:  # an annotation that does not resolve: Lightning checks the values itself
-        return
-    for key in trainer.keys():
-        value = trainer[key]
-        value = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
-        if key == "max_time":
-            check_max_time(value, source_of("trainer.max_time"))
-            continue
-        accepted = _yaml_types(hints.get(key, inspect.Parameter.empty))
-        if accepted is not None and not _matches(value, accepted):
-            names = sorted({repr(a) if not isinstance(a, type) else "null" if a is type(None) else a.__name__
-                            for a in accepted})
-            raise ConfigError(f"{source_of(f'trainer.{key}')}: trainer.{key}: {value!r} is not accepted by "
-                              f"lightning.Trainer (expected {' | '.join(names)})")
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")  # built by training/tracking.py
 
 
-MAX_TIME_FORMS = ("a string DD:HH:MM:SS (e.g. '00:12:00:00', twelve hours) or a mapping of timedelta arguments "
-                  "(e.g. {days: 1, hours: 2})")
-
-
-def check_max_time(value: Any, source: str) -> None:
-    """`trainer.max_time` in a form Lightning's Timer takes (the Timer parses it), and a positive duration."""
-    from lightning.pytorch.callbacks import Timer
-    from lightning.pytorch.utilities.exceptions import MisconfigurationException
-
-    if value is None:
-        return
-    if isinstance(value, (str, dict)):
-        try:
-            seconds = Timer(duration=value).time_remaining()
-        except (MisconfigurationException, TypeError, ValueError, OverflowError) as exc:
-            problem = str(exc).splitlines()[0]
-            if isinstance(value, dict) and any(":" in str(k) for k in value):  # {days:1} is the key 'days:1'
-                problem += "; YAML needs a space after each colon, {days: 1}"
-        else:
-            problem = None if seconds > 0 else "no time at all: give a positive duration"
-    elif isinstance(value, int) and not isinstance(value, bool) and value >= 60 ** 3:
-        # YAML 1.1 reads an unquoted 10:00:00:00 as the base-60 number 10 * 60**3
-        days, rest = divmod(value, 60 ** 3)
-        text = f"{days}:{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
-        problem = f"YAML reads an unquoted {text} as a base-60 number; quote it, or write the days as 0{text}"
-    else:
-        problem = f"{type(value).__name__} values are neither form"
-    if problem:
-        raise ConfigError(f"{source}: trainer.max_time: {value!r} is not accepted by lightning.Trainer ({problem}); "
-                          f"give {MAX_TIME_FORMS}")
-
-
-def _yaml_types(hint: Any) -> Optional[list]:
-    """The members of a type hint a YAML value can be (types, and literal values); None: do not check."""
-    if hint is inspect.Parameter.empty or hint is Any:
-        return None
-    origin = typing.get_origin(hint)
-    if origin is typing.Union:
-        members = [_yaml_types(arg) for arg in typing.get_args(hint)]
-        return None if any(m is None for m in members) else [t for m in members for t in m]
-    if origin is typing.Literal:
-        return list(typing.get_args(hint))
-    if origin in (list, tuple):
-        return [list]  # YAML has no tuples
-    if origin is dict:
-        return [dict]
-    if hint is type(None) or hint in (int, float, str, bool):
-        return [hint]
-    return []  # a class (a Strategy, a timedelta) that YAML cannot express: no value of it to accept
-
-
-def _matches(value: Any, accepted: list) -> bool:
-    for kind in accepted:
-        if isinstance(kind, type):
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                return True
-            if kind is int and isinstance(value, bool):
-                continue
-            if isinstance(value, kind):
-                return True
-        elif value == kind and type(value) is type(kind):  # a literal: 16 is not '16'
-            return True
-    return not accepted  # nothing YAML can express was declared: let Lightning judge
+def check_loggers(names, source: str) -> None:
+    """Known names, each once: checked when the config loads (nothing is imported)."""
+    for name in names:
+        if name not in LOGGERS:
+            raise ConfigError(f"{source}: loggers: unknown logger '{name}'{suggest(name, LOGGERS)}; choose from "
+                              f"{', '.join(LOGGERS)}")
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{source}: loggers: '{repeated[0]}' is listed twice; list each logger once")

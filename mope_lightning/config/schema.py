@@ -6,31 +6,33 @@ source (file or command line), the full key and, for unknown keys, the nearest v
 
 The `data` section is typed by the dataset: `data.name` picks the dataclass registered for that DataModule, so each
 dataset declares its own options. The `trainer` section is free-form and passed to `lightning.Trainer`; its keys are
-checked against the Trainer's signature.
+checked against the Trainer's signature by the checks training/trainer_config.py passes to `merge_config` (its
+`load_config`): this package imports no Lightning.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mope_lightning.training.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
-from mope_lightning.config.checks import MODALITIES, check_trainer_types, check_values
+from mope_lightning.config.checks import MODALITIES, check_loggers, check_values
 # The model schema, merging and stored configs live apart so that loading a trained model needs no Lightning;
 # their names stay importable from here.
 from mope_lightning.config.model import (CompatConfig, EncoderConfig, ModelConfig, MoPEConfig, PMoEConfig,  # noqa: F401
                                          RouterConfig, merge_node, parse_overrides, select_node, stored_config)
 from mope_lightning.data.options import DataConfig, MissingConfig, MissingRates  # noqa: F401
 from mope_lightning.errors import ConfigError, suggest  # noqa: F401
-from mope_lightning.training.optim import OPTIMIZERS, SCHEDULERS
-from mope_lightning.training.tracking import check_loggers
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+STEP_SCHEDULES = ("cosine", "linear", "constant", "cosine_with_min_lr")
+SCHEDULERS = (*STEP_SCHEDULES, "multistep")
 
 
 @dataclass
@@ -174,8 +176,16 @@ CHOICES = {
 }
 
 
-def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> DictConfig:
-    """Merge the schema, the YAML `files` (left to right) and the dotlist `overrides` into a checked config."""
+# A check of the merged config: (config, source_of) -> None, where source_of(key) names the file (or the command
+# line) that set the key; it raises ConfigError.
+Check = Callable[[DictConfig, Callable[[str], str]], None]
+
+
+def merge_config(files: Sequence[str | Path], overrides: Sequence[str] = (), check_trainer: Optional[Check] = None,
+                 checks: Sequence[Check] = ()) -> DictConfig:
+    """Merge the schema, the YAML `files` (left to right) and the dotlist `overrides` into a checked config.
+    `check_trainer` checks the free-form `trainer` section before the value checks read it; `checks` run after the
+    schema's own (training/trainer_config.py passes Lightning's)."""
     sources = [(str(f), read_yaml(Path(f))) for f in files]
     sources.append(("command line", parse_overrides(overrides)))
     cfg = OmegaConf.structured(Config)
@@ -184,7 +194,7 @@ def load_config(files: Sequence[str | Path], overrides: Sequence[str] = ()) -> D
         cfg.data = OmegaConf.structured(_data_config_class(data_name, sources))
     for source, node in sources:
         cfg = merge_node(cfg, node, source)
-    _check(cfg, sources)
+    _check(cfg, sources, check_trainer, checks)
     # The record of this run replaces whatever a file held (a run's own config.yaml can be run again).
     cfg.run = RunRecord(files=[str(f) for f in files], overrides=list(overrides))
     return cfg
@@ -252,7 +262,7 @@ def _source_of(sources, key: str) -> str:
     return "defaults"
 
 
-def _check(cfg: DictConfig, sources) -> None:
+def _check(cfg: DictConfig, sources, check_trainer: Optional[Check], checks: Sequence[Check]) -> None:
     try:  # first: every later check reads values, and an interpolation to a missing key fails each of them
         missing = sorted(_needed(cfg, OmegaConf.missing_keys(cfg)))
         if not missing:
@@ -269,25 +279,13 @@ def _check(cfg: DictConfig, sources) -> None:
         if value not in choices:
             shown = ", ".join(str(c) for c in choices if c is not None)
             raise ConfigError(f"{_source_of(sources, key)}: {key}: '{value}' is not one of {shown}")
-    _check_trainer_keys(cfg.trainer, sources)
     source_of = functools.partial(_source_of, sources)
-    check_trainer_types(cfg.trainer, source_of)
+    if check_trainer is not None:
+        check_trainer(cfg, source_of)
     check_values(cfg, source_of)
     check_loggers(cfg.loggers, source_of("loggers"))
-    callbacks = resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
-    if callbacks:  # against the checkpoints a fit adds (the dataset's headline metric, where known without data)
-        monitor = cfg.checkpoint.monitor or _headline_metric(cfg.data.name)
-        check_trainer_rules(callbacks, fit_checkpoints(cfg.checkpoint, monitor), source_of("callbacks"),
-                            cfg.trainer.get("enable_progress_bar", True) is not False)
-
-
-def _headline_metric(dataset: str) -> Optional[str]:
-    """A dataset's default checkpoint monitor, when it does not depend on the dataset's options (else the fit's
-    Trainer checks its callbacks again)."""
-    from mope_lightning.data.registry import DATAMODULES
-
-    monitor = getattr(DATAMODULES[dataset], "monitor", None)
-    return monitor if isinstance(monitor, str) else None
+    for check in checks:
+        check(cfg, source_of)
 
 
 def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:
@@ -296,21 +294,6 @@ def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:
     pair = OmegaConf.select(cfg, "model.modalities", default=None) or []
     unused = tuple(f"model.{m}_encoder." for m in MODALITIES if m not in pair)
     return {key for key in missing if not key.startswith(unused)}
-
-
-def _check_trainer_keys(trainer: DictConfig, sources) -> None:
-    from lightning import Trainer
-
-    params = inspect.signature(Trainer.__init__).parameters
-    reserved = {"callbacks", "logger", "plugins", "use_distributed_sampler"}  # set by mope_lightning itself
-    for key in trainer.keys():
-        source = _source_of(sources, f"trainer.{key}")
-        if key in reserved:
-            raise ConfigError(f"{source}: trainer.{key}: set by mope_lightning itself; use the checkpoint section")
-        if key not in params:
-            valid = [f"trainer.{p}" for p in params if p != "self"]
-            raise ConfigError(f"{source}: unknown key 'trainer.{key}'{suggest(f'trainer.{key}', valid)}: not a "
-                              "lightning.Trainer argument")
 
 
 # Settings of how the model runs, not of what it computes: weights trained with one value serve the other.

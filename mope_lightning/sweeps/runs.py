@@ -17,7 +17,9 @@ from typing import Optional
 
 import yaml
 
-from mope_lightning.config.schema import differences, load_config, to_container
+from mope_lightning.config.schema import differences, to_container
+
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.fileio import atomic_write
 from mope_lightning.sweeps.spec import Setting, cell_slug
 

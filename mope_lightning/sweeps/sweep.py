@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mope_lightning.config.schema import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError, Interrupted, MopeError
 from mope_lightning.fileio import check_writable, claim_output
 from mope_lightning.sweeps.spec import Setting, Sweep, cell_slug, read_sweep

@@ -3,17 +3,13 @@
 Optimizers are torch's (`optim.optimizer`: adamw, adam, sgd). Per-step schedules are transformers' (`get_scheduler`:
 cosine, linear, constant, cosine_with_min_lr, each after `optim.warmup_steps` of linear warmup from 0, as
 transformers defines them); `multistep` is torch's `MultiStepLR`, stepped once per epoch as in the paper's recipes.
+The names are the config's choices (config/schema.py OPTIMIZERS, SCHEDULERS).
 """
 
 from __future__ import annotations
 
 import torch
 from omegaconf import DictConfig
-
-OPTIMIZERS = ("adamw", "adam", "sgd")
-STEP_SCHEDULES = ("cosine", "linear", "constant", "cosine_with_min_lr")
-SCHEDULERS = (*STEP_SCHEDULES, "multistep")
-
 
 def build_optimizer(o: DictConfig, groups: dict[str, list]) -> torch.optim.Optimizer:
     """`groups`: parameter group name -> parameters (empty groups are left out); `optim.group_lr` sets a group's

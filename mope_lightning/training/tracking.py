@@ -27,23 +27,11 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
-from mope_lightning.errors import ConfigError, suggest
+from mope_lightning.errors import ConfigError
 from mope_lightning.fileio import atomic_write
 
-LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 FILE_LOGGERS = ("tensorboard", "csv")  # the ones that own the run directory
 VERSIONED = ("mope_lightning", "torch", "lightning", "timm", "transformers", "torchmetrics")
-
-
-def check_loggers(names, source: str) -> None:
-    """Known names, each once: checked when the config loads (nothing is imported)."""
-    for name in names:
-        if name not in LOGGERS:
-            raise ConfigError(f"{source}: loggers: unknown logger '{name}'{suggest(name, LOGGERS)}; choose from "
-                              f"{', '.join(LOGGERS)}")
-    repeated = sorted({n for n in names if list(names).count(n) > 1})
-    if repeated:
-        raise ConfigError(f"{source}: loggers: '{repeated[0]}' is listed twice; list each logger once")
 
 
 def check_trackers(cfg: DictConfig) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import FUSIONS
+from mope_lightning.models.registry import FUSIONS
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ModelError
 from mope_lightning.models import build_model

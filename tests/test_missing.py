@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config.schema import FUSIONS
+from mope_lightning.models.registry import FUSIONS
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import BatchCollate
 from mope_lightning.data.missing import describe, missing_table

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from mope_lightning.errors import ConfigError, suggest
+from mope_lightning.models.registry import MODALITIES, PROMPT_FUSIONS, UNIMODAL_FUSIONS
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,6 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
     if mope.router.top_k > max(mope.num_experts, 1):
         raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "
                           f"is more than the {mope.num_experts} experts; use at most model.mope.num_experts")
-
-
-PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
-MODALITIES = ("text", "image", "audio")  # config.py's schema imports this module
-
-
-UNIMODAL_FUSIONS = {"text_only": "text", "image_only": "image", "audio_only": "audio"}
 
 
 def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:

@@ -21,13 +21,14 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mope_lightning.config.checks import MODALITIES, check_loggers, check_values
+from mope_lightning.config.checks import check_loggers, check_values
 # The model schema, merging and stored configs live apart so that loading a trained model needs no Lightning;
 # their names stay importable from here.
 from mope_lightning.config.model import (CompatConfig, EncoderConfig, ModelConfig, MoPEConfig, PMoEConfig,  # noqa: F401
                                          RouterConfig, merge_node, parse_overrides, select_node, stored_config)
 from mope_lightning.data.options import DataConfig, MissingConfig, MissingRates  # noqa: F401
 from mope_lightning.errors import ConfigError, suggest  # noqa: F401
+from mope_lightning.models.registry import FUSIONS, MODALITIES
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -148,8 +149,6 @@ class Config:
     run: RunRecord = field(default_factory=RunRecord)
 
 
-FUSIONS = ("mope", "prompt_tuning", "promptfuse", "late_concat", "finetune", "text_only", "image_only", "audio_only",
-           "pmoe")
 CHOICES = {
     "model.fusion": FUSIONS,
     "model.prompted": MODALITIES,

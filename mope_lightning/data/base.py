@@ -26,7 +26,7 @@ from mope_lightning.data.audio import describe_clips, load_clip, pad_clips
 from mope_lightning.data.features import (FeatureCache, LoadImage, encode_audio, encode_images, encode_texts,
                                           image_pipeline, media_key, text_key)
 from mope_lightning.data.index import apply_policy, load_or_build_index
-from mope_lightning.data.missing import MODALITIES as MISSABLE
+from mope_lightning.data.missing import MISSABLE
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import missing_table
 from mope_lightning.data.samples import Scan, Split

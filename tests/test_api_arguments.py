@@ -25,7 +25,7 @@ from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ArgumentTypeError, ArgumentValueError, MopeError
 from mope_lightning.models import build_model
 
-from conftest import EXPERIMENTS, TINY, tiny_config
+from helpers import EXPERIMENTS, TINY, tiny_config
 
 CLASSES = ["circle", "square", "triangle"]
 ARGUMENT = re.compile(r"^(texts|images|audio|batch_size)(\[(\d+)\])?: |^predict: ")

@@ -19,8 +19,8 @@ from mope_lightning.models.audio_encoders import TINY_AUDIO, TINY_AUDIO_EXTRA
 from mope_lightning.cli.check_data import check_data
 from mope_lightning.cli.fit import run
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import make_mustard, write_wav
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import make_mustard, write_wav
 
 FAMILIES = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "hubert": (HubertConfig, HubertModel),
             "wavlm": (WavLMConfig, WavLMModel)}

@@ -12,7 +12,7 @@ from mope_lightning.errors import ConfigError, ModelError
 from mope_lightning.models import build_model
 from mope_lightning.models.backbone import Backbone
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY
 
 TIMM = ["model.prompted=image", "model.image_encoder.library=timm"]
 CASES = {

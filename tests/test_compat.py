@@ -13,7 +13,7 @@ from mope_lightning.models import build_model
 from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.factory import Compat
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 # The reference's structure on tiny encoders: a Swin prompted, conditioned on a BERT with its own prompts. No mapped
 # prompts (their dropout is always on, as in the reference) and no routing noise, so that with the flags off nothing

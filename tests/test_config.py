@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY
 
 
 def write(tmp_path, name, text):

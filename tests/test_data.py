@@ -16,7 +16,7 @@ from mope_lightning.errors import DataError
 from mope_lightning.training.datamodule import lightning_class
 from mope_lightning.models import InputSpec, build_image_encoder, build_text_encoder
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 EasyVQADataModule = lightning_class(EasyVQAData)  # with Lightning's hooks (training/datamodule.py)
 

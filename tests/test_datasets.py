@@ -13,8 +13,8 @@ from mope_lightning.errors import DataError
 from mope_lightning.cli.check_data import check_data
 from mope_lightning.cli.fit import run
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import (FOOD_CLASSES, make_food101, make_hateful_memes, make_mmbt, make_mmimdb, make_snli_ve,
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import (FOOD_CLASSES, make_food101, make_hateful_memes, make_mmbt, make_mmimdb, make_snli_ve,
                       write_image)
 
 

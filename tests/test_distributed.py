@@ -15,7 +15,7 @@ from mope_lightning.cli import main
 from mope_lightning.errors import ConfigError
 from mope_lightning.training.launch import SafeCheckpointIO, check_trainer
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 # Per-device effects are switched off where the comparison needs them off: the importance loss is computed on each
 # device's batch (a documented design choice), routing noise and prompt dropout are random per process, and the

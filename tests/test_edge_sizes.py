@@ -12,8 +12,8 @@ import torch
 
 from mope_lightning.cli import main
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import make_mustard
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import make_mustard
 from test_hostile import args, one_error
 
 # A learning rate that does not depend on the run's length (the default cosine schedule spans max_steps or

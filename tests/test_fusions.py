@@ -12,7 +12,7 @@ from mope_lightning.cli.fit import run
 from mope_lightning.cli.params import count_parameters
 from mope_lightning.training.build import build
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 
 PAPER = EXPERIMENTS / "overlays" / "paper_encoders.yaml"
 VIT = ["model.image_encoder.library=timm", "model.image_encoder.name=vit_base_patch16_224"]

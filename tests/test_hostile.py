@@ -13,7 +13,7 @@ from mope_lightning.cli import main
 from mope_lightning.errors import NonFiniteError
 from mope_lightning.training.launch import SafeCheckpointIO
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 
 def args(tmp_path, *extra):

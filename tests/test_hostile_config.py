@@ -15,7 +15,7 @@ from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import MopeError
 from mope_lightning.sweeps.sweep import plan, read_sweep
 
-from conftest import DEFAULT_EXP, ROOT, TINY
+from helpers import DEFAULT_EXP, ROOT, TINY
 from test_hostile import args, one_error
 
 OVERLAYS = ROOT / "experiments" / "overlays"

@@ -17,8 +17,8 @@ from mope_lightning.data.index import INDEX_VERSION
 from mope_lightning.errors import DataError
 from mope_lightning.training.datamodule import lightning_class
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import make_food101, make_mmbt, make_mmimdb, write_image
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import make_food101, make_mmbt, make_mmimdb, write_image
 
 
 def args(tmp_path, root, *overrides):

@@ -15,7 +15,7 @@ import mope_lightning
 from mope_lightning.cli import main
 from mope_lightning.errors import MopeError, ModelError
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 from test_hostile import one_error
 from test_sharing import write_rows
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import ROOT, tiny_config
+from helpers import ROOT, tiny_config
 from test_api_arguments import CLASSES, write_tiny_adapter
 
 LIGHTNING = ("lightning", "pytorch_lightning")

@@ -15,7 +15,7 @@ from PIL import Image
 import mope_lightning
 from mope_lightning.cli import main
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 LEGACY = Path(__file__).parent / "assets" / "legacy"
 CLASSES = ["circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow", "triangle", "brown",

@@ -19,7 +19,7 @@ from mope_lightning.models.classifier import missing_case
 from mope_lightning.cli.fit import run
 from mope_lightning.training.datamodule import datamodule
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 
 VIT = ["model.prompted=image", "model.image_encoder.library=timm", "model.image_encoder.name=vit_tiny_patch16_224"]
 SWIN = ["model.prompted=image", "model.image_encoder.library=timm",
@@ -244,7 +244,7 @@ def test_robustness_tests_one_checkpoint_at_each_rate_and_resumes(tmp_path, caps
 def test_robustness_of_multi_label_f1s_equals_mope_test(tmp_path, kind):
     """MM-IMDB's multi-label F1s (whose torchmetrics reads logits or probabilities by what each update holds),
     condition by condition, against `mope test` with `data.missing.test` set."""
-    from fixtures import make_mmimdb
+    from helpers.datasets import make_mmimdb
 
     root = make_mmimdb(tmp_path / "data", {"train": 8, "dev": 3, "test": 12})
     args = [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",

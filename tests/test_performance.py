@@ -23,7 +23,7 @@ from mope_lightning.models.prompted_vit import PromptedViT
 from mope_lightning.cli.fit import run
 from mope_lightning.training.build import build
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def _compiled_matches_eager(step, *inputs):

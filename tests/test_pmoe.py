@@ -14,7 +14,7 @@ from mope_lightning.models import MoPE, PMoE, build_model, build_text_encoder
 from mope_lightning.models.dispatcher import aligned_layer
 from mope_lightning.cli.fit import run
 
-from conftest import EXPERIMENTS, MINILM, TINY
+from helpers import EXPERIMENTS, MINILM, TINY
 
 PMOE = EXPERIMENTS / "easy_vqa_pmoe.yaml"
 

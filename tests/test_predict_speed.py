@@ -28,8 +28,8 @@ from mope_lightning.models.image_encoders import PooledImageEncoder
 from mope_lightning.predictions import probabilities
 from mope_lightning.pretrained import PretrainedModel
 
-from conftest import EXPERIMENTS, TINY, tiny_config
-from fixtures import write_wav
+from helpers import EXPERIMENTS, TINY, tiny_config
+from helpers.datasets import write_wav
 from test_api_arguments import CLASSES, write_tiny_adapter
 from test_sharing import args
 

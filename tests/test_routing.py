@@ -15,7 +15,7 @@ from mope_lightning.analysis.routing import RoutingStats, attribute_routing, mut
 from mope_lightning.cli.analyze import analyze
 from mope_lightning.cli.fit import run
 
-from conftest import DEFAULT_EXP, TINY, tiny_config
+from helpers import DEFAULT_EXP, TINY, tiny_config
 
 
 def test_routing_stats_hand_worked():

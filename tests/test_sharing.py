@@ -19,7 +19,7 @@ from mope_lightning.cli import main
 from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.errors import CheckpointError, MopeError
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 
 def args(tmp_path, *extra):
@@ -367,9 +367,9 @@ def test_max_time_between_validations_keeps_the_final_weights(tmp_path):
 
 
 def test_a_dataset_whose_label_order_differs_from_the_checkpoint_is_refused(tmp_path, capsys):
-    from fixtures import make_mmbt
+    from helpers.datasets import make_mmbt
 
-    from conftest import EXPERIMENTS
+    from helpers import EXPERIMENTS
 
     root = make_mmbt(tmp_path / "mmbt")
     common = [str(EXPERIMENTS / "jsonl.yaml"), str(TINY), f"data.root={root}", "data.splits={train: train.jsonl, "

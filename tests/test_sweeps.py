@@ -14,7 +14,7 @@ from mope_lightning.data.samples import Split
 from mope_lightning.data.subsets import stratified_order, training_subset
 from mope_lightning.errors import DataError
 
-from conftest import DEFAULT_EXP, ROOT, TINY
+from helpers import DEFAULT_EXP, ROOT, TINY
 
 
 def labelled_split(labels) -> Split:

@@ -14,7 +14,7 @@ from mope_lightning.cli import main
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, ROOT, TINY
+from helpers import DEFAULT_EXP, EXPERIMENTS, ROOT, TINY
 
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
 EARLY_STOPPING = EXPERIMENTS / "overlays" / "early_stopping.yaml"

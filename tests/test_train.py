@@ -18,7 +18,7 @@ from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.errors import CheckpointError
 from mope_lightning.cli.fit import run
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 MAJORITY = 0.40  # the most frequent answer ("yes"/"no") is about 37% of the questions in any subset
 

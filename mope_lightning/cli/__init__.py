@@ -141,7 +141,7 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     # Our training order resumes mid-epoch through the DataModule's state, which Lightning's check does not look for
-    # (data/training_order.py).
+    # (training/training_order.py).
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     from transformers.utils import logging as hf_logging
 

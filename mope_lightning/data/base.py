@@ -152,7 +152,7 @@ class MultimodalDataModule:
         self.cfg = cfg
         self.classes: list[str] = self.read_classes()
         self.predict_split = "test"
-        self.seed = 0  # of the training order; the runner sets the experiment's seed
+        self.seed = 0  # of the training order; training/build.py sets the experiment's seed
         self.spec = None
         self.splits: dict[str, Split] = {}
         self._left_out = 0  # samples of this many problems were left out by data.on_bad_sample=skip

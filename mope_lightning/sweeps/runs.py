@@ -1,6 +1,6 @@
 """One run of a sweep: what it is (`Run`), its state judged from what is on disk (`run_state`) and its execution in
-a child process (`execute`). The local launcher (sweeps.py), the SLURM launcher (sweep_submit.py) and the report
-(sweep_report.py) build on this module; it imports none of them."""
+a child process (`execute`). The local launcher (sweep.py), the SLURM launcher (submit.py) and the report
+(report.py) build on this module; it imports none of them."""
 
 from __future__ import annotations
 

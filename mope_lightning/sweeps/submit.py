@@ -2,7 +2,7 @@
 the jobs finish (`launcher=submitit-local` runs the same array through submitit's local executor, to check a sweep
 before sending it to a cluster).
 
-Each job runs `sweep_runs.execute` for its run: the same skip-and-resume rule as the local launcher, so a job that is
+Each job runs `runs.execute` for its run: the same skip-and-resume rule as the local launcher, so a job that is
 requeued (after a time-out or preemption; submitit resubmits it through `checkpoint`) resumes its run from
 `last.ckpt`, and re-running the sweep submits only what is not finished. Job logs are in `<out>/.submitit/`.
 """

@@ -27,7 +27,7 @@ NAMESPACES = {"lightning.pytorch.callbacks": "lightning.pytorch.callbacks",
               "pytorch_lightning.callbacks": "lightning.pytorch.callbacks",
               "mope_lightning.training.callbacks": "mope_lightning.training.callbacks",
               "mope_lightning.callbacks": "mope_lightning.training.callbacks"}  # their home before issue 37
-# Added by mope_lightning to every run that needs them (runner.build_trainer); a second copy would double their work.
+# Added by mope_lightning to every run that needs them (training/build.py build_trainer); a second copy would double their work.
 BUILT_IN = {"Timer": "trainer.max_time sets the time limit", "LearningRateMonitor": "learning rates are logged",
             "RoutingMonitor": "routing is logged at every validation", "RNGState": "random states are checkpointed",
             "FiniteLoss": "a non-finite loss stops training", "FinalWeights": "last.ckpt is written at the end",

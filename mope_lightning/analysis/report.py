@@ -16,8 +16,9 @@ from torch import Tensor
 from mope_lightning.data.audio import spectrogram_image
 from mope_lightning.data.samples import Split
 from mope_lightning.fileio import atomic_write, claim_output, written_json
-from mope_lightning.analysis.routing import (MAX_HEATMAP_VALUES, attribute_routing, exemplar_grid, expert_names, heatmap,
-                                    layer_names, mutual_information, routing_summary, strongest, top_words)
+from mope_lightning.analysis.routing import (MAX_HEATMAP_VALUES, attribute_routing, exemplar_grid, expert_names,
+                                             heatmap, layer_names, mutual_information, routing_summary, strongest,
+                                             top_words)
 
 # The files every report may hold; a report also draws <attribute>_expert.png per sample attribute.
 REPORT_FILES = ("routing.json", "summary.md", "routing.csv", "layer_expert.png", "class_expert.png",

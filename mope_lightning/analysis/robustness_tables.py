@@ -1,4 +1,5 @@
-"""The results of `mope robustness` (cli/robustness.py): condition names, which conditions a run dir holds, the table and
+"""The results of `mope robustness` (cli/robustness.py): condition names, which conditions a run dir holds, the table
+and
 the figure. Read by the sweep's report too; nothing here imports Lightning or evaluates a model."""
 
 from __future__ import annotations

@@ -38,8 +38,10 @@ COMMANDS: dict[str, Command] = {
                     "mope test experiments/easy_vqa.yaml ckpt=PATH"),
     "predict": Command("fit:predict", "write id, prediction, class probabilities",
                        "mope predict experiments/easy_vqa.yaml ckpt=PATH",
-                       ("... of new data: a .jsonl/.csv of text, image", "... predict.input=rows.jsonl predict.out=preds.csv")),
-    "params": Command("params:main", "count parameters (no weights are loaded)", "mope params experiments/easy_vqa.yaml"),
+                       ("... of new data: a .jsonl/.csv of text, image",
+                        "... predict.input=rows.jsonl predict.out=preds.csv")),
+    "params": Command("params:main", "count parameters (no weights are loaded)",
+                      "mope params experiments/easy_vqa.yaml"),
     "check-data": Command("check_data:main", "check a dataset: sizes, labels, problems",
                           "mope check-data experiments/food101.yaml data.root=..."),
     "analyze": Command("analyze:main", "routing report of a checkpoint",
@@ -51,7 +53,8 @@ COMMANDS: dict[str, Command] = {
     "robustness": Command("robustness:main", "test a checkpoint with modalities missing",
                           "mope robustness experiments/easy_vqa.yaml ckpt=PATH",
                           aliases={k: f"robustness.{k}" for k in ("out", "rates", "kinds", "overwrite")}),
-    "sweep": Command("sweep:main", "a grid x seeds of fits, aggregated", "mope sweep experiments/sweeps/baselines.yaml"),
+    "sweep": Command("sweep:main", "a grid x seeds of fits, aggregated",
+                     "mope sweep experiments/sweeps/baselines.yaml"),
 }
 SWEEP = "sweep"  # the one command that reads a sweep file, not an experiment config
 

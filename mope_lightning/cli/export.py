@@ -12,7 +12,7 @@ from mope_lightning.training.build import resolve_ckpt
 from mope_lightning.weights.adapters import read_trained_weights
 
 def export(cfg: DictConfig) -> Path:
-    """`mope export`: the trained weights of `ckpt` as an adapter folder `export.out` (mope_lightning/weights/adapters.py)."""
+    """`mope export`: the trained weights of `ckpt` as an adapter folder `export.out` (weights/adapters.py)."""
     from mope_lightning.weights.adapters import claim_adapter_folder, recorded_test_metrics, write_adapter
     from mope_lightning.pretrained import build_pretrained, parameter_summary
 

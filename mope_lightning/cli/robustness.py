@@ -33,8 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 from mope_lightning.data.missing import lost_by, missing_table
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
-from mope_lightning.analysis.robustness_tables import (FILES, KINDS, RESULTS, condition_name, conditions, finished,  # noqa: F401
-                                              metric_of, robustness_figure, table_markdown)
+from mope_lightning.analysis.robustness_tables import (FILES, KINDS, RESULTS, condition_name, conditions,  # noqa: F401
+                                                       finished, metric_of, robustness_figure,
+                                                       table_markdown)
 
 def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
     if cfg.robustness.out:

@@ -1,6 +1,6 @@
 """The `model` section's schema, merging YAML nodes with messages that name the source and key, and the config
 stored beside trained weights (`stored_config`): what loading a trained model needs. Nothing here imports Lightning
-or the datasets, so that `from_pretrained` does not either; the full experiment schema is mope_lightning/config/schema.py.
+or the datasets, so that `from_pretrained` does not either; the full experiment schema is config/schema.py.
 """
 
 from __future__ import annotations

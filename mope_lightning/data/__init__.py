@@ -11,7 +11,9 @@ _HOMES = {
     "MultimodalDataModule": "base", "MultimodalDataset": "base", "BatchCollate": "base",
     "EasyVQADataModule": "datasets.easy_vqa", "Food101DataModule": "datasets.food101",
     "HatefulMemesDataModule": "datasets.hateful_memes", "JsonlDataModule": "datasets.jsonl",
-    "SNLIVEDataModule": "datasets.jsonl", "MMIMDBDataModule": "datasets.mmimdb", "MustardDataModule": "datasets.mustard", "Problem": "samples", "Scan": "samples", "Split": "samples",
+    "SNLIVEDataModule": "datasets.jsonl", "MMIMDBDataModule": "datasets.mmimdb",
+    "MustardDataModule": "datasets.mustard",
+    "Problem": "samples", "Scan": "samples", "Split": "samples",
 }
 __all__ = sorted(_HOMES)
 

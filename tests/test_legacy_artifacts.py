@@ -89,3 +89,12 @@ def test_the_adapter_predicts_through_from_pretrained():
     from_ckpt = mope_lightning.from_pretrained(LEGACY / "last.ckpt").predict(texts=["what shape is this?",
                                                                                     "what color is it?"], images=images)
     assert torch.equal(torch.as_tensor(from_ckpt.probs), torch.as_tensor(out.probs))
+
+
+def test_configs_may_name_callbacks_by_their_old_module():
+    """`class_path: mope_lightning.callbacks.X` (the module before issue 37) is looked up in training/callbacks.py."""
+    from mope_lightning.errors import ConfigError
+    from mope_lightning.training.config_callbacks import resolve_callbacks
+
+    with pytest.raises(ConfigError, match=r"mope_lightning\.training\.callbacks has no callback 'Nope'"):
+        resolve_callbacks([{"class_path": "mope_lightning.callbacks.Nope"}], "callbacks")

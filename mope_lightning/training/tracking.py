@@ -210,10 +210,12 @@ def log_figures(loggers, figures: dict, step: int) -> None:
                 logger.log_image(key=f"routing/{name}", images=[fig], step=step)
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]  # the folder holding mope_lightning/ (a git checkout, or site-packages)
+
+
 def _git(*args: str) -> Optional[str]:
-    checkout = Path(__file__).resolve().parents[1]
     try:
-        done = subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True, timeout=20)
+        done = subprocess.run(["git", *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None
@@ -222,7 +224,7 @@ def _git(*args: str) -> Optional[str]:
 def _own_checkout() -> bool:
     """Whether this package runs from a git checkout of its own (not from site-packages inside another repo)."""
     top = _git("rev-parse", "--show-toplevel")
-    return top is not None and Path(top).resolve() == Path(__file__).resolve().parents[1]
+    return top is not None and Path(top).resolve() == CHECKOUT
 
 
 def record_code(cfg: DictConfig) -> None:

@@ -93,7 +93,7 @@ FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name fo
 
 
 def _config(config: str, overrides: str):
-    from mope_lightning.config import load_config
+    from mope_lightning.training.trainer_config import load_config
 
     spec = CONFIGS[config]
     return load_config([EXPERIMENTS / f for f in spec["files"]], overrides.split() if overrides else [])
@@ -119,8 +119,8 @@ def _batch(net, config: str, device: torch.device) -> dict:
 def _trained_or_fresh(cfg, name: str):
     """The default experiment's model with its real frozen encoders (their weights shape the routing), holding the
     asset's trained weights (`mope_trained`) or its fresh initial ones (`mope_fresh`)."""
-    from mope_lightning.adapters import read_trained_weights
-    from mope_lightning.checkpoints import load_into
+    from mope_lightning.weights.adapters import read_trained_weights
+    from mope_lightning.weights.checkpoints import load_into
     from mope_lightning.models import build_model
 
     net = build_model(cfg.model, 13)
@@ -293,7 +293,7 @@ def _predict_throughput(net, config: str, dev: torch.device, autocast, repeats: 
 
 
 def _cpu_native_bf16() -> bool:
-    from mope_lightning.launch import cpu_has_bf16
+    from mope_lightning.training.launch import cpu_has_bf16
 
     return cpu_has_bf16()
 

@@ -120,7 +120,7 @@ def write_jpegs(folder: Path, sources: list[Path], size: tuple[int, int], count:
 
 
 def easy_vqa_images(count: int) -> list[Path]:
-    from mope_lightning.data.easy_vqa import default_root
+    from mope_lightning.data.datasets.easy_vqa import default_root
 
     return sorted((default_root() / "train" / "images").glob("*.png"))[:count]
 
@@ -137,7 +137,7 @@ def describe_files(files: list[Path]) -> dict:
 # --- the project's preprocessing -------------------------------------------------------------------------------------
 def recipe_pipelines(name: str) -> tuple[dict, dict]:
     """(the recipe's `data` settings, {split: the transform its loaders run}), from its experiment file."""
-    from mope_lightning.config import load_config
+    from mope_lightning.training.trainer_config import load_config
     from mope_lightning.data.features import image_pipeline
     from mope_lightning.models.factory import build_image_encoder
 

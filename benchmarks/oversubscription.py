@@ -1,4 +1,4 @@
-"""Why each pytest worker (tests/conftest.py) and each local sweep job (sweep_submit.py) gets its share of the cores
+"""Why each pytest worker (tests/conftest.py) and each local sweep job (mope_lightning/sweeps/submit.py) gets its share of the cores
 as torch threads: the forward time of a small convolutional net, alone and with as many copies running at once as
 there are cores, with the default thread count and with one thread per process.
 

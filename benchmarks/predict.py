@@ -47,7 +47,7 @@ TOLERANCE = 1e-5
 
 # --- worker: one code version, answering one JSON command per stdin line -------------------------------------------
 def easy_vqa_inputs(kind: str, samples: int) -> tuple[list[str], list[Path]]:
-    from mope_lightning.data.easy_vqa import default_root
+    from mope_lightning.data.datasets.easy_vqa import default_root
 
     folder = default_root() / "test"
     questions = json.loads((folder / "questions.json").read_text())

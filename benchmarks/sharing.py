@@ -40,9 +40,10 @@ CONFIGS = {"default": (["easy_vqa.yaml"], []),
 
 
 def build(name: str):
-    from mope_lightning.checkpoints import TrainedWeights
-    from mope_lightning.config import load_config, to_container
-    from mope_lightning.data.easy_vqa import default_root
+    from mope_lightning.weights.checkpoints import TrainedWeights
+    from mope_lightning.config.schema import to_container
+    from mope_lightning.training.trainer_config import load_config
+    from mope_lightning.data.datasets.easy_vqa import default_root
     from mope_lightning.models import build_model
     from mope_lightning.pretrained import PretrainedModel
 
@@ -72,7 +73,7 @@ def throughput(folder: Path, samples: int, repeats: int, batch_size: int) -> dic
     from PIL import Image
 
     import mope_lightning
-    from mope_lightning.data.easy_vqa import default_root
+    from mope_lightning.data.datasets.easy_vqa import default_root
 
     model = mope_lightning.from_pretrained(folder)
     questions = json.loads((default_root() / "test" / "questions.json").read_text())[:samples]

@@ -37,9 +37,9 @@ def main() -> int:
     from safetensors.torch import save
 
     from mope_lightning.cli import main as mope
-    from mope_lightning.config import load_config
+    from mope_lightning.training.trainer_config import load_config
     from mope_lightning.fileio import atomic_write
-    from mope_lightning.runner import build
+    from mope_lightning.training.build import build
 
     experiment = ROOT / "experiments" / "easy_vqa.yaml"
     if mope(["export", str(experiment), f"ckpt={args.ckpt}", f"out={args.out}"]) != 0:

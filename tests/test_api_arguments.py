@@ -18,13 +18,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import mope_lightning
-from mope_lightning.adapters import write_adapter
-from mope_lightning.checkpoints import TrainedWeights
-from mope_lightning.config import load_config, to_container
+from mope_lightning.weights.adapters import write_adapter
+from mope_lightning.weights.checkpoints import TrainedWeights
+from mope_lightning.config.schema import to_container
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ArgumentTypeError, ArgumentValueError, MopeError
 from mope_lightning.models import build_model
 
-from conftest import EXPERIMENTS, TINY, tiny_config
+from helpers import EXPERIMENTS, TINY, tiny_config
 
 CLASSES = ["circle", "square", "triangle"]
 ARGUMENT = re.compile(r"^(texts|images|audio|batch_size)(\[(\d+)\])?: |^predict: ")

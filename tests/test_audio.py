@@ -11,15 +11,16 @@ from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Mode
 
 import mope_lightning
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.errors import ConfigError, DataError, ModelError, MopeError
 from mope_lightning.models import MoPE, PromptedAudioEncoder, build_model
 from mope_lightning.models.audio_encoders import TINY_AUDIO, TINY_AUDIO_EXTRA
-from mope_lightning.runner import check_data, run
+from mope_lightning.cli.check_data import check_data
+from mope_lightning.cli.fit import run
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import make_mustard, write_wav
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import make_mustard, write_wav
 
 FAMILIES = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "hubert": (HubertConfig, HubertModel),
             "wavlm": (WavLMConfig, WavLMModel)}

@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError, ModelError
 from mope_lightning.models import build_model
 from mope_lightning.models.backbone import Backbone
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY
 
 TIMM = ["model.prompted=image", "model.image_encoder.library=timm"]
 CASES = {
@@ -154,9 +154,9 @@ def test_checkpointing_without_a_prompted_loop_is_refused():
 def test_compile_is_in_place_and_runs_like_activation_checkpointing(tmp_path):
     """model.compile compiles the classifier in place (its state_dict names unchanged); like activation
     checkpointing it says how the model runs, so resuming or exporting with another value is allowed."""
-    from mope_lightning.config import HOW_IT_RUNS
-    from mope_lightning.resume import _may_change
-    from mope_lightning.runner import build
+    from mope_lightning.config.schema import HOW_IT_RUNS
+    from mope_lightning.training.resume import _may_change
+    from mope_lightning.training.build import build
 
     cfg = load_config([DEFAULT_EXP, TINY], ["model.compile=true", f"data.cache_dir={tmp_path}",
                                             "data.train_images=8", "data.test_images=4"])

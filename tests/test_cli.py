@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
-from mope_lightning.runner import build, build_trainer
+from mope_lightning.training.trainer_config import load_config
+from mope_lightning.training.build import build, build_trainer
 
-from conftest import DEFAULT_EXP, ROOT, TINY
+from helpers import DEFAULT_EXP, ROOT, TINY
 
 
 def base_args(tmp_path):

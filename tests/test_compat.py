@@ -7,13 +7,13 @@ from lightning.pytorch.utilities.model_helpers import _ModuleMode
 from torch import nn
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 from mope_lightning.models import build_model
 from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.factory import Compat
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 # The reference's structure on tiny encoders: a Swin prompted, conditioned on a BERT with its own prompts. No mapped
 # prompts (their dropout is always on, as in the reference) and no routing noise, so that with the flags off nothing

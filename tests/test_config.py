@@ -3,10 +3,10 @@
 import pytest
 from omegaconf import OmegaConf
 
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY
 
 
 def write(tmp_path, name, text):

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.models import build_model
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 from test_checkpointing import CASES, _batch, _loss_and_grads
 
 pytestmark = [pytest.mark.cuda,

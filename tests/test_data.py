@@ -8,14 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from mope_lightning.config import load_config
-from mope_lightning.data import EasyVQADataModule
-from mope_lightning.data.easy_vqa import default_root
+from mope_lightning.training.trainer_config import load_config
+from mope_lightning.data import EasyVQADataModule as EasyVQAData
+from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.data.features import load_image
 from mope_lightning.errors import DataError
+from mope_lightning.training.datamodule import lightning_class
 from mope_lightning.models import InputSpec, build_image_encoder, build_text_encoder
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
+
+EasyVQADataModule = lightning_class(EasyVQAData)  # with Lightning's hooks (training/datamodule.py)
 
 PACKAGE_ROOT = default_root()
 

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.errors import DataError
-from mope_lightning.runner import check_data, run
+from mope_lightning.cli.check_data import check_data
+from mope_lightning.cli.fit import run
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import (FOOD_CLASSES, make_food101, make_hateful_memes, make_mmbt, make_mmimdb, make_snli_ve,
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import (FOOD_CLASSES, make_food101, make_hateful_memes, make_mmbt, make_mmimdb, make_snli_ve,
                       write_image)
 
 
@@ -282,7 +283,7 @@ def test_make_train_runs_a_dataset_experiment_on_a_fixture_copy(tmp_path):
 
 
 def test_auroc_scores_the_probability_of_the_positive_class():
-    from mope_lightning.lit_module import make_metrics
+    from mope_lightning.training.lit_module import make_metrics
 
     metrics = make_metrics("multiclass", 2)
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 1.0]])

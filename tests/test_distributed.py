@@ -13,9 +13,9 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.errors import ConfigError
-from mope_lightning.launch import SafeCheckpointIO, check_trainer
+from mope_lightning.training.launch import SafeCheckpointIO, check_trainer
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 # Per-device effects are switched off where the comparison needs them off: the importance loss is computed on each
 # device's batch (a documented design choice), routing noise and prompt dropout are random per process, and the
@@ -56,8 +56,8 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import lightning as L
-    from mope_lightning import runner
-    from mope_lightning.config import load_config
+    from mope_lightning.cli import fit as runner
+    from mope_lightning.training.trainer_config import load_config
 
     class KillAt(L.Callback):
         def on_train_batch_end(self, trainer, *args):
@@ -115,7 +115,7 @@ def test_the_training_order_resumes_each_process_after_the_batches_it_trained():
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from mope_lightning.data.training_order import TrainingOrder, training_position
+    from mope_lightning.training.training_order import TrainingOrder, training_position
 
     data = list(range(103))
     for rank in (0, 1):

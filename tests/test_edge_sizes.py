@@ -12,8 +12,8 @@ import torch
 
 from mope_lightning.cli import main
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import make_mustard
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import make_mustard
 from test_hostile import args, one_error
 
 # A learning rate that does not depend on the run's length (the default cosine schedule spans max_steps or
@@ -190,7 +190,7 @@ def test_classes_absent_from_small_splits_and_last_eval_batches_of_one(tmp_path)
 
 
 def test_auroc_of_samples_of_one_class_is_left_out_with_a_note():
-    from mope_lightning.lit_module import defined_metrics, make_metrics
+    from mope_lightning.training.lit_module import defined_metrics, make_metrics
 
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
     one_class = make_metrics("multiclass", 2)

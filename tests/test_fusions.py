@@ -4,12 +4,15 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config import FUSIONS, load_config
+from mope_lightning.models.registry import FUSIONS
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ModelError
 from mope_lightning.models import build_model
-from mope_lightning.runner import build, count_parameters, run
+from mope_lightning.cli.fit import run
+from mope_lightning.cli.params import count_parameters
+from mope_lightning.training.build import build
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 
 PAPER = EXPERIMENTS / "overlays" / "paper_encoders.yaml"
 VIT = ["model.image_encoder.library=timm", "model.image_encoder.name=vit_base_patch16_224"]

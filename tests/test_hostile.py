@@ -11,9 +11,9 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.errors import NonFiniteError
-from mope_lightning.launch import SafeCheckpointIO
+from mope_lightning.training.launch import SafeCheckpointIO
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 
 def args(tmp_path, *extra):
@@ -156,7 +156,7 @@ def test_resume_applies_and_records_run_length_changes(one_epoch, capsys):
 
 
 def test_out_of_memory_and_ctrl_c_outside_training_get_one_message(tmp_path, capsys, monkeypatch):
-    import mope_lightning.runner as runner
+    import mope_lightning.cli.fit as runner
 
     def out_of_memory(command, cfg):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

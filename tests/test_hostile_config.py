@@ -11,11 +11,11 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import MopeError
-from mope_lightning.sweeps import plan, read_sweep
+from mope_lightning.sweeps.sweep import plan, read_sweep
 
-from conftest import DEFAULT_EXP, ROOT, TINY
+from helpers import DEFAULT_EXP, ROOT, TINY
 from test_hostile import args, one_error
 
 OVERLAYS = ROOT / "experiments" / "overlays"
@@ -205,7 +205,7 @@ def test_the_load_time_rule_is_lightnings_own(tmp_path, callbacks, refused):
     import lightning as L
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-    from mope_lightning.config_callbacks import fit_checkpoints, resolve_callbacks
+    from mope_lightning.training.config_callbacks import fit_checkpoints, resolve_callbacks
 
     overrides = [f"trainer.default_root_dir={tmp_path}", f"callbacks={callbacks}"]
     if refused:

@@ -10,14 +10,15 @@ import torch
 from PIL import Image
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.data.features import FeatureCache
 from mope_lightning.data.index import INDEX_VERSION
 from mope_lightning.errors import DataError
+from mope_lightning.training.datamodule import lightning_class
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import make_food101, make_mmbt, make_mmimdb, write_image
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import make_food101, make_mmbt, make_mmimdb, write_image
 
 
 def args(tmp_path, root, *overrides):
@@ -228,7 +229,7 @@ def test_each_stage_needs_its_own_split(tmp_path):
     root = make_mmbt(tmp_path / "mmbt")
     (root / "dev.jsonl").write_text("")
     cfg = load_config([EXPERIMENTS / "jsonl.yaml", TINY], args(tmp_path, root)[2:])
-    dm = DATAMODULES["mmbt"](cfg.data)
+    dm = lightning_class(DATAMODULES["mmbt"])(cfg.data)
     for stage in ("fit", "validate"):
         with pytest.raises(DataError, match="the val split is empty"):
             dm.setup(stage)

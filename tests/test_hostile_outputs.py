@@ -15,7 +15,7 @@ import mope_lightning
 from mope_lightning.cli import main
 from mope_lightning.errors import MopeError, ModelError
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 from test_hostile import one_error
 from test_sharing import write_rows
 
@@ -45,12 +45,16 @@ def trained(tmp_path_factory):
 def no_model(monkeypatch):
     """Any model build fails the test: the refusals must come before any model work."""
     import mope_lightning.pretrained as pretrained
-    import mope_lightning.runner as runner
+    import mope_lightning.cli.analyze as analyze_command
+    import mope_lightning.cli.fit as runner
+    import mope_lightning.training.build as building
 
     def built(*a, **k):
         raise AssertionError("a model was built before the output was checked")
 
     monkeypatch.setattr(runner, "build", built)
+    monkeypatch.setattr(analyze_command, "build", built)  # the commands import it from training/build.py
+    monkeypatch.setattr(building, "build", built)
     monkeypatch.setattr(pretrained, "build_pretrained", built)
 
 
@@ -221,7 +225,7 @@ def test_a_fit_refused_by_lightning_leaves_no_run_directory(tmp_path, capsys):
 
 def test_a_fit_failing_at_setup_leaves_no_run_directory_and_keeps_a_resumed_one(trained, tmp_path, capsys,
                                                                                 monkeypatch):
-    import mope_lightning.lit_module as lit_module
+    import mope_lightning.training.lit_module as lit_module
 
     def broken(self, stage):
         raise ModelError("model.fusion: cannot set up (as a test)")

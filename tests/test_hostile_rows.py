@@ -18,13 +18,13 @@ from PIL import Image
 
 import mope_lightning.pretrained
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import DATAMODULES
 from mope_lightning.data.rows import read_rows
 from mope_lightning.errors import DataError, MopeError
 
-from conftest import EXPERIMENTS, TINY
-from fixtures import make_food101, make_hateful_memes, make_mmbt
+from helpers import EXPERIMENTS, TINY
+from helpers.datasets import make_food101, make_hateful_memes, make_mmbt
 from test_hostile import args, one_error
 
 # Texts with what breaks naive readers: commas, quotes, line breaks inside a field, non-ASCII letters.

@@ -20,13 +20,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from mope_lightning.cli import main
-from mope_lightning.data.easy_vqa import default_root
+from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.data.features import LoadImage, eval_transform
 from mope_lightning.data.image_cache import DecodeForCache, PixelCache
 from mope_lightning.data.image_transforms import DevicePixels, pixel_steps
 from mope_lightning.errors import DataError
 
-from conftest import DEFAULT_EXP, TINY, tiny_config
+from helpers import DEFAULT_EXP, TINY, tiny_config
 
 # The image encoders' own data configs (MobileNetV2's for easy-VQA; Swin-B's for the paper recipes) and the
 # experiments' `data` settings over them.
@@ -249,7 +249,7 @@ def test_an_image_whose_file_changed_since_the_index_is_named(tmp_path):
 # --- the DataModule and the CLI ----------------------------------------------------------------------------------
 
 def batches(tmp_path, stage: str, *overrides):
-    from mope_lightning.runner import build
+    from mope_lightning.training.build import build
 
     _, dm = build(tiny_config(tmp_path, "data.cache_features=false", "data.missing.test.image=0.5", *overrides))
     dm.prepare_data()

@@ -91,7 +91,7 @@ def test_a_bad_sample_count_is_refused(samples, capsys):
 
 
 def test_the_loaders_run_the_pipeline_the_benchmark_times():
-    from mope_lightning.config import load_config
+    from mope_lightning.training.trainer_config import load_config
     from mope_lightning.data import DATAMODULES
     from mope_lightning.data.features import image_pipeline
     from mope_lightning.models.classifier import InputSpec

@@ -10,14 +10,16 @@ import pytest
 import torch
 
 from mope_lightning.cli import main
-from mope_lightning.config import FUSIONS, load_config
-from mope_lightning.data import DATAMODULES, BatchCollate
+from mope_lightning.models.registry import FUSIONS
+from mope_lightning.training.trainer_config import load_config
+from mope_lightning.data import BatchCollate
 from mope_lightning.data.missing import describe, missing_table
 from mope_lightning.models import build_model
 from mope_lightning.models.classifier import missing_case
-from mope_lightning.runner import run
+from mope_lightning.cli.fit import run
+from mope_lightning.training.datamodule import datamodule
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
+from helpers import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 
 VIT = ["model.prompted=image", "model.image_encoder.library=timm", "model.image_encoder.name=vit_tiny_patch16_224"]
 SWIN = ["model.prompted=image", "model.image_encoder.library=timm",
@@ -61,7 +63,7 @@ def test_the_datamodule_removes_the_same_samples_in_every_epoch_and_process(tmp_
     cfg = tiny_config(tmp_path, "data.missing.train.both=0.5", "data.missing.test.image=1.0", "data.missing.seed=7")
     datamodules = []
     for _ in range(2):  # two processes build their DataModules independently
-        dm = DATAMODULES[cfg.data.name](cfg.data)
+        dm = datamodule(cfg.data)
         net = build_model(cfg.model, len(dm.classes))
         dm.attach(net.input_spec())
         dm.setup("fit")
@@ -242,7 +244,7 @@ def test_robustness_tests_one_checkpoint_at_each_rate_and_resumes(tmp_path, caps
 def test_robustness_of_multi_label_f1s_equals_mope_test(tmp_path, kind):
     """MM-IMDB's multi-label F1s (whose torchmetrics reads logits or probabilities by what each update holds),
     condition by condition, against `mope test` with `data.missing.test` set."""
-    from fixtures import make_mmimdb
+    from helpers.datasets import make_mmimdb
 
     root = make_mmimdb(tmp_path / "data", {"train": 8, "dev": 3, "test": 12})
     args = [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",

@@ -20,9 +20,10 @@ from mope_lightning.models.classifier import PromptFusionClassifier
 from mope_lightning.models.image_encoders import PooledImageEncoder
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompted_vit import PromptedViT
-from mope_lightning.runner import build, run
+from mope_lightning.cli.fit import run
+from mope_lightning.training.build import build
 
-from conftest import tiny_config
+from helpers import tiny_config
 
 
 def _compiled_matches_eager(step, *inputs):

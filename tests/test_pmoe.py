@@ -7,13 +7,14 @@ import torch
 from omegaconf import OmegaConf
 
 from mope_lightning.cli import main
-from mope_lightning.config import EncoderConfig, load_config
+from mope_lightning.config.schema import EncoderConfig
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ModelError
 from mope_lightning.models import MoPE, PMoE, build_model, build_text_encoder
 from mope_lightning.models.dispatcher import aligned_layer
-from mope_lightning.runner import run
+from mope_lightning.cli.fit import run
 
-from conftest import EXPERIMENTS, MINILM, TINY
+from helpers import EXPERIMENTS, MINILM, TINY
 
 PMOE = EXPERIMENTS / "easy_vqa_pmoe.yaml"
 

@@ -21,15 +21,15 @@ from PIL import Image
 import mope_lightning
 from mope_lightning import inference
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
-from mope_lightning.data.easy_vqa import default_root
+from mope_lightning.training.trainer_config import load_config
+from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.inference import Distinct, distinct_rows, overlaps
 from mope_lightning.models.image_encoders import PooledImageEncoder
 from mope_lightning.predictions import probabilities
 from mope_lightning.pretrained import PretrainedModel
 
-from conftest import EXPERIMENTS, TINY, tiny_config
-from fixtures import write_wav
+from helpers import EXPERIMENTS, TINY, tiny_config
+from helpers.datasets import write_wav
 from test_api_arguments import CLASSES, write_tiny_adapter
 from test_sharing import args
 

@@ -11,10 +11,11 @@ import torch
 
 from mope_lightning.cli import main
 from mope_lightning.errors import CheckpointError, ConfigError
-from mope_lightning.routing import RoutingStats, attribute_routing, mutual_information
-from mope_lightning.runner import analyze, run
+from mope_lightning.analysis.routing import RoutingStats, attribute_routing, mutual_information
+from mope_lightning.cli.analyze import analyze
+from mope_lightning.cli.fit import run
 
-from conftest import DEFAULT_EXP, TINY, tiny_config
+from helpers import DEFAULT_EXP, TINY, tiny_config
 
 
 def test_routing_stats_hand_worked():
@@ -69,7 +70,7 @@ def test_attribute_mutual_information_of_a_router_that_copies_or_ignores_it():
 
 
 def test_a_sweeps_routing_figure_has_a_panel_per_finished_run_and_skips_the_rest(tmp_path):
-    from mope_lightning.sweep_routing import routing_figures, write_routing_figures
+    from mope_lightning.analysis.sweep_routing import routing_figures, write_routing_figures
 
     def run_dir(name, shape_routing, mi):
         path = tmp_path / name
@@ -113,7 +114,7 @@ def test_easy_vqa_shape_and_colour_attributes_agree_with_the_images():
     import numpy as np
     from PIL import Image
 
-    from mope_lightning.config import load_config
+    from mope_lightning.training.trainer_config import load_config
     from mope_lightning.data import DATAMODULES
 
     dm = DATAMODULES["easy_vqa"](load_config([DEFAULT_EXP], ["data.test_images=60"]).data)

@@ -16,10 +16,10 @@ from PIL import Image
 
 import mope_lightning
 from mope_lightning.cli import main
-from mope_lightning.data.easy_vqa import default_root
+from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.errors import CheckpointError, MopeError
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 
 def args(tmp_path, *extra):
@@ -200,7 +200,7 @@ def test_export_refuses_to_overwrite_and_an_interrupted_export_leaves_nothing(tr
     assert main(["export", *args(tmp, f"ckpt={last}", f"out={adapter}", "overwrite=true")]) == 0
     mope_lightning.from_pretrained(adapter)  # the replaced adapter is complete
 
-    import mope_lightning.adapters as adapters
+    import mope_lightning.weights.adapters as adapters
 
     def crash(*a, **k):
         raise KeyboardInterrupt
@@ -367,9 +367,9 @@ def test_max_time_between_validations_keeps_the_final_weights(tmp_path):
 
 
 def test_a_dataset_whose_label_order_differs_from_the_checkpoint_is_refused(tmp_path, capsys):
-    from fixtures import make_mmbt
+    from helpers.datasets import make_mmbt
 
-    from conftest import EXPERIMENTS
+    from helpers import EXPERIMENTS
 
     root = make_mmbt(tmp_path / "mmbt")
     common = [str(EXPERIMENTS / "jsonl.yaml"), str(TINY), f"data.root={root}", "data.splits={train: train.jsonl, "

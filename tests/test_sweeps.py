@@ -14,7 +14,7 @@ from mope_lightning.data.samples import Split
 from mope_lightning.data.subsets import stratified_order, training_subset
 from mope_lightning.errors import DataError
 
-from conftest import DEFAULT_EXP, ROOT, TINY
+from helpers import DEFAULT_EXP, ROOT, TINY
 
 
 def labelled_split(labels) -> Split:
@@ -165,7 +165,7 @@ def test_the_slurm_launcher_records_a_failing_run_while_the_others_finish(tmp_pa
 def test_local_jobs_get_their_share_of_the_cores_as_threads(monkeypatch):
     from lightning.fabric.utilities import distributed
 
-    from mope_lightning.sweep_submit import local_thread_setup
+    from mope_lightning.sweeps.submit import local_thread_setup
 
     monkeypatch.setattr(distributed, "_num_cpus_available", lambda: 2)
     assert local_thread_setup(2, {}) == ["export OMP_NUM_THREADS=1"]

@@ -1,4 +1,4 @@
-"""Loggers, callbacks and run identity from the config (mope_lightning/tracking.py, config_callbacks.py), driven
+"""Loggers, callbacks and run identity from the config (mope_lightning/training/tracking.py, config_callbacks.py), driven
 through the command line's entry point."""
 
 import csv
@@ -11,10 +11,10 @@ import torch
 import yaml
 
 from mope_lightning.cli import main
-from mope_lightning.config import load_config
+from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError
 
-from conftest import DEFAULT_EXP, EXPERIMENTS, ROOT, TINY
+from helpers import DEFAULT_EXP, EXPERIMENTS, ROOT, TINY
 
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
 EARLY_STOPPING = EXPERIMENTS / "overlays" / "early_stopping.yaml"
@@ -123,7 +123,7 @@ def test_unknown_logger_and_forbidden_callbacks_are_refused(capsys):
     assert "callbacks[0] (EarlyStopping): init_args do not fit EarlyStopping" in err and "'patience'" in err
     err = error("callbacks=[{class_path: EarlyStopping, init_args: {monitor: val/acc, mode: best}}]")
     assert "callbacks[0] (EarlyStopping): EarlyStopping refused init_args" in err
-    assert "added by mope_lightning itself" in error("callbacks=[{class_path: mope_lightning.callbacks.FiniteLoss}]")
+    assert "added by mope_lightning itself" in error("callbacks=[{class_path: mope_lightning.training.callbacks.FiniteLoss}]")
     assert "a list (callbacks) is set as a whole" in error("callbacks.0.init_args.patience=3")
 
 
@@ -154,7 +154,7 @@ def test_print_config_prints_the_resolved_config_and_builds_nothing(tmp_path, ca
 def test_schedules_and_optimizers_come_from_the_libraries():
     from transformers import get_cosine_schedule_with_warmup
 
-    from mope_lightning.optim import build_optimizer, build_scheduler
+    from mope_lightning.training.optim import build_optimizer, build_scheduler
 
     def optim(*overrides):
         return load_config([DEFAULT_EXP], list(overrides)).optim

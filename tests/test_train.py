@@ -13,12 +13,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mope_lightning.config import load_config
-from mope_lightning.data.easy_vqa import default_root
+from mope_lightning.training.trainer_config import load_config
+from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.errors import CheckpointError
-from mope_lightning.runner import run
+from mope_lightning.cli.fit import run
 
-from conftest import DEFAULT_EXP, TINY
+from helpers import DEFAULT_EXP, TINY
 
 MAJORITY = 0.40  # the most frequent answer ("yes"/"no") is about 37% of the questions in any subset
 

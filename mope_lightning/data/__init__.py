@@ -1,16 +1,19 @@
-"""Datasets: the DataModules by name (`DATAMODULES`, data/registry.py) and what they are built from.
+"""Datasets: the DataModules by name (`DATAMODULES`, data/registry.py) and what they are built from. Nothing here
+imports Lightning: training/datamodule.py adds Lightning's hooks to these classes.
 
-The names below are imported on first use: the DataModules are Lightning's, and the modules that inference needs
-(data.features, data.audio, data.samples) must load without Lightning (`from_pretrained` imports them)."""
+The names below are imported on first use, so that the modules inference needs (data.features, data.audio,
+data.samples) load without the dataset readers (`from_pretrained` imports them)."""
 
 import importlib
 
 _HOMES = {
     "DATAMODULES": "registry", "MMBTDataModule": "registry",
     "MultimodalDataModule": "base", "MultimodalDataset": "base", "BatchCollate": "base",
-    "EasyVQADataModule": "easy_vqa", "Food101DataModule": "food101", "HatefulMemesDataModule": "hateful_memes",
-    "JsonlDataModule": "jsonl", "SNLIVEDataModule": "jsonl", "MMIMDBDataModule": "mmimdb",
-    "MustardDataModule": "mustard", "Problem": "samples", "Scan": "samples", "Split": "samples",
+    "EasyVQADataModule": "datasets.easy_vqa", "Food101DataModule": "datasets.food101",
+    "HatefulMemesDataModule": "datasets.hateful_memes", "JsonlDataModule": "datasets.jsonl",
+    "SNLIVEDataModule": "datasets.jsonl", "MMIMDBDataModule": "datasets.mmimdb",
+    "MustardDataModule": "datasets.mustard",
+    "Problem": "samples", "Scan": "samples", "Split": "samples",
 }
 __all__ = sorted(_HOMES)
 

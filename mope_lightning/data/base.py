@@ -19,21 +19,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from mope_lightning.data.audio import describe_clips, load_clip, pad_clips
 from mope_lightning.data.features import (FeatureCache, LoadImage, encode_audio, encode_images, encode_texts,
                                           eval_transform, image_pipeline, media_key, text_key)
 from mope_lightning.data.image_cache import PixelPools, pixel_pools
 from mope_lightning.data.index import apply_policy, load_or_build_index
-from mope_lightning.data.missing import MODALITIES as MISSABLE
+from mope_lightning.data.missing import MISSABLE
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import missing_table
 from mope_lightning.data.samples import Scan, Split
 from mope_lightning.data.subsets import training_subset
-from mope_lightning.data.training_order import TrainingOrder, training_position
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -135,8 +133,10 @@ def data_prevents_caching(cfg, modality: str) -> Optional[str]:
     return None
 
 
-class MultimodalDataModule(L.LightningDataModule):
-    """Base DataModule for image-text classification. Subclasses set `config_class` and read their files.
+class MultimodalDataModule:
+    """Base DataModule for image-text classification. Subclasses set `config_class` and read their files. This is
+    the dataset's side, without Lightning; training/datamodule.py adds Lightning's hooks (the loaders, the training
+    order, the state a checkpoint keeps), so that reading and checking a dataset needs no Lightning.
 
     Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric),
     `num_classes` (when the label set is fixed) and `media` (what the pool files are: "image" or "audio"; the
@@ -154,8 +154,7 @@ class MultimodalDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.classes: list[str] = self.read_classes()
         self.predict_split = "test"
-        self.seed = 0  # of the training order; the runner sets the experiment's seed
-        self.resume_position: Optional[dict[str, int]] = None  # where the resumed run stopped (training_order.py)
+        self.seed = 0  # of the training order; training/build.py sets the experiment's seed
         self.spec = None
         self.splits: dict[str, Split] = {}
         self._left_out = 0  # samples of this many problems were left out by data.on_bad_sample=skip
@@ -316,16 +315,16 @@ class MultimodalDataModule(L.LightningDataModule):
         text = self._text_features(cache, self._distinct_texts(splits)) if self._cached("text") else None
         return media, text
 
-    def prepare_data(self) -> None:
-        # One process per node: scan and check the files, then build the feature caches once.
+    def prepare(self, stage: Optional[str] = None) -> None:
+        """Scan and check the files, then build the feature caches once. `stage`: the one `build_datasets` will
+        get, whose splits are checked here, before anything is encoded."""
         self.splits, pools = self.read_splits()
-        if self.trainer is not None and self.trainer.state.fn is not None:
-            self.check_splits(self.trainer.state.fn.value)  # the stage setup will get: refuse before encoding
+        if stage is not None:
+            self.check_splits(stage)
         for modality, reason in self.spec.uncached.items() if self.cfg.cache_features else ():
             log.info("%s: %s features are not cached: %s; it encodes every batch", self.cfg.name, modality, reason)
         media, _ = self._build_features(self.splits, pools)
         if media is None and self.media == "image":
-            stage = self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else None
             self._pixel_pools(pools, stage)
 
     def _pixel_pools(self, pools: dict[str, list[Path]], stage: Optional[str]) -> Optional[PixelPools]:
@@ -340,11 +339,8 @@ class MultimodalDataModule(L.LightningDataModule):
                 f"unreadable {self.media} files and data.on_bad_sample=skip can leave out their samples, or replace "
                 "them")
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """With the decoded-image cache, images cross to the device as uint8 and become floats there."""
-        return self.pixels.device(batch) if self.pixels is not None else batch
-
-    def setup(self, stage: Optional[str] = None) -> None:
+    def build_datasets(self, stage: Optional[str] = None) -> None:
+        """The `MultimodalDataset` of every split, with the splits `stage` needs checked."""
         if self.datasets:
             self.check_splits(stage)
             return
@@ -369,75 +365,3 @@ class MultimodalDataModule(L.LightningDataModule):
                                                     self.media, load, media[split.pool] if media is not None else None,
                                                     text, rows, missing, blank)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
-
-    # --- loaders -------------------------------------------------------------------------------------------
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
-    def _sampler(self, split: str, train: bool):
-        """The samplers are ours (the Trainer runs with use_distributed_sampler=False):
-
-        - training: shuffled by (seed, epoch) and sharded over the processes, so the order does not depend on the
-          global RNG, and resumed where the checkpoint stopped, even mid-epoch (`TrainingOrder`): a resumed run
-          sees the same batches as an uninterrupted one;
-        - evaluation: every sample on exactly one process, no padding duplicates, so metrics under DDP are exact.
-        """
-        from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-        world, rank = self._world()
-        dataset = self.datasets[split]
-        if train:
-            sampler = TrainingOrder(dataset, world, rank, self.seed, self.cfg.batch_size, self.resume_position)
-            if self.trainer is not None:  # built before the trainer's state is restored, its epoch reads 0
-                sampler.set_epoch(max(self.trainer.current_epoch, sampler.epoch))
-            return sampler
-        if world == 1:
-            return None
-        return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        c = self.cfg
-        batch_size = c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size)
-        pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
-        # Workers that load further ahead than torch's 2 batches ride out slow batches that would idle a GPU
-        prefetch = c.get("prefetch_factor") or (4 if torch.cuda.is_available() else None)
-        # drop_last in training: a last batch of one sample would break the mapper's BatchNorm
-        sampler = self._sampler(split, train)
-        # Every loader draws its workers' seed from a generator of its own, never from the global RNG, so that how
-        # often loaders are iterated (a resumed run, persistent workers or none) changes no routing noise or dropout.
-        generator = sampler.generator if train else torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, generator=generator,
-                          drop_last=train, num_workers=c.num_workers, pin_memory=pin,
-                          persistent_workers=c.persistent_workers and c.num_workers > 0,
-                          prefetch_factor=prefetch if c.num_workers > 0 else None,
-                          collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length,
-                                                  self.spec.audio_preprocessor))
-
-    def state_dict(self) -> dict:
-        """Saved in every checkpoint: where training stands in the epoch's order."""
-        position = training_position(self.trainer)
-        return {"training_position": position} if position else {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.resume_position = state_dict.get("training_position")
-
-    def train_dataloader(self) -> DataLoader:
-        size, world = len(self.datasets["train"]), self._world()[0]
-        if not size:
-            raise DataError(f"{self.cfg.name}: the train split is empty (its samples come from "
-                            f"{self.split_source('train')}); add samples, or run `mope check-data` to see what was "
-                            "read")
-        if size < self.cfg.batch_size * world:  # drop_last would leave no batch at all
-            raise DataError(f"{self.cfg.name}: the train split has {size} samples, fewer than data.batch_size="
-                            f"{self.cfg.batch_size} x {world} process(es); lower data.batch_size")
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_split, train=False)

@@ -23,12 +23,12 @@ import hashlib
 from collections import Counter
 from typing import Optional, Sequence
 
-MODALITIES = ("text", "image")  # what a sample can lose; a missing-aware prompt's case is 1 + this index (0: none)
+MISSABLE = ("text", "image")  # what a sample can lose; a missing-aware prompt's case is 1 + this index (0: none)
 
 
 def lost_by(kind: str) -> tuple[str, ...]:
     """The modalities samples of a removal kind ("image", "text", "both") can lose."""
-    return MODALITIES if kind == "both" else (kind,)
+    return MISSABLE if kind == "both" else (kind,)
 
 
 def _rank_key(seed: int, sample_id: str) -> bytes:
@@ -58,5 +58,5 @@ def describe(table: Optional[list[str]]) -> str:
         return ""
     counts = Counter(table)
     parts = [f"{counts[m]:,} their {m}" for m in ("image", "text") if counts[m]]
-    return f"{sum(counts[m] for m in MODALITIES):,} of {len(table):,} samples lose a modality: " + ", ".join(parts)
+    return f"{sum(counts[m] for m in MISSABLE):,} of {len(table):,} samples lose a modality: " + ", ".join(parts)
 

@@ -1,5 +1,5 @@
 """The options every dataset has (`DataConfig`, the `data:` section of a config); each dataset module subclasses it
-with its own. Plain dataclasses: the config schema (mope_lightning/config.py) imports them, never the reverse."""
+with its own. Plain dataclasses: the config schema (mope_lightning/config/schema.py) imports them, never the reverse."""
 
 from __future__ import annotations
 

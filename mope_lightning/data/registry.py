@@ -1,14 +1,14 @@
 """DataModules by name (`data.name`). Each declares its own config dataclass (`config_class`), which the config
-schema (mope_lightning/config.py) looks up here when it reads `data.name`: config imports the datasets, never the
+schema (mope_lightning/config/schema.py) looks up here when it reads `data.name`: config imports the datasets, never the
 reverse."""
 
 from mope_lightning.data.base import MultimodalDataModule
-from mope_lightning.data.easy_vqa import EasyVQADataModule
-from mope_lightning.data.food101 import Food101DataModule
-from mope_lightning.data.hateful_memes import HatefulMemesDataModule
-from mope_lightning.data.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
-from mope_lightning.data.mmimdb import MMIMDBDataModule
-from mope_lightning.data.mustard import MustardDataModule
+from mope_lightning.data.datasets.easy_vqa import EasyVQADataModule
+from mope_lightning.data.datasets.food101 import Food101DataModule
+from mope_lightning.data.datasets.hateful_memes import HatefulMemesDataModule
+from mope_lightning.data.datasets.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
+from mope_lightning.data.datasets.mmimdb import MMIMDBDataModule
+from mope_lightning.data.datasets.mustard import MustardDataModule
 
 
 class MMBTDataModule(JsonlDataModule):

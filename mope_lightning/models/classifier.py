@@ -25,10 +25,9 @@ from torch import Tensor, nn
 from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.prompts import ConditionMapper, MoPE, PromptLayer
 from mope_lightning.models.router import MultimodalRouter
+from mope_lightning.models.registry import MODALITIES
 from mope_lightning.models.sources import weights_digest
 
-MODALITIES = ("text", "image", "audio")  # every modality an encoder family exists for
-DEFAULT_PAIR = ("text", "image")
 
 
 def missing_rows(batch: dict, modality: str) -> Optional[Tensor]:

@@ -22,15 +22,12 @@ from mope_lightning.models.image_encoders import build_timm_encoder, build_torch
 from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
+from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
 log = logging.getLogger(__name__)
 
-PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
-# The modalities a late fusion reads; None: both of the experiment's pair.
-LATE_FUSION_MODALITIES = {"late_concat": None, "finetune": None, "text_only": ("text",), "image_only": ("image",),
-                          "audio_only": ("audio",)}
 TINY_TEXT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 
 

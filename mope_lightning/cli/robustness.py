@@ -1,0 +1,256 @@
+"""`mope robustness EXP.yaml ckpt=PATH [out=DIR]`: one trained model tested with a modality missing, at several rates.
+
+For every kind in `robustness.kinds` (image, text, both: data/missing.py) and rate in `robustness.rates`, the test
+metrics are those of the test split with `data.missing.test.<kind>=<rate>` (the other kinds at 0; rate 0, the
+complete test split, once for all kinds). The results go to `<out>/robustness.json` as they finish (a run stopped
+anywhere resumes from there), then `robustness.md` (a table: kinds x rates) and `robustness.png` (the headline metric
+against the rate, a line per kind). `out` defaults to the checkpoint's run directory.
+
+The test split is run at most three times, however many conditions there are: complete, with every image removed,
+with every text removed. In eval mode a sample's logits depend on that sample alone, and data/missing.py removes a
+fixed modality of fixed samples whatever the rate, so each condition's logits are, sample by sample, those of one of
+the three passes; its metrics are computed from them (tests/test_missing.py checks them against `mope test` with
+`data.missing.test` set). They agree to float rounding: a removed text changes the padded length of its batch, and
+with it the shapes of the products (6e-8 in the logits of a tiny model), so a rank metric such as AUROC may order
+samples whose scores tie to that precision the other way.
+
+In a sweep file, `robustness: {rates: [...], kinds: [...]}` runs this after each fit; the sweep's results then hold
+one column per condition (`missing/<kind>=<rate>/<metric>`), with mean ± std over seeds in summary.md, and
+`plot_robustness.png` draws each cell's curve.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import NamedTuple, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mope_lightning.data.missing import lost_by, missing_table
+from mope_lightning.errors import ConfigError, NonFiniteError
+from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
+from mope_lightning.analysis.robustness_tables import (FILES, KINDS, RESULTS, condition_name, conditions,  # noqa: F401
+                                                       finished, metric_of, robustness_figure,
+                                                       table_markdown)
+
+def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
+    if cfg.robustness.out:
+        return Path(cfg.robustness.out).expanduser()
+    path = Path(ckpt)
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    raise ConfigError("robustness.out: not set, and the checkpoint is not in a run directory's checkpoints/; "
+                      "pass out=DIR")
+
+
+def _claim(cfg: DictConfig, ckpt: str) -> Path:
+    """The output folder, checked before any work (fileio.claim_output): not an input nor inside one, and its
+    robustness files only mope's own, of this checkpoint (resumed) or, with overwrite=true, of another."""
+    # overwrite=True: whether mope's own results there are resumed or replaced is `_read`'s call
+    return claim_output(_out_dir(cfg, ckpt), "robustness.out", inputs=[ckpt], overwrite=True, files=FILES,
+                        earlier=lambda folder: written_json(folder / RESULTS, ("checkpoint", "metrics")),
+                        what="robustness report")
+
+
+def _read(path: Path, ckpt: str, overwrite: bool) -> dict:
+    """The conditions already evaluated for `ckpt` (to resume); another checkpoint's results are not mixed in."""
+    if not path.is_file() or overwrite:
+        return {}
+    stored = json.loads(path.read_text())  # a robustness report mope wrote (checked by `_claim`)
+    metrics = stored["metrics"]
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"{path}: its metrics are not a mapping, so it is not a robustness report mope wrote; "
+                          "choose another out=DIR")
+    if stored.get("checkpoint") != ckpt:
+        raise ConfigError(f"{path}: holds the robustness of another checkpoint ({stored.get('checkpoint')}); pass "
+                          "another out=DIR, or overwrite=true to replace it")
+    return metrics
+
+
+def _trainer(cfg: DictConfig):
+    import lightning as L
+
+    from mope_lightning.training.launch import SafeCheckpointIO
+
+    t = OmegaConf.to_container(cfg.trainer, resolve=True)
+    keep = {k: t[k] for k in ("accelerator", "precision", "limit_test_batches", "deterministic") if k in t}
+    return L.Trainer(**keep, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                     plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
+
+
+def _check_model(net, todo: list[tuple[str, float]]) -> None:
+    """Refuse, before evaluating anything, a model that cannot run without a modality some condition removes."""
+    lost = {m for kind, _ in todo if kind != "none" for m in lost_by(kind)}
+    foreign = sorted(lost - set(net.pair))
+    if foreign:
+        raise ConfigError(f"robustness.kinds: removing the {' and '.join(foreign)} needs a model that reads it; this "
+                          f"one reads {' and '.join(net.pair)} (data.missing removes texts and images), so use "
+                          f"robustness.kinds=[{','.join(m for m in net.pair if m in ('text', 'image'))}]")
+    for modality in sorted(lost):
+        problem = net.missing_problem(modality)
+        if problem:
+            raise ConfigError(f"robustness.kinds: {problem}")
+
+
+class PassOutputs(NamedTuple):
+    """What one run of the test split gave, per sample (ordered by its row in the split): row, logits and target;
+    and the sizes of its batches."""
+    rows: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+    batch_sizes: list[int]
+
+
+def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], PassOutputs]:
+    """The test split's ids and per-sample outputs with `lost` ("image", "text") removed from every sample, or with
+    every sample complete ("")."""
+    from mope_lightning.training.datamodule import datamodule as build_datamodule
+
+    data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
+    if lost:
+        data.missing.test[lost] = 1.0
+    datamodule = build_datamodule(data)
+    datamodule.attach(module.net.input_spec())
+    print(f"[mope] robustness: test split with {f'every {lost} missing' if lost else 'every sample complete'}",
+          flush=True)
+    captured = []
+
+    def capture(net, args, output):
+        batch = args[0]
+        captured.append((batch["index"].cpu(), output.logits.detach().float().cpu(),
+                         module._targets(batch["labels"]).cpu()))
+
+    handle = module.net.register_forward_hook(capture)
+    try:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        handle.remove()
+    rows, logits, targets = (torch.cat(parts) for parts in zip(*captured))
+    order = rows.argsort()  # by row in the split, so that the passes line up sample by sample
+    sizes = [len(part[0]) for part in captured]
+    return list(datamodule.splits["test"].ids), PassOutputs(rows[order], logits[order], targets[order], sizes)
+
+
+def _lost_per_sample(ids: list[str], rows: torch.Tensor, kind: str, rate: float, seed: int) -> list[str]:
+    """Per evaluated sample, the modality it loses in condition (kind, rate): "", "image" or "text"."""
+    rates = SimpleNamespace(image=0.0, text=0.0, both=0.0)
+    if kind != "none":
+        setattr(rates, kind, rate)
+    table = missing_table(ids, rates, seed)
+    return [table[i] if table else "" for i in rows.tolist()]
+
+
+def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: str, classes: list[str],
+                       kind: str, rate: float) -> tuple[dict[str, float], list[str]]:
+    """The test metrics of one condition, from each sample's logits in the pass that removed what it loses, and a
+    note for each metric left out as undefined on the test split (AUROC when it holds one class)."""
+    from mope_lightning.training.lit_module import defined_metrics, make_metrics
+
+    complete = passes[""]
+    logits = complete.logits.clone()
+    for modality, outputs in passes.items():
+        if modality:
+            chosen = torch.tensor([m == modality for m in lost])
+            logits[chosen] = outputs.logits[chosen]
+    metrics = make_metrics(task, len(classes))
+    # Batch by batch as in the test step (the test loader is sequential): torchmetrics decides per update whether
+    # its inputs are logits or probabilities (multi-label F1), so one update of everything could decide otherwise.
+    sizes = complete.batch_sizes
+    for batch_logits, batch_targets in zip(logits.split(sizes), complete.targets.split(sizes)):
+        metrics.update(batch_logits, batch_targets)
+    found, (values, notes) = {}, defined_metrics(metrics, classes)
+    for metric, value in values.items():
+        value = float(value)
+        if not math.isfinite(value):
+            raise NonFiniteError(f"robustness: test/{metric} is {value} with {kind} missing at {rate:g}; the model "
+                                 "diverged or its weights are broken")
+        found[condition_name(kind, rate, metric)] = value
+    return found, notes
+
+
+def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]], save) -> None:
+    """Evaluate the conditions `todo` with at most three passes over the test split (complete first, then every image
+    or every text removed, where some condition needs it), calling `save(metrics)` as soon as a condition's passes
+    are done."""
+    trainer, todo = _trainer(cfg), list(todo)
+    passes: dict[str, PassOutputs] = {}
+    lost_of: dict[tuple[str, float], list[str]] = {}
+    noted: set[str] = set()
+    for lost in ("", "image", "text"):
+        if not todo:
+            break
+        if lost and not any(lost in lost_of[c] for c in todo):
+            continue
+        ids, passes[lost] = _test_pass(cfg, module, trainer, lost)
+        lost_of = lost_of or {c: _lost_per_sample(ids, passes[lost].rows, *c, cfg.data.missing.seed) for c in todo}
+        for condition in [c for c in todo if set(lost_of[c]) <= set(passes)]:
+            found, notes = _condition_metrics(passes, lost_of[condition], module.task, module.classes, *condition)
+            for note in sorted(set(notes) - noted):  # the test split's classes are the same in every condition
+                print(f"[mope] note: robustness: test/{note}", flush=True)
+            noted.update(notes)
+            save(found)
+            todo.remove(condition)
+
+
+def evaluate(cfg: DictConfig) -> Path:
+    """Evaluate `cfg.ckpt` at every condition; write robustness.json, .md and .png into the output folder."""
+    from mope_lightning.training.build import resolve_ckpt
+
+    ckpt, _ = resolve_ckpt(cfg)
+    if ckpt is None:
+        raise ConfigError("robustness needs ckpt=PATH: the checkpoint (or adapter folder) to evaluate")
+    r = cfg.robustness
+    todo = conditions(list(r.rates), list(r.kinds))
+    out = _claim(cfg, ckpt)
+    results = _read(out / RESULTS, ckpt, r.overwrite)
+    with NewFolders() as created:  # a robustness run that fails leaves no empty folder behind
+        created.expect(out)
+        check_writable(out, "robustness.out")
+        _evaluate_into(cfg, ckpt, out, todo, results)
+    print(f"[mope] robustness of {ckpt}\n  table                    {out / 'robustness.md'}\n"
+          f"  plot                     {out / 'robustness.png'}", flush=True)
+    return out
+
+
+def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: dict) -> None:
+    from mope_lightning.weights.adapters import read_trained_weights
+    from mope_lightning.weights.checkpoints import load_into
+    from mope_lightning.training.build import build
+
+    r = cfg.robustness
+    module, datamodule = build(cfg)
+    _check_model(module.net, todo)
+    load_into(module.net, read_trained_weights(ckpt), datamodule.classes)
+    todo = [(kind, rate) for kind, rate in todo
+            if not any(name.startswith(condition_name(kind, rate, "")) for name in results)]
+
+    def save(found: dict[str, float]) -> None:
+        results.update(found)
+        record = {"checkpoint": ckpt, "experiment": cfg.experiment, "metrics": results}
+        atomic_write(out / RESULTS, lambda fh: json.dump(record, fh, indent=1))
+
+    _evaluate_conditions(cfg, module, todo, save)
+    metric = datamodule.monitor.removeprefix("val/")
+    atomic_write(out / "robustness.md", lambda fh: fh.write(table_markdown(results, r.rates, r.kinds, metric, ckpt)))
+    figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds,
+                               metric)
+    _save(figure, out / "robustness.png")
+
+
+def _save(fig, path: Path) -> Optional[Path]:
+    import matplotlib.pyplot as plt
+
+    if fig is None:
+        return None
+    written = atomic_write(path, lambda fh: fig.savefig(fh, format="png"), binary=True)
+    plt.close(fig)
+    return written
+
+
+def main(cfg: DictConfig) -> int:
+    evaluate(cfg)
+    return 0

@@ -1,0 +1,159 @@
+"""Build the DataModule, the LightningModule and the Trainer from a config (every command that runs a Trainer).
+
+Build order (as in lightning-hydra-template): seed -> DataModule (classes) -> model -> callbacks and logger ->
+Trainer.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+
+from mope_lightning.config.schema import to_container
+from mope_lightning.data.base import MultimodalDataModule
+from mope_lightning.data.missing import lost_by
+from mope_lightning.errors import ConfigError, ModelError
+from mope_lightning.fileio import atomic_write, check_writable
+from mope_lightning.training.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, ResumePosition, RNGState,
+                                              RoutingMonitor)
+from mope_lightning.training.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
+from mope_lightning.training.datamodule import datamodule as build_datamodule
+from mope_lightning.training.launch import SafeCheckpointIO, check_compile, check_trainer, slurm_run_version
+from mope_lightning.training.lit_module import MoPELitModule
+from mope_lightning.training.tracking import build_loggers
+from mope_lightning.weights.checkpoints import is_adapter
+
+class SaveConfig(Callback):
+    """Writes the resolved config to `<run dir>/config.yaml` once, from rank 0 (as LightningCLI does)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        log_dir = trainer.log_dir  # a collective (rank 0's directory is broadcast): every rank asks
+        if trainer.is_global_zero and log_dir and not trainer.fast_dev_run:
+            resolved = OmegaConf.to_yaml(self.cfg, resolve=True)
+            atomic_write(Path(log_dir) / "config.yaml", lambda fh: fh.write(resolved))
+
+
+def build(cfg: DictConfig) -> tuple[MoPELitModule, MultimodalDataModule]:
+    """Seed, then build the DataModule and the LightningModule, and tell the DataModule what the model reads."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg.data)
+    datamodule.seed = cfg.seed
+    _check_modalities(cfg, datamodule)
+    module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
+    _check_batch_size(cfg, module.net)
+    _check_missing(cfg, module.net)
+    datamodule.attach(module.net.input_spec())
+    if cfg.model.compile:
+        check_compile(to_container(cfg)["trainer"])
+        module.net.compile()  # nn.Module.compile: in place, so checkpoints keep the weights' names
+    return module, datamodule
+
+
+def _check_modalities(cfg: DictConfig, datamodule: MultimodalDataModule) -> None:
+    """The model reads modalities the dataset has (an audio dataset has no images), before anything is built."""
+    lacking = [m for m in cfg.model.modalities if m not in datamodule.modalities]
+    if lacking:
+        raise ConfigError(f"model.modalities: {list(cfg.model.modalities)}, but {cfg.data.name} has "
+                          f"{' and '.join(datamodule.modalities)}, no {' or '.join(lacking)}; set model.modalities="
+                          f"[{','.join(datamodule.modalities)}] (see experiments/{cfg.data.name}.yaml)")
+
+
+def _check_missing(cfg: DictConfig, net) -> None:
+    """Refuse, before any data is read, a model that cannot run on the samples `data.missing` removes."""
+    missing = cfg.data.get("missing")
+    for split in ("train", "val", "test") if missing is not None else ():
+        for kind in ("image", "text", "both"):
+            if not missing[split][kind]:
+                continue
+            problem = next(filter(None, map(net.missing_problem, lost_by(kind))), None)
+            if problem:
+                raise ModelError(f"data.missing.{split}.{kind}: {problem}")
+
+
+def _check_batch_size(cfg: DictConfig, net) -> None:
+    """A trainable BatchNorm over (batch, features) cannot normalise a batch of one sample in training."""
+    from torch import nn
+
+    if cfg.data.batch_size > 1:
+        return
+    norms = [name for name, m in net.named_modules() if type(m) is nn.BatchNorm1d and m.weight.requires_grad]
+    if norms:
+        raise ConfigError(f"data.batch_size=1: the model's BatchNorm ({norms[0]}) cannot normalise a batch of one "
+                          "sample in training; use data.batch_size >= 2, or model.compat.mapper_bn_frozen=true")
+
+
+def _versions(root: Path) -> list[int]:
+    found = [re.fullmatch(r"version_(\d+)", p.name) for p in root.glob("version_*") if p.is_dir()]
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def resolve_ckpt(cfg: DictConfig) -> tuple[Optional[str], Optional[int]]:
+    """The checkpoint path `ckpt` names, and the run version it belongs to when it is `last` (resume in place)."""
+    if cfg.ckpt is None:
+        return None, None
+    root = Path(cfg.trainer.default_root_dir)
+    if cfg.ckpt == "last":
+        for version in reversed(_versions(root)):
+            path = root / f"version_{version}" / "checkpoints" / "last.ckpt"
+            if path.is_file():
+                return str(path), version
+        raise ConfigError(f"ckpt=last: no {root}/version_*/checkpoints/last.ckpt yet; run fit first or pass a path")
+    path = Path(cfg.ckpt).expanduser()
+    if not path.is_file() and not is_adapter(path):
+        what = "is a folder without adapter_config.json" if path.is_dir() else "not found"
+        raise ConfigError(f"ckpt: {path}: {what}; pass a checkpoint file (.ckpt) or an exported adapter folder")
+    return str(path), None
+
+
+def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: str,
+                  version: Optional[str | int] = None) -> L.Trainer:
+    """The Trainer of `cfg.trainer`, with the config's loggers and callbacks, and the framework's callbacks,
+    samplers and checkpoint I/O."""
+    trainer_args = to_container(cfg)["trainer"]
+    check_trainer(trainer_args)
+    if command == "fit":
+        checkpoints = fit_checkpoints(cfg.checkpoint, cfg.checkpoint.monitor or datamodule.monitor)
+        extra = resolve_callbacks(to_container(cfg.callbacks), "callbacks")  # checked when the config loaded, and
+        # again here against the dataset's own headline metric (a JSONL dataset's depends on its options)
+        check_trainer_rules(extra, checkpoints, "callbacks", trainer_args.get("enable_progress_bar") is not False)
+    root = Path(trainer_args.pop("default_root_dir"))
+    check_writable(root, "trainer.default_root_dir")
+    max_time = trainer_args.pop("max_time", None)
+    version = version if version is not None else slurm_run_version()
+    loggers = build_loggers(cfg, root, version)
+    callbacks: list[Callback] = [SaveConfig(cfg)]
+    if command == "fit":
+        callbacks += [
+            LearningRateMonitor(logging_interval="step"),
+            # Wall time of training (validation included) and testing, for the summary. It also enforces
+            # trainer.max_time: Lightning ignores max_time when the callbacks already hold a Timer.
+            Timer(duration=max_time),
+            RoutingMonitor(),
+            RNGState(),
+            ResumePosition(),  # a resumed run starts where its checkpoint stopped, whatever its max_steps
+            FiniteLoss(),  # a NaN or infinite loss stops training before it reaches the weights
+            FinalWeights(),  # last.ckpt however training ends, interrupts included
+            *checkpoints.values(),
+            *extra,
+        ]
+    if command == "validate":
+        callbacks.append(RoutingMonitor())
+    if command == "predict":
+        out = cfg.predict.out or str(Path(loggers[0].log_dir) / "predictions.csv")
+        callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.task))
+    # A SLURM job's requeue checkpoint (hpc_ckpt_N.ckpt) lives in its own run directory, where a requeue finds it.
+    default_root = root / str(version) if isinstance(version, str) else root
+    try:
+        return L.Trainer(**trainer_args, default_root_dir=default_root, logger=loggers, callbacks=callbacks,
+                         plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
+    except (ValueError, TypeError, MisconfigurationException) as exc:  # Lightning's own checks of the values
+        raise ConfigError(f"trainer: lightning.Trainer refused these settings: {str(exc).splitlines()[0]}") from None

@@ -1,0 +1,228 @@
+"""The LightningModule: losses, metrics, logging, optimizer and trainable-only checkpoints around a classifier.
+
+Only prompts, router, mapper and head train; the frozen library encoders stay in eval mode and are left out of
+checkpoints (they are rebuilt from their source on load). A checkpoint records which frozen architecture and
+weights it was trained on, and loading it into another backbone is a `CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torchmetrics import MetricCollection
+from torchmetrics.utilities import dim_zero_cat
+from torchmetrics.classification import (BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
+                                         MultilabelF1Score)
+
+from mope_lightning.weights.checkpoints import check_fits, classifier_state
+from mope_lightning.errors import ConfigError
+from mope_lightning.models import build_model
+from mope_lightning.training.optim import build_optimizer, build_scheduler
+from mope_lightning.predictions import probabilities
+from mope_lightning.analysis.routing import RoutingStats
+
+
+class SamplesF1(BinaryF1Score):
+    """Multi-label F1 of each sample over its labels, averaged over samples (scikit-learn's average="samples")."""
+
+    def __init__(self, threshold: float = 0.5):
+        super().__init__(threshold=threshold, multidim_average="samplewise")
+
+    def compute(self) -> torch.Tensor:
+        return super().compute().mean()
+
+
+class PositiveClassAUROC(BinaryAUROC):
+    """AUROC of a two-logit classifier: the score is the softmax probability of class 1 (exact, no binning).
+
+    Undefined when the samples hold one class only (a small or skewed split): scikit-learn refuses it, torchmetrics
+    would return 0 with a warning, a number that reads as a result. `compute` then returns NaN and `only_class`
+    names the class present, so that the metric is left out with a note (`defined_metrics`)."""
+
+    only_class: Optional[int] = None
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(logits.float().softmax(-1)[:, 1], target)
+
+    def compute(self) -> torch.Tensor:
+        present = dim_zero_cat(self.target).unique().tolist()  # every process's targets: compute runs synced
+        self.only_class = int(present[0]) if len(present) == 1 else None
+        if len(present) < 2:
+            return torch.tensor(float("nan"))
+        return super().compute()
+
+
+def make_metrics(task: str, num_classes: int) -> MetricCollection:
+    """Accuracy (single label), and AUROC and weighted F1 with two classes (Hateful Memes', MUStARD's); F1 micro,
+    macro, weighted and samples at 0.5 (multi-label, as MM-IMDB papers)."""
+    if task == "multilabel":
+        metrics = {f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg)
+                   for avg in ("micro", "macro", "weighted")}
+        return MetricCollection({**metrics, "f1_samples": SamplesF1()})
+    metrics = {"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
+    if num_classes == 2:  # Hateful Memes' AUROC; MUStARD's F-score, the weighted average of the two classes'
+        metrics["auroc"] = PositiveClassAUROC()
+        metrics["f1_weighted"] = MulticlassF1Score(num_classes=2, average="weighted")
+    return MetricCollection(metrics)
+
+
+def defined_metrics(metrics: MetricCollection, classes: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The collection's values, less those undefined on the samples it saw, and a note naming each one left out."""
+    values, notes = metrics.compute(), []
+    for name, metric in metrics.items():
+        if getattr(metric, "only_class", None) is not None:
+            del values[name]
+            notes.append(f"{name} left out: it needs samples of both classes, and these are all "
+                         f"'{classes[metric.only_class]}'")
+    return values, notes
+
+
+class MoPELitModule(L.LightningModule):
+    """Trains a classifier built from the resolved experiment config.
+
+    Args:
+        config: the resolved experiment config (a plain dict; saved as hyperparameters, so a checkpoint rebuilds
+            the same model with `MoPELitModule.load_from_checkpoint`).
+        classes: class names, in label-index order.
+        task: "multiclass" or "multilabel".
+    """
+
+    def __init__(self, config: dict, classes: list[str], task: str = "multiclass"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = OmegaConf.create(config)
+        self.classes, self.task = list(classes), task
+        self.net = build_model(self.cfg.model, len(classes))
+        self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks them
+        metrics = make_metrics(task, len(classes))
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        shape = self.net.routing_shape()  # (routed layers, experts), or None for a model without a router
+        self.val_routing = RoutingStats(*shape, len(classes)) if shape else None
+        self.test_routing = RoutingStats(*shape, len(classes)) if shape else None
+        self._noted: set[str] = set()  # notes on undefined metrics, printed once per run
+
+    # --- steps ---------------------------------------------------------------------------------------------
+    def forward(self, batch: dict):
+        return self.net(batch)
+
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    def _targets(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels.long() if self.task == "multilabel" else labels
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        task_loss = self._task_loss(out.logits, batch["labels"])
+        loss = task_loss + self.cfg.model.mope.importance_weight * out.importance_loss
+        n = len(batch["labels"])
+        self.log_dict({"train/loss": loss, "train/task_loss": task_loss,
+                       "train/importance_loss": out.importance_loss}, batch_size=n, prog_bar=False)
+        self.train_metrics.update(out.logits.detach(), self._targets(batch["labels"]))
+        return loss
+
+    def _eval_step(self, batch: dict, metrics: MetricCollection, routing: Optional[RoutingStats],
+                   stage: str) -> None:
+        out = self(batch)
+        n = len(batch["labels"])
+        self.log(f"{stage}/loss", self._task_loss(out.logits, batch["labels"]), batch_size=n, sync_dist=True)
+        self.log(f"{stage}/importance_loss", out.importance_loss, batch_size=n, sync_dist=True)
+        metrics.update(out.logits, self._targets(batch["labels"]))
+        if routing is not None and out.routing is not None:
+            routing.update(out.routing, batch["labels"], batch["index"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, self.val_routing, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, self.test_routing, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.train_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics(self.test_metrics)
+
+    def _log_epoch_metrics(self, metrics: MetricCollection) -> None:
+        """Log the epoch's metrics, less those undefined on its samples (AUROC of a split holding one class), each
+        named in a note once per run. Logged by hand rather than as Metric objects, which Lightning would compute
+        whatever they are."""
+        values, notes = defined_metrics(metrics, self.classes)
+        metrics.reset()
+        if self.trainer.sanity_checking:
+            return
+        for note in notes:
+            if note not in self._noted and self.trainer.is_global_zero:
+                print(f"[mope] note: {note}", file=sys.stderr, flush=True)
+            self._noted.add(note)
+        # compute() has already gathered every process's samples: the values are the same on every rank
+        self.log_dict(values, prog_bar=True)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = probabilities(self(batch).logits, self.task)
+        return {"ids": batch["ids"], "probs": probs.float().cpu()}
+
+    def setup(self, stage: str) -> None:
+        """A checkpoint monitor that the val split leaves undefined (AUROC of one class) is refused before training:
+        ModelCheckpoint would otherwise stop at the first validation, missing the metric."""
+        checkpoint, datamodule = self.trainer.checkpoint_callback, self.trainer.datamodule
+        if stage != "fit" or checkpoint is None or checkpoint.monitor != "val/auroc" or self.task == "multilabel":
+            return
+        val = datamodule.datasets["val"].split
+        present = sorted(set(val.labels))
+        if len(present) == 1:
+            raise ConfigError(f"checkpoint.monitor: {checkpoint.monitor} needs samples of both classes in the val "
+                              f"split, and its {len(val)} sample(s) are all '{self.classes[present[0]]}'; set "
+                              "checkpoint.monitor=val/loss checkpoint.mode=min, or give the val split samples of "
+                              "both classes")
+
+    # --- parameter counts, logged once per fit -------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        facts = {f"model/params/{k}": v for k, v in self.net.parameter_counts().items()}
+        world = self.trainer.world_size * self.trainer.accumulate_grad_batches
+        facts["data/effective_batch_size"] = self.cfg.data.batch_size * world
+        for logger in self.loggers:
+            logger.log_metrics(facts, step=0)
+
+    def on_train_start(self) -> None:
+        self.val_metrics.reset()  # the sanity check's batches must not leak into epoch 0
+
+    # --- optimizer -----------------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.cfg.optim, self.net.param_groups())
+        scheduler = build_scheduler(self.cfg.optim, optimizer, int(self.trainer.estimated_stepping_batches))
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # --- trainable-only checkpoints ------------------------------------------------------------------------
+    def _frozen_prefixes(self, prefix: str = "") -> tuple[str, ...]:
+        return tuple(f"{prefix}net.{name}." for name in self.net.frozen_backbones())
+
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        frozen = self._frozen_prefixes(prefix)
+        for key in [k for k in state if k.startswith(frozen)]:
+            del state[key]
+        return state
+
+    def backbone_record(self) -> dict:
+        return self.net.backbone_record()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mope_backbones"] = self.backbone_record()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning restores (resume, testing the best checkpoint): check before it loads the tensors.
+        check_fits(self.net, checkpoint.get("mope_backbones"), classifier_state(checkpoint), "checkpoint")

@@ -65,6 +65,8 @@ CASES = {
     "checkpointing18": "model.activation_checkpointing=true model.checkpointed_layers=18",
     "compile": "model.compile=true",  # torch.compile (inductor) of the classifier
     "mope_bf16": "",  # MoPE under bf16 autocast (CASE_PRECISION)
+    # ... with the libraries' own attention kernels: PyTorch's fused one, slow in bf16 on CPU (models/attention.py)
+    "mope_bf16_library_attention": "model.attention=library",
     # Steady state: the weights a real run ended with against fresh ones, both on a real batch (TRAINED_ASSET)
     "mope_trained": "",
     "mope_fresh": "",
@@ -74,11 +76,12 @@ CASES = {
     "pmoe_static_epts": "model.pmoe.dynamic_length=0 model.pmoe.mapped_length=0",
     "mope_l3": "model.text_encoder.name=sentence-transformers/paraphrase-MiniLM-L3-v2",
 }
-CASE_PRECISION = {"mope_bf16": "bf16"}  # cases run in another precision than the benchmark's
+CASE_PRECISION = {"mope_bf16": "bf16", "mope_bf16_library_attention": "bf16"}  # cases run in another precision than the benchmark's
 # Trained weights of the default experiment and a real validation batch (benchmarks/trained_asset.py says how made)
 TRAINED_ASSET = ROOT / "benchmarks" / "assets" / "easy_vqa_trained"
 REAL_BATCH = ("mope_trained", "mope_fresh", "mope_trained_plain_softmax")
 STEADY = [("default", name) for name in REAL_BATCH]  # --only steady
+BF16 = [(c, n) for c in ("default", "paper") for n in ("mope", "mope_bf16", "mope_bf16_library_attention")]
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
 QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"),
          ("paper", "checkpointing"), ("paper", "checkpointing_full"), ("paper", "checkpointing18"),
@@ -89,6 +92,7 @@ QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper",
 FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:]}
         and not (c == "default" and n in ("mope_condition_prompts", "reference_condition_prompts",
                                           "checkpointing_full", "checkpointing18"))
+        and n != "mope_bf16_library_attention"
         and not (c == "paper" and n in ("mope_bf16", "compile", *REAL_BATCH))] + PMOE[1:]
 
 
@@ -341,7 +345,10 @@ def ratios(results: list[dict]) -> dict:
         ratio(f"{case}_memory_over_mope", ("paper", case), ("paper", "mope"), "peak_memory_mb")
         ratio(f"{case}_rss_over_finetune", ("paper", case), ("paper", "finetune"), "peak_rss_mb")
         ratio(f"{case}_step_over_mope", ("paper", case), ("paper", "mope"))
-    ratio("bf16_step_over_fp32_default", ("default", "mope_bf16"), ("default", "mope"))
+    for config in ("default", "paper"):
+        ratio(f"bf16_step_over_fp32_{config}", (config, "mope_bf16"), (config, "mope"))
+        ratio(f"bf16_library_attention_step_over_fp32_{config}", (config, "mope_bf16_library_attention"),
+              (config, "mope"))
     ratio("compile_step_over_eager_default", ("default", "compile"), ("default", "mope"))
     ratio("trained_over_fresh_step_default", ("default", "mope_trained"), ("default", "mope_fresh"))
     ratio("plain_softmax_over_router_trained_default", ("default", "mope_trained_plain_softmax"),
@@ -398,7 +405,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
     parser.add_argument("--only", help="comma-separated config:case pairs to run instead (e.g. default:mope,pmoe:pmoe); "
                         "'pmoe': pMoE against MoPE on each single expert; 'steady': trained weights against fresh "
-                        "ones, and against the plain softmax")
+                        "ones, and against the plain softmax; 'bf16': bf16 against fp32 in both configurations, with the attention "
+                        "kernel models/attention.py picks and with the libraries' own")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: config:name, run in this process
     args = parser.parse_args()
     warmup, repeats = (1, 3) if args.quick else (2, 5)
@@ -413,10 +421,14 @@ def main() -> None:
         plan = PMOE
     elif args.only == "steady":
         plan = STEADY
+    elif args.only == "bf16":
+        plan = BF16
     elif args.only:
         plan = [tuple(item.split(":")) for item in args.only.split(",")]
+    elif args.quick:  # the paper configuration in bf16 only where bf16 is native (it takes minutes elsewhere)
+        plan = QUICK + ([("paper", "mope_bf16")] if args.device == "cuda" or _cpu_native_bf16() else [])
     else:
-        plan = QUICK if args.quick else FULL
+        plan = FULL
     for config, name in plan:
         cmd = [sys.executable, __file__, "--case", f"{config}:{name}", "--device", args.device, "--precision",
                args.precision, "--warmup", str(warmup), "--repeats", str(repeats)]

@@ -79,3 +79,14 @@ def test_bf16_cpu_training_step_runs_the_plain_path():
     out.float().sum().backward()
     assert encoder.model.config._attn_implementation == "eager"
     assert all(p.grad is not None for p in mope.parameters() if p.requires_grad)
+
+
+def test_model_attention_setting_reaches_every_encoder(tmp_path):
+    from mope_lightning.models import build_model
+    from mope_lightning.models.backbone import Backbone
+
+    from helpers import tiny_config
+
+    cfg = tiny_config(tmp_path, "model.attention=library")
+    backbones = [m for m in build_model(cfg.model, 13, weights=False).modules() if isinstance(m, Backbone)]
+    assert len(backbones) >= 2 and all(m.attention == "library" for m in backbones)

@@ -124,6 +124,9 @@ class ModelConfig:
     checkpoint_policy: str = "selective"
     # torch.compile the classifier (in place: its weights keep their names); compiles on the first steps
     compile: bool = False
+    # the attention kernel of the library encoders: auto (the plain matmul path where the step runs in bf16 on a CPU
+    # with short sequences, where PyTorch's fused CPU kernel is slow; the library's own elsewhere), library, eager
+    attention: str = "auto"
     # missing-aware prompts (Lee et al., CVPR 2023): learned prompts per prompted layer, one set per missing case
     # (complete, text missing, image missing), chosen by each sample's case and added to the fusion's prompts
     missing_prompts: bool = False

@@ -28,6 +28,7 @@ from mope_lightning.config.model import (CompatConfig, EncoderConfig, ModelConfi
                                          RouterConfig, merge_node, parse_overrides, select_node, stored_config)
 from mope_lightning.data.options import DataConfig, MissingConfig, MissingRates  # noqa: F401
 from mope_lightning.errors import ConfigError, suggest  # noqa: F401
+from mope_lightning.models.attention import ATTENTION_CHOICES
 from mope_lightning.models.registry import FUSIONS, MODALITIES
 
 
@@ -156,6 +157,7 @@ CHOICES = {
     "model.compat.window_prompt_order": ("batch", "reference"),
     "model.pool": ("mean", "cls"),
     "model.checkpoint_policy": ("selective", "full"),
+    "model.attention": ATTENTION_CHOICES,
     "model.pmoe.dispatcher": ("learned", "identity"),
     "model.pmoe.granularity": ("expert", "token"),
     "model.pmoe.combine": ("concat", "mean_logits"),
@@ -297,7 +299,7 @@ def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:
 
 # Settings of how the model runs, not of what it computes: weights trained with one value serve the other.
 HOW_IT_RUNS = ("model.activation_checkpointing", "model.checkpointed_layers", "model.checkpoint_policy",
-               "model.compile")
+               "model.compile", "model.attention")
 
 
 def differences(a: dict, b: dict, prefix: str = "", free_form: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:

@@ -233,6 +233,9 @@ def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
     model = build_pmoe_classifier(cfg, num_classes, weights) if cfg.fusion == "pmoe" else \
         _build_classifier(cfg, num_classes, weights)
     _set_checkpointed_layers(model, cfg)
+    for module in model.modules():
+        if isinstance(module, Backbone):
+            module.attention = cfg.get("attention", "auto")  # which attention kernel (models/attention.py)
     return model
 
 

@@ -26,8 +26,8 @@ def schema():
     """Where the config schema lives: (root dataclass, allowed values by key, numeric ranges by key, ranges of list
     elements by key, the `data` dataclass of each dataset). The one place that imports it: repoint it here when the
     schema moves."""
-    from mope_lightning.config import CHOICES, Config
-    from mope_lightning.config_checks import LIST_RANGES, RANGES
+    from mope_lightning.config.checks import LIST_RANGES, RANGES
+    from mope_lightning.config.schema import CHOICES, Config
     from mope_lightning.data.registry import DATAMODULES
 
     return Config, CHOICES, RANGES, LIST_RANGES, {name: module.config_class for name, module in DATAMODULES.items()}

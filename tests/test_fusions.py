@@ -71,7 +71,8 @@ def test_conditioning_encoder_prompted_itself_is_trained_and_not_cached(tmp_path
     assert module.net.input_spec().cacheable == {}
     datamodule.prepare_data()
     datamodule.setup("fit")
-    batch = next(iter(datamodule.train_dataloader()))
+    # as the Trainer does: the hook makes floats of the decoded-image cache's uint8 pixels
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     out = module.net(batch)
     torch.nn.functional.cross_entropy(out.logits, batch["labels"]).backward()
     grads = [p.grad for p in module.net.condition_prompts.parameters()]

@@ -183,7 +183,7 @@ def test_compile_without_a_cxx_compiler_is_one_message(tmp_path, capsys, monkeyp
 
 
 def test_bf16_on_a_cpu_without_native_bf16_runs_with_a_note(capsys, monkeypatch):
-    from mope_lightning import launch
+    from mope_lightning.training import launch
 
     monkeypatch.setattr(launch, "cpu_has_bf16", lambda: False)
     launch.check_trainer({"accelerator": "cpu", "precision": "bf16-mixed"})  # allowed, not refused

@@ -22,7 +22,7 @@ from mope_lightning.models.image_encoders import build_timm_encoder, build_torch
 from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
-from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS
+from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS, STATIC_PROMPT_FUSIONS
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
@@ -140,7 +140,7 @@ def _prompt_lengths(cfg) -> tuple[int, int, int]:
     """(static, dynamic, mapped) prompt lengths: the prompt baselines use the same total length as MoPE."""
     m = cfg.mope
     total = m.static_length + m.dynamic_length + m.mapped_length
-    if cfg.fusion == "prompt_tuning":
+    if cfg.fusion in STATIC_PROMPT_FUSIONS:
         return total, 0, 0
     if cfg.fusion == "promptfuse":
         return 0, 0, total
@@ -166,6 +166,11 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     if m.router.temperature <= 0:
         raise ModelError(f"model.mope.router.temperature: must be positive, got {m.router.temperature}")
     layers = list(range(encoder.num_layers)) if m.prompted_layers is None else list(m.prompted_layers)
+    if cfg.fusion == "prompt_tuning_shallow":  # VPT-shallow: the first layer's prompts, carried through the rest
+        if m.prompted_layers is not None and layers != [0]:
+            raise ModelError(f"model.mope.prompted_layers: {layers}, but model.fusion=prompt_tuning_shallow prompts "
+                             "layer 0 only; leave prompted_layers unset, or use model.fusion=prompt_tuning")
+        layers = [0]
     if not layers or any(not 0 <= i < encoder.num_layers for i in layers):
         raise ModelError(f"model.mope.prompted_layers: {layers} must be a non-empty subset of "
                          f"0..{encoder.num_layers - 1} for this {encoder.num_layers}-layer encoder")
@@ -262,14 +267,18 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
         if cfg.fusion == "finetune":
             for encoder in encoders.values():
                 encoder.unfreeze()
-        return LateFusionClassifier(encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], cfg.head_hidden,
+        head_hidden = 0 if cfg.fusion == "linear_probe" else cfg.head_hidden
+        return LateFusionClassifier(encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], head_hidden,
                                     cfg.head_dropout)
     compat = Compat.from_config(cfg.compat)
-    condition_name = other_modality(tuple(cfg.modalities), cfg.prompted)
+    condition_name = other_modality(tuple(cfg.modalities), cfg.prompted)  # None on a one-modality task
     prompted = _promptable(encoders[cfg.prompted], f"model.{cfg.prompted}_encoder", cfg[f"{cfg.prompted}_encoder"])
-    condition = encoders[condition_name]
+    condition = encoders.get(condition_name)
     if isinstance(prompted, PromptedSwin):
         prompted.set_window_major(compat.window_major)
+    if condition is None:
+        return PromptFusionClassifier(encoders, cfg.prompted, build_mope(cfg, prompted, 0, compat), num_classes,
+                                      cfg.head_hidden, cfg.head_dropout)
     if compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
         enc = cfg[f"{condition_name}_encoder"]
         log.info("model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with a "
@@ -283,20 +292,24 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
                                  layer_dropout=cfg.mope.prompt_dropout if compat.condition_prompt_dropout else 0.0)
     fusion = build_mope(cfg, prompted, condition.num_features, compat)
     return PromptFusionClassifier(encoders, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
-                                  head_condition=cfg.fusion == "prompt_tuning", condition_prompts=condition_prompts)
+                                  head_condition=cfg.fusion in STATIC_PROMPT_FUSIONS,
+                                  condition_prompts=condition_prompts)
 
 
 def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoEClassifier:
-    """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other one."""
+    """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other one if
+    the task has one."""
     p = cfg.pmoe
     if len(p.experts) < 1:
         raise ModelError("model.pmoe.experts: list the expert encoders (two or more, e.g. two text encoders) in the "
                          "experiment YAML; see experiments/easy_vqa_pmoe.yaml")
     experts = [_pmoe_expert(cfg, i, weights) for i in range(len(p.experts))]
     _check_shared_inputs(cfg, experts)
-    condition = build_encoder(other_modality(tuple(cfg.modalities), cfg.prompted), cfg, weights)
-    # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs.
-    conditioned = p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0
+    other = other_modality(tuple(cfg.modalities), cfg.prompted)
+    condition = build_encoder(other, cfg, weights) if other is not None else None
+    # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs; a
+    # one-modality task has none (config/checks.py refuses those settings there).
+    conditioned = condition is not None and (p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0)
     cond_dim = condition.num_features if conditioned else 0
     make = functools.partial(
         PMoE, [e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
@@ -304,7 +317,7 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
         mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
         init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
         router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity,
-        condition_dispatcher=p.condition_dispatcher, dispatch=p.dispatcher,
+        condition_dispatcher=p.condition_dispatcher and conditioned, dispatch=p.dispatcher,
         dispatch_importance=p.dispatch_importance, importance_threshold=cfg.mope.importance_threshold)
     check_trainable_memory(make, f"model.pmoe: num_experts={p.num_experts}, static_length={p.static_length}, "
                                  f"dynamic_length={p.dynamic_length}, hidden={p.hidden}")

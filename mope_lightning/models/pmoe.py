@@ -26,21 +26,24 @@ class PMoEClassifier(FusionClassifier):
     Args:
         experts: prompted encoders of one modality (BERT family, ViT/DeiT or wav2vec2 family), frozen.
         names: one display name per expert (routing heatmaps, the report).
-        condition: the other modality's encoder.
-        pair: the experiment's two modalities, in its order; `modality` is the experts' one.
+        condition: the other modality's encoder; None on a one-modality task.
+        pair: the experiment's modalities, in its order (two, or the experts' one alone); `modality` is the
+            experts' one.
         pmoe: EPTs and dispatchers sized for the experts.
         combine: "concat" (one linear head on the concatenated pooled features) or "mean_logits" (a head per
             expert, logits averaged).
         conditioned: whether the other modality's feature reaches the prompts (dispatchers, dynamic or mapped EPTs).
     """
 
-    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: nn.Module,
-                 pair: tuple[str, str], modality: str, pmoe: PMoE, num_classes: int, combine: str = "concat",
+    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: Optional[nn.Module],
+                 pair: tuple[str, ...], modality: str, pmoe: PMoE, num_classes: int, combine: str = "concat",
                  head_hidden: int = 0, head_dropout: float = 0.0, conditioned: bool = True):
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         first, rest = experts[0], list(experts[1:])
         other = other_modality(tuple(pair), modality)
+        if other is None and conditioned:
+            raise ValueError("a one-modality pMoE has no other modality to condition on (conditioned=False)")
         super().__init__({m: first if m == modality else condition for m in pair})
         self.modality = modality
         self.condition = other
@@ -80,8 +83,10 @@ class PMoEClassifier(FusionClassifier):
         return rows, ["carried", *self.names]
 
     def signature(self) -> dict:
-        return {"experts": [e.signature() for e in self.experts], self.condition: self.encoder(self.condition)
-                .signature()}
+        signature = {"experts": [e.signature() for e in self.experts]}
+        if self.condition is not None:
+            signature[self.condition] = self.encoder(self.condition).signature()
+        return signature
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().param_groups()

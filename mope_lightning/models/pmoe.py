@@ -18,6 +18,7 @@ from mope_lightning.models.classifier import FusionClassifier, FusionOutput, mak
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
 
 COMBINES = ("concat", "mean_logits")
+CARRIED = "carried"  # the dispatch candidate of an expert's own carried prompts (the first column of its weights)
 
 
 class PMoEClassifier(FusionClassifier):
@@ -80,7 +81,7 @@ class PMoEClassifier(FusionClassifier):
 
     def routing_labels(self) -> tuple[list[str], list[str]]:
         rows = [f"{name} L{layer}" for name, depth in zip(self.names, self.pmoe.depths) for layer in range(depth)]
-        return rows, ["carried", *self.names]
+        return rows, [CARRIED, *self.names]
 
     def signature(self) -> dict:
         signature = {"experts": [e.signature() for e in self.experts]}

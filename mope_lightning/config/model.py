@@ -23,6 +23,9 @@ class EncoderConfig:
     name: str = MISSING  # hub id or local directory (transformers); model name (timm, torchvision)
     pretrained: bool = True  # false: random init of the same architecture (tests, the tiny overlay)
     checkpoint: Optional[str] = None  # local weights file (timm, torchvision)
+    # timm: read `checkpoint` strictly under this key prefix, stripped (MoCo v3 releases: "module.base_encoder.",
+    # others "encoder."; "" for the architecture's own names); unset: timm reads the file its own way
+    checkpoint_prefix: Optional[str] = None
     weights: Optional[str] = None  # torchvision only: weights enum member, e.g. IMAGENET1K_V1 (default: DEFAULT)
     tokenizer: Optional[str] = None  # transformers only: tokenizer source when it differs from `name`
     arch: Optional[str] = None  # transformers model_type to build when `name`'s files are unreachable (e.g. bert)

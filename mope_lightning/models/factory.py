@@ -124,15 +124,20 @@ def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key:
         return build_text_encoder(cfg, model_cfg.pool, weights, key)
     if modality == "audio":
         return build_audio_encoder(cfg, weights, key)
-    return build_image_encoder(cfg, weights)
+    return build_image_encoder(cfg, weights, key)
 
 
-def build_image_encoder(cfg, weights: bool = True) -> nn.Module:
-    """An image encoder from timm or torchvision; `weights=False` builds the architecture only."""
+def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encoder") -> nn.Module:
+    """An image encoder from timm or torchvision; `weights=False` builds the architecture only. A tiny miniature
+    reads no weights (neither the pretrained tag's nor a checkpoint file's)."""
     pretrained = cfg.pretrained and weights and not cfg.tiny
-    checkpoint = cfg.checkpoint if weights else None
+    checkpoint = cfg.checkpoint if weights and not cfg.tiny else None
+    prefix = cfg.get("checkpoint_prefix")
     if cfg.library == "timm":
-        return build_timm_encoder(cfg.name, pretrained, checkpoint, dict(cfg.kwargs), cfg.tiny)
+        return build_timm_encoder(cfg.name, pretrained, checkpoint, dict(cfg.kwargs), cfg.tiny, prefix, key)
+    if prefix is not None:
+        raise ModelError(f"{key}.checkpoint_prefix: applies to timm encoders; torchvision reads its own state dict "
+                         "(unset it)")
     return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
 
 
@@ -345,7 +350,8 @@ def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:
 
 
 def _check_shared_inputs(cfg, experts: list) -> None:
-    """Every expert reads the batch the DataModule makes for the first one: one tokenizer, one image size."""
+    """Every text or audio expert reads the batch the DataModule makes for the first one: one tokenizer, one feature
+    extractor. (Image experts each get their own size and normalisation from it: expert_inputs.py.)"""
     first = experts[0]
     for i, expert in enumerate(experts[1:], start=1):
         key = f"model.pmoe.experts[{i}]"
@@ -357,10 +363,6 @@ def _check_shared_inputs(cfg, experts: list) -> None:
             raise ModelError(f"{key}: its feature extractor ({_audio_preprocessing(expert)}) differs from "
                              f"experts[0]'s ({_audio_preprocessing(first)}); audio experts share one batch of "
                              "samples, so pick experts with the same sampling rate and normalisation")
-        if cfg.prompted == "image" and expert.data_config["input_size"] != first.data_config["input_size"]:
-            raise ModelError(f"{key}: input size {expert.data_config['input_size']} differs from experts[0]'s "
-                             f"{first.data_config['input_size']}; image experts share one preprocessed batch, so "
-                             "set kwargs.img_size to match")
 
 
 def _audio_preprocessing(encoder) -> dict:

@@ -2,9 +2,10 @@
 (`dispatcher.py`), optionally conditioned on the other modality's feature, with one head over all experts.
 
 The first expert doubles as the classifier's encoder of its modality (`self.text`, `self.image` or `self.audio`),
-so the DataModule reads its tokenizer, image preprocessing or audio feature extractor; the other experts must accept
-the same inputs (checked when the model is built). The other modality's encoder supplies the conditioning feature,
-cached when it is frozen.
+so the DataModule reads its tokenizer, image preprocessing or audio feature extractor; the other text and audio
+experts must accept the same inputs (checked when the model is built), and image experts get their own input size
+and normalisation from that batch (expert_inputs.py). The other modality's encoder, if the task has one, supplies
+the conditioning feature, cached when it is frozen.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from mope_lightning.models.classifier import FusionClassifier, FusionOutput, make_head, other_modality
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
+from mope_lightning.models.expert_inputs import expert_inputs, mapped_inputs
 
 COMBINES = ("concat", "mean_logits")
 CARRIED = "carried"  # the dispatch candidate of an expert's own carried prompts (the first column of its weights)
@@ -50,6 +52,8 @@ class PMoEClassifier(FusionClassifier):
         self.condition = other
         self.more_experts = nn.ModuleList(rest)
         self.names = list(names)
+        # each image expert's own input size and normalisation, mapped from experts[0]'s batch
+        self.expert_inputs = expert_inputs([e.data_config for e in experts]) if modality == "image" else None
         self.pmoe = pmoe
         self.combine = combine
         self.conditioned = conditioned
@@ -105,7 +109,8 @@ class PMoEClassifier(FusionClassifier):
         state = self.pmoe.bind(cond, anchor.shape[0], anchor.device)
         pooled = []
         for k, expert in enumerate(self.experts):
-            tokens = expert.forward_features(**inputs, prompter=state.prompter(k))
+            mapping = self.expert_inputs[k - 1] if self.expert_inputs is not None and k else None
+            tokens = expert.forward_features(**mapped_inputs(inputs, mapping), prompter=state.prompter(k))
             pooled.append(expert.pool(*tokens))
         if self.combine == "concat":
             logits = self.head(torch.cat(pooled, dim=-1))

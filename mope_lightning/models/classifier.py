@@ -254,7 +254,6 @@ class PromptFusionClassifier(FusionClassifier):
         self.condition = other_modality(self.pair, prompted)
         self.fusion = fusion
         self.condition_prompts = condition_prompts
-        self.head_condition = head_condition
         self.head_condition = head_condition and self.condition is not None
         width = self.encoder(prompted).num_features
         width += self.encoder(self.condition).num_features if self.head_condition else 0

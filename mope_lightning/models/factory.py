@@ -182,6 +182,9 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     stages = encoder.layer_stages
     if compat.skip_first_block_prompt:  # the reference re-prompts no stage's first block
         layers = [i for i in layers if i > 0 and stages[i] == stages[i - 1]]
+        if not layers:  # VPT-shallow prompts the first block alone, which the reference never re-prompts
+            raise ModelError(f"model.compat.skip_first_block_prompt: leaves model.fusion={cfg.fusion} no prompted "
+                             "layer; turn it off (model.compat.mode=null) or prompt more layers")
     router = {**_router_kwargs(m.router), "noise_in_eval": compat.eval_routing_noise}
     initial_dropout = m.prompt_dropout if compat.initial_prompt_dropout else 0.0
     make = functools.partial(

@@ -22,7 +22,7 @@ from mope_lightning.data.features import image_transform
 from mope_lightning.data.registry import DATAMODULES
 from mope_lightning.errors import ModelError
 from mope_lightning.models import build_model
-from mope_lightning.models.expert_inputs import ExpertInput, expert_inputs
+from mope_lightning.models.expert_inputs import ExpertInput, batch_config, expert_inputs
 from mope_lightning.models.image_encoders import build_timm_encoder
 from mope_lightning.models.prompts import PromptLayer
 from mope_lightning.models.registry import FUSIONS, NEEDS_SECOND_MODALITY, single_modality_fusions
@@ -298,14 +298,28 @@ def test_each_image_expert_gets_its_own_size_and_normalisation_from_one_batch(tm
     first = {"input_size": (3, 48, 48), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
              "interpolation": "bicubic", "crop_pct": 1.0}
     other = {**first, "input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-    mappings = expert_inputs([first, dict(first), other])
-    assert isinstance(mappings[0], torch.nn.Identity) and isinstance(mappings[1], ExpertInput)
+    assert batch_config([other, first]) is first  # the batch is made for the largest input, wherever listed
+    mappings = expert_inputs([other, first, dict(first)])
+    assert isinstance(mappings[0], ExpertInput) and all(isinstance(m, torch.nn.Identity) for m in mappings[1:])
     image = Image.open(write_image(tmp_path / "x.png", 3, size=96, fmt="PNG")).convert("RGB")
-    mapped = mappings[1](image_transform(first)(image).unsqueeze(0))[0]
+    mapped = mappings[0](image_transform(first)(image).unsqueeze(0))[0]
     direct = image_transform(other)(image)
     assert mapped.shape == direct.shape == (3, 24, 24)
     # One resize of the decoded image against two (96 -> 48 -> 24): the same picture, up to resampling.
     assert (mapped - direct).abs().mean() < 0.05 < (image_transform(first)(image)[:, ::2, ::2] - direct).abs().mean()
+
+
+def test_the_batch_is_made_for_the_largest_expert_input_whatever_the_order():
+    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {
+        "fusion": "pmoe", "modalities": ["image"], "prompted": "image",
+        "image_encoder": {"library": "timm", "name": "vit_base_patch16_224", "tiny": True},
+        **pmoe_model(experts=EXPERTS[::-1])})
+    net = build_model(cfg, 3)
+    assert net.experts[0].data_config["input_size"] == (3, 28, 28)
+    spec = net.input_spec()
+    assert spec.image_config["input_size"] == (3, 48, 48) and spec.image_config["mean"] == (0.485, 0.456, 0.406)
+    out = net({"images": torch.randn(2, 3, 48, 48)})
+    assert out.logits.shape == (2, 3) and out.routing.shape == (2, 3 + 2, 3)
 
 
 # --- the paper-style experiments -------------------------------------------------------------------------------------

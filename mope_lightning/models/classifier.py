@@ -158,10 +158,13 @@ class FusionClassifier(nn.Module):
                     "(model.compat.condition_encoder_dropout)")
         return None
 
+    def image_input_config(self) -> Optional[dict]:
+        """The data config (timm's) the batch's images are preprocessed by; None for a model without images."""
+        return self.encoder("image").data_config if "image" in self.pair else None
+
     def input_spec(self) -> InputSpec:
         encoders = {m: self.encoder(m) for m in self.pair}
-        spec = InputSpec(getattr(encoders.get("text"), "tokenizer", None),
-                         getattr(encoders.get("image"), "data_config", None),
+        spec = InputSpec(getattr(encoders.get("text"), "tokenizer", None), self.image_input_config(),
                          audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None))
         for modality in self.feature_modalities():
             encoder, reason = self.encoder(modality), self.uncached_reason(modality)

@@ -1,12 +1,12 @@
 """Each pMoE image expert's own preprocessing, from the one batch the DataModule makes.
 
-The DataModule decodes each image once and preprocesses it for experts[0] (its `data_config`: size, crop,
-interpolation, mean and std). Experts pretrained differently expect other inputs: a DINO ViT ImageNet's mean and
-std, an AugReg ViT (0.5, 0.5, 0.5), a ViT at 384 pixels or with 14-pixel patches another size. For such an expert
-the batch is mapped on the device: experts[0]'s normalisation undone, the image resized to the expert's input size
-with its interpolation (antialiased), and the expert's own normalisation applied. The crop is experts[0]'s (a
-centre crop of one `crop_pct`), so put the expert with the largest input first: the others are then downsampled
-from its pixels, never upsampled.
+The DataModule decodes each image once and preprocesses it by the data config of the expert with the largest input
+(`batch_config`: size, crop, interpolation, mean and std; the first such expert on a tie). Experts pretrained
+differently expect other inputs: a DINO ViT ImageNet's mean and std, an AugReg ViT (0.5, 0.5, 0.5), a ViT at 384
+pixels or with 14-pixel patches another size. For such an expert the batch is mapped on the device: the batch's
+normalisation undone, the image resized to the expert's input size with its interpolation (antialiased), and the
+expert's own normalisation applied. Every expert sees the same centre crop (the batch config's `crop_pct`), each
+downsampled from the largest input's pixels, never upsampled.
 """
 
 from __future__ import annotations
@@ -49,15 +49,19 @@ def same_preprocessing(a: dict, b: dict) -> bool:
     return all(tuple(a[k]) == tuple(b[k]) for k in ("input_size", "mean", "std"))
 
 
+def batch_config(configs: list[dict]) -> dict:
+    """The data config the batch is preprocessed by: the expert's with the largest input (the first on a tie)."""
+    return max(configs, key=lambda c: c["input_size"][1] * c["input_size"][2])
+
+
 def expert_inputs(configs: list[dict]) -> nn.ModuleList:
-    """One mapping per expert after the first: an `ExpertInput`, or Identity where it reads experts[0]'s batch."""
-    first = configs[0]
-    return nn.ModuleList(nn.Identity() if same_preprocessing(first, c) else ExpertInput(first, c)
-                         for c in configs[1:])
+    """One mapping per expert: an `ExpertInput`, or Identity where it reads the batch as it is."""
+    source = batch_config(configs)
+    return nn.ModuleList(nn.Identity() if same_preprocessing(source, c) else ExpertInput(source, c) for c in configs)
 
 
 def mapped_inputs(inputs: dict, mapping: Optional[nn.Module]) -> dict:
-    """An expert's inputs: experts[0]'s, with its images mapped (`mapping`; None or Identity: shared as they are)."""
+    """An expert's inputs: the batch's, with its images mapped (`mapping`; None or Identity: shared as they are)."""
     if mapping is None or isinstance(mapping, nn.Identity) or "images" not in inputs:
         return inputs
     return {**inputs, "images": mapping(inputs["images"])}

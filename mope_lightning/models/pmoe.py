@@ -3,8 +3,8 @@
 
 The first expert doubles as the classifier's encoder of its modality (`self.text`, `self.image` or `self.audio`),
 so the DataModule reads its tokenizer, image preprocessing or audio feature extractor; the other text and audio
-experts must accept the same inputs (checked when the model is built), and image experts get their own input size
-and normalisation from that batch (expert_inputs.py). The other modality's encoder, if the task has one, supplies
+experts must accept the same inputs (checked when the model is built). Image experts each get their own input size
+and normalisation from one batch, preprocessed for the expert with the largest input (expert_inputs.py). The other modality's encoder, if the task has one, supplies
 the conditioning feature, cached when it is frozen.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from mope_lightning.models.classifier import FusionClassifier, FusionOutput, make_head, other_modality
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
-from mope_lightning.models.expert_inputs import expert_inputs, mapped_inputs
+from mope_lightning.models.expert_inputs import batch_config, expert_inputs, mapped_inputs
 
 COMBINES = ("concat", "mean_logits")
 CARRIED = "carried"  # the dispatch candidate of an expert's own carried prompts (the first column of its weights)
@@ -52,7 +52,7 @@ class PMoEClassifier(FusionClassifier):
         self.condition = other
         self.more_experts = nn.ModuleList(rest)
         self.names = list(names)
-        # each image expert's own input size and normalisation, mapped from experts[0]'s batch
+        # each image expert's own input size and normalisation, mapped from one batch made for the largest input
         self.expert_inputs = expert_inputs([e.data_config for e in experts]) if modality == "image" else None
         self.pmoe = pmoe
         self.combine = combine
@@ -70,6 +70,11 @@ class PMoEClassifier(FusionClassifier):
 
     def modalities(self) -> tuple[str, ...]:
         return (self.modality, self.condition) if self.conditioned else (self.modality,)
+
+    def image_input_config(self) -> Optional[dict]:
+        if self.modality != "image":
+            return super().image_input_config()
+        return batch_config([e.data_config for e in self.experts])
 
     def feature_modalities(self) -> tuple[str, ...]:
         return (self.condition,) if self.conditioned else ()
@@ -109,7 +114,7 @@ class PMoEClassifier(FusionClassifier):
         state = self.pmoe.bind(cond, anchor.shape[0], anchor.device)
         pooled = []
         for k, expert in enumerate(self.experts):
-            mapping = self.expert_inputs[k - 1] if self.expert_inputs is not None and k else None
+            mapping = self.expert_inputs[k] if self.expert_inputs is not None else None
             tokens = expert.forward_features(**mapped_inputs(inputs, mapping), prompter=state.prompter(k))
             pooled.append(expert.pool(*tokens))
         if self.combine == "concat":

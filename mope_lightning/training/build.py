@@ -70,13 +70,13 @@ def _check_modalities(cfg: DictConfig, datamodule: MultimodalDataModule) -> None
 
 
 def _check_expert_normalisation(cfg: DictConfig, net) -> None:
-    """pMoE image experts that normalise differently each get their own normalisation from experts[0]'s batch
-    (models/expert_inputs.py), which must therefore be experts[0]'s own, not a `data` override."""
+    """pMoE image experts that normalise differently each get their own normalisation from one batch
+    (models/expert_inputs.py), whose normalisation must therefore be the batch config's own, not a `data` override."""
     mapped = any(not isinstance(m, nn.Identity) for m in getattr(net, "expert_inputs", None) or ())
     overridden = [k for k in ("image_mean", "image_std") if cfg.data.get(k) is not None]
     if mapped and overridden:
         raise ConfigError(f"data.{overridden[0]}: the pMoE image experts preprocess differently, and each normalises "
-                          "with its own pretrained mean and std (experts[0]'s batch is mapped to the others'); unset "
+                          "with its own pretrained mean and std (one batch is mapped to each expert's input); unset "
                           f"data.{' and data.'.join(overridden)}")
 
 

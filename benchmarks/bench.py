@@ -1,4 +1,5 @@
-"""Training-step benchmarks of MoPE against its floor, deep prompt tuning and full fine-tuning.
+"""Training-step benchmarks of MoPE against its floor, deep prompt tuning and full fine-tuning, and of pMoE over 2
+and 3 ViT-B experts against VPT-deep and full fine-tuning on one ViT-B (image-only, batch 8 at 224).
 
     python benchmarks/bench.py [--quick] [--device cpu|cuda] [--precision 32|bf16] [--out benchmarks/results.json]
 
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -41,7 +43,13 @@ CONFIGS = {
     "paper": {"files": ["easy_vqa.yaml", "overlays/paper_encoders.yaml"], "batch": 8, "text_tokens": 40,
               "image_size": 224},
     "pmoe": {"files": ["easy_vqa_pmoe.yaml"], "batch": 32, "text_tokens": 13, "image_size": 128},
+    # Image-only (model.modalities: [image]): the model sections of the VTAB-1k experiments, which need no data here
+    "vit": {"files": ["vpt_vtab.yaml"], "batch": 8, "image_size": 224, "model_only": True},
+    "vit_pmoe": {"files": ["pmoe_vtab.yaml"], "batch": 8, "image_size": 224, "model_only": True},
 }
+# A third ViT-B expert for pMoE (random weights like the others: the tag only names the architecture here)
+THIRD_VIT = ("model.pmoe.experts='[{library: timm, name: vit_base_patch16_224.dino}, {library: timm, name: "
+             "vit_base_patch16_224.mae}, {library: timm, name: vit_base_patch16_224.augreg_in21k}]'")
 # name -> overrides. "bare" is the floor: the frozen prompted backbone with as many plain (static) prompt tokens as
 # MoPE's static + dynamic + mapped ones, which is also the framework's vanilla deep prompt tuning baseline.
 CASES = {
@@ -75,6 +83,11 @@ CASES = {
     "pmoe": "",
     "pmoe_static_epts": "model.pmoe.dynamic_length=0 model.pmoe.mapped_length=0",
     "mope_l3": "model.text_encoder.name=sentence-transformers/paraphrase-MiniLM-L3-v2",
+    # ViT-B cases: VPT-deep (config "vit"), full fine-tuning of the same ViT-B, pMoE over 2 and 3 ViT-B experts
+    "vpt_deep": "",
+    "finetune_vit": "model.fusion=finetune",
+    "pmoe2": "",
+    "pmoe3": THIRD_VIT,
 }
 CASE_PRECISION = {"mope_bf16": "bf16", "mope_bf16_library_attention": "bf16"}  # cases run in another precision than the benchmark's
 # Trained weights of the default experiment and a real validation batch (benchmarks/trained_asset.py says how made)
@@ -83,24 +96,41 @@ REAL_BATCH = ("mope_trained", "mope_fresh", "mope_trained_plain_softmax")
 STEADY = [("default", name) for name in REAL_BATCH]  # --only steady
 BF16 = [(c, n) for c in ("default", "paper") for n in ("mope", "mope_bf16", "mope_bf16_library_attention")]
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
+VISION = [("vit", "vpt_deep"), ("vit", "finetune_vit"), ("vit_pmoe", "pmoe2"), ("vit_pmoe", "pmoe3")]
 QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"),
          ("paper", "checkpointing"), ("paper", "checkpointing_full"), ("paper", "checkpointing18"),
          ("default", "bare"), ("default", "mope"), ("default", "mope_bf16"), ("default", "compile"),
-         ("default", "mope_fresh"), ("default", "mope_trained")]
+         ("default", "mope_fresh"), ("default", "mope_trained"), *VISION]
 # bf16 and compile in the default configuration only: on a CPU without native bf16 a paper-configuration bf16 step
 # takes minutes, and compiling Swin-B + BERT-base longer still.
-FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:]}
+FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:] + VISION}
         and not (c == "default" and n in ("mope_condition_prompts", "reference_condition_prompts",
                                           "checkpointing_full", "checkpointing18"))
         and n != "mope_bf16_library_attention"
-        and not (c == "paper" and n in ("mope_bf16", "compile", *REAL_BATCH))] + PMOE[1:]
+        and not (c == "paper" and n in ("mope_bf16", "compile", *REAL_BATCH))] + PMOE[1:] + VISION
 
 
 def _config(config: str, overrides: str):
     from mope_lightning.training.trainer_config import load_config
 
     spec = CONFIGS[config]
-    return load_config([EXPERIMENTS / f for f in spec["files"]], overrides.split() if overrides else [])
+    if spec.get("model_only"):  # the model section alone: its data (a reader and files) is not needed to time steps
+        return _model_config(spec["files"], shlex.split(overrides))
+    return load_config([EXPERIMENTS / f for f in spec["files"]], shlex.split(overrides))
+
+
+def _model_config(files: list[str], overrides: list[str]):
+    """`{"model": ...}`: the experiment files' model sections on the schema's defaults, then `overrides`."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from mope_lightning.config.model import ModelConfig, merge_node, parse_overrides
+
+    cfg = OmegaConf.create({"model": OmegaConf.structured(ModelConfig)})
+    for name in files:
+        model = yaml.safe_load((EXPERIMENTS / name).read_text())["model"]
+        cfg = merge_node(cfg, OmegaConf.create({"model": model}), name)
+    return merge_node(cfg, parse_overrides(overrides), "overrides")
 
 
 def _batch(net, config: str, device: torch.device) -> dict:
@@ -109,6 +139,8 @@ def _batch(net, config: str, device: torch.device) -> dict:
     out = {"labels": torch.randint(0, 13, (batch,))}
     cached = net.input_spec().cacheable if hasattr(net, "input_spec") else {}
     for modality in ("text", "image"):
+        if modality not in net.modalities():  # an image-only model reads no text
+            continue
         if modality in cached:
             out[f"{modality}_features"] = torch.randn(batch, net.encoder(modality).num_features)
         elif modality == "text":
@@ -339,6 +371,13 @@ def ratios(results: list[dict]) -> dict:
     ratio("checkpoint_mope_over_finetune_default", ("default", "mope"), ("default", "finetune"), "checkpoint_bytes")
     ratio("pmoe_over_mope_l6", ("pmoe", "pmoe"), ("default", "mope"))
     ratio("pmoe_over_mope_l3", ("pmoe", "pmoe"), ("default", "mope_l3"))
+    for experts in (2, 3):  # what each ViT-B expert costs: pMoE against VPT-deep and full fine-tuning on one ViT-B
+        ratio(f"pmoe{experts}_over_vpt_deep", ("vit_pmoe", f"pmoe{experts}"), ("vit", "vpt_deep"))
+        ratio(f"pmoe{experts}_over_vpt_deep_memory", ("vit_pmoe", f"pmoe{experts}"), ("vit", "vpt_deep"),
+              "peak_memory_mb")
+        ratio(f"pmoe{experts}_over_finetune_vit", ("vit_pmoe", f"pmoe{experts}"), ("vit", "finetune_vit"))
+        ratio(f"pmoe{experts}_over_finetune_vit_memory", ("vit_pmoe", f"pmoe{experts}"), ("vit", "finetune_vit"),
+              "peak_memory_mb")
     ratio("mope_rss_over_finetune", ("paper", "mope"), ("paper", "finetune"), "peak_rss_mb")
     for case in ("checkpointing", "checkpointing_full", "checkpointing18"):
         ratio(f"{case}_memory_over_finetune", ("paper", case), ("paper", "finetune"), "peak_memory_mb")

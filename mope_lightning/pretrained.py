@@ -56,7 +56,7 @@ class PretrainedModel:
         self.max_text_length = data_cfg.get("max_text_length", 128)
         self.max_audio_seconds = data_cfg.get("max_audio_seconds")
         self.tokenizer = net.text.tokenizer if "text" in net.pair else None
-        self.transform = eval_transform(net.image.data_config, data_cfg) if "image" in net.modalities() else None
+        self.transform = eval_transform(net.image_input_config(), data_cfg) if "image" in net.modalities() else None
         # The shape of a preprocessed image, which a float tensor given as an image must have.
         self.image_shape = tuple(self.transform(Image.new("RGB", (1, 1))).shape) if self.transform else None
         self.audio_preprocessor = net.audio.preprocessor if "audio" in net.modalities() else None

@@ -16,6 +16,7 @@ from torch import Tensor
 from mope_lightning.data.audio import spectrogram_image
 from mope_lightning.data.samples import Split
 from mope_lightning.fileio import atomic_write, claim_output, written_json
+from mope_lightning.models.pmoe import CARRIED
 from mope_lightning.analysis.routing import (MAX_HEATMAP_VALUES, attribute_routing, exemplar_grid, expert_names,
                                              heatmap, layer_names, mutual_information, routing_summary, strongest,
                                              top_words)
@@ -140,10 +141,21 @@ class RoutingView:
         return exemplar_grid(images, {k: words for k, (_, words) in chosen.items()},
                              "samples routed most strongly to each expert (layer-averaged)", self.expert_labels)
 
+    def dispatch_path(self) -> list[dict]:
+        """pMoE's path of experts (the paper's Fig. 2): per (expert, layer), the candidate prompt set its dispatcher
+        weights most on average over the split, and that weight; empty for a model that routes prompt experts."""
+        if not self.expert_labels or self.expert_labels[0] != CARRIED:
+            return []
+        weights, chosen = self.stats["layer_expert"].max(dim=1)
+        return [{"layer": row, "chosen": self.expert_labels[k], "weight": round(w, 4)}
+                for row, k, w in zip(self.layer_labels, chosen.tolist(), weights.tolist())]
+
     def to_json(self) -> dict:
         keep = ("layer_expert", "entropy", "max_load", "class_count")
         out = {k: self.stats[k].tolist() for k in keep}
         out.update(layer_labels=self.layer_labels, expert_labels=self.expert_labels)
+        if self.dispatch_path():
+            out["dispatch_path"] = self.dispatch_path()
         out.update({k: v.tolist() for k, v in self.specialization().items()})
         out["attributes"] = {name: {"values": values, "routing": value_expert.mean(1).tolist(),
                                     "weight": value_count.tolist(), "unknown": unknown}
@@ -222,17 +234,37 @@ def _summary(view: RoutingView, header: dict, exemplars: int) -> str:
         lines += ["## Specialisation", "", f"Not measured: the samples are all of one class ({', '.join(only)}), and "
                   "the mutual information between expert and class is 0 whatever the routing.", ""]
     lines += _attribute_lines(view, spec)
+    lines += _path_lines(view)
     lines += ["## Experts", "", f"Top words of the {exemplars} samples routed most strongly to each expert "
               "(layer-averaged); their images are in exemplars.png.", ""]
     for expert, (rows, words) in view.exemplars(exemplars).items():
         labels = [view.classes[c] for r in rows for c in (view.split.labels[r] if isinstance(view.split.labels[r],
                                                                                               list)
                                                             else [view.split.labels[r]])]
+        shown = f"words: {', '.join(words)}; " if words else ""  # image-only samples have no words
         lines.append(f"- {view.expert_labels[expert]}: load {s['layer_expert'][:, expert].mean():.3f}; "
-                     f"words: {', '.join(words)}; labels: {', '.join(f'{c} x{n}' for c, n in _counts(labels))}")
+                     f"{shown}labels: {', '.join(f'{c} x{n}' for c, n in _counts(labels))}")
     lines += ["", "Files: " + ", ".join(f"`{f}`" for f in ("layer_expert.png", "class_expert.png", "group_expert.png",
                                                            "exemplars.png", "routing.csv", "routing.json"))]
     return "\n".join(lines) + "\n"
+
+
+def _path_lines(view: RoutingView) -> list[str]:
+    """pMoE's dispatch path: the table of (expert, layer) rows, the candidate set each takes most, and all weights."""
+    path = view.dispatch_path()
+    if not path:
+        return []
+    sets = view.expert_labels
+    lines = ["## Dispatch path", "",
+             f"Per expert and layer, the mean dispatch weight of each candidate prompt set over the split ({CARRIED}: "
+             "the expert's own prompts from its previous layer) and the set weighted most, in bold.", "",
+             "| expert layer | " + " | ".join(sets) + " |", "|" + "---|" * (len(sets) + 1)]
+    for i, step in enumerate(path):
+        cells = [f"{w:.3f}" for w in view.stats["layer_expert"][i].tolist()]
+        chosen = sets.index(step["chosen"])
+        cells[chosen] = f"**{cells[chosen]}**"
+        lines.append(f"| {step['layer']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _attribute_lines(view: RoutingView, spec: dict[str, Tensor]) -> list[str]:

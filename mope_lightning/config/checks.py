@@ -14,7 +14,8 @@ from typing import Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from mope_lightning.errors import ConfigError, suggest
-from mope_lightning.models.registry import MODALITIES, PROMPT_FUSIONS, UNIMODAL_FUSIONS
+from mope_lightning.models.registry import (MODALITIES, NEEDS_SECOND_MODALITY, PROMPT_FUSIONS, UNIMODAL_FUSIONS,
+                                           modality_counts, single_modality_fusions)
 
 
 @dataclass(frozen=True)
@@ -129,19 +130,41 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
 
 
 def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:
-    """`model.modalities` names two different modalities, and the prompted and unimodal ones are among them."""
+    """`model.modalities` names one modality or two different ones, as many as the fusion works with
+    (models/registry.py), and the prompted and unimodal ones are among them."""
     pair = list(model.modalities)
     key = "model.modalities"
-    if len(pair) != 2 or len(set(pair)) != 2 or not set(pair) <= set(MODALITIES):
-        raise ConfigError(f"{source_of(key)}: {key}: {pair} must name two different modalities of "
-                          f"{', '.join(MODALITIES)}, e.g. [text, image] or [text, audio]")
+    if len(pair) not in (1, 2) or len(set(pair)) != len(pair) or not set(pair) <= set(MODALITIES):
+        raise ConfigError(f"{source_of(key)}: {key}: {pair} must name one modality or two different ones of "
+                          f"{', '.join(MODALITIES)}, e.g. [text, image], [text, audio] or [image]")
+    if len(pair) not in modality_counts(model.fusion):
+        raise ConfigError(f"{source_of('model.fusion')}: model.fusion: {model.fusion} needs a second modality "
+                          f"({NEEDS_SECOND_MODALITY[model.fusion]}), but {key} is {pair} ({source_of(key)}); "
+                          f"add one, or use a fusion that reads one modality: {', '.join(_single_fusions(pair))}")
     if model.prompted not in pair:
+        role = "the experts' modality" if len(pair) == 1 else "the other one conditions it"
         raise ConfigError(f"{source_of('model.prompted')}: model.prompted: '{model.prompted}' is not one of "
-                          f"{key} {pair}; prompt one of them (the other conditions it)")
+                          f"{key} {pair}; prompt one of them ({role})")
     single = UNIMODAL_FUSIONS.get(model.fusion)
     if single is not None and single not in pair:
         raise ConfigError(f"{source_of('model.fusion')}: model.fusion: {model.fusion} reads the {single}, which is "
                           f"not one of {key} {pair}; use {', '.join(f'{m}_only' for m in pair)}")
+    p = model.pmoe
+    if model.fusion == "pmoe" and len(pair) == 1:
+        conditioned = [k for k in ("condition_dispatcher", "dynamic_length", "mapped_length") if p[k]]
+        if conditioned:
+            name = f"model.pmoe.{conditioned[0]}"
+            raise ConfigError(f"{source_of(name)}: {name}: {p[conditioned[0]]} reads a second modality's feature, "
+                              f"but {key} is {pair}; set {', '.join(f'model.pmoe.{k}' for k in conditioned)} to "
+                              "false/0 (the dispatchers then see the experts' own states)")
+    if len(pair) == 1 and model.condition_prompts:
+        raise ConfigError(f"{source_of('model.condition_prompts')}: model.condition_prompts: prompts the conditioning "
+                          f"encoder, which a one-modality task ({key} {pair}) does not have; set it to 0")
+
+
+def _single_fusions(pair: list) -> list[str]:
+    """The one-modality fusions that apply to `pair`'s modality."""
+    return [f for f in single_modality_fusions() if UNIMODAL_FUSIONS.get(f, pair[0]) in pair]
 
 
 def _check_compat(model: DictConfig, source_of: Callable[[str], str]) -> None:
@@ -151,7 +174,8 @@ def _check_compat(model: DictConfig, source_of: Callable[[str], str]) -> None:
                                         "first block, which exist with model.compat.skip_first_block_prompt=true"),
              "condition_prompt_dropout": (model.condition_prompts > 0, "acts on the conditioning encoder's prompts, "
                                           "which exist with model.condition_prompts > 0"),
-             "condition_encoder_dropout": (True, "")}
+             "condition_encoder_dropout": (len(model.modalities) == 2, "acts on the conditioning encoder, which a "
+                                           "one-modality task does not have")}
     for flag, (applies, why) in needs.items():
         key = f"model.compat.{flag}"
         if not compat[flag] or compat.mode == "reference":

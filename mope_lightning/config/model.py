@@ -23,6 +23,9 @@ class EncoderConfig:
     name: str = MISSING  # hub id or local directory (transformers); model name (timm, torchvision)
     pretrained: bool = True  # false: random init of the same architecture (tests, the tiny overlay)
     checkpoint: Optional[str] = None  # local weights file (timm, torchvision)
+    # timm: read `checkpoint` strictly under this key prefix, stripped (MoCo v3 releases: "module.base_encoder.",
+    # others "encoder."; "" for the architecture's own names); unset: timm reads the file its own way
+    checkpoint_prefix: Optional[str] = None
     weights: Optional[str] = None  # torchvision only: weights enum member, e.g. IMAGENET1K_V1 (default: DEFAULT)
     tokenizer: Optional[str] = None  # transformers only: tokenizer source when it differs from `name`
     arch: Optional[str] = None  # transformers model_type to build when `name`'s files are unreachable (e.g. bert)
@@ -94,13 +97,17 @@ class PMoEConfig:
 
 @dataclass
 class ModelConfig:
-    # mope | prompt_tuning (static prompts only) | promptfuse (mapped prompts only) | late_concat (frozen features)
-    # | finetune (both encoders trained, late concat) | text_only | image_only | pmoe (model.pmoe.experts)
+    # mope | prompt_tuning (static prompts only, at every layer: VPT-deep) | prompt_tuning_shallow (static prompts
+    # at the first layer, carried through: VPT-shallow) | promptfuse (mapped prompts only) | late_concat (frozen
+    # features) | linear_probe (a linear head on the frozen features) | finetune (the encoders trained, late concat)
+    # | text_only | image_only | audio_only | pmoe (model.pmoe.experts). Which work with one modality: see
+    # models/registry.py (mope, promptfuse and late_concat need two)
     fusion: str = "mope"
-    # the two modalities the model fuses, each read by its model.<modality>_encoder (text, image, audio); their
-    # order numbers the missing cases of missing-aware prompts
+    # the modalities the model reads, each by its model.<modality>_encoder (text, image, audio): two to fuse, or one
+    # for a one-modality task (e.g. [image] for image classification); their order numbers the missing cases of
+    # missing-aware prompts
     modalities: List[str] = field(default_factory=lambda: ["text", "image"])
-    prompted: str = "text"  # the modality whose encoder is prompted; the other one conditions it
+    prompted: str = "text"  # the modality whose encoder is prompted (pMoE: the experts'); the other one conditions it
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
     image_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(library="torchvision"))
     # a transformers speech encoder (wav2vec2, HuBERT, WavLM) with its own feature extractor; `arch` builds its

@@ -58,8 +58,10 @@ class MultimodalDataset(Dataset):
 
     def __init__(self, split: Split, num_classes: int, multilabel: bool, files: Sequence[Path], media: str = "image",
                  load=None, media_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None,
-                 missing: Optional[list[str]] = None, blank_image: Optional[torch.Tensor] = None):
+                 missing: Optional[list[str]] = None, blank_image: Optional[torch.Tensor] = None,
+                 with_text: bool = True):
         self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
+        self.with_text = with_text  # False: the samples have no text, or the model reads none (nothing tokenized)
         self.files, self.media, self.load = files, media, load
         self.media_features, self.text_features, self.text_rows = media_features, text_features, text_rows
         self.missing, self.blank_image = missing, blank_image
@@ -76,7 +78,7 @@ class MultimodalDataset(Dataset):
         if self.text_features is not None:
             feature = self.text_features[self.text_rows[s.texts[i]]]
             item["text_features"] = torch.zeros_like(feature) if lost == "text" else feature
-        else:
+        elif self.with_text:
             item["text"] = "" if lost == "text" else s.texts[i]
         if self.media_features is not None:
             feature = self.media_features[j]
@@ -253,9 +255,15 @@ class MultimodalDataModule:
         return self.task == "multilabel"
 
     @property
-    def modalities(self) -> tuple[str, str]:
-        """The modalities of the samples: the text and the media."""
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities of the samples: the text and the media (a one-modality dataset overrides this, e.g. with
+        ("image",): its samples' texts are empty and never tokenized)."""
         return "text", self.media
+
+    def _reads_text(self) -> bool:
+        """Whether the batches carry texts: the samples have them and the model reads them (a tokenizer or a cached
+        text feature in its `InputSpec`)."""
+        return "text" in self.modalities and (self.spec.tokenizer is not None or "text" in self.spec.cacheable)
 
     def _load_media(self, train: bool = False):
         """file -> the tensor the model reads: an image through the encoder's transform (augmented in training),
@@ -312,7 +320,8 @@ class MultimodalDataModule:
         cache = FeatureCache(self.cache_folder)
         media = ({pool: self._media_features(cache, pool, files) for pool, files in pools.items()}
                  if self._cached(self.media) else None)
-        text = self._text_features(cache, self._distinct_texts(splits)) if self._cached("text") else None
+        text = (self._text_features(cache, self._distinct_texts(splits))
+                if self._cached("text") and self._reads_text() else None)
         return media, text
 
     def prepare(self, stage: Optional[str] = None) -> None:
@@ -363,5 +372,5 @@ class MultimodalDataModule:
                 blank = self.pixels.blank if self.pixels is not None else self._blank_image()
             self.datasets[name] = MultimodalDataset(split, len(self.classes), self.multilabel, pools[split.pool],
                                                     self.media, load, media[split.pool] if media is not None else None,
-                                                    text, rows, missing, blank)
+                                                    text, rows, missing, blank, self._reads_text())
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))

@@ -45,11 +45,11 @@ def missing_case(batch: dict, batch_size: int, device: torch.device, pair: tuple
     return case
 
 
-def other_modality(pair: tuple[str, ...], modality: str) -> str:
-    """The modality of `pair` that is not `modality`."""
+def other_modality(pair: tuple[str, ...], modality: str) -> Optional[str]:
+    """The modality of `pair` that is not `modality`; None for a one-modality task."""
     if modality not in pair:
         raise ValueError(f"{modality!r} is not one of the pair {pair}")
-    return pair[1 - pair.index(modality)]
+    return pair[1 - pair.index(modality)] if len(pair) == 2 else None
 
 
 @dataclass
@@ -85,8 +85,8 @@ def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0
 
 
 class FusionClassifier(nn.Module):
-    """Shared plumbing: the encoders of the modality pair, their pooled features, parameter groups and checkpoint
-    signatures.
+    """Shared plumbing: the encoders of the modality pair (or of the one modality of a one-modality task), their
+    pooled features, parameter groups and checkpoint signatures.
 
     `encoders` maps each modality of the pair, in the experiment's order (which numbers the missing cases), to its
     encoder; each becomes the attribute named by its modality, so checkpoints name weights `text.`, `image.`, ...
@@ -95,8 +95,8 @@ class FusionClassifier(nn.Module):
     def __init__(self, encoders: dict[str, nn.Module]):
         super().__init__()
         unknown = [m for m in encoders if m not in MODALITIES]
-        if unknown or len(encoders) != 2:
-            raise ValueError(f"a classifier fuses two of {MODALITIES}, got {tuple(encoders)}")
+        if unknown or len(encoders) not in (1, 2):
+            raise ValueError(f"a classifier reads one or two of {MODALITIES}, got {tuple(encoders)}")
         self.pair = tuple(encoders)
         for modality, encoder in encoders.items():
             self.add_module(modality, encoder)
@@ -158,10 +158,13 @@ class FusionClassifier(nn.Module):
                     "(model.compat.condition_encoder_dropout)")
         return None
 
+    def image_input_config(self) -> Optional[dict]:
+        """The data config (timm's) the batch's images are preprocessed by; None for a model without images."""
+        return self.encoder("image").data_config if "image" in self.pair else None
+
     def input_spec(self) -> InputSpec:
         encoders = {m: self.encoder(m) for m in self.pair}
-        spec = InputSpec(getattr(encoders.get("text"), "tokenizer", None),
-                         getattr(encoders.get("image"), "data_config", None),
+        spec = InputSpec(getattr(encoders.get("text"), "tokenizer", None), self.image_input_config(),
                          audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None))
         for modality in self.feature_modalities():
             encoder, reason = self.encoder(modality), self.uncached_reason(modality)
@@ -235,7 +238,8 @@ class PromptFusionClassifier(FusionClassifier):
     Args:
         encoders: the pair's encoders by modality; the prompted one must support prompting (BERT family, ViT,
             Swin, wav2vec2 family).
-        prompted: the modality whose encoder is prompted; the other one conditions it.
+        prompted: the modality whose encoder is prompted; the other one (if any: a one-modality task has none)
+            conditions it.
         fusion: the prompt generator (`MoPE`; static-only or mapped-only for the prompt baselines).
         num_classes: outputs of the head.
         head_hidden, head_dropout: the head (linear when `head_hidden` is 0).
@@ -253,14 +257,14 @@ class PromptFusionClassifier(FusionClassifier):
         self.condition = other_modality(self.pair, prompted)
         self.fusion = fusion
         self.condition_prompts = condition_prompts
-        self.head_condition = head_condition
+        self.head_condition = head_condition and self.condition is not None
         width = self.encoder(prompted).num_features
-        width += self.encoder(self.condition).num_features if head_condition else 0
+        width += self.encoder(self.condition).num_features if self.head_condition else 0
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
-        self.learn_missing_features((self.condition,))
+        self.learn_missing_features(self.feature_modalities())
 
     def feature_modalities(self) -> tuple[str, ...]:
-        return (self.condition,)
+        return (self.condition,) if self.condition is not None else ()
 
     def batch_feature_modalities(self) -> tuple[str, ...]:
         # A prompt-tuned conditioning encoder runs inside `condition_features`, which reads no batch feature.
@@ -288,6 +292,9 @@ class PromptFusionClassifier(FusionClassifier):
         return check() if modality == self.prompted and check is not None else None
 
     def condition_features(self, batch: dict) -> Tensor:
+        if self.condition is None:  # one modality: an empty feature carries the batch size and device
+            anchor = next(iter(self.encoder(self.prompted).inputs(batch).values()))
+            return anchor.new_zeros(anchor.shape[0], 0, dtype=torch.float)
         if self.condition_prompts is None:
             return self.features(self.condition, batch)
         encoder = self.encoder(self.condition)

@@ -22,7 +22,7 @@ from mope_lightning.models.image_encoders import build_timm_encoder, build_torch
 from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
-from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS
+from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS, STATIC_PROMPT_FUSIONS
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
@@ -124,15 +124,20 @@ def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key:
         return build_text_encoder(cfg, model_cfg.pool, weights, key)
     if modality == "audio":
         return build_audio_encoder(cfg, weights, key)
-    return build_image_encoder(cfg, weights)
+    return build_image_encoder(cfg, weights, key)
 
 
-def build_image_encoder(cfg, weights: bool = True) -> nn.Module:
-    """An image encoder from timm or torchvision; `weights=False` builds the architecture only."""
+def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encoder") -> nn.Module:
+    """An image encoder from timm or torchvision; `weights=False` builds the architecture only. A tiny miniature
+    reads no weights (neither the pretrained tag's nor a checkpoint file's)."""
     pretrained = cfg.pretrained and weights and not cfg.tiny
-    checkpoint = cfg.checkpoint if weights else None
+    checkpoint = cfg.checkpoint if weights and not cfg.tiny else None
+    prefix = cfg.get("checkpoint_prefix")
     if cfg.library == "timm":
-        return build_timm_encoder(cfg.name, pretrained, checkpoint, dict(cfg.kwargs), cfg.tiny)
+        return build_timm_encoder(cfg.name, pretrained, checkpoint, dict(cfg.kwargs), cfg.tiny, prefix, key)
+    if prefix is not None:
+        raise ModelError(f"{key}.checkpoint_prefix: applies to timm encoders; torchvision reads its own state dict "
+                         "(unset it)")
     return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
 
 
@@ -140,7 +145,7 @@ def _prompt_lengths(cfg) -> tuple[int, int, int]:
     """(static, dynamic, mapped) prompt lengths: the prompt baselines use the same total length as MoPE."""
     m = cfg.mope
     total = m.static_length + m.dynamic_length + m.mapped_length
-    if cfg.fusion == "prompt_tuning":
+    if cfg.fusion in STATIC_PROMPT_FUSIONS:
         return total, 0, 0
     if cfg.fusion == "promptfuse":
         return 0, 0, total
@@ -166,12 +171,20 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     if m.router.temperature <= 0:
         raise ModelError(f"model.mope.router.temperature: must be positive, got {m.router.temperature}")
     layers = list(range(encoder.num_layers)) if m.prompted_layers is None else list(m.prompted_layers)
+    if cfg.fusion == "prompt_tuning_shallow":  # VPT-shallow: the first layer's prompts, carried through the rest
+        if m.prompted_layers is not None and layers != [0]:
+            raise ModelError(f"model.mope.prompted_layers: {layers}, but model.fusion=prompt_tuning_shallow prompts "
+                             "layer 0 only; leave prompted_layers unset, or use model.fusion=prompt_tuning")
+        layers = [0]
     if not layers or any(not 0 <= i < encoder.num_layers for i in layers):
         raise ModelError(f"model.mope.prompted_layers: {layers} must be a non-empty subset of "
                          f"0..{encoder.num_layers - 1} for this {encoder.num_layers}-layer encoder")
     stages = encoder.layer_stages
     if compat.skip_first_block_prompt:  # the reference re-prompts no stage's first block
         layers = [i for i in layers if i > 0 and stages[i] == stages[i - 1]]
+        if not layers:  # VPT-shallow prompts the first block alone, which the reference never re-prompts
+            raise ModelError(f"model.compat.skip_first_block_prompt: leaves model.fusion={cfg.fusion} no prompted "
+                             "layer; turn it off (model.compat.mode=null) or prompt more layers")
     router = {**_router_kwargs(m.router), "noise_in_eval": compat.eval_routing_noise}
     initial_dropout = m.prompt_dropout if compat.initial_prompt_dropout else 0.0
     make = functools.partial(
@@ -262,14 +275,18 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
         if cfg.fusion == "finetune":
             for encoder in encoders.values():
                 encoder.unfreeze()
-        return LateFusionClassifier(encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], cfg.head_hidden,
+        head_hidden = 0 if cfg.fusion == "linear_probe" else cfg.head_hidden
+        return LateFusionClassifier(encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], head_hidden,
                                     cfg.head_dropout)
     compat = Compat.from_config(cfg.compat)
-    condition_name = other_modality(tuple(cfg.modalities), cfg.prompted)
+    condition_name = other_modality(tuple(cfg.modalities), cfg.prompted)  # None on a one-modality task
     prompted = _promptable(encoders[cfg.prompted], f"model.{cfg.prompted}_encoder", cfg[f"{cfg.prompted}_encoder"])
-    condition = encoders[condition_name]
+    condition = encoders.get(condition_name)
     if isinstance(prompted, PromptedSwin):
         prompted.set_window_major(compat.window_major)
+    if condition is None:
+        return PromptFusionClassifier(encoders, cfg.prompted, build_mope(cfg, prompted, 0, compat), num_classes,
+                                      cfg.head_hidden, cfg.head_dropout)
     if compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
         enc = cfg[f"{condition_name}_encoder"]
         log.info("model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with a "
@@ -283,20 +300,24 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
                                  layer_dropout=cfg.mope.prompt_dropout if compat.condition_prompt_dropout else 0.0)
     fusion = build_mope(cfg, prompted, condition.num_features, compat)
     return PromptFusionClassifier(encoders, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
-                                  head_condition=cfg.fusion == "prompt_tuning", condition_prompts=condition_prompts)
+                                  head_condition=cfg.fusion in STATIC_PROMPT_FUSIONS,
+                                  condition_prompts=condition_prompts)
 
 
 def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoEClassifier:
-    """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other one."""
+    """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other one if
+    the task has one."""
     p = cfg.pmoe
     if len(p.experts) < 1:
         raise ModelError("model.pmoe.experts: list the expert encoders (two or more, e.g. two text encoders) in the "
                          "experiment YAML; see experiments/easy_vqa_pmoe.yaml")
     experts = [_pmoe_expert(cfg, i, weights) for i in range(len(p.experts))]
     _check_shared_inputs(cfg, experts)
-    condition = build_encoder(other_modality(tuple(cfg.modalities), cfg.prompted), cfg, weights)
-    # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs.
-    conditioned = p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0
+    other = other_modality(tuple(cfg.modalities), cfg.prompted)
+    condition = build_encoder(other, cfg, weights) if other is not None else None
+    # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs; a
+    # one-modality task has none (config/checks.py refuses those settings there).
+    conditioned = condition is not None and (p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0)
     cond_dim = condition.num_features if conditioned else 0
     make = functools.partial(
         PMoE, [e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
@@ -304,7 +325,7 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
         mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
         init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
         router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity,
-        condition_dispatcher=p.condition_dispatcher, dispatch=p.dispatcher,
+        condition_dispatcher=p.condition_dispatcher and conditioned, dispatch=p.dispatcher,
         dispatch_importance=p.dispatch_importance, importance_threshold=cfg.mope.importance_threshold)
     check_trainable_memory(make, f"model.pmoe: num_experts={p.num_experts}, static_length={p.static_length}, "
                                  f"dynamic_length={p.dynamic_length}, hidden={p.hidden}")
@@ -332,7 +353,8 @@ def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:
 
 
 def _check_shared_inputs(cfg, experts: list) -> None:
-    """Every expert reads the batch the DataModule makes for the first one: one tokenizer, one image size."""
+    """Every text or audio expert reads the batch the DataModule makes for the first one: one tokenizer, one feature
+    extractor. (Image experts each get their own size and normalisation from it: expert_inputs.py.)"""
     first = experts[0]
     for i, expert in enumerate(experts[1:], start=1):
         key = f"model.pmoe.experts[{i}]"
@@ -344,10 +366,6 @@ def _check_shared_inputs(cfg, experts: list) -> None:
             raise ModelError(f"{key}: its feature extractor ({_audio_preprocessing(expert)}) differs from "
                              f"experts[0]'s ({_audio_preprocessing(first)}); audio experts share one batch of "
                              "samples, so pick experts with the same sampling rate and normalisation")
-        if cfg.prompted == "image" and expert.data_config["input_size"] != first.data_config["input_size"]:
-            raise ModelError(f"{key}: input size {expert.data_config['input_size']} differs from experts[0]'s "
-                             f"{first.data_config['input_size']}; image experts share one preprocessed batch, so "
-                             "set kwargs.img_size to match")
 
 
 def _audio_preprocessing(encoder) -> dict:

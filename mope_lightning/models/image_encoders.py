@@ -21,6 +21,7 @@ from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompted_vit import PromptedViT
 from mope_lightning.models.sources import local_torchvision_weights
+from mope_lightning.models.weights_file import load_prefixed
 
 _TORCHVISION_HEADS = ("classifier", "fc", "heads", "head")
 
@@ -95,28 +96,36 @@ def _timm_family(name: str) -> str:
 
 
 def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], kwargs: dict,
-                       tiny: bool = False) -> nn.Module:
+                       tiny: bool = False, checkpoint_prefix: Optional[str] = None,
+                       key: str = "model.image_encoder") -> nn.Module:
+    """A timm model by name (a `.tag` picks its pretrained weights, e.g. `vit_base_patch16_224.dino`), with timm's
+    pretrained weights, the weights of a `checkpoint` file (read by timm; with `checkpoint_prefix`, read strictly
+    under that key prefix: weights_file.py), or random init."""
     import timm
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise ModelError(f"model.image_encoder.name: timm does not know '{name}'"
+        raise ModelError(f"{key}.name: timm does not know '{name}'"
                          f"{' (close: ' + ', '.join(close) + ')' if close else ''}")
     if tiny:
         kwargs = {**TINY_TIMM.get(_timm_family(name), {}), **kwargs}
-    overlay = {"file": str(Path(checkpoint).expanduser())} if checkpoint else None
+    prefixed = checkpoint is not None and checkpoint_prefix is not None  # read here, strictly, under the prefix
+    timm_file = checkpoint if checkpoint and not prefixed else None
+    overlay = {"file": str(Path(timm_file).expanduser())} if timm_file else None
     try:
         with _TimmLoadReport() as report:
-            model = timm.create_model(name, pretrained=pretrained or bool(checkpoint), num_classes=0,
-                                      pretrained_cfg_overlay=overlay, **kwargs)
+            model = timm.create_model(name, pretrained=(pretrained or bool(timm_file)) and not prefixed,
+                                      num_classes=0, pretrained_cfg_overlay=overlay, **kwargs)
     except (RuntimeError, FileNotFoundError, TypeError, ValueError) as exc:
-        raise ModelError(f"model.image_encoder: timm could not build '{name}'"
-                         f"{' from ' + checkpoint if checkpoint else ''}: {_first_lines(exc)}") from None
+        raise ModelError(f"{key}: timm could not build '{name}'"
+                         f"{' from ' + timm_file if timm_file else ''}: {_first_lines(exc)}") from None
     if report.missing:  # timm loads pretrained weights non-strictly once the classifier is dropped
-        raise ModelError(f"model.image_encoder: timm could not build '{name}' from {checkpoint or 'its weights'}: "
+        raise ModelError(f"{key}: timm could not build '{name}' from {timm_file or 'its weights'}: "
                          f"the weights lack {report.missing[:200]}; give weights of this architecture")
+    if prefixed:
+        load_prefixed(model, Path(checkpoint).expanduser(), checkpoint_prefix, f"{key}.checkpoint")
     data_config = timm.data.resolve_model_data_config(model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:  # the model's real input size (a tiny or resized model differs from its pretrained cfg)

@@ -2,9 +2,10 @@
 (`dispatcher.py`), optionally conditioned on the other modality's feature, with one head over all experts.
 
 The first expert doubles as the classifier's encoder of its modality (`self.text`, `self.image` or `self.audio`),
-so the DataModule reads its tokenizer, image preprocessing or audio feature extractor; the other experts must accept
-the same inputs (checked when the model is built). The other modality's encoder supplies the conditioning feature,
-cached when it is frozen.
+so the DataModule reads its tokenizer, image preprocessing or audio feature extractor; the other text and audio
+experts must accept the same inputs (checked when the model is built). Image experts each get their own input size
+and normalisation from one batch, preprocessed for the expert with the largest input (expert_inputs.py). The other modality's encoder, if the task has one, supplies
+the conditioning feature, cached when it is frozen.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from torch import nn
 
 from mope_lightning.models.classifier import FusionClassifier, FusionOutput, make_head, other_modality
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
+from mope_lightning.models.expert_inputs import batch_config, expert_inputs, mapped_inputs
 
 COMBINES = ("concat", "mean_logits")
+CARRIED = "carried"  # the dispatch candidate of an expert's own carried prompts (the first column of its weights)
 
 
 class PMoEClassifier(FusionClassifier):
@@ -26,26 +29,31 @@ class PMoEClassifier(FusionClassifier):
     Args:
         experts: prompted encoders of one modality (BERT family, ViT/DeiT or wav2vec2 family), frozen.
         names: one display name per expert (routing heatmaps, the report).
-        condition: the other modality's encoder.
-        pair: the experiment's two modalities, in its order; `modality` is the experts' one.
+        condition: the other modality's encoder; None on a one-modality task.
+        pair: the experiment's modalities, in its order (two, or the experts' one alone); `modality` is the
+            experts' one.
         pmoe: EPTs and dispatchers sized for the experts.
         combine: "concat" (one linear head on the concatenated pooled features) or "mean_logits" (a head per
             expert, logits averaged).
         conditioned: whether the other modality's feature reaches the prompts (dispatchers, dynamic or mapped EPTs).
     """
 
-    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: nn.Module,
-                 pair: tuple[str, str], modality: str, pmoe: PMoE, num_classes: int, combine: str = "concat",
+    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: Optional[nn.Module],
+                 pair: tuple[str, ...], modality: str, pmoe: PMoE, num_classes: int, combine: str = "concat",
                  head_hidden: int = 0, head_dropout: float = 0.0, conditioned: bool = True):
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         first, rest = experts[0], list(experts[1:])
         other = other_modality(tuple(pair), modality)
+        if other is None and conditioned:
+            raise ValueError("a one-modality pMoE has no other modality to condition on (conditioned=False)")
         super().__init__({m: first if m == modality else condition for m in pair})
         self.modality = modality
         self.condition = other
         self.more_experts = nn.ModuleList(rest)
         self.names = list(names)
+        # each image expert's own input size and normalisation, mapped from one batch made for the largest input
+        self.expert_inputs = expert_inputs([e.data_config for e in experts]) if modality == "image" else None
         self.pmoe = pmoe
         self.combine = combine
         self.conditioned = conditioned
@@ -63,6 +71,11 @@ class PMoEClassifier(FusionClassifier):
     def modalities(self) -> tuple[str, ...]:
         return (self.modality, self.condition) if self.conditioned else (self.modality,)
 
+    def image_input_config(self) -> Optional[dict]:
+        if self.modality != "image":
+            return super().image_input_config()
+        return batch_config([e.data_config for e in self.experts])
+
     def feature_modalities(self) -> tuple[str, ...]:
         return (self.condition,) if self.conditioned else ()
 
@@ -77,11 +90,13 @@ class PMoEClassifier(FusionClassifier):
 
     def routing_labels(self) -> tuple[list[str], list[str]]:
         rows = [f"{name} L{layer}" for name, depth in zip(self.names, self.pmoe.depths) for layer in range(depth)]
-        return rows, ["carried", *self.names]
+        return rows, [CARRIED, *self.names]
 
     def signature(self) -> dict:
-        return {"experts": [e.signature() for e in self.experts], self.condition: self.encoder(self.condition)
-                .signature()}
+        signature = {"experts": [e.signature() for e in self.experts]}
+        if self.condition is not None:
+            signature[self.condition] = self.encoder(self.condition).signature()
+        return signature
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = super().param_groups()
@@ -99,7 +114,8 @@ class PMoEClassifier(FusionClassifier):
         state = self.pmoe.bind(cond, anchor.shape[0], anchor.device)
         pooled = []
         for k, expert in enumerate(self.experts):
-            tokens = expert.forward_features(**inputs, prompter=state.prompter(k))
+            mapping = self.expert_inputs[k] if self.expert_inputs is not None else None
+            tokens = expert.forward_features(**mapped_inputs(inputs, mapping), prompter=state.prompter(k))
             pooled.append(expert.pool(*tokens))
         if self.combine == "concat":
             logits = self.head(torch.cat(pooled, dim=-1))

@@ -4,11 +4,33 @@ and the model factory (factory.py, classifier.py) derive their lists from here."
 MODALITIES = ("text", "image", "audio")  # every modality an encoder family exists for
 
 # Prompt fusions: the prompted encoder reads learned prompts conditioned on the other modality's feature.
-PROMPT_FUSIONS = ("mope", "prompt_tuning", "promptfuse")
+# prompt_tuning is deep prompt tuning (VPT-deep: new prompts at every layer); prompt_tuning_shallow prompts the first
+# layer only and carries those prompts through the rest (VPT-shallow).
+PROMPT_FUSIONS = ("mope", "prompt_tuning", "prompt_tuning_shallow", "promptfuse")
+STATIC_PROMPT_FUSIONS = ("prompt_tuning", "prompt_tuning_shallow")  # static prompts only, none conditioned
 # Unimodal baselines: the one modality each reads.
 UNIMODAL_FUSIONS = {f"{modality}_only": modality for modality in MODALITIES}
-# Late fusions: a head over pooled features; the modalities each reads (None: both of the experiment's pair).
-LATE_FUSION_MODALITIES = {"late_concat": None, "finetune": None,
+# Late fusions: a head over pooled features; the modalities each reads (None: every modality of the experiment).
+# linear_probe: one linear layer on the frozen features; finetune: the encoders trained too.
+LATE_FUSION_MODALITIES = {"late_concat": None, "linear_probe": None, "finetune": None,
                           **{fusion: (modality,) for fusion, modality in UNIMODAL_FUSIONS.items()}}
 # pMoE: a dispatcher over several prompted experts (models/pmoe.py).
 FUSIONS = (*PROMPT_FUSIONS, *LATE_FUSION_MODALITIES, "pmoe")
+
+# How many modalities (`model.modalities`) each fusion works with, and why a fusion needs two: those conditioned on
+# (or concatenating) a second modality. Every other fusion reads one modality alone, or both when given two.
+NEEDS_SECOND_MODALITY = {
+    "mope": "its prompts are conditioned on a second modality's feature",
+    "promptfuse": "its prompts are mapped from a second modality's feature",
+    "late_concat": "it concatenates the features of two modalities",
+}
+
+
+def modality_counts(fusion: str) -> tuple[int, ...]:
+    """The numbers of modalities `fusion` works with."""
+    return (2,) if fusion in NEEDS_SECOND_MODALITY else (1, 2)
+
+
+def single_modality_fusions() -> tuple[str, ...]:
+    """The fusions that work on a one-modality task (e.g. image classification)."""
+    return tuple(f for f in FUSIONS if 1 in modality_counts(f))

@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from mope_lightning.config.schema import to_container
 from mope_lightning.data.base import MultimodalDataModule
@@ -51,6 +52,7 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, MultimodalDataModule]:
     module = MoPELitModule(to_container(cfg), datamodule.classes, datamodule.task)
     _check_batch_size(cfg, module.net)
     _check_missing(cfg, module.net)
+    _check_expert_normalisation(cfg, module.net)
     datamodule.attach(module.net.input_spec())
     if cfg.model.compile:
         check_compile(to_container(cfg)["trainer"])
@@ -67,6 +69,17 @@ def _check_modalities(cfg: DictConfig, datamodule: MultimodalDataModule) -> None
                           f"[{','.join(datamodule.modalities)}] (see experiments/{cfg.data.name}.yaml)")
 
 
+def _check_expert_normalisation(cfg: DictConfig, net) -> None:
+    """pMoE image experts that normalise differently each get their own normalisation from one batch
+    (models/expert_inputs.py), whose normalisation must therefore be the batch config's own, not a `data` override."""
+    mapped = any(not isinstance(m, nn.Identity) for m in getattr(net, "expert_inputs", None) or ())
+    overridden = [k for k in ("image_mean", "image_std") if cfg.data.get(k) is not None]
+    if mapped and overridden:
+        raise ConfigError(f"data.{overridden[0]}: the pMoE image experts preprocess differently, and each normalises "
+                          "with its own pretrained mean and std (one batch is mapped to each expert's input); unset "
+                          f"data.{' and data.'.join(overridden)}")
+
+
 def _check_missing(cfg: DictConfig, net) -> None:
     """Refuse, before any data is read, a model that cannot run on the samples `data.missing` removes."""
     missing = cfg.data.get("missing")
@@ -81,8 +94,6 @@ def _check_missing(cfg: DictConfig, net) -> None:
 
 def _check_batch_size(cfg: DictConfig, net) -> None:
     """A trainable BatchNorm over (batch, features) cannot normalise a batch of one sample in training."""
-    from torch import nn
-
     if cfg.data.batch_size > 1:
         return
     norms = [name for name, m in net.named_modules() if type(m) is nn.BatchNorm1d and m.weight.requires_grad]

@@ -1,5 +1,6 @@
 """JSON-lines image-text datasets: SNLI-VE as its authors distribute it, MMBT/MoPE's preprocessed format, and any
-user dataset described by a few field names.
+user dataset described by a few field names; with `data.text_field: null`, an image-only dataset (its one modality
+is the image: `model.modalities: [image]`).
 
 One record per line. A line that is not UTF-8 or does not parse, a record without text, image or label, or a label
 outside the label set is a sample problem, reported with file and line (`data.on_bad_sample`). Image paths are
@@ -38,7 +39,7 @@ class JsonlConfig(DataConfig):
     splits: Dict[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "val": "val.jsonl",
                                                             "test": "test.jsonl"})
     labels_file: str = "labels.txt"  # one label per line; the label index is the line order
-    text_field: str = "text"
+    text_field: Optional[str] = "text"  # null: image-only samples (no text is read; model.modalities: [image])
     label_field: str = "label"  # a label name, or a list of names for multi-label data
     image_field: str = "img"  # a path relative to image_dir, or an id placed into image_pattern
     image_pattern: str = "{}"  # e.g. "{}.jpg" when image_field holds an id
@@ -88,6 +89,10 @@ class JsonlDataModule(MultimodalDataModule):
         if not self.cfg.root:
             raise DataError(f"data.root: not set; point it at the folder with the {self.cfg.name} files")
         return Path(self.cfg.root).expanduser()
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("text", self.media) if self.cfg.text_field else (self.media,)
 
     @property
     def task(self) -> str:
@@ -159,9 +164,9 @@ class JsonlDataModule(MultimodalDataModule):
         if not isinstance(record, dict):
             problems.append(Problem(str(path), where, "not a JSON object"))
             return
-        text, image = record.get(c.text_field), self._image_ref(record)
+        text, image = record.get(c.text_field) if c.text_field else "", self._image_ref(record)
         label = self._label(record.get(c.label_field), label_of)
-        if not isinstance(text, str) or not text.strip():
+        if c.text_field and (not isinstance(text, str) or not text.strip()):
             problems.append(Problem(str(path), where, f"empty or missing text ('{c.text_field}')"))
         elif image is None:
             problems.append(Problem(str(path), where, f"no image ('{c.image_field}')"))

@@ -58,8 +58,9 @@ class MultimodalDataset(Dataset):
 
     def __init__(self, split: Split, num_classes: int, multilabel: bool, files: Sequence[Path], media: str = "image",
                  load=None, media_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None,
-                 missing: Optional[list[str]] = None, blank_image: Optional[torch.Tensor] = None):
-        self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
+                 missing: Optional[list[str]] = None, blank_image: Optional[torch.Tensor] = None,
+                 has_text: bool = True):
+        self.split, self.num_classes, self.multilabel, self.has_text = split, num_classes, multilabel, has_text
         self.files, self.media, self.load = files, media, load
         self.media_features, self.text_features, self.text_rows = media_features, text_features, text_rows
         self.missing, self.blank_image = missing, blank_image
@@ -76,7 +77,7 @@ class MultimodalDataset(Dataset):
         if self.text_features is not None:
             feature = self.text_features[self.text_rows[s.texts[i]]]
             item["text_features"] = torch.zeros_like(feature) if lost == "text" else feature
-        else:
+        elif self.has_text:  # an image-only dataset's items carry no text: nothing is tokenised
             item["text"] = "" if lost == "text" else s.texts[i]
         if self.media_features is not None:
             feature = self.media_features[j]
@@ -139,13 +140,15 @@ class MultimodalDataModule:
     order, the state a checkpoint keeps), so that reading and checking a dataset needs no Lightning.
 
     Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric),
-    `num_classes` (when the label set is fixed) and `media` (what the pool files are: "image" or "audio"; the
-    dataset's modalities are the text and its media).
+    `num_classes` (when the label set is fixed), `media` (what the pool files are: "image" or "audio") and
+    `has_text` (whether samples have a text: the dataset's modalities are the text and its media, or its media
+    alone, `provided_modalities()`).
     """
 
     config_class: type = None
     task = "multiclass"
     media = "image"
+    has_text = True
     monitor = "val/acc"
     num_classes: Optional[int] = None  # the size of a fixed label set, known without the data (`mope params`)
 
@@ -252,10 +255,15 @@ class MultimodalDataModule:
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
+    @classmethod
+    def provided_modalities(cls) -> tuple[str, ...]:
+        """The modalities the samples of this dataset hold (known without reading it): the text and the media, or
+        the media alone."""
+        return ("text", cls.media) if cls.has_text else (cls.media,)
+
     @property
-    def modalities(self) -> tuple[str, str]:
-        """The modalities of the samples: the text and the media."""
-        return "text", self.media
+    def modalities(self) -> tuple[str, ...]:
+        return self.provided_modalities()
 
     def _load_media(self, train: bool = False):
         """file -> the tensor the model reads: an image through the encoder's transform (augmented in training),
@@ -312,7 +320,8 @@ class MultimodalDataModule:
         cache = FeatureCache(self.cache_folder)
         media = ({pool: self._media_features(cache, pool, files) for pool, files in pools.items()}
                  if self._cached(self.media) else None)
-        text = self._text_features(cache, self._distinct_texts(splits)) if self._cached("text") else None
+        has_text = self.has_text and self._cached("text")
+        text = self._text_features(cache, self._distinct_texts(splits)) if has_text else None
         return media, text
 
     def prepare(self, stage: Optional[str] = None) -> None:
@@ -363,5 +372,5 @@ class MultimodalDataModule:
                 blank = self.pixels.blank if self.pixels is not None else self._blank_image()
             self.datasets[name] = MultimodalDataset(split, len(self.classes), self.multilabel, pools[split.pool],
                                                     self.media, load, media[split.pool] if media is not None else None,
-                                                    text, rows, missing, blank)
+                                                    text, rows, missing, blank, self.has_text)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))

@@ -2,6 +2,9 @@
 released layouts, through the real CLI (`mope check-data`): sample counts, labels, the problems bad copies give
 (each naming its file and line, key or row), the image-only batches they load, and the VTAB-1k sweep report."""
 
+import copy
+import functools
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -14,9 +17,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from scipy.io import savemat
 
 from mope_lightning.cli import main
 from mope_lightning.data.base import BatchCollate
+from mope_lightning.data.datasets.flowers102 import read_mat
 from mope_lightning.data.datasets.image_only import read_label_list
 from mope_lightning.data.registry import DATAMODULES
 from mope_lightning.data.samples import SplitBuilder
@@ -213,6 +218,39 @@ def test_flowers102_label_out_of_range_and_missing_image(tmp_path, capsys):
     assert code == 2 and f"{root / 'setid.mat'}: not a readable MATLAB file" in one_error(err)
 
 
+def test_a_mat_file_that_crashes_scipys_reader_is_one_data_error(tmp_path):
+    """One byte changed in a valid file's data element (its type code) crashed scipy.io.loadmat's compiled reader
+    with a segmentation fault (scipy 1.17); read in a child process, it is a message naming the file."""
+    buffer = io.BytesIO()
+    savemat(buffer, {"labels": np.arange(10)[None]})
+    data = bytearray(buffer.getvalue())
+    data[185] = 219
+    path = tmp_path / "imagelabels.mat"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{path}: not a readable MATLAB file"):
+        read_mat(path, ("labels",))
+
+
+@settings(max_examples=15)
+@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 10_000))
+def test_a_damaged_setid_mat_gives_arrays_or_one_data_error(edits, cut):
+    buffer = io.BytesIO()
+    savemat(buffer, {"trnid": np.arange(1, 5)[None], "valid": np.arange(5, 9)[None], "tstid": np.arange(9, 13)[None]})
+    data = bytearray(buffer.getvalue())
+    for offset, value in edits:
+        data[offset % len(data)] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "setid.mat"
+        path.write_bytes(bytes(data[:max(cut, len(data) // 2)]))
+        try:
+            arrays = read_mat(path, ("trnid", "valid", "tstid"))
+        except DataError as exc:
+            assert str(exc).startswith(f"{path}: ")
+        else:
+            assert all(a.ndim == 1 and a.dtype == np.int64 for a in arrays.values())
+
+
 # --- MedMNIST ---------------------------------------------------------------------------------------------------
 
 def test_medmnist_grey_and_rgb_multiclass(tmp_path, capsys):
@@ -268,6 +306,37 @@ def test_medmnist_bad_files_and_labels(tmp_path, capsys):
     code, _, err = check(capsys, tmp_path, "medmnist", root, "data.task=octmnist")
     assert code == 2 and "(found octmnist_64.npz: set data.size)" in one_error(err)
     assert check(capsys, tmp_path, "medmnist", root, "data.task=octmnist", "data.size=64")[0] == 0
+
+
+@functools.lru_cache(maxsize=None)
+def pathmnist_config():
+    """The `data` section of a pathmnist experiment (read once: examples only change its folders)."""
+    return load_config([DEFAULT_EXP, TINY], overrides(Path("unused"), "medmnist", "unused", "data.task=pathmnist")).data
+
+
+@settings(max_examples=15)
+@given(edits=st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 100_000), compressed=st.booleans())
+def test_a_damaged_npz_gives_samples_or_one_data_error(edits, cut, compressed):
+    buffer = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buffer, **medmnist_arrays(counts=(3, 2, 2)))
+    data = bytearray(buffer.getvalue())
+    for offset, value in edits:
+        data[offset % len(data)] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "med"
+        root.mkdir()
+        (root / "pathmnist.npz").write_bytes(bytes(data[:max(cut, len(data) // 2)]))
+        before = tree(root)
+        data = copy.deepcopy(pathmnist_config())
+        data.root, data.cache_dir = str(root), str(Path(tmp) / "cache")
+        try:
+            scan = DATAMODULES["medmnist"](data).index()
+        except DataError as exc:
+            assert str(root / "pathmnist.npz") in str(exc)
+        else:
+            assert all(0 <= label < 9 for split in scan.splits.values() for label in split.labels)
+        assert tree(root) == before
 
 
 # --- image-only batches -----------------------------------------------------------------------------------------

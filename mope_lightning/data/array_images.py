@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def load_arrays(npz: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{npz}: file not found") from None
     except ValueError as exc:  # object arrays need pickles, which are refused
         raise DataError(f"{npz}: cannot be read without unpickling ({exc}); expected plain numeric arrays") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:  # NotImplemented: a
+        # damaged zip header naming an unknown compression method or zip version
         raise DataError(f"{npz}: not a readable .npz file ({exc}); download it again") from None
 
 

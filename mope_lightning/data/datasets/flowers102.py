@@ -5,14 +5,17 @@ Group distributes them, extracted into one folder).
     <root>/imagelabels.mat      labels: 1 x N, the class (1..102) of image i (1-based)
     <root>/setid.mat            trnid, valid, tstid: the 1-based image numbers of train, val and test
 
-The .mat files are read with scipy.io.loadmat (MATLAB arrays; nothing is unpickled). Images only; 102 classes, named
-by their number in the release ("1".."102"); single label; accuracy. A missing array or one of the wrong shape
-stops with the file and key; a label outside 1..102, an image number outside 1..N or a missing image file is a
-problem naming the file, key and entry.
+The .mat files are read with scipy.io.loadmat (MATLAB arrays; nothing is unpickled), in a child process (a damaged
+file can crash scipy's reader). Images only; 102 classes, named by their number in the release ("1".."102"); single
+label; accuracy. A missing array or one of the wrong shape stops with the file and key; a label outside 1..102, an
+image number outside 1..N or a missing image file is a problem naming the file, key and entry.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,22 +36,47 @@ class Flowers102Config(ImageDataConfig):
     root: Optional[str] = "data/flowers102"
 
 
-def read_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The named arrays of a MATLAB file, each flattened to one row of integers, or a `DataError` naming the file
-    and key: unreadable, a key missing, or an array that is not one row (or column) of whole numbers."""
+def _loadmat(path: str) -> tuple[dict, str]:
+    """(the variables of a MATLAB file, "") or ({}, why it cannot be read); run in a child process."""
+    import faulthandler
+
     from scipy.io import loadmat
     from scipy.io.matlab import MatReadError
 
+    faulthandler.disable()  # a crash here is the parent's to report, in one message, without a dump of the stack
+    try:
+        return {k: v for k, v in loadmat(path).items() if not k.startswith("__")}, ""
+    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError, EOFError, OverflowError,
+            MemoryError) as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
+
+
+def load_mat_isolated(path: Path) -> dict:
+    """The variables of a MATLAB file, read by scipy.io.loadmat in a child process: scipy's reader is not hardened
+    against damaged files and some crash the interpreter (a segmentation fault in its compiled reader, found by
+    corrupting a few bytes of a valid file; scipy documents loadmat as not hardened for untrusted input), which
+    here becomes a `DataError` naming the file."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context(method)) as pool:
+            content, problem = pool.submit(_loadmat, str(path)).result()
+    except BrokenProcessPool:
+        problem = "scipy.io.loadmat crashed reading it"
+    if problem:
+        raise DataError(f"{path}: not a readable MATLAB file ({problem}); download it again")
+    return content
+
+
+def read_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named arrays of a MATLAB file, each flattened to one row of integers, or a `DataError` naming the file
+    and key: unreadable, a key missing, or an array that is not one row (or column) of whole numbers."""
     if not path.is_file():
         raise DataError(f"{path}: missing; Flowers-102 needs jpg/, imagelabels.mat and setid.mat (see data/README.md)")
-    try:
-        content = loadmat(path)
-    except (MatReadError, OSError, ValueError, TypeError, NotImplementedError) as exc:
-        raise DataError(f"{path}: not a readable MATLAB file ({exc}); download it again") from None
+    content = load_mat_isolated(path)
     arrays = {}
     for key in keys:
         if key not in content:
-            found = ", ".join(k for k in content if not k.startswith("__")) or "none"
+            found = ", ".join(content) or "none"
             raise DataError(f"{path}: no array '{key}' (found: {found}); is this the release's file?")
         array = np.asarray(content[key])
         if array.ndim != 2 or 1 not in array.shape or not np.issubdtype(array.dtype, np.number) or not array.size:

@@ -5,7 +5,8 @@ goes wherever an image file's path goes: the image pools, the dataset index, the
 The few places that open an image file ask `is_member` first and read the row instead; the file that stands for a
 member in the caches' keys (its size and modification time) is the `.npz` itself, so a replaced `.npz` rebuilds
 them. Arrays are loaded with `allow_pickle=False` (a `.npz` holding objects is refused, nothing is unpickled) and
-kept per process, a few at a time, so that each worker loads an array once, not once per image.
+kept per process, a few at a time, so that each worker loads an array once, not once per image (so a process that
+reads images holds their split's whole array in memory: MedMNIST+'s 224 x 224 files are large).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -46,11 +48,12 @@ def stat_path(path) -> str:
     return _split(path)[0] if is_member(path) else str(path)
 
 
-def load_arrays(npz: Path) -> dict[str, np.ndarray]:
-    """Every array of `npz`, or a `DataError` naming the file: not a `.npz`, damaged, or holding Python objects."""
+def load_arrays(npz: Path, names: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """The arrays of `npz` (those of `names` that it has, or all), or a `DataError` naming the file: not a `.npz`,
+    damaged, or holding Python objects."""
     try:
         with np.load(npz, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
+            return {name: data[name] for name in (data.files if names is None else names) if name in data.files}
     except FileNotFoundError:
         raise DataError(f"{npz}: file not found") from None
     except ValueError as exc:  # object arrays need pickles, which are refused
@@ -63,7 +66,7 @@ def load_arrays(npz: Path) -> dict[str, np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def _array(npz: str, name: str, size: int, mtime_ns: int) -> np.ndarray:
     """One array of `npz` (size and mtime key the entry: a replaced file is loaded again)."""
-    arrays = load_arrays(Path(npz))
+    arrays = load_arrays(Path(npz), [name])  # the member's array alone is decompressed
     if name not in arrays:
         raise DataError(f"{npz}: no array '{name}'")
     return arrays[name]

@@ -175,6 +175,10 @@ def test_cub200_bad_lines_are_named(tmp_path, capsys):
     assert f"{folder / 'image_class_labels.txt'}:line 1: class id 201 is outside 1..200 (classes.txt)" in out
     assert f"{folder / 'images.txt'}:line 18: image id 18 has no line in image_class_labels.txt" in out
     assert f"{folder / 'images.txt'}:line 7: image file not found" in out
+    classes = folder / "classes.txt"
+    classes.write_text("\n".join(classes.read_text().splitlines()[:-1]) + "\n")  # 199 classes
+    code, _, err = check(capsys, tmp_path, "cub200", root)
+    assert code == 2 and f"{classes}: expected class ids 1..200, one per line" in one_error(err)
     (folder / "train_test_split.txt").unlink()
     code, _, err = check(capsys, tmp_path, "cub200", root)
     assert code == 2 and f"{folder}: no train_test_split.txt" in one_error(err)
@@ -271,6 +275,7 @@ def test_medmnist_multilabel_task_from_the_release_table(tmp_path, capsys):
     root = make_medmnist(tmp_path / "med", "chestmnist", num_labels=14)
     code, out, _ = check(capsys, tmp_path, "medmnist", root, "data.task=chestmnist")
     assert code == 0 and "check-data medmnist: 14 classes" in out
+    assert "note: MedMNIST chestmnist: multi-label, binary-class, 14 labels (the release's task table)" in out
     dm = datamodule(tmp_path, "medmnist", root, "data.task=chestmnist")
     assert dm.task == "multilabel" and dm.monitor == "val/f1_micro" and dm.classes[0] == "atelectasis"
     splits, _ = dm.read_splits(verbose=False)

@@ -29,25 +29,31 @@ from mope_lightning.errors import ConfigError, DataError, suggest
 
 _ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
            "lung-right", "pancreas", "spleen")
-# task -> (multi-label, class names), from the release's task table
-TASKS: dict[str, tuple[bool, tuple[str, ...]]] = {
-    "pathmnist": (False, ("adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
-                          "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
-    "chestmnist": (True, ("atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia",
-                          "pneumothorax", "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")),
-    "dermamnist": (False, ("actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
-                           "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
-                           "vascular lesions")),
-    "octmnist": (False, ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
-    "pneumoniamnist": (False, ("normal", "pneumonia")),
-    "retinamnist": (False, ("0", "1", "2", "3", "4")),  # ordinal grades of diabetic retinopathy
-    "breastmnist": (False, ("malignant", "normal, benign")),
-    "bloodmnist": (False, ("basophil", "eosinophil", "erythroblast", "immature granulocytes(myelocytes, "
-                           "metamyelocytes and promyelocytes)", "lymphocyte", "monocyte", "neutrophil", "platelet")),
-    "tissuemnist": (False, ("Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule",
-                            "Glomerular endothelial cells", "Interstitial endothelial cells", "Leukocytes",
-                            "Podocytes", "Proximal Tubule Segments", "Thick Ascending Limb")),
-    "organamnist": (False, _ORGANS), "organcmnist": (False, _ORGANS), "organsmnist": (False, _ORGANS),
+# task -> (the release's task type, class names), from the release's task table
+TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "pathmnist": ("multi-class", (
+        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
+        "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
+    "chestmnist": ("multi-label, binary-class", (
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax",
+        "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")),
+    "dermamnist": ("multi-class", (
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
+        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")),
+    "octmnist": ("multi-class", ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
+    "pneumoniamnist": ("binary-class", ("normal", "pneumonia")),
+    "retinamnist": ("ordinal-regression", ("0", "1", "2", "3", "4")),  # grades of diabetic retinopathy
+    "breastmnist": ("binary-class", ("malignant", "normal, benign")),
+    "bloodmnist": ("multi-class", (
+        "basophil", "eosinophil", "erythroblast",
+        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
+        "neutrophil", "platelet")),
+    "tissuemnist": ("multi-class", (
+        "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
+        "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
+        "Thick Ascending Limb")),
+    "organamnist": ("multi-class", _ORGANS), "organcmnist": ("multi-class", _ORGANS),
+    "organsmnist": ("multi-class", _ORGANS),
 }
 VOLUME_TASKS = ("organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d",
                 "synapsemnist3d")
@@ -86,7 +92,7 @@ class MedMNISTDataModule(ImageClassificationDataModule):
 
     @property
     def task(self) -> str:  # the framework's task kind (the MedMNIST task is data.task)
-        return "multilabel" if TASKS[self.cfg.task][0] else "multiclass"
+        return "multilabel" if TASKS[self.cfg.task][0].startswith("multi-label") else "multiclass"
 
     @property
     def monitor(self) -> str:
@@ -143,7 +149,10 @@ class MedMNISTDataModule(ImageClassificationDataModule):
                 files.append(member_path(self.file, f"{split}_images", row))
                 sources.append(f"{self.file}:{where}")
             splits[split] = Split(ids, [NO_TEXT] * len(ids), labels, index, "images", sources)
-        return Scan(splits, {"images": files}, problems)
+        kind = TASKS[self.cfg.task][0]
+        note = (f"MedMNIST {self.cfg.task}: {kind}, {len(self.classes)} {'labels' if self.multilabel else 'classes'} "
+                f"(the release's task table){'; trained as classes' if kind == 'ordinal-regression' else ''}")
+        return Scan(splits, {"images": files}, problems, [note])
 
     def _label(self, values: list[int]):
         """(the label: a class, or the list of positive classes, "") or (None, what is wrong with the row)."""

@@ -29,6 +29,8 @@ FILES = ("classes.txt", "images.txt", "image_class_labels.txt", "train_test_spli
 
 @dataclass
 class CUB200Config(ImageDataConfig):
+    """CUB-200-2011 (data.root holds CUB_200_2011/); val is held out of train; no text."""
+
     name: str = "cub200"
     root: Optional[str] = "data/cub200"
 

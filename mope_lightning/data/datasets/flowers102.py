@@ -32,6 +32,9 @@ NUM_CLASSES = 102
 
 @dataclass
 class Flowers102Config(ImageDataConfig):
+    """Oxford Flowers-102 (jpg/, imagelabels.mat, setid.mat under data.root); no text. The release has its val
+    split: data.val_fraction and data.split_seed are unused."""
+
     name: str = "flowers102"
     root: Optional[str] = "data/flowers102"
 

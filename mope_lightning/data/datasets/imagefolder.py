@@ -23,6 +23,9 @@ from mope_lightning.errors import DataError
 
 @dataclass
 class ImageFolderConfig(ImageDataConfig):
+    """Images in train/<class>/, val/<class>/ (optional: else held out of train) and test/<class>/ under data.root;
+    no text."""
+
     name: str = "imagefolder"
     root: Optional[str] = None
 

@@ -62,6 +62,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class MedMNISTConfig(ImageDataConfig):
+    """One MedMNIST 2D task (data.task, the .npz file's stem) under data.root; no text. The release has its val
+    split: data.val_fraction and data.split_seed are unused."""
+
     name: str = "medmnist"
     root: Optional[str] = "data/medmnist"
     task: Optional[str] = None  # a 2D task, the .npz file's stem: pathmnist, chestmnist, ...

@@ -41,9 +41,12 @@ PROTOCOLS = {"final": {"train": "train800val200.txt", "val": "val200.txt", "test
 
 @dataclass
 class VTABConfig(ImageDataConfig):
+    """One VTAB-1k task (data.task) under data.root, the folder of the task folders; no text. The release has its
+    val split: data.val_fraction and data.split_seed are unused."""
+
     name: str = "vtab"
     root: Optional[str] = "data/vtab-1k"
-    task: Optional[str] = None  # a task folder, one of TASKS
+    task: Optional[str] = None  # the task folder: caltech101, cifar, dtd, ... (the 19 of data/README.md)
     vtab_protocol: str = "final"  # final: train800val200 / test | tune: train800 / val200
 
 

@@ -344,6 +344,15 @@ def test_a_damaged_npz_gives_samples_or_one_data_error(edits, cut, compressed):
         assert tree(root) == before
 
 
+def test_a_model_that_reads_text_is_refused_on_an_image_only_dataset_before_training(tmp_path, capsys):
+    root = make_vtab_task(tmp_path / "vtab", "dtd")
+    assert DATAMODULES["vtab"].provided_modalities() == ("image",)
+    assert main(["fit", str(DEFAULT_EXP), str(TINY), *overrides(tmp_path, "vtab", root, "data.task=dtd")]) == 2
+    err = one_error(capsys.readouterr().err)
+    assert "model.modalities: ['text', 'image']" in err and "no text" in err
+    assert not (tmp_path / "runs").exists()
+
+
 # --- image-only batches -----------------------------------------------------------------------------------------
 
 SPEC = InputSpec(image_config={"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3,

@@ -174,6 +174,7 @@ CHOICES = {
     "data.crop_mode": (None, "center", "squash"),
     "data.split": (None, "speaker_dependent", "speaker_independent"),  # MUStARD
     "data.text": (None, "speaker", "utterance", "context"),  # MUStARD
+    "data.vtab_protocol": (None, "final", "tune"),  # VTAB-1k
 }
 
 

@@ -141,13 +141,15 @@ class MultimodalDataModule:
     order, the state a checkpoint keeps), so that reading and checking a dataset needs no Lightning.
 
     Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric),
-    `num_classes` (when the label set is fixed) and `media` (what the pool files are: "image" or "audio"; the
-    dataset's modalities are the text and its media).
+    `num_classes` (when the label set is fixed), `media` (what the pool files are: "image" or "audio") and
+    `has_text` (whether samples have a text: the dataset's modalities are the text and its media, or its media
+    alone, `provided_modalities()`).
     """
 
     config_class: type = None
     task = "multiclass"
     media = "image"
+    has_text = True
     monitor = "val/acc"
     num_classes: Optional[int] = None  # the size of a fixed label set, known without the data (`mope params`)
 
@@ -254,11 +256,17 @@ class MultimodalDataModule:
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
+    @classmethod
+    def provided_modalities(cls) -> tuple[str, ...]:
+        """The modalities the samples of this dataset hold (known without reading it): the text and the media, or
+        the media alone."""
+        return ("text", cls.media) if cls.has_text else (cls.media,)
+
     @property
     def modalities(self) -> tuple[str, ...]:
-        """The modalities of the samples: the text and the media (a one-modality dataset overrides this, e.g. with
-        ("image",): its samples' texts are empty and never tokenized)."""
-        return "text", self.media
+        """The modalities of the samples: `provided_modalities()` (a reader whose samples' modalities depend on its
+        settings, e.g. jsonl without a text field, overrides this)."""
+        return self.provided_modalities()
 
     def _reads_text(self) -> bool:
         """Whether the batches carry texts: the samples have them and the model reads them (a tokenizer or a cached

@@ -13,11 +13,13 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from PIL import Image
 
+from mope_lightning.data.array_images import is_member, member_bytes
 from mope_lightning.data.audio import read_audio
 from mope_lightning.data.samples import Problem, Scan
 from mope_lightning.errors import DataError
@@ -32,6 +34,11 @@ def decode_image(path: str) -> tuple[str, str]:
     `verify()` alone reads only the headers, so a truncated JPEG would pass and fail mid-epoch; `load()` decodes
     every pixel. The digest of the bytes is the image's identity for the overlap check (two copies of one picture).
     """
+    if is_member(path):  # a row of an array in a .npz (data/array_images.py)
+        try:
+            return content_digest(member_bytes(path)), ""
+        except DataError as exc:
+            return "", str(exc).removeprefix(f"{path}: ")
     data, problem = read_file(path, "image")
     if data is None:
         return "", problem
@@ -128,7 +135,7 @@ def decode_pool(scan: Scan, media: str = "image") -> Scan:
             problems.append(Problem(str(scan.pools[pool][j]), "", error + used, kind=media))
     splits = {name: split.subset([r for r, j in enumerate(split.media_index) if (split.pool, j) not in bad])
               for name, split in scan.splits.items()}
-    return Scan(splits, scan.pools, problems, scan.notes, digests)
+    return replace(scan, splits=splits, problems=problems, digests=digests)
 
 
 def outside_note(scan: Scan, folders: Sequence[Path]) -> list[str]:
@@ -176,6 +183,8 @@ def leave_out_repeats(scan: Scan) -> Scan:
             if name == "train":
                 train_ids[sid] = source
                 train_content.setdefault(content, (sid, source))
+            elif name in scan.within_train:
+                pass  # drawn from train by the release's protocol (the reader notes it)
             elif sid in train_ids:
                 problems.append(Problem(source, "", f"{name} sample id {sid!r} is also a train sample id (at "
                                         f"{train_ids[sid]}); an evaluation sample must not be in train",
@@ -189,4 +198,4 @@ def leave_out_repeats(scan: Scan) -> Scan:
                 continue
             keep.append(r)
         splits[name] = split.subset(keep)
-    return Scan({name: splits[name] for name in scan.splits}, scan.pools, problems, scan.notes, scan.digests)
+    return replace(scan, splits={name: splits[name] for name in scan.splits}, problems=problems)

@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from mope_lightning.data.array_images import is_member, member_image, stat_path
 from mope_lightning.data.cache import ensure_writable, write_cache_file
 from mope_lightning.errors import DataError
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 
 def load_image(path: Path) -> Image.Image:
     """An RGB image, or a `DataError` that names the file."""
+    if is_member(path):  # a row of an array in a .npz (data/array_images.py)
+        return member_image(path)
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
@@ -86,7 +89,8 @@ def media_key(identity: str, preprocessing: str, files: Sequence[Path]) -> str:
     size and mtime."""
     stats = []
     for f in files:
-        st = os.stat(f) if os.path.exists(f) else None
+        real = stat_path(f)  # a .npz member's stats are its file's
+        st = os.stat(real) if os.path.exists(real) else None
         stats.append(f"{f}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}")
     return _digest([identity, preprocessing, *stats])
 

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from mope_lightning.data.array_images import is_member, member_image
 from mope_lightning.data.cache import ensure_writable, write_cache_file
 from mope_lightning.data.checks import read_file
 from mope_lightning.data.features import _CollateMedia, _MediaFiles, _raise_unreadable, media_key
@@ -55,6 +56,8 @@ class DecodeForCache:
         self.steps, self.sizes = steps, sizes
 
     def __call__(self, path: Path) -> Tensor:
+        if is_member(path):  # a row of an array in a .npz (data/array_images.py): no bytes to compare
+            return self._checked(path, self.steps.pixels(member_image(path)))
         data, problem = read_file(str(path), "image")
         if data is None:
             raise DataError(f"{path}: {problem}")
@@ -66,6 +69,9 @@ class DecodeForCache:
                 pixels = self.steps.pixels(img.convert("RGB"))
         except Exception as exc:  # PIL raises many types for broken files: OSError, SyntaxError, ValueError, bombs...
             raise DataError(f"{path}: cannot read image ({exc})") from None
+        return self._checked(path, pixels)
+
+    def _checked(self, path: Path, pixels: np.ndarray) -> Tensor:
         if pixels.shape != (*self.steps.size, CHANNELS):
             raise DataError(f"{path}: decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels after the resize and "
                             f"crop, not {self.steps.size[1]}x{self.steps.size[0]}")

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
+from mope_lightning.data.array_images import stat_path
 from mope_lightning.data.cache import ensure_writable, write_cache_file
 from mope_lightning.data.checks import decode_pool, leave_out_repeats, outside_note
 from mope_lightning.data.samples import Problem, Scan, Split
@@ -29,11 +30,11 @@ INDEX_VERSION = 5  # 2: sources, image digests, problem kinds; 3: media_index (i
 
 
 def file_stats(paths: Iterable[Path]) -> list[list]:
-    """[path, size, mtime_ns] of each path ([path, -1, -1] when missing)."""
+    """[path, size, mtime_ns] of each path ([path, -1, -1] when missing); a .npz member has its file's."""
     stats = []
     for p in paths:
         try:
-            st = os.stat(p)
+            st = os.stat(stat_path(p))
             stats.append([str(p), st.st_size, st.st_mtime_ns])
         except OSError:
             stats.append([str(p), -1, -1])

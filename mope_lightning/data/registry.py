@@ -1,14 +1,20 @@
 """DataModules by name (`data.name`). Each declares its own config dataclass (`config_class`), which the config
 schema (mope_lightning/config/schema.py) looks up here when it reads `data.name`: config imports the datasets, never the
-reverse."""
+reverse. Each also says which modalities its samples hold (`provided_modalities()`: the text and an image or
+audio clip, or an image alone), known without reading the data."""
 
 from mope_lightning.data.base import MultimodalDataModule
+from mope_lightning.data.datasets.cub200 import CUB200DataModule
 from mope_lightning.data.datasets.easy_vqa import EasyVQADataModule
+from mope_lightning.data.datasets.flowers102 import Flowers102DataModule
 from mope_lightning.data.datasets.food101 import Food101DataModule
 from mope_lightning.data.datasets.hateful_memes import HatefulMemesDataModule
+from mope_lightning.data.datasets.imagefolder import ImageFolderDataModule
 from mope_lightning.data.datasets.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
+from mope_lightning.data.datasets.medmnist import MedMNISTDataModule
 from mope_lightning.data.datasets.mmimdb import MMIMDBDataModule
 from mope_lightning.data.datasets.mustard import MustardDataModule
+from mope_lightning.data.datasets.vtab import VTABDataModule
 
 
 class MMBTDataModule(JsonlDataModule):
@@ -26,4 +32,10 @@ DATAMODULES: dict[str, type[MultimodalDataModule]] = {
     "snli_ve": SNLIVEDataModule,
     "mmbt": MMBTDataModule,
     "jsonl": JsonlDataModule,
+    # image classification (images only, no text: `provided_modalities()` is ("image",))
+    "imagefolder": ImageFolderDataModule,
+    "vtab": VTABDataModule,
+    "cub200": CUB200DataModule,
+    "flowers102": Flowers102DataModule,
+    "medmnist": MedMNISTDataModule,
 }

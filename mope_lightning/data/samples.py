@@ -58,7 +58,9 @@ class Scan:
     """A reader's result: splits, image pools, the samples it left out with their problems, and notes to log.
 
     `digests` (filled when the index decodes the images) holds each pool image's content digest, aligned with the
-    pool; "" marks an image that did not decode.
+    pool; "" marks an image that did not decode. `within_train` names evaluation splits that the release's protocol
+    draws from the train split itself (VTAB-1k's final protocol validates on val200, part of train800val200): their
+    samples are not reported as also in train (the reader's note says so); it is used while the index is built.
     """
 
     splits: dict[str, Split]
@@ -66,6 +68,7 @@ class Scan:
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     digests: dict[str, list[str]] = field(default_factory=dict)
+    within_train: tuple[str, ...] = ()
 
     def compact(self) -> "Scan":
         """The same samples with pools of only the images they use (re-indexed), so that images whose samples were

@@ -1,5 +1,6 @@
 """A sweep's results, rewritten atomically after every run: `results.csv` (one row per run), `summary.md` (per cell:
-mean ± sample std and n of every test metric) and plots (the sweep's metric against each numeric axis, and
+mean ± sample std and n of every test metric; for a grid over VTAB-1k tasks, the per-task table and the group means,
+sweeps/vtab_means.py) and plots (the sweep's metric against each numeric axis, and
 against the trainable parameters, with std error bars; each run's routing per sample attribute, `sweep_routing`)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mope_lightning.fileio import atomic_write
 from mope_lightning.analysis.robustness_tables import RESULTS, robustness_figure
 from mope_lightning.analysis.sweep_routing import write_routing_figures
 from mope_lightning.sweeps.runs import run_state
+from mope_lightning.sweeps.vtab_means import vtab_section
 
 
 def _finished_record(run) -> Optional[dict]:
@@ -164,6 +166,7 @@ def summary_markdown(sweep, rows: list[dict]) -> str:
                   f"{cell['trainable_params']:,}" if cell["trainable_params"] is not None else "-",
                   f"{cell['train_seconds']:.0f}" if cell["train_seconds"] is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += vtab_section(stats, sweep.metric)  # when the grid varies data.task over VTAB-1k tasks
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {r['cell']} seed {r['seed']}: {r['error']}" for r in failed]

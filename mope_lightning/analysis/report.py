@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from PIL import Image
 from torch import Tensor
 
 from mope_lightning.data.audio import spectrogram_image
+from mope_lightning.data.features import load_image
 from mope_lightning.data.samples import Split
 from mope_lightning.fileio import atomic_write, claim_output, written_json
 from mope_lightning.models.pmoe import CARRIED
@@ -166,10 +166,9 @@ class RoutingView:
 def _thumbnail(path: Path, media: str = "image", size: int = 96):
     if media == "audio":
         return spectrogram_image(path, size)
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        img.thumbnail((size, size))
-        return img
+    img = load_image(path)  # files, and rows of a .npz array (MedMNIST)
+    img.thumbnail((size, size))
+    return img
 
 
 def write_report(view: RoutingView, out: Path, header: dict, exemplars: int = 8) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from mope_lightning.cli import main
 
-from helpers import TINY
+from helpers import EXPERIMENTS, TINY
 from helpers.vision_datasets import make_cub200, make_flowers102, make_imagefolder, make_medmnist, make_vtab_task
 from test_single_modality import EXPERTS
 
@@ -88,3 +88,13 @@ def test_image_only_model_runs_every_command_on_every_layout(tmp_path, capsys, l
     from_adapter = mope_lightning.from_pretrained(adapter).predict(images=images)
     from_ckpt = mope_lightning.from_pretrained(ckpt).predict(images=images)
     assert from_adapter.probs.shape[0] == 2 and np.allclose(from_adapter.probs, from_ckpt.probs, atol=1e-6)
+
+
+def test_the_vtab_sweep_file_plans_every_task(tmp_path):
+    from mope_lightning.data.datasets.vtab import TASKS
+    from mope_lightning.sweeps.spec import read_sweep
+    from mope_lightning.sweeps.sweep import plan
+
+    _, runs = plan(read_sweep(EXPERIMENTS / "sweeps" / "vtab.yaml"), str(tmp_path / "out"))
+    tasks = [setting.value for run in runs for setting in run.cell if setting.column == "data.task"]
+    assert sorted(tasks) == sorted(TASKS) and len(TASKS) == 19

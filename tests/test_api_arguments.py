@@ -18,26 +18,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import mope_lightning
-from mope_lightning.weights.adapters import write_adapter
-from mope_lightning.weights.checkpoints import TrainedWeights
-from mope_lightning.config.schema import to_container
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ArgumentTypeError, ArgumentValueError, MopeError
-from mope_lightning.models import build_model
 
 from helpers import EXPERIMENTS, TINY, tiny_config
+from helpers.models import CLASSES, write_tiny_adapter
 
-CLASSES = ["circle", "square", "triangle"]
 ARGUMENT = re.compile(r"^(texts|images|audio|batch_size)(\[(\d+)\])?: |^predict: ")
-
-
-def write_tiny_adapter(cfg, out: Path, classes) -> Path:
-    """An adapter of the classifier `cfg.model` builds, seeded as `from_pretrained` rebuilds it."""
-    config = to_container(cfg)
-    torch.manual_seed(config.get("seed", 0))
-    net = build_model(cfg.model, len(classes))
-    trained = TrainedWeights("tiny", config, classes, "multiclass", net.backbone_record(), net.trained_state_dict())
-    return write_adapter(out, trained)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from transformers import BertConfig, BertModel
 from mope_lightning.models import MoPE, PromptedTextEncoder
 from mope_lightning.models.attention import PLAIN_MAX_TOKENS, attention_kernel
 
-from test_prompted_vision import tiny_swin, tiny_vit
+from helpers.models import tiny_swin, tiny_vit
 
 
 def tiny_bert_encoder():

@@ -1,7 +1,6 @@
 """Activation checkpointing in the prompted block loop (model.activation_checkpointing): the same loss, importance
 loss and gradients as keeping the activations, for every prompted encoder family."""
 
-from typing import Optional
 
 import pytest
 import torch
@@ -10,48 +9,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError, ModelError
 from mope_lightning.models import build_model
-from mope_lightning.models.backbone import Backbone
 
-from helpers import DEFAULT_EXP, EXPERIMENTS, TINY
-
-TIMM = ["model.prompted=image", "model.image_encoder.library=timm"]
-CASES = {
-    "bert": (DEFAULT_EXP, []),
-    "vit": (DEFAULT_EXP, [*TIMM, "model.image_encoder.name=vit_base_patch16_224"]),
-    "swin": (DEFAULT_EXP, [*TIMM, "model.image_encoder.name=swin_tiny_patch4_window7_224"]),
-    "pmoe": (EXPERIMENTS / "easy_vqa_pmoe.yaml", ["model.pmoe.dynamic_length=2"]),
-}
-
-
-def _batch(net, prompted: str = "text", size: int = 3) -> dict:
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1000, 5000, (size, 7), generator=generator)
-    mask = torch.ones(size, 7, dtype=torch.long)
-    mask[1, 4:] = 0  # padding reaches the checkpointed layers as well
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2])[:size]}
-    if prompted == "image":
-        batch["images"] = torch.randn(size, *net.image.data_config["input_size"], generator=generator)
-        batch["text_features"] = torch.randn(size, net.text.num_features, generator=generator)
-    else:
-        batch["image_features"] = torch.randn(size, net.image.num_features, generator=generator)
-    # the first sample lost its conditioning modality: the learned missing embedding stands in (and trains)
-    batch[f"{'image' if prompted == 'text' else 'text'}_missing"] = torch.arange(size) == 0
-    return batch
-
-
-def _loss_and_grads(net, batch: dict, checkpointing: Optional[str]):
-    """Loss, importance loss and gradients of one step; `checkpointing`: the policy of every layer (None: off)."""
-    for module in net.modules():
-        if isinstance(module, Backbone):
-            module.checkpointed_layers = module.num_layers if checkpointing and hasattr(module, "num_layers") else 0
-            module.checkpoint_policy = checkpointing
-    net.zero_grad(set_to_none=True)
-    torch.manual_seed(0)  # the routing noise and the mapped prompts' dropout draw the same numbers both times
-    out = net(batch)
-    loss = torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + out.importance_loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
-    return loss.detach(), out.importance_loss.detach(), grads
+from helpers import DEFAULT_EXP, TINY
+from helpers.models import CASES, _batch, _loss_and_grads
 
 
 # the default policy on every family; the full policy (plain torch.utils.checkpoint) on BERT

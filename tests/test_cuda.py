@@ -12,7 +12,7 @@ from mope_lightning.training.trainer_config import load_config
 from mope_lightning.models import build_model
 
 from helpers import DEFAULT_EXP, TINY
-from test_checkpointing import CASES, _batch, _loss_and_grads
+from helpers.models import CASES, _batch, _loss_and_grads
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)")]

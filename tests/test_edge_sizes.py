@@ -14,7 +14,7 @@ from mope_lightning.cli import main
 
 from helpers import EXPERIMENTS, TINY
 from helpers.datasets import make_mustard
-from test_hostile import args, one_error
+from helpers.cli import args, one_error
 
 # A learning rate that does not depend on the run's length (the default cosine schedule spans max_steps or
 # max_epochs, which a resume changes), so a resumed run can be compared with an uninterrupted one.

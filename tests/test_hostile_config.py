@@ -16,7 +16,7 @@ from mope_lightning.errors import MopeError
 from mope_lightning.sweeps.sweep import plan, read_sweep
 
 from helpers import DEFAULT_EXP, ROOT, TINY
-from test_hostile import args, one_error
+from helpers.cli import args, one_error
 
 OVERLAYS = ROOT / "experiments" / "overlays"
 

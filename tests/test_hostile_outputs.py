@@ -16,8 +16,8 @@ from mope_lightning.cli import main
 from mope_lightning.errors import MopeError, ModelError
 
 from helpers import DEFAULT_EXP, TINY
-from test_hostile import one_error
-from test_sharing import write_rows
+from helpers.cli import one_error
+from helpers.cli import write_rows
 
 
 def args(tmp, *extra):

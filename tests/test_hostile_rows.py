@@ -25,7 +25,7 @@ from mope_lightning.errors import DataError, MopeError
 
 from helpers import EXPERIMENTS, TINY
 from helpers.datasets import make_food101, make_hateful_memes, make_mmbt
-from test_hostile import args, one_error
+from helpers.cli import args, one_error
 
 # Texts with what breaks naive readers: commas, quotes, line breaks inside a field, non-ASCII letters.
 TABLE = [("q1", "what shape is this?"), ("q2", 'is it "red", or blue?'), ("q3", "colour:\nwhich one?"),

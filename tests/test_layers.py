@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, tiny_config
-from test_api_arguments import CLASSES, write_tiny_adapter
+from helpers.models import CLASSES, write_tiny_adapter
 
 LIGHTNING = ("lightning", "pytorch_lightning")
 # The analysis (routing statistics and figures, reports, the sweep's routing figures, the robustness tables), the

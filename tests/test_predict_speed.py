@@ -30,8 +30,8 @@ from mope_lightning.pretrained import PretrainedModel
 
 from helpers import EXPERIMENTS, TINY, tiny_config
 from helpers.datasets import write_wav
-from test_api_arguments import CLASSES, write_tiny_adapter
-from test_sharing import args
+from helpers.models import CLASSES, write_tiny_adapter
+from helpers.cli import args
 
 TOLERANCE = 1e-5
 PROMPTED_IMAGE = ["model.prompted=image", "model.image_encoder.library=timm",

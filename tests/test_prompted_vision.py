@@ -1,27 +1,11 @@
 """Prompted timm ViT/DeiT and Swin on tiny random-init models: library parity, gradients, per-sample prompts."""
 
 import pytest
-import timm
 import torch
 
 from mope_lightning.models import MoPE
-from mope_lightning.models.prompted_swin import PromptedSwin
-from mope_lightning.models.prompted_vit import PromptedViT
 
-
-def tiny_vit(name="vit_base_patch16_224", **kw):
-    model = timm.create_model(name, pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=2,
-                              embed_dim=64, num_heads=2, **kw)
-    return PromptedViT(model, {**timm.data.resolve_model_data_config(model), "input_size": (3, 32, 32)}, name), model
-
-
-def tiny_swin():
-    kw = dict(img_size=56, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7)
-    reference = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, **kw)
-    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, **kw)
-    model.load_state_dict(reference.state_dict())
-    data_config = {**timm.data.resolve_model_data_config(model), "input_size": (3, 56, 56)}
-    return PromptedSwin(model, data_config, "swin_tiny_patch4_window7_224"), reference.eval()
+from helpers.models import tiny_swin, tiny_vit
 
 
 @pytest.mark.parametrize("name, kw", [("vit_base_patch16_224", {}), ("vit_base_patch16_224", {"reg_tokens": 2}),

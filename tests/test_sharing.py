@@ -19,13 +19,8 @@ from mope_lightning.cli import main
 from mope_lightning.data.datasets.easy_vqa import default_root
 from mope_lightning.errors import CheckpointError, MopeError
 
-from helpers import DEFAULT_EXP, TINY
-
-
-def args(tmp_path, *extra):
-    return [str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]
+from helpers import TINY
+from helpers.cli import args, write_rows
 
 
 def one_error(capsys, *needles) -> str:
@@ -297,14 +292,6 @@ def test_push_to_hub_uploads_the_adapter_files(adapter, monkeypatch):
 
 
 # --- mope predict on new data ------------------------------------------------------------------------------------
-def write_rows(folder: Path, lines: list) -> Path:
-    for i in range(2):
-        Image.new("RGB", (32, 32), (200, 30 * i, 0)).save(folder / f"img{i}.png")
-    rows = folder / "rows.jsonl"
-    rows.write_text("\n".join(json.dumps(x) if isinstance(x, dict) else x for x in lines) + "\n")
-    return rows
-
-
 def test_predict_new_rows_with_a_checkpoint_or_an_adapter(trained, adapter, tmp_path, capsys):
     tmp, last = trained
     rows = write_rows(tmp_path, [{"id": "q1", "text": "what shape is this?", "image": "img0.png"},

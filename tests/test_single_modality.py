@@ -31,14 +31,10 @@ from mope_lightning.training.trainer_config import load_config
 
 from helpers import EXPERIMENTS, TINY
 from helpers.datasets import write_image
+from helpers.models import EXPERTS
 
 CLASSES = ["cat", "dog", "fish"]
 TINY_VIT = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2)
-# Two experts of different widths and depths, the second at another input and patch size and normalisation
-# (AugReg's 0.5 mean and std against DINO's ImageNet statistics).
-EXPERTS = [{"library": "timm", "name": "vit_base_patch16_224.dino", "kwargs": {"img_size": 48}},
-           {"library": "timm", "name": "vit_small_patch16_224.augreg_in21k",
-            "kwargs": {"embed_dim": 32, "depth": 3, "img_size": 28, "patch_size": 7}}]
 
 
 def make_image_jsonl(root: Path, counts=(("train", 24), ("val", 6), ("test", 6))) -> Path:

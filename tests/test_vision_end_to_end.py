@@ -17,7 +17,7 @@ from mope_lightning.cli import main
 
 from helpers import EXPERIMENTS, TINY
 from helpers.vision_datasets import make_cub200, make_flowers102, make_imagefolder, make_medmnist, make_vtab_task
-from test_single_modality import EXPERTS
+from helpers.models import EXPERTS
 
 # layout -> (builder of its files under a folder, its data section beside data.name and data.root)
 LAYOUTS = {

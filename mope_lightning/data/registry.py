@@ -9,6 +9,7 @@ from mope_lightning.data.datasets.hateful_memes import HatefulMemesDataModule
 from mope_lightning.data.datasets.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
 from mope_lightning.data.datasets.mmimdb import MMIMDBDataModule
 from mope_lightning.data.datasets.mustard import MustardDataModule
+from mope_lightning.data.datasets.tuxpaint import TuxPaintDataModule
 
 
 class MMBTDataModule(JsonlDataModule):
@@ -24,6 +25,7 @@ DATAMODULES: dict[str, type[MultimodalDataModule]] = {
     "mmimdb": MMIMDBDataModule,
     "mustard": MustardDataModule,
     "snli_ve": SNLIVEDataModule,
+    "tuxpaint": TuxPaintDataModule,
     "mmbt": MMBTDataModule,
     "jsonl": JsonlDataModule,
 }

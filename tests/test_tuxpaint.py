@@ -208,3 +208,21 @@ def test_parse_description_never_fails_and_has_no_line_break_in_a_text(text):
     assert isinstance(parsed, Description)
     for number, value in parsed.texts.values():
         assert value == value.strip() and len(value.splitlines()) <= 1 and number >= 1
+
+
+PAIRS = st.lists(st.tuples(st.sampled_from(["A frog.", "a  FROG.", "A cat.", "A dog."]),
+                           st.sampled_from(["Une grenouille.", "Un chat.", "Un chien."])), max_size=12)
+
+
+@settings(max_examples=60)
+@given(PAIRS, st.randoms(use_true_random=False))
+def test_stamps_sharing_a_text_are_one_group_whatever_the_order(pairs, rng):
+    names = tuxpaint.group_names(pairs)
+    for i, (english, other) in enumerate(pairs):
+        for j, (english2, other2) in enumerate(pairs):
+            if tuxpaint.text_key(english) == tuxpaint.text_key(english2) or other == other2:
+                assert names[i] == names[j]
+        assert names[i] in {tuxpaint.text_key(e) for e, _ in pairs}
+    order = list(range(len(pairs)))
+    rng.shuffle(order)
+    assert tuxpaint.group_names([pairs[k] for k in order]) == [names[k] for k in order]

@@ -152,23 +152,26 @@ def list_stamps(root: Path) -> Listing:
     return listing
 
 
-class Groups:
-    """Stamps joined when they share a text (union-find over shared keys): the units a split keeps together."""
+def group_names(texts: list[tuple[str, str]]) -> list[str]:
+    """For each stamp's (English, chosen-language) texts, the group a split keeps together: stamps that share either
+    text, directly or through others, are one group (union-find), named by its first English text in sort order so
+    that the same groups get the same names whatever the reading order or language."""
+    parent: dict[str, str] = {}
 
-    def __init__(self):
-        self.parent: dict[str, str] = {}
-
-    def find(self, key: str) -> str:
-        while self.parent.setdefault(key, key) != key:
-            self.parent[key] = self.parent[self.parent[key]]
-            key = self.parent[key]
+    def find(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
         return key
 
-    def join(self, keys: list[str]) -> str:
-        roots = [self.find(k) for k in keys]
-        for other in roots[1:]:
-            self.parent[other] = roots[0]
-        return roots[0]
+    keys = [(f"en:{text_key(english)}", f"other:{text_key(other)}") for english, other in texts]
+    for english, other in keys:
+        parent[find(other)] = find(english)
+    name: dict[str, str] = {}
+    for english, _ in keys:
+        root = find(english)
+        name[root] = min(name.get(root, english), english)
+    return [name[find(english)].removeprefix("en:") for english, _ in keys]
 
 
 def grouped_split(group_labels: dict[str, str], val_fraction: float, test_fraction: float,
@@ -247,23 +250,20 @@ class TuxPaintDataModule(MultimodalDataModule):
             found = sorted({k for _, d in described for k in d.texts} - {"en"})
             raise DataError(f"data.language: no description under {self.root} has a '{language}.utf8=' line; "
                             f"languages found: {', '.join(found[:40]) or 'none'}")
-        samples, groups = [], Groups()
         for stamp, description in described:
             if not description.text(language):
                 problems.append(Problem(str(stamp.description), "", f"no {language}.utf8= line "
                                         f"(data.language={language})"))
-                continue
-            keys = {f"en:{text_key(description.text('en'))}", f"{language}:{text_key(description.text(language))}"}
-            samples.append((stamp, description, groups.join(sorted(keys))))
+        described = [(s, d) for s, d in described if d.text(language)]
+        names = group_names([(d.text("en"), d.text(language)) for _, d in described])
         members: dict[str, Counter] = defaultdict(Counter)
-        for stamp, _, group in samples:
-            members[groups.find(group)][stamp.label(level)] += 1
+        for (stamp, _), group in zip(described, names):
+            members[group][stamp.label(level)] += 1
         # A group spanning two labels (a star in symbols/ and in seasonal/) counts for its commonest one.
         group_labels = {g: min(c, key=lambda label: (-c[label], label)) for g, c in members.items()}
         sizes = Counter(group_labels.values())
-        samples = [(stamp, d, groups.find(g)) for stamp, d, g in samples]
-        return Read(samples, problems, group_labels, sorted(k for k, n in sizes.items() if n >= 3),
-                    {k: n for k, n in sizes.items() if n < 3})
+        return Read([(s, d, g) for (s, d), g in zip(described, names)], problems, group_labels,
+                    sorted(k for k, n in sizes.items() if n >= 3), {k: n for k, n in sizes.items() if n < 3})
 
     def _description(self, stamp: Stamp, problems: list[Problem]) -> Optional[Description]:
         path = stamp.description

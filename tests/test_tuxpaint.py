@@ -84,12 +84,14 @@ def test_check_data_reads_the_layout_and_keeps_each_description_in_one_split(tmp
 def test_the_split_is_seeded_kept_and_the_same_in_every_language(tmp_path):
     root = make_tuxpaint(tmp_path / "stamps")
     first = {n: s.ids for n, s in datamodule(tmp_path, root).read_splits()[0].items()}
+    renders = files_under(tmp_path / "cache" / "tuxpaint" / "stamps-v1")
     again = {n: s.ids for n, s in datamodule(tmp_path, root).read_splits()[0].items()}
     french = datamodule(tmp_path, root, "data.language=fr").read_splits()[0]
     other_seed = {n: s.ids for n, s in datamodule(tmp_path, root, "data.split_seed=3").read_splits()[0].items()}
     assert first == again == {n: s.ids for n, s in french.items()} and other_seed != first
     assert "Un frog (animals)." in french["train"].texts + french["val"].texts + french["test"].texts
     assert len(list((tmp_path / "cache" / "tuxpaint").glob("index-*.json"))) == 1  # one index, the last settings'
+    assert files_under(tmp_path / "cache" / "tuxpaint" / "stamps-v1") == renders  # flattened once, then kept
 
 
 def test_label_level_sub_uses_the_first_two_folders(tmp_path, capsys):
@@ -123,16 +125,18 @@ def test_bad_stamps_are_named_problems_and_skip_leaves_them_out(tmp_path, capsys
     Image.new("RGBA", (16, 16), (255, 0, 0, 0)).save(root / "town" / "house.png")  # fully transparent
     (root / "food" / "pear.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")  # unreadable
     (root / "town" / "cartoon" / "shop.txt").write_text("fr.utf8=Un magasin.\n")  # no English line
+    write_stamp(root / "loose.png", 5)  # outside any category
     code, out, _ = mope(capsys, "check-data", tmp_path, root)
     assert code == 1
-    assert "problems: 5" in out, out
+    assert "problems: 6" in out, out
+    assert "loose.png: a stamp image outside any category folder" in out
     assert "animals/dog.png: no description file dog.txt beside the stamp" in out
     assert "food/apple.txt:line 1: not UTF-8 text (byte offset 10 in the file)" in out
     assert "town/house.png: the image is fully transparent" in out
     assert "food/pear.png: cannot read image" in out
     assert "town/cartoon/shop.txt:line 1: no English description on the first line" in out
     code, out, err = mope(capsys, "fit", tmp_path, root, "trainer.max_steps=1")
-    assert code == 2 and "5 sample problem(s)" in error_of(err) and not list((tmp_path / "runs").rglob("*.ckpt"))
+    assert code == 2 and "6 sample problem(s)" in error_of(err) and not list((tmp_path / "runs").rglob("*.ckpt"))
     dm = datamodule(tmp_path, root, "data.on_bad_sample=skip")
     splits, _ = dm.read_splits()
     kept = {i for s in splits.values() for i in s.ids}

@@ -191,6 +191,11 @@ class MultimodalDataModule:
         """The folders the dataset's images are expected under; image paths leading elsewhere are noted."""
         return [self.root]
 
+    def scan_inputs(self) -> dict:
+        """What besides the settings and `source_files()` decides the scan (whether an optional renderer is
+        installed, say): it keys the cached index too."""
+        return {}
+
     # --- the index -----------------------------------------------------------------------------------------
     @property
     def cache_folder(self) -> Path:
@@ -200,8 +205,9 @@ class MultimodalDataModule:
         """The scanned samples with every problem found (cached; images checked once)."""
         settings = {f.name: getattr(self.cfg, f.name) for f in fields(self.config_class)
                     if f.name not in _LOADING_KEYS}
-        return load_or_build_index(self.cache_folder, {"classes": self.classes, **settings}, self.source_files(),
-                                   self.scan, self.image_folders(), self.cfg.check_images, self.media)
+        return load_or_build_index(self.cache_folder, {"classes": self.classes, **settings, **self.scan_inputs()},
+                                   self.source_files(), self.scan, self.image_folders(), self.cfg.check_images,
+                                   self.media)
 
     def read_splits(self, verbose: bool = True) -> tuple[dict[str, Split], dict[str, list[Path]]]:
         """The samples that pass `data.on_bad_sample`, with pools of only the images they use (an image whose

@@ -14,6 +14,7 @@ from mope_lightning.data.datasets.jsonl import JsonlDataModule, MMBTConfig, SNLI
 from mope_lightning.data.datasets.medmnist import MedMNISTDataModule
 from mope_lightning.data.datasets.mmimdb import MMIMDBDataModule
 from mope_lightning.data.datasets.mustard import MustardDataModule
+from mope_lightning.data.datasets.tuxpaint import TuxPaintDataModule
 from mope_lightning.data.datasets.vtab import VTABDataModule
 
 
@@ -30,6 +31,7 @@ DATAMODULES: dict[str, type[MultimodalDataModule]] = {
     "mmimdb": MMIMDBDataModule,
     "mustard": MustardDataModule,
     "snli_ve": SNLIVEDataModule,
+    "tuxpaint": TuxPaintDataModule,
     "mmbt": MMBTDataModule,
     "jsonl": JsonlDataModule,
     # image classification (images only, no text: `provided_modalities()` is ("image",))

@@ -40,16 +40,22 @@ EXPERIMENTS = ROOT / "experiments"
 # feature) and the paper's (Swin-B 224 prompted, conditioned on a BERT-base [CLS] feature, batch 8).
 CONFIGS = {
     "default": {"files": ["easy_vqa.yaml"], "batch": 32, "text_tokens": 13, "image_size": 128},
-    "paper": {"files": ["easy_vqa.yaml", "overlays/paper_encoders.yaml"], "batch": 8, "text_tokens": 40,
-              "image_size": 224},
+    "paper": {
+        "files": ["easy_vqa.yaml", "overlays/paper_encoders.yaml"],
+        "batch": 8,
+        "text_tokens": 40,
+        "image_size": 224,
+    },
     "pmoe": {"files": ["easy_vqa_pmoe.yaml"], "batch": 32, "text_tokens": 13, "image_size": 128},
     # Image-only (model.modalities: [image]): the model sections of the VTAB-1k experiments, which need no data here
     "vit": {"files": ["vpt_vtab.yaml"], "batch": 8, "image_size": 224, "model_only": True},
     "vit_pmoe": {"files": ["pmoe_vtab.yaml"], "batch": 8, "image_size": 224, "model_only": True},
 }
 # A third ViT-B expert for pMoE (random weights like the others: the tag only names the architecture here)
-THIRD_VIT = ("model.pmoe.experts='[{library: timm, name: vit_base_patch16_224.dino}, {library: timm, name: "
-             "vit_base_patch16_224.mae}, {library: timm, name: vit_base_patch16_224.augreg_in21k}]'")
+THIRD_VIT = (
+    "model.pmoe.experts='[{library: timm, name: vit_base_patch16_224.dino}, {library: timm, name: "
+    "vit_base_patch16_224.mae}, {library: timm, name: vit_base_patch16_224.augreg_in21k}]'"
+)
 # name -> overrides. "bare" is the floor: the frozen prompted backbone with as many plain (static) prompt tokens as
 # MoPE's static + dynamic + mapped ones, which is also the framework's vanilla deep prompt tuning baseline.
 CASES = {
@@ -89,7 +95,10 @@ CASES = {
     "pmoe2": "",
     "pmoe3": THIRD_VIT,
 }
-CASE_PRECISION = {"mope_bf16": "bf16", "mope_bf16_library_attention": "bf16"}  # cases run in another precision than the benchmark's
+CASE_PRECISION = {
+    "mope_bf16": "bf16",
+    "mope_bf16_library_attention": "bf16",
+}  # cases run in another precision than the benchmark's
 # Trained weights of the default experiment and a real validation batch (benchmarks/trained_asset.py says how made)
 TRAINED_ASSET = ROOT / "benchmarks" / "assets" / "easy_vqa_trained"
 REAL_BATCH = ("mope_trained", "mope_fresh", "mope_trained_plain_softmax")
@@ -97,17 +106,40 @@ STEADY = [("default", name) for name in REAL_BATCH]  # --only steady
 BF16 = [(c, n) for c in ("default", "paper") for n in ("mope", "mope_bf16", "mope_bf16_library_attention")]
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
 VISION = [("vit", "vpt_deep"), ("vit", "finetune_vit"), ("vit_pmoe", "pmoe2"), ("vit_pmoe", "pmoe3")]
-QUICK = [("paper", "bare"), ("paper", "mope"), ("paper", "experts64"), ("paper", "finetune"),
-         ("paper", "checkpointing"), ("paper", "checkpointing_full"), ("paper", "checkpointing18"),
-         ("default", "bare"), ("default", "mope"), ("default", "mope_bf16"), ("default", "compile"),
-         ("default", "mope_fresh"), ("default", "mope_trained"), *VISION]
+QUICK = [
+    ("paper", "bare"),
+    ("paper", "mope"),
+    ("paper", "experts64"),
+    ("paper", "finetune"),
+    ("paper", "checkpointing"),
+    ("paper", "checkpointing_full"),
+    ("paper", "checkpointing18"),
+    ("default", "bare"),
+    ("default", "mope"),
+    ("default", "mope_bf16"),
+    ("default", "compile"),
+    ("default", "mope_fresh"),
+    ("default", "mope_trained"),
+    *VISION,
+]
 # bf16 and compile in the default configuration only: on a CPU without native bf16 a paper-configuration bf16 step
 # takes minutes, and compiling Swin-B + BERT-base longer still.
-FULL = [(c, n) for c in ("default", "paper") for n in CASES if n not in {name for _, name in PMOE[1:] + VISION}
-        and not (c == "default" and n in ("mope_condition_prompts", "reference_condition_prompts",
-                                          "checkpointing_full", "checkpointing18"))
+FULL = (
+    [
+        (c, n)
+        for c in ("default", "paper")
+        for n in CASES
+        if n not in {name for _, name in PMOE[1:] + VISION}
+        and not (
+            c == "default"
+            and n in ("mope_condition_prompts", "reference_condition_prompts", "checkpointing_full", "checkpointing18")
+        )
         and n != "mope_bf16_library_attention"
-        and not (c == "paper" and n in ("mope_bf16", "compile", *REAL_BATCH))] + PMOE[1:] + VISION
+        and not (c == "paper" and n in ("mope_bf16", "compile", *REAL_BATCH))
+    ]
+    + PMOE[1:]
+    + VISION
+)
 
 
 def _config(config: str, overrides: str):
@@ -198,8 +230,11 @@ def _step_tensor_memory_mb(net, optimizer, batch: dict, autocast) -> float:
             if param.grad is not None:
                 param.grad = param.grad.clone()
         _train_step(net, optimizer, batch, autocast)
-    records = [e for e in profiler.profiler.kineto_results.events()
-               if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    records = [
+        e
+        for e in profiler.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
     live = peak = 0
     for record in sorted(records, key=lambda e: e.start_ns()):
         live += record.nbytes()
@@ -256,16 +291,31 @@ def run_case(config: str, name: str, device: str, precision: str, warmup: int, r
     median = statistics.median(timed)
     rss_mb = _peak_rss_mb() - baseline_mb
     # Both after the timed steps: under the profiler or the FLOP counter the process holds more.
-    peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else \
-        _step_tensor_memory_mb(net, optimizer, batch, autocast)
+    peak_mb = (
+        torch.cuda.max_memory_allocated(dev) / 2**20
+        if dev.type == "cuda"
+        else _step_tensor_memory_mb(net, optimizer, batch, autocast)
+    )
     flops = _step_flops(net, optimizer, batch, autocast)
     counts = net.parameter_counts()
-    result = {"config": config, "case": name, "overrides": CASES[name], "precision": precision,
-              "batch": CONFIGS[config]["batch"], "step_seconds": timed, "median_step_seconds": median,
-              "samples_per_second": CONFIGS[config]["batch"] / median, "peak_memory_mb": peak_mb,
-              "peak_rss_mb": rss_mb, "trainable": counts["trainable"], "total": counts["total"],
-              "build_seconds": build_seconds, "first_step_seconds": times[0], "step_flops": flops,
-              "achieved_flops_per_second": flops / median}
+    result = {
+        "config": config,
+        "case": name,
+        "overrides": CASES[name],
+        "precision": precision,
+        "batch": CONFIGS[config]["batch"],
+        "step_seconds": timed,
+        "median_step_seconds": median,
+        "samples_per_second": CONFIGS[config]["batch"] / median,
+        "peak_memory_mb": peak_mb,
+        "peak_rss_mb": rss_mb,
+        "trainable": counts["trainable"],
+        "total": counts["total"],
+        "build_seconds": build_seconds,
+        "first_step_seconds": times[0],
+        "step_flops": flops,
+        "achieved_flops_per_second": flops / median,
+    }
     if name in ("mope", "finetune"):
         result["checkpoint_bytes"] = _checkpoint_bytes(net, optimizer)
     if config == "default" and name == "mope":
@@ -335,11 +385,17 @@ def _cpu_native_bf16() -> bool:
 
 
 def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "processor": platform.processor() or platform.machine()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+    }
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     if device == "cuda":
@@ -365,19 +421,27 @@ def ratios(results: list[dict]) -> dict:
     ratio("prompt24_over_prompt6", ("paper", "prompt24"), ("paper", "mope"))
     ratio("reference_over_mope", ("paper", "reference"), ("paper", "mope"))
     ratio("reference_over_mope_default", ("default", "reference"), ("default", "mope"))
-    ratio("reference_condition_prompts_over_mope_condition_prompts", ("paper", "reference_condition_prompts"),
-          ("paper", "mope_condition_prompts"))
+    ratio(
+        "reference_condition_prompts_over_mope_condition_prompts",
+        ("paper", "reference_condition_prompts"),
+        ("paper", "mope_condition_prompts"),
+    )
     ratio("checkpoint_mope_over_finetune", ("paper", "mope"), ("paper", "finetune"), "checkpoint_bytes")
     ratio("checkpoint_mope_over_finetune_default", ("default", "mope"), ("default", "finetune"), "checkpoint_bytes")
     ratio("pmoe_over_mope_l6", ("pmoe", "pmoe"), ("default", "mope"))
     ratio("pmoe_over_mope_l3", ("pmoe", "pmoe"), ("default", "mope_l3"))
     for experts in (2, 3):  # what each ViT-B expert costs: pMoE against VPT-deep and full fine-tuning on one ViT-B
         ratio(f"pmoe{experts}_over_vpt_deep", ("vit_pmoe", f"pmoe{experts}"), ("vit", "vpt_deep"))
-        ratio(f"pmoe{experts}_over_vpt_deep_memory", ("vit_pmoe", f"pmoe{experts}"), ("vit", "vpt_deep"),
-              "peak_memory_mb")
+        ratio(
+            f"pmoe{experts}_over_vpt_deep_memory", ("vit_pmoe", f"pmoe{experts}"), ("vit", "vpt_deep"), "peak_memory_mb"
+        )
         ratio(f"pmoe{experts}_over_finetune_vit", ("vit_pmoe", f"pmoe{experts}"), ("vit", "finetune_vit"))
-        ratio(f"pmoe{experts}_over_finetune_vit_memory", ("vit_pmoe", f"pmoe{experts}"), ("vit", "finetune_vit"),
-              "peak_memory_mb")
+        ratio(
+            f"pmoe{experts}_over_finetune_vit_memory",
+            ("vit_pmoe", f"pmoe{experts}"),
+            ("vit", "finetune_vit"),
+            "peak_memory_mb",
+        )
     ratio("mope_rss_over_finetune", ("paper", "mope"), ("paper", "finetune"), "peak_rss_mb")
     for case in ("checkpointing", "checkpointing_full", "checkpointing18"):
         ratio(f"{case}_memory_over_finetune", ("paper", case), ("paper", "finetune"), "peak_memory_mb")
@@ -386,66 +450,92 @@ def ratios(results: list[dict]) -> dict:
         ratio(f"{case}_step_over_mope", ("paper", case), ("paper", "mope"))
     for config in ("default", "paper"):
         ratio(f"bf16_step_over_fp32_{config}", (config, "mope_bf16"), (config, "mope"))
-        ratio(f"bf16_library_attention_step_over_fp32_{config}", (config, "mope_bf16_library_attention"),
-              (config, "mope"))
+        ratio(
+            f"bf16_library_attention_step_over_fp32_{config}", (config, "mope_bf16_library_attention"), (config, "mope")
+        )
     ratio("compile_step_over_eager_default", ("default", "compile"), ("default", "mope"))
     ratio("trained_over_fresh_step_default", ("default", "mope_trained"), ("default", "mope_fresh"))
-    ratio("plain_softmax_over_router_trained_default", ("default", "mope_trained_plain_softmax"),
-          ("default", "mope_trained"))
+    ratio(
+        "plain_softmax_over_router_trained_default",
+        ("default", "mope_trained_plain_softmax"),
+        ("default", "mope_trained"),
+    )
     return out
 
 
 def markdown(report: dict) -> str:
     r, m = report["ratios"], report["machine"]
     kind = "quick" if report["quick"] else f"cases {report['only']}" if report.get("only") else "full"
-    rates = ", ".join(f"{v / 1e9:.1f} GFLOP/s in {'fp32' if p == '32' else p} ({report['matmul_size'][p]} x "
-                      f"{report['matmul_size'][p]} products)" for p, v in report["matmul_flops_per_second"].items())
-    lines = [f"# Benchmarks ({kind})", "",
-             f"Command: `{report['command']}`  ", f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpus']} CPUs, "
-             f"{m['threads']} torch threads{', ' + m['gpu'] if 'gpu' in m else ''}; torch {m['torch']}; device "
-             f"{report['device']}; native bf16 on this CPU: {'yes' if report['cpu_native_bf16'] else 'no'}  ",
-             f"Steps: median of {report['repeats']} after {report['warmup']} warm-up step(s), each case in its own "
-             "process.  ",
-             "Memory: peak live tensor memory of a training step (" + ("`torch.cuda.max_memory_allocated`"
-             if report["device"] == "cuda" else "the tensors a step starts with, plus the peak of its allocations "
-             "replayed from the profiler's records") + "); peak RSS: the process's peak resident memory over the "
-             "timed steps, above what it held before the model was built, which on CPU also counts memory the C "
-             "allocator keeps after tensors are freed.", "",
-             f"FLOP utilisation: the FLOPs of one step (torch.utils.flop_counter, as executed) per median step time, "
-             f"against this run's dense matmul rate ({rates}).", "",
-             "| config | case | overrides | precision | batch | step (s) | samples/s | peak memory (MB) "
-             "| peak RSS (MB) | GFLOP/step | GFLOP/s | of matmul rate | trainable | total |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rates = ", ".join(
+        f"{v / 1e9:.1f} GFLOP/s in {'fp32' if p == '32' else p} ({report['matmul_size'][p]} x "
+        f"{report['matmul_size'][p]} products)"
+        for p, v in report["matmul_flops_per_second"].items()
+    )
+    lines = [
+        f"# Benchmarks ({kind})",
+        "",
+        f"Command: `{report['command']}`  ",
+        f"Machine: {m.get('cpu_model', m['processor'])}, {m['cpus']} CPUs, "
+        f"{m['threads']} torch threads{', ' + m['gpu'] if 'gpu' in m else ''}; torch {m['torch']}; device "
+        f"{report['device']}; native bf16 on this CPU: {'yes' if report['cpu_native_bf16'] else 'no'}  ",
+        f"Steps: median of {report['repeats']} after {report['warmup']} warm-up step(s), each case in its own "
+        "process.  ",
+        "Memory: peak live tensor memory of a training step ("
+        + (
+            "`torch.cuda.max_memory_allocated`"
+            if report["device"] == "cuda"
+            else "the tensors a step starts with, plus the peak of its allocations replayed from the profiler's records"
+        )
+        + "); peak RSS: the process's peak resident memory over the "
+        "timed steps, above what it held before the model was built, which on CPU also counts memory the C "
+        "allocator keeps after tensors are freed.",
+        "",
+        f"FLOP utilisation: the FLOPs of one step (torch.utils.flop_counter, as executed) per median step time, "
+        f"against this run's dense matmul rate ({rates}).",
+        "",
+        "| config | case | overrides | precision | batch | step (s) | samples/s | peak memory (MB) "
+        "| peak RSS (MB) | GFLOP/step | GFLOP/s | of matmul rate | trainable | total |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for x in report["results"]:
-        lines.append(f"| {x['config']} | {x['case']} | `{x['overrides'] or '-'}` | {x['precision']} | {x['batch']} | "
-                     f"{x['median_step_seconds']:.3f} | {x['samples_per_second']:.1f} | {x['peak_memory_mb']:.0f} | "
-                     f"{x['peak_rss_mb']:.0f} | {x['step_flops'] / 1e9:.1f} | "
-                     f"{x['achieved_flops_per_second'] / 1e9:.1f} | {x['of_matmul_rate']:.0%} | "
-                     f"{x['trainable']:,} | {x['total']:,} |")
+        lines.append(
+            f"| {x['config']} | {x['case']} | `{x['overrides'] or '-'}` | {x['precision']} | {x['batch']} | "
+            f"{x['median_step_seconds']:.3f} | {x['samples_per_second']:.1f} | {x['peak_memory_mb']:.0f} | "
+            f"{x['peak_rss_mb']:.0f} | {x['step_flops'] / 1e9:.1f} | "
+            f"{x['achieved_flops_per_second'] / 1e9:.1f} | {x['of_matmul_rate']:.0%} | "
+            f"{x['trainable']:,} | {x['total']:,} |"
+        )
     lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.3f} |" for k, v in r.items()]
     compiled = [x for x in report["results"] if x["case"] == "compile"]
     for x in compiled:
         lines += ["", f"Compilation ({x['config']}): the first step took {x['first_step_seconds']:.0f} s."]
     predict = [x["predict_samples_per_second"] for x in report["results"] if "predict_samples_per_second" in x]
     if predict:
-        lines += ["", f"Predict throughput, default configuration: {predict[0]:.0f} samples/s (batch "
-                      f"{CONFIGS['default']['batch']}, forward + softmax)."]
+        lines += [
+            "",
+            f"Predict throughput, default configuration: {predict[0]:.0f} samples/s (batch "
+            f"{CONFIGS['default']['batch']}, forward + softmax).",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="the key cases only, fewer repeats (about 15 min on 2 CPUs)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the key cases only, fewer repeats (about 15 min on 2 CPUs)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("32", "bf16"), default="32")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     parser.add_argument("--repeats", type=int, help="timed steps per case (default 5; quick 3)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 2; quick 1)")
-    parser.add_argument("--only", help="comma-separated config:case pairs to run instead (e.g. default:mope,pmoe:pmoe); "
-                        "'pmoe': pMoE against MoPE on each single expert; 'steady': trained weights against fresh "
-                        "ones, and against the plain softmax; 'bf16': bf16 against fp32 in both configurations, with the attention "
-                        "kernel models/attention.py picks and with the libraries' own")
+    parser.add_argument(
+        "--only",
+        help="comma-separated config:case pairs to run instead (e.g. default:mope,pmoe:pmoe); "
+        "'pmoe': pMoE against MoPE on each single expert; 'steady': trained weights against fresh "
+        "ones, and against the plain softmax; 'bf16': bf16 against fp32 in both configurations, with the attention "
+        "kernel models/attention.py picks and with the libraries' own",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: config:name, run in this process
     args = parser.parse_args()
     warmup, repeats = (1, 3) if args.quick else (2, 5)
@@ -469,25 +559,50 @@ def main() -> None:
     else:
         plan = FULL
     for config, name in plan:
-        cmd = [sys.executable, __file__, "--case", f"{config}:{name}", "--device", args.device, "--precision",
-               args.precision, "--warmup", str(warmup), "--repeats", str(repeats)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--case",
+            f"{config}:{name}",
+            "--device",
+            args.device,
+            "--precision",
+            args.precision,
+            "--warmup",
+            str(warmup),
+            "--repeats",
+            str(repeats),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"case {config}:{name} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         x = results[-1]
-        print(f"{config:8s} {name:14s} step {x['median_step_seconds']:.3f} s  {x['samples_per_second']:.1f} "
-              f"samples/s  peak {x['peak_memory_mb']:.0f} MB", flush=True)
+        print(
+            f"{config:8s} {name:14s} step {x['median_step_seconds']:.3f} s  {x['samples_per_second']:.1f} "
+            f"samples/s  peak {x['peak_memory_mb']:.0f} MB",
+            flush=True,
+        )
     rates, sizes = {}, {}
     for precision in sorted({x["precision"] for x in results}):
         rates[precision], sizes[precision] = matmul_rate(args.device, precision)
     for x in results:
         x["of_matmul_rate"] = x["achieved_flops_per_second"] / rates[x["precision"]]
-    report = {"command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]), "quick": args.quick,
-              "only": args.only, "device": args.device, "precision": args.precision, "warmup": warmup,
-              "repeats": repeats, "machine": machine(args.device),
-              "cpu_native_bf16": _cpu_native_bf16(), "matmul_flops_per_second": rates, "matmul_size": sizes,
-              "results": results, "ratios": ratios(results)}
+    report = {
+        "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
+        "quick": args.quick,
+        "only": args.only,
+        "device": args.device,
+        "precision": args.precision,
+        "warmup": warmup,
+        "repeats": repeats,
+        "machine": machine(args.device),
+        "cpu_native_bf16": _cpu_native_bf16(),
+        "matmul_flops_per_second": rates,
+        "matmul_size": sizes,
+        "results": results,
+        "ratios": ratios(results),
+    }
     out = Path(args.out)
     out.write_text(json.dumps(report, indent=1))
     out.with_suffix(".md").write_text(markdown(report))

@@ -28,8 +28,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # The cases whose numbers change on a GPU: MoPE against its floor and full fine-tuning, checkpointing, compile.
-BENCH_CASES = ("paper:mope,paper:finetune,paper:checkpointing,paper:checkpointing_full,paper:checkpointing18,"
-               "default:mope,default:compile")
+BENCH_CASES = (
+    "paper:mope,paper:finetune,paper:checkpointing,paper:checkpointing_full,paper:checkpointing18,"
+    "default:mope,default:compile"
+)
 SHARE = {"tests": 0.3, "fit": 0.25, "bench32": 0.2, "bench_bf16": 0.2}  # of the time budget
 
 
@@ -37,15 +39,23 @@ def _run(name: str, cmd: list[str], seconds: float, env: dict | None = None) -> 
     print(f"[gpu-check] {name}: {' '.join(cmd)} (at most {seconds:.0f} s)", flush=True)
     tic = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds,
-                              env={**os.environ, **(env or {})})
-        status, output = ("passed" if proc.returncode == 0 else f"failed (exit {proc.returncode})"), \
-            proc.stdout + proc.stderr
+        proc = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds, env={**os.environ, **(env or {})}
+        )
+        status, output = (
+            ("passed" if proc.returncode == 0 else f"failed (exit {proc.returncode})"),
+            proc.stdout + proc.stderr,
+        )
     except subprocess.TimeoutExpired as exc:
         status = f"ran out of its {seconds:.0f} s"
         output = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
-    result = {"part": name, "command": " ".join(cmd), "status": status,
-              "seconds": round(time.perf_counter() - tic, 1), "tail": output[-2500:]}
+    result = {
+        "part": name,
+        "command": " ".join(cmd),
+        "status": status,
+        "seconds": round(time.perf_counter() - tic, 1),
+        "tail": output[-2500:],
+    }
     print(f"[gpu-check] {name}: {status} in {result['seconds']} s", flush=True)
     return result
 
@@ -65,8 +75,11 @@ def main() -> int:
     parser.add_argument("--fit-steps", type=int, default=300, help="training steps of the short bf16 fit")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("gpu-check: error: no CUDA device is visible to torch (torch.cuda.is_available() is False); run it on "
-              "a machine with an NVIDIA GPU and a CUDA build of torch", file=sys.stderr)
+        print(
+            "gpu-check: error: no CUDA device is visible to torch (torch.cuda.is_available() is False); run it on "
+            "a machine with an NVIDIA GPU and a CUDA build of torch",
+            file=sys.stderr,
+        )
         return 2
     budget = args.minutes * 60
     out = Path(args.out)
@@ -77,23 +90,58 @@ def main() -> int:
         print(f"[gpu-check] tests: {tests['status']}", flush=True)
     parts = [tests]
     with tempfile.TemporaryDirectory() as runs:
-        fit = _run("fit", [python, "-m", "mope_lightning", "fit", "experiments/easy_vqa.yaml",
-                           "trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed",
-                           f"trainer.max_steps={args.fit_steps}", "trainer.enable_progress_bar=false",
-                           f"trainer.default_root_dir={runs}"], SHARE["fit"] * budget)
+        fit = _run(
+            "fit",
+            [
+                python,
+                "-m",
+                "mope_lightning",
+                "fit",
+                "experiments/easy_vqa.yaml",
+                "trainer.accelerator=gpu",
+                "trainer.devices=1",
+                "trainer.precision=bf16-mixed",
+                f"trainer.max_steps={args.fit_steps}",
+                "trainer.enable_progress_bar=false",
+                f"trainer.default_root_dir={runs}",
+            ],
+            SHARE["fit"] * budget,
+        )
         fit.update(_fit_accuracy(Path(runs)))
     parts.append(fit)
     tables = {}
     for precision, share in (("32", SHARE["bench32"]), ("bf16", SHARE["bench_bf16"])):
         json_out = out.with_name(f"{out.stem}-{precision}.json")
-        part = _run(f"bench {precision}", [python, "benchmarks/bench.py", "--device", "cuda", "--precision",
-                                           precision, "--only", BENCH_CASES, "--repeats", "5", "--warmup", "2",
-                                           "--out", str(json_out)], share * budget)
+        part = _run(
+            f"bench {precision}",
+            [
+                python,
+                "benchmarks/bench.py",
+                "--device",
+                "cuda",
+                "--precision",
+                precision,
+                "--only",
+                BENCH_CASES,
+                "--repeats",
+                "5",
+                "--warmup",
+                "2",
+                "--out",
+                str(json_out),
+            ],
+            share * budget,
+        )
         parts.append(part)
         if part["status"] == "passed":
             tables[precision] = json_out.with_suffix(".md").read_text()
-    report = {"machine": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "budget_seconds": budget, "parts": parts}
+    report = {
+        "machine": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "budget_seconds": budget,
+        "parts": parts,
+    }
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     out.write_text(_markdown(report, tables))
     failed = [p["part"] for p in parts if p["status"] != "passed"]
@@ -102,9 +150,15 @@ def main() -> int:
 
 
 def _markdown(report: dict, tables: dict) -> str:
-    lines = ["# GPU check", "", "Command: `make gpu-check` (benchmarks/gpu_check.py)  ",
-             f"Machine: {report['machine']}; torch {report['torch']}, CUDA {report['cuda']}", "",
-             "| part | status | seconds | result |", "|---|---|---|---|"]
+    lines = [
+        "# GPU check",
+        "",
+        "Command: `make gpu-check` (benchmarks/gpu_check.py)  ",
+        f"Machine: {report['machine']}; torch {report['torch']}, CUDA {report['cuda']}",
+        "",
+        "| part | status | seconds | result |",
+        "|---|---|---|---|",
+    ]
     for p in report["parts"]:
         result = ""
         if p.get("test_metrics"):

@@ -65,14 +65,22 @@ RECIPES = {
     "food101": {"experiment": "food101.yaml", "size": (512, 512), "model": "paper"},
     "easy_vqa": {"experiment": "easy_vqa.yaml", "size": None, "model": "default"},
 }
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                  "motorcycle_right.png")
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+)
 QUALITY = (75, 90)
 GPU = {"name": "NVIDIA H100 SXM", "dense_bf16_flops": 989e12}
 FRACTIONS = (0.3, 0.4)
 STAGES = ("decode", "augment", "resize_crop", "to_float_normalise")
-SIZES = {"tiny": {"samples": 16, "files": 2, "batch_size": 2, "stage_samples": 4, "repeats": 1},
-         "full": {"samples": 1536, "files": 64, "batch_size": None, "stage_samples": 256, "repeats": 3}}
+SIZES = {
+    "tiny": {"samples": 16, "files": 2, "batch_size": 2, "stage_samples": 4, "repeats": 1},
+    "full": {"samples": 1536, "files": 64, "batch_size": None, "stage_samples": 256, "repeats": 3},
+}
 SEED = 0
 
 
@@ -130,8 +138,12 @@ def describe_files(files: list[Path]) -> dict:
 
     with Image.open(files[0]) as img:
         size, kind = list(img.size), img.format
-    return {"count": len(files), "format": kind, "size": size,
-            "mean_kib": round(statistics.mean(f.stat().st_size for f in files) / 1024, 1)}
+    return {
+        "count": len(files),
+        "format": kind,
+        "size": size,
+        "mean_kib": round(statistics.mean(f.stat().st_size for f in files) / 1024, 1),
+    }
 
 
 # --- the project's preprocessing -------------------------------------------------------------------------------------
@@ -143,8 +155,9 @@ def recipe_pipelines(name: str) -> tuple[dict, dict]:
 
     cfg = load_config([ROOT / "experiments" / RECIPES[name]["experiment"]])
     image_config = build_image_encoder(cfg.model.image_encoder, weights=False).data_config
-    return cfg.data, {split: image_pipeline(image_config, cfg.data, train=split == "train")
-                      for split in ("train", "eval")}
+    return cfg.data, {
+        split: image_pipeline(image_config, cfg.data, train=split == "train") for split in ("train", "eval")
+    }
 
 
 def cached_pool(data, transform, files: list[Path], folder: Path) -> tuple[object, float]:
@@ -184,8 +197,9 @@ def transform_stages(transform) -> list[tuple[str, list]]:
     for step in flatten(transform):
         kind = type(step).__name__
         converting = converting or "ToTensor" in kind
-        stage = ("to_float_normalise" if converting else
-                 "resize_crop" if "Resize" in kind or "Crop" in kind else "augment")
+        stage = (
+            "to_float_normalise" if converting else "resize_crop" if "Resize" in kind or "Crop" in kind else "augment"
+        )
         if groups and groups[-1][0] == stage:
             groups[-1][1].append(step)
         elif any(stage == seen for seen, _ in groups):
@@ -223,8 +237,13 @@ def loader_rate(load, files: list[Path], samples: int, batch_size: int, workers:
     torch.manual_seed(SEED)
     # A timeout, so that a worker that stops answering fails the benchmark instead of hanging it (seen once with
     # workers forked from a pytest-xdist worker, whose other threads fork leaves behind)
-    loader = DataLoader(RepeatedFiles(files, samples, load), batch_size=batch_size, num_workers=workers,
-                        drop_last=True, timeout=WORKER_TIMEOUT_S if workers else 0)
+    loader = DataLoader(
+        RepeatedFiles(files, samples, load),
+        batch_size=batch_size,
+        num_workers=workers,
+        drop_last=True,
+        timeout=WORKER_TIMEOUT_S if workers else 0,
+    )
     arrivals = [time.perf_counter() for _ in loader]
     return (len(arrivals) - warmup) * batch_size / (arrivals[-1] - arrivals[warmup - 1])
 
@@ -266,7 +285,7 @@ def cached_stage_times(pools, train: bool, files: list[Path], samples: int, batc
         items = [pools.augment(x) for x in items]
         out["augment"] = (time.perf_counter() - start) / samples * 1e6
     chw = [torch.from_numpy(x).permute(2, 0, 1) for x in items]
-    batches = [torch.stack(chw[i:i + batch_size]) for i in range(0, samples, batch_size)]
+    batches = [torch.stack(chw[i : i + batch_size]) for i in range(0, samples, batch_size)]
     start = time.perf_counter()
     for batch in batches:
         pools.device({"images": batch})
@@ -277,8 +296,16 @@ def cached_stage_times(pools, train: bool, files: list[Path], samples: int, batc
 ON_DEVICE = {"cached": ("to_float_normalise",)}  # stages a path runs on the batch on the device, not in the loader
 
 
-def measure_split(load, stages: dict, files: list[Path], size: dict, batch_size: int, workers: list[int],
-                  repeats: int, on_device: tuple = ()) -> dict:
+def measure_split(
+    load,
+    stages: dict,
+    files: list[Path],
+    size: dict,
+    batch_size: int,
+    workers: list[int],
+    repeats: int,
+    on_device: tuple = (),
+) -> dict:
     rates: dict[int, list[float]] = {w: [] for w in workers}
     for _ in range(repeats):
         for w in workers:
@@ -286,35 +313,55 @@ def measure_split(load, stages: dict, files: list[Path], size: dict, batch_size:
     by_workers = {}
     for w, runs in rates.items():
         median = statistics.median(runs)
-        by_workers[str(w)] = {"samples_per_s": round(median, 1),
-                              "per_worker_samples_per_s": round(median / max(w, 1), 1),
-                              "runs_samples_per_s": [round(r, 1) for r in runs]}
+        by_workers[str(w)] = {
+            "samples_per_s": round(median, 1),
+            "per_worker_samples_per_s": round(median / max(w, 1), 1),
+            "runs_samples_per_s": [round(r, 1) for r in runs],
+        }
     total = sum(v for v in stages.values() if v is not None)
     host = sum(v for k, v in stages.items() if v is not None and k not in on_device)
-    return {"workers": by_workers, "stages_us_per_sample": stages, "stages_sum_us_per_sample": round(total, 1),
-            "stages_share": {k: round(v / total, 3) for k, v in stages.items() if v is not None},
-            "stages_on_device": list(on_device), "host_us_per_sample": round(host, 1),
-            "device_us_per_sample": round(total - host, 1)}
+    return {
+        "workers": by_workers,
+        "stages_us_per_sample": stages,
+        "stages_sum_us_per_sample": round(total, 1),
+        "stages_share": {k: round(v / total, 3) for k, v in stages.items() if v is not None},
+        "stages_on_device": list(on_device),
+        "host_us_per_sample": round(host, 1),
+        "device_us_per_sample": round(total - host, 1),
+    }
 
 
 def measure_recipe(name: str, files: list[Path], size: dict, workers: list[int], repeats: int, folder: Path) -> dict:
     data, pipelines = recipe_pipelines(name)
     batch_size = size["batch_size"] or data.batch_size
     pools, build_s = cached_pool(data, pipelines["eval"], files, folder)
-    out = {"experiment": f"experiments/{RECIPES[name]['experiment']}", "model": RECIPES[name]["model"],
-           "images": describe_files(files), "batch_size": batch_size,
-           "randaugment": list(data.randaugment) if data.get("randaugment") else None,
-           "transforms": {split: [repr(step) for step in flatten(t)] for split, t in pipelines.items()}, "paths": {},
-           "cache": {"files": len(files), "build_s": round(build_s, 3),
-                     "shape": list(pools.images[POOL].shape[1:]), "dtype": "uint8"}}
+    out = {
+        "experiment": f"experiments/{RECIPES[name]['experiment']}",
+        "model": RECIPES[name]["model"],
+        "images": describe_files(files),
+        "batch_size": batch_size,
+        "randaugment": list(data.randaugment) if data.get("randaugment") else None,
+        "transforms": {split: [repr(step) for step in flatten(t)] for split, t in pipelines.items()},
+        "paths": {},
+        "cache": {
+            "files": len(files),
+            "build_s": round(build_s, 3),
+            "shape": list(pools.images[POOL].shape[1:]),
+            "dtype": "uint8",
+        },
+    }
     for split, transform in pipelines.items():
         train = split == "train"
         for path, load in path_loaders(transform, pools, train).items():
             print(f"{name} {split} {path} ...", flush=True)
-            stages = (cached_stage_times(pools, train, files, size["stage_samples"], batch_size) if path == "cached"
-                      else stage_times(transform, files, size["stage_samples"]))
-            out["paths"].setdefault(path, {})[split] = measure_split(load, stages, files, size, batch_size, workers,
-                                                                     repeats, ON_DEVICE.get(path, ()))
+            stages = (
+                cached_stage_times(pools, train, files, size["stage_samples"], batch_size)
+                if path == "cached"
+                else stage_times(transform, files, size["stage_samples"])
+            )
+            out["paths"].setdefault(path, {})[split] = measure_split(
+                load, stages, files, size, batch_size, workers, repeats, ON_DEVICE.get(path, ())
+            )
     return out
 
 
@@ -326,11 +373,17 @@ def model_demand(step_results: Path) -> dict:
         case = next(r for r in results["results"] if r["config"] == "paper" and r["case"] == "mope")
         flops = case["step_flops"] / case["batch"]
     except (OSError, ValueError, KeyError, TypeError, StopIteration, ZeroDivisionError) as exc:
-        raise SystemExit(f"{step_results}: no paper/mope case with step_flops and batch ({type(exc).__name__}); "
-                         "run `make bench-quick` or give --step-results a step benchmark's results") from None
-    return {"source": f"{step_results.name}: config paper, case mope, step_flops / batch ({case['batch']})",
-            "flops_per_sample": flops, "gpu": GPU["name"], "gpu_dense_bf16_flops": GPU["dense_bf16_flops"],
-            "samples_per_s": {str(f): round(f * GPU["dense_bf16_flops"] / flops) for f in FRACTIONS}}
+        raise SystemExit(
+            f"{step_results}: no paper/mope case with step_flops and batch ({type(exc).__name__}); "
+            "run `make bench-quick` or give --step-results a step benchmark's results"
+        ) from None
+    return {
+        "source": f"{step_results.name}: config paper, case mope, step_flops / batch ({case['batch']})",
+        "flops_per_sample": flops,
+        "gpu": GPU["name"],
+        "gpu_dense_bf16_flops": GPU["dense_bf16_flops"],
+        "samples_per_s": {str(f): round(f * GPU["dense_bf16_flops"] / flops) for f in FRACTIONS},
+    }
 
 
 def cores_per_gpu(recipes: dict, demand: dict) -> dict:
@@ -342,16 +395,22 @@ def cores_per_gpu(recipes: dict, demand: dict) -> dict:
         for path, splits in recipe["paths"].items():
             for split, result in splits.items():
                 out.setdefault(name, {}).setdefault(path, {})[split] = {
-                    fraction: round(rate / per_worker(result), 1) for fraction, rate in demand["samples_per_s"].items()}
+                    fraction: round(rate / per_worker(result), 1) for fraction, rate in demand["samples_per_s"].items()
+                }
     return out
 
 
 def loader_ratios(cores: dict, recipes: dict) -> dict:
     """Loader cores per GPU of each paper recipe's training path, and the cached path's samples/s per worker over
     the PIL path's (host-side work per sample) on SNLI-VE-like JPEGs."""
-    ratios = {f"loader_cores_h100_{round(float(f) * 100)}pct_{path}_{split}_{name}": n
-              for name, paths in cores.items() for path, splits in paths.items()
-              for split, by_fraction in splits.items() if split == "train" for f, n in by_fraction.items()}
+    ratios = {
+        f"loader_cores_h100_{round(float(f) * 100)}pct_{path}_{split}_{name}": n
+        for name, paths in cores.items()
+        for path, splits in paths.items()
+        for split, by_fraction in splits.items()
+        if split == "train"
+        for f, n in by_fraction.items()
+    }
     snli = recipes.get("snli_ve")
     for split in ("train", "eval") if snli else ():
         pil, cached = (per_worker(snli["paths"][path][split]) for path in ("pil", "cached"))
@@ -372,11 +431,15 @@ def markdown(results: dict) -> str:
         lines += loader_markdown(loader)
     predict = results.get("predict")
     if predict:
-        lines += [f"## predict (`{predict['command']}`)", "",
-                  f"{predict['machine']}, {predict['threads']} threads, batch {predict['batch_size']}, "
-                  f"old code {predict['old_ref']}; samples/s, median of {predict['repeats']}.", "",
-                  "| case | " + " | ".join(predict["results"]) + " | new / old |",
-                  "|---|" + "---|" * (len(predict["results"]) + 1)]
+        lines += [
+            f"## predict (`{predict['command']}`)",
+            "",
+            f"{predict['machine']}, {predict['threads']} threads, batch {predict['batch_size']}, "
+            f"old code {predict['old_ref']}; samples/s, median of {predict['repeats']}.",
+            "",
+            "| case | " + " | ".join(predict["results"]) + " | new / old |",
+            "|---|" + "---|" * (len(predict["results"]) + 1),
+        ]
         for case, ratio in predict["new_over_old"].items():
             cells = [str(variant[case]["samples_per_s"]) for variant in predict["results"].values()]
             lines.append(f"| {case} | " + " | ".join(cells) + f" | {ratio} |")
@@ -389,15 +452,24 @@ def markdown(results: dict) -> str:
 def loader_markdown(loader: dict) -> list[str]:
     machine, demand = loader["machine"], loader["demand"]
     workers = loader["workers"]
-    lines = [f"## loader (`{loader['command']}`)", "",
-             f"{machine.get('cpu_model', machine['processor'])}, {machine['cpus']} CPUs, torch {machine['torch']}; "
-             f"{loader['samples']} samples per run, median of {loader['repeats']}; JPEGs from "
-             f"{loader['photographs']}.", "",
-             "Samples/s per worker process (0 workers: in-process, the reference); the stages, timed on their own "
-             "in-process, in microseconds per sample, and their sums in the loader (host) and on the batch on the "
-             "device (the cached path's to-float and normalisation, timed on CPU batches).", "",
-             "| recipe | split | path | " + " | ".join(f"{w} worker{'s' * (w != 1)}" for w in workers) + " | "
-             + " | ".join(STAGES) + " | host | device |", "|---|---|---|" + "---|" * (len(workers) + len(STAGES) + 2)]
+    lines = [
+        f"## loader (`{loader['command']}`)",
+        "",
+        f"{machine.get('cpu_model', machine['processor'])}, {machine['cpus']} CPUs, torch {machine['torch']}; "
+        f"{loader['samples']} samples per run, median of {loader['repeats']}; JPEGs from "
+        f"{loader['photographs']}.",
+        "",
+        "Samples/s per worker process (0 workers: in-process, the reference); the stages, timed on their own "
+        "in-process, in microseconds per sample, and their sums in the loader (host) and on the batch on the "
+        "device (the cached path's to-float and normalisation, timed on CPU batches).",
+        "",
+        "| recipe | split | path | "
+        + " | ".join(f"{w} worker{'s' * (w != 1)}" for w in workers)
+        + " | "
+        + " | ".join(STAGES)
+        + " | host | device |",
+        "|---|---|---|" + "---|" * (len(workers) + len(STAGES) + 2),
+    ]
     for name, recipe in loader["recipes"].items():
         for path, splits in recipe["paths"].items():
             for split, result in splits.items():
@@ -405,19 +477,30 @@ def loader_markdown(loader: dict) -> list[str]:
                 stages = [str(result["stages_us_per_sample"][s] or "-") for s in STAGES]
                 sums = [str(result.get(k, "-")) for k in ("host_us_per_sample", "device_us_per_sample")]
                 lines.append(f"| {name} | {split} | {path} | " + " | ".join(rates + stages + sums) + " |")
-    lines += [""] + [f"Decoded-image cache of {name}: {recipe['cache']['files']} files of "
-                     f"{'x'.join(map(str, recipe['cache']['shape']))} uint8, built in {recipe['cache']['build_s']} s."
-                     for name, recipe in loader["recipes"].items() if "cache" in recipe]
-    lines += ["", f"Demand: {demand['flops_per_sample'] / 1e9:.1f} GFLOP per training sample ({demand['source']}); "
-              f"one {demand['gpu']} at " + ", ".join(f"{float(f):.0%} of its dense bf16 peak consumes {n} samples/s"
-                                                     for f, n in demand['samples_per_s'].items()) + ".", "",
-              "| recipe | path | split | " + " | ".join(f"cores at {float(f):.0%}" for f in demand["samples_per_s"])
-              + " |", "|---|---|---|" + "---|" * len(demand["samples_per_s"])]
+    lines += [""] + [
+        f"Decoded-image cache of {name}: {recipe['cache']['files']} files of "
+        f"{'x'.join(map(str, recipe['cache']['shape']))} uint8, built in {recipe['cache']['build_s']} s."
+        for name, recipe in loader["recipes"].items()
+        if "cache" in recipe
+    ]
+    lines += [
+        "",
+        f"Demand: {demand['flops_per_sample'] / 1e9:.1f} GFLOP per training sample ({demand['source']}); "
+        f"one {demand['gpu']} at "
+        + ", ".join(
+            f"{float(f):.0%} of its dense bf16 peak consumes {n} samples/s" for f, n in demand["samples_per_s"].items()
+        )
+        + ".",
+        "",
+        "| recipe | path | split | " + " | ".join(f"cores at {float(f):.0%}" for f in demand["samples_per_s"]) + " |",
+        "|---|---|---|" + "---|" * len(demand["samples_per_s"]),
+    ]
     for name, paths in loader["cores_per_gpu"].items():
         for path, splits in paths.items():
             for split, by_fraction in splits.items():
-                lines.append(f"| {name} | {path} | {split} | " + " | ".join(str(n) for n in by_fraction.values())
-                             + " |")
+                lines.append(
+                    f"| {name} | {path} | {split} | " + " | ".join(str(n) for n in by_fraction.values()) + " |"
+                )
     return lines + [""]
 
 
@@ -442,8 +525,9 @@ def sample_size(text: str) -> dict:
     except ValueError:
         samples = 0
     if samples <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is neither a positive number of samples nor one of "
-                                         f"{', '.join(SIZES)}")
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is neither a positive number of samples nor one of {', '.join(SIZES)}"
+        )
     return {**SIZES["full"], "name": str(samples), "samples": samples}
 
 
@@ -460,11 +544,22 @@ def main(argv: list[str] | None = None) -> None:
     from bench import machine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=sample_size, default=sample_size("full"),
-                        help="samples per run: a number, 'full' (1536) or 'tiny' (16, 2 files each: a smoke test)")
+    parser.add_argument(
+        "--samples",
+        type=sample_size,
+        default=sample_size("full"),
+        help="samples per run: a number, 'full' (1536) or 'tiny' (16, 2 files each: a smoke test)",
+    )
     parser.add_argument("--repeats", type=positive, help="runs per case, the median reported (default: 3; tiny: 1)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], choices=range(0, 65),
-                        metavar="N", help="DataLoader worker processes (0: in-process)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        choices=range(0, 65),
+        metavar="N",
+        help="DataLoader worker processes (0: in-process)",
+    )
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--step-results", type=Path, default=ROOT / "benchmarks" / "results-quick.json")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-loader.json")
@@ -477,13 +572,22 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="mope-loader-bench-") as tmp:
         for name in ns.recipes:
             shape = RECIPES[name]["size"]
-            files = (write_jpegs(Path(tmp), sources, shape, size["files"], SEED) if shape
-                     else easy_vqa_images(size["files"]))
+            files = (
+                write_jpegs(Path(tmp), sources, shape, size["files"], SEED) if shape else easy_vqa_images(size["files"])
+            )
             recipes[name] = measure_recipe(name, files, size, ns.workers, repeats, Path(tmp) / f"cache-{name}")
-    section = {"command": " ".join(["python benchmarks/loader.py", *(argv if argv is not None else sys.argv[1:])]),
-               "machine": machine("cpu"), "photographs": source, "jpeg_quality": list(QUALITY), "seed": SEED,
-               "samples": size["samples"], "repeats": repeats, "workers": ns.workers, "recipes": recipes,
-               "demand": demand}
+    section = {
+        "command": " ".join(["python benchmarks/loader.py", *(argv if argv is not None else sys.argv[1:])]),
+        "machine": machine("cpu"),
+        "photographs": source,
+        "jpeg_quality": list(QUALITY),
+        "seed": SEED,
+        "samples": size["samples"],
+        "repeats": repeats,
+        "workers": ns.workers,
+        "recipes": recipes,
+        "demand": demand,
+    }
     section["cores_per_gpu"] = cores_per_gpu(recipes, demand)
     ratios = loader_ratios(section["cores_per_gpu"], recipes)
     write_results(ns.out, section, ratios)

@@ -25,8 +25,10 @@ print(sorted(times)[10])
 def forward_seconds(processes: int, threads: str) -> float:
     """The median forward time of the slowest of `processes` copies run at once, with OMP_NUM_THREADS=`threads`."""
     env = {**os.environ, "OMP_NUM_THREADS": threads}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(processes)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
     return max(float(p.communicate()[0]) for p in procs)
 
 

@@ -103,12 +103,27 @@ class Worker:
     def __init__(self, package_root: Path, adapter: Path, samples: int, batch_size: int):
         env = {**os.environ, "PYTHONPATH": str(package_root)}
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(adapter), "--samples", str(samples), "--batch-size",
-             str(batch_size)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                str(adapter),
+                "--samples",
+                str(samples),
+                "--batch-size",
+                str(batch_size),
+            ],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.info = self._reply()
         if not Path(self.info["package"]).resolve().is_relative_to(package_root.resolve()):
-            raise SystemExit(f"the worker for {package_root} imported {self.info['package']}: PYTHONPATH lost to "
-                             "another installation")
+            raise SystemExit(
+                f"the worker for {package_root} imported {self.info['package']}: PYTHONPATH lost to "
+                "another installation"
+            )
 
     def _reply(self) -> dict:
         line = self.process.stdout.readline()
@@ -149,7 +164,7 @@ def measure(workers: dict[str, tuple[Worker, dict]], repeats: int) -> dict:
     times: dict = {name: {case: [] for case in CASES} for name in names}
     for r in range(repeats):
         for case in CASES:
-            for name in (names if r % 2 == 0 else names[::-1]):
+            for name in names if r % 2 == 0 else names[::-1]:
                 worker, extra = workers[name]
                 times[name][case].append(worker.run(case=case, **extra)["seconds"])
                 print(f"repeat {r + 1}/{repeats} {case:<13} {name:<16} {times[name][case][-1]:.3f} s", flush=True)
@@ -175,8 +190,12 @@ def summarise(times: dict, samples: dict[str, int]) -> dict:
         out[name] = {}
         for case, seconds in cases.items():
             median = statistics.median(seconds)
-            out[name][case] = {"median_s": round(median, 3), "min_s": round(min(seconds), 3),
-                               "max_s": round(max(seconds), 3), "samples_per_s": round(samples[case] / median, 1)}
+            out[name][case] = {
+                "median_s": round(median, 3),
+                "min_s": round(min(seconds), 3),
+                "max_s": round(max(seconds), 3),
+                "samples_per_s": round(samples[case] / median, 1),
+            }
     return out
 
 
@@ -217,15 +236,26 @@ def main() -> None:
             old.close()
             new.close()
     results = summarise(times, samples)
-    ratio = {case: round(results["new"][case]["samples_per_s"] / results["old"][case]["samples_per_s"], 2)
-             for case in CASES}
-    section = {"command": " ".join(["python benchmarks/predict.py", *sys.argv[1:]]),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-               "threads": new.info["threads"], "old_ref": ns.old_ref, "samples": samples, "repeats": ns.repeats,
-               "batch_size": ns.batch_size, "results": results, "new_over_old": ratio,
-               "max_abs_prob_difference": differences, "identical_to_1e-5": max(differences.values()) <= TOLERANCE}
-    ratios = {"api_predict_new_over_old": min(ratio["pairs_pil"], ratio["pairs_paths"]),
-              "api_predict_new_over_old_unique": min(ratio["unique_pil"], ratio["unique_paths"])}
+    ratio = {
+        case: round(results["new"][case]["samples_per_s"] / results["old"][case]["samples_per_s"], 2) for case in CASES
+    }
+    section = {
+        "command": " ".join(["python benchmarks/predict.py", *sys.argv[1:]]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "threads": new.info["threads"],
+        "old_ref": ns.old_ref,
+        "samples": samples,
+        "repeats": ns.repeats,
+        "batch_size": ns.batch_size,
+        "results": results,
+        "new_over_old": ratio,
+        "max_abs_prob_difference": differences,
+        "identical_to_1e-5": max(differences.values()) <= TOLERANCE,
+    }
+    ratios = {
+        "api_predict_new_over_old": min(ratio["pairs_pil"], ratio["pairs_paths"]),
+        "api_predict_new_over_old_unique": min(ratio["unique_pil"], ratio["unique_paths"]),
+    }
     update_results(Path(ns.out), section, ratios)
     print(json.dumps({"new_over_old": ratio, "max_abs_prob_difference": differences}, indent=2))
     print(f"written {ns.out}")

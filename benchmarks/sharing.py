@@ -32,11 +32,16 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
-PAPER_RANDOM_INIT = ["model.text_encoder.pretrained=false", "model.image_encoder.pretrained=false",
-                     # bert-base-uncased's WordPiece vocabulary, from the offline MiniLM copy
-                     "model.text_encoder.tokenizer=sentence-transformers/all-MiniLM-L6-v2"]
-CONFIGS = {"default": (["easy_vqa.yaml"], []),
-           "paper": (["easy_vqa.yaml", "overlays/paper_encoders.yaml"], PAPER_RANDOM_INIT)}
+PAPER_RANDOM_INIT = [
+    "model.text_encoder.pretrained=false",
+    "model.image_encoder.pretrained=false",
+    # bert-base-uncased's WordPiece vocabulary, from the offline MiniLM copy
+    "model.text_encoder.tokenizer=sentence-transformers/all-MiniLM-L6-v2",
+]
+CONFIGS = {
+    "default": (["easy_vqa.yaml"], []),
+    "paper": (["easy_vqa.yaml", "overlays/paper_encoders.yaml"], PAPER_RANDOM_INIT),
+}
 
 
 def build(name: str):
@@ -52,8 +57,9 @@ def build(name: str):
     classes = (default_root() / "answers.txt").read_text().split()
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.model, len(classes))
-    trained = TrainedWeights("untrained", to_container(cfg), classes, "multiclass", net.backbone_record(),
-                             net.trained_state_dict())
+    trained = TrainedWeights(
+        "untrained", to_container(cfg), classes, "multiclass", net.backbone_record(), net.trained_state_dict()
+    )
     return PretrainedModel(net, trained, cfg.data)
 
 
@@ -64,9 +70,14 @@ def sizes(model, folder: Path) -> dict:
     files = {f.name: f.stat().st_size for f in out.iterdir()}
     full = len(save({k: v.contiguous() for k, v in model.net.state_dict().items()}))
     counts = model.net.parameter_counts()
-    return {"adapter_files": files, "adapter_bytes": sum(files.values()), "full_model_bytes": full,
-            "adapter_percent_of_full": round(100 * sum(files.values()) / full, 3),
-            "trainable_parameters": counts["trainable"], "total_parameters": counts["total"]}
+    return {
+        "adapter_files": files,
+        "adapter_bytes": sum(files.values()),
+        "full_model_bytes": full,
+        "adapter_percent_of_full": round(100 * sum(files.values()) / full, 3),
+        "trainable_parameters": counts["trainable"],
+        "total_parameters": counts["total"],
+    }
 
 
 def throughput(folder: Path, samples: int, repeats: int, batch_size: int) -> dict:
@@ -91,26 +102,42 @@ def throughput(folder: Path, samples: int, repeats: int, batch_size: int) -> dic
             start = time.perf_counter()
             model.predict(texts=texts, images=given, batch_size=batch_size)
             times.append(time.perf_counter() - start)
-        result[kind] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
-                        "max_s": round(max(times), 3),
-                        "samples_per_s": round(samples / statistics.median(times), 1)}
+        result[kind] = {
+            "median_s": round(statistics.median(times), 3),
+            "min_s": round(min(times), 3),
+            "max_s": round(max(times), 3),
+            "samples_per_s": round(samples / statistics.median(times), 1),
+        }
     return result
 
 
 def markdown(results: dict) -> str:
-    lines = ["# Adapters and the Python API", "", f"Command: `{results['command']}`  ",
-             f"Machine: {results['machine']}; torch {results['torch']}, {results['threads']} threads", "",
-             "| configuration | adapter.safetensors | adapter folder | whole model (safetensors) | adapter / whole "
-             "| trainable / total parameters |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Adapters and the Python API",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Machine: {results['machine']}; torch {results['torch']}, {results['threads']} threads",
+        "",
+        "| configuration | adapter.safetensors | adapter folder | whole model (safetensors) | adapter / whole "
+        "| trainable / total parameters |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in results["sizes"].items():
-        lines.append(f"| {name} | {s['adapter_files']['adapter.safetensors'] / 1e6:.2f} MB | "
-                     f"{s['adapter_bytes'] / 1e6:.2f} MB | {s['full_model_bytes'] / 1e6:.1f} MB | "
-                     f"{s['adapter_percent_of_full']:.2f}% | {s['trainable_parameters']:,} / "
-                     f"{s['total_parameters']:,} |")
+        lines.append(
+            f"| {name} | {s['adapter_files']['adapter.safetensors'] / 1e6:.2f} MB | "
+            f"{s['adapter_bytes'] / 1e6:.2f} MB | {s['full_model_bytes'] / 1e6:.1f} MB | "
+            f"{s['adapter_percent_of_full']:.2f}% | {s['trainable_parameters']:,} / "
+            f"{s['total_parameters']:,} |"
+        )
     t = results["throughput"]
-    lines += ["", f"`from_pretrained(...).predict` on {t['samples']} easy-VQA test pairs, default configuration, "
-              f"batch {t['batch_size']}, median of {t['repeats']} after a warm-up:", "",
-              "| images given as | median (s) | min / max (s) | samples/s |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"`from_pretrained(...).predict` on {t['samples']} easy-VQA test pairs, default configuration, "
+        f"batch {t['batch_size']}, median of {t['repeats']} after a warm-up:",
+        "",
+        "| images given as | median (s) | min / max (s) | samples/s |",
+        "|---|---|---|---|",
+    ]
     for kind, label in (("pil", "PIL images in memory"), ("paths", "file paths (decoded each time)")):
         r = t[kind]
         lines.append(f"| {label} | {r['median_s']} | {r['min_s']} / {r['max_s']} | {r['samples_per_s']} |")
@@ -124,16 +151,25 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results-sharing.json"))
     ns = parser.parse_args()
-    results = {"command": "python benchmarks/sharing.py", "machine": f"{platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPUs", "torch": torch.__version__, "threads": torch.get_num_threads(), "sizes": {}}
+    results = {
+        "command": "python benchmarks/sharing.py",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "sizes": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in CONFIGS:
             model = build(name)
             results["sizes"][name] = sizes(model, Path(tmp) / name)
             print(name, results["sizes"][name], flush=True)
             del model
-        results["throughput"] = {"samples": ns.samples, "repeats": ns.repeats, "batch_size": ns.batch_size,
-                                 **throughput(Path(tmp) / "default", ns.samples, ns.repeats, ns.batch_size)}
+        results["throughput"] = {
+            "samples": ns.samples,
+            "repeats": ns.repeats,
+            "batch_size": ns.batch_size,
+            **throughput(Path(tmp) / "default", ns.samples, ns.repeats, ns.batch_size),
+        }
     print(results["throughput"], flush=True)
     out = Path(ns.out)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -50,7 +50,9 @@ def main() -> int:
     batch = next(iter(datamodule.val_dataloader()))
     tensors = {key: batch[key][:32].contiguous() for key in BATCH_KEYS}
     atomic_write(Path(args.out) / "batch.safetensors", lambda fh: fh.write(save(tensors)), binary=True)
-    print(f"{args.out}: adapter and batch.safetensors ({', '.join(f'{k} {tuple(v.shape)}' for k, v in tensors.items())})")
+    print(
+        f"{args.out}: adapter and batch.safetensors ({', '.join(f'{k} {tuple(v.shape)}' for k, v in tensors.items())})"
+    )
     return 0
 
 

@@ -7,8 +7,12 @@ Python API (imported on first use, so that `mope --help` stays quick):
 
 __version__ = "0.1.0"
 
-_API = {"from_pretrained": "mope_lightning.pretrained", "PretrainedModel": "mope_lightning.pretrained",
-        "Predictions": "mope_lightning.pretrained", "push_to_hub": "mope_lightning.weights.adapters"}
+_API = {
+    "from_pretrained": "mope_lightning.pretrained",
+    "PretrainedModel": "mope_lightning.pretrained",
+    "Predictions": "mope_lightning.pretrained",
+    "push_to_hub": "mope_lightning.weights.adapters",
+}
 __all__ = ["__version__", *_API]
 
 

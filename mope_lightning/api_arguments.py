@@ -28,8 +28,10 @@ from mope_lightning.errors import ArgumentTypeError, ArgumentValueError
 ARGUMENT = {"text": "texts", "image": "images", "audio": "audio"}  # the keyword of each modality
 ELEMENT = {"text": "text", "image": "image", "audio": "clip"}  # what one of its elements is
 BATCH_NDIM = {"text": 1, "image": 4, "audio": 2}  # the dimensions of one array holding a whole batch of them
-IMAGE_FORMS = ("a PIL image, an image file path, a uint8 (C, H, W) tensor with C = 1, 3 or 4, or a float tensor "
-               "preprocessed by model.transform")
+IMAGE_FORMS = (
+    "a PIL image, an image file path, a uint8 (C, H, W) tensor with C = 1, 3 or 4, or a float tensor "
+    "preprocessed by model.transform"
+)
 
 
 def describe(value: Any) -> str:
@@ -55,8 +57,9 @@ def reject_unknown(function: str, unknown: dict, known: Sequence[str]) -> None:
     for name in unknown:
         close = difflib.get_close_matches(name, known, n=1)
         shown.append(repr(name) + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ArgumentTypeError(f"{function}: unknown keyword argument{'s' * (len(shown) > 1)} {', '.join(shown)}; it "
-                            f"takes {', '.join(known)}")
+    raise ArgumentTypeError(
+        f"{function}: unknown keyword argument{'s' * (len(shown) > 1)} {', '.join(shown)}; it takes {', '.join(known)}"
+    )
 
 
 def check_batch_size(value: Any) -> int:
@@ -74,11 +77,14 @@ def check_device(name: str, value: Any) -> torch.device:
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError) as exc:
-        raise ArgumentValueError(f"{name}: {value!r} is not a device ({exc}); give one such as 'cpu' or "
-                                 "'cuda:0'") from None
+        raise ArgumentValueError(
+            f"{name}: {value!r} is not a device ({exc}); give one such as 'cpu' or 'cuda:0'"
+        ) from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ArgumentValueError(f"{name}: {value!r}, but this machine has {torch.cuda.device_count()} CUDA "
-                                 "device(s); give 'cpu' or an existing GPU")
+        raise ArgumentValueError(
+            f"{name}: {value!r}, but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s); give 'cpu' or an existing GPU"
+        )
     return device
 
 
@@ -123,29 +129,37 @@ def as_list(modality: str, value: Any) -> list:
         if value.ndim == batch_ndim:
             return list(value)
         if value.ndim != batch_ndim - 1:  # one dimension fewer is a single element: refused below
-            raise ArgumentValueError(f"{name}: {describe(value)}; as one array, a batch is {batch_ndim}-D with "
-                                     f"the inputs first; or give a list with one {one} per input")
+            raise ArgumentValueError(
+                f"{name}: {describe(value)}; as one array, a batch is {batch_ndim}-D with "
+                f"the inputs first; or give a list with one {one} per input"
+            )
     if isinstance(value, (str, bytes, os.PathLike, Image.Image, torch.Tensor, np.ndarray)):
-        raise ArgumentTypeError(f"{name}: {describe(value)}, a single {one}; give a list with one {one} per input "
-                                f"(for one input, a list of one: {name}=[...])")
+        raise ArgumentTypeError(
+            f"{name}: {describe(value)}, a single {one}; give a list with one {one} per input "
+            f"(for one input, a list of one: {name}=[...])"
+        )
     if isinstance(value, (Mapping, Set)) or not isinstance(value, Iterable):
         raise ArgumentTypeError(f"{name}: {describe(value)}; give a list with one {one} per input")
     return list(value)
 
 
-def check_inputs(reads: Sequence[str], given: dict[str, Any],
-                 element_checks: dict[str, Callable[[int, Any], Any]]) -> dict[str, list]:
+def check_inputs(
+    reads: Sequence[str], given: dict[str, Any], element_checks: dict[str, Callable[[int, Any], Any]]
+) -> dict[str, list]:
     """{modality: its checked elements} for each modality the model reads. `given` holds the argument of every
     modality (None where not passed); `element_checks[modality](i, element)` checks one element and returns it in
     the form preprocessing takes."""
     for modality, value in given.items():
         if value is not None and modality not in reads:
-            raise ArgumentValueError(f"{ARGUMENT[modality]}: this model reads {' and '.join(reads)}, not {modality}; "
-                                     f"leave {ARGUMENT[modality]} out")
+            raise ArgumentValueError(
+                f"{ARGUMENT[modality]}: this model reads {' and '.join(reads)}, not {modality}; "
+                f"leave {ARGUMENT[modality]} out"
+            )
     missing = [ARGUMENT[m] for m in reads if given[m] is None]
     if missing:
-        raise ArgumentTypeError(f"predict: this model reads {' and '.join(reads)}; pass "
-                                f"{' and '.join(f'{name}=[...]' for name in missing)}")
+        raise ArgumentTypeError(
+            f"predict: this model reads {' and '.join(reads)}; pass {' and '.join(f'{name}=[...]' for name in missing)}"
+        )
     inputs = {m: as_list(m, given[m]) for m in reads}
     for modality, values in inputs.items():
         if not values:
@@ -153,8 +167,9 @@ def check_inputs(reads: Sequence[str], given: dict[str, Any],
     lengths = {ARGUMENT[m]: len(values) for m, values in inputs.items()}
     if len(set(lengths.values())) > 1:
         shown = ", ".join(f"{name} {n}" for name, n in lengths.items())
-        raise ArgumentValueError(f"predict: {' and '.join(lengths)} differ in length ({shown}); give one of each "
-                                 "per input")
+        raise ArgumentValueError(
+            f"predict: {' and '.join(lengths)} differ in length ({shown}); give one of each per input"
+        )
     return {m: [element_checks[m](i, value) for i, value in enumerate(values)] for m, values in inputs.items()}
 
 
@@ -191,18 +206,24 @@ def check_image(i: int, image: Any, preprocessed_shape: tuple[int, ...]) -> Path
         raise ArgumentTypeError(f"{name}: {describe(image)}; give {IMAGE_FORMS}")
     if image.is_floating_point():
         if tuple(image.shape) != preprocessed_shape:
-            raise ArgumentValueError(f"{name}: {describe(image)}; a float tensor is an image preprocessed by "
-                                     f"model.transform, of shape {preprocessed_shape}; give raw pixels as a uint8 "
-                                     "(C, H, W) tensor")
+            raise ArgumentValueError(
+                f"{name}: {describe(image)}; a float tensor is an image preprocessed by "
+                f"model.transform, of shape {preprocessed_shape}; give raw pixels as a uint8 "
+                "(C, H, W) tensor"
+            )
         if not torch.isfinite(image).all():
             raise ArgumentValueError(f"{name}: NaN or infinite values; give finite pixel values")
         return image
     if image.dtype != torch.uint8:
-        raise ArgumentTypeError(f"{name}: {describe(image)}; give pixels as a uint8 (C, H, W) tensor, or a float "
-                                "tensor preprocessed by model.transform")
+        raise ArgumentTypeError(
+            f"{name}: {describe(image)}; give pixels as a uint8 (C, H, W) tensor, or a float "
+            "tensor preprocessed by model.transform"
+        )
     if image.ndim != 3 or image.shape[0] not in (1, 3, 4) or 0 in image.shape:
-        raise ArgumentValueError(f"{name}: {describe(image)}; give pixels as a uint8 (C, H, W) tensor with C = 1, "
-                                 "3 or 4 channels and at least 1x1 pixels")
+        raise ArgumentValueError(
+            f"{name}: {describe(image)}; give pixels as a uint8 (C, H, W) tensor with C = 1, "
+            "3 or 4 channels and at least 1x1 pixels"
+        )
     return image
 
 
@@ -213,15 +234,16 @@ def check_clip(i: int, clip: Any, shortest: int, rate: int) -> Path | np.ndarray
     if isinstance(clip, (str, os.PathLike)):
         return check_file(name, clip, "an audio")
     if not isinstance(clip, (torch.Tensor, np.ndarray)):
-        raise ArgumentTypeError(f"{name}: {describe(clip)}; give an audio file path or a 1-D float array of samples "
-                                f"at {rate} Hz")
+        raise ArgumentTypeError(
+            f"{name}: {describe(clip)}; give an audio file path or a 1-D float array of samples at {rate} Hz"
+        )
     floating = clip.is_floating_point() if isinstance(clip, torch.Tensor) else np.issubdtype(clip.dtype, np.floating)
     if not floating:
-        raise ArgumentTypeError(f"{name}: {describe(clip)}; give float samples in [-1, 1] (16-bit PCM: divide by "
-                                "32768)")
+        raise ArgumentTypeError(
+            f"{name}: {describe(clip)}; give float samples in [-1, 1] (16-bit PCM: divide by 32768)"
+        )
     if clip.ndim != 1:
-        raise ArgumentValueError(f"{name}: {describe(clip)}; give one mono clip as a 1-D array of samples at "
-                                 f"{rate} Hz")
+        raise ArgumentValueError(f"{name}: {describe(clip)}; give one mono clip as a 1-D array of samples at {rate} Hz")
     if isinstance(clip, torch.Tensor):
         samples = clip.detach().cpu().float().numpy()
     else:
@@ -235,7 +257,9 @@ def check_samples(name: str, samples: np.ndarray, shortest: int, rate: int, sour
     """Enough samples for the encoder to make one frame, all finite (checked in float32, the model's precision)."""
     where = f"{name}: {source}:" if source else f"{name}:"
     if len(samples) < shortest:
-        raise ArgumentValueError(f"{where} {len(samples)} samples; the audio encoder needs at least {shortest} "
-                                 f"({1000 * shortest / rate:g} ms at {rate} Hz)")
+        raise ArgumentValueError(
+            f"{where} {len(samples)} samples; the audio encoder needs at least {shortest} "
+            f"({1000 * shortest / rate:g} ms at {rate} Hz)"
+        )
     if not np.isfinite(samples).all():
         raise ArgumentValueError(f"{where} NaN or infinite samples; give finite samples in [-1, 1]")

@@ -52,14 +52,21 @@ def check_writable(folder: str | Path, key: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
-        raise MopeError(f"{key}: cannot write in {folder} ({exc.strerror}); point {key} at a writable "
-                        "folder") from None
+        raise MopeError(f"{key}: cannot write in {folder} ({exc.strerror}); point {key} at a writable folder") from None
 
 
-def claim_output(out: str | Path, key: str, *, inputs: Sequence[Optional[str | Path]] = (),
-                 overwrite: bool = False, files: Optional[Sequence[str]] = None,
-                 earlier: Optional[Callable[[Path], bool]] = None, whole_folder: bool = False,
-                 what: str = "output", flag: Optional[str] = None) -> Path:
+def claim_output(
+    out: str | Path,
+    key: str,
+    *,
+    inputs: Sequence[Optional[str | Path]] = (),
+    overwrite: bool = False,
+    files: Optional[Sequence[str]] = None,
+    earlier: Optional[Callable[[Path], bool]] = None,
+    whole_folder: bool = False,
+    what: str = "output",
+    flag: Optional[str] = None,
+) -> Path:
     """Check, before any work, that a command may write its output at `out` (chosen by the config key `key`), and
     return it as a path. Git's and SQLite's rule: a command never destroys data it did not create.
 
@@ -78,10 +85,13 @@ def claim_output(out: str | Path, key: str, *, inputs: Sequence[Optional[str | P
     for target in [out] + [out / name for name in files or ()]:
         source = _input_holding(target, inputs)
         if source is not None:
-            where = "is" if _resolved(source) == _resolved(target) or _same_file(target, source) else \
-                f"is inside {source},"
-            raise ConfigError(f"{key}: {target} {where} an input of this command; write the output elsewhere "
-                              "(a command never replaces what it reads)")
+            where = (
+                "is" if _resolved(source) == _resolved(target) or _same_file(target, source) else f"is inside {source},"
+            )
+            raise ConfigError(
+                f"{key}: {target} {where} an input of this command; write the output elsewhere "
+                "(a command never replaces what it reads)"
+            )
     blocker = next((p for p in out.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise ConfigError(f"{key}: {blocker} is a file, so {out} cannot be created; give another path")
@@ -99,14 +109,17 @@ def _claim_file(raw: str, out: Path, key: str, overwrite: bool, earlier, what: s
     if not os.path.lexists(out):
         return
     if earlier is None or not earlier(out):
-        raise ConfigError(f"{key}: {out} already exists and is not {_a(what)} written by mope; choose another path "
-                          f"({flag}=true replaces only {_a(what)} mope wrote, never another file)")
+        raise ConfigError(
+            f"{key}: {out} already exists and is not {_a(what)} written by mope; choose another path "
+            f"({flag}=true replaces only {_a(what)} mope wrote, never another file)"
+        )
     if not overwrite:
         raise ConfigError(f"{key}: {out} already exists; choose another path or pass {flag}=true to replace it")
 
 
-def _claim_folder(out: Path, key: str, overwrite: bool, files: list[str], earlier, whole_folder: bool, what: str,
-                  flag: str) -> None:
+def _claim_folder(
+    out: Path, key: str, overwrite: bool, files: list[str], earlier, whole_folder: bool, what: str, flag: str
+) -> None:
     if not out.is_dir():
         if os.path.lexists(out):
             raise ConfigError(f"{key}: {out} is a file; give a folder for the {what}")
@@ -115,20 +128,26 @@ def _claim_folder(out: Path, key: str, overwrite: bool, files: list[str], earlie
         foreign = sorted(name for name in os.listdir(out) if name not in files)
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-            raise ConfigError(f"{key}: {out} holds files that are not part of {_a(what)} ({shown}); write the {what} "
-                              f"to a new or empty folder (mope replaces only {_a(what)} it wrote, never other files)")
+            raise ConfigError(
+                f"{key}: {out} holds files that are not part of {_a(what)} ({shown}); write the {what} "
+                f"to a new or empty folder (mope replaces only {_a(what)} it wrote, never other files)"
+            )
     present = [name for name in files if os.path.lexists(out / name)]
     if not present:
         return
     if earlier is None or not earlier(out):
         shown = ", ".join(str(out / name) for name in present)
-        raise ConfigError(f"{key}: {shown}: not {_a(what)} written by mope; choose another {key}= or move "
-                          f"{'it' if len(present) == 1 else 'them'} away ({flag}=true replaces only {_a(what)} mope "
-                          "wrote, never other files)")
+        raise ConfigError(
+            f"{key}: {shown}: not {_a(what)} written by mope; choose another {key}= or move "
+            f"{'it' if len(present) == 1 else 'them'} away ({flag}=true replaces only {_a(what)} mope "
+            "wrote, never other files)"
+        )
     if not overwrite:
         rest = "" if whole_folder else "; nothing else in the folder is touched"
-        raise ConfigError(f"{key}: {out} already holds {_a(what)} ({', '.join(present)}); choose another {key}=, or "
-                          f"pass {flag}=true to replace {'it' if len(present) == 1 else 'these files'}{rest}")
+        raise ConfigError(
+            f"{key}: {out} already holds {_a(what)} ({', '.join(present)}); choose another {key}=, or "
+            f"pass {flag}=true to replace {'it' if len(present) == 1 else 'these files'}{rest}"
+        )
 
 
 def _a(noun: str) -> str:
@@ -163,8 +182,9 @@ def written_json(path: Path, keys: Sequence[str] = (), **values) -> bool:
         found = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(found, dict) and all(k in found for k in keys) and \
-        all(found.get(k) == v for k, v in values.items())
+    return (
+        isinstance(found, dict) and all(k in found for k in keys) and all(found.get(k) == v for k, v in values.items())
+    )
 
 
 class NewFolders:
@@ -205,8 +225,11 @@ def _remove_if_unused(folder: Path, records_nothing: Optional[Callable[[Path], b
     try:
         walk = list(os.walk(folder, topdown=False))
         for path, _, names in walk:
-            if names and (Path(path) != folder or records_nothing is None or
-                          not all(records_nothing(folder / name) for name in names)):
+            if names and (
+                Path(path) != folder
+                or records_nothing is None
+                or not all(records_nothing(folder / name) for name in names)
+            ):
                 return
         for path, _, names in walk:
             for name in names:

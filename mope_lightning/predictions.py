@@ -29,8 +29,7 @@ def write_predictions_csv(fh: IO, ids: Sequence, probs: Tensor, classes: Sequenc
     writer = csv.writer(fh)
     writer.writerow(["id", "prediction", *(f"prob_{c}" for c in classes)])
     for sample_id, label, row in zip(ids, predicted_labels(probs, classes, task), probs.tolist()):
-        writer.writerow([sample_id, "|".join(label) if isinstance(label, list) else label,
-                         *(f"{p:.6f}" for p in row)])
+        writer.writerow([sample_id, "|".join(label) if isinstance(label, list) else label, *(f"{p:.6f}" for p in row)])
 
 
 def is_predictions_csv(path: Path) -> bool:

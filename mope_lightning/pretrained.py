@@ -26,9 +26,20 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from mope_lightning.api_arguments import (check_batch_size, check_clip, check_device, check_flag, check_image,
-                                          check_inputs, check_path, check_repo_id, check_samples, check_strings,
-                                          check_text, reject_unknown)
+from mope_lightning.api_arguments import (
+    check_batch_size,
+    check_clip,
+    check_device,
+    check_flag,
+    check_image,
+    check_inputs,
+    check_path,
+    check_repo_id,
+    check_samples,
+    check_strings,
+    check_text,
+    reject_unknown,
+)
 from mope_lightning.weights.adapters import read_trained_weights
 from mope_lightning.weights.checkpoints import TrainedWeights, load_into
 from mope_lightning.errors import ArgumentValueError, DataError
@@ -86,8 +97,10 @@ class PretrainedModel:
         except DataError as exc:  # its message names the file and what to do
             raise ArgumentValueError(f"images[{i}]: {exc}") from None
         except (OSError, ValueError) as exc:  # a truncated file behind a lazily read image, a mode PIL cannot convert
-            raise ArgumentValueError(f"images[{i}]: cannot read it as an RGB image ({exc}); give an image in a mode "
-                                     "PIL converts to RGB (RGB, RGBA, L, P, ...)") from None
+            raise ArgumentValueError(
+                f"images[{i}]: cannot read it as an RGB image ({exc}); give an image in a mode "
+                "PIL converts to RGB (RGB, RGBA, L, P, ...)"
+            ) from None
 
     def _audio(self, clip: Path | np.ndarray, i: int) -> np.ndarray:
         """One checked clip (`check_clip`): a file is decoded and resampled to the encoder's rate, and its samples
@@ -106,17 +119,21 @@ class PretrainedModel:
 
     def _check_inputs(self, texts: Any, images: Any, audio: Any) -> dict[str, list]:
         """The elements of each modality the model reads, checked (api_arguments.py) before any model work."""
-        checks = {"text": check_text,
-                  "image": lambda i, image: check_image(i, image, self.image_shape),
-                  "audio": lambda i, clip: check_clip(i, clip, self.net.audio.shortest_input,
-                                                      self.audio_preprocessor.sampling_rate)}
+        checks = {
+            "text": check_text,
+            "image": lambda i, image: check_image(i, image, self.image_shape),
+            "audio": lambda i, clip: check_clip(
+                i, clip, self.net.audio.shortest_input, self.audio_preprocessor.sampling_rate
+            ),
+        }
         return check_inputs(self.net.modalities(), {"text": texts, "image": images, "audio": audio}, checks)
 
     def _batch(self, modality: str, values: Sequence, indices: Sequence[int]) -> dict[str, Tensor]:
         """The batch entries of one modality's checked inputs, on the CPU; `indices` number them for messages."""
         if modality == "text":
-            tokens = self.tokenizer(list(values), padding=True, truncation=True, max_length=self.max_text_length,
-                                    return_tensors="pt")
+            tokens = self.tokenizer(
+                list(values), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
+            )
             return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
         if modality == "image":
             return {"images": torch.stack([self._image(image, i) for image, i in zip(values, indices)])}
@@ -128,8 +145,12 @@ class PretrainedModel:
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def preprocess(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None,
-                   audio: Optional[Sequence[Any]] = None) -> dict:
+    def preprocess(
+        self,
+        texts: Optional[Sequence[str]] = None,
+        images: Optional[Sequence[Any]] = None,
+        audio: Optional[Sequence[Any]] = None,
+    ) -> dict:
         """The batch the classifier reads: tokenized texts, preprocessed images and padded, normalised audio
         samples, on the model's device. The inputs are checked as `predict` checks them."""
         inputs = self._check_inputs(texts, images, audio)
@@ -140,8 +161,14 @@ class PretrainedModel:
 
     # --- prediction ----------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, texts: Optional[Sequence[str]] = None, images: Optional[Sequence[Any]] = None,
-                batch_size: int = 64, audio: Optional[Sequence[Any]] = None, **unknown) -> Predictions:
+    def predict(
+        self,
+        texts: Optional[Sequence[str]] = None,
+        images: Optional[Sequence[Any]] = None,
+        batch_size: int = 64,
+        audio: Optional[Sequence[Any]] = None,
+        **unknown,
+    ) -> Predictions:
         """Class probabilities, labels and routing weights of each input (a text and an image, or a text and an audio
         clip).
 
@@ -177,11 +204,16 @@ class PretrainedModel:
                 if out.routing is not None:
                     routing.append(out.routing.float().cpu())
         probs = torch.cat(probs)
-        return Predictions(predicted_labels(probs, self.classes, self.task), probs, self.classes,
-                           torch.cat(routing) if routing else None)
+        return Predictions(
+            predicted_labels(probs, self.classes, self.task),
+            probs,
+            self.classes,
+            torch.cat(routing) if routing else None,
+        )
 
-    def _prepare(self, inputs: dict[str, list], distinct: dict[str, Distinct], reused: tuple[str, ...], start: int,
-                 stop: int) -> tuple[dict[str, Tensor], dict[str, tuple[dict, Optional[Tensor]]]]:
+    def _prepare(
+        self, inputs: dict[str, list], distinct: dict[str, Distinct], reused: tuple[str, ...], start: int, stop: int
+    ) -> tuple[dict[str, Tensor], dict[str, tuple[dict, Optional[Tensor]]]]:
         """The CPU work of samples [start, stop), run ahead in a thread: (the batch entries of the modalities read
         as they are; for each reused modality, the encoder inputs of the distinct inputs to encode here, with each
         sample's position among them where they are the batch's own, or None where features outlive the batch)."""
@@ -206,8 +238,15 @@ class PretrainedModel:
         firsts = [distinct.first[j] for j in inputs]
         return self._batch(modality, [values[i] for i in firsts], firsts) if firsts else {}
 
-    def _features(self, modality: str, distinct: Distinct, kept: dict[int, Tensor],
-                  new: tuple[dict[str, Tensor], Optional[Tensor]], start: int, stop: int) -> Tensor:
+    def _features(
+        self,
+        modality: str,
+        distinct: Distinct,
+        kept: dict[int, Tensor],
+        new: tuple[dict[str, Tensor], Optional[Tensor]],
+        start: int,
+        stop: int,
+    ) -> Tensor:
         """The pooled `modality` feature of samples [start, stop). The encoder runs on the distinct inputs `new`
         holds: the batch's own, given to each sample by position; or those first seen here, whose features are
         `kept` until their last sample."""
@@ -215,8 +254,9 @@ class PretrainedModel:
         if position is not None:
             return self.net.features(modality, self._to_device(encoder_inputs))[position.to(self.device)]
         if encoder_inputs:
-            kept.update(zip(distinct.first_seen(start, stop),
-                            self.net.features(modality, self._to_device(encoder_inputs))))
+            kept.update(
+                zip(distinct.first_seen(start, stop), self.net.features(modality, self._to_device(encoder_inputs)))
+            )
         rows = distinct.rows[start:stop]
         feats = torch.stack([kept[j] for j in rows])
         for j in distinct.last_read_before(np.unique(rows), stop):
@@ -226,8 +266,15 @@ class PretrainedModel:
     # --- sharing -------------------------------------------------------------------------------------------
     def trained_weights(self) -> TrainedWeights:
         t = self.trained
-        return TrainedWeights(t.source, t.config, self.classes, self.task, self.net.backbone_record(),
-                              self.net.trained_state_dict(), t.metrics)
+        return TrainedWeights(
+            t.source,
+            t.config,
+            self.classes,
+            self.task,
+            self.net.backbone_record(),
+            self.net.trained_state_dict(),
+            t.metrics,
+        )
 
     def save_pretrained(self, out: str | Path, overwrite: bool = False) -> Path:
         """Write the model's adapter folder (`adapter.safetensors`, `adapter_config.json`, `README.md`)."""
@@ -267,9 +314,14 @@ def build_pretrained(cfg, trained: TrainedWeights, classes_check: Optional[list[
     return PretrainedModel(net, trained, cfg.data)
 
 
-def from_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu", overrides: Sequence[str] = (),
-                    revision: Optional[str] = None, cache_dir: Optional[str] = None,
-                    token: Optional[str] = None) -> PretrainedModel:
+def from_pretrained(
+    source: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    overrides: Sequence[str] = (),
+    revision: Optional[str] = None,
+    cache_dir: Optional[str] = None,
+    token: Optional[str] = None,
+) -> PretrainedModel:
     """Load trained weights and rebuild their frozen encoders.
 
     Args:
@@ -295,8 +347,9 @@ def from_pretrained(source: str | os.PathLike, device: str | torch.device = "cpu
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise ArgumentValueError(f"source: {source}: no such adapter folder or checkpoint file (nor a Hub repo "
-                                     "id 'org/name')")
+            raise ArgumentValueError(
+                f"source: {source}: no such adapter folder or checkpoint file (nor a Hub repo id 'org/name')"
+            )
     trained = read_trained_weights(path)
     cfg = stored_config(trained.config, overrides, source=str(path))
     return build_pretrained(cfg, trained).to(device)

@@ -102,10 +102,12 @@ def rows(node, prefix: str, checks: tuple[dict, dict, dict], skip: frozenset = f
 
 
 HEADER = "| key | type | default | allowed | what it is |\n|---|---|---|---|---|"
-INTRO = ("Generated from the config schema when the site is built (`scripts/docs_hooks.py`): every key a config "
-         "file or a `key=value` override may set, its type and default, the values the config checks accept, and the "
-         "schema's own comment. How files and overrides merge: "
-         "[Configuration and overlays](../guides/configuration.md).")
+INTRO = (
+    "Generated from the config schema when the site is built (`scripts/docs_hooks.py`): every key a config "
+    "file or a `key=value` override may set, its type and default, the values the config checks accept, and the "
+    "schema's own comment. How files and overrides merge: "
+    "[Configuration and overlays](../guides/configuration.md)."
+)
 
 
 def _doc(cls) -> str:
@@ -120,19 +122,32 @@ def config_reference() -> str:
     top = root()
     defaults = {f.name: getattr(top, f.name) for f in dataclasses.fields(top)}
     sections = ["# Config keys", "", INTRO, "", "## Top-level keys", "", HEADER]
-    sections += rows(top, "", checks, skip=frozenset(k for k, v in defaults.items()
-                                                     if dataclasses.is_dataclass(v) or k == "trainer"))
+    sections += rows(
+        top, "", checks, skip=frozenset(k for k, v in defaults.items() if dataclasses.is_dataclass(v) or k == "trainer")
+    )
     for name, default in defaults.items():
         if dataclasses.is_dataclass(default):
             sections += ["", f"## {name}", "", _doc(type(default)), "", HEADER]
             sections += rows(default, f"{name}.", checks)
-    sections += ["", "## trainer", "", "Passed to `lightning.Trainer` as is: any argument of its signature may be "
-                 "set, checked against the types it takes. The defaults:", "", "| key | default | allowed |",
-                 "|---|---|---|"]
-    sections += [f"| `trainer.{k}` | {_cell(v)} | {ranges.get(f'trainer.{k}', '')} |"
-                 for k, v in defaults["trainer"].items()]
-    sections += ["", "## Dataset options", "", "`data.name` picks the dataset; each adds its own keys to the `data` "
-                 "section above."]
+    sections += [
+        "",
+        "## trainer",
+        "",
+        "Passed to `lightning.Trainer` as is: any argument of its signature may be "
+        "set, checked against the types it takes. The defaults:",
+        "",
+        "| key | default | allowed |",
+        "|---|---|---|",
+    ]
+    sections += [
+        f"| `trainer.{k}` | {_cell(v)} | {ranges.get(f'trainer.{k}', '')} |" for k, v in defaults["trainer"].items()
+    ]
+    sections += [
+        "",
+        "## Dataset options",
+        "",
+        "`data.name` picks the dataset; each adds its own keys to the `data` section above.",
+    ]
     common = frozenset(f.name for f in dataclasses.fields(type(defaults["data"])))
     for name, cls in datasets.items():
         sections += ["", f"### data.name: {name}", "", _doc(cls)]

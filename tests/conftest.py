@@ -29,10 +29,20 @@ def pytest_configure(config):
 # Property-based tests: a bounded number of examples, drawn from a fixed seed so that CI and a developer see the
 # same cases (`--hypothesis-seed` or HYPOTHESIS_PROFILE=explore searches further); no per-example deadline, since
 # two xdist workers share 2 cores and a slow example is not a failure.
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-settings.register_profile("explore", max_examples=1000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "explore",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -60,7 +70,9 @@ def tiny_bert():
     from mope_lightning.config.schema import EncoderConfig
     from mope_lightning.models import build_text_encoder
 
-    cfg = EncoderConfig(name=MINILM, pretrained=False,
-                        kwargs={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                                "intermediate_size": 64})
+    cfg = EncoderConfig(
+        name=MINILM,
+        pretrained=False,
+        kwargs={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+    )
     return build_text_encoder(OmegaConf.structured(cfg))

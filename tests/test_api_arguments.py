@@ -41,14 +41,17 @@ def model(adapter):
 @pytest.fixture(scope="module")
 def audio_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("api_audio")
-    cfg = load_config([EXPERIMENTS / "mustard.yaml", TINY], [f"data.root={tmp}", f"data.cache_dir={tmp / 'cache'}",
-                                                             "model.prompted=audio"])
+    cfg = load_config(
+        [EXPERIMENTS / "mustard.yaml", TINY],
+        [f"data.root={tmp}", f"data.cache_dir={tmp / 'cache'}", "model.prompted=audio"],
+    )
     return mope_lightning.from_pretrained(write_tiny_adapter(cfg, tmp / "adapter", ["no", "yes"]))
 
 
 @pytest.fixture
 def no_model_work(model, audio_model, monkeypatch):
     """Any batch built or forward pass run fails the test: the checks come first."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("model work before the arguments were checked")
 
@@ -100,12 +103,15 @@ def test_one_input_is_a_list_of_one_and_a_batch_may_be_one_array(model, audio_mo
     assert_predictions(audio_model.predict(texts=["a", "b"], audio=clips), 2, ["no", "yes"])  # (N, samples)
 
 
-@pytest.mark.parametrize("texts, message", [
-    ({"a", "b"}, r"^texts: a set; give a list with one text per input"),
-    ({"a": 1}, r"^texts: a dict; give a list"),
-    (3, r"^texts: an int; give a list"),
-    (b"ab", r"^texts: a bytes, a single text"),
-])
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        ({"a", "b"}, r"^texts: a set; give a list with one text per input"),
+        ({"a": 1}, r"^texts: a dict; give a list"),
+        (3, r"^texts: an int; give a list"),
+        (b"ab", r"^texts: a bytes, a single text"),
+    ],
+)
 def test_texts_of_other_container_types_are_refused(model, no_model_work, texts, message):
     with pytest.raises(TypeError, match=message):
         model.predict(texts=texts, images=[img(), img()])
@@ -128,9 +134,19 @@ def test_inputs_of_different_lengths_are_refused_naming_both(model, audio_model,
         audio_model.predict(texts=["a", "b", "c"], audio=[clip(), clip()])
 
 
-@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-3, ValueError), (True, TypeError),
-                                               (False, TypeError), (2.0, TypeError), ("4", TypeError),
-                                               (None, TypeError), (torch.tensor(2), TypeError)])
+@pytest.mark.parametrize(
+    "batch_size, error",
+    [
+        (0, ValueError),
+        (-3, ValueError),
+        (True, TypeError),
+        (False, TypeError),
+        (2.0, TypeError),
+        ("4", TypeError),
+        (None, TypeError),
+        (torch.tensor(2), TypeError),
+    ],
+)
 def test_batch_size_must_be_a_positive_int(model, no_model_work, batch_size, error):
     with pytest.raises(error, match=r"^batch_size: .*give a positive int"):
         model.predict(texts=["a"], images=[img()], batch_size=batch_size)
@@ -144,32 +160,46 @@ def test_batch_size_takes_numpy_ints_and_batches_give_the_same_result(model):
 
 
 # --- elements ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("texts, error, message", [
-    (["a", None], TypeError, r"^texts\[1\]: None; give a str"),
-    ([7, "a"], TypeError, r"^texts\[0\]: an int; give a str"),
-    (["a", " \n"], ValueError, r"^texts\[1\]: empty or only whitespace"),
-    (["a", ["b"]], TypeError, r"^texts\[1\]: a list; give a str"),
-])
+@pytest.mark.parametrize(
+    "texts, error, message",
+    [
+        (["a", None], TypeError, r"^texts\[1\]: None; give a str"),
+        ([7, "a"], TypeError, r"^texts\[0\]: an int; give a str"),
+        (["a", " \n"], ValueError, r"^texts\[1\]: empty or only whitespace"),
+        (["a", ["b"]], TypeError, r"^texts\[1\]: a list; give a str"),
+    ],
+)
 def test_bad_texts_name_their_index(model, no_model_work, texts, error, message):
     with pytest.raises(error, match=message):
         model.predict(texts=texts, images=[img(), img()])
 
 
-@pytest.mark.parametrize("image, error, message", [
-    (None, TypeError, r"^images\[1\]: None; give a PIL image, an image file path, a uint8"),
-    (3, TypeError, r"^images\[1\]: an int; give a PIL image"),
-    (np.zeros((8, 8, 3), np.uint8), TypeError, r"^images\[1\]: a numpy array of shape \(8, 8, 3\), dtype uint8"),
-    (Image.new("RGB", (0, 5)), ValueError, r"^images\[1\]: a PIL image \(RGB, 0x5\) has no pixels"),
-    (torch.zeros(8, 8, dtype=torch.uint8), ValueError, r"^images\[1\]: a tensor of shape \(8, 8\), dtype uint8; "
-                                                       r"give pixels as a uint8 \(C, H, W\) tensor with C = 1, 3 or 4"),
-    (torch.zeros(2, 8, 8, dtype=torch.uint8), ValueError, r"^images\[1\]: .*C = 1, 3 or 4 channels"),
-    (torch.zeros(3, 0, 8, dtype=torch.uint8), ValueError, r"^images\[1\]: .*at least 1x1 pixels"),
-    (torch.zeros(3, 8, 8, dtype=torch.int64), TypeError, r"^images\[1\]: .*dtype int64; give pixels as a uint8"),
-    (torch.zeros(3, 8, 8, dtype=torch.bool), TypeError, r"^images\[1\]: .*dtype bool"),
-    (torch.zeros(3, 8, 8), ValueError, r"^images\[1\]: .*float tensor is an image preprocessed by model.transform, "
-                                       r"of shape \(3, 32, 32\)"),
-    (torch.full((3, 32, 32), float("nan")), ValueError, r"^images\[1\]: NaN or infinite values"),
-])
+@pytest.mark.parametrize(
+    "image, error, message",
+    [
+        (None, TypeError, r"^images\[1\]: None; give a PIL image, an image file path, a uint8"),
+        (3, TypeError, r"^images\[1\]: an int; give a PIL image"),
+        (np.zeros((8, 8, 3), np.uint8), TypeError, r"^images\[1\]: a numpy array of shape \(8, 8, 3\), dtype uint8"),
+        (Image.new("RGB", (0, 5)), ValueError, r"^images\[1\]: a PIL image \(RGB, 0x5\) has no pixels"),
+        (
+            torch.zeros(8, 8, dtype=torch.uint8),
+            ValueError,
+            r"^images\[1\]: a tensor of shape \(8, 8\), dtype uint8; "
+            r"give pixels as a uint8 \(C, H, W\) tensor with C = 1, 3 or 4",
+        ),
+        (torch.zeros(2, 8, 8, dtype=torch.uint8), ValueError, r"^images\[1\]: .*C = 1, 3 or 4 channels"),
+        (torch.zeros(3, 0, 8, dtype=torch.uint8), ValueError, r"^images\[1\]: .*at least 1x1 pixels"),
+        (torch.zeros(3, 8, 8, dtype=torch.int64), TypeError, r"^images\[1\]: .*dtype int64; give pixels as a uint8"),
+        (torch.zeros(3, 8, 8, dtype=torch.bool), TypeError, r"^images\[1\]: .*dtype bool"),
+        (
+            torch.zeros(3, 8, 8),
+            ValueError,
+            r"^images\[1\]: .*float tensor is an image preprocessed by model.transform, "
+            r"of shape \(3, 32, 32\)",
+        ),
+        (torch.full((3, 32, 32), float("nan")), ValueError, r"^images\[1\]: NaN or infinite values"),
+    ],
+)
 def test_bad_images_name_their_index(model, no_model_work, image, error, message):
     with pytest.raises(error, match=message):
         model.predict(texts=["a", "b"], images=[img(), image])
@@ -203,23 +233,31 @@ def test_an_image_that_does_not_decode_is_named_by_its_index_in_all_the_inputs(m
     img().save(tmp_path / "a.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(ValueError, match=r"^images\[2\]: .*broken.png: cannot read image"):
-        model.predict(texts=["a", "b", "c"], images=[tmp_path / "a.png"] * 2 + [tmp_path / "broken.png"],
-                      batch_size=2)  # the third input is the first of the second batch
+        model.predict(
+            texts=["a", "b", "c"], images=[tmp_path / "a.png"] * 2 + [tmp_path / "broken.png"], batch_size=2
+        )  # the third input is the first of the second batch
     with pytest.raises(ValueError, match=r"^images\[0\]: cannot read it as an RGB image"):
         model.predict(texts=["a"], images=[Image.new("La", (4, 4))])  # a mode PIL cannot convert
 
 
-@pytest.mark.parametrize("element, error, message", [
-    (None, TypeError, r"^audio\[1\]: None; give an audio file path or a 1-D float array of samples at 16000 Hz"),
-    ([0.1] * 800, TypeError, r"^audio\[1\]: a list; give an audio file path"),
-    (np.zeros(800, np.int16), TypeError, r"^audio\[1\]: .*dtype int16; give float samples in \[-1, 1\]"),
-    (torch.zeros(800, dtype=torch.complex64), TypeError, r"^audio\[1\]: .*dtype complex64; give float samples"),
-    (np.zeros((2, 800), np.float32), ValueError, r"^audio\[1\]: .*give one mono clip as a 1-D array"),
-    (np.zeros(100, np.float32), ValueError, r"^audio\[1\]: 100 samples; the audio encoder needs at least 148 "
-                                            r"\(9.25 ms at 16000 Hz\)"),
-    (np.full(800, np.inf, np.float32), ValueError, r"^audio\[1\]: NaN or infinite samples"),
-    (np.full(800, 1e300), ValueError, r"^audio\[1\]: NaN or infinite samples"),  # finite, but not in float32
-])
+@pytest.mark.parametrize(
+    "element, error, message",
+    [
+        (None, TypeError, r"^audio\[1\]: None; give an audio file path or a 1-D float array of samples at 16000 Hz"),
+        ([0.1] * 800, TypeError, r"^audio\[1\]: a list; give an audio file path"),
+        (np.zeros(800, np.int16), TypeError, r"^audio\[1\]: .*dtype int16; give float samples in \[-1, 1\]"),
+        (torch.zeros(800, dtype=torch.complex64), TypeError, r"^audio\[1\]: .*dtype complex64; give float samples"),
+        (np.zeros((2, 800), np.float32), ValueError, r"^audio\[1\]: .*give one mono clip as a 1-D array"),
+        (
+            np.zeros(100, np.float32),
+            ValueError,
+            r"^audio\[1\]: 100 samples; the audio encoder needs at least 148 "
+            r"\(9.25 ms at 16000 Hz\)",
+        ),
+        (np.full(800, np.inf, np.float32), ValueError, r"^audio\[1\]: NaN or infinite samples"),
+        (np.full(800, 1e300), ValueError, r"^audio\[1\]: NaN or infinite samples"),  # finite, but not in float32
+    ],
+)
 def test_bad_clips_name_their_index(audio_model, no_model_work, element, error, message):
     with pytest.raises(error, match=message):
         audio_model.predict(texts=["a", "b"], audio=[clip(), element])
@@ -246,8 +284,11 @@ def test_a_modality_the_model_does_not_read_is_refused(model, audio_model, no_mo
 
 
 def test_unknown_keyword_arguments_are_named(model, adapter, no_model_work):
-    with pytest.raises(TypeError, match=r"^predict: unknown keyword arguments 'text' \(did you mean 'texts'\?\), "
-                                        r"'image' \(did you mean 'images'\?\); it takes texts, images, audio"):
+    with pytest.raises(
+        TypeError,
+        match=r"^predict: unknown keyword arguments 'text' \(did you mean 'texts'\?\), "
+        r"'image' \(did you mean 'images'\?\); it takes texts, images, audio",
+    ):
         model.predict(text=["a"], image=[img()])
     with pytest.raises(TypeError, match=r"'colour'; it takes"):
         model.predict(texts=["a"], images=[img()], colour="red")
@@ -335,16 +376,19 @@ def pil_images():
 
 
 def numpy_arrays():
-    return st.builds(np.zeros, st.lists(st.integers(0, 4), max_size=4).map(tuple),
-                     st.sampled_from([np.uint8, np.float32, np.int16, np.float64]))
+    return st.builds(
+        np.zeros,
+        st.lists(st.integers(0, 4), max_size=4).map(tuple),
+        st.sampled_from([np.uint8, np.float32, np.int16, np.float64]),
+    )
 
 
-PIXELS = tensors(st.tuples(st.sampled_from([1, 3, 4]), st.integers(1, 9), st.integers(1, 9)),
-                 st.just(torch.uint8))
+PIXELS = tensors(st.tuples(st.sampled_from([1, 3, 4]), st.integers(1, 9), st.integers(1, 9)), st.just(torch.uint8))
 PREPROCESSED = tensors(st.just((3, 32, 32)), st.sampled_from([torch.float32, torch.float64, torch.float16]))
-IMAGE_ELEMENTS = mostly(pil_images() | PIXELS | PREPROCESSED,
-                        tensors() | tensors(st.lists(st.integers(0, 5), min_size=3, max_size=3)) | numpy_arrays()
-                        | TEXTS | SCALARS)
+IMAGE_ELEMENTS = mostly(
+    pil_images() | PIXELS | PREPROCESSED,
+    tensors() | tensors(st.lists(st.integers(0, 5), min_size=3, max_size=3)) | numpy_arrays() | TEXTS | SCALARS,
+)
 VALID_TEXTS = st.text(min_size=1, max_size=12) | st.just("what shape is this?")
 
 
@@ -355,8 +399,11 @@ def clips(draw):
     if wrong == "type":
         return draw(TEXTS | SCALARS | st.lists(st.floats(-1, 1), max_size=3))
     shape = draw(st.lists(st.integers(0, 150), max_size=3) if wrong == "shape" else st.tuples(st.integers(148, 600)))
-    dtype = draw(st.sampled_from([np.int16, np.complex64, np.bool_] if wrong == "dtype" else
-                                 [np.float32, np.float64, np.float16]))
+    dtype = draw(
+        st.sampled_from(
+            [np.int16, np.complex64, np.bool_] if wrong == "dtype" else [np.float32, np.float64, np.float16]
+        )
+    )
     fill = draw(st.sampled_from([np.nan, np.inf, 1e300]) if wrong == "values" else st.floats(-1, 1))
     with np.errstate(over="ignore", invalid="ignore"):
         array = np.full(shape, fill).astype(dtype)
@@ -365,9 +412,14 @@ def clips(draw):
 
 def anything_but_a_list_of(elements):
     """A sequence of random things or a container of the wrong kind, or a single element or scalar."""
-    return (st.lists(elements | SCALARS, max_size=3) | st.lists(elements, max_size=3).map(tuple)
-            | st.sets(st.integers(), max_size=2) | st.dictionaries(TEXTS, st.integers(), max_size=2)
-            | elements | SCALARS)
+    return (
+        st.lists(elements | SCALARS, max_size=3)
+        | st.lists(elements, max_size=3).map(tuple)
+        | st.sets(st.integers(), max_size=2)
+        | st.dictionaries(TEXTS, st.integers(), max_size=2)
+        | elements
+        | SCALARS
+    )
 
 
 @st.composite
@@ -406,21 +458,35 @@ def containers(draw):
     """(texts, images): a list of texts half the time, else a str or something else; the images as many as the texts
     have items (a str's characters included) four times in five, so that a str split into characters would give a
     result."""
-    texts = draw({"list": st.lists(VALID_TEXTS, min_size=1, max_size=3), "str": st.text(min_size=1, max_size=3),
-                  "other": anything_but_a_list_of(TEXTS)}[draw(st.sampled_from(["list", "list", "str", "other"]))])
+    texts = draw(
+        {
+            "list": st.lists(VALID_TEXTS, min_size=1, max_size=3),
+            "str": st.text(min_size=1, max_size=3),
+            "other": anything_but_a_list_of(TEXTS),
+        }[draw(st.sampled_from(["list", "list", "str", "other"]))]
+    )
     n = len(texts) if isinstance(texts, (str, list, tuple, set, dict, bytes)) and texts else draw(st.integers(1, 3))
-    images = draw(mostly(st.lists(pil_images(), min_size=n, max_size=n) | PIXELS.map(lambda t: t.expand(n, -1, -1, -1)),
-                         anything_but_a_list_of(IMAGE_ELEMENTS) | tensors()))
+    images = draw(
+        mostly(
+            st.lists(pil_images(), min_size=n, max_size=n) | PIXELS.map(lambda t: t.expand(n, -1, -1, -1)),
+            anything_but_a_list_of(IMAGE_ELEMENTS) | tensors(),
+        )
+    )
     return texts, images
 
 
 @settings(max_examples=40)
-@given(inputs=containers(), batch_size=mostly(st.integers(1, 4), st.integers(-1, 0) | SCALARS),
-       audio=mostly(st.none(), st.just([clip()])),
-       unknown=mostly(st.just({}), st.dictionaries(st.sampled_from(["text", "image", "device"]), st.none(),
-                                                   min_size=1, max_size=1)))
-def test_predict_on_random_containers_gives_a_named_error_or_a_correct_result(model, inputs, batch_size, audio,
-                                                                             unknown):
+@given(
+    inputs=containers(),
+    batch_size=mostly(st.integers(1, 4), st.integers(-1, 0) | SCALARS),
+    audio=mostly(st.none(), st.just([clip()])),
+    unknown=mostly(
+        st.just({}), st.dictionaries(st.sampled_from(["text", "image", "device"]), st.none(), min_size=1, max_size=1)
+    ),
+)
+def test_predict_on_random_containers_gives_a_named_error_or_a_correct_result(
+    model, inputs, batch_size, audio, unknown
+):
     texts, images = inputs
     arguments = {"texts": texts, "images": images, "batch_size": batch_size, "audio": audio, **unknown}
     check_outcome(model.predict, arguments, CLASSES)
@@ -434,9 +500,10 @@ def test_predict_on_random_images_gives_a_named_error_or_a_correct_result(model,
 
 
 @settings(max_examples=40)
-@given(inputs=mostly(matching_inputs(clips()),
-                     st.tuples(anything_but_a_list_of(TEXTS), anything_but_a_list_of(clips()))),
-       batch_size=st.integers(1, 2))
+@given(
+    inputs=mostly(matching_inputs(clips()), st.tuples(anything_but_a_list_of(TEXTS), anything_but_a_list_of(clips()))),
+    batch_size=st.integers(1, 2),
+)
 def test_predict_on_random_clips_gives_a_named_error_or_a_correct_result(audio_model, inputs, batch_size):
     texts, audio = inputs
     check_outcome(audio_model.predict, {"texts": texts, "audio": audio, "batch_size": batch_size}, ["no", "yes"])

@@ -13,8 +13,10 @@ from helpers.models import tiny_swin, tiny_vit
 
 def tiny_bert_encoder():
     torch.manual_seed(0)
-    model = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                 intermediate_size=64), add_pooling_layer=False)
+    model = BertModel(
+        BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+        add_pooling_layer=False,
+    )
     return PromptedTextEncoder(model)
 
 

@@ -22,16 +22,24 @@ from mope_lightning.cli.fit import run
 from helpers import EXPERIMENTS, TINY
 from helpers.datasets import make_mustard, write_wav
 
-FAMILIES = {"wav2vec2": (Wav2Vec2Config, Wav2Vec2Model), "hubert": (HubertConfig, HubertModel),
-            "wavlm": (WavLMConfig, WavLMModel)}
+FAMILIES = {
+    "wav2vec2": (Wav2Vec2Config, Wav2Vec2Model),
+    "hubert": (HubertConfig, HubertModel),
+    "wavlm": (WavLMConfig, WavLMModel),
+}
 TEXT_AUDIO = [EXPERIMENTS / "easy_vqa.yaml", TINY]
 
 
 def tiny_model(family: str, norm: str = "group", stable: bool = False):
     config_class, model_class = FAMILIES[family]
     torch.manual_seed(0)
-    config = config_class(**TINY_AUDIO, **TINY_AUDIO_EXTRA.get(family, {}), feat_extract_norm=norm,
-                          do_stable_layer_norm=stable, feat_proj_layer_norm=True)
+    config = config_class(
+        **TINY_AUDIO,
+        **TINY_AUDIO_EXTRA.get(family, {}),
+        feat_extract_norm=norm,
+        do_stable_layer_norm=stable,
+        feat_proj_layer_norm=True,
+    )
     return model_class(config).eval()
 
 
@@ -66,7 +74,7 @@ def test_gradients_reach_the_prompts_only(family):
     mope = MoPE(encoder.layer_dims, encoder.layer_stages, cond_dim=12, num_experts=3)
     x, mask = waves()
     out, frames = encoder.forward_features(x, mask, prompter=mope.bind(torch.randn(3, 12)))
-    assert out.shape[1] == frames.shape[1] and frames[:, :mope.num_prompts].all()
+    assert out.shape[1] == frames.shape[1] and frames[:, : mope.num_prompts].all()
     (out * torch.randn_like(out)).sum().backward()  # a random projection: out.sum() of LayerNorm-ed rows is 0
     assert all(not p.requires_grad and p.grad is None for p in encoder.parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mope.parameters())
@@ -99,16 +107,23 @@ def test_other_models_are_refused():
     from transformers import BertConfig, BertModel
 
     with pytest.raises(TypeError, match="wav2vec2"):
-        PromptedAudioEncoder(BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                                  intermediate_size=37)))
+        PromptedAudioEncoder(
+            BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37))
+        )
 
 
 def audio_batch(net, size: int = 4) -> dict:
     x, mask = waves(tuple(4000 - 500 * i for i in range(size)))
-    text = net.text.tokenizer(["is it sarcastic?", "no", "oh really, what a surprise", "yes"][:size], padding=True,
-                              return_tensors="pt")
-    return {"audio": x, "audio_mask": mask, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"],
-            "labels": torch.arange(size) % 2}
+    text = net.text.tokenizer(
+        ["is it sarcastic?", "no", "oh really, what a surprise", "yes"][:size], padding=True, return_tensors="pt"
+    )
+    return {
+        "audio": x,
+        "audio_mask": mask,
+        "input_ids": text["input_ids"],
+        "attention_mask": text["attention_mask"],
+        "labels": torch.arange(size) % 2,
+    }
 
 
 @pytest.mark.parametrize("prompted", ["audio", "text"])
@@ -136,8 +151,10 @@ def test_late_fusion_and_audio_only_read_the_audio():
 
 def test_pmoe_with_audio_experts():
     experts = "[{library: transformers, name: a, arch: wav2vec2}, {library: transformers, name: b, arch: hubert}]"
-    cfg = load_config([EXPERIMENTS / "easy_vqa_pmoe.yaml", TINY],
-                      ["model.modalities=[text,audio]", "model.prompted=audio", f"model.pmoe.experts={experts}"])
+    cfg = load_config(
+        [EXPERIMENTS / "easy_vqa_pmoe.yaml", TINY],
+        ["model.modalities=[text,audio]", "model.prompted=audio", f"model.pmoe.experts={experts}"],
+    )
     net = build_model(cfg.model, 2)
     assert [type(e).__name__ for e in net.experts] == ["PromptedAudioEncoder"] * 2
     out = net(audio_batch(net))
@@ -151,25 +168,52 @@ def test_bad_pairs_name_the_key():
         load_config(TEXT_AUDIO, ["model.prompted=audio"])
     with pytest.raises(ConfigError, match="data.missing.test.image"):
         load_config(TEXT_AUDIO, ["model.modalities=[text,audio]", "data.missing.test.image=0.5"])
-    cfg = load_config(TEXT_AUDIO, ["model.modalities=[text,audio]", "model.prompted=audio",
-                                   "model.audio_encoder.tiny=false", "model.audio_encoder.pretrained=false",
-                                   "model.audio_encoder.arch=bert"])
+    cfg = load_config(
+        TEXT_AUDIO,
+        [
+            "model.modalities=[text,audio]",
+            "model.prompted=audio",
+            "model.audio_encoder.tiny=false",
+            "model.audio_encoder.pretrained=false",
+            "model.audio_encoder.arch=bert",
+        ],
+    )
     with pytest.raises(ModelError, match="model.audio_encoder.name: cannot prompt audio encoder of type 'bert'"):
         build_model(cfg.model, 2)
 
 
 # --- MUStARD: the release's layout, its splits and bad clips, tiny fits through the CLI -------------------------
 def mustard_config(tmp_path, root, *overrides):
-    return load_config([EXPERIMENTS / "mustard.yaml", TINY], [
-        f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", f"trainer.default_root_dir={tmp_path / 'runs'}",
-        "data.num_workers=0", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", *overrides])
+    return load_config(
+        [EXPERIMENTS / "mustard.yaml", TINY],
+        [
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"trainer.default_root_dir={tmp_path / 'runs'}",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            *overrides,
+        ],
+    )
 
 
 def test_mustard_check_data_and_splits(tmp_path, capsys):
     root = make_mustard(tmp_path / "mustard")
-    assert main(["check-data", str(EXPERIMENTS / "mustard.yaml"), str(TINY), f"data.root={root}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "data.max_audio_seconds=0.4"]) == 0
+    assert (
+        main(
+            [
+                "check-data",
+                str(EXPERIMENTS / "mustard.yaml"),
+                str(TINY),
+                f"data.root={root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "data.max_audio_seconds=0.4",
+            ]
+        )
+        == 0
+    )
     report = capsys.readouterr().out
     assert "check-data mustard: 2 classes" in report and "the dataset is clean" in report
     assert "clips: 30 decoded in full, 0 unreadable" in report
@@ -199,8 +243,14 @@ def test_mustard_tiny_fit(tmp_path, capsys, prompted):
     cached = {p.name.split("-")[0] for p in (tmp_path / "cache" / "mustard").glob("*.pt")}
     assert cached == {"audio" if prompted == "text" else "text"}  # the frozen conditioning encoder's features
     if prompted == "text":  # robustness to lost texts; an audio dataset loses no image
-        base = [str(EXPERIMENTS / "mustard.yaml"), str(TINY), f"data.root={root}",
-                f"data.cache_dir={tmp_path / 'cache'}", f"ckpt={summary['best_checkpoint']}", "rates=[0.5]"]
+        base = [
+            str(EXPERIMENTS / "mustard.yaml"),
+            str(TINY),
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"ckpt={summary['best_checkpoint']}",
+            "rates=[0.5]",
+        ]
         assert main(["robustness", *base, "kinds=[image]", f"out={tmp_path / 'r1'}"]) == 2
         assert "robustness.kinds: removing the image needs a model that reads it" in capsys.readouterr().err
         assert main(["robustness", *base, "kinds=[text]", f"out={tmp_path / 'r2'}"]) == 0
@@ -210,13 +260,30 @@ def test_mustard_tiny_fit(tmp_path, capsys, prompted):
     # New inputs: rows of text and audio path through the CLI, and the Python API on the checkpoint, agree.
     clips = sorted((root / "utterances_final").iterdir())[:3]  # a WAV, the 44.1 kHz stereo WAV, the MP4
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"id": f"u{i}", "text": f"SHELDON: line {i}", "audio": str(clip)}) + "\n"
-                            for i, clip in enumerate(clips)))
+    rows.write_text(
+        "".join(
+            json.dumps({"id": f"u{i}", "text": f"SHELDON: line {i}", "audio": str(clip)}) + "\n"
+            for i, clip in enumerate(clips)
+        )
+    )
     out = tmp_path / "preds.csv"
     ckpt = summary["best_checkpoint"]
-    assert main(["predict", str(EXPERIMENTS / "mustard.yaml"), str(TINY), f"data.root={root}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "model.prompted=audio", f"ckpt={ckpt}",
-                 f"predict.input={rows}", f"predict.out={out}"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(EXPERIMENTS / "mustard.yaml"),
+                str(TINY),
+                f"data.root={root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "model.prompted=audio",
+                f"ckpt={ckpt}",
+                f"predict.input={rows}",
+                f"predict.out={out}",
+            ]
+        )
+        == 0
+    )
     written = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
     model = mope_lightning.from_pretrained(ckpt)
     direct = model.predict(texts=[f"SHELDON: line {i}" for i in range(3)], audio=clips)
@@ -224,9 +291,21 @@ def test_mustard_tiny_fit(tmp_path, capsys, prompted):
     with pytest.raises(MopeError, match="pass audio="):
         model.predict(texts=["a"])
     # The routing report shows the audio of each expert's exemplars as spectrograms.
-    assert main(["analyze", str(EXPERIMENTS / "mustard.yaml"), str(TINY), f"data.root={root}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "model.prompted=audio", f"ckpt={ckpt}",
-                 f"out={tmp_path / 'report'}"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                str(EXPERIMENTS / "mustard.yaml"),
+                str(TINY),
+                f"data.root={root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "model.prompted=audio",
+                f"ckpt={ckpt}",
+                f"out={tmp_path / 'report'}",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "report" / "exemplars.png").stat().st_size > 0
 
 
@@ -241,9 +320,13 @@ def test_mustard_bad_clips_are_problems_by_file(tmp_path):
     (root / "sarcasm_data.json").write_text(json.dumps(data))
     report, problems = check_data(mustard_config(tmp_path, root))
     assert problems == 4
-    for expected in ("1_5.wav: cannot read audio", "1_6.wav: empty clip: no audio samples",
-                     "entry 1_7: no audio for utterance '1_7'", "entry 1_8: 'sarcasm' is 'maybe', not true or false",
-                     "2 unreadable audio clips"):
+    for expected in (
+        "1_5.wav: cannot read audio",
+        "1_6.wav: empty clip: no audio samples",
+        "entry 1_7: no audio for utterance '1_7'",
+        "entry 1_8: 'sarcasm' is 'maybe', not true or false",
+        "2 unreadable audio clips",
+    ):
         assert expected in report, expected
     with pytest.raises(DataError, match="4 sample problem"):
         run("fit", mustard_config(tmp_path, root))
@@ -266,10 +349,15 @@ def test_mustard_folds_file_cannot_run_code(tmp_path):
 
 def test_a_model_reading_a_modality_the_dataset_lacks_is_refused(tmp_path):
     root = make_mustard(tmp_path / "mustard")
-    with pytest.raises(ConfigError, match=r"model.modalities: \['text', 'image'\], but mustard has text and audio, "
-                                          r"no image; set model.modalities=\[text,audio\]"):
-        run("fit", mustard_config(tmp_path, root, "model.modalities=[text,image]",
-                                  "model.image_encoder.name=mobilenet_v2"))
+    with pytest.raises(
+        ConfigError,
+        match=r"model.modalities: \['text', 'image'\], but mustard has text and audio, "
+        r"no image; set model.modalities=\[text,audio\]",
+    ):
+        run(
+            "fit",
+            mustard_config(tmp_path, root, "model.modalities=[text,image]", "model.image_encoder.name=mobilenet_v2"),
+        )
     cfg = load_config(TEXT_AUDIO, ["model.modalities=[text,audio]", f"data.cache_dir={tmp_path / 'cache'}"])
     with pytest.raises(ConfigError, match="but easy_vqa has text and image, no audio"):
         run("fit", cfg)

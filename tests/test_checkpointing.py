@@ -1,7 +1,6 @@
 """Activation checkpointing in the prompted block loop (model.activation_checkpointing): the same loss, importance
 loss and gradients as keeping the activations, for every prompted encoder family."""
 
-
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -64,7 +63,7 @@ def test_the_selective_policy_recomputes_all_but_the_down_projections():
         with counter:
             _loss_and_grads(net, batch, checkpointing=policy)
         flops[policy] = counter.get_total_flops()
-    down_projections = sum(down[:len(net.text.model.encoder.layer)])  # one forward's worth
+    down_projections = sum(down[: len(net.text.model.encoder.layer)])  # one forward's worth
     assert flops[None] < flops["selective"] and down_projections > 0
     assert flops["full"] - flops["selective"] == down_projections
 
@@ -91,8 +90,9 @@ def test_only_the_first_checkpointed_layers_recompute():
 
 
 def test_checkpointed_layers_is_checked():
-    with pytest.raises(ConfigError, match="model.checkpointed_layers: applies with model.activation_checkpointing="
-                                          "true; got 2"):
+    with pytest.raises(
+        ConfigError, match="model.checkpointed_layers: applies with model.activation_checkpointing=true; got 2"
+    ):
         load_config([DEFAULT_EXP], ["model.checkpointed_layers=2"])
     with pytest.raises(ConfigError, match="model.checkpointed_layers: is a count of layers, at least 1; got 0"):
         load_config([DEFAULT_EXP], ["model.activation_checkpointing=true", "model.checkpointed_layers=0"])
@@ -106,8 +106,11 @@ def test_checkpointed_layers_is_checked():
 
 
 def test_checkpointing_without_a_prompted_loop_is_refused():
-    with pytest.raises(ConfigError, match="model.activation_checkpointing: applies to the prompted block loop, which "
-                                          "model.fusion=late_concat does not run"):
+    with pytest.raises(
+        ConfigError,
+        match="model.activation_checkpointing: applies to the prompted block loop, which "
+        "model.fusion=late_concat does not run",
+    ):
         load_config([DEFAULT_EXP], ["model.fusion=late_concat", "model.activation_checkpointing=true"])
 
 
@@ -118,8 +121,10 @@ def test_compile_is_in_place_and_runs_like_activation_checkpointing(tmp_path):
     from mope_lightning.training.resume import _may_change
     from mope_lightning.training.build import build
 
-    cfg = load_config([DEFAULT_EXP, TINY], ["model.compile=true", f"data.cache_dir={tmp_path}",
-                                            "data.train_images=8", "data.test_images=4"])
+    cfg = load_config(
+        [DEFAULT_EXP, TINY],
+        ["model.compile=true", f"data.cache_dir={tmp_path}", "data.train_images=8", "data.test_images=4"],
+    )
     module, _ = build(cfg)
     eager = build_model(cfg.model, num_classes=13)
     assert module.net._compiled_call_impl is not None and eager._compiled_call_impl is None

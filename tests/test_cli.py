@@ -17,9 +17,16 @@ from helpers import DEFAULT_EXP, ROOT, TINY
 
 
 def base_args(tmp_path):
-    return [str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    return [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=40",
+        "data.test_images=10",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
 
 
 def test_fit_then_test_predict_and_validate_a_checkpoint(tmp_path, capsys):
@@ -40,11 +47,21 @@ def test_fit_then_test_predict_and_validate_a_checkpoint(tmp_path, capsys):
     assert "val/acc" in capsys.readouterr().out
 
     out_csv = tmp_path / "pred.csv"
-    assert main(["predict", *base_args(tmp_path), f"ckpt={ckpt}", f"predict.out={out_csv}",
-                 "trainer.limit_predict_batches=2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                *base_args(tmp_path),
+                f"ckpt={ckpt}",
+                f"predict.out={out_csv}",
+                "trainer.limit_predict_batches=2",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out_csv.open()))
     assert len(rows) == 2 * 16 and rows[0]["id"].startswith("test/")  # 2 batches of 2 x batch_size
-    classes = [c[len("prob_"):] for c in rows[0] if c.startswith("prob_")]
+    classes = [c[len("prob_") :] for c in rows[0] if c.startswith("prob_")]
     assert len(classes) == 13
     for row in rows:
         probs = [float(row[f"prob_{c}"]) for c in classes]
@@ -61,14 +78,17 @@ def test_fit_ckpt_last_resumes_the_newest_run_in_place(tmp_path):
     assert last["global_step"] == 2 * 4  # 4 steps per epoch (tiny overlay), 2 epochs in all
 
 
-@pytest.mark.parametrize("args, message", [
-    (["fit", "missing.yaml"], "missing.yaml: config file not found"),
-    (["fit", str(DEFAULT_EXP), "model.mope.num_expert=2"], "did you mean 'model.mope.num_experts'?"),
-    (["test", str(DEFAULT_EXP)], "test needs ckpt=PATH"),
-    (["test", str(DEFAULT_EXP), "ckpt=/no/such.ckpt"], "ckpt: /no/such.ckpt: not found"),
-    (["fit", str(DEFAULT_EXP), "data.root=/no/data"], "/no/data: no easy-VQA dataset here"),
-    (["fit", str(DEFAULT_EXP), "trainer"], "'trainer' is neither a .yaml config file nor a key=value override"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["fit", "missing.yaml"], "missing.yaml: config file not found"),
+        (["fit", str(DEFAULT_EXP), "model.mope.num_expert=2"], "did you mean 'model.mope.num_experts'?"),
+        (["test", str(DEFAULT_EXP)], "test needs ckpt=PATH"),
+        (["test", str(DEFAULT_EXP), "ckpt=/no/such.ckpt"], "ckpt: /no/such.ckpt: not found"),
+        (["fit", str(DEFAULT_EXP), "data.root=/no/data"], "/no/data: no easy-VQA dataset here"),
+        (["fit", str(DEFAULT_EXP), "trainer"], "'trainer' is neither a .yaml config file nor a key=value override"),
+    ],
+)
 def test_errors_are_one_clear_message(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -93,8 +113,20 @@ def test_frozen_encoders_stay_in_eval_mode_while_training(tmp_path):
 
 def test_python_dash_m_entry_point(tmp_path):
     args = base_args(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "mope_lightning", "fit", *args[:2],
-                           str(ROOT / "experiments/overlays/fast_dev_run.yaml"), *args[2:]],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mope_lightning",
+            "fit",
+            *args[:2],
+            str(ROOT / "experiments/overlays/fast_dev_run.yaml"),
+            *args[2:],
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[mope] fit finished" in proc.stdout and "test/acc" in proc.stdout

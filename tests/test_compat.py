@@ -18,10 +18,17 @@ from helpers import DEFAULT_EXP, TINY
 # The reference's structure on tiny encoders: a Swin prompted, conditioned on a BERT with its own prompts. No mapped
 # prompts (their dropout is always on, as in the reference) and no routing noise, so that with the flags off nothing
 # random is left in a training forward.
-REFERENCE_SHAPE = ["model.image_encoder.library=timm", "model.image_encoder.name=swin_tiny_patch4_window7_224",
-                   "model.prompted=image", "model.condition_prompts=2", "model.mope.mapped_length=0",
-                   "model.mope.router.noise_std=0", "model.compat.skip_first_block_prompt=true",
-                   "model.compat.window_prompt_order=reference", "model.compat.mapper_bn_frozen=true"]
+REFERENCE_SHAPE = [
+    "model.image_encoder.library=timm",
+    "model.image_encoder.name=swin_tiny_patch4_window7_224",
+    "model.prompted=image",
+    "model.condition_prompts=2",
+    "model.mope.mapped_length=0",
+    "model.mope.router.noise_std=0",
+    "model.compat.skip_first_block_prompt=true",
+    "model.compat.window_prompt_order=reference",
+    "model.compat.mapper_bn_frozen=true",
+]
 FLAGS = ("initial_prompt_dropout", "condition_prompt_dropout", "condition_encoder_dropout")
 
 
@@ -66,8 +73,9 @@ def test_each_flag_turns_on_its_dropout_in_training_only(flag, without_flags):
 
 def test_reference_mode_turns_on_every_flag_and_the_dropouts_sit_where_the_reference_has_them():
     assert Compat.from_config(load_config([DEFAULT_EXP]).model.compat) == Compat()
-    assert all(vars(Compat.from_config(load_config([DEFAULT_EXP], ["model.compat.mode=reference"]).model.compat))
-               .values())
+    assert all(
+        vars(Compat.from_config(load_config([DEFAULT_EXP], ["model.compat.mode=reference"]).model.compat)).values()
+    )
     net = _net("model.compat.mode=reference")
     p = net.fusion.mapper.stages[0][2].p if net.fusion.mapper is not None else 0.1
     assert net.fusion.initial_dropout.p == p and net.fusion.layer_dropout.p == 0  # the Swin side: the shallow prompt
@@ -118,25 +126,55 @@ def test_feature_cache_turns_off_for_an_encoder_running_its_dropout(capsys):
 
 
 def test_fit_with_the_conditioning_encoder_in_train_mode_says_its_feature_is_not_cached(tmp_path, capsys):
-    assert main(["fit", str(DEFAULT_EXP), str(TINY), *REFERENCE_SHAPE, "model.condition_prompts=0",
-                 "model.compat.condition_encoder_dropout=true", f"trainer.default_root_dir={tmp_path / 'runs'}",
-                 f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
-                 "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                 "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(DEFAULT_EXP),
+                str(TINY),
+                *REFERENCE_SHAPE,
+                "model.condition_prompts=0",
+                "model.compat.condition_encoder_dropout=true",
+                f"trainer.default_root_dir={tmp_path / 'runs'}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "data.train_images=40",
+                "data.test_images=10",
+                "trainer.limit_train_batches=2",
+                "trainer.limit_val_batches=1",
+                "trainer.limit_test_batches=1",
+                "trainer.enable_progress_bar=false",
+                "trainer.enable_model_summary=false",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
-    assert ("text features are not cached: the frozen text encoder runs its own dropout in training "
-            "(model.compat.condition_encoder_dropout)") in captured.err + captured.out
+    assert (
+        "text features are not cached: the frozen text encoder runs its own dropout in training "
+        "(model.compat.condition_encoder_dropout)"
+    ) in captured.err + captured.out
     assert not list((tmp_path / "cache").rglob("text*"))  # nothing cached for the text
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.compat.initial_prompt_dropout=true"], "model.compat.initial_prompt_dropout: acts on the prompts entering "
-     "before the first block, which exist with model.compat.skip_first_block_prompt=true"),
-    (["model.compat.condition_prompt_dropout=true"], "model.compat.condition_prompt_dropout: acts on the conditioning "
-     "encoder's prompts, which exist with model.condition_prompts > 0"),
-    (["model.fusion=late_concat", "model.compat.condition_encoder_dropout=true"],
-     r"model.compat.condition_encoder_dropout: applies to the prompt fusions \(mope, prompt_tuning, promptfuse\)"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model.compat.initial_prompt_dropout=true"],
+            "model.compat.initial_prompt_dropout: acts on the prompts entering "
+            "before the first block, which exist with model.compat.skip_first_block_prompt=true",
+        ),
+        (
+            ["model.compat.condition_prompt_dropout=true"],
+            "model.compat.condition_prompt_dropout: acts on the conditioning "
+            "encoder's prompts, which exist with model.condition_prompts > 0",
+        ),
+        (
+            ["model.fusion=late_concat", "model.compat.condition_encoder_dropout=true"],
+            r"model.compat.condition_encoder_dropout: applies to the prompt fusions \(mope, prompt_tuning, promptfuse\)",
+        ),
+    ],
+)
 def test_a_flag_with_nothing_to_act_on_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config([DEFAULT_EXP], overrides)

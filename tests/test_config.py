@@ -33,17 +33,20 @@ def test_trainer_section_passes_through_and_resolves(tmp_path):
     assert trainer["default_root_dir"] == "runs/easy_vqa"
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.mope.num_expert=3", "unknown key 'model.mope.num_expert' (did you mean 'model.mope.num_experts'?)"),
-    ("data.batch_sise=8", "did you mean 'data.batch_size'?"),
-    ("trainer.max_epoch=3", "unknown key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
-    ("data.batch_size=abc", "data.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
-    ("model.fusion=moep", "model.fusion: 'moep' is not one of mope, prompt_tuning"),
-    ("data.name=easyvqa", "unknown dataset 'easyvqa' (did you mean 'easy_vqa'?)"),
-    ("trainer.callbacks=[]", "trainer.callbacks: set by mope_lightning itself"),
-    ("data.batch_size=0", "data.batch_size: must be at least 1"),
-    ("max_epochs", "'max_epochs' is not a key=value override"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.mope.num_expert=3", "unknown key 'model.mope.num_expert' (did you mean 'model.mope.num_experts'?)"),
+        ("data.batch_sise=8", "did you mean 'data.batch_size'?"),
+        ("trainer.max_epoch=3", "unknown key 'trainer.max_epoch' (did you mean 'trainer.max_epochs'?)"),
+        ("data.batch_size=abc", "data.batch_size: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("model.fusion=moep", "model.fusion: 'moep' is not one of mope, prompt_tuning"),
+        ("data.name=easyvqa", "unknown dataset 'easyvqa' (did you mean 'easy_vqa'?)"),
+        ("trainer.callbacks=[]", "trainer.callbacks: set by mope_lightning itself"),
+        ("data.batch_size=0", "data.batch_size: must be at least 1"),
+        ("max_epochs", "'max_epochs' is not a key=value override"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config([DEFAULT_EXP], [override])
@@ -53,8 +56,11 @@ def test_bad_overrides_name_the_key(override, message):
 
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
     bad = write(tmp_path, "overlay.yaml", "model:\n  mope:\n    num_expertz: 3\n")
-    with pytest.raises(ConfigError, match=r"overlay\.yaml: unknown key 'model\.mope\.num_expertz' "
-                                          r"\(did you mean 'model\.mope\.num_experts'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"overlay\.yaml: unknown key 'model\.mope\.num_expertz' "
+        r"\(did you mean 'model\.mope\.num_experts'\?\)",
+    ):
         load_config([DEFAULT_EXP, bad])
 
 

@@ -14,8 +14,10 @@ from mope_lightning.models import build_model
 from helpers import DEFAULT_EXP, TINY
 from helpers.models import CASES, _batch, _loss_and_grads
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (make gpu-check)"),
+]
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +51,10 @@ def test_the_model_on_the_gpu_computes_what_it_computes_on_the_cpu(case):
         on_device = _on(batch, device)
         logits = net(on_device).logits
         torch.nn.functional.cross_entropy(logits, on_device["labels"]).backward()
-        results[device] = logits.detach().cpu(), {n: p.grad.cpu() for n, p in net.named_parameters()
-                                                  if p.grad is not None}
+        results[device] = (
+            logits.detach().cpu(),
+            {n: p.grad.cpu() for n, p in net.named_parameters() if p.grad is not None},
+        )
     torch.testing.assert_close(results["cuda"][0], results["cpu"][0], rtol=1e-4, atol=1e-4)
     assert results["cuda"][1].keys() == results["cpu"][1].keys()
     for name, grad in results["cpu"][1].items():
@@ -95,10 +99,19 @@ def test_compiled_model_on_the_gpu_computes_what_eager_does():
 
 
 def test_a_bf16_mixed_fit_on_the_gpu_through_the_cli(tmp_path):
-    args = [str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=64", "data.test_images=16",
-            "trainer.accelerator=gpu", "trainer.devices=1", "trainer.precision=bf16-mixed", "trainer.max_epochs=1",
-            "trainer.enable_progress_bar=false"]
+    args = [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=64",
+        "data.test_images=16",
+        "trainer.accelerator=gpu",
+        "trainer.devices=1",
+        "trainer.precision=bf16-mixed",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+    ]
     assert main(["fit", *args]) == 0
     fit = json.loads((tmp_path / "runs" / "version_0" / "fit_metrics.json").read_text())
     assert set(fit["metrics"]) >= {"test/acc", "test/loss"}

@@ -93,8 +93,9 @@ def test_subset_keeps_the_questions_of_the_first_images(tmp_path):
     splits, pools = dm.read_splits()
     assert len(pools["train"]) == 40 and len(pools["test"]) == 10
     assert max(splits["train"].media_index + splits["val"].media_index) == 39
-    assert len(splits["test"]) == sum(1 for e in json.loads((PACKAGE_ROOT / "test/questions.json").read_text())
-                                      if e[2] < 10)
+    assert len(splits["test"]) == sum(
+        1 for e in json.loads((PACKAGE_ROOT / "test/questions.json").read_text()) if e[2] < 10
+    )
 
 
 def test_batches_are_tokenized_with_cached_features(tmp_path, tiny_image_encoder, tokenizer):
@@ -161,11 +162,14 @@ def _edit_questions(root, split, edit):
     return path
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda e: e[2].__setitem__(1, "purple"), r"questions.json:entry 2: answer 'purple' is not in answers.txt"),
-    (lambda e: e[1].__setitem__(0, "  "), r"questions.json:entry 1: empty question"),
-    (lambda e: e.append(["a question", "yes"]), r"questions.json:entry \d+: \['a question', 'yes'\] is not \["),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda e: e[2].__setitem__(1, "purple"), r"questions.json:entry 2: answer 'purple' is not in answers.txt"),
+        (lambda e: e[1].__setitem__(0, "  "), r"questions.json:entry 1: empty question"),
+        (lambda e: e.append(["a question", "yes"]), r"questions.json:entry \d+: \['a question', 'yes'\] is not \["),
+    ],
+)
 def test_bad_questions_name_file_and_entry(tmp_path, edit, message):
     root = copy_dataset(tmp_path)
     path = _edit_questions(root, "train", edit)

@@ -14,15 +14,31 @@ from mope_lightning.cli.check_data import check_data
 from mope_lightning.cli.fit import run
 
 from helpers import EXPERIMENTS, TINY
-from helpers.datasets import (FOOD_CLASSES, make_food101, make_hateful_memes, make_mmbt, make_mmimdb, make_snli_ve,
-                      write_image)
+from helpers.datasets import (
+    FOOD_CLASSES,
+    make_food101,
+    make_hateful_memes,
+    make_mmbt,
+    make_mmimdb,
+    make_snli_ve,
+    write_image,
+)
 
 
 def config(tmp_path, experiment, root, *overrides):
-    return load_config([EXPERIMENTS / f"{experiment}.yaml", TINY], [
-        f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", f"trainer.default_root_dir={tmp_path / 'runs'}",
-        "data.num_workers=0", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", *overrides])
+    return load_config(
+        [EXPERIMENTS / f"{experiment}.yaml", TINY],
+        [
+            f"data.root={root}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"trainer.default_root_dir={tmp_path / 'runs'}",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            *overrides,
+        ],
+    )
 
 
 def splits_of(cfg):
@@ -30,6 +46,7 @@ def splits_of(cfg):
 
 
 # --- clean copies: check-data, splits, labels, a two-step fit ---------------------------------------------------
+
 
 def test_food101_native_layout(tmp_path):
     cfg = config(tmp_path, "food101", make_food101(tmp_path / "food"), "data.val_size=3")
@@ -65,8 +82,12 @@ def test_mmimdb_native_layout(tmp_path):
     news = splits["train"].ids.index("train/0000003")  # Comedy + News: News is not a label, the movie stays
     assert [dm.classes[i] for i in splits["train"].labels[news]] == ["Comedy"]
     # The release decade is a sample attribute (for routing analysis); unknown without a year.
-    assert [splits["train"].attributes["decade"][splits["train"].ids.index(f"train/000000{n}")]
-            for n in range(4)] == [["1990s"], ["2000s"], [], []]
+    assert [splits["train"].attributes["decade"][splits["train"].ids.index(f"train/000000{n}")] for n in range(4)] == [
+        ["1990s"],
+        ["2000s"],
+        [],
+        [],
+    ]
     summary = run("fit", cfg)
     assert set(summary["metrics"]) >= {"test/f1_micro", "test/f1_macro", "test/f1_weighted", "test/f1_samples"}
     assert "ModelCheckpoint" not in str(summary) and summary["best_checkpoint"]
@@ -74,15 +95,22 @@ def test_mmimdb_native_layout(tmp_path):
 
 def test_mmimdb_genre_filters(tmp_path):
     root = make_mmimdb(tmp_path / "mmimdb")
-    sizes = {f: sum(len(s) for s in splits_of(config(tmp_path, "mmimdb", root, f"data.genre_filter={f}")).values())
-             for f in ("none", "mmbt", "mope")}
+    sizes = {
+        f: sum(len(s) for s in splits_of(config(tmp_path, "mmimdb", root, f"data.genre_filter={f}")).values())
+        for f in ("none", "mmbt", "mope")
+    }
     assert sizes["none"] == 14 and sizes["mmbt"] == sizes["mope"] == 14 - 2  # movies 3 and 9 have News
 
 
 def test_hateful_memes_native_layout_reports_auroc(tmp_path, capsys):
     root = make_hateful_memes(tmp_path / "hm")
-    args = [str(EXPERIMENTS / "hateful_memes.yaml"), str(TINY), f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.missing.test.both=0.5"]
+    args = [
+        str(EXPERIMENTS / "hateful_memes.yaml"),
+        str(TINY),
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.missing.test.both=0.5",
+    ]
     assert main(["check-data", *args]) == 0
     report = capsys.readouterr().out
     assert "check-data hateful_memes: 2 classes" in report and "the dataset is clean" in report
@@ -111,8 +139,11 @@ def test_hateful_memes_bad_lines_are_named_by_file_and_line(tmp_path):
     test.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     report, problems = check_data(config(tmp_path, "hateful_memes", root))
     assert problems == 3
-    for expected in (f"{test}:line 1: no 'label': this split file has no labels",
-                     f"{test}:line 2: label 2 is not 0 (not hateful) or 1 (hateful)", "nowhere.png: image file"):
+    for expected in (
+        f"{test}:line 1: no 'label': this split file has no labels",
+        f"{test}:line 2: label 2 is not 0 (not hateful) or 1 (hateful)",
+        "nowhere.png: image file",
+    ):
         assert expected in report, expected
 
 
@@ -157,15 +188,24 @@ def test_generic_jsonl_with_custom_fields(tmp_path):
         lines = []
         for n in range(count):
             write_image(root / "pics" / f"{split}{n}.png", n, fmt="PNG")
-            record = {"caption": f"{split} caption {n}", "verdict": ["good", "bad"][n % 2], "picture": f"{split}{n}",
-                      "tags": ["a", "b"] if n == 1 else "a"}
+            record = {
+                "caption": f"{split} caption {n}",
+                "verdict": ["good", "bad"][n % 2],
+                "picture": f"{split}{n}",
+                "tags": ["a", "b"] if n == 1 else "a",
+            }
             if n != 2:  # a row without the attribute field: an unknown value, not a problem
                 record["source"] = f"site{n % 3}"
             lines.append(json.dumps(record))
         (root / f"{split}.jsonl").write_text("\n".join(lines))
-    fields = ["data.splits={train: tr.jsonl, val: va.jsonl, test: te.jsonl}", "data.labels_file=classes.txt",
-              "data.text_field=caption", "data.label_field=verdict", "data.image_field=picture",
-              "data.image_pattern=pics/{}.png"]
+    fields = [
+        "data.splits={train: tr.jsonl, val: va.jsonl, test: te.jsonl}",
+        "data.labels_file=classes.txt",
+        "data.text_field=caption",
+        "data.label_field=verdict",
+        "data.image_field=picture",
+        "data.image_pattern=pics/{}.png",
+    ]
     cfg = config(tmp_path, "jsonl", root, *fields)
     splits = splits_of(cfg)
     assert splits["train"].texts[1] == "tr caption 1" and splits["train"].labels[1] == 1
@@ -179,6 +219,7 @@ def test_generic_jsonl_with_custom_fields(tmp_path):
 
 
 # --- corrupted copies -------------------------------------------------------------------------------------------
+
 
 def corrupt_snli(root):
     """One of each per-sample problem, each with its file and line."""
@@ -204,12 +245,15 @@ def test_check_data_lists_every_problem_and_fit_refuses(tmp_path, capsys):
     cfg = config(tmp_path, "snli_ve", root)
     report, problems = check_data(cfg)
     assert problems == 5
-    for expected in (f"{dev}:line 1: not valid JSON", f"{dev}:line 2: label 'maybe' is not in the label set",
-                     f"{dev}:line 3: empty or missing text ('sentence2')", "1000.jpg: image file not found; 3 sample",
-                     "1001.jpg: cannot read image"):
+    for expected in (
+        f"{dev}:line 1: not valid JSON",
+        f"{dev}:line 2: label 'maybe' is not in the label set",
+        f"{dev}:line 3: empty or missing text ('sentence2')",
+        "1000.jpg: image file not found; 3 sample",
+        "1001.jpg: cannot read image",
+    ):
         assert expected in report, expected
-    args = [str(EXPERIMENTS / "snli_ve.yaml"), str(TINY), f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}"]
+    args = [str(EXPERIMENTS / "snli_ve.yaml"), str(TINY), f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}"]
     assert main(["check-data", *args]) == 1
     assert "problems: 5" in capsys.readouterr().out
     with pytest.raises(DataError, match=r"(?s)snli_ve: 5 sample problem\(s\).*data.on_bad_sample=skip"):
@@ -272,12 +316,27 @@ def test_make_train_runs_a_dataset_experiment_on_a_fixture_copy(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     data = make_food101(tmp_path / "food")
-    args = (f"{TINY} data.root={data} data.val_size=3 data.cache_dir={tmp_path / 'cache'} "
-            f"trainer.default_root_dir={tmp_path / 'runs'} trainer.enable_progress_bar=false")
+    args = (
+        f"{TINY} data.root={data} data.val_size=3 data.cache_dir={tmp_path / 'cache'} "
+        f"trainer.default_root_dir={tmp_path / 'runs'} trainer.enable_progress_bar=false"
+    )
     # -o: take the installed venv as up to date (the tests run inside it); BIN: this interpreter's folder
-    proc = subprocess.run(["make", "-C", str(root), "-o", f"{Path(sys.executable).parent}/.installed", "train",
-                           "EXP=food101", f"BIN={Path(sys.executable).parent}", f"ARGS={args}"],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "make",
+            "-C",
+            str(root),
+            "-o",
+            f"{Path(sys.executable).parent}/.installed",
+            "train",
+            "EXP=food101",
+            f"BIN={Path(sys.executable).parent}",
+            f"ARGS={args}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[mope] fit finished" in proc.stdout and "test/acc" in proc.stdout
 

@@ -21,15 +21,31 @@ from helpers import DEFAULT_EXP, TINY
 # device's batch (a documented design choice), routing noise and prompt dropout are random per process, and the
 # mapper's BatchNorm normalises each device's batch unless sync_batchnorm (GPU only) is on, so it keeps fixed
 # statistics here.
-EXACT = ["model.mope.importance_weight=0", "model.mope.router.noise_std=0", "model.mope.prompt_dropout=0",
-         "model.compat.mapper_bn_frozen=true"]
+EXACT = [
+    "model.mope.importance_weight=0",
+    "model.mope.router.noise_std=0",
+    "model.mope.prompt_dropout=0",
+    "model.compat.mapper_bn_frozen=true",
+]
 
 
 def cli(tmp_path, *extra, cwd=None, launcher=()):
-    args = [*launcher, *(() if launcher else (sys.executable,)), "-m", "mope_lightning", "fit", str(DEFAULT_EXP),
-            str(TINY), f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=24", "data.test_images=10",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-            *extra]
+    args = [
+        *launcher,
+        *(() if launcher else (sys.executable,)),
+        "-m",
+        "mope_lightning",
+        "fit",
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=24",
+        "data.test_images=10",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
     return subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=cwd or tmp_path)
 
 
@@ -41,8 +57,14 @@ def test_two_process_ddp_equals_one_process_with_twice_the_batch(tmp_path):
     common = [*EXACT, "trainer.max_steps=3", "trainer.limit_val_batches=0", "trainer.limit_test_batches=1"]
     one = cli(tmp_path, *common, "data.batch_size=8", f"trainer.default_root_dir={tmp_path / 'one'}")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = cli(tmp_path, *common, "data.batch_size=4", "trainer.devices=2", "trainer.strategy=ddp",
-              f"trainer.default_root_dir={tmp_path / 'two'}")
+    two = cli(
+        tmp_path,
+        *common,
+        "data.batch_size=4",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        f"trainer.default_root_dir={tmp_path / 'two'}",
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = trainable(tmp_path / "one" / "version_0" / "checkpoints" / "last.ckpt")
     b = trainable(tmp_path / "two" / "version_0" / "checkpoints" / "last.ckpt")
@@ -82,22 +104,45 @@ def test_a_run_killed_mid_epoch_resumes_with_ckpt_last_to_the_same_result(tmp_pa
     uninterrupted run has none, which must not change its random numbers either."""
     # 24 images -> 224 training questions -> 28 steps per epoch at batch 8; 2 epochs; a validation (and last.ckpt)
     # every half epoch. checkpoint.test_with=last: the test metrics are those of the final weights.
-    common = ["trainer.limit_train_batches=1.0", "trainer.max_epochs=2", "trainer.val_check_interval=0.5",
-              "trainer.limit_val_batches=3", "trainer.limit_test_batches=4", "checkpoint.test_with=last"]
+    common = [
+        "trainer.limit_train_batches=1.0",
+        "trainer.max_epochs=2",
+        "trainer.val_check_interval=0.5",
+        "trainer.limit_val_batches=3",
+        "trainer.limit_test_batches=4",
+        "checkpoint.test_with=last",
+    ]
     whole = cli(tmp_path, *common, f"trainer.default_root_dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     runs = tmp_path / "killed"
-    args = [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=24",
-            "data.test_images=10", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", "data.num_workers=2", *common, f"trainer.default_root_dir={runs}"]
-    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args], capture_output=True, text=True,
-                            timeout=900, env={**os.environ, "KILL_AT_STEP": "48"}, cwd=tmp_path)
+    args = [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=24",
+        "data.test_images=10",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "data.num_workers=2",
+        *common,
+        f"trainer.default_root_dir={runs}",
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "KILL_AT_STEP": "48"},
+        cwd=tmp_path,
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]  # SIGKILL, mid-way through the second epoch
     last = runs / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    assert saved["global_step"] == 42 and saved["EasyVQADataModule"] == {"training_position": {"epoch": 1,
-                                                                                                "batches": 14}}
+    assert saved["global_step"] == 42 and saved["EasyVQADataModule"] == {
+        "training_position": {"epoch": 1, "batches": 14}
+    }
     assert not (runs / "version_0" / "fit_metrics.json").exists()  # nothing that looks like a finished run
 
     assert main(["fit", *args, "ckpt=last"]) == 0
@@ -128,8 +173,13 @@ def test_the_training_order_resumes_each_process_after_the_batches_it_trained():
         assert list(resumed) == list(whole)  # only the resumed epoch starts late
 
     def trainer(step, epoch, batches=10, accumulate=1, fn=TrainerFn.FITTING):
-        return SimpleNamespace(state=SimpleNamespace(fn=fn), num_training_batches=batches, current_epoch=epoch,
-                               accumulate_grad_batches=accumulate, global_step=step)
+        return SimpleNamespace(
+            state=SimpleNamespace(fn=fn),
+            num_training_batches=batches,
+            current_epoch=epoch,
+            accumulate_grad_batches=accumulate,
+            global_step=step,
+        )
 
     assert training_position(trainer(13, 1)) == {"epoch": 1, "batches": 3}
     assert training_position(trainer(10, 0)) == {"epoch": 1, "batches": 0}  # an epoch's end: the next one's start
@@ -140,21 +190,36 @@ def test_the_training_order_resumes_each_process_after_the_batches_it_trained():
 
 def test_torchrun_with_a_mismatched_world_size_is_refused(tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-    proc = cli(tmp_path, "trainer.devices=1", f"trainer.default_root_dir={tmp_path / 'runs'}",
-               launcher=(torchrun, "--nproc_per_node=2", "--master_port=29531"))
+    proc = cli(
+        tmp_path,
+        "trainer.devices=1",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        launcher=(torchrun, "--nproc_per_node=2", "--master_port=29531"),
+    )
     assert proc.returncode != 0
-    assert ("torchrun started 2 processes (1 node(s) x 2), but trainer.devices x trainer.num_nodes = 1 x 1; set "
-            "trainer.devices=2 trainer.num_nodes=1" in proc.stdout + proc.stderr)
+    assert (
+        "torchrun started 2 processes (1 node(s) x 2), but trainer.devices x trainer.num_nodes = 1 x 1; set "
+        "trainer.devices=2 trainer.num_nodes=1" in proc.stdout + proc.stderr
+    )
     assert not (tmp_path / "runs").exists()  # refused before anything was built or written
 
 
 def test_slurm_mismatch_and_settings_refused_before_training(monkeypatch):
-    for key, value in {"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "4(x2)",
-                       "SLURM_JOB_NAME": "train", "SLURM_NODEID": "0", "SLURM_PROCID": "0",
-                       "SLURM_LOCALID": "0"}.items():
+    for key, value in {
+        "SLURM_NTASKS": "8",
+        "SLURM_NNODES": "2",
+        "SLURM_NTASKS_PER_NODE": "4(x2)",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_NODEID": "0",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+    }.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(ConfigError, match=r"SLURM \(srun\) started 8 processes \(2 node\(s\) x 4\).*"
-                                          r"set trainer.devices=4 trainer.num_nodes=2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"SLURM \(srun\) started 8 processes \(2 node\(s\) x 4\).*"
+        r"set trainer.devices=4 trainer.num_nodes=2",
+    ):
         check_trainer({"devices": 4, "num_nodes": 1})
     check_trainer({"devices": 4, "num_nodes": 2, "accelerator": "cpu"})  # 4 x 2 = 8: accepted
     monkeypatch.delenv("SLURM_NTASKS")
@@ -168,8 +233,15 @@ def test_slurm_mismatch_and_settings_refused_before_training(monkeypatch):
 
 
 def test_resuming_from_another_experiments_checkpoint_is_refused(tmp_path, capsys):
-    base = [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=24",
-            "data.test_images=10", "trainer.enable_progress_bar=false", f"trainer.default_root_dir={tmp_path / 'runs'}"]
+    base = [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=24",
+        "data.test_images=10",
+        "trainer.enable_progress_bar=false",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+    ]
     assert main(["fit", *base]) == 0
     ckpt = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"
     assert main(["fit", *base, "model.mope.num_experts=8", f"ckpt={ckpt}"]) == 2

@@ -16,10 +16,19 @@ pytest.importorskip("mkdocstrings", reason="mkdocstrings is not installed (pip i
 
 
 def build(site: Path, config: Path = REPO / "mkdocs.yml") -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config),
-                           "--site-dir", str(site)], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    env = {
+        **os.environ,
+        "NO_MKDOCS_2_WARNING": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config), "--site-dir", str(site)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_docs_build_strict(tmp_path):
@@ -40,8 +49,12 @@ def test_docs_build_fails_on_a_broken_link(tmp_path):
     shutil.copytree(REPO / "docs", docs)
     (docs / "getting_started.md").write_text("# Getting started\n\nSee [nowhere](no_such_page.md).\n")
     config = tmp_path / "mkdocs.yml"
-    config.write_text((REPO / "mkdocs.yml").read_text().replace("docs_dir: docs", f"docs_dir: {docs}")
-                      .replace("  - scripts/docs_hooks.py", f"  - {REPO / 'scripts' / 'docs_hooks.py'}"))
+    config.write_text(
+        (REPO / "mkdocs.yml")
+        .read_text()
+        .replace("docs_dir: docs", f"docs_dir: {docs}")
+        .replace("  - scripts/docs_hooks.py", f"  - {REPO / 'scripts' / 'docs_hooks.py'}")
+    )
     done = build(tmp_path / "site", config)
     assert done.returncode != 0
     assert "no_such_page.md" in done.stdout + done.stderr

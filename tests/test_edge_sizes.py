@@ -23,8 +23,7 @@ STEPS_PER_EPOCH = 4  # the tiny overlay's limit_train_batches
 
 
 def last_checkpoint(tmp) -> dict:
-    return torch.load(tmp / "runs" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu",
-                      weights_only=True)
+    return torch.load(tmp / "runs" / "version_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
 
 
 def logged_step(checkpoint: dict) -> int:
@@ -93,8 +92,7 @@ def test_a_run_stopped_by_max_steps_mid_epoch_resumes_inside_that_epoch(tmp_path
     assert_same_weights(uninterrupted, after)
 
 
-def test_a_finished_run_resumed_with_its_own_limits_trains_nothing_and_says_so(extended_by_epochs, tmp_path,
-                                                                             capsys):
+def test_a_finished_run_resumed_with_its_own_limits_trains_nothing_and_says_so(extended_by_epochs, tmp_path, capsys):
     """The limits it was trained with: a sweep resumes a run killed after training, before its metrics were written.
     Nothing trains (the weights stay), the note says so, and the run's test follows."""
     shutil.copytree(extended_by_epochs[0] / "runs", tmp_path / "runs")  # the module's run stays as it was
@@ -110,11 +108,14 @@ def test_a_finished_run_resumed_with_its_own_limits_trains_nothing_and_says_so(e
     assert_same_weights(before, after)
 
 
-@pytest.mark.parametrize("limits, named", [
-    (["trainer.max_epochs=2", "trainer.max_steps=100"], "trainer.max_epochs=2 leaves nothing to train"),
-    (["trainer.max_epochs=5", "trainer.max_steps=12"], "trainer.max_steps=12 leaves nothing to train"),
-    (["trainer.max_epochs=3", "trainer.max_steps=9"], "trainer.max_steps=9 and trainer.max_epochs=3 leave nothing"),
-])
+@pytest.mark.parametrize(
+    "limits, named",
+    [
+        (["trainer.max_epochs=2", "trainer.max_steps=100"], "trainer.max_epochs=2 leaves nothing to train"),
+        (["trainer.max_epochs=5", "trainer.max_steps=12"], "trainer.max_steps=12 leaves nothing to train"),
+        (["trainer.max_epochs=3", "trainer.max_steps=9"], "trainer.max_steps=9 and trainer.max_epochs=3 leave nothing"),
+    ],
+)
 def test_a_resume_whose_limit_the_checkpoint_has_reached_is_refused(extended_by_epochs, capsys, limits, named):
     tmp, _ = extended_by_epochs
     capsys.readouterr()
@@ -128,10 +129,20 @@ def test_a_resume_whose_limit_the_checkpoint_has_reached_is_refused(extended_by_
 def mustard_args(tmp, root, *extra):
     """MUStARD's 30-utterance fixture, fold 0: 24 training utterances, of which data.val_fraction=0.04 holds out
     one (sarcastic) as the val split; batch 11 leaves a last training batch of one (23 = 2 x 11 + 1)."""
-    return [str(EXPERIMENTS / "mustard.yaml"), str(TINY), f"data.root={root}", f"data.cache_dir={tmp / 'cache'}",
-            f"trainer.default_root_dir={tmp / 'runs'}", "data.num_workers=0", "data.val_fraction=0.04",
-            "data.batch_size=11", "data.eval_batch_size=5", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", *extra]
+    return [
+        str(EXPERIMENTS / "mustard.yaml"),
+        str(TINY),
+        f"data.root={root}",
+        f"data.cache_dir={tmp / 'cache'}",
+        f"trainer.default_root_dir={tmp / 'runs'}",
+        "data.num_workers=0",
+        "data.val_fraction=0.04",
+        "data.batch_size=11",
+        "data.eval_batch_size=5",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
 
 
 def finite_metrics(run) -> dict:
@@ -148,8 +159,12 @@ def test_a_val_split_of_one_utterance_and_a_last_batch_of_one_train_validate_and
     captured = capsys.readouterr()
     assert "splits: train 23, val 1, test 6" in captured.err and "Traceback" not in captured.err
     # torchmetrics would log val/auroc = 0 with a warning; it is left out, with a note naming it and the class
-    assert captured.err.count("[mope] note: val/auroc left out: it needs samples of both classes, and these are all "
-                              "'sarcastic'") == 1
+    assert (
+        captured.err.count(
+            "[mope] note: val/auroc left out: it needs samples of both classes, and these are all 'sarcastic'"
+        )
+        == 1
+    )
     run = tmp_path / "runs" / "version_0"
     assert last_checkpoint(tmp_path)["global_step"] == 2  # the last batch of one is dropped (BatchNorm), not a crash
     metrics = finite_metrics(run)
@@ -157,8 +172,10 @@ def test_a_val_split_of_one_utterance_and_a_last_batch_of_one_train_validate_and
     routing = json.loads((run / "routing_val.json").read_text())
     assert routing["class_count"] == [0.0, 1.0]
     assert "mi_class_relative" not in routing  # 0 whatever the routing with one class: not measured
-    assert main(["analyze", *mustard_args(tmp_path, root), "ckpt=last", "analyze.split=val",
-                 f"out={tmp_path / 'report'}"]) == 0
+    assert (
+        main(["analyze", *mustard_args(tmp_path, root), "ckpt=last", "analyze.split=val", f"out={tmp_path / 'report'}"])
+        == 0
+    )
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "- samples: 1" in summary and "Not measured: the samples are all of one class (sarcastic)" in summary
     assert (tmp_path / "report" / "exemplars.png").stat().st_size > 0
@@ -167,8 +184,12 @@ def test_a_val_split_of_one_utterance_and_a_last_batch_of_one_train_validate_and
 def test_a_checkpoint_monitor_the_val_split_leaves_undefined_is_refused(tmp_path, capsys):
     root = make_mustard(tmp_path / "mustard")
     assert main(["fit", *mustard_args(tmp_path, root, "checkpoint.monitor=val/auroc")]) == 2
-    one_error(capsys, "checkpoint.monitor: val/auroc needs samples of both classes in the val split, and its 1 "
-                      "sample(s) are all 'sarcastic'", "checkpoint.monitor=val/loss checkpoint.mode=min")
+    one_error(
+        capsys,
+        "checkpoint.monitor: val/auroc needs samples of both classes in the val split, and its 1 "
+        "sample(s) are all 'sarcastic'",
+        "checkpoint.monitor=val/loss checkpoint.mode=min",
+    )
     assert not list((tmp_path / "runs").rglob("*.ckpt"))
 
 
@@ -182,8 +203,9 @@ def test_classes_absent_from_small_splits_and_last_eval_batches_of_one(tmp_path)
     routing = json.loads((run / "routing_val.json").read_text())
     assert sum(n > 0 for n in routing["class_count"]) == 2 and sum(routing["class_count"]) == 6
     assert all(math.isfinite(v) for v in routing["mi_class_relative"] + routing["mi_class_bits"])
-    assert main(["analyze", *args(tmp_path, *extra), "ckpt=last", "analyze.split=test",
-                 f"out={tmp_path / 'report'}"]) == 0
+    assert (
+        main(["analyze", *args(tmp_path, *extra), "ckpt=last", "analyze.split=test", f"out={tmp_path / 'report'}"]) == 0
+    )
     rows = (tmp_path / "report" / "routing.csv").read_text().splitlines()
     assert len(rows) == 1 + 11
     assert "nan" not in (tmp_path / "report" / "summary.md").read_text().lower()

@@ -79,16 +79,23 @@ def test_conditioning_encoder_prompted_itself_is_trained_and_not_cached(tmp_path
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.image_encoder.library=timm", "model.image_encoder.name=vit_bsae_patch16_224"],
-     "timm does not know 'vit_bsae_patch16_224' (close: vit_base_patch16_224"),
-    (["model.image_encoder.name=mobilenet_v9"], "torchvision has no classification model 'mobilenet_v9'"),
-    (["model.prompted=image"], "model.image_encoder: torchvision 'mobilenet_v2' cannot be prompted"),
-    (["model.mope.num_experts=0"], "model.mope.num_experts: dynamic prompts (dynamic_length=6) need at least one"),
-    (["model.mope.prompted_layers=[0,9]"], "model.mope.prompted_layers: [0, 9] must be a non-empty subset of 0..1"),
-    (["model.text_encoder.name=no-such/text-model", "model.text_encoder.tiny=false"],
-     "model.text_encoder: cannot load 'no-such/text-model'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model.image_encoder.library=timm", "model.image_encoder.name=vit_bsae_patch16_224"],
+            "timm does not know 'vit_bsae_patch16_224' (close: vit_base_patch16_224",
+        ),
+        (["model.image_encoder.name=mobilenet_v9"], "torchvision has no classification model 'mobilenet_v9'"),
+        (["model.prompted=image"], "model.image_encoder: torchvision 'mobilenet_v2' cannot be prompted"),
+        (["model.mope.num_experts=0"], "model.mope.num_experts: dynamic prompts (dynamic_length=6) need at least one"),
+        (["model.mope.prompted_layers=[0,9]"], "model.mope.prompted_layers: [0, 9] must be a non-empty subset of 0..1"),
+        (
+            ["model.text_encoder.name=no-such/text-model", "model.text_encoder.tiny=false"],
+            "model.text_encoder: cannot load 'no-such/text-model'",
+        ),
+    ],
+)
 def test_bad_model_settings_fail_before_training(tmp_path, overrides, message):
     with pytest.raises(ModelError) as err:
         build(tiny_config(tmp_path, *overrides))
@@ -101,12 +108,26 @@ TINY_VIT_KWARGS = "model.image_encoder.kwargs={img_size: 32, patch_size: 8, dept
 def test_local_timm_weights_load(tmp_path):
     import timm
 
-    source = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
-                               depth=2, embed_dim=64, num_heads=2)
+    source = timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        num_classes=0,
+        img_size=32,
+        patch_size=8,
+        depth=2,
+        embed_dim=64,
+        num_heads=2,
+    )
     weights = tmp_path / "vit.pth"
     torch.save(source.state_dict(), weights)
-    cfg = tiny_config(tmp_path, *VIT, "model.image_encoder.tiny=false", TINY_VIT_KWARGS,
-                      f"model.image_encoder.checkpoint={weights}", "model.prompted=image")
+    cfg = tiny_config(
+        tmp_path,
+        *VIT,
+        "model.image_encoder.tiny=false",
+        TINY_VIT_KWARGS,
+        f"model.image_encoder.checkpoint={weights}",
+        "model.prompted=image",
+    )
     module, _ = build(cfg)
     for name, tensor in source.state_dict().items():
         assert torch.equal(module.net.image.model.state_dict()[name], tensor), name
@@ -115,8 +136,9 @@ def test_local_timm_weights_load(tmp_path):
 def test_a_checkpoint_file_whose_keys_do_not_fit(tmp_path):
     bad = tmp_path / "weights.pth"
     torch.save({"not.a.key": torch.zeros(3)}, bad)
-    cfg = tiny_config(tmp_path, *VIT, "model.image_encoder.tiny=false", f"model.image_encoder.checkpoint={bad}",
-                      TINY_VIT_KWARGS)
+    cfg = tiny_config(
+        tmp_path, *VIT, "model.image_encoder.tiny=false", f"model.image_encoder.checkpoint={bad}", TINY_VIT_KWARGS
+    )
     with pytest.raises(ModelError, match=r"timm could not build 'vit_base_patch16_224' from .*weights\.pth"):
         build(cfg)
     cfg = tiny_config(tmp_path, "model.image_encoder.tiny=false", f"model.image_encoder.checkpoint={bad}")

@@ -21,22 +21,25 @@ def checkpoints(tmp_path) -> list:
     return sorted((tmp_path / "runs").rglob("*.ckpt"))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.num_workers=-1", "command line: data.num_workers: must be at least 0, got -1"),
-    ("data.max_text_length=-3", "data.max_text_length: must be at least 1"),
-    ("data.eval_batch_size=0", "data.eval_batch_size: must be at least 1"),
-    ("model.mope.dynamic_length=-2", "model.mope.dynamic_length: must be at least 0"),
-    ("model.mope.prompt_dropout=1.5", "model.mope.prompt_dropout: must be in [0, 1)"),
-    ("model.mope.router.top_k=9", "model.mope.router.top_k: 9 is more than the 4 experts"),
-    ("optim.lr=0", "optim.lr: must be greater than 0"),
-    ("optim.betas=[0.9]", "optim.betas: needs 2 numbers"),
-    ("optim.group_lr.prompt=0.1", "optim.group_lr.prompt: unknown parameter group"),
-    ("seed=-1", "seed: must be in [0, 4294967295]"),
-    ("trainer.max_epochs=abc", "trainer.max_epochs: 'abc' is not accepted by lightning.Trainer"),
-    ("trainer.precision=fp32", "trainer.precision: 'fp32' is not accepted by lightning.Trainer"),
-    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: must be at least 1"),
-    ("optim.lr=${optim.nope}", "optim.lr: Interpolation key 'optim.nope' not found"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.num_workers=-1", "command line: data.num_workers: must be at least 0, got -1"),
+        ("data.max_text_length=-3", "data.max_text_length: must be at least 1"),
+        ("data.eval_batch_size=0", "data.eval_batch_size: must be at least 1"),
+        ("model.mope.dynamic_length=-2", "model.mope.dynamic_length: must be at least 0"),
+        ("model.mope.prompt_dropout=1.5", "model.mope.prompt_dropout: must be in [0, 1)"),
+        ("model.mope.router.top_k=9", "model.mope.router.top_k: 9 is more than the 4 experts"),
+        ("optim.lr=0", "optim.lr: must be greater than 0"),
+        ("optim.betas=[0.9]", "optim.betas: needs 2 numbers"),
+        ("optim.group_lr.prompt=0.1", "optim.group_lr.prompt: unknown parameter group"),
+        ("seed=-1", "seed: must be in [0, 4294967295]"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs: 'abc' is not accepted by lightning.Trainer"),
+        ("trainer.precision=fp32", "trainer.precision: 'fp32' is not accepted by lightning.Trainer"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches: must be at least 1"),
+        ("optim.lr=${optim.nope}", "optim.lr: Interpolation key 'optim.nope' not found"),
+    ],
+)
 def test_nonsensical_config_values_are_refused_before_anything_runs(tmp_path, capsys, override, message):
     assert main(["fit", *args(tmp_path), override]) == 2
     one_error(capsys, message)
@@ -50,11 +53,14 @@ def test_a_config_file_that_is_not_utf8_names_file_and_line(tmp_path, capsys):
     one_error(capsys, f"{overlay}:3: not UTF-8 text")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.batch_size=1", "data.batch_size=1: the model's BatchNorm"),
-    ("trainer.strategy=nonsense", "trainer: lightning.Trainer refused these settings"),
-    ("model.mope.num_experts=100000000", "model.mope: num_experts=100000000"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.batch_size=1", "data.batch_size=1: the model's BatchNorm"),
+        ("trainer.strategy=nonsense", "trainer: lightning.Trainer refused these settings"),
+        ("model.mope.num_experts=100000000", "model.mope: num_experts=100000000"),
+    ],
+)
 def test_settings_the_model_or_trainer_cannot_run_are_refused_before_training(tmp_path, capsys, override, message):
     assert main(["fit", *args(tmp_path), override]) == 2
     one_error(capsys, message)
@@ -82,8 +88,9 @@ def test_a_read_only_run_directory_is_named(tmp_path, capsys):
 
 def test_a_diverging_run_stops_naming_the_step_and_saves_no_weights(tmp_path, capsys):
     assert main(["fit", *args(tmp_path, "optim.lr=1e12", "trainer.max_epochs=3")]) == 2
-    err = one_error(capsys, "training diverged: the loss is nan at step", "the last finite loss was",
-                    "Lower optim.lr (now 1e+12)")
+    err = one_error(
+        capsys, "training diverged: the loss is nan at step", "the last finite loss was", "Lower optim.lr (now 1e+12)"
+    )
     # The step before the diverged one had a finite loss, and the message names it (transformers' warmup gives the
     # first step a learning rate of 0, so the run diverges at step 2 here, not 1).
     found = re.search(r"nan at step (\d+) .* finite loss was \S+ at step (\d+)", err)
@@ -122,8 +129,11 @@ def test_resume_refuses_changed_settings_and_leaves_the_run_untouched(one_epoch,
     run = one_epoch / "runs" / "version_0"
     config = (run / "config.yaml").read_text()
     assert main(["fit", *args(one_epoch, "ckpt=last", "optim.lr=0.5", "seed=3")]) == 2
-    one_error(capsys, "was trained with other settings (optim.lr: 0.003 -> 0.5; seed: 42 -> 3)",
-              "start a new run without ckpt=")
+    one_error(
+        capsys,
+        "was trained with other settings (optim.lr: 0.003 -> 0.5; seed: 42 -> 3)",
+        "start a new run without ckpt=",
+    )
     assert (run / "config.yaml").read_text() == config  # the record still says what the weights were trained with
     assert main(["fit", *args(one_epoch, "ckpt=last", "trainer.precision=bf16-mixed")]) == 2
     one_error(capsys, "trainer.precision: '32-true' -> 'bf16-mixed'")

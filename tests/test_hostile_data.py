@@ -22,10 +22,19 @@ from helpers.datasets import make_food101, make_mmbt, make_mmimdb, write_image
 
 
 def args(tmp_path, root, *overrides):
-    return [str(EXPERIMENTS / "jsonl.yaml"), str(TINY), "data.name=mmbt", f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}", f"trainer.default_root_dir={tmp_path / 'runs'}",
-            "data.num_workers=0", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", *overrides]
+    return [
+        str(EXPERIMENTS / "jsonl.yaml"),
+        str(TINY),
+        "data.name=mmbt",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        "data.num_workers=0",
+        "trainer.max_steps=2",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *overrides,
+    ]
 
 
 def mope(capsys, command, tmp_path, root, *overrides):
@@ -39,7 +48,7 @@ def mope(capsys, command, tmp_path, root, *overrides):
 def error_of(err: str) -> str:
     """The one error message of a failed command."""
     assert err.count("mope: error: ") == 1, err[-3000:]
-    return err[err.index("mope: error: "):]
+    return err[err.index("mope: error: ") :]
 
 
 def checkpoints(tmp_path) -> list:
@@ -60,12 +69,13 @@ def edit_jsonl(path, line, **fields):
 
 # --- images -----------------------------------------------------------------------------------------------------
 
+
 def test_truncated_jpeg_is_found_by_check_data_and_skipped_by_fit_with_the_feature_cache(tmp_path, capsys):
     root = make_mmbt(tmp_path / "mmbt")
     bad = root / "images" / "2.jpg"  # train.jsonl line 3
     data = bad.read_bytes()
     scan = data.index(b"\xff\xda")  # start of the compressed pixels: keep every header, cut the pixels short
-    bad.write_bytes(data[:(scan + len(data)) // 2])
+    bad.write_bytes(data[: (scan + len(data)) // 2])
     with Image.open(bad) as img:
         img.verify()  # the headers are intact: a header check alone would let it through to mid-epoch
     code, out, _ = mope(capsys, "check-data", tmp_path, root)
@@ -113,11 +123,13 @@ def test_image_paths_outside_the_dataset_folder_are_noted(tmp_path, capsys):
     edit_jsonl(root / "test.jsonl", 1, img="../near.jpg")  # a .. that leaves the folder
     code, out, _ = mope(capsys, "check-data", tmp_path, root)
     assert code == 0 and "the dataset is clean" in out  # accepted ...
-    assert (f"note: 2 image path(s) lead outside {root}, e.g. {elsewhere} (from {root / 'train.jsonl'}:line 2)"
-            in out)  # ... and noted once
+    assert (
+        f"note: 2 image path(s) lead outside {root}, e.g. {elsewhere} (from {root / 'train.jsonl'}:line 2)" in out
+    )  # ... and noted once
 
 
 # --- duplicates and leakage -------------------------------------------------------------------------------------
+
 
 def test_repeated_ids_within_a_split(tmp_path, capsys):
     root = make_mmbt(tmp_path / "mmbt")
@@ -142,8 +154,9 @@ def test_val_and_test_samples_also_in_train(tmp_path, capsys):
     code, out, _ = mope(capsys, "check-data", tmp_path, root)
     assert code == 1 and "problems: 2 (2 val/test samples also in train)" in out
     assert f"{test}:line 1: test sample id 's0' is also a train sample id (at {train}:line 1)" in out
-    assert (f"{test}:line 2: test sample 's13' has the same text and image as train sample 's1' (at {train}:line 2)"
-            in out)
+    assert (
+        f"{test}:line 2: test sample 's13' has the same text and image as train sample 's1' (at {train}:line 2)" in out
+    )
     code, _, err = mope(capsys, "fit", tmp_path, root)
     assert code == 2 and "2 sample problem(s)" in error_of(err) and not checkpoints(tmp_path)
     splits, _ = splits_of(tmp_path, root, "data.on_bad_sample=skip")
@@ -154,6 +167,7 @@ def test_val_and_test_samples_also_in_train(tmp_path, capsys):
 
 
 # --- text encoding ----------------------------------------------------------------------------------------------
+
 
 def test_non_utf8_line_in_a_jsonl_is_a_sample_problem(tmp_path, capsys):
     root = make_mmbt(tmp_path / "mmbt")
@@ -179,9 +193,18 @@ def test_non_utf8_label_file_stops_with_its_line(tmp_path, capsys):
 def test_non_utf8_files_of_the_native_readers(tmp_path, capsys):
     """Per-sample files (a Food-101 text, an MM-IMDB movie) give a sample problem; files every sample depends on
     (a titles table, split.json, questions.json) stop with their line."""
+
     def check(experiment, root, *overrides):
-        code = main(["check-data", str(EXPERIMENTS / f"{experiment}.yaml"), str(TINY), f"data.root={root}",
-                     f"data.cache_dir={tmp_path / 'cache'}", *overrides])
+        code = main(
+            [
+                "check-data",
+                str(EXPERIMENTS / f"{experiment}.yaml"),
+                str(TINY),
+                f"data.root={root}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                *overrides,
+            ]
+        )
         out, err = capsys.readouterr()
         assert "Traceback" not in out + err
         return code, out, err
@@ -213,6 +236,7 @@ def test_non_utf8_files_of_the_native_readers(tmp_path, capsys):
 
 # --- empty splits -----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("split, file", [("train", "train.jsonl"), ("val", "dev.jsonl"), ("test", "test.jsonl")])
 def test_an_empty_split_is_refused_before_training(tmp_path, capsys, split, file):
     root = make_mmbt(tmp_path / "mmbt")
@@ -241,6 +265,7 @@ def test_each_stage_needs_its_own_split(tmp_path):
 
 # --- damaged caches ---------------------------------------------------------------------------------------------
 
+
 def test_damaged_index_and_feature_files_are_rebuilt(tmp_path, capsys):
     root = make_mmbt(tmp_path / "mmbt")
     assert mope(capsys, "fit", tmp_path, root)[0] == 0
@@ -256,11 +281,14 @@ def test_damaged_index_and_feature_files_are_rebuilt(tmp_path, capsys):
     assert len(torch.load(features, weights_only=True)) == 15
 
 
-@pytest.mark.parametrize("damage", [
-    lambda data: [data],  # valid JSON, not an object
-    lambda data: {**data, "splits": {"train": {"ids": []}}},  # a split without its columns
-    lambda data: {**data, "pools": {"images": data["pools"]["images"][:3]}},  # samples point past the pool
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: [data],  # valid JSON, not an object
+        lambda data: {**data, "splits": {"train": {"ids": []}}},  # a split without its columns
+        lambda data: {**data, "pools": {"images": data["pools"]["images"][:3]}},  # samples point past the pool
+    ],
+)
 def test_index_with_a_wrong_structure_is_rebuilt(tmp_path, capsys, damage):
     root = make_mmbt(tmp_path / "mmbt")
     assert mope(capsys, "check-data", tmp_path, root)[0] == 0
@@ -283,6 +311,7 @@ def test_feature_file_of_the_wrong_shape_or_type_is_rebuilt(tmp_path, caplog, mo
 
 
 # --- the cache folder -------------------------------------------------------------------------------------------
+
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
 def test_read_only_cache_dir(tmp_path, capsys):

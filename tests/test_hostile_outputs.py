@@ -21,9 +21,17 @@ from helpers.cli import write_rows
 
 
 def args(tmp, *extra):
-    return [str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}",
-            "data.train_images=40", "data.test_images=10", "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false", *extra]
+    return [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"trainer.default_root_dir={tmp / 'runs'}",
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.train_images=40",
+        "data.test_images=10",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
 
 
 def snapshot(folder: Path) -> dict:
@@ -59,8 +67,9 @@ def no_model(monkeypatch):
 
 
 # --- export ------------------------------------------------------------------------------------------------------
-def test_export_over_a_folder_holding_the_checkpoint_and_other_files_changes_nothing(trained, tmp_path, capsys,
-                                                                                     no_model):
+def test_export_over_a_folder_holding_the_checkpoint_and_other_files_changes_nothing(
+    trained, tmp_path, capsys, no_model
+):
     _, last, _ = trained
     folder = tmp_path / "work"
     (folder / "notes").mkdir(parents=True)
@@ -70,8 +79,11 @@ def test_export_over_a_folder_holding_the_checkpoint_and_other_files_changes_not
     before = snapshot(tmp_path)
     for extra in (["overwrite=true"], []):
         assert main(["export", *args(tmp_path, f"ckpt={folder / 'last.ckpt'}", f"out={folder}", *extra)]) == 2
-        err = one_error(capsys, f"out: {folder} holds files that are not part of an adapter (last.ckpt, notes)",
-                        "write the adapter to a new or empty folder")
+        err = one_error(
+            capsys,
+            f"out: {folder} holds files that are not part of an adapter (last.ckpt, notes)",
+            "write the adapter to a new or empty folder",
+        )
         assert "overwrite=true" not in err  # the refusal never invites data loss
         assert snapshot(tmp_path) == before
 
@@ -95,8 +107,9 @@ def test_export_over_a_foreign_adapter_folder_or_its_own_input_is_refused(traine
     (peft / "adapter.safetensors").write_bytes(b"weights of another library")
     before = snapshot(tmp_path)
     assert main(["export", *args(tmp_path, f"ckpt={last}", f"out={peft}", "overwrite=true")]) == 2
-    one_error(capsys, f"out: {peft / 'adapter.safetensors'}, {peft / 'adapter_config.json'}: not an adapter "
-                      "written by mope")
+    one_error(
+        capsys, f"out: {peft / 'adapter.safetensors'}, {peft / 'adapter_config.json'}: not an adapter written by mope"
+    )
     assert snapshot(tmp_path) == before
     adapter_before = snapshot(adapter)
     assert main(["export", *args(tmp, f"ckpt={adapter}", f"out={adapter}", "overwrite=true")]) == 2
@@ -110,8 +123,11 @@ def test_export_replaces_only_its_own_earlier_adapter(trained, tmp_path, capsys)
     shutil.copytree(adapter, folder)
     (folder / "README.md").write_text("the card of an earlier export")
     assert main(["export", *args(tmp_path, f"ckpt={last}", f"out={folder}")]) == 2
-    one_error(capsys, f"out: {folder} already holds an adapter (adapter.safetensors, adapter_config.json, README.md)",
-              "pass overwrite=true to replace these files")
+    one_error(
+        capsys,
+        f"out: {folder} already holds an adapter (adapter.safetensors, adapter_config.json, README.md)",
+        "pass overwrite=true to replace these files",
+    )
     assert main(["export", *args(tmp_path, f"ckpt={last}", f"out={folder}", "overwrite=true")]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no staging or retired folder left
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "adapter.safetensors", "adapter_config.json"]
@@ -141,8 +157,15 @@ def test_predict_out_inside_the_adapter_being_read_is_refused(trained, tmp_path,
     rows = write_rows(tmp_path, [{"text": "what shape is this?", "image": "img0.png"}])
     before, rows_before = snapshot(adapter), snapshot(tmp_path)
     for extra in ([f"predict.input={rows}"], []):  # new rows, and a dataset split
-        assert main(["predict", *args(tmp, f"ckpt={adapter}", f"predict.out={adapter / name}",
-                                      "predict.overwrite=true", *extra)]) == 2
+        assert (
+            main(
+                [
+                    "predict",
+                    *args(tmp, f"ckpt={adapter}", f"predict.out={adapter / name}", "predict.overwrite=true", *extra),
+                ]
+            )
+            == 2
+        )
         one_error(capsys, f"predict.out: {adapter / name} is inside {adapter}, an input of this command")
     assert snapshot(adapter) == before and snapshot(tmp_path) == rows_before
 
@@ -156,8 +179,12 @@ def test_predict_out_ending_in_a_slash_is_refused(trained, tmp_path, capsys, no_
         folder.mkdir()
     before = snapshot(tmp_path)
     assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={folder}/")]) == 2
-    one_error(capsys, "predict.out: ", "so it names a folder" if not exists else f"{folder} is a folder",
-              f"give a file path, e.g. predict.out={folder / 'NAME'}")
+    one_error(
+        capsys,
+        "predict.out: ",
+        "so it names a folder" if not exists else f"{folder} is a folder",
+        f"give a file path, e.g. predict.out={folder / 'NAME'}",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -167,23 +194,38 @@ def test_predict_overwrite_replaces_only_its_own_predictions(trained, tmp_path, 
     out = tmp_path / "preds.csv"
     out.write_text("id,score\nq1,0.5\n")  # someone else's CSV
     before = snapshot(tmp_path)
-    assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={out}",
-                                  "predict.overwrite=true")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={out}", "predict.overwrite=true"),
+            ]
+        )
+        == 2
+    )
     one_error(capsys, f"predict.out: {out} already exists and is not a predictions CSV written by mope")
     assert snapshot(tmp_path) == before
     out.unlink()
     assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={out}")]) == 0
     first = out.read_bytes()
     out.write_bytes(first.replace(b"\n", b"\r\n", 1))  # mope's own predictions, edited: still recognised
-    assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={out}",
-                                  "predict.overwrite=true")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={out}", "predict.overwrite=true"),
+            ]
+        )
+        == 0
+    )
     assert out.read_bytes() == first
 
 
 # --- analyze and robustness --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("command, key", [("analyze", "out"), ("robustness", "robustness.out")])
-def test_out_naming_an_existing_file_is_refused_before_any_model_work(trained, tmp_path, capsys, no_model, command,
-                                                                      key):
+def test_out_naming_an_existing_file_is_refused_before_any_model_work(
+    trained, tmp_path, capsys, no_model, command, key
+):
     tmp, last, _ = trained
     target = tmp_path / "results.md"
     target.write_text("my notes")
@@ -194,11 +236,16 @@ def test_out_naming_an_existing_file_is_refused_before_any_model_work(trained, t
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("command, key, name, what", [
-    ("analyze", "out", "summary.md", "routing report"), ("robustness", "robustness.out", "robustness.md",
-                                                         "robustness report")])
-def test_out_holding_files_mope_did_not_write_is_refused_even_with_overwrite(trained, tmp_path, capsys, no_model,
-                                                                             command, key, name, what):
+@pytest.mark.parametrize(
+    "command, key, name, what",
+    [
+        ("analyze", "out", "summary.md", "routing report"),
+        ("robustness", "robustness.out", "robustness.md", "robustness report"),
+    ],
+)
+def test_out_holding_files_mope_did_not_write_is_refused_even_with_overwrite(
+    trained, tmp_path, capsys, no_model, command, key, name, what
+):
     tmp, last, adapter = trained
     (tmp_path / name).write_text("my own summary")
     before = snapshot(tmp_path)
@@ -223,8 +270,7 @@ def test_a_fit_refused_by_lightning_leaves_no_run_directory(tmp_path, capsys):
     assert root.is_dir() and list(root.iterdir()) == []
 
 
-def test_a_fit_failing_at_setup_leaves_no_run_directory_and_keeps_a_resumed_one(trained, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_a_fit_failing_at_setup_leaves_no_run_directory_and_keeps_a_resumed_one(trained, tmp_path, capsys, monkeypatch):
     import mope_lightning.training.lit_module as lit_module
 
     def broken(self, stage):

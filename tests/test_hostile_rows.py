@@ -28,8 +28,12 @@ from helpers.datasets import make_food101, make_hateful_memes, make_mmbt
 from helpers.cli import args, one_error
 
 # Texts with what breaks naive readers: commas, quotes, line breaks inside a field, non-ASCII letters.
-TABLE = [("q1", "what shape is this?"), ("q2", 'is it "red", or blue?'), ("q3", "colour:\nwhich one?"),
-         ("q4", "größe, façade")]
+TABLE = [
+    ("q1", "what shape is this?"),
+    ("q2", 'is it "red", or blue?'),
+    ("q3", "colour:\nwhich one?"),
+    ("q4", "größe, façade"),
+]
 
 
 def write_images(folder):
@@ -57,8 +61,10 @@ def spreadsheet_csv(table=TABLE) -> bytes:
 
 
 def jsonl_with_bom(table=TABLE) -> bytes:
-    lines = [json.dumps({"image": f"img{n % 2}.png", "text": text, "id": i}, ensure_ascii=False)
-             for n, (i, text) in enumerate(table)]
+    lines = [
+        json.dumps({"image": f"img{n % 2}.png", "text": text, "id": i}, ensure_ascii=False)
+        for n, (i, text) in enumerate(table)
+    ]
     return codecs.BOM_UTF8 + "\r\n".join(lines).encode() + b"\r\n\r\n"
 
 
@@ -80,8 +86,11 @@ def test_a_spreadsheet_csv_predicts_what_the_plain_file_does(trained, tmp_path):
     tmp, last = trained
     write_images(tmp_path)
     outputs = {}
-    for name, data in (("plain.csv", plain_csv()), ("spreadsheet.csv", spreadsheet_csv()),
-                       ("bom.jsonl", jsonl_with_bom())):
+    for name, data in (
+        ("plain.csv", plain_csv()),
+        ("spreadsheet.csv", spreadsheet_csv()),
+        ("bom.jsonl", jsonl_with_bom()),
+    ):
         (tmp_path / name).write_bytes(data)
         outputs[name] = predict_rows(tmp, last, tmp_path / name, tmp_path / f"{name}.out.csv")
     plain = outputs["plain.csv"]
@@ -96,8 +105,7 @@ def test_rows_keep_their_own_line_numbers_across_quoted_line_breaks(tmp_path):
     write_images(tmp_path)
     rows = tmp_path / "rows.csv"
     rows.write_text('text,image\n"two\nlines",img0.png\n\n"three\n\nlines",img1.png\nlast,img0.png\n\n')
-    assert [(r.id, r.text) for r in read_rows(rows)] == [("2", "two\nlines"), ("5", "three\n\nlines"),
-                                                         ("8", "last")]
+    assert [(r.id, r.text) for r in read_rows(rows)] == [("2", "two\nlines"), ("5", "three\n\nlines"), ("8", "last")]
     rows.write_text('text,image\n"two\nlines",img0.png\nfine,nowhere.png\n"open,img0.png\nrest,img0.png\n')
     with pytest.raises(DataError) as error:
         read_rows(rows)
@@ -105,12 +113,15 @@ def test_rows_keep_their_own_line_numbers_across_quoted_line_breaks(tmp_path):
     assert f"{rows}:5: not valid CSV (unexpected end of data)" in str(error.value)  # an unclosed quote
 
 
-@pytest.mark.parametrize("content, message", [
-    ("text,picture\nx,img0.png\n", ":1: the header (text,picture) has no image column"),
-    ("\n\nText,TEXT,image\nx,y,img0.png\n", ":3: the header names the column 'text' twice"),
-    ("id,text,image\n1,a, b,img0.png\n", ":2: 4 fields, but the header names 3 columns; quote a field"),
-    ("id,text,image\n,,\n\n", ": no rows to predict"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("text,picture\nx,img0.png\n", ":1: the header (text,picture) has no image column"),
+        ("\n\nText,TEXT,image\nx,y,img0.png\n", ":3: the header names the column 'text' twice"),
+        ("id,text,image\n1,a, b,img0.png\n", ":2: 4 fields, but the header names 3 columns; quote a field"),
+        ("id,text,image\n,,\n\n", ": no rows to predict"),
+    ],
+)
 def test_csv_headers_and_fields_that_do_not_fit_are_named(tmp_path, content, message):
     write_images(tmp_path)
     rows = tmp_path / "rows.csv"
@@ -124,7 +135,7 @@ def test_csv_headers_and_fields_that_do_not_fit_are_named(tmp_path, content, mes
 def test_bytes_that_are_not_utf8_are_named_at_their_offset_in_the_file(trained, tmp_path, capsys, suffix):
     tmp, last = trained
     write_images(tmp_path)
-    line = (b'{"text": "fine", "image": "img0.png"}\n' if suffix == ".jsonl" else b"fine,img0.png\n")
+    line = b'{"text": "fine", "image": "img0.png"}\n' if suffix == ".jsonl" else b"fine,img0.png\n"
     head = b"" if suffix == ".jsonl" else b"text,image\n"
     good = head + line * 20000  # far beyond any read buffer (8 KiB)
     rows, out = tmp_path / f"rows{suffix}", tmp_path / "out.csv"
@@ -157,12 +168,19 @@ def test_bad_media_files_are_named_before_the_model_is_built(trained, tmp_path, 
 
     monkeypatch.setattr(mope_lightning.pretrained, "build_pretrained", build_pretrained)
     rows, out = tmp_path / "rows.csv", tmp_path / "out.csv"
-    rows.write_text("text,image\nfine,img0.png\nzero,empty.png\ngone,missing.png\ncut,broken.png\n"
-                    "dir,folder.png\nfine again,img1.png\n")
+    rows.write_text(
+        "text,image\nfine,img0.png\nzero,empty.png\ngone,missing.png\ncut,broken.png\n"
+        "dir,folder.png\nfine again,img1.png\n"
+    )
     assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={out}")]) == 2
-    one_error(capsys, "4 bad row(s)", f"{rows}:3: empty image file (0 bytes): {tmp_path / 'empty.png'}",
-              f"{rows}:4: image file not found: {tmp_path / 'missing.png'}",
-              f"{rows}:5: cannot read image (", f"{rows}:6: cannot read image file (")
+    one_error(
+        capsys,
+        "4 bad row(s)",
+        f"{rows}:3: empty image file (0 bytes): {tmp_path / 'empty.png'}",
+        f"{rows}:4: image file not found: {tmp_path / 'missing.png'}",
+        f"{rows}:5: cannot read image (",
+        f"{rows}:6: cannot read image file (",
+    )
     assert built == [] and not out.exists()
     rows.write_text("text,image\nfine,img0.png\n")  # the same command on good rows reaches the model
     with pytest.raises(ModelBuilt):
@@ -174,8 +192,9 @@ def test_audio_rows_are_decoded_before_the_model_is_built(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "noise.wav").write_bytes(b"RIFF....not audio")
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"text": "t", "audio": name}) + "\n"
-                            for name in ("empty.wav", "noise.wav", "gone.wav")))
+    rows.write_text(
+        "".join(json.dumps({"text": "t", "audio": name}) + "\n" for name in ("empty.wav", "noise.wav", "gone.wav"))
+    )
     with pytest.raises(DataError) as error:
         read_rows(rows, ("text", "audio"))
     message = str(error.value)
@@ -190,15 +209,19 @@ def as_windows_saves_it(path, blank_rows: bytes = b"\r\n") -> None:
 
 
 def dataset_samples(tmp_path, experiment, root, *overrides):
-    cfg = load_config([EXPERIMENTS / f"{experiment}.yaml", TINY], [
-        f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.on_bad_sample=fail", *overrides])
+    cfg = load_config(
+        [EXPERIMENTS / f"{experiment}.yaml", TINY],
+        [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "data.on_bad_sample=fail", *overrides],
+    )
     splits, _ = DATAMODULES[cfg.data.name](cfg.data).read_splits(verbose=False)
     return {name: (split.ids, split.texts, split.labels) for name, split in splits.items()}
 
 
 def test_dataset_jsonl_files_saved_by_spreadsheets_read_the_same(tmp_path):
-    for experiment, make, extra in (("hateful_memes", make_hateful_memes, []),
-                                    ("jsonl", make_mmbt, ["data.name=mmbt"])):
+    for experiment, make, extra in (
+        ("hateful_memes", make_hateful_memes, []),
+        ("jsonl", make_mmbt, ["data.name=mmbt"]),
+    ):
         root = make(tmp_path / experiment)
         plain = dataset_samples(tmp_path, experiment, root, *extra)
         for split_file in root.glob("*.jsonl"):
@@ -234,11 +257,13 @@ def folder(tmp_path_factory):
 
 
 # Letters from several scripts, the characters CSV and JSON quote or escape, and line separators of every kind.
-CHARS = st.sampled_from(string.ascii_letters + string.digits + " ,;\"'\\\t\r\n\x00\x0b\x0c{}[]:" +
-                        "éüßçñ€漢字\u2028\u0085\ufeff😀")
+CHARS = st.sampled_from(
+    string.ascii_letters + string.digits + " ,;\"'\\\t\r\n\x00\x0b\x0c{}[]:" + "éüßçñ€漢字\u2028\u0085\ufeff😀"
+)
 FIELD = st.text(CHARS, min_size=1, max_size=12)
-TABLES = st.lists(st.tuples(FIELD.filter(str.strip), FIELD.filter(str.strip)), min_size=1, max_size=5,
-                  unique_by=lambda row: row[0])
+TABLES = st.lists(
+    st.tuples(FIELD.filter(str.strip), FIELD.filter(str.strip)), min_size=1, max_size=5, unique_by=lambda row: row[0]
+)
 ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"])
 
 
@@ -260,8 +285,9 @@ def csv_text(draw, table):
 
 
 def jsonl_text(table, newline: str) -> str:
-    return "".join(json.dumps({"id": i, "text": text, "image": "img1.png"}, ensure_ascii=False) + newline
-                   for i, text in table)
+    return "".join(
+        json.dumps({"id": i, "text": text, "image": "img1.png"}, ensure_ascii=False) + newline for i, text in table
+    )
 
 
 def read_or_our_error(folder, name: str, data: bytes):
@@ -281,8 +307,11 @@ def read_or_our_error(folder, name: str, data: bytes):
 @given(table=TABLES, encoding=ENCODINGS, data=st.data())
 def test_any_encoding_of_a_table_reads_back_or_is_refused_by_name(folder, table, encoding, data):
     suffix = data.draw(st.sampled_from([".csv", ".jsonl"]))
-    text = data.draw(csv_text(table)) if suffix == ".csv" else jsonl_text(table, data.draw(st.sampled_from(
-        ["\n", "\r\n"])))
+    text = (
+        data.draw(csv_text(table))
+        if suffix == ".csv"
+        else jsonl_text(table, data.draw(st.sampled_from(["\n", "\r\n"])))
+    )
     encoded = text.encode(encoding, errors="replace")  # Latin-1 lacks some letters: "?" instead (another table)
     result = read_or_our_error(folder, "table" + suffix, encoded)
     try:
@@ -301,8 +330,12 @@ def test_random_bytes_read_or_are_refused_by_name(folder, raw, suffix):
     read_or_our_error(folder, "random" + suffix, raw)
 
 
-@given(table=TABLES, cut=st.integers(0, 400), insert=st.binary(min_size=1, max_size=4),
-       suffix=st.sampled_from([".csv", ".jsonl"]))
+@given(
+    table=TABLES,
+    cut=st.integers(0, 400),
+    insert=st.binary(min_size=1, max_size=4),
+    suffix=st.sampled_from([".csv", ".jsonl"]),
+)
 def test_a_damaged_table_reads_or_is_refused_by_name(folder, table, cut, insert, suffix):
     text = plain_csv(table).decode() if suffix == ".csv" else jsonl_text(table, "\n")
     encoded = codecs.BOM_UTF8 + text.encode()

@@ -30,17 +30,35 @@ from helpers import DEFAULT_EXP, TINY, tiny_config
 
 # The image encoders' own data configs (MobileNetV2's for easy-VQA; Swin-B's for the paper recipes) and the
 # experiments' `data` settings over them.
-MOBILENET = {"input_size": (3, 224, 224), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-             "interpolation": "bilinear", "crop_pct": 0.875, "crop_mode": "center"}
+MOBILENET = {
+    "input_size": (3, 224, 224),
+    "mean": (0.485, 0.456, 0.406),
+    "std": (0.229, 0.224, 0.225),
+    "interpolation": "bilinear",
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+}
 SWIN = {**MOBILENET, "interpolation": "bicubic", "crop_pct": 0.9}
-RECIPES = {"easy_vqa": (MOBILENET, {"image_size": 128, "crop_pct": 1.0}),
-           "snli_ve": (SWIN, {"image_mean": [0.4678, 0.4453, 0.4066], "image_std": [0.1222, 0.1215, 0.1438]}),
-           "squash": (SWIN, {"image_size": 96, "crop_mode": "squash"})}
+RECIPES = {
+    "easy_vqa": (MOBILENET, {"image_size": 128, "crop_pct": 1.0}),
+    "snli_ve": (SWIN, {"image_mean": [0.4678, 0.4453, 0.4066], "image_std": [0.1222, 0.1215, 0.1438]}),
+    "squash": (SWIN, {"image_size": 96, "crop_mode": "squash"}),
+}
 
 
 def data_cfg(**settings) -> OmegaConf:
-    return OmegaConf.create({"image_size": None, "crop_pct": None, "crop_mode": None, "image_mean": None,
-                             "image_std": None, "randaugment": None, "num_workers": 0, **settings})
+    return OmegaConf.create(
+        {
+            "image_size": None,
+            "crop_pct": None,
+            "crop_mode": None,
+            "image_mean": None,
+            "image_std": None,
+            "randaugment": None,
+            "num_workers": 0,
+            **settings,
+        }
+    )
 
 
 def transform_of(recipe: str, **changes):
@@ -61,10 +79,17 @@ def write_image(path: Path, size: tuple[int, int], mode: str = "RGB", seed: int 
 def odd_images(folder: Path) -> list[Path]:
     """JPEGs of odd and typical sizes, grey and CMYK JPEGs, a transparent PNG and a palette PNG."""
     folder.mkdir(parents=True, exist_ok=True)
-    jpegs = [write_image(folder / f"{w}x{h}.jpg", (w, h), seed=i, quality=80 + i)
-             for i, (w, h) in enumerate([(500, 375), (37, 61), (1000, 129), (3, 3), (224, 224), (225, 223)])]
-    return [*jpegs, write_image(folder / "grey.jpg", (77, 50), "L"), write_image(folder / "cmyk.jpg", (64, 90), "CMYK"),
-            write_image(folder / "rgba.png", (120, 80), "RGBA"), write_image(folder / "palette.png", (33, 200), "P")]
+    jpegs = [
+        write_image(folder / f"{w}x{h}.jpg", (w, h), seed=i, quality=80 + i)
+        for i, (w, h) in enumerate([(500, 375), (37, 61), (1000, 129), (3, 3), (224, 224), (225, 223)])
+    ]
+    return [
+        *jpegs,
+        write_image(folder / "grey.jpg", (77, 50), "L"),
+        write_image(folder / "cmyk.jpg", (64, 90), "CMYK"),
+        write_image(folder / "rgba.png", (120, 80), "RGBA"),
+        write_image(folder / "palette.png", (33, 200), "P"),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +119,7 @@ def shards(folder: Path) -> list[str]:
 
 # --- exactness ---------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_cached_eval_tensors_equal_the_pil_path(tmp_path, images, recipe):
     transform = transform_of(recipe)
@@ -105,8 +131,10 @@ def test_cached_eval_tensors_equal_the_pil_path(tmp_path, images, recipe):
 def test_a_missing_image_gets_the_pil_paths_blank(tmp_path, images):
     transform = transform_of("easy_vqa")
     steps, _ = pixel_steps(transform)
-    batch = {"images": torch.zeros(3, 3, *steps.size, dtype=torch.uint8),
-             "image_missing": torch.tensor([False, True, False])}
+    batch = {
+        "images": torch.zeros(3, 3, *steps.size, dtype=torch.uint8),
+        "image_missing": torch.tensor([False, True, False]),
+    }
     out = DevicePixels(steps.normalize)(batch)["images"]
     blank = torch.ones_like(transform(Image.new("RGB", (8, 8))))  # the PIL path's (MultimodalDataModule)
     assert torch.equal(out[1], blank) and not torch.equal(out[0], blank)
@@ -130,6 +158,7 @@ def test_a_preprocessing_the_cache_cannot_split_is_named():
 
 
 # --- rebuilding --------------------------------------------------------------------------------------------------
+
 
 def test_a_changed_image_file_rebuilds(tmp_path):
     files = odd_images(tmp_path / "img")
@@ -161,11 +190,12 @@ def test_the_normalisation_is_applied_after_the_cache_and_does_not_rebuild_it(tm
 
 # --- interrupted builds, unreadable images -----------------------------------------------------------------------
 
+
 def damage(shard: Path, marker: Path, how: str, cut: int, text: bytes) -> None:
     if how == "no marker":  # killed between the shard's rename and the marker's
         marker.unlink()
     elif how == "shard cut":
-        shard.write_bytes(shard.read_bytes()[:cut % shard.stat().st_size])
+        shard.write_bytes(shard.read_bytes()[: cut % shard.stat().st_size])
     elif how == "marker damaged":
         marker.write_bytes(text)
     elif how == "marker of other images":
@@ -174,8 +204,11 @@ def damage(shard: Path, marker: Path, how: str, cut: int, text: bytes) -> None:
 
 
 @settings(max_examples=12)
-@given(how=st.sampled_from(["no marker", "shard cut", "marker damaged", "marker of other images"]),
-       cut=st.integers(0, 10**6), text=st.binary(max_size=64))
+@given(
+    how=st.sampled_from(["no marker", "shard cut", "marker damaged", "marker of other images"]),
+    cut=st.integers(0, 10**6),
+    text=st.binary(max_size=64),
+)
 def test_a_half_written_or_damaged_cache_is_never_read(tmp_path_factory, how, cut, text):
     folder = tmp_path_factory.mktemp("cache")
     files = sorted((default_root() / "train" / "images").glob("*.png"))[:5]
@@ -218,14 +251,15 @@ def test_a_build_interrupted_midway_leaves_nothing_that_is_read(tmp_path, images
         cached_path(tmp_path, transform_of("easy_vqa"), images)
     assert shards(tmp_path) == []  # no shard, no marker, no temporary file
     monkeypatch.undo()
-    assert torch.equal(cached_path(tmp_path, transform_of("easy_vqa"), images),
-                       pil_path(transform_of("easy_vqa"), images))
+    assert torch.equal(
+        cached_path(tmp_path, transform_of("easy_vqa"), images), pil_path(transform_of("easy_vqa"), images)
+    )
 
 
 def test_unreadable_images_are_named_and_nothing_is_cached(tmp_path):
     files = odd_images(tmp_path / "img")
     data = files[0].read_bytes()
-    files[0].write_bytes(data[:len(data) // 3])  # a truncated JPEG
+    files[0].write_bytes(data[: len(data) // 3])  # a truncated JPEG
     files[2].write_bytes(b"not an image")
     steps, _ = pixel_steps(transform_of("snli_ve"))
     with pytest.raises(DataError) as exc:
@@ -240,13 +274,16 @@ def test_an_image_whose_file_changed_since_the_index_is_named(tmp_path):
     path = write_image(tmp_path / "a.jpg", (50, 40))
     steps, _ = pixel_steps(transform_of("easy_vqa"))
     decode = DecodeForCache(steps, {str(path): path.stat().st_size + 7})
-    with pytest.raises(DataError, match=f"{path}: the file has {path.stat().st_size} bytes, the dataset index "
-                                        f"recorded {path.stat().st_size + 7}"):
+    with pytest.raises(
+        DataError,
+        match=f"{path}: the file has {path.stat().st_size} bytes, the dataset index recorded {path.stat().st_size + 7}",
+    ):
         decode(path)
     assert DecodeForCache(steps, {str(path): path.stat().st_size})(path).shape == (128, 128, 3)
 
 
 # --- the DataModule and the CLI ----------------------------------------------------------------------------------
+
 
 def batches(tmp_path, stage: str, *overrides):
     from mope_lightning.training.build import build
@@ -295,16 +332,24 @@ def test_training_images_are_augmented_after_the_cache_drawn_from_the_torch_seed
 
 
 def cli_args(tmp_path, *extra) -> list[str]:
-    return [str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "data.randaugment=[2,5]",
-            *extra]
+    return [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=40",
+        "data.test_images=10",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "data.randaugment=[2,5]",
+        *extra,
+    ]
 
 
 def one_error(capsys, *needles) -> str:
     err = capsys.readouterr().err
     assert err.count("mope: error: ") == 1 and "Traceback" not in err, err
-    message = err[err.index("mope: error: "):]
+    message = err[err.index("mope: error: ") :]
     for needle in needles:
         assert needle in message, message
     return message
@@ -322,9 +367,16 @@ def test_a_short_fit_with_the_cache_trains_and_tests(tmp_path, capsys):
         assert shard.stat().st_size == int(np.prod(recorded["shape"])) and recorded["shape"][-1] == 3
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.image_cache=sometimes", "command line: data.image_cache: Value 'sometimes' is not a valid bool (type str)"),
-    ("data.prefetch_factor=0", "command line: data.prefetch_factor: must be at least 1, got 0")])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "data.image_cache=sometimes",
+            "command line: data.image_cache: Value 'sometimes' is not a valid bool (type str)",
+        ),
+        ("data.prefetch_factor=0", "command line: data.prefetch_factor: must be at least 1, got 0"),
+    ],
+)
 def test_a_bad_setting_is_one_message(tmp_path, capsys, override, message):
     assert main(["fit", *cli_args(tmp_path, override)]) == 2
     one_error(capsys, message)
@@ -358,8 +410,8 @@ def test_a_read_only_cache_folder_is_one_message_naming_it(tmp_path, capsys):
     assert shards(folder) == []
 
 
-
 # --- benchmarks/loader.py ----------------------------------------------------------------------------------------
+
 
 def test_the_loader_benchmark_measures_the_cached_path_beside_the_pil_path(tmp_path, monkeypatch):
     import sys

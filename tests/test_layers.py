@@ -18,19 +18,29 @@ from helpers.models import CLASSES, write_tiny_adapter
 LIGHTNING = ("lightning", "pytorch_lightning")
 # The analysis (routing statistics and figures, reports, the sweep's routing figures, the robustness tables), the
 # datasets, the config and the weights.
-LIGHTNING_FREE = ("mope_lightning.models", "mope_lightning.analysis.routing", "mope_lightning.analysis.report",
-                  "mope_lightning.analysis.sweep_routing", "mope_lightning.analysis.robustness_tables",
-                  "mope_lightning.pretrained", "mope_lightning.data.registry", "mope_lightning.config.schema",
-                  "mope_lightning.config.checks", "mope_lightning.weights.adapters",
-                  "mope_lightning.weights.checkpoints")
+LIGHTNING_FREE = (
+    "mope_lightning.models",
+    "mope_lightning.analysis.routing",
+    "mope_lightning.analysis.report",
+    "mope_lightning.analysis.sweep_routing",
+    "mope_lightning.analysis.robustness_tables",
+    "mope_lightning.pretrained",
+    "mope_lightning.data.registry",
+    "mope_lightning.config.schema",
+    "mope_lightning.config.checks",
+    "mope_lightning.weights.adapters",
+    "mope_lightning.weights.checkpoints",
+)
 
 
 def fresh_python(code: str) -> dict:
     """Run `code` in a new interpreter that imports this checkout; the JSON its last line prints."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

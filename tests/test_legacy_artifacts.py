@@ -18,23 +18,77 @@ from mope_lightning.cli import main
 from helpers import DEFAULT_EXP, TINY
 
 LEGACY = Path(__file__).parent / "assets" / "legacy"
-CLASSES = ["circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow", "triangle", "brown",
-           "blue", "no"]
+CLASSES = [
+    "circle",
+    "green",
+    "red",
+    "gray",
+    "yes",
+    "teal",
+    "black",
+    "rectangle",
+    "yellow",
+    "triangle",
+    "brown",
+    "blue",
+    "no",
+]
 # The overrides the checkpoint was trained with (a resume refuses others), apart from where it writes
-TRAINED_WITH = ["data.train_images=40", "data.test_images=10", "trainer.enable_progress_bar=false",
-                "trainer.enable_model_summary=false", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                "trainer.limit_test_batches=1", "model.mope.mapper_hidden=16"]
+TRAINED_WITH = [
+    "data.train_images=40",
+    "data.test_images=10",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "model.mope.mapper_hidden=16",
+]
 # What the code that wrote them printed: `mope test` of last.ckpt, and the adapter's probabilities below
 TEST_LOSS = 2.6223
-PROBS = [[0.054309, 0.090223, 0.078358, 0.080879, 0.080149, 0.105663, 0.079117, 0.074665, 0.069347, 0.081927,
-          0.072829, 0.068203, 0.064332],
-         [0.057246, 0.091913, 0.078962, 0.082051, 0.080404, 0.102334, 0.078629, 0.07422, 0.069065, 0.079761,
-          0.074509, 0.065004, 0.065902]]
+PROBS = [
+    [
+        0.054309,
+        0.090223,
+        0.078358,
+        0.080879,
+        0.080149,
+        0.105663,
+        0.079117,
+        0.074665,
+        0.069347,
+        0.081927,
+        0.072829,
+        0.068203,
+        0.064332,
+    ],
+    [
+        0.057246,
+        0.091913,
+        0.078962,
+        0.082051,
+        0.080404,
+        0.102334,
+        0.078629,
+        0.07422,
+        0.069065,
+        0.079761,
+        0.074509,
+        0.065004,
+        0.065902,
+    ],
+]
 
 
 def legacy_args(tmp_path, *extra):
-    return [str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
-            f"data.cache_dir={tmp_path / 'cache'}", *TRAINED_WITH, *extra]
+    return [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *TRAINED_WITH,
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -86,8 +140,9 @@ def test_the_adapter_predicts_through_from_pretrained():
     assert list(model.classes) == CLASSES
     assert out.probs.shape == (2, len(CLASSES)) and all(label in CLASSES for label in out.labels)
     torch.testing.assert_close(torch.as_tensor(out.probs), torch.tensor(PROBS), atol=1e-5, rtol=0)
-    from_ckpt = mope_lightning.from_pretrained(LEGACY / "last.ckpt").predict(texts=["what shape is this?",
-                                                                                    "what color is it?"], images=images)
+    from_ckpt = mope_lightning.from_pretrained(LEGACY / "last.ckpt").predict(
+        texts=["what shape is this?", "what color is it?"], images=images
+    )
     assert torch.equal(torch.as_tensor(from_ckpt.probs), torch.as_tensor(out.probs))
 
 

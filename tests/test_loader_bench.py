@@ -14,9 +14,16 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import loader as loader_bench  # noqa: E402  (benchmarks/loader.py)
 
-PREDICT = {"command": "python benchmarks/predict.py", "machine": "x86_64, 2 CPUs", "threads": 2, "old_ref": "abc",
-           "repeats": 1, "batch_size": 4, "new_over_old": {"pairs_paths": 2.5},
-           "results": {"old": {"pairs_paths": {"samples_per_s": 10.0}}, "new": {"pairs_paths": {"samples_per_s": 25.0}}}}
+PREDICT = {
+    "command": "python benchmarks/predict.py",
+    "machine": "x86_64, 2 CPUs",
+    "threads": 2,
+    "old_ref": "abc",
+    "repeats": 1,
+    "batch_size": 4,
+    "new_over_old": {"pairs_paths": 2.5},
+    "results": {"old": {"pairs_paths": {"samples_per_s": 10.0}}, "new": {"pairs_paths": {"samples_per_s": 25.0}}},
+}
 
 
 def test_tiny_run_adds_the_loader_section_and_keeps_the_others(tmp_path, monkeypatch):
@@ -56,8 +63,11 @@ def test_tiny_run_adds_the_loader_section_and_keeps_the_others(tmp_path, monkeyp
     assert snli["paths"]["pil"]["train"]["stages_us_per_sample"]["augment"] > 0
     assert food["paths"]["pil"]["train"]["stages_us_per_sample"]["augment"] is None
 
-    step = next(r for r in json.loads((ROOT / "benchmarks" / "results-quick.json").read_text())["results"]
-                if r["config"] == "paper" and r["case"] == "mope")
+    step = next(
+        r
+        for r in json.loads((ROOT / "benchmarks" / "results-quick.json").read_text())["results"]
+        if r["config"] == "paper" and r["case"] == "mope"
+    )
     demand = section["demand"]
     assert demand["flops_per_sample"] == step["step_flops"] / step["batch"]
     assert demand["samples_per_s"]["0.4"] == round(0.4 * 989e12 * step["batch"] / step["step_flops"])
@@ -97,8 +107,14 @@ def test_the_loaders_run_the_pipeline_the_benchmark_times():
     from mope_lightning.models.classifier import InputSpec
 
     cfg = load_config([ROOT / "experiments" / "easy_vqa.yaml"], ["data.randaugment=[2,5]"])
-    image_config = {"input_size": (3, 64, 64), "interpolation": "bilinear", "mean": (0.5,) * 3, "std": (0.25,) * 3,
-                    "crop_pct": 1.0, "crop_mode": "center"}
+    image_config = {
+        "input_size": (3, 64, 64),
+        "interpolation": "bilinear",
+        "mean": (0.5,) * 3,
+        "std": (0.25,) * 3,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
     dm = DATAMODULES["easy_vqa"](cfg.data)
     dm.attach(InputSpec(image_config=image_config))
     train, evaluation = dm._load_media(train=True).transform, dm._load_media().transform

@@ -22,8 +22,11 @@ from mope_lightning.training.datamodule import datamodule
 from helpers import DEFAULT_EXP, EXPERIMENTS, TINY, tiny_config
 
 VIT = ["model.prompted=image", "model.image_encoder.library=timm", "model.image_encoder.name=vit_tiny_patch16_224"]
-SWIN = ["model.prompted=image", "model.image_encoder.library=timm",
-        "model.image_encoder.name=swin_tiny_patch4_window7_224"]
+SWIN = [
+    "model.prompted=image",
+    "model.image_encoder.library=timm",
+    "model.image_encoder.name=swin_tiny_patch4_window7_224",
+]
 
 
 def rates(image=0.0, text=0.0, both=0.0):
@@ -95,9 +98,14 @@ def batch_without(net, modality, size=4):
     tokens = net.text.tokenizer(text, padding=True, return_tensors="pt")
     side = net.image.data_config["input_size"][-1] if hasattr(net.image, "data_config") else 32
     images = torch.ones(size, 3, side, side) if modality == "image" else torch.randn(size, 3, side, side)
-    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"], "images": images,
-            "labels": torch.arange(size) % 3, "text_missing": torch.full((size,), modality == "text"),
-            "image_missing": torch.full((size,), modality == "image")}
+    return {
+        "input_ids": tokens["input_ids"],
+        "attention_mask": tokens["attention_mask"],
+        "images": images,
+        "labels": torch.arange(size) % 3,
+        "text_missing": torch.full((size,), modality == "text"),
+        "image_missing": torch.full((size,), modality == "image"),
+    }
 
 
 CASES = [(f"model.fusion={f}",) for f in FUSIONS if f not in ("pmoe", "audio_only")] + [tuple(VIT), tuple(SWIN)]
@@ -176,8 +184,9 @@ def test_a_vit_leaves_out_the_patches_of_a_missing_image():
 
 
 def test_missing_aware_prompts_are_chosen_by_the_sample_case():
-    net = build_model(load_config([DEFAULT_EXP, TINY], ["model.missing_prompts=true",
-                                                         "model.missing_prompt_length=3"]).model, 3)
+    net = build_model(
+        load_config([DEFAULT_EXP, TINY], ["model.missing_prompts=true", "model.missing_prompt_length=3"]).model, 3
+    )
     batch = batch_without(net, "text")
     batch["text_missing"] = torch.tensor([False, True, False, False])
     batch["image_missing"] = torch.tensor([False, False, True, False])
@@ -196,27 +205,59 @@ def test_missing_aware_prompts_are_chosen_by_the_sample_case():
 # --- the robustness report --------------------------------------------------------------------------------------
 def test_robustness_tests_one_checkpoint_at_each_rate_and_resumes(tmp_path, capsys):
     # Long enough to answer some questions (the conditions then differ), with half the training samples missing.
-    summary = run("fit", tiny_config(tmp_path, "data.missing.train.both=0.5", "data.missing.val.both=0.5",
-                                     "trainer.limit_train_batches=24", "trainer.max_epochs=2", "optim.lr=3e-3",
-                                     "optim.warmup_steps=4", "trainer.limit_test_batches=1.0"))
+    summary = run(
+        "fit",
+        tiny_config(
+            tmp_path,
+            "data.missing.train.both=0.5",
+            "data.missing.val.both=0.5",
+            "trainer.limit_train_batches=24",
+            "trainer.max_epochs=2",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=4",
+            "trainer.limit_test_batches=1.0",
+        ),
+    )
     out = tmp_path / "robust"
-    argv = ["robustness", str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
-            f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
-            "trainer.limit_test_batches=1.0", f"ckpt={summary['best_checkpoint']}", f"out={out}", "rates=[0,0.5,1]",
-            "kinds=[image,both]"]
+    argv = [
+        "robustness",
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=40",
+        "data.test_images=10",
+        "trainer.limit_test_batches=1.0",
+        f"ckpt={summary['best_checkpoint']}",
+        f"out={out}",
+        "rates=[0,0.5,1]",
+        "kinds=[image,both]",
+    ]
     assert main(argv) == 0
     # Five conditions from three passes over the test split: complete, every image missing, every text missing.
     assert capsys.readouterr().out.count("robustness: test split with") == 3
     results = json.loads((out / "robustness.json").read_text())
     names = sorted(results["metrics"])
-    assert names == ["missing/both=0.5/acc", "missing/both=1/acc", "missing/image=0.5/acc", "missing/image=1/acc",
-                     "missing/none=0/acc"]
+    assert names == [
+        "missing/both=0.5/acc",
+        "missing/both=1/acc",
+        "missing/image=0.5/acc",
+        "missing/image=1/acc",
+        "missing/none=0/acc",
+    ]
     assert all(0 <= v <= 1 for v in results["metrics"].values())
     assert results["metrics"]["missing/none=0/acc"] == pytest.approx(summary["metrics"]["test/acc"])
     # Each condition, put together sample by sample from the passes, is what `mope test` gives with it set.
     for kind, rate in (("image", 0.5), ("both", 0.5), ("both", 1)):
-        tested = run("test", tiny_config(tmp_path, f"ckpt={summary['best_checkpoint']}",
-                                         "trainer.limit_test_batches=1.0", f"data.missing.test.{kind}={rate}"))
+        tested = run(
+            "test",
+            tiny_config(
+                tmp_path,
+                f"ckpt={summary['best_checkpoint']}",
+                "trainer.limit_test_batches=1.0",
+                f"data.missing.test.{kind}={rate}",
+            ),
+        )
         tested = tested["metrics"]["test/acc"]
         assert results["metrics"][f"missing/{kind}={rate:g}/acc"] == pytest.approx(tested, abs=1e-6), (kind, rate)
     assert len(set(results["metrics"].values())) > 2  # the conditions differ: a check that can fail
@@ -247,14 +288,21 @@ def test_robustness_of_multi_label_f1s_equals_mope_test(tmp_path, kind):
     from helpers.datasets import make_mmimdb
 
     root = make_mmimdb(tmp_path / "data", {"train": 8, "dev": 3, "test": 12})
-    args = [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
-            f"trainer.default_root_dir={tmp_path / 'runs'}", "data.num_workers=0", "trainer.limit_test_batches=1.0",
-            "data.batch_size=4"]
+    args = [
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        "data.num_workers=0",
+        "trainer.limit_test_batches=1.0",
+        "data.batch_size=4",
+    ]
     exp = [EXPERIMENTS / "mmimdb.yaml", TINY]
     summary = run("fit", load_config(exp, [*args, "trainer.max_steps=3"]))
     ckpt = f"ckpt={summary['best_checkpoint']}"
-    assert main(["robustness", *map(str, exp), *args, ckpt, f"out={tmp_path / 'r'}", "rates=[0,0.5,1]",
-                 f"kinds=[{kind}]"]) == 0
+    assert (
+        main(["robustness", *map(str, exp), *args, ckpt, f"out={tmp_path / 'r'}", "rates=[0,0.5,1]", f"kinds=[{kind}]"])
+        == 0
+    )
     results = json.loads((tmp_path / "r" / "robustness.json").read_text())["metrics"]
     for rate in (0, 0.5, 1):
         condition = [f"data.missing.test.{kind}={rate}"]
@@ -268,21 +316,29 @@ def test_robustness_of_multi_label_f1s_equals_mope_test(tmp_path, kind):
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("overrides, message", [
-    (["data.missing.test.image=1.5"], "data.missing.test.image: must be in [0, 1], got 1.5"),
-    (["data.missing.dev.text=0.5"], "unknown key 'data.missing.dev' (did you mean 'data.missing.val'?)"),
-    (["data.missing.train.audio=0.5"], "unknown key 'data.missing.train.audio'"),
-    (["data.missing.train.both=0.8", "data.missing.train.text=0.5"], "data.missing.train: image 0 + text 0.5 + "
-                                                                     "both 0.8 is more than 1"),
-    (["model.fusion=text_only", "data.missing.test.both=0.3"], "data.missing.test.both: model.fusion=text_only "
-                                                               "reads the text alone"),
-    (["model.fusion=late_concat", "model.missing_prompts=true"], "model.missing_prompts: added to the prompts of"),
-    ([*VIT, "model.image_encoder.kwargs.global_pool=max", "data.missing.train.image=0.5"],
-     "data.missing.train.image: timm 'vit_tiny_patch16_224' pools with global_pool='max'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.missing.test.image=1.5"], "data.missing.test.image: must be in [0, 1], got 1.5"),
+        (["data.missing.dev.text=0.5"], "unknown key 'data.missing.dev' (did you mean 'data.missing.val'?)"),
+        (["data.missing.train.audio=0.5"], "unknown key 'data.missing.train.audio'"),
+        (
+            ["data.missing.train.both=0.8", "data.missing.train.text=0.5"],
+            "data.missing.train: image 0 + text 0.5 + both 0.8 is more than 1",
+        ),
+        (
+            ["model.fusion=text_only", "data.missing.test.both=0.3"],
+            "data.missing.test.both: model.fusion=text_only reads the text alone",
+        ),
+        (["model.fusion=late_concat", "model.missing_prompts=true"], "model.missing_prompts: added to the prompts of"),
+        (
+            [*VIT, "model.image_encoder.kwargs.global_pool=max", "data.missing.train.image=0.5"],
+            "data.missing.train.image: timm 'vit_tiny_patch16_224' pools with global_pool='max'",
+        ),
+    ],
+)
 def test_missing_refusals(tmp_path, capsys, overrides, message):
-    assert main(["fit", str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}",
-                 *overrides]) == 2
+    assert main(["fit", str(DEFAULT_EXP), str(TINY), f"trainer.default_root_dir={tmp_path / 'runs'}", *overrides]) == 2
     err = capsys.readouterr().err
     assert err.count("mope: error: ") == 1 and message in err, err
     assert not list(tmp_path.rglob("*.ckpt"))

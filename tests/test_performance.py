@@ -57,13 +57,29 @@ def test_text_fusion_and_block_loop_compile_fullgraph(tiny_bert):
 @pytest.mark.parametrize("family", ["vit", "swin"])
 def test_image_fusion_and_block_loop_compile_fullgraph(family):
     if family == "vit":
-        model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32,
-                                  patch_size=8, embed_dim=32, depth=2, num_heads=2)
+        model = timm.create_model(
+            "vit_base_patch16_224",
+            pretrained=False,
+            num_classes=0,
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+        )
         encoder = PromptedViT(model, {"input_size": (3, 32, 32)}, "vit")
         images = torch.randn(2, 3, 32, 32)
     else:
-        model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, img_size=56,
-                                  embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7)
+        model = timm.create_model(
+            "swin_tiny_patch4_window7_224",
+            pretrained=False,
+            num_classes=0,
+            img_size=56,
+            embed_dim=32,
+            depths=(2, 2),
+            num_heads=(2, 4),
+            window_size=7,
+        )
         encoder = PromptedSwin(model, {"input_size": (3, 56, 56)}, "swin")
         images = torch.randn(2, 3, 56, 56)
     mope = _mope_for(encoder)
@@ -86,8 +102,13 @@ def test_conditioning_encoder_runs_once_per_distinct_image_over_two_epochs(tmp_p
         return forward(self, images, *args, **kwargs)
 
     monkeypatch.setattr(PooledImageEncoder, "forward", counting_forward)
-    cfg = tiny_config(tmp_path, "trainer.max_epochs=2", "trainer.limit_train_batches=null",
-                      "trainer.limit_val_batches=null", "trainer.limit_test_batches=null")
+    cfg = tiny_config(
+        tmp_path,
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=null",
+        "trainer.limit_val_batches=null",
+        "trainer.limit_test_batches=null",
+    )
     summary = run("fit", cfg)
     assert summary["metrics"]["test/acc"] >= 0.0
     # Distinct images the run reads (train and validation questions share the train folder's images), each of
@@ -125,13 +146,18 @@ def test_no_forward_tokenizes_or_decodes_images(tmp_path, monkeypatch):
         monkeypatch.setattr(owner, name, wrapper)
 
     monkeypatch.setattr(PromptFusionClassifier, "forward", watched_forward)
-    for owner, name in ((PreTrainedTokenizerBase, "__call__"), (PreTrainedTokenizerBase, "encode"),
-                        (Image, "open")):
+    for owner, name in ((PreTrainedTokenizerBase, "__call__"), (PreTrainedTokenizerBase, "encode"), (Image, "open")):
         watch(owner, name)
     # The image prompted (so images, not cached features, reach forward) and the text encoder prompted itself (so
     # tokens, not cached features, reach forward): both raw inputs pass through the model.
-    cfg = tiny_config(tmp_path, "model.prompted=image", "model.pool=cls", "model.condition_prompts=2",
-                      "model.image_encoder.library=timm", "model.image_encoder.name=vit_base_patch16_224")
+    cfg = tiny_config(
+        tmp_path,
+        "model.prompted=image",
+        "model.pool=cls",
+        "model.condition_prompts=2",
+        "model.image_encoder.library=timm",
+        "model.image_encoder.name=vit_base_patch16_224",
+    )
     summary = run("fit", cfg)
     assert summary["metrics"]["test/acc"] >= 0.0
     assert calls, "the classifier's forward never ran"
@@ -151,19 +177,43 @@ def test_prompted_attention_uses_scaled_dot_product_attention(family, tiny_bert,
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
     if family == "text":
-        encoder, inputs = tiny_bert, {"input_ids": torch.randint(5, 100, (2, 6)),
-                                      "attention_mask": torch.ones(2, 6, dtype=torch.long)}
+        encoder, inputs = (
+            tiny_bert,
+            {"input_ids": torch.randint(5, 100, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long)},
+        )
         attention_layers = encoder.num_layers
     elif family == "vit":
-        model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=32,
-                                  patch_size=8, embed_dim=32, depth=2, num_heads=2)
-        encoder, inputs, attention_layers = PromptedViT(model, {"input_size": (3, 32, 32)}, "vit"), \
-            {"images": torch.randn(2, 3, 32, 32)}, 2
+        model = timm.create_model(
+            "vit_base_patch16_224",
+            pretrained=False,
+            num_classes=0,
+            img_size=32,
+            patch_size=8,
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+        )
+        encoder, inputs, attention_layers = (
+            PromptedViT(model, {"input_size": (3, 32, 32)}, "vit"),
+            {"images": torch.randn(2, 3, 32, 32)},
+            2,
+        )
     else:
-        model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, img_size=56,
-                                  embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7)
-        encoder, inputs, attention_layers = PromptedSwin(model, {"input_size": (3, 56, 56)}, "swin"), \
-            {"images": torch.randn(2, 3, 56, 56)}, 4
+        model = timm.create_model(
+            "swin_tiny_patch4_window7_224",
+            pretrained=False,
+            num_classes=0,
+            img_size=56,
+            embed_dim=32,
+            depths=(2, 2),
+            num_heads=(2, 4),
+            window_size=7,
+        )
+        encoder, inputs, attention_layers = (
+            PromptedSwin(model, {"input_size": (3, 56, 56)}, "swin"),
+            {"images": torch.randn(2, 3, 56, 56)},
+            4,
+        )
     mope = _mope_for(encoder)
     encoder.forward_features(**inputs, prompter=mope.bind(torch.randn(2, 12)))
     assert len(calls) == attention_layers  # every prompted attention call went through SDPA

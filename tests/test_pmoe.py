@@ -20,9 +20,16 @@ PMOE = EXPERIMENTS / "easy_vqa_pmoe.yaml"
 
 
 def tiny_expert(layers, width, heads=2):
-    cfg = EncoderConfig(name=MINILM, pretrained=False, kwargs={"hidden_size": width, "num_hidden_layers": layers,
-                                                               "num_attention_heads": heads,
-                                                               "intermediate_size": 2 * width})
+    cfg = EncoderConfig(
+        name=MINILM,
+        pretrained=False,
+        kwargs={
+            "hidden_size": width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "intermediate_size": 2 * width,
+        },
+    )
     return build_text_encoder(OmegaConf.structured(cfg))
 
 
@@ -87,8 +94,13 @@ def test_gradients_reach_prompts_dispatchers_and_head_only(tmp_path):
     net = build_model(cfg.model, num_classes=13)
     ids, mask = text_batch(batch=5)
     # one sample lost its image: the learned missing embedding stands in for its conditioning feature
-    batch = {"input_ids": ids, "attention_mask": mask, "image_features": torch.randn(5, net.image.num_features),
-             "labels": torch.randint(0, 13, (5,)), "image_missing": torch.tensor([True, False, False, False, False])}
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "image_features": torch.randn(5, net.image.num_features),
+        "labels": torch.randint(0, 13, (5,)),
+        "image_missing": torch.tensor([True, False, False, False, False]),
+    }
     net.train()
     out = net(batch)
     (torch.nn.functional.cross_entropy(out.logits, batch["labels"]) + out.importance_loss).backward()
@@ -103,7 +115,8 @@ def test_gradients_reach_prompts_dispatchers_and_head_only(tmp_path):
         else:
             assert not param.requires_grad and param.grad is None, name
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == sum(
-        p.numel() for params in groups.values() for p in params)
+        p.numel() for params in groups.values() for p in params
+    )
 
 
 def test_no_experts_is_an_error():
@@ -114,18 +127,25 @@ def test_no_experts_is_an_error():
 
 def test_experts_of_another_modality_are_an_error(tmp_path):
     extra = tmp_path / "mixed.yaml"
-    extra.write_text("model:\n  pmoe:\n    experts:\n      - {library: transformers, name: " + MINILM + "}\n"
-                     "      - {library: timm, name: vit_base_patch16_224}\n")
-    with pytest.raises(ModelError, match=r"model\.pmoe\.experts\[1\]: timm 'vit_base_patch16_224' is an image "
-                                         "encoder, but this pMoE's experts are text encoders"):
+    extra.write_text(
+        "model:\n  pmoe:\n    experts:\n      - {library: transformers, name: " + MINILM + "}\n"
+        "      - {library: timm, name: vit_base_patch16_224}\n"
+    )
+    with pytest.raises(
+        ModelError,
+        match=r"model\.pmoe\.experts\[1\]: timm 'vit_base_patch16_224' is an image "
+        "encoder, but this pMoE's experts are text encoders",
+    ):
         build_model(load_config([PMOE, TINY, extra]).model, num_classes=13)
 
 
 def test_an_expert_that_cannot_be_prompted_by_pmoe(tmp_path):
     extra = tmp_path / "swin.yaml"
-    extra.write_text("model:\n  prompted: image\n  pmoe:\n    experts:\n"
-                     "      - {library: timm, name: vit_base_patch16_224}\n"
-                     "      - {library: timm, name: swin_tiny_patch4_window7_224}\n")
+    extra.write_text(
+        "model:\n  prompted: image\n  pmoe:\n    experts:\n"
+        "      - {library: timm, name: vit_base_patch16_224}\n"
+        "      - {library: timm, name: swin_tiny_patch4_window7_224}\n"
+    )
     with pytest.raises(ModelError, match=r"model\.pmoe\.experts\[1\]: .*cannot be a pMoE expert"):
         build_model(load_config([PMOE, TINY, extra]).model, num_classes=13)
 
@@ -164,8 +184,13 @@ def test_a_conversion_that_differs_from_onnxruntime_is_an_error(tmp_path, monkey
 
 
 def test_pmoe_trains_and_its_dispatch_is_analyzed(tmp_path):
-    overrides = [f"trainer.default_root_dir={tmp_path / 'runs'}", f"data.cache_dir={tmp_path / 'cache'}",
-                 "data.train_images=40", "data.test_images=10", "trainer.enable_progress_bar=false"]
+    overrides = [
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=40",
+        "data.test_images=10",
+        "trainer.enable_progress_bar=false",
+    ]
     summary = run("fit", load_config([PMOE, TINY], overrides))
     assert 0.0 <= summary["metrics"]["test/acc"] <= 1.0
     log_dir = next((tmp_path / "runs").rglob("routing_val.json")).parent
@@ -173,16 +198,17 @@ def test_pmoe_trains_and_its_dispatch_is_analyzed(tmp_path):
     assert routing["expert_labels"] == ["carried", "all-MiniLM-L6-v2", "paraphrase-MiniLM-L3-v2"]
     assert routing["layer_labels"][0] == "all-MiniLM-L6-v2 L0" and len(routing["layer_labels"]) == 2 + 2
     out = tmp_path / "report"
-    assert main(["analyze", str(PMOE), str(TINY), *overrides, f"ckpt={summary['best_checkpoint']}",
-                 f"out={out}"]) == 0
+    assert main(["analyze", str(PMOE), str(TINY), *overrides, f"ckpt={summary['best_checkpoint']}", f"out={out}"]) == 0
     assert (out / "layer_expert.png").is_file() and "paraphrase-MiniLM-L3-v2 L1" in (out / "summary.md").read_text()
 
 
 def test_image_experts_of_different_widths_and_depths(tmp_path):
     extra = tmp_path / "vits.yaml"
-    extra.write_text("model:\n  prompted: image\n  pool: cls\n  pmoe:\n    experts:\n"
-                     "      - {library: timm, name: vit_base_patch16_224}\n"
-                     "      - {library: timm, name: deit_tiny_patch16_224, kwargs: {embed_dim: 48, depth: 1}}\n")
+    extra.write_text(
+        "model:\n  prompted: image\n  pool: cls\n  pmoe:\n    experts:\n"
+        "      - {library: timm, name: vit_base_patch16_224}\n"
+        "      - {library: timm, name: deit_tiny_patch16_224, kwargs: {embed_dim: 48, depth: 1}}\n"
+    )
     net = build_model(load_config([PMOE, TINY, extra]).model, num_classes=13)
     assert set(net.input_spec().cacheable) == {"text"}  # the frozen text encoder conditions, from the cache
     widths = [e.num_features for e in net.experts]

@@ -34,15 +34,20 @@ from helpers.models import CLASSES, write_tiny_adapter
 from helpers.cli import args
 
 TOLERANCE = 1e-5
-PROMPTED_IMAGE = ["model.prompted=image", "model.image_encoder.library=timm",
-                  "model.image_encoder.name=vit_base_patch16_224"]
+PROMPTED_IMAGE = [
+    "model.prompted=image",
+    "model.image_encoder.library=timm",
+    "model.image_encoder.name=vit_base_patch16_224",
+]
 
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict_speed")
-    return {"text": write_tiny_adapter(tiny_config(tmp / "t"), tmp / "text", CLASSES),
-            "image": write_tiny_adapter(tiny_config(tmp / "i", *PROMPTED_IMAGE), tmp / "image", CLASSES)}
+    return {
+        "text": write_tiny_adapter(tiny_config(tmp / "t"), tmp / "text", CLASSES),
+        "image": write_tiny_adapter(tiny_config(tmp / "i", *PROMPTED_IMAGE), tmp / "image", CLASSES),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def old_path(model: PretrainedModel, batch_size: int, **given) -> tuple[torch.Te
     probs, routing = [], []
     with torch.inference_mode():
         for start in range(0, n, batch_size):
-            out = model.net(model.preprocess(**{k: v[start:start + batch_size] for k, v in given.items()}))
+            out = model.net(model.preprocess(**{k: v[start : start + batch_size] for k, v in given.items()}))
             probs.append(probabilities(out.logits.float(), model.task))
             routing.append(out.routing.float())
     return torch.cat(probs), torch.cat(routing)
@@ -98,8 +103,12 @@ def mixed_images(paths: list[Path], tmp_path: Path) -> list:
     shared = load(paths[0])
     near_miss = load(paths[0])
     near_miss.putpixel((5, 7), (1, 2, 3))
-    forms = [lambda p: p, lambda p: link if p == paths[0] else p, lambda p: shared if p == paths[0] else load(p),
-             lambda p: torch.from_numpy(np.asarray(load(p)).copy()).permute(2, 0, 1)]
+    forms = [
+        lambda p: p,
+        lambda p: link if p == paths[0] else p,
+        lambda p: shared if p == paths[0] else load(p),
+        lambda p: torch.from_numpy(np.asarray(load(p)).copy()).permute(2, 0, 1),
+    ]
     images = [forms[i % len(forms)](p) for i, p in enumerate(paths)]
     images[3] = near_miss
     return images
@@ -138,8 +147,11 @@ def test_the_conditioning_encoder_runs_once_per_distinct_image(models, tmp_path,
     copies[3].putpixel((5, 7), (1, 2, 3))  # a near miss of the first image: another input
     seen = []
     count_rows(monkeypatch, PooledImageEncoder, seen)
-    for images, distinct in (([link if i % 2 else p for i, p in enumerate(paths)], 3), (copies, 4),
-                             (copies * 2, 4)):  # the same inputs twice in one call: still once each
+    for images, distinct in (
+        ([link if i % 2 else p for i, p in enumerate(paths)], 3),
+        (copies, 4),
+        (copies * 2, 4),
+    ):  # the same inputs twice in one call: still once each
         seen.clear()
         models["text"].predict(texts=texts * (len(images) // 27), images=images, batch_size=4)
         assert sum(seen) == distinct
@@ -208,8 +220,9 @@ def test_only_images_whose_samples_agree_are_hashed_in_full(monkeypatch):
 
 
 @settings(max_examples=30)
-@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["RGB", "L", "P"]), st.booleans()), min_size=1,
-                max_size=12))
+@given(
+    st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["RGB", "L", "P"]), st.booleans()), min_size=1, max_size=12)
+)
 def test_equal_rows_exactly_for_equal_images(draws):
     """rows[i] == rows[j] if and only if images i and j have the same mode, size, palette and pixels."""
     images = []
@@ -241,8 +254,9 @@ def test_preprocessing_runs_ahead_in_a_thread_and_a_bad_file_keeps_its_index(mod
     texts, paths = easy_vqa_pairs(12)
     threads = []
     batch = PretrainedModel._batch
-    monkeypatch.setattr(PretrainedModel, "_batch",
-                        lambda self, *a: threads.append(threading.current_thread().name) or batch(self, *a))
+    monkeypatch.setattr(
+        PretrainedModel, "_batch", lambda self, *a: threads.append(threading.current_thread().name) or batch(self, *a)
+    )
     inference.PREFETCH = True
     model.predict(texts=texts, images=paths, batch_size=4)
     assert threads and all(name.startswith("mope-predict-preprocess") for name in threads)
@@ -265,9 +279,10 @@ def test_the_thread_runs_on_a_gpu_only(monkeypatch):
 # --- audio, and `mope predict` -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("prompted", ["text", "audio"])
 def test_repeated_clips_predict_as_the_old_path_and_are_encoded_once(tmp_path, prompted, monkeypatch):
-    cfg = load_config([EXPERIMENTS / "mustard.yaml", TINY], [f"data.root={tmp_path}",
-                                                             f"data.cache_dir={tmp_path / 'cache'}",
-                                                             f"model.prompted={prompted}"])
+    cfg = load_config(
+        [EXPERIMENTS / "mustard.yaml", TINY],
+        [f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", f"model.prompted={prompted}"],
+    )
     model = mope_lightning.from_pretrained(write_tiny_adapter(cfg, tmp_path / "adapter", ["no", "yes"]))
     rate = model.audio_preprocessor.sampling_rate
     clips = [np.random.default_rng(i).uniform(-0.5, 0.5, rate // (4 + i)).astype(np.float32) for i in range(3)]
@@ -292,8 +307,10 @@ def test_mope_predict_encodes_each_image_of_its_rows_once(adapters, tmp_path, mo
     seen = []
     count_rows(monkeypatch, PooledImageEncoder, seen)
     out = tmp_path / "predictions.csv"
-    assert main(["predict", *args(tmp_path, f"ckpt={adapters['text']}", f"predict.input={rows}",
-                                  f"predict.out={out}")]) == 0
+    assert (
+        main(["predict", *args(tmp_path, f"ckpt={adapters['text']}", f"predict.input={rows}", f"predict.out={out}")])
+        == 0
+    )
     assert sum(seen) == len(set(paths)) == 2
     labels = [line.split(",")[1] for line in out.read_text().splitlines()[1:]]
     assert labels == mope_lightning.from_pretrained(adapters["text"]).predict(texts=texts, images=paths).labels

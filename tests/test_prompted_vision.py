@@ -8,8 +8,14 @@ from mope_lightning.models import MoPE
 from helpers.models import tiny_swin, tiny_vit
 
 
-@pytest.mark.parametrize("name, kw", [("vit_base_patch16_224", {}), ("vit_base_patch16_224", {"reg_tokens": 2}),
-                                      ("deit_base_distilled_patch16_224", {})])
+@pytest.mark.parametrize(
+    "name, kw",
+    [
+        ("vit_base_patch16_224", {}),
+        ("vit_base_patch16_224", {"reg_tokens": 2}),
+        ("deit_base_distilled_patch16_224", {}),
+    ],
+)
 def test_vit_without_prompts_equals_timm(name, kw):
     encoder, model = tiny_vit(name, **kw)
     images = torch.randn(3, 3, 32, 32)

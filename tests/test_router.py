@@ -54,14 +54,17 @@ def test_top_k_keeps_k_experts():
     torch.testing.assert_close(probs.sum(-1), torch.ones(10))
 
 
-@pytest.mark.parametrize("probs, expected", [
-    # S = [1.6, 0.4]: mean 1, unbiased variance (0.36 + 0.36) / 1 = 0.72, CV^2 = 0.72 > 0.1
-    ([[0.9, 0.1], [0.7, 0.3]], 0.72),
-    # S = [1.5, 0.9, 0.6]: mean 1, unbiased variance (0.25 + 0.01 + 0.16) / 2 = 0.21
-    ([[0.5, 0.3, 0.2]] * 3, 0.21),
-    # S = [1.1, 0.9]: CV^2 = 0.02, below the 0.1 threshold, so no loss
-    ([[0.5, 0.5], [0.6, 0.4]], 0.0),
-])
+@pytest.mark.parametrize(
+    "probs, expected",
+    [
+        # S = [1.6, 0.4]: mean 1, unbiased variance (0.36 + 0.36) / 1 = 0.72, CV^2 = 0.72 > 0.1
+        ([[0.9, 0.1], [0.7, 0.3]], 0.72),
+        # S = [1.5, 0.9, 0.6]: mean 1, unbiased variance (0.25 + 0.01 + 0.16) / 2 = 0.21
+        ([[0.5, 0.3, 0.2]] * 3, 0.21),
+        # S = [1.1, 0.9]: CV^2 = 0.02, below the 0.1 threshold, so no loss
+        ([[0.5, 0.5], [0.6, 0.4]], 0.0),
+    ],
+)
 def test_importance_loss_hand_worked(probs, expected):
     assert importance_loss(torch.tensor(probs), threshold=0.1).item() == pytest.approx(expected, abs=1e-6)
 
@@ -72,8 +75,7 @@ def test_importance_loss_is_zero_for_one_expert_and_balanced_routing():
 
 
 def test_gradient_reaches_every_expert_and_the_router_under_soft_routing():
-    mope = MoPE([16, 16, 16], [0, 0, 0], cond_dim=12, num_experts=4, static_length=2, dynamic_length=3,
-                mapped_length=1)
+    mope = MoPE([16, 16, 16], [0, 0, 0], cond_dim=12, num_experts=4, static_length=2, dynamic_length=3, mapped_length=1)
     prompter = mope.bind(torch.randn(5, 12))
     prompts = [prompter(i, torch.randn(5, 16)) for i in range(3)]
     assert all(p.shape == (5, 2 + 3 + 1, 16) for p in prompts)

@@ -63,8 +63,9 @@ def test_attribute_mutual_information_of_a_router_that_copies_or_ignores_it():
     assert bits.item() == pytest.approx(0.0, abs=1e-9) and relative.item() == pytest.approx(0.0, abs=1e-9)
     # Samples without a value are counted and left out; a sample with two values weighs half on each.
     values = [["a"], [], ["a", "b"], ["b"]]
-    names, value_expert, weight, unknown = attribute_routing(torch.eye(2)[[0, 0, 1, 1]].reshape(4, 1, 2),
-                                                             torch.arange(4), values)
+    names, value_expert, weight, unknown = attribute_routing(
+        torch.eye(2)[[0, 0, 1, 1]].reshape(4, 1, 2), torch.arange(4), values
+    )
     assert unknown == 1 and weight.tolist() == [1.5, 1.5]
     torch.testing.assert_close(value_expert[:, 0], torch.tensor([[2 / 3, 1 / 3], [0.0, 1.0]]))
 
@@ -76,22 +77,28 @@ def test_a_sweeps_routing_figure_has_a_panel_per_finished_run_and_skips_the_rest
         path = tmp_path / name
         path.mkdir()
         ids = [f"id{i}" for i in range(41)]  # too many values to draw: left out
-        attributes = {"shape": {"values": ["circle", "square"], "routing": shape_routing, "weight": [5, 5],
-                                "unknown": 0},
-                      "id": {"values": ids, "routing": [[1.0, 0.0]] * 41, "weight": [1] * 41, "unknown": 0}}
+        attributes = {
+            "shape": {"values": ["circle", "square"], "routing": shape_routing, "weight": [5, 5], "unknown": 0},
+            "id": {"values": ids, "routing": [[1.0, 0.0]] * 41, "weight": [1] * 41, "unknown": 0},
+        }
         (path / "routing_val.json").write_text(json.dumps({"attributes": attributes, "mi_shape_relative": mi}))
         return str(path)
 
-    rows = [{"cell": "w=0", "seed": 1, "status": "finished", "run_dir": run_dir("a", [[1, 0], [0, 1]], [1.0, 0.5])},
-            {"cell": "w=0", "seed": 2, "status": "finished", "run_dir": run_dir("b", [[.5, .5], [.5, .5]], [0.0])},
-            {"cell": "w=1", "seed": 1, "status": "finished", "run_dir": run_dir("c", [[0, 1], [1, 0]], [1.0])},
-            {"cell": "w=1", "seed": 2, "status": "failed", "run_dir": run_dir("d", [[0, 1], [1, 0]], [1.0])},
-            {"cell": "w=1", "seed": 3, "status": "pending", "run_dir": str(tmp_path / "none")}]
+    rows = [
+        {"cell": "w=0", "seed": 1, "status": "finished", "run_dir": run_dir("a", [[1, 0], [0, 1]], [1.0, 0.5])},
+        {"cell": "w=0", "seed": 2, "status": "finished", "run_dir": run_dir("b", [[0.5, 0.5], [0.5, 0.5]], [0.0])},
+        {"cell": "w=1", "seed": 1, "status": "finished", "run_dir": run_dir("c", [[0, 1], [1, 0]], [1.0])},
+        {"cell": "w=1", "seed": 2, "status": "failed", "run_dir": run_dir("d", [[0, 1], [1, 0]], [1.0])},
+        {"cell": "w=1", "seed": 3, "status": "pending", "run_dir": str(tmp_path / "none")},
+    ]
     figures = routing_figures(rows)
     assert list(figures) == ["routing_shape.png"]
     drawn = [ax for ax in figures["routing_shape.png"].axes if ax.images]
-    assert [ax.get_title() for ax in drawn] == ["w=0\nseed 1: relative MI 0.750", "w=0\nseed 2: relative MI 0.000",
-                                                "w=1\nseed 1: relative MI 1.000"]
+    assert [ax.get_title() for ax in drawn] == [
+        "w=0\nseed 1: relative MI 0.750",
+        "w=0\nseed 2: relative MI 0.000",
+        "w=1\nseed 1: relative MI 1.000",
+    ]
     assert drawn[2].images[0].get_array().tolist() == [[0, 1], [1, 0]]
     assert [t.get_text() for t in drawn[0].get_yticklabels()] == ["circle", "square"]
 
@@ -146,17 +153,32 @@ def tiny_run(tmp_path_factory):
 
 
 def analyze_args(tmp, summary, out, *extra):
-    return [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp / 'cache'}", "data.train_images=24",
-            "data.test_images=10", f"ckpt={summary['best_checkpoint']}", f"out={out}",
-            "trainer.enable_progress_bar=false", *extra]
+    return [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.train_images=24",
+        "data.test_images=10",
+        f"ckpt={summary['best_checkpoint']}",
+        f"out={out}",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
 
 
 def test_analyze_writes_a_routing_report(tiny_run, capsys):
     tmp, summary = tiny_run
     out = tmp / "report"
     assert main(["analyze", *analyze_args(tmp, summary, out)]) == 0
-    for name in ("summary.md", "routing.csv", "routing.json", "layer_expert.png", "class_expert.png",
-                 "group_expert.png", "exemplars.png"):
+    for name in (
+        "summary.md",
+        "routing.csv",
+        "routing.json",
+        "layer_expert.png",
+        "class_expert.png",
+        "group_expert.png",
+        "exemplars.png",
+    ):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "routing.csv").open()))
     assert len(rows) == 24 and rows[0]["id"].startswith("train/") and rows[0]["label"]
@@ -181,27 +203,47 @@ def test_analyze_refuses_a_model_without_router_and_an_unknown_split(tmp_path, t
     assert main(["analyze", *analyze_args(tmp, summary, tmp_path / "r", "split=train")]) == 2
     assert "analyze.split: 'train' is not one of val, test" in capsys.readouterr().err
     baseline = run("fit", tiny_config(tmp_path, "data.train_images=24", "model.fusion=late_concat"))
-    cfg = tiny_config(tmp_path, "data.train_images=24", "model.fusion=late_concat",
-                      f"ckpt={baseline['best_checkpoint']}", f"analyze.out={tmp_path / 'r'}")
+    cfg = tiny_config(
+        tmp_path,
+        "data.train_images=24",
+        "model.fusion=late_concat",
+        f"ckpt={baseline['best_checkpoint']}",
+        f"analyze.out={tmp_path / 'r'}",
+    )
     with pytest.raises(CheckpointError, match="model.fusion=late_concat\\) has no router"):
         analyze(cfg)
     with pytest.raises(ConfigError, match="analyze needs out=DIR"):
         analyze(tiny_config(tmp_path, f"ckpt={summary['best_checkpoint']}"))
     assert main(["analyze", *analyze_args(tmp, summary, tmp_path / "r", "analyze.attributes=[size]")]) == 2
-    assert ("analyze.attributes: 'size' is not an attribute of easy_vqa's samples; it has color, question_type, "
-            "shape") in capsys.readouterr().err
+    assert (
+        "analyze.attributes: 'size' is not an attribute of easy_vqa's samples; it has color, question_type, shape"
+    ) in capsys.readouterr().err
 
 
 def validate_routing(tmp, summary, devices):
     out = tmp / f"validate_{devices}"
-    args = [sys.executable, "-m", "mope_lightning", "validate", str(DEFAULT_EXP), str(TINY),
-            f"data.cache_dir={tmp / 'cache'}", "data.train_images=24", "data.test_images=10",
-            f"ckpt={summary['best_checkpoint']}", f"trainer.default_root_dir={out}", "trainer.accelerator=cpu",
-            f"trainer.devices={devices}", "trainer.enable_progress_bar=false", "data.eval_batch_size=5",
-            "trainer.limit_val_batches=1.0",
-            *(["trainer.strategy=ddp"] if devices > 1 else [])]
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    args = [
+        sys.executable,
+        "-m",
+        "mope_lightning",
+        "validate",
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.train_images=24",
+        "data.test_images=10",
+        f"ckpt={summary['best_checkpoint']}",
+        f"trainer.default_root_dir={out}",
+        "trainer.accelerator=cpu",
+        f"trainer.devices={devices}",
+        "trainer.enable_progress_bar=false",
+        "data.eval_batch_size=5",
+        "trainer.limit_val_batches=1.0",
+        *(["trainer.strategy=ddp"] if devices > 1 else []),
+    ]
+    proc = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, cwd=tmp, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(next(out.rglob("routing_val.json")).read_text())
 
@@ -211,6 +253,14 @@ def test_routing_statistics_under_two_process_ddp_equal_one_process(tiny_run):
     tmp, summary = tiny_run
     one, two = validate_routing(tmp, summary, 1), validate_routing(tmp, summary, 2)
     assert one["class_count"] == two["class_count"] and sum(one["class_count"]) == 24
-    for key in ("layer_expert", "entropy", "max_load", "mi_class_relative", "mi_group_relative",
-                "mi_shape_relative", "mi_color_relative", "mi_question_type_relative"):
+    for key in (
+        "layer_expert",
+        "entropy",
+        "max_load",
+        "mi_class_relative",
+        "mi_group_relative",
+        "mi_shape_relative",
+        "mi_color_relative",
+        "mi_question_type_relative",
+    ):
         torch.testing.assert_close(torch.tensor(two[key]), torch.tensor(one[key]), atol=1e-5, rtol=1e-4)

@@ -69,8 +69,14 @@ def evil_checkpoint(trained, tmp_path):
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_everywhere(trained, evil_checkpoint, tmp_path, capsys):
     tmp, _ = trained
     path, marker = evil_checkpoint
-    for command, extra in (("test", []), ("validate", []), ("predict", []), ("fit", []),
-                           ("analyze", [f"out={tmp_path / 'report'}"]), ("export", [f"out={tmp_path / 'adapter'}"])):
+    for command, extra in (
+        ("test", []),
+        ("validate", []),
+        ("predict", []),
+        ("fit", []),
+        ("analyze", [f"out={tmp_path / 'report'}"]),
+        ("export", [f"out={tmp_path / 'adapter'}"]),
+    ):
         assert main([command, *args(tmp, f"ckpt={path}", *extra)]) == 2, command
         one_error(capsys, str(path), "refused", "builtins.exec")
     with pytest.raises(CheckpointError, match="refused"):
@@ -105,9 +111,18 @@ def test_broken_checkpoint_files_get_one_message(trained, tmp_path, capsys, kind
 
 
 def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "mope_lightning", "fit",
-           *args(tmp_path, "trainer.max_epochs=1000", "trainer.limit_train_batches=null",
-                 "trainer.check_val_every_n_epoch=1000")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mope_lightning",
+        "fit",
+        *args(
+            tmp_path,
+            "trainer.max_epochs=1000",
+            "trainer.limit_train_batches=null",
+            "trainer.check_val_every_n_epoch=1000",
+        ),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         started = tmp_path / "runs" / "version_0" / "hparams.yaml"  # written when training starts
@@ -126,19 +141,48 @@ def test_sigterm_saves_last_ckpt_exits_nonzero_and_resumes(tmp_path):
     assert step > 0 and f"step {step}" in err
     assert not (tmp_path / "runs" / "version_0" / "fit_metrics.json").exists()  # nothing claims success
     # The saved state resumes: two more steps, then the usual test.
-    assert main(["fit", *args(tmp_path, "ckpt=last", f"trainer.max_steps={step + 2}", "trainer.max_epochs=1000",
-                              "trainer.limit_train_batches=null", "trainer.check_val_every_n_epoch=1000")]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                *args(
+                    tmp_path,
+                    "ckpt=last",
+                    f"trainer.max_steps={step + 2}",
+                    "trainer.max_epochs=1000",
+                    "trainer.limit_train_batches=null",
+                    "trainer.check_val_every_n_epoch=1000",
+                ),
+            ]
+        )
+        == 0
+    )
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == step + 2
 
 
 def test_sigint_saves_last_ckpt_and_exits_130(tmp_path):
-    cmd = [sys.executable, "-m", "mope_lightning", "fit",
-           *args(tmp_path, "trainer.max_epochs=1000", "trainer.limit_train_batches=null",
-                 "trainer.check_val_every_n_epoch=1000")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mope_lightning",
+        "fit",
+        *args(
+            tmp_path,
+            "trainer.max_epochs=1000",
+            "trainer.limit_train_batches=null",
+            "trainer.check_val_every_n_epoch=1000",
+        ),
+    ]
     # A background job of a non-interactive shell (make test &) inherits SIGINT ignored, and so would the fit:
     # restore the default, as an interactive terminal has it.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         started = tmp_path / "runs" / "version_0" / "hparams.yaml"
         launched = time.time()
@@ -187,8 +231,9 @@ def test_export_writes_an_adapter_that_tests_like_its_checkpoint(trained, adapte
     assert results[0] == results[1]
 
 
-def test_export_refuses_to_overwrite_and_an_interrupted_export_leaves_nothing(trained, adapter, tmp_path, capsys,
-                                                                             monkeypatch):
+def test_export_refuses_to_overwrite_and_an_interrupted_export_leaves_nothing(
+    trained, adapter, tmp_path, capsys, monkeypatch
+):
     tmp, last = trained
     assert main(["export", *args(tmp, f"ckpt={last}", f"out={adapter}")]) == 2
     one_error(capsys, str(adapter), "overwrite=true")
@@ -207,16 +252,18 @@ def test_export_refuses_to_overwrite_and_an_interrupted_export_leaves_nothing(tr
 
 def test_export_refuses_a_config_with_other_model_settings(trained, tmp_path, capsys):
     tmp, last = trained
-    assert main(["export", *args(tmp, f"ckpt={last}", f"out={tmp_path / 'a'}",
-                                 "model.mope.router.temperature=0.5")]) == 2
+    assert (
+        main(["export", *args(tmp, f"ckpt={last}", f"out={tmp_path / 'a'}", "model.mope.router.temperature=0.5")]) == 2
+    )
     one_error(capsys, "model.mope.router.temperature: 0.1 -> 0.5")
 
 
 def test_from_pretrained_predicts_raw_inputs_like_mope_predict(trained, adapter, tmp_path, capsys):
     tmp, last = trained
     out_csv = tmp_path / "pred.csv"
-    assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.out={out_csv}",
-                                  "trainer.limit_predict_batches=1")]) == 0
+    assert (
+        main(["predict", *args(tmp, f"ckpt={last}", f"predict.out={out_csv}", "trainer.limit_predict_batches=1")]) == 0
+    )
     rows = list(csv.DictReader(out_csv.open()))
     questions = json.loads((default_root() / "test" / "questions.json").read_text())
     picked = [questions[int(r["id"].split("/")[1])] for r in rows]
@@ -294,8 +341,13 @@ def test_push_to_hub_uploads_the_adapter_files(adapter, monkeypatch):
 # --- mope predict on new data ------------------------------------------------------------------------------------
 def test_predict_new_rows_with_a_checkpoint_or_an_adapter(trained, adapter, tmp_path, capsys):
     tmp, last = trained
-    rows = write_rows(tmp_path, [{"id": "q1", "text": "what shape is this?", "image": "img0.png"},
-                                 {"text": "is it red?", "image": str(tmp_path / "img1.png")}])
+    rows = write_rows(
+        tmp_path,
+        [
+            {"id": "q1", "text": "what shape is this?", "image": "img0.png"},
+            {"text": "is it red?", "image": str(tmp_path / "img1.png")},
+        ],
+    )
     outs = []
     for source in (last, adapter):
         out = tmp_path / f"{Path(source).stem}.csv"
@@ -303,30 +355,39 @@ def test_predict_new_rows_with_a_checkpoint_or_an_adapter(trained, adapter, tmp_
         outs.append(list(csv.DictReader(out.open())))
     assert [r["id"] for r in outs[0]] == ["q1", "2"] and outs[0] == outs[1]
     model = mope_lightning.from_pretrained(adapter)
-    direct = model.predict(texts=["what shape is this?", "is it red?"],
-                           images=[tmp_path / "img0.png", tmp_path / "img1.png"])
+    direct = model.predict(
+        texts=["what shape is this?", "is it red?"], images=[tmp_path / "img0.png", tmp_path / "img1.png"]
+    )
     assert [r["prediction"] for r in outs[0]] == direct.labels
     # CSV rows work the same; the default output lands beside the input.
     (tmp_path / "rows.csv").write_text("id,text,image\nq1,what shape is this?,img0.png\n")
     assert main(["predict", *args(tmp, f"ckpt={adapter}", f"predict.input={tmp_path / 'rows.csv'}")]) == 0
-    assert list(csv.DictReader((tmp_path / "rows.predictions.csv").open()))[0]["prediction"] == outs[0][0][
-        "prediction"]
+    assert list(csv.DictReader((tmp_path / "rows.predictions.csv").open()))[0]["prediction"] == outs[0][0]["prediction"]
 
 
 def test_predict_names_bad_rows_and_never_overwrites(trained, tmp_path, capsys):
     tmp, last = trained
-    rows = write_rows(tmp_path, [{"text": "fine", "image": "img0.png"}, {"text": "", "image": "img0.png"},
-                                 {"text": "where?", "image": "missing.png"}, "{broken"])
+    rows = write_rows(
+        tmp_path,
+        [
+            {"text": "fine", "image": "img0.png"},
+            {"text": "", "image": "img0.png"},
+            {"text": "where?", "image": "missing.png"},
+            "{broken",
+        ],
+    )
     out = tmp_path / "out.csv"
     assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={rows}", f"predict.out={out}")]) == 2
-    one_error(capsys, f"{rows}:2: empty or missing text", f"{rows}:3: image file not found",
-              f"{rows}:4: not a JSON object")
+    one_error(
+        capsys, f"{rows}:2: empty or missing text", f"{rows}:3: image file not found", f"{rows}:4: not a JSON object"
+    )
     assert not out.exists()
     good = write_rows(tmp_path, [{"text": "fine", "image": "img0.png"}])
     before = last.read_bytes()
     for target, extra in ((last, "predict.overwrite=true"), (good, "predict.overwrite=true")):
-        assert main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={good}", f"predict.out={target}",
-                                      extra)]) == 2
+        assert (
+            main(["predict", *args(tmp, f"ckpt={last}", f"predict.input={good}", f"predict.out={target}", extra)]) == 2
+        )
         one_error(capsys, "is an input of this command")
     assert last.read_bytes() == before
     # A dataset split's predictions may not replace the checkpoint either, nor an existing file without asking.
@@ -345,8 +406,21 @@ def test_an_adapter_cannot_be_resumed(adapter, trained, capsys):
 
 
 def test_max_time_between_validations_keeps_the_final_weights(tmp_path):
-    assert main(["fit", *args(tmp_path, "trainer.max_epochs=1000", "trainer.limit_train_batches=null",
-                              "trainer.check_val_every_n_epoch=1000", "trainer.max_time=00:00:00:03")]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                *args(
+                    tmp_path,
+                    "trainer.max_epochs=1000",
+                    "trainer.limit_train_batches=null",
+                    "trainer.check_val_every_n_epoch=1000",
+                    "trainer.max_time=00:00:00:03",
+                ),
+            ]
+        )
+        == 0
+    )
     run_dir = tmp_path / "runs" / "version_0"
     assert json.loads((run_dir / "fit_metrics.json").read_text())["tested_weights"] == "final weights"
     step = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
@@ -359,9 +433,15 @@ def test_a_dataset_whose_label_order_differs_from_the_checkpoint_is_refused(tmp_
     from helpers import EXPERIMENTS
 
     root = make_mmbt(tmp_path / "mmbt")
-    common = [str(EXPERIMENTS / "jsonl.yaml"), str(TINY), f"data.root={root}", "data.splits={train: train.jsonl, "
-              "val: dev.jsonl, test: test.jsonl}", f"trainer.default_root_dir={tmp_path / 'runs'}",
-              f"data.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"]
+    common = [
+        str(EXPERIMENTS / "jsonl.yaml"),
+        str(TINY),
+        f"data.root={root}",
+        "data.splits={train: train.jsonl, val: dev.jsonl, test: test.jsonl}",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.enable_progress_bar=false",
+    ]
     assert main(["fit", *common]) == 0
     capsys.readouterr()
     last = tmp_path / "runs" / "version_0" / "checkpoints" / "last.ckpt"

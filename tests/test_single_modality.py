@@ -53,10 +53,17 @@ def make_image_jsonl(root: Path, counts=(("train", 24), ("val", 6), ("test", 6))
 
 
 def write_experiment(path: Path, root: Path, fusion: str, **model) -> Path:
-    cfg = {"experiment": f"image_{fusion}",
-           "data": {"name": "jsonl", "root": str(root), "text_field": None, "batch_size": 4, "num_workers": 0},
-           "model": {"fusion": fusion, "modalities": ["image"], "prompted": "image",
-                     "image_encoder": {"library": "timm", "name": "vit_base_patch16_224.dino"}, **model}}
+    cfg = {
+        "experiment": f"image_{fusion}",
+        "data": {"name": "jsonl", "root": str(root), "text_field": None, "batch_size": 4, "num_workers": 0},
+        "model": {
+            "fusion": fusion,
+            "modalities": ["image"],
+            "prompted": "image",
+            "image_encoder": {"library": "timm", "name": "vit_base_patch16_224.dino"},
+            **model,
+        },
+    }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -66,15 +73,22 @@ def pmoe_model(**pmoe) -> dict:
 
 
 def cli_args(tmp: Path, experiment: Path, *extra) -> list[str]:
-    return [str(experiment), str(TINY), f"trainer.default_root_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]
+    return [
+        str(experiment),
+        str(TINY),
+        f"trainer.default_root_dir={tmp / 'runs'}",
+        f"data.cache_dir={tmp / 'cache'}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
 
 
 def one_error(capsys, *needles) -> str:
     captured = capsys.readouterr()
     assert captured.err.count("mope: error: ") == 1, captured.err
     assert "Traceback" not in captured.err + captured.out, captured.err
-    err = captured.err[captured.err.index("mope: error: "):]
+    err = captured.err[captured.err.index("mope: error: ") :]
     for needle in needles:
         assert needle in err, err
     return err
@@ -103,8 +117,12 @@ def test_pmoe_on_image_only_data_fits_tests_analyzes_exports_and_predicts(data, 
     # The run logs the dispatch path of every validation (routing_val.json), and `mope analyze` reports it.
     logged = json.loads(next((tmp_path / "runs").rglob("routing_val.json")).read_text())
     assert [step["layer"] for step in logged["dispatch_path"]] == [
-        "vit_base_patch16_224.dino L0", "vit_base_patch16_224.dino L1", "vit_small_patch16_224.augreg_in21k L0",
-        "vit_small_patch16_224.augreg_in21k L1", "vit_small_patch16_224.augreg_in21k L2"]
+        "vit_base_patch16_224.dino L0",
+        "vit_base_patch16_224.dino L1",
+        "vit_small_patch16_224.augreg_in21k L0",
+        "vit_small_patch16_224.augreg_in21k L1",
+        "vit_small_patch16_224.augreg_in21k L2",
+    ]
     assert all(step["chosen"] in logged["expert_labels"] for step in logged["dispatch_path"])
     report = tmp_path / "report"
     assert main(["analyze", *cli_args(tmp_path, experiment, f"ckpt={ckpt}", f"out={report}")]) == 0
@@ -125,8 +143,9 @@ def test_pmoe_on_image_only_data_fits_tests_analyzes_exports_and_predicts(data, 
 
 @pytest.mark.parametrize("fusion, prompted_layers", [("prompt_tuning", 2), ("prompt_tuning_shallow", 1)])
 def test_vpt_deep_and_shallow_on_image_only_data(data, tmp_path, capsys, fusion, prompted_layers):
-    experiment = write_experiment(tmp_path / "vpt.yaml", data, fusion,
-                                  mope={"static_length": 5, "dynamic_length": 0, "mapped_length": 0})
+    experiment = write_experiment(
+        tmp_path / "vpt.yaml", data, fusion, mope={"static_length": 5, "dynamic_length": 0, "mapped_length": 0}
+    )
     ckpt = fit(tmp_path, experiment, capsys)
     model = mope_lightning.from_pretrained(ckpt)
     layers = [m for m in model.net.modules() if isinstance(m, PromptLayer)]
@@ -135,16 +154,24 @@ def test_vpt_deep_and_shallow_on_image_only_data(data, tmp_path, capsys, fusion,
     adapter = tmp_path / "adapter"
     assert main(["export", *cli_args(tmp_path, experiment, f"ckpt={ckpt}", f"out={adapter}")]) == 0
     images = [data / "images" / "33.png"]
-    assert torch.equal(mope_lightning.from_pretrained(adapter).predict(images=images).probs,
-                       model.predict(images=images).probs)
+    assert torch.equal(
+        mope_lightning.from_pretrained(adapter).predict(images=images).probs, model.predict(images=images).probs
+    )
 
 
-@pytest.mark.parametrize("fusion", [f for f in single_modality_fusions() if f not in ("pmoe", "text_only",
-                                                                                      "audio_only")])
+@pytest.mark.parametrize(
+    "fusion", [f for f in single_modality_fusions() if f not in ("pmoe", "text_only", "audio_only")]
+)
 def test_every_one_modality_fusion_builds_and_runs_on_images(fusion):
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {
-        "fusion": fusion, "modalities": ["image"], "prompted": "image",
-        "image_encoder": {"library": "timm", "name": "vit_base_patch16_224", "tiny": True}})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig),
+        {
+            "fusion": fusion,
+            "modalities": ["image"],
+            "prompted": "image",
+            "image_encoder": {"library": "timm", "name": "vit_base_patch16_224", "tiny": True},
+        },
+    )
     net = build_model(cfg, 3)
     out = net({"images": torch.randn(2, 3, 32, 32)})
     assert out.logits.shape == (2, 3) and net.pair == ("image",)
@@ -158,33 +185,58 @@ def test_a_fusion_that_needs_a_second_modality_is_refused(data, tmp_path, capsys
     experiment = write_experiment(tmp_path / "two.yaml", data, fusion)
     before = files_under(tmp_path)
     assert main(["fit", *cli_args(tmp_path, experiment)]) == 2
-    one_error(capsys, f"model.fusion: {fusion} needs a second modality", "model.modalities is ['image']",
-              str(experiment), "pmoe", "prompt_tuning_shallow")
+    one_error(
+        capsys,
+        f"model.fusion: {fusion} needs a second modality",
+        "model.modalities is ['image']",
+        str(experiment),
+        "pmoe",
+        "prompt_tuning_shallow",
+    )
     assert files_under(tmp_path) == before
     assert set(NEEDS_SECOND_MODALITY) | set(single_modality_fusions()) == set(FUSIONS)
 
 
-@pytest.mark.parametrize("extra, needles", [
-    (["model.pmoe.condition_dispatcher=true"], ["model.pmoe.condition_dispatcher", "second modality",
-                                                "model.modalities is ['image']"]),
-    (["model.pmoe.dynamic_length=2"], ["model.pmoe.dynamic_length: 2", "set model.pmoe.dynamic_length"]),
-    (["model.modalities=[image,image]"], ["model.modalities: ['image', 'image']", "one modality or two different"]),
-    (["model.modalities=[]"], ["model.modalities: []"]),
-    (["model.modalities=[image,text,audio]", "model.text_encoder.name=x"],
-     ["model.modalities:", "one modality or two"]),
-    (["model.prompted=text"], ["model.prompted: 'text' is not one of model.modalities ['image']"]),
-    (["model.condition_prompts=4"], ["model.condition_prompts", "one-modality task"]),
-    (["model.modalities=[text,image]", "model.text_encoder.name=x"],
-     ["model.modalities: ['text', 'image'], but jsonl has image, no text", "model.modalities=[image]"]),
-    (["data.image_mean=[0.5,0.5,0.5]"], ["data.image_mean", "own pretrained mean and std"]),
-    (["model.fusion=prompt_tuning_shallow", "model.mope.prompted_layers=[0,1]"],
-     ["model.mope.prompted_layers: [0, 1], but model.fusion=prompt_tuning_shallow prompts layer 0 only"]),
-    (["model.fusion=prompt_tuning_shallow", "model.compat.mode=reference"],
-     ["model.compat.skip_first_block_prompt: leaves model.fusion=prompt_tuning_shallow no prompted layer"]),
-    (["model.image_encoder.library=torchvision", "model.image_encoder.name=mobilenet_v2",
-      "model.image_encoder.checkpoint_prefix=encoder.", "model.fusion=image_only"],
-     ["model.image_encoder.checkpoint_prefix: applies to timm"]),
-])
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (
+            ["model.pmoe.condition_dispatcher=true"],
+            ["model.pmoe.condition_dispatcher", "second modality", "model.modalities is ['image']"],
+        ),
+        (["model.pmoe.dynamic_length=2"], ["model.pmoe.dynamic_length: 2", "set model.pmoe.dynamic_length"]),
+        (["model.modalities=[image,image]"], ["model.modalities: ['image', 'image']", "one modality or two different"]),
+        (["model.modalities=[]"], ["model.modalities: []"]),
+        (
+            ["model.modalities=[image,text,audio]", "model.text_encoder.name=x"],
+            ["model.modalities:", "one modality or two"],
+        ),
+        (["model.prompted=text"], ["model.prompted: 'text' is not one of model.modalities ['image']"]),
+        (["model.condition_prompts=4"], ["model.condition_prompts", "one-modality task"]),
+        (
+            ["model.modalities=[text,image]", "model.text_encoder.name=x"],
+            ["model.modalities: ['text', 'image'], but jsonl has image, no text", "model.modalities=[image]"],
+        ),
+        (["data.image_mean=[0.5,0.5,0.5]"], ["data.image_mean", "own pretrained mean and std"]),
+        (
+            ["model.fusion=prompt_tuning_shallow", "model.mope.prompted_layers=[0,1]"],
+            ["model.mope.prompted_layers: [0, 1], but model.fusion=prompt_tuning_shallow prompts layer 0 only"],
+        ),
+        (
+            ["model.fusion=prompt_tuning_shallow", "model.compat.mode=reference"],
+            ["model.compat.skip_first_block_prompt: leaves model.fusion=prompt_tuning_shallow no prompted layer"],
+        ),
+        (
+            [
+                "model.image_encoder.library=torchvision",
+                "model.image_encoder.name=mobilenet_v2",
+                "model.image_encoder.checkpoint_prefix=encoder.",
+                "model.fusion=image_only",
+            ],
+            ["model.image_encoder.checkpoint_prefix: applies to timm"],
+        ),
+    ],
+)
 def test_hostile_one_modality_settings_get_one_message(data, tmp_path, capsys, extra, needles):
     experiment = write_experiment(tmp_path / "pmoe.yaml", data, "pmoe", **pmoe_model())
     before = files_under(tmp_path)
@@ -194,6 +246,7 @@ def test_hostile_one_modality_settings_get_one_message(data, tmp_path, capsys, e
 
 
 # --- expert weights from a checkpoint file -------------------------------------------------------------------------
+
 
 def released_checkpoint(path: Path, prefix: str, seed: int = 0) -> tuple[Path, dict]:
     """A ViT's weights as a MoCo v3 release nests them: under `state_dict`, prefixed, beside a momentum encoder and
@@ -209,8 +262,9 @@ def released_checkpoint(path: Path, prefix: str, seed: int = 0) -> tuple[Path, d
 
 def test_an_expert_from_a_prefixed_checkpoint_predicts_what_timm_loading_the_same_weights_predicts(tmp_path):
     path, weights = released_checkpoint(tmp_path / "moco.pth.tar", "module.base_encoder.")
-    ours = build_timm_encoder("vit_base_patch16_224", False, str(path), dict(TINY_VIT), False,
-                              "module.base_encoder.", "model.pmoe.experts[1]")
+    ours = build_timm_encoder(
+        "vit_base_patch16_224", False, str(path), dict(TINY_VIT), False, "module.base_encoder.", "model.pmoe.experts[1]"
+    )
     reference = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, **TINY_VIT).eval()
     reference.load_state_dict(weights)
     images = torch.randn(3, 3, 32, 32)
@@ -220,32 +274,59 @@ def test_an_expert_from_a_prefixed_checkpoint_predicts_what_timm_loading_the_sam
     from safetensors.torch import save_file
 
     save_file({f"encoder.{k}": v.contiguous() for k, v in weights.items()}, tmp_path / "w.safetensors")
-    again = build_timm_encoder("vit_base_patch16_224", False, str(tmp_path / "w.safetensors"), dict(TINY_VIT),
-                               False, "encoder.")
+    again = build_timm_encoder(
+        "vit_base_patch16_224", False, str(tmp_path / "w.safetensors"), dict(TINY_VIT), False, "encoder."
+    )
     with torch.no_grad():
         assert torch.equal(again(images), reference(images))
 
 
 def test_a_checkpoint_that_does_not_fit_names_its_keys_and_file(data, tmp_path, capsys):
     path, _ = released_checkpoint(tmp_path / "moco.pth", "module.base_encoder.")
-    expert = {"library": "timm", "name": "vit_base_patch16_224", "kwargs": dict(TINY_VIT), "tiny": False,
-              "checkpoint": str(path)}
+    expert = {
+        "library": "timm",
+        "name": "vit_base_patch16_224",
+        "kwargs": dict(TINY_VIT),
+        "tiny": False,
+        "checkpoint": str(path),
+    }
     cases = [
         ({"checkpoint_prefix": "module.encoder."}, ["no key of", str(path), "checkpoint_prefix 'module.encoder.'"]),
-        ({"checkpoint_prefix": "module."}, ["model.pmoe.experts[1].checkpoint", str(path), "missing (first: "
-                                            "'cls_token')", "unexpected (first: 'module.base_encoder.cls_token')"]),
-        ({"checkpoint_prefix": "module.base_encoder.", "kwargs": {**TINY_VIT, "depth": 3}},
-         [str(path), "missing (first: 'blocks.2.norm1.weight')"]),
-        ({"checkpoint_prefix": "module.base_encoder.", "kwargs": {**TINY_VIT, "embed_dim": 32}},
-         [str(path), "'cls_token' is (1, 1, 64) in the file, (1, 1, 32) here"]),
+        (
+            {"checkpoint_prefix": "module."},
+            [
+                "model.pmoe.experts[1].checkpoint",
+                str(path),
+                "missing (first: 'cls_token')",
+                "unexpected (first: 'module.base_encoder.cls_token')",
+            ],
+        ),
+        (
+            {"checkpoint_prefix": "module.base_encoder.", "kwargs": {**TINY_VIT, "depth": 3}},
+            [str(path), "missing (first: 'blocks.2.norm1.weight')"],
+        ),
+        (
+            {"checkpoint_prefix": "module.base_encoder.", "kwargs": {**TINY_VIT, "embed_dim": 32}},
+            [str(path), "'cls_token' is (1, 1, 64) in the file, (1, 1, 32) here"],
+        ),
     ]
     for change, needles in cases:
         # The tiny overlay reads no weights: the expert opts out of it to read its file.
         first = {"library": "timm", "name": "vit_base_patch16_224", "pretrained": False, "kwargs": dict(TINY_VIT)}
-        experiment = write_experiment(tmp_path / "bad.yaml", data, "pmoe",
-                                      **pmoe_model(experts=[first, {**expert, **change}]))
-        assert main(["fit", *cli_args(tmp_path, experiment, "model.image_encoder.tiny=false",
-                                      "model.image_encoder.pretrained=false")]) == 2
+        experiment = write_experiment(
+            tmp_path / "bad.yaml", data, "pmoe", **pmoe_model(experts=[first, {**expert, **change}])
+        )
+        assert (
+            main(
+                [
+                    "fit",
+                    *cli_args(
+                        tmp_path, experiment, "model.image_encoder.tiny=false", "model.image_encoder.pretrained=false"
+                    ),
+                ]
+            )
+            == 2
+        )
         one_error(capsys, *needles)
 
 
@@ -265,9 +346,11 @@ def test_a_checkpoint_whose_pickle_would_run_code_is_refused(tmp_path):
 
 
 @settings(max_examples=25)
-@given(drop=st.sets(st.integers(0, 40), max_size=3), extra=st.lists(st.text("abc.", min_size=1, max_size=6),
-                                                                    max_size=2),
-       prefix=st.sampled_from(["", "encoder.", "module.base_encoder."]))
+@given(
+    drop=st.sets(st.integers(0, 40), max_size=3),
+    extra=st.lists(st.text("abc.", min_size=1, max_size=6), max_size=2),
+    prefix=st.sampled_from(["", "encoder.", "module.base_encoder."]),
+)
 def test_load_prefixed_loads_exactly_or_names_a_key(tmp_path_factory, drop, extra, prefix):
     """Any subset of the keys, with stray keys and any prefix: an exact load, or one ModelError naming a key."""
     torch.manual_seed(1)
@@ -290,9 +373,15 @@ def test_load_prefixed_loads_exactly_or_names_a_key(tmp_path_factory, drop, extr
 
 # --- each expert's own preprocessing ---------------------------------------------------------------------------------
 
+
 def test_each_image_expert_gets_its_own_size_and_normalisation_from_one_batch(tmp_path):
-    first = {"input_size": (3, 48, 48), "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-             "interpolation": "bicubic", "crop_pct": 1.0}
+    first = {
+        "input_size": (3, 48, 48),
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
+        "interpolation": "bicubic",
+        "crop_pct": 1.0,
+    }
     other = {**first, "input_size": (3, 24, 24), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
     assert batch_config([other, first]) is first  # the batch is made for the largest input, wherever listed
     mappings = expert_inputs([other, first, dict(first)])
@@ -306,10 +395,16 @@ def test_each_image_expert_gets_its_own_size_and_normalisation_from_one_batch(tm
 
 
 def test_the_batch_is_made_for_the_largest_expert_input_whatever_the_order():
-    cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), {
-        "fusion": "pmoe", "modalities": ["image"], "prompted": "image",
-        "image_encoder": {"library": "timm", "name": "vit_base_patch16_224", "tiny": True},
-        **pmoe_model(experts=EXPERTS[::-1])})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ModelConfig),
+        {
+            "fusion": "pmoe",
+            "modalities": ["image"],
+            "prompted": "image",
+            "image_encoder": {"library": "timm", "name": "vit_base_patch16_224", "tiny": True},
+            **pmoe_model(experts=EXPERTS[::-1]),
+        },
+    )
     net = build_model(cfg, 3)
     assert net.experts[0].data_config["input_size"] == (3, 28, 28)
     spec = net.input_spec()

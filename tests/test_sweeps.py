@@ -59,8 +59,15 @@ def test_shots_per_class_single_and_multi_label():
 
 
 def tiny_args(tmp_path, *extra):
-    return [str(DEFAULT_EXP), str(TINY), f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40",
-            "data.test_images=10", "trainer.enable_progress_bar=false", *extra]
+    return [
+        str(DEFAULT_EXP),
+        str(TINY),
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.train_images=40",
+        "data.test_images=10",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]
 
 
 def test_check_data_shows_the_subset_and_bad_sizes_name_the_key(tmp_path, capsys):
@@ -74,11 +81,21 @@ def test_check_data_shows_the_subset_and_bad_sizes_name_the_key(tmp_path, capsys
 
 # --- mope sweep ---------------------------------------------------------------------------------------------------
 
+
 def write_sweep(tmp_path, name="tiny", **spec) -> str:
-    base = {"name": name, "experiment": [str(DEFAULT_EXP), str(TINY)],
-            "overrides": [f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40", "data.test_images=10",
-                          "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"],
-            "seeds": [1, 2], "metric": "test/acc"}
+    base = {
+        "name": name,
+        "experiment": [str(DEFAULT_EXP), str(TINY)],
+        "overrides": [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.train_images=40",
+            "data.test_images=10",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ],
+        "seeds": [1, 2],
+        "metric": "test/acc",
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**base, **spec}, sort_keys=False))
     return str(path)
@@ -94,18 +111,26 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
     assert main(["sweep", sweep, f"out={out}"]) == 0
     rows = read_results(out)
     assert [(r["model.mope.num_experts"], r["seed"], r["status"]) for r in rows] == [
-        ("1", "1", "finished"), ("1", "2", "finished"), ("2", "1", "finished"), ("2", "2", "finished")]
+        ("1", "1", "finished"),
+        ("1", "2", "finished"),
+        ("2", "1", "finished"),
+        ("2", "2", "finished"),
+    ]
     assert all(0 <= float(r["test/acc"]) <= 1 and int(r["trainable_params"]) > 0 for r in rows)
     assert rows[0]["trainable_params"] != rows[2]["trainable_params"]  # the expert count changes the model
     summary = (out / "summary.md").read_text()
     accs = [float(r["test/acc"]) for r in rows[:2]]
-    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5
+    mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2**0.5
     assert "| 1 | 2/2 | " in summary and f"{mean:.4f} ± {std:.4f}" in summary
     assert (out / "plot_model.mope.num_experts.png").stat().st_size > 1000
     assert (out / "plot_trainable_params.png").is_file()
     assert (out / "routing_shape.png").stat().st_size > 1000  # easy-VQA's sample attributes, a panel per run
-    seeds = [json.loads((out / "model.mope.num_experts=1" / f"seed_{s}" / "version_0" / "fit_metrics.json")
-                        .read_text())["metrics"] for s in (1, 2)]
+    seeds = [
+        json.loads((out / "model.mope.num_experts=1" / f"seed_{s}" / "version_0" / "fit_metrics.json").read_text())[
+            "metrics"
+        ]
+        for s in (1, 2)
+    ]
     assert seeds[0] != seeds[1]  # two seeds, two different runs
     capsys.readouterr()
 
@@ -126,15 +151,22 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
     assert [r["status"] for r in read_results(out)] == ["finished"] * 4
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"grid": {"model.mope.num_expert": [1, 2]}},
-     "grid.model.mope.num_expert[0]: unknown key 'model.mope.num_expert'"),
-    ({"grid": {"model.mope.num_experts": []}}, "grid.model.mope.num_experts: the axis has no values"),
-    ({"grid": {"method": {"pt": {"overlays": ["experiments/overlays/nope.yaml"]}}}},
-     "grid.method.pt.overlays[0]: config file experiments/overlays/nope.yaml not found"),
-    ({"seeds": []}, "seeds: give a non-empty list of integers"),
-    ({"gird": {}}, "unknown key 'gird' (did you mean 'grid'?)"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (
+            {"grid": {"model.mope.num_expert": [1, 2]}},
+            "grid.model.mope.num_expert[0]: unknown key 'model.mope.num_expert'",
+        ),
+        ({"grid": {"model.mope.num_experts": []}}, "grid.model.mope.num_experts: the axis has no values"),
+        (
+            {"grid": {"method": {"pt": {"overlays": ["experiments/overlays/nope.yaml"]}}}},
+            "grid.method.pt.overlays[0]: config file experiments/overlays/nope.yaml not found",
+        ),
+        ({"seeds": []}, "seeds: give a non-empty list of integers"),
+        ({"gird": {}}, "unknown key 'gird' (did you mean 'grid'?)"),
+    ],
+)
 def test_bad_sweep_files_stop_before_any_run(tmp_path, capsys, spec, message):
     sweep = write_sweep(tmp_path, **spec)
     assert main(["sweep", sweep, f"out={tmp_path / 'out'}"]) == 2
@@ -148,8 +180,9 @@ def test_the_slurm_launcher_records_a_failing_run_while_the_others_finish(tmp_pa
     Without OMP_NUM_THREADS, the sweep gives each job its share of the cores through submitit's `local_setup` (an
     option the local executor refused would stop the sweep with exit 2)."""
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    sweep = write_sweep(tmp_path, grid={"method": {"mope": {}, "too_big": {"overrides": ["data.batch_size=1000"]}}},
-                        seeds=[7])
+    sweep = write_sweep(
+        tmp_path, grid={"method": {"mope": {}, "too_big": {"overrides": ["data.batch_size=1000"]}}}, seeds=[7]
+    )
     out = tmp_path / "out"
     assert main(["sweep", sweep, f"out={out}", "launcher=submitit-local"]) == 1
     captured = capsys.readouterr()
@@ -186,9 +219,14 @@ def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):
     spec["overrides"] += ["trainer.max_epochs=1000"]  # runs until it is stopped; last.ckpt at every validation
     open(sweep, "w").write(yaml.safe_dump(spec, sort_keys=False))
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "mope_lightning", "sweep", sweep, f"out={out}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            start_new_session=True)  # its own process group, so the fit can be reaped below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mope_lightning", "sweep", sweep, f"out={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )  # its own process group, so the fit can be reaped below
     try:
         last = out / "default" / "seed_1" / "version_0" / "checkpoints" / "last.ckpt"
         deadline = time.time() + 240

@@ -24,11 +24,19 @@ def test_no_prompts_equals_the_real_minilm(minilm):
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 def test_no_prompts_equals_the_library_for_random_init_families(family):
     if family == "bert":
-        model = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                     intermediate_size=64), add_pooling_layer=False)
+        model = BertModel(
+            BertConfig(
+                vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+            ),
+            add_pooling_layer=False,
+        )
     else:
-        model = RobertaModel(RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3,
-                                           num_attention_heads=2, intermediate_size=64), add_pooling_layer=False)
+        model = RobertaModel(
+            RobertaConfig(
+                vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64
+            ),
+            add_pooling_layer=False,
+        )
     encoder = PromptedTextEncoder(model)
     ids = torch.randint(5, 100, (3, 9))
     mask = torch.ones(3, 9, dtype=torch.long)
@@ -42,8 +50,9 @@ def test_no_prompts_equals_the_library_for_random_init_families(family):
 def test_gradients_reach_the_prompts_only(tiny_bert):
     mope = MoPE(tiny_bert.layer_dims, tiny_bert.layer_stages, cond_dim=12, num_experts=3)
     batch = tokens(tiny_bert, SENTENCES)
-    out, mask = tiny_bert.forward_features(batch["input_ids"], batch["attention_mask"],
-                                           prompter=mope.bind(torch.randn(3, 12)))
+    out, mask = tiny_bert.forward_features(
+        batch["input_ids"], batch["attention_mask"], prompter=mope.bind(torch.randn(3, 12))
+    )
     assert out.shape[1] == batch["input_ids"].shape[1] + mope.num_prompts
     (out * torch.randn_like(out)).sum().backward()  # a random projection: out.sum() of LayerNorm-ed rows is 0
     assert all(not p.requires_grad and p.grad is None for p in tiny_bert.parameters())

@@ -21,8 +21,14 @@ EARLY_STOPPING = EXPERIMENTS / "overlays" / "early_stopping.yaml"
 
 
 def _tiny_args(tmp: Path) -> list[str]:
-    return [f"trainer.default_root_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}", "data.train_images=40",
-            "data.test_images=10", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    return [
+        f"trainer.default_root_dir={tmp / 'runs'}",
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.train_images=40",
+        "data.test_images=10",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +39,14 @@ def tracked_run(tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("WANDB_MODE", "offline")
     tmp = tmp_path_factory.mktemp("tracked")
     loggers = "[tensorboard,csv,mlflow" + (",wandb]" if HAS_WANDB else "]")
-    overrides = [*_tiny_args(tmp), f"loggers={loggers}", "trainer.max_epochs=10", "optim.lr=1e-12",
-                 "tags=[smoke,tracking]", "notes=three trackers at once"]
+    overrides = [
+        *_tiny_args(tmp),
+        f"loggers={loggers}",
+        "trainer.max_epochs=10",
+        "optim.lr=1e-12",
+        "tags=[smoke,tracking]",
+        "notes=three trackers at once",
+    ]
     assert main(["fit", str(DEFAULT_EXP), str(TINY), str(EARLY_STOPPING), *overrides]) == 0
     return tmp / "runs" / "version_0", overrides
 
@@ -123,7 +135,9 @@ def test_unknown_logger_and_forbidden_callbacks_are_refused(capsys):
     assert "callbacks[0] (EarlyStopping): init_args do not fit EarlyStopping" in err and "'patience'" in err
     err = error("callbacks=[{class_path: EarlyStopping, init_args: {monitor: val/acc, mode: best}}]")
     assert "callbacks[0] (EarlyStopping): EarlyStopping refused init_args" in err
-    assert "added by mope_lightning itself" in error("callbacks=[{class_path: mope_lightning.training.callbacks.FiniteLoss}]")
+    assert "added by mope_lightning itself" in error(
+        "callbacks=[{class_path: mope_lightning.training.callbacks.FiniteLoss}]"
+    )
     assert "a list (callbacks) is set as a whole" in error("callbacks.0.init_args.patience=3")
 
 
@@ -143,8 +157,10 @@ def test_missing_wandb_package_says_what_to_install(tmp_path, monkeypatch, capsy
 
 
 def test_print_config_prints_the_resolved_config_and_builds_nothing(tmp_path, capsys):
-    assert main(["fit", str(DEFAULT_EXP), f"trainer.default_root_dir={tmp_path / 'runs'}", "seed=7",
-                 "print_config=true"]) == 0
+    assert (
+        main(["fit", str(DEFAULT_EXP), f"trainer.default_root_dir={tmp_path / 'runs'}", "seed=7", "print_config=true"])
+        == 0
+    )
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["seed"] == 7 and printed["trainer"]["default_root_dir"] == str(tmp_path / "runs")
     assert printed["run"]["overrides"] == [f"trainer.default_root_dir={tmp_path / 'runs'}", "seed=7"]
@@ -164,8 +180,7 @@ def test_schedules_and_optimizers_come_from_the_libraries():
     optimizer = build_optimizer(o, {"head": [weights]})
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["name"] == "head"
     scheduler = build_scheduler(o, optimizer, total_steps=100)["scheduler"]
-    reference = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 10,
-                                                100)
+    reference = get_cosine_schedule_with_warmup(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 10, 100)
     for _ in range(40):
         optimizer.step(), scheduler.step(), reference.optimizer.step(), reference.step()
         assert scheduler.get_last_lr() == reference.get_last_lr()

@@ -30,10 +30,20 @@ def workdir(tmp_path_factory):
 
 def e2e_overrides(workdir, *extra):
     # The CI subset of datasets.md: 800 train / 200 test images; 64 px images for a quick one-time feature cache.
-    return [f"trainer.default_root_dir={workdir / 'runs'}", f"data.cache_dir={workdir / 'cache'}",
-            "data.train_images=800", "data.test_images=200", "data.image_size=64", "trainer.max_steps=90",
-            "trainer.val_check_interval=45", "optim.warmup_steps=20", "optim.lr=3e-3",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]
+    return [
+        f"trainer.default_root_dir={workdir / 'runs'}",
+        f"data.cache_dir={workdir / 'cache'}",
+        "data.train_images=800",
+        "data.test_images=200",
+        "data.image_size=64",
+        "trainer.max_steps=90",
+        "trainer.val_check_interval=45",
+        "optim.warmup_steps=20",
+        "optim.lr=3e-3",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +83,28 @@ def test_training_is_logged_to_tensorboard(trained):
         acc.Reload()
         scalars |= set(acc.Tags()["scalars"])
         images.update({tag: acc.Images(tag) for tag in acc.Tags()["images"]})
-    expected = {"train/loss", "train/task_loss", "train/importance_loss", "train/acc", "val/acc", "val/loss",
-                "test/acc", "model/params/trainable", "model/params/total", "model/params/trainable_percent",
-                "lr-AdamW/prompts", "lr-AdamW/head", "data/effective_batch_size"}
-    routing = {"routing/entropy/layer_00", "routing/entropy/layer_05", "routing/max_load/layer_00",
-               "routing/mi_class_relative", "routing/mi_group_relative"}
+    expected = {
+        "train/loss",
+        "train/task_loss",
+        "train/importance_loss",
+        "train/acc",
+        "val/acc",
+        "val/loss",
+        "test/acc",
+        "model/params/trainable",
+        "model/params/total",
+        "model/params/trainable_percent",
+        "lr-AdamW/prompts",
+        "lr-AdamW/head",
+        "data/effective_batch_size",
+    }
+    routing = {
+        "routing/entropy/layer_00",
+        "routing/entropy/layer_05",
+        "routing/max_load/layer_00",
+        "routing/mi_class_relative",
+        "routing/mi_group_relative",
+    }
     assert expected | routing <= scalars, (expected | routing) - scalars
     # One heatmap per validation (two in this run), to step through in TensorBoard's images tab.
     for tag in ("routing/layer_expert", "routing/class_expert", "routing/group_expert", "routing/exemplars"):
@@ -88,8 +115,10 @@ def test_training_is_logged_to_tensorboard(trained):
 def test_predict_writes_one_row_per_test_question(trained, workdir):
     _, summary = trained
     out = workdir / "predictions.csv"
-    run("predict", load_config([DEFAULT_EXP], e2e_overrides(workdir, f"ckpt={summary['best_checkpoint']}",
-                                                             f"predict.out={out}")))
+    run(
+        "predict",
+        load_config([DEFAULT_EXP], e2e_overrides(workdir, f"ckpt={summary['best_checkpoint']}", f"predict.out={out}")),
+    )
     rows = list(csv.DictReader(out.open()))
     questions = json.loads((default_root() / "test/questions.json").read_text())
     assert len(rows) == sum(1 for q in questions if q[2] < 200)

@@ -22,9 +22,17 @@ EXPERIMENT = EXPERIMENTS / "tuxpaint.yaml"
 
 
 def args(tmp_path, root, *overrides):
-    return [str(EXPERIMENT), str(TINY), f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
-            f"trainer.default_root_dir={tmp_path / 'runs'}", "data.on_bad_sample=fail",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *overrides]
+    return [
+        str(EXPERIMENT),
+        str(TINY),
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        "data.on_bad_sample=fail",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *overrides,
+    ]
 
 
 def mope(capsys, command, tmp_path, root, *overrides):
@@ -69,8 +77,11 @@ def test_check_data_reads_the_layout_and_keeps_each_description_in_one_split(tmp
     everything = {i: (s, k) for s in splits.values() for k, i in enumerate(s.ids)}
     split, k = everything["animals/cartoon/cat"]
     assert split.texts[k] == "A cat from the animals stamps."
-    assert {n: v[k] for n, v in split.attributes.items()} == {"subcategory": ["animals/cartoon"], "sound": ["no"],
-                                                              "style": ["cartoon"]}
+    assert {n: v[k] for n, v in split.attributes.items()} == {
+        "subcategory": ["animals/cartoon"],
+        "sound": ["no"],
+        "style": ["cartoon"],
+    }
     split, k = everything["town/tower"]  # an SVG drawing, rendered, with its sound effect
     assert split.attributes["style"][k] == ["vector"] and split.attributes["sound"][k] == ["no"]
     image = Image.open(pools["stamps"][split.media_index[k]])
@@ -103,7 +114,9 @@ def test_label_level_sub_uses_the_first_two_folders(tmp_path, capsys):
     assert dm.classes == ["animals", "animals/cartoon", "food"]  # the others have 2 descriptions each
     code, out, _ = mope(capsys, "check-data", tmp_path, root, "data.label_level=sub")
     assert code == 1 and "sub 'food/cartoon' has 2 distinct description(s)" in out
-    assert out.count("distinct description(s)") == 8  # food/cartoon 3 stamps (bread-1), town 3 (house-1), town/cartoon 2
+    assert (
+        out.count("distinct description(s)") == 8
+    )  # food/cartoon 3 stamps (bread-1), town 3 (house-1), town/cartoon 2
 
 
 def test_tiny_fit_and_test_through_the_cli(tmp_path, capsys):
@@ -150,8 +163,10 @@ def test_a_category_too_small_to_split_is_named(tmp_path, capsys):
         (root / "space" / f"star{k}.txt").write_text(f"Star {k}.\n")
     code, out, _ = mope(capsys, "check-data", tmp_path, root)
     assert code == 1 and "classes" in out and "space" not in out.split("problems")[0].split("labels:")[-1]
-    assert out.count("category 'space' has 2 distinct description(s); a split grouped by description needs at "
-                     "least 3") == 2
+    assert (
+        out.count("category 'space' has 2 distinct description(s); a split grouped by description needs at least 3")
+        == 2
+    )
     assert datamodule(tmp_path, root).classes == ["animals", "food", "town"]
 
 
@@ -166,15 +181,18 @@ def test_without_an_svg_renderer_the_svg_stamps_are_left_out_and_counted(tmp_pat
 
 def error_of(err: str) -> str:
     assert err.count("mope: error: ") == 1, err[-3000:]
-    return err[err.index("mope: error: "):]
+    return err[err.index("mope: error: ") :]
 
 
-@pytest.mark.parametrize("make, overrides, needles", [
-    (False, [], ["data.root:", "nowhere: not found", "apt-get install tuxpaint-stamps-default", "point data.root"]),
-    (True, ["data.language=xx"], ["data.language: no description", "has a 'xx.utf8=' line", "de, fr, pt_BR"]),
-    (True, ["data.label_level=genus"], ["data.label_level: 'genus' is not one of category, sub"]),
-    (True, ["data.val_fraction=0.5", "data.test_fraction=0.5"], ["must leave samples for train"]),
-])
+@pytest.mark.parametrize(
+    "make, overrides, needles",
+    [
+        (False, [], ["data.root:", "nowhere: not found", "apt-get install tuxpaint-stamps-default", "point data.root"]),
+        (True, ["data.language=xx"], ["data.language: no description", "has a 'xx.utf8=' line", "de, fr, pt_BR"]),
+        (True, ["data.label_level=genus"], ["data.label_level: 'genus' is not one of category, sub"]),
+        (True, ["data.val_fraction=0.5", "data.test_fraction=0.5"], ["must leave samples for train"]),
+    ],
+)
 def test_structural_problems_are_one_message(tmp_path, capsys, make, overrides, needles):
     root = make_tuxpaint(tmp_path / "stamps") if make else tmp_path / "nowhere"
     code, _, err = mope(capsys, "check-data", tmp_path, root, *overrides)
@@ -195,8 +213,9 @@ LINE = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), max
 
 
 @settings(max_examples=60)
-@given(english=LINE.filter(lambda t: t and ".utf8=" not in t), translations=st.dictionaries(LANGUAGES, LINE,
-                                                                                             max_size=5))
+@given(
+    english=LINE.filter(lambda t: t and ".utf8=" not in t), translations=st.dictionaries(LANGUAGES, LINE, max_size=5)
+)
 def test_parse_description_reads_back_what_tux_paint_writes(english, translations):
     text = english + "\n" + "".join(f"{k}.utf8={v}\n" for k, v in translations.items())
     parsed = parse_description(text)
@@ -214,8 +233,13 @@ def test_parse_description_never_fails_and_has_no_line_break_in_a_text(text):
         assert value == value.strip() and len(value.splitlines()) <= 1 and number >= 1
 
 
-PAIRS = st.lists(st.tuples(st.sampled_from(["A frog.", "a  FROG.", "A cat.", "A dog."]),
-                           st.sampled_from(["Une grenouille.", "Un chat.", "Un chien."])), max_size=12)
+PAIRS = st.lists(
+    st.tuples(
+        st.sampled_from(["A frog.", "a  FROG.", "A cat.", "A dog."]),
+        st.sampled_from(["Une grenouille.", "Un chat.", "Un chien."]),
+    ),
+    max_size=12,
+)
 
 
 @settings(max_examples=60)

@@ -32,14 +32,26 @@ from mope_lightning.training.trainer_config import load_config
 
 from helpers import DEFAULT_EXP, EXPERIMENTS, TINY
 from helpers.datasets import write_image
-from helpers.vision_datasets import (FOLDER_CLASSES, make_cub200, make_flowers102, make_imagefolder, make_medmnist,
-                                     make_vtab_task, medmnist_arrays)
+from helpers.vision_datasets import (
+    FOLDER_CLASSES,
+    make_cub200,
+    make_flowers102,
+    make_imagefolder,
+    make_medmnist,
+    make_vtab_task,
+    medmnist_arrays,
+)
 
 
 def overrides(tmp_path, name, root, *extra):
     # The default experiment's data keys (batch size, image size, val_fraction) are all image reader options too.
-    return [f"data.name={name}", f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}",
-            f"trainer.default_root_dir={tmp_path / 'runs'}", *extra]
+    return [
+        f"data.name={name}",
+        f"data.root={root}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        *extra,
+    ]
 
 
 def check(capsys, tmp_path, name, root, *extra):
@@ -52,7 +64,7 @@ def check(capsys, tmp_path, name, root, *extra):
 
 def one_error(err: str) -> str:
     assert err.count("mope: error: ") == 1, err[-2000:]
-    return err[err.index("mope: error: "):]
+    return err[err.index("mope: error: ") :]
 
 
 def datamodule(tmp_path, name, root, *extra):
@@ -71,6 +83,7 @@ def tree(root: Path) -> dict:
 
 
 # --- ImageFolder ------------------------------------------------------------------------------------------------
+
 
 def test_imagefolder_with_and_without_val(tmp_path, capsys):
     root = make_imagefolder(tmp_path / "folder", val_per_class=2)
@@ -103,6 +116,7 @@ def test_imagefolder_class_missing_from_train_is_a_named_problem(tmp_path, capsy
 
 # --- VTAB-1k ----------------------------------------------------------------------------------------------------
 
+
 def test_vtab_task_under_both_protocols(tmp_path, capsys):
     root = make_vtab_task(tmp_path / "vtab", "dtd")
     code, out, _ = check(capsys, tmp_path, "vtab", root, "data.task=dtd")
@@ -116,13 +130,19 @@ def test_vtab_task_under_both_protocols(tmp_path, capsys):
     assert split_sizes(datamodule(tmp_path, "vtab", root, "data.task=dtd", "data.vtab_protocol=tune")) == [8, 4, 6]
 
 
-@pytest.mark.parametrize("task, message", [
-    ("data.task=cifar100", "data.task: 'cifar100' is not a VTAB-1k task (did you mean 'cifar'?); one of caltech101, "
-                           "cifar, dtd, oxford_flowers102, oxford_iiit_pet, svhn, sun397, patch_camelyon, eurosat, "
-                           "resisc45, diabetic_retinopathy, clevr_count, clevr_dist, dmlab, kitti, dsprites_loc, "
-                           "dsprites_ori, smallnorb_azi, smallnorb_ele"),
-    ("data.vtab_protocol=best", "data.vtab_protocol: 'best' is not one of final, tune"),
-])
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        (
+            "data.task=cifar100",
+            "data.task: 'cifar100' is not a VTAB-1k task (did you mean 'cifar'?); one of caltech101, "
+            "cifar, dtd, oxford_flowers102, oxford_iiit_pet, svhn, sun397, patch_camelyon, eurosat, "
+            "resisc45, diabetic_retinopathy, clevr_count, clevr_dist, dmlab, kitti, dsprites_loc, "
+            "dsprites_ori, smallnorb_azi, smallnorb_ele",
+        ),
+        ("data.vtab_protocol=best", "data.vtab_protocol: 'best' is not one of final, tune"),
+    ],
+)
 def test_vtab_unknown_task_or_protocol_is_one_config_error(tmp_path, capsys, task, message):
     root = make_vtab_task(tmp_path / "vtab", "dtd")
     code, _, err = check(capsys, tmp_path, "vtab", root, "data.task=dtd", task)
@@ -151,6 +171,7 @@ def test_vtab_bad_lists_name_file_and_line(tmp_path, capsys):
 
 
 # --- CUB-200-2011 -----------------------------------------------------------------------------------------------
+
 
 def test_cub200_native_layout(tmp_path, capsys):
     root = make_cub200(tmp_path / "cub")
@@ -186,6 +207,7 @@ def test_cub200_bad_lines_are_named(tmp_path, capsys):
 
 # --- Oxford Flowers-102 -----------------------------------------------------------------------------------------
 
+
 def test_flowers102_native_layout(tmp_path, capsys):
     root = make_flowers102(tmp_path / "flowers")
     code, out, _ = check(capsys, tmp_path, "flowers102", root)
@@ -197,13 +219,20 @@ def test_flowers102_native_layout(tmp_path, capsys):
     assert splits["train"].labels[:3] == [0, 1, 2]  # labels 1, 2, 3 of the release, 0-based
 
 
-@pytest.mark.parametrize("damage, message", [
-    ({"setid": {"trnid": np.arange(1, 5)[None], "tstid": np.arange(5, 9)[None]}},
-     "setid.mat: no array 'valid' (found: trnid, tstid)"),
-    ({"setid": {"trnid": np.ones((2, 2)), "valid": np.arange(1, 3)[None], "tstid": np.arange(3, 5)[None]}},
-     "setid.mat: 'trnid' is a float64 array of shape (2, 2); expected one row of numbers"),
-    ({"labels": np.array([["a", "b"]])}, "imagelabels.mat: 'labels' is a <U1 array"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            {"setid": {"trnid": np.arange(1, 5)[None], "tstid": np.arange(5, 9)[None]}},
+            "setid.mat: no array 'valid' (found: trnid, tstid)",
+        ),
+        (
+            {"setid": {"trnid": np.ones((2, 2)), "valid": np.arange(1, 3)[None], "tstid": np.arange(3, 5)[None]}},
+            "setid.mat: 'trnid' is a float64 array of shape (2, 2); expected one row of numbers",
+        ),
+        ({"labels": np.array([["a", "b"]])}, "imagelabels.mat: 'labels' is a <U1 array"),
+    ],
+)
 def test_flowers102_wrong_arrays_name_file_and_key(tmp_path, capsys, damage, message):
     root = make_flowers102(tmp_path / "flowers", **damage)
     code, _, err = check(capsys, tmp_path, "flowers102", root)
@@ -236,8 +265,10 @@ def test_a_mat_file_that_crashes_scipys_reader_is_one_data_error(tmp_path):
 
 
 @settings(max_examples=15)
-@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
-       cut=st.integers(0, 10_000))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.integers(0, 10_000),
+)
 def test_a_damaged_setid_mat_gives_arrays_or_one_data_error(edits, cut):
     buffer = io.BytesIO()
     savemat(buffer, {"trnid": np.arange(1, 5)[None], "valid": np.arange(5, 9)[None], "tstid": np.arange(9, 13)[None]})
@@ -246,7 +277,7 @@ def test_a_damaged_setid_mat_gives_arrays_or_one_data_error(edits, cut):
         data[offset % len(data)] = value
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "setid.mat"
-        path.write_bytes(bytes(data[:max(cut, len(data) // 2)]))
+        path.write_bytes(bytes(data[: max(cut, len(data) // 2)]))
         try:
             arrays = read_mat(path, ("trnid", "valid", "tstid"))
         except DataError as exc:
@@ -256,6 +287,7 @@ def test_a_damaged_setid_mat_gives_arrays_or_one_data_error(edits, cut):
 
 
 # --- MedMNIST ---------------------------------------------------------------------------------------------------
+
 
 def test_medmnist_grey_and_rgb_multiclass(tmp_path, capsys):
     root = make_medmnist(tmp_path / "med", "pneumoniamnist", classes=2)
@@ -301,8 +333,10 @@ def test_medmnist_bad_files_and_labels(tmp_path, capsys):
     code, _, err = check(capsys, tmp_path, "medmnist", root, "data.task=dermamnist")
     assert code == 2 and "cannot be read without unpickling" in one_error(err)
 
-    for task, message in (("organmnist3d", "data.task: organmnist3d is a 3D MedMNIST task"),
-                          ("pathmnst", "data.task: 'pathmnst' is not a 2D MedMNIST task (did you mean 'pathmnist'?)")):
+    for task, message in (
+        ("organmnist3d", "data.task: organmnist3d is a 3D MedMNIST task"),
+        ("pathmnst", "data.task: 'pathmnst' is not a 2D MedMNIST task (did you mean 'pathmnist'?)"),
+    ):
         code, _, err = check(capsys, tmp_path, "medmnist", root, f"data.task={task}")
         assert code == 2 and message in one_error(err)
     code, _, err = check(capsys, tmp_path, "medmnist", root, "data.task=octmnist")
@@ -320,8 +354,11 @@ def pathmnist_config():
 
 
 @settings(max_examples=15)
-@given(edits=st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 255)), min_size=1, max_size=6),
-       cut=st.integers(0, 100_000), compressed=st.booleans())
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 100_000), st.integers(0, 255)), min_size=1, max_size=6),
+    cut=st.integers(0, 100_000),
+    compressed=st.booleans(),
+)
 def test_a_damaged_npz_gives_samples_or_one_data_error(edits, cut, compressed):
     buffer = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buffer, **medmnist_arrays(counts=(3, 2, 2)))
@@ -331,7 +368,7 @@ def test_a_damaged_npz_gives_samples_or_one_data_error(edits, cut, compressed):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "med"
         root.mkdir()
-        (root / "pathmnist.npz").write_bytes(bytes(data[:max(cut, len(data) // 2)]))
+        (root / "pathmnist.npz").write_bytes(bytes(data[: max(cut, len(data) // 2)]))
         before = tree(root)
         data = copy.deepcopy(pathmnist_config())
         data.root, data.cache_dir = str(root), str(Path(tmp) / "cache")
@@ -355,8 +392,16 @@ def test_a_model_that_reads_text_is_refused_on_an_image_only_dataset_before_trai
 
 # --- image-only batches -----------------------------------------------------------------------------------------
 
-SPEC = InputSpec(image_config={"input_size": (3, 32, 32), "interpolation": "bilinear", "mean": (0.5,) * 3,
-                               "std": (0.5,) * 3, "crop_pct": 1.0, "crop_mode": "squash"})
+SPEC = InputSpec(
+    image_config={
+        "input_size": (3, 32, 32),
+        "interpolation": "bilinear",
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "crop_pct": 1.0,
+        "crop_mode": "squash",
+    }
+)
 
 
 @pytest.mark.parametrize("image_cache", ["true", "false"])
@@ -388,9 +433,24 @@ def test_image_only_batches_carry_images_and_labels_and_no_text(tmp_path, image_
 
 # --- a list reader, property-tested -----------------------------------------------------------------------------
 
-LINES = st.one_of(st.sampled_from(["images/a.jpg 0", "images/b.jpg 2", "images/a.jpg 5", "images/none.jpg 1",
-                                   "images/a.jpg -1", "images/a.jpg x", "images/a.jpg", "", "  ", "a b c"]),
-                  st.text(max_size=20), st.binary(max_size=20).map(lambda b: b.decode("latin-1")))
+LINES = st.one_of(
+    st.sampled_from(
+        [
+            "images/a.jpg 0",
+            "images/b.jpg 2",
+            "images/a.jpg 5",
+            "images/none.jpg 1",
+            "images/a.jpg -1",
+            "images/a.jpg x",
+            "images/a.jpg",
+            "",
+            "  ",
+            "a b c",
+        ]
+    ),
+    st.text(max_size=20),
+    st.binary(max_size=20).map(lambda b: b.decode("latin-1")),
+)
 
 
 @settings(max_examples=40)
@@ -433,27 +493,38 @@ def test_a_missing_list_is_one_data_error(tmp_path):
 
 # --- the VTAB-1k sweep report -----------------------------------------------------------------------------------
 
+
 def finished(cell: dict, seed: int, acc: float) -> dict:
     slug = ",".join(f"{k}={v}" for k, v in cell.items())
-    return {"cell": slug, "settings": cell, "seed": seed, "status": "finished", "metrics": {"test/acc": acc},
-            "trainable_params": 10, "train_seconds": 1.0, "error": ""}
+    return {
+        "cell": slug,
+        "settings": cell,
+        "seed": seed,
+        "status": "finished",
+        "metrics": {"test/acc": acc},
+        "trainable_params": 10,
+        "train_seconds": 1.0,
+        "error": "",
+    }
 
 
 def test_the_sweep_summary_has_the_per_task_table_and_the_group_means():
-    rows = [finished({"method": m, "data.task": t}, s, acc)
-            for m, base in (("pmoe", 0.5), ("vpt", 0.3))
-            for t, step in (("dtd", 0.0), ("eurosat", 0.2), ("cifar", 0.1))
-            for s, acc in ((1, base + step), (2, base + step + 0.02))]
-    sweep = SimpleNamespace(name="vtab", path="vtab.yaml", experiment=["x.yaml"], overrides=[], seeds=[1, 2],
-                            metric="test/acc")
+    rows = [
+        finished({"method": m, "data.task": t}, s, acc)
+        for m, base in (("pmoe", 0.5), ("vpt", 0.3))
+        for t, step in (("dtd", 0.0), ("eurosat", 0.2), ("cifar", 0.1))
+        for s, acc in ((1, base + step), (2, base + step + 0.02))
+    ]
+    sweep = SimpleNamespace(
+        name="vtab", path="vtab.yaml", experiment=["x.yaml"], overrides=[], seeds=[1, 2], metric="test/acc"
+    )
     summary = summary_markdown(sweep, rows)
     assert "## VTAB-1k" in summary
-    assert ("| setting | cifar | dtd | eurosat | natural mean | specialized mean | structured mean |" in summary)
+    assert "| setting | cifar | dtd | eurosat | natural mean | specialized mean | structured mean |" in summary
     # natural: mean of cifar (0.61) and dtd (0.51); specialized: eurosat alone; structured: no task
     assert "| method=pmoe | 0.6100 | 0.5100 | 0.7100 | 0.5600 | 0.7100 | - |" in summary
     assert "| method=vpt | 0.4100 | 0.3100 | 0.5100 | 0.3600 | 0.5100 | - |" in summary
-    assert ("- method=pmoe: natural mean without caltech101, oxford_flowers102, oxford_iiit_pet, svhn, sun397"
-            in summary)
+    assert "- method=pmoe: natural mean without caltech101, oxford_flowers102, oxford_iiit_pet, svhn, sun397" in summary
     assert "- method=vpt: structured mean without clevr_count, clevr_dist, dmlab, kitti" in summary
     other = [finished({"method": "a", "data.task": "dtd"}, 1, 0.5), finished({"method": "a", "data.task": "x"}, 1, 1)]
     assert "VTAB-1k" not in summary_markdown(sweep, other)  # not a grid over VTAB-1k tasks
@@ -463,10 +534,22 @@ def test_a_sweep_over_two_generated_vtab_tasks_writes_the_group_means(tmp_path, 
     root = make_vtab_task(tmp_path / "vtab", "dtd")
     make_vtab_task(root, "eurosat", classes=10, seed=1)
     sweep = tmp_path / "vtab.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "name": "vtab", "experiment": [str(EXPERIMENTS / "vpt_vtab.yaml"), str(TINY)],
-        "overrides": [f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", "trainer.enable_progress_bar=false"],
-        "grid": {"data.task": ["dtd", "eurosat"]}, "seeds": [1], "metric": "test/acc"}))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "name": "vtab",
+                "experiment": [str(EXPERIMENTS / "vpt_vtab.yaml"), str(TINY)],
+                "overrides": [
+                    f"data.root={root}",
+                    f"data.cache_dir={tmp_path / 'cache'}",
+                    "trainer.enable_progress_bar=false",
+                ],
+                "grid": {"data.task": ["dtd", "eurosat"]},
+                "seeds": [1],
+                "metric": "test/acc",
+            }
+        )
+    )
     out = tmp_path / "out"
     assert main(["sweep", str(sweep), f"out={out}"]) == 0
     summary = (out / "summary.md").read_text()

@@ -26,8 +26,10 @@ LAYOUTS = {
     "cub200": (lambda root: make_cub200(root, train_per_class=6), {"val_fraction": 0.34}),
     "flowers102": (make_flowers102, {}),
     "medmnist": (lambda root: make_medmnist(root, "pathmnist", classes=9, counts=(12, 4, 4)), {"task": "pathmnist"}),
-    "medmnist_multilabel": (lambda root: make_medmnist(root, "chestmnist", num_labels=14, counts=(12, 4, 4)),
-                            {"task": "chestmnist"}),
+    "medmnist_multilabel": (
+        lambda root: make_medmnist(root, "chestmnist", num_labels=14, counts=(12, 4, 4)),
+        {"task": "chestmnist"},
+    ),
 }
 MODELS = {
     "pmoe": {"fusion": "pmoe", "pmoe": {"experts": EXPERTS, "static_length": 4, "condition_dispatcher": False}},
@@ -39,18 +41,32 @@ def experiment(tmp: Path, layout: str, model: str) -> Path:
     build, data = LAYOUTS[layout]
     root = build(tmp / "data")
     name = layout.removesuffix("_multilabel")
-    cfg = {"experiment": f"{model}_{layout}",
-           "data": {"name": name, "root": str(root), "batch_size": 4, "num_workers": 0, **data},
-           "model": {"modalities": ["image"], "prompted": "image",
-                     "image_encoder": {"library": "timm", "name": "vit_base_patch16_224.dino"}, **MODELS[model]}}
+    cfg = {
+        "experiment": f"{model}_{layout}",
+        "data": {"name": name, "root": str(root), "batch_size": 4, "num_workers": 0, **data},
+        "model": {
+            "modalities": ["image"],
+            "prompted": "image",
+            "image_encoder": {"library": "timm", "name": "vit_base_patch16_224.dino"},
+            **MODELS[model],
+        },
+    }
     path = tmp / f"{model}_{layout}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 def args(tmp: Path, experiment: Path, *extra) -> list[str]:
-    return [str(experiment), str(TINY), f"trainer.default_root_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'cache'}",
-            "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]
+    return [
+        str(experiment),
+        str(TINY),
+        f"trainer.default_root_dir={tmp / 'runs'}",
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.batch_size=4",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        *extra,
+    ]
 
 
 def some_images(tmp: Path, layout: str) -> list:

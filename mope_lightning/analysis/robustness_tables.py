@@ -46,20 +46,23 @@ def finished(run_dir: Path, rates: Sequence[float], kinds: Sequence[str]) -> boo
     return all(condition_name(k, r, "x").rsplit("/", 1)[0] in done for k, r in conditions(rates, kinds))
 
 
-
 def table_markdown(results: dict, rates: Sequence[float], kinds: Sequence[str], metric: str, ckpt: str) -> str:
-    lines = [f"# Robustness to missing modalities: test {metric}", "", f"- weights: `{ckpt}`",
-             "- rate: the share of test samples that lose the modality; `both`: half lose their text, half their "
-             "image", "", "| missing | " + " | ".join(f"{float(x):g}" for x in rates) + " |",
-             "|---|" + "---|" * len(rates)]
+    lines = [
+        f"# Robustness to missing modalities: test {metric}",
+        "",
+        f"- weights: `{ckpt}`",
+        "- rate: the share of test samples that lose the modality; `both`: half lose their text, half their image",
+        "",
+        "| missing | " + " | ".join(f"{float(x):g}" for x in rates) + " |",
+        "|---|" + "---|" * len(rates),
+    ]
     for kind in kinds:
         values = [metric_of(results, kind, rate, metric) for rate in rates]
         lines.append(f"| {kind} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
     return "\n".join(lines) + "\n"
 
 
-def robustness_figure(curves: dict[str, dict[str, tuple]], rates: Sequence[float], kinds: Sequence[str],
-                      metric: str):
+def robustness_figure(curves: dict[str, dict[str, tuple]], rates: Sequence[float], kinds: Sequence[str], metric: str):
     """One panel per kind: `metric` against the rate, a line (mean ± std) per entry of `curves`
     (label -> condition name -> (mean, std or None)); None when nothing is measured."""
     import matplotlib
@@ -76,8 +79,14 @@ def robustness_figure(curves: dict[str, dict[str, tuple]], rates: Sequence[float
             if not points:
                 continue
             drawn = True
-            ax.errorbar([x for x, _ in points], [v[0] for _, v in points], yerr=[v[1] or 0.0 for _, v in points],
-                        marker="o", capsize=3, label=label)
+            ax.errorbar(
+                [x for x, _ in points],
+                [v[0] for _, v in points],
+                yerr=[v[1] or 0.0 for _, v in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         ax.set_title(f"{kind} missing", fontsize=10)
         ax.set_xlabel("test missing rate")
         ax.grid(alpha=0.3)

@@ -21,8 +21,10 @@ from torchmetrics.utilities import dim_zero_cat
 # Attributes with more values than this (ids, years) get no heatmap, which would be unreadable: their MI still counts.
 MAX_HEATMAP_VALUES = 40
 
-STOPWORDS = set("""a an the is are was were be been of in on at to for from by with and or not no does do did
-it its this that there what which who how image contain contains shape color colour any some as into than""".split())
+STOPWORDS = set(
+    """a an the is are was were be been of in on at to for from by with and or not no does do did
+it its this that there what which who how image contain contains shape color colour any some as into than""".split()
+)
 
 
 class RoutingStats(Metric):
@@ -81,8 +83,9 @@ def _cat(state) -> Tensor:
 COLLAPSED_BITS = 1e-3  # entropy of the expert choice below which a layer counts as collapsed
 
 
-def mutual_information(class_expert: Tensor, class_count: Tensor, groups: Optional[list[list[int]]] = None
-                       ) -> tuple[Tensor, Tensor]:
+def mutual_information(
+    class_expert: Tensor, class_count: Tensor, groups: Optional[list[list[int]]] = None
+) -> tuple[Tensor, Tensor]:
     """Soft mutual information between expert and class (or class group), per layer, in bits, and relative to its
     maximum min(H(expert), H(class)). For single-label data; classes may be merged into `groups`.
 
@@ -102,8 +105,9 @@ def mutual_information(class_expert: Tensor, class_count: Tensor, groups: Option
     return info.to(class_expert.dtype), relative.to(class_expert.dtype)
 
 
-def attribute_routing(sample_routing: Tensor, sample_index: Tensor, values: Sequence[Sequence[str]]
-                      ) -> tuple[list[str], Tensor, Tensor, int]:
+def attribute_routing(
+    sample_routing: Tensor, sample_index: Tensor, values: Sequence[Sequence[str]]
+) -> tuple[list[str], Tensor, Tensor, int]:
     """Mean routing per value of a sample attribute: (the values, (V, layers, experts) mean routing, (V,) sample
     weight, the number of samples whose value is unknown).
 
@@ -147,15 +151,17 @@ def _figure(rows: int, cols: int, row_chars: int = 8, col_chars: int = 8):
 
 def heatmap(values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str):
     """A labelled heatmap with the values written in the cells."""
-    fig, ax = _figure(len(row_labels), len(col_labels), max(map(len, row_labels), default=0),
-                      max(map(len, col_labels), default=0))
+    fig, ax = _figure(
+        len(row_labels), len(col_labels), max(map(len, row_labels), default=0), max(map(len, col_labels), default=0)
+    )
     draw_heatmap(fig, ax, values, row_labels, col_labels, title)
     fig.tight_layout()
     return fig
 
 
-def draw_heatmap(fig, ax, values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str,
-                 fontsize: int = 10) -> None:
+def draw_heatmap(
+    fig, ax, values: Tensor, row_labels: Sequence[str], col_labels: Sequence[str], title: str, fontsize: int = 10
+) -> None:
     """Draw a labelled heatmap, the values written in the cells, on the axes `ax` of `fig`."""
     values = values.detach().float().cpu()
     image = ax.imshow(values.numpy(), cmap="viridis", vmin=0.0, aspect="auto")
@@ -164,14 +170,16 @@ def draw_heatmap(fig, ax, values: Tensor, row_labels: Sequence[str], col_labels:
     ax.set_title(title, fontsize=fontsize)
     if values.numel() <= 400:
         high = values.max().item()
-        for (r, c), v in zip([(r, c) for r in range(values.shape[0]) for c in range(values.shape[1])],
-                             values.flatten().tolist()):
+        for (r, c), v in zip(
+            [(r, c) for r in range(values.shape[0]) for c in range(values.shape[1])], values.flatten().tolist()
+        ):
             ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="black" if v > 0.6 * high else "w")
     fig.colorbar(image, ax=ax, fraction=0.04)
 
 
-def exemplar_grid(images_per_expert: dict[int, list], words_per_expert: dict[int, list[str]], title: str,
-                  names: Sequence[str]):
+def exemplar_grid(
+    images_per_expert: dict[int, list], words_per_expert: dict[int, list[str]], title: str, names: Sequence[str]
+):
     """One row per expert: its most strongly routed images, titled with its name and the frequent words of their
     texts."""
     import matplotlib

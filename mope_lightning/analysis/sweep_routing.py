@@ -21,14 +21,21 @@ from mope_lightning.analysis.routing import MAX_HEATMAP_VALUES, draw_heatmap, ex
 
 
 def _finished_routing(rows: list[dict]) -> list[tuple[dict, Path]]:
-    return [(row, path) for row in rows if row["status"] == "finished"
-            for path in [Path(row.get("run_dir", "")) / "routing_val.json"] if path.is_file()]
+    return [
+        (row, path)
+        for row in rows
+        if row["status"] == "finished"
+        for path in [Path(row.get("run_dir", "")) / "routing_val.json"]
+        if path.is_file()
+    ]
 
 
 def _signature(rows: list[dict]) -> str:
     """Changes when a panel would: a run finished or gone, a routing file rewritten."""
-    parts = [(row["cell"], row["seed"], str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
-             for row, path in _finished_routing(rows)]
+    parts = [
+        (row["cell"], row["seed"], str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+        for row, path in _finished_routing(rows)
+    ]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
@@ -59,8 +66,13 @@ def routing_figures(rows: list[dict], skip=lambda name: False) -> dict[str, obje
         cols = max(len(panels) for panels in cells.values())
         values = max(len(entry["values"]) for panels in cells.values() for _, entry, _ in panels)
         experts = max(len(entry["routing"][0]) for panels in cells.values() for _, entry, _ in panels)
-        fig, axes = plt.subplots(len(cells), cols, squeeze=False, dpi=100,
-                                 figsize=(cols * (1.6 + 0.55 * experts), len(cells) * (1.3 + 0.32 * values)))
+        fig, axes = plt.subplots(
+            len(cells),
+            cols,
+            squeeze=False,
+            dpi=100,
+            figsize=(cols * (1.6 + 0.55 * experts), len(cells) * (1.3 + 0.32 * values)),
+        )
         for r, (cell, panels) in enumerate(cells.items()):
             for c in range(cols):
                 ax = axes[r][c]
@@ -69,10 +81,18 @@ def routing_figures(rows: list[dict], skip=lambda name: False) -> dict[str, obje
                     continue
                 seed, entry, mi = panels[c]
                 routing = torch.tensor(entry["routing"])
-                draw_heatmap(fig, ax, routing, entry["values"], expert_names(routing.shape[1]),
-                             f"{cell}\nseed {seed}: relative MI {mi:.3f}", fontsize=8)
-        fig.suptitle(f"mean routing probability per {name} (averaged over layers; last validation of each run)",
-                     fontsize=10)
+                draw_heatmap(
+                    fig,
+                    ax,
+                    routing,
+                    entry["values"],
+                    expert_names(routing.shape[1]),
+                    f"{cell}\nseed {seed}: relative MI {mi:.3f}",
+                    fontsize=8,
+                )
+        fig.suptitle(
+            f"mean routing probability per {name} (averaged over layers; last validation of each run)", fontsize=10
+        )
         fig.tight_layout()
         figures[f"routing_{name}.png"] = fig
     return figures
@@ -85,9 +105,13 @@ def write_routing_figures(out: Path, rows: list[dict]) -> list[Path]:
     signature = _signature(rows)
     written = []
     for name, fig in routing_figures(rows, skip=lambda name: _signed(out / name) == signature).items():
-        written.append(atomic_write(out / name, lambda fh, f=fig: f.savefig(fh, format="png",
-                                                                          metadata={"mope-routing": signature}),
-                                    binary=True))
+        written.append(
+            atomic_write(
+                out / name,
+                lambda fh, f=fig: f.savefig(fh, format="png", metadata={"mope-routing": signature}),
+                binary=True,
+            )
+        )
         plt.close(fig)
     return written
 

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 from mope_lightning.errors import MopeError
 
+
 @dataclass(frozen=True)
 class Command:
     """One `mope` command: the function that runs it ("module:function" under mope_lightning.cli, imported when the
@@ -32,29 +33,47 @@ class Command:
 # The commands, once: the usage text, the parser's choices and the dispatch in `main` are built from this table.
 COMMANDS: dict[str, Command] = {
     "fit": Command("fit:fit", "train, then test the best checkpoint", "mope fit experiments/easy_vqa.yaml"),
-    "validate": Command("fit:validate", "evaluate a checkpoint on the val split",
-                        "mope validate experiments/easy_vqa.yaml ckpt=PATH"),
-    "test": Command("fit:test", "evaluate a checkpoint on the test split",
-                    "mope test experiments/easy_vqa.yaml ckpt=PATH"),
-    "predict": Command("fit:predict", "write id, prediction, class probabilities",
-                       "mope predict experiments/easy_vqa.yaml ckpt=PATH",
-                       ("... of new data: a .jsonl/.csv of text, image",
-                        "... predict.input=rows.jsonl predict.out=preds.csv")),
-    "params": Command("params:main", "count parameters (no weights are loaded)",
-                      "mope params experiments/easy_vqa.yaml"),
-    "check-data": Command("check_data:main", "check a dataset: sizes, labels, problems",
-                          "mope check-data experiments/food101.yaml data.root=..."),
-    "analyze": Command("analyze:main", "routing report of a checkpoint",
-                       "mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR",
-                       aliases={k: f"analyze.{k}" for k in ("out", "split", "overwrite")}),
-    "export": Command("export:main", "a checkpoint as a shareable adapter folder",
-                      "mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR",
-                      aliases={k: f"export.{k}" for k in ("out", "overwrite")}),
-    "robustness": Command("robustness:main", "test a checkpoint with modalities missing",
-                          "mope robustness experiments/easy_vqa.yaml ckpt=PATH",
-                          aliases={k: f"robustness.{k}" for k in ("out", "rates", "kinds", "overwrite")}),
-    "sweep": Command("sweep:main", "a grid x seeds of fits, aggregated",
-                     "mope sweep experiments/sweeps/baselines.yaml"),
+    "validate": Command(
+        "fit:validate", "evaluate a checkpoint on the val split", "mope validate experiments/easy_vqa.yaml ckpt=PATH"
+    ),
+    "test": Command(
+        "fit:test", "evaluate a checkpoint on the test split", "mope test experiments/easy_vqa.yaml ckpt=PATH"
+    ),
+    "predict": Command(
+        "fit:predict",
+        "write id, prediction, class probabilities",
+        "mope predict experiments/easy_vqa.yaml ckpt=PATH",
+        ("... of new data: a .jsonl/.csv of text, image", "... predict.input=rows.jsonl predict.out=preds.csv"),
+    ),
+    "params": Command(
+        "params:main", "count parameters (no weights are loaded)", "mope params experiments/easy_vqa.yaml"
+    ),
+    "check-data": Command(
+        "check_data:main",
+        "check a dataset: sizes, labels, problems",
+        "mope check-data experiments/food101.yaml data.root=...",
+    ),
+    "analyze": Command(
+        "analyze:main",
+        "routing report of a checkpoint",
+        "mope analyze experiments/easy_vqa.yaml ckpt=PATH out=DIR",
+        aliases={k: f"analyze.{k}" for k in ("out", "split", "overwrite")},
+    ),
+    "export": Command(
+        "export:main",
+        "a checkpoint as a shareable adapter folder",
+        "mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR",
+        aliases={k: f"export.{k}" for k in ("out", "overwrite")},
+    ),
+    "robustness": Command(
+        "robustness:main",
+        "test a checkpoint with modalities missing",
+        "mope robustness experiments/easy_vqa.yaml ckpt=PATH",
+        aliases={k: f"robustness.{k}" for k in ("out", "rates", "kinds", "overwrite")},
+    ),
+    "sweep": Command(
+        "sweep:main", "a grid x seeds of fits, aggregated", "mope sweep experiments/sweeps/baselines.yaml"
+    ),
 }
 SWEEP = "sweep"  # the one command that reads a sweep file, not an experiment config
 
@@ -66,10 +85,13 @@ def _usage() -> str:
         rows.append(f"  {name:<10} {command.summary:<46} {command.example}")
         if command.more:
             rows.append(f"  {'':<10} {command.more[0]:<46} {command.more[1]}")
-    return f"""mope {{{configured}}} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
+    return (
+        f"""mope {{{configured}}} EXP.yaml [OVERLAY.yaml ...] [key=value ...]
        mope sweep SWEEP.yaml [out=DIR] [launcher=local|slurm|submitit-local] [key=value ...]
 
-""" + "\n".join(rows) + """
+"""
+        + "\n".join(rows)
+        + """
 
 Overrides address any config key, e.g. trainer.max_epochs=3 data.root=/data/x model.mope.num_experts=8.
 print_config=true prints the merged, resolved config and exits without building anything.
@@ -77,6 +99,7 @@ print_config=true prints the merged, resolved config and exits without building 
 adapter folder (validate, test, predict, analyze). Exit status: 0 finished with a real (finite) result, 1 check-data
 found problems or runs of a sweep failed, 2 an error named in one message (bad input, a diverged run), 130/143
 interrupted by SIGINT/SIGTERM (a fit keeps its weights in last.ckpt)."""
+    )
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str, list[str], list[str], bool]:
@@ -159,8 +182,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         handler = _handler(COMMANDS[command].handler)
         if command == SWEEP:
             if print_config:
-                raise MopeError("print_config shows one run's config: run it on the experiment YAML (with the "
-                                "sweep's overrides), e.g. `mope fit experiments/easy_vqa.yaml print_config=true`")
+                raise MopeError(
+                    "print_config shows one run's config: run it on the experiment YAML (with the "
+                    "sweep's overrides), e.g. `mope fit experiments/easy_vqa.yaml print_config=true`"
+                )
             return handler(files, overrides)
         from mope_lightning.training.trainer_config import load_config
 
@@ -184,14 +209,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # Lightning ends a validate/test/predict that got SIGTERM with SystemExit(), whose status would be 0.
         if type(exc).__name__ != "SIGTERMException":
             raise
-        print("mope: error: interrupted by SIGTERM before the command finished; nothing was written",
-              file=sys.stderr)
+        print("mope: error: interrupted by SIGTERM before the command finished; nothing was written", file=sys.stderr)
         return 143
     except (MemoryError, RuntimeError) as exc:
         if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
             raise
-        print(f"mope: error: out of memory ({str(exc).splitlines()[0][:200]}); lower data.batch_size or "
-              "data.eval_batch_size, or use trainer.precision=bf16-mixed", file=sys.stderr)
+        print(
+            f"mope: error: out of memory ({str(exc).splitlines()[0][:200]}); lower data.batch_size or "
+            "data.eval_batch_size, or use trainer.precision=bf16-mixed",
+            file=sys.stderr,
+        )
         return 2
 
 

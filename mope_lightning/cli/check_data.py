@@ -9,6 +9,7 @@ from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.registry import DATAMODULES
 from mope_lightning.data.subsets import training_subset
 
+
 def check_data(cfg: DictConfig) -> tuple[str, int]:
     """A report of the dataset `cfg` points at (split sizes, label counts, images decoded, notes, every sample
     problem, counted by kind) and the number of problems. Structural problems (missing folders or split files, no
@@ -25,26 +26,41 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
         shown = ", ".join(f"{datamodule.classes[c]} {n}" for c, n in counts.most_common())
         lines.append(f"         labels: {shown}")
     digests = [d for pool in scan.digests.values() for d in pool]
-    lines.append(f"  {media}: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
-                 if scan.digests else f"  {media}: not decoded (data.check_images=false: unreadable ones go "
-                                      "unnoticed)")
+    lines.append(
+        f"  {media}: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
+        if scan.digests
+        else f"  {media}: not decoded (data.check_images=false: unreadable ones go unnoticed)"
+    )
     if datamodule.media == "audio":  # the rate the clips are resampled to is the audio encoder's, named at fit
         files = sorted({f for files in scan.pools.values() for f in files})
         lines += [f"  audio {line}" for line in describe_clips(files, None, cfg.data.get("max_audio_seconds"))]
-    train, subset = training_subset(scan.splits["train"], datamodule.classes, cfg.data.train_fraction,
-                                    cfg.data.shots_per_class, cfg.data.subset_seed)
+    train, subset = training_subset(
+        scan.splits["train"],
+        datamodule.classes,
+        cfg.data.train_fraction,
+        cfg.data.shots_per_class,
+        cfg.data.subset_seed,
+    )
     lines += [f"  note: {note}" for note in [*scan.notes, subset] if note]
     lines += _attribute_summary(scan.splits)
     tables = datamodule.missing_tables({**scan.splits, "train": train})
-    lines += [f"  missing ({name}): {describe_missing(table)} (data.missing.{name}, seed {cfg.data.missing.seed})"
-              for name, table in tables.items() if table]
+    lines += [
+        f"  missing ({name}): {describe_missing(table)} (data.missing.{name}, seed {cfg.data.missing.seed})"
+        for name, table in tables.items()
+        if table
+    ]
     kinds = Counter(problem.kind for problem in scan.problems)
-    names = {"record": "in the records", "image": "unreadable images", "audio": "unreadable audio clips",
-             "duplicate": "ids repeated within a split",
-             "overlap": "val/test samples also in train"}
+    names = {
+        "record": "in the records",
+        "image": "unreadable images",
+        "audio": "unreadable audio clips",
+        "duplicate": "ids repeated within a split",
+        "overlap": "val/test samples also in train",
+    }
     by_kind = ", ".join(f"{n} {names.get(kind, kind)}" for kind, n in kinds.items())
-    lines.append(f"  problems: {len(scan.problems)}" + (f" ({by_kind})" if scan.problems else
-                                                        " (the dataset is clean)"))
+    lines.append(
+        f"  problems: {len(scan.problems)}" + (f" ({by_kind})" if scan.problems else " (the dataset is clean)")
+    )
     lines += [f"    {problem}" for problem in scan.problems]
     return "\n".join(lines), len(scan.problems)
 

@@ -35,8 +35,10 @@ def run(command: str, cfg: DictConfig) -> dict:
         raise ConfigError(f"unknown command '{command}'; use one of {', '.join(COMMANDS)}")
     ckpt_path, version = resolve_ckpt(cfg)
     if command != "fit" and ckpt_path is None:
-        raise ConfigError(f"{command} needs ckpt=PATH: the checkpoint to evaluate (fit writes them under "
-                          f"{cfg.trainer.default_root_dir}/version_*/checkpoints/)")
+        raise ConfigError(
+            f"{command} needs ckpt=PATH: the checkpoint to evaluate (fit writes them under "
+            f"{cfg.trainer.default_root_dir}/version_*/checkpoints/)"
+        )
     resume_changes = check_resume(cfg, ckpt_path) if command == "fit" and ckpt_path is not None else None
     check_trackers(cfg)
     record_code(cfg)
@@ -58,12 +60,20 @@ def claim_predictions(out: str | Path, inputs: list, overwrite: bool) -> Path:
     being read), and an existing file only when it is predictions mope wrote and predict.overwrite=true."""
     from mope_lightning.predictions import is_predictions_csv
 
-    return claim_output(out, "predict.out", inputs=inputs, overwrite=overwrite, earlier=is_predictions_csv,
-                        what="predictions CSV")
+    return claim_output(
+        out, "predict.out", inputs=inputs, overwrite=overwrite, earlier=is_predictions_csv, what="predictions CSV"
+    )
 
 
-def _run_command(command: str, cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule,
-                 datamodule: MultimodalDataModule, ckpt_path: Optional[str], resume_changes) -> dict:
+def _run_command(
+    command: str,
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: MoPELitModule,
+    datamodule: MultimodalDataModule,
+    ckpt_path: Optional[str],
+    resume_changes,
+) -> dict:
     summary: dict = {"run_dir": trainer.log_dir}
     if resume_changes is not None:
         record_resume(trainer, ckpt_path, resume_changes, to_container(cfg.run))
@@ -85,8 +95,13 @@ def _run_command(command: str, cfg: DictConfig, trainer: L.Trainer, module: MoPE
     return summary
 
 
-def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, datamodule: MultimodalDataModule,
-                  ckpt_path: Optional[str]) -> dict:
+def _fit_and_test(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: MoPELitModule,
+    datamodule: MultimodalDataModule,
+    ckpt_path: Optional[str],
+) -> dict:
     """Train, then test the best (or last) weights. A signal ends it with `Interrupted`: never a success."""
     from lightning.pytorch.trainer.states import TrainerStatus
     from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -100,20 +115,27 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: MoPELitModule, da
         # The reference tests its last weights; model.compat.mode=reference restores that with everything else.
         test_with = "last" if cfg.model.compat.mode == "reference" else cfg.checkpoint.test_with
         test_ckpt = best if (best and test_with == "best") else None
-        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False,
-                               weights_only=True)[0]
+        metrics = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     except SystemExit as exc:  # Lightning ends a run that got SIGTERM or Ctrl-C with SystemExit
         if trainer.state.status != TrainerStatus.INTERRUPTED:
             raise
         name, code = ("SIGTERM", 143) if isinstance(exc, SIGTERMException) else ("SIGINT (Ctrl-C)", 130)
         last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt" if trainer.checkpoint_callback else None
-        kept = (f"its weights at step {trainer.global_step} are in {last}; resume with `mope fit ... ckpt=last`"
-                if last is not None and last.is_file() else "no weights were saved (no training step had run)")
-        raise Interrupted(f"fit interrupted by {name} before it finished, so nothing was tested; {kept}",
-                          code) from None
-    return {"best_checkpoint": best or None, "tested_weights": test_ckpt or "final weights", "metrics": metrics,
-            "seconds": {"train": round(train_seconds, 1), "test": round(timer.time_elapsed("test"), 1)},
-            "parameters": module.net.parameter_counts()}
+        kept = (
+            f"its weights at step {trainer.global_step} are in {last}; resume with `mope fit ... ckpt=last`"
+            if last is not None and last.is_file()
+            else "no weights were saved (no training step had run)"
+        )
+        raise Interrupted(
+            f"fit interrupted by {name} before it finished, so nothing was tested; {kept}", code
+        ) from None
+    return {
+        "best_checkpoint": best or None,
+        "tested_weights": test_ckpt or "final weights",
+        "metrics": metrics,
+        "seconds": {"train": round(train_seconds, 1), "test": round(timer.time_elapsed("test"), 1)},
+        "parameters": module.net.parameter_counts(),
+    }
 
 
 def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
@@ -125,8 +147,9 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
     from mope_lightning.pretrained import build_pretrained
 
     rows_path = Path(cfg.predict.input).expanduser()
-    out = claim_predictions(cfg.predict.out or rows_path.with_suffix(".predictions.csv"), [ckpt_path, rows_path],
-                            cfg.predict.overwrite)
+    out = claim_predictions(
+        cfg.predict.out or rows_path.with_suffix(".predictions.csv"), [ckpt_path, rows_path], cfg.predict.overwrite
+    )
     # Every row and the files it names are checked first: building the model (encoders, weights) takes longest.
     rows = read_rows(rows_path, read_modalities(cfg.model))
     model = build_pretrained(cfg, read_trained_weights(ckpt_path))
@@ -134,14 +157,20 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
     if accelerator != "cpu" and torch.cuda.is_available():
         model.to("cuda")
     batch_size = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
-    preds = model.predict(texts=[r.text for r in rows] if rows[0].text is not None else None,
-                          images=[r.image for r in rows] if rows[0].image is not None else None,
-                          audio=[r.audio for r in rows] if rows[0].audio is not None else None,
-                          batch_size=batch_size)
-    atomic_write(out, lambda fh: write_predictions_csv(fh, [r.id for r in rows], preds.probs, preds.classes,
-                                                       model.task))
-    print(f"[mope] predict finished: {len(rows)} rows of {rows_path}\n  predictions              {out}\n"
-          f"  checkpoint               {ckpt_path}", flush=True)
+    preds = model.predict(
+        texts=[r.text for r in rows] if rows[0].text is not None else None,
+        images=[r.image for r in rows] if rows[0].image is not None else None,
+        audio=[r.audio for r in rows] if rows[0].audio is not None else None,
+        batch_size=batch_size,
+    )
+    atomic_write(
+        out, lambda fh: write_predictions_csv(fh, [r.id for r in rows], preds.probs, preds.classes, model.task)
+    )
+    print(
+        f"[mope] predict finished: {len(rows)} rows of {rows_path}\n  predictions              {out}\n"
+        f"  checkpoint               {ckpt_path}",
+        flush=True,
+    )
     return {"predictions": str(out), "checkpoint": ckpt_path, "rows": len(rows)}
 
 

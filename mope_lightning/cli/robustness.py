@@ -33,9 +33,18 @@ from omegaconf import DictConfig, OmegaConf
 from mope_lightning.data.missing import lost_by, missing_table
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
-from mope_lightning.analysis.robustness_tables import (FILES, KINDS, RESULTS, condition_name, conditions,  # noqa: F401
-                                                       finished, metric_of, robustness_figure,
-                                                       table_markdown)
+from mope_lightning.analysis.robustness_tables import (
+    FILES,
+    KINDS,  # noqa: F401
+    RESULTS,
+    condition_name,
+    conditions,
+    finished,  # noqa: F401
+    metric_of,  # noqa: F401
+    robustness_figure,
+    table_markdown,
+)
+
 
 def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
     if cfg.robustness.out:
@@ -43,17 +52,24 @@ def _out_dir(cfg: DictConfig, ckpt: str) -> Path:
     path = Path(ckpt)
     if path.parent.name == "checkpoints":
         return path.parent.parent
-    raise ConfigError("robustness.out: not set, and the checkpoint is not in a run directory's checkpoints/; "
-                      "pass out=DIR")
+    raise ConfigError(
+        "robustness.out: not set, and the checkpoint is not in a run directory's checkpoints/; pass out=DIR"
+    )
 
 
 def _claim(cfg: DictConfig, ckpt: str) -> Path:
     """The output folder, checked before any work (fileio.claim_output): not an input nor inside one, and its
     robustness files only mope's own, of this checkpoint (resumed) or, with overwrite=true, of another."""
     # overwrite=True: whether mope's own results there are resumed or replaced is `_read`'s call
-    return claim_output(_out_dir(cfg, ckpt), "robustness.out", inputs=[ckpt], overwrite=True, files=FILES,
-                        earlier=lambda folder: written_json(folder / RESULTS, ("checkpoint", "metrics")),
-                        what="robustness report")
+    return claim_output(
+        _out_dir(cfg, ckpt),
+        "robustness.out",
+        inputs=[ckpt],
+        overwrite=True,
+        files=FILES,
+        earlier=lambda folder: written_json(folder / RESULTS, ("checkpoint", "metrics")),
+        what="robustness report",
+    )
 
 
 def _read(path: Path, ckpt: str, overwrite: bool) -> dict:
@@ -63,11 +79,15 @@ def _read(path: Path, ckpt: str, overwrite: bool) -> dict:
     stored = json.loads(path.read_text())  # a robustness report mope wrote (checked by `_claim`)
     metrics = stored["metrics"]
     if not isinstance(metrics, dict):
-        raise ConfigError(f"{path}: its metrics are not a mapping, so it is not a robustness report mope wrote; "
-                          "choose another out=DIR")
+        raise ConfigError(
+            f"{path}: its metrics are not a mapping, so it is not a robustness report mope wrote; "
+            "choose another out=DIR"
+        )
     if stored.get("checkpoint") != ckpt:
-        raise ConfigError(f"{path}: holds the robustness of another checkpoint ({stored.get('checkpoint')}); pass "
-                          "another out=DIR, or overwrite=true to replace it")
+        raise ConfigError(
+            f"{path}: holds the robustness of another checkpoint ({stored.get('checkpoint')}); pass "
+            "another out=DIR, or overwrite=true to replace it"
+        )
     return metrics
 
 
@@ -78,8 +98,15 @@ def _trainer(cfg: DictConfig):
 
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     keep = {k: t[k] for k in ("accelerator", "precision", "limit_test_batches", "deterministic") if k in t}
-    return L.Trainer(**keep, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                     plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
+    return L.Trainer(
+        **keep,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        plugins=[SafeCheckpointIO()],
+        use_distributed_sampler=False,
+    )
 
 
 def _check_model(net, todo: list[tuple[str, float]]) -> None:
@@ -87,9 +114,11 @@ def _check_model(net, todo: list[tuple[str, float]]) -> None:
     lost = {m for kind, _ in todo if kind != "none" for m in lost_by(kind)}
     foreign = sorted(lost - set(net.pair))
     if foreign:
-        raise ConfigError(f"robustness.kinds: removing the {' and '.join(foreign)} needs a model that reads it; this "
-                          f"one reads {' and '.join(net.pair)} (data.missing removes texts and images), so use "
-                          f"robustness.kinds=[{','.join(m for m in net.pair if m in ('text', 'image'))}]")
+        raise ConfigError(
+            f"robustness.kinds: removing the {' and '.join(foreign)} needs a model that reads it; this "
+            f"one reads {' and '.join(net.pair)} (data.missing removes texts and images), so use "
+            f"robustness.kinds=[{','.join(m for m in net.pair if m in ('text', 'image'))}]"
+        )
     for modality in sorted(lost):
         problem = net.missing_problem(modality)
         if problem:
@@ -99,6 +128,7 @@ def _check_model(net, todo: list[tuple[str, float]]) -> None:
 class PassOutputs(NamedTuple):
     """What one run of the test split gave, per sample (ordered by its row in the split): row, logits and target;
     and the sizes of its batches."""
+
     rows: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
@@ -115,14 +145,16 @@ def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], 
         data.missing.test[lost] = 1.0
     datamodule = build_datamodule(data)
     datamodule.attach(module.net.input_spec())
-    print(f"[mope] robustness: test split with {f'every {lost} missing' if lost else 'every sample complete'}",
-          flush=True)
+    print(
+        f"[mope] robustness: test split with {f'every {lost} missing' if lost else 'every sample complete'}", flush=True
+    )
     captured = []
 
     def capture(net, args, output):
         batch = args[0]
-        captured.append((batch["index"].cpu(), output.logits.detach().float().cpu(),
-                         module._targets(batch["labels"]).cpu()))
+        captured.append(
+            (batch["index"].cpu(), output.logits.detach().float().cpu(), module._targets(batch["labels"]).cpu())
+        )
 
     handle = module.net.register_forward_hook(capture)
     try:
@@ -144,8 +176,9 @@ def _lost_per_sample(ids: list[str], rows: torch.Tensor, kind: str, rate: float,
     return [table[i] if table else "" for i in rows.tolist()]
 
 
-def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: str, classes: list[str],
-                       kind: str, rate: float) -> tuple[dict[str, float], list[str]]:
+def _condition_metrics(
+    passes: dict[str, PassOutputs], lost: list[str], task: str, classes: list[str], kind: str, rate: float
+) -> tuple[dict[str, float], list[str]]:
     """The test metrics of one condition, from each sample's logits in the pass that removed what it loses, and a
     note for each metric left out as undefined on the test split (AUROC when it holds one class)."""
     from mope_lightning.training.lit_module import defined_metrics, make_metrics
@@ -166,8 +199,10 @@ def _condition_metrics(passes: dict[str, PassOutputs], lost: list[str], task: st
     for metric, value in values.items():
         value = float(value)
         if not math.isfinite(value):
-            raise NonFiniteError(f"robustness: test/{metric} is {value} with {kind} missing at {rate:g}; the model "
-                                 "diverged or its weights are broken")
+            raise NonFiniteError(
+                f"robustness: test/{metric} is {value} with {kind} missing at {rate:g}; the model "
+                "diverged or its weights are broken"
+            )
         found[condition_name(kind, rate, metric)] = value
     return found, notes
 
@@ -211,8 +246,11 @@ def evaluate(cfg: DictConfig) -> Path:
         created.expect(out)
         check_writable(out, "robustness.out")
         _evaluate_into(cfg, ckpt, out, todo, results)
-    print(f"[mope] robustness of {ckpt}\n  table                    {out / 'robustness.md'}\n"
-          f"  plot                     {out / 'robustness.png'}", flush=True)
+    print(
+        f"[mope] robustness of {ckpt}\n  table                    {out / 'robustness.md'}\n"
+        f"  plot                     {out / 'robustness.png'}",
+        flush=True,
+    )
     return out
 
 
@@ -225,8 +263,11 @@ def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: d
     module, datamodule = build(cfg)
     _check_model(module.net, todo)
     load_into(module.net, read_trained_weights(ckpt), datamodule.classes)
-    todo = [(kind, rate) for kind, rate in todo
-            if not any(name.startswith(condition_name(kind, rate, "")) for name in results)]
+    todo = [
+        (kind, rate)
+        for kind, rate in todo
+        if not any(name.startswith(condition_name(kind, rate, "")) for name in results)
+    ]
 
     def save(found: dict[str, float]) -> None:
         results.update(found)
@@ -236,8 +277,7 @@ def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: d
     _evaluate_conditions(cfg, module, todo, save)
     metric = datamodule.monitor.removeprefix("val/")
     atomic_write(out / "robustness.md", lambda fh: fh.write(table_markdown(results, r.rates, r.kinds, metric, ckpt)))
-    figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds,
-                               metric)
+    figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds, metric)
     _save(figure, out / "robustness.png")
 
 

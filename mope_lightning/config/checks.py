@@ -14,8 +14,14 @@ from typing import Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from mope_lightning.errors import ConfigError, suggest
-from mope_lightning.models.registry import (MODALITIES, NEEDS_SECOND_MODALITY, PROMPT_FUSIONS, UNIMODAL_FUSIONS,
-                                           modality_counts, single_modality_fusions)
+from mope_lightning.models.registry import (
+    MODALITIES,
+    NEEDS_SECOND_MODALITY,
+    PROMPT_FUSIONS,
+    UNIMODAL_FUSIONS,
+    modality_counts,
+    single_modality_fusions,
+)
 
 
 @dataclass(frozen=True)
@@ -45,40 +51,79 @@ PROBABILITY_BELOW_1 = Range(0, 1, open_high=True)
 # Keys absent from an experiment's config (another dataset's options) are skipped.
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1),
-    "data.batch_size": POSITIVE_COUNT, "data.eval_batch_size": POSITIVE_COUNT, "data.num_workers": COUNT,
+    "data.batch_size": POSITIVE_COUNT,
+    "data.eval_batch_size": POSITIVE_COUNT,
+    "data.num_workers": COUNT,
     "data.prefetch_factor": POSITIVE_COUNT,
-    "data.max_text_length": POSITIVE_COUNT, "data.image_size": POSITIVE_COUNT, "data.crop_pct": POSITIVE,
-    "data.val_fraction": Range(0, 1, open_low=True, open_high=True), "data.train_images": POSITIVE_COUNT,
-    "data.test_images": POSITIVE_COUNT, "data.fold": COUNT, "data.max_audio_seconds": POSITIVE,
+    "data.max_text_length": POSITIVE_COUNT,
+    "data.image_size": POSITIVE_COUNT,
+    "data.crop_pct": POSITIVE,
+    "data.val_fraction": Range(0, 1, open_low=True, open_high=True),
+    "data.train_images": POSITIVE_COUNT,
+    "data.test_images": POSITIVE_COUNT,
+    "data.fold": COUNT,
+    "data.max_audio_seconds": POSITIVE,
     "data.train_fraction": Range(0, 1, open_low=True),
-    "data.shots_per_class": POSITIVE_COUNT, "data.subset_seed": COUNT, "data.missing.seed": COUNT,
-    **{f"data.missing.{split}.{kind}": Range(0, 1) for split in ("train", "val", "test")
-       for kind in ("image", "text", "both")},
+    "data.shots_per_class": POSITIVE_COUNT,
+    "data.subset_seed": COUNT,
+    "data.missing.seed": COUNT,
+    **{
+        f"data.missing.{split}.{kind}": Range(0, 1)
+        for split in ("train", "val", "test")
+        for kind in ("image", "text", "both")
+    },
     "model.missing_prompt_length": POSITIVE_COUNT,
-    "model.condition_prompts": COUNT, "model.head_hidden": COUNT, "model.head_dropout": PROBABILITY_BELOW_1,
-    "model.mope.static_length": COUNT, "model.mope.dynamic_length": COUNT, "model.mope.mapped_length": COUNT,
-    "model.mope.num_experts": COUNT, "model.mope.mapper_hidden": POSITIVE_COUNT,
-    "model.mope.prompt_dropout": PROBABILITY_BELOW_1, "model.mope.init_scale": POSITIVE,
-    "model.mope.importance_weight": NON_NEGATIVE, "model.mope.importance_threshold": NON_NEGATIVE,
-    "model.mope.router.self_dim": COUNT, "model.mope.router.cross_dim": COUNT,
-    "model.mope.router.temperature": POSITIVE, "model.mope.router.noise_std": NON_NEGATIVE,
+    "model.condition_prompts": COUNT,
+    "model.head_hidden": COUNT,
+    "model.head_dropout": PROBABILITY_BELOW_1,
+    "model.mope.static_length": COUNT,
+    "model.mope.dynamic_length": COUNT,
+    "model.mope.mapped_length": COUNT,
+    "model.mope.num_experts": COUNT,
+    "model.mope.mapper_hidden": POSITIVE_COUNT,
+    "model.mope.prompt_dropout": PROBABILITY_BELOW_1,
+    "model.mope.init_scale": POSITIVE,
+    "model.mope.importance_weight": NON_NEGATIVE,
+    "model.mope.importance_threshold": NON_NEGATIVE,
+    "model.mope.router.self_dim": COUNT,
+    "model.mope.router.cross_dim": COUNT,
+    "model.mope.router.temperature": POSITIVE,
+    "model.mope.router.noise_std": NON_NEGATIVE,
     "model.mope.router.top_k": COUNT,
-    "model.pmoe.static_length": COUNT, "model.pmoe.dynamic_length": COUNT, "model.pmoe.mapped_length": COUNT,
-    "model.pmoe.num_experts": COUNT, "model.pmoe.hidden": POSITIVE_COUNT, "model.pmoe.init_scale": POSITIVE,
-    "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.warmup_steps": COUNT, "optim.gamma": POSITIVE,
-    "optim.momentum": Range(0, 1, open_high=True), "optim.min_lr_ratio": Range(0, 1),
-    "checkpoint.save_top_k": Range(-1), "analyze.exemplars": COUNT,
-    "trainer.max_epochs": Range(-1), "trainer.max_steps": Range(-1), "trainer.min_epochs": COUNT,
-    "trainer.min_steps": COUNT, "trainer.accumulate_grad_batches": POSITIVE_COUNT,
-    "trainer.log_every_n_steps": POSITIVE_COUNT, "trainer.check_val_every_n_epoch": POSITIVE_COUNT,
-    "trainer.gradient_clip_val": NON_NEGATIVE, "trainer.num_nodes": POSITIVE_COUNT,
-    "trainer.num_sanity_val_steps": Range(-1), "trainer.devices": POSITIVE_COUNT,
+    "model.pmoe.static_length": COUNT,
+    "model.pmoe.dynamic_length": COUNT,
+    "model.pmoe.mapped_length": COUNT,
+    "model.pmoe.num_experts": COUNT,
+    "model.pmoe.hidden": POSITIVE_COUNT,
+    "model.pmoe.init_scale": POSITIVE,
+    "optim.lr": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.warmup_steps": COUNT,
+    "optim.gamma": POSITIVE,
+    "optim.momentum": Range(0, 1, open_high=True),
+    "optim.min_lr_ratio": Range(0, 1),
+    "checkpoint.save_top_k": Range(-1),
+    "analyze.exemplars": COUNT,
+    "trainer.max_epochs": Range(-1),
+    "trainer.max_steps": Range(-1),
+    "trainer.min_epochs": COUNT,
+    "trainer.min_steps": COUNT,
+    "trainer.accumulate_grad_batches": POSITIVE_COUNT,
+    "trainer.log_every_n_steps": POSITIVE_COUNT,
+    "trainer.check_val_every_n_epoch": POSITIVE_COUNT,
+    "trainer.gradient_clip_val": NON_NEGATIVE,
+    "trainer.num_nodes": POSITIVE_COUNT,
+    "trainer.num_sanity_val_steps": Range(-1),
+    "trainer.devices": POSITIVE_COUNT,
     **{f"trainer.limit_{s}_batches": NON_NEGATIVE for s in ("train", "val", "test", "predict")},
 }
 # Lists of numbers: (length, range of each element).
 LIST_RANGES: dict[str, tuple[int, Range]] = {
-    "optim.betas": (2, PROBABILITY_BELOW_1), "data.randaugment": (2, COUNT), "data.image_mean": (3, Range()),
-    "data.image_std": (3, POSITIVE), "optim.milestones": (-1, COUNT),
+    "optim.betas": (2, PROBABILITY_BELOW_1),
+    "data.randaugment": (2, COUNT),
+    "data.image_mean": (3, Range()),
+    "data.image_std": (3, POSITIVE),
+    "optim.milestones": (-1, COUNT),
 }
 PARAM_GROUPS = ("prompts", "condition_prompts", "router", "mapper", "dispatcher", "head", "encoders", "missing")
 
@@ -105,28 +150,38 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         if not isinstance(lr, (int, float)) or lr not in POSITIVE:
             raise ConfigError(f"{source_of(key)}: {key}: a learning rate must be {POSITIVE}, got {lr}")
     if cfg.optim.scheduler == "multistep" and cfg.optim.warmup_steps:
-        raise ConfigError(f"{source_of('optim.warmup_steps')}: optim.warmup_steps: multistep is stepped per epoch "
-                          "and has no warmup; set optim.warmup_steps=0, or use a per-step schedule (cosine, linear, "
-                          "constant)")
+        raise ConfigError(
+            f"{source_of('optim.warmup_steps')}: optim.warmup_steps: multistep is stepped per epoch "
+            "and has no warmup; set optim.warmup_steps=0, or use a per-step schedule (cosine, linear, "
+            "constant)"
+        )
     if cfg.model.activation_checkpointing and cfg.model.fusion not in (*PROMPT_FUSIONS, "pmoe"):
-        raise ConfigError(f"{source_of('model.activation_checkpointing')}: model.activation_checkpointing: applies to "
-                          f"the prompted block loop, which model.fusion={cfg.model.fusion} does not run; set it to "
-                          "false")
+        raise ConfigError(
+            f"{source_of('model.activation_checkpointing')}: model.activation_checkpointing: applies to "
+            f"the prompted block loop, which model.fusion={cfg.model.fusion} does not run; set it to "
+            "false"
+        )
     layers = cfg.model.checkpointed_layers
     if layers is not None and (not cfg.model.activation_checkpointing or layers < 1):
         why = "is a count of layers, at least 1" if layers < 1 else "applies with model.activation_checkpointing=true"
-        raise ConfigError(f"{source_of('model.checkpointed_layers')}: model.checkpointed_layers: {why}; got {layers} "
-                          "(null: every prompted layer)")
+        raise ConfigError(
+            f"{source_of('model.checkpointed_layers')}: model.checkpointed_layers: {why}; got {layers} "
+            "(null: every prompted layer)"
+        )
     if cfg.model.checkpoint_policy != "selective" and not cfg.model.activation_checkpointing:
-        raise ConfigError(f"{source_of('model.checkpoint_policy')}: model.checkpoint_policy: applies with "
-                          "model.activation_checkpointing=true")
+        raise ConfigError(
+            f"{source_of('model.checkpoint_policy')}: model.checkpoint_policy: applies with "
+            "model.activation_checkpointing=true"
+        )
     _check_pair(cfg.model, source_of)
     _check_missing(cfg, source_of)
     _check_compat(cfg.model, source_of)
     mope = cfg.model.mope
     if mope.router.top_k > max(mope.num_experts, 1):
-        raise ConfigError(f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "
-                          f"is more than the {mope.num_experts} experts; use at most model.mope.num_experts")
+        raise ConfigError(
+            f"{source_of('model.mope.router.top_k')}: model.mope.router.top_k: {mope.router.top_k} "
+            f"is more than the {mope.num_experts} experts; use at most model.mope.num_experts"
+        )
 
 
 def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:
@@ -135,31 +190,43 @@ def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:
     pair = list(model.modalities)
     key = "model.modalities"
     if len(pair) not in (1, 2) or len(set(pair)) != len(pair) or not set(pair) <= set(MODALITIES):
-        raise ConfigError(f"{source_of(key)}: {key}: {pair} must name one modality or two different ones of "
-                          f"{', '.join(MODALITIES)}, e.g. [text, image], [text, audio] or [image]")
+        raise ConfigError(
+            f"{source_of(key)}: {key}: {pair} must name one modality or two different ones of "
+            f"{', '.join(MODALITIES)}, e.g. [text, image], [text, audio] or [image]"
+        )
     if len(pair) not in modality_counts(model.fusion):
-        raise ConfigError(f"{source_of('model.fusion')}: model.fusion: {model.fusion} needs a second modality "
-                          f"({NEEDS_SECOND_MODALITY[model.fusion]}), but {key} is {pair} ({source_of(key)}); "
-                          f"add one, or use a fusion that reads one modality: {', '.join(_single_fusions(pair))}")
+        raise ConfigError(
+            f"{source_of('model.fusion')}: model.fusion: {model.fusion} needs a second modality "
+            f"({NEEDS_SECOND_MODALITY[model.fusion]}), but {key} is {pair} ({source_of(key)}); "
+            f"add one, or use a fusion that reads one modality: {', '.join(_single_fusions(pair))}"
+        )
     if model.prompted not in pair:
         role = "the experts' modality" if len(pair) == 1 else "the other one conditions it"
-        raise ConfigError(f"{source_of('model.prompted')}: model.prompted: '{model.prompted}' is not one of "
-                          f"{key} {pair}; prompt one of them ({role})")
+        raise ConfigError(
+            f"{source_of('model.prompted')}: model.prompted: '{model.prompted}' is not one of "
+            f"{key} {pair}; prompt one of them ({role})"
+        )
     single = UNIMODAL_FUSIONS.get(model.fusion)
     if single is not None and single not in pair:
-        raise ConfigError(f"{source_of('model.fusion')}: model.fusion: {model.fusion} reads the {single}, which is "
-                          f"not one of {key} {pair}; use {', '.join(f'{m}_only' for m in pair)}")
+        raise ConfigError(
+            f"{source_of('model.fusion')}: model.fusion: {model.fusion} reads the {single}, which is "
+            f"not one of {key} {pair}; use {', '.join(f'{m}_only' for m in pair)}"
+        )
     p = model.pmoe
     if model.fusion == "pmoe" and len(pair) == 1:
         conditioned = [k for k in ("condition_dispatcher", "dynamic_length", "mapped_length") if p[k]]
         if conditioned:
             name = f"model.pmoe.{conditioned[0]}"
-            raise ConfigError(f"{source_of(name)}: {name}: {p[conditioned[0]]} reads a second modality's feature, "
-                              f"but {key} is {pair}; set {', '.join(f'model.pmoe.{k}' for k in conditioned)} to "
-                              "false/0 (the dispatchers then see the experts' own states)")
+            raise ConfigError(
+                f"{source_of(name)}: {name}: {p[conditioned[0]]} reads a second modality's feature, "
+                f"but {key} is {pair}; set {', '.join(f'model.pmoe.{k}' for k in conditioned)} to "
+                "false/0 (the dispatchers then see the experts' own states)"
+            )
     if len(pair) == 1 and model.condition_prompts:
-        raise ConfigError(f"{source_of('model.condition_prompts')}: model.condition_prompts: prompts the conditioning "
-                          f"encoder, which a one-modality task ({key} {pair}) does not have; set it to 0")
+        raise ConfigError(
+            f"{source_of('model.condition_prompts')}: model.condition_prompts: prompts the conditioning "
+            f"encoder, which a one-modality task ({key} {pair}) does not have; set it to 0"
+        )
 
 
 def _single_fusions(pair: list) -> list[str]:
@@ -170,19 +237,30 @@ def _single_fusions(pair: list) -> list[str]:
 def _check_compat(model: DictConfig, source_of: Callable[[str], str]) -> None:
     """A training-dropout flag set on its own has something to act on (`mode: reference` turns on those that do)."""
     compat = model.compat
-    needs = {"initial_prompt_dropout": (compat.skip_first_block_prompt, "acts on the prompts entering before the "
-                                        "first block, which exist with model.compat.skip_first_block_prompt=true"),
-             "condition_prompt_dropout": (model.condition_prompts > 0, "acts on the conditioning encoder's prompts, "
-                                          "which exist with model.condition_prompts > 0"),
-             "condition_encoder_dropout": (len(model.modalities) == 2, "acts on the conditioning encoder, which a "
-                                           "one-modality task does not have")}
+    needs = {
+        "initial_prompt_dropout": (
+            compat.skip_first_block_prompt,
+            "acts on the prompts entering before the "
+            "first block, which exist with model.compat.skip_first_block_prompt=true",
+        ),
+        "condition_prompt_dropout": (
+            model.condition_prompts > 0,
+            "acts on the conditioning encoder's prompts, which exist with model.condition_prompts > 0",
+        ),
+        "condition_encoder_dropout": (
+            len(model.modalities) == 2,
+            "acts on the conditioning encoder, which a one-modality task does not have",
+        ),
+    }
     for flag, (applies, why) in needs.items():
         key = f"model.compat.{flag}"
         if not compat[flag] or compat.mode == "reference":
             continue
         if model.fusion not in PROMPT_FUSIONS:
-            raise ConfigError(f"{source_of(key)}: {key}: applies to the prompt fusions ({', '.join(PROMPT_FUSIONS)}), "
-                              f"not model.fusion={model.fusion}; set it to false")
+            raise ConfigError(
+                f"{source_of(key)}: {key}: applies to the prompt fusions ({', '.join(PROMPT_FUSIONS)}), "
+                f"not model.fusion={model.fusion}; set it to false"
+            )
         if not applies:
             raise ConfigError(f"{source_of(key)}: {key}: {why}; set that too, or set this to false")
 
@@ -209,24 +287,32 @@ def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         rates = missing[split]
         key = f"data.missing.{split}"
         if rates.image + rates.text + rates.both > 1:
-            raise ConfigError(f"{source_of(key)}: {key}: image {rates.image:g} + text {rates.text:g} + both "
-                              f"{rates.both:g} is more than 1; a sample loses one modality at most, so the shares "
-                              "add up to 1 at most")
+            raise ConfigError(
+                f"{source_of(key)}: {key}: image {rates.image:g} + text {rates.text:g} + both "
+                f"{rates.both:g} is more than 1; a sample loses one modality at most, so the shares "
+                "add up to 1 at most"
+            )
         for kind in ("text", "image", "both"):
             lost = ("text", "image") if kind == "both" else (kind,)
             if rates[kind] and not set(lost) <= set(cfg.model.modalities):
-                raise ConfigError(f"{source_of(f'{key}.{kind}')}: {key}.{kind}: removes the "
-                                  f"{' or '.join(lost)} of samples, but model.modalities is "
-                                  f"{list(cfg.model.modalities)}; data.missing removes texts and images")
+                raise ConfigError(
+                    f"{source_of(f'{key}.{kind}')}: {key}.{kind}: removes the "
+                    f"{' or '.join(lost)} of samples, but model.modalities is "
+                    f"{list(cfg.model.modalities)}; data.missing removes texts and images"
+                )
         for modality in ("text", "image"):
             if len(reads) == 1 and reads[0] == modality and (rates[modality] or rates.both):
                 kind = f"{key}.{modality}" if rates[modality] else f"{key}.both"
-                raise ConfigError(f"{source_of(kind)}: {kind}: model.fusion={cfg.model.fusion} reads the {modality} "
-                                  f"alone, so a sample without it has no input; use a fusion that reads both "
-                                  f"modalities, or remove no {modality}")
+                raise ConfigError(
+                    f"{source_of(kind)}: {kind}: model.fusion={cfg.model.fusion} reads the {modality} "
+                    f"alone, so a sample without it has no input; use a fusion that reads both "
+                    f"modalities, or remove no {modality}"
+                )
     if cfg.model.missing_prompts and cfg.model.fusion not in PROMPT_FUSIONS:
-        raise ConfigError(f"{source_of('model.missing_prompts')}: model.missing_prompts: added to the prompts of "
-                          f"{', '.join(PROMPT_FUSIONS)}; model.fusion={cfg.model.fusion} has none. Set it to false")
+        raise ConfigError(
+            f"{source_of('model.missing_prompts')}: model.missing_prompts: added to the prompts of "
+            f"{', '.join(PROMPT_FUSIONS)}; model.fusion={cfg.model.fusion} has none. Set it to false"
+        )
 
 
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")  # built by training/tracking.py
@@ -236,8 +322,9 @@ def check_loggers(names, source: str) -> None:
     """Known names, each once: checked when the config loads (nothing is imported)."""
     for name in names:
         if name not in LOGGERS:
-            raise ConfigError(f"{source}: loggers: unknown logger '{name}'{suggest(name, LOGGERS)}; choose from "
-                              f"{', '.join(LOGGERS)}")
+            raise ConfigError(
+                f"{source}: loggers: unknown logger '{name}'{suggest(name, LOGGERS)}; choose from {', '.join(LOGGERS)}"
+            )
     repeated = sorted({n for n in names if list(names).count(n) > 1})
     if repeated:
         raise ConfigError(f"{source}: loggers: '{repeated[0]}' is listed twice; list each logger once")

@@ -113,7 +113,8 @@ class ModelConfig:
     # a transformers speech encoder (wav2vec2, HuBERT, WavLM) with its own feature extractor; `arch` builds its
     # random-init miniature without files (the MoPE reference's wav2vec2-base-960h)
     audio_encoder: EncoderConfig = field(
-        default_factory=lambda: EncoderConfig(name="facebook/wav2vec2-base-960h", arch="wav2vec2"))
+        default_factory=lambda: EncoderConfig(name="facebook/wav2vec2-base-960h", arch="wav2vec2")
+    )
     pool: str = "mean"  # text pooling: mean (over tokens and prompts, masked) | cls; image encoders pool as timm does
     # audio encoders pool by the mean over frames and prompts
     condition_prompts: int = 0  # static prompts per layer for the conditioning encoder itself (reference: 4)
@@ -153,11 +154,15 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
         except yaml.YAMLError as exc:  # the value is read as YAML: `key=*`, `key=:` are not YAML values
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             key, value = item.split("=", 1)
-            raise ConfigError(f"command line: '{item}': the value does not parse as YAML ({problem}); quote it, "
-                              f"e.g. \"{key}='{value}'\"") from None
+            raise ConfigError(
+                f"command line: '{item}': the value does not parse as YAML ({problem}); quote it, "
+                f"e.g. \"{key}='{value}'\""
+            ) from None
         except (OmegaConfBaseException, IndexError, KeyError, ValueError) as exc:  # a malformed key path, `[=1`
-            raise ConfigError(f"command line: '{item}': cannot parse this override "
-                              f"({str(exc).splitlines()[0] or type(exc).__name__}); write key.path=value") from None
+            raise ConfigError(
+                f"command line: '{item}': cannot parse this override "
+                f"({str(exc).splitlines()[0] or type(exc).__name__}); write key.path=value"
+            ) from None
     return OmegaConf.from_dotlist(list(overrides))
 
 
@@ -180,9 +185,11 @@ def merge_node(cfg: DictConfig, node: DictConfig, source: str) -> DictConfig:
         prefixes = [".".join(k.split(".")[:i]) for k, _ in leaves(node) for i in range(1, k.count(".") + 1)]
         lists = [p for p in prefixes if isinstance(select_node(cfg, p), ListConfig)]
         where = f" ({lists[0]})" if lists else ""
-        raise ConfigError(f"{source}: a list{where} is set as a whole, e.g. loggers=[tensorboard,csv] or "
-                          "callbacks=[{class_path: EarlyStopping, init_args: {patience: 5}}]; entries cannot be "
-                          "addressed by index") from None
+        raise ConfigError(
+            f"{source}: a list{where} is set as a whole, e.g. loggers=[tensorboard,csv] or "
+            "callbacks=[{class_path: EarlyStopping, init_args: {patience: 5}}]; entries cannot be "
+            "addressed by index"
+        ) from None
 
 
 def select_node(cfg: DictConfig, key: str):

@@ -22,10 +22,21 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mope_lightning.config.checks import check_loggers, check_values
+
 # The model schema, merging and stored configs live apart so that loading a trained model needs no Lightning;
 # their names stay importable from here.
-from mope_lightning.config.model import (CompatConfig, EncoderConfig, ModelConfig, MoPEConfig, PMoEConfig,  # noqa: F401
-                                         RouterConfig, merge_node, parse_overrides, select_node, stored_config)
+from mope_lightning.config.model import (
+    CompatConfig,  # noqa: F401
+    EncoderConfig,  # noqa: F401
+    ModelConfig,
+    MoPEConfig,  # noqa: F401
+    PMoEConfig,  # noqa: F401
+    RouterConfig,  # noqa: F401
+    merge_node,
+    parse_overrides,
+    select_node,
+    stored_config,  # noqa: F401
+)
 from mope_lightning.data.options import DataConfig, MissingConfig, MissingRates  # noqa: F401
 from mope_lightning.errors import ConfigError, suggest  # noqa: F401
 from mope_lightning.models.attention import ATTENTION_CHOICES
@@ -183,8 +194,12 @@ CHOICES = {
 Check = Callable[[DictConfig, Callable[[str], str]], None]
 
 
-def merge_config(files: Sequence[str | Path], overrides: Sequence[str] = (), check_trainer: Optional[Check] = None,
-                 checks: Sequence[Check] = ()) -> DictConfig:
+def merge_config(
+    files: Sequence[str | Path],
+    overrides: Sequence[str] = (),
+    check_trainer: Optional[Check] = None,
+    checks: Sequence[Check] = (),
+) -> DictConfig:
     """Merge the schema, the YAML `files` (left to right) and the dotlist `overrides` into a checked config.
     `check_trainer` checks the free-form `trainer` section before the value checks read it; `checks` run after the
     schema's own (training/trainer_config.py passes Lightning's)."""
@@ -212,9 +227,10 @@ def read_yaml(path: Path) -> DictConfig:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8") \
-            from None
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -230,8 +246,9 @@ def read_yaml(path: Path) -> DictConfig:
         return OmegaConf.create(data)
     except OmegaConfBaseException as exc:  # e.g. a value with a malformed interpolation, `${a`
         key = getattr(exc, "full_key", "") or ""
-        raise ConfigError(f"{path}: {key + ': ' if key else ''}{str(getattr(exc, 'msg', exc)).splitlines()[0]}") \
-            from None
+        raise ConfigError(
+            f"{path}: {key + ': ' if key else ''}{str(getattr(exc, 'msg', exc)).splitlines()[0]}"
+        ) from None
 
 
 def _last_value(sources, key: str):
@@ -248,8 +265,10 @@ def _data_config_class(name: str, sources):
 
     if name not in DATAMODULES:
         where = next(src for src, node in reversed(sources) if select_node(node, "data.name") == name)
-        raise ConfigError(f"{where}: data.name: unknown dataset '{name}'{suggest(name, DATAMODULES)}; "
-                          f"known: {', '.join(sorted(DATAMODULES))}")
+        raise ConfigError(
+            f"{where}: data.name: unknown dataset '{name}'{suggest(name, DATAMODULES)}; "
+            f"known: {', '.join(sorted(DATAMODULES))}"
+        )
     return DATAMODULES[name].config_class
 
 
@@ -272,8 +291,9 @@ def _check(cfg: DictConfig, sources, check_trainer: Optional[Check], checks: Seq
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         reason = str(getattr(exc, "msg", exc)).splitlines()[0]
-        raise ConfigError(f"{_source_of(sources, key)}: {key}: {reason}; interpolations (${{...}}) must name an "
-                          "existing key") from None
+        raise ConfigError(
+            f"{_source_of(sources, key)}: {key}: {reason}; interpolations (${{...}}) must name an existing key"
+        ) from None
     if missing:
         raise ConfigError(f"missing required value(s): {', '.join(missing)}; set them in the experiment YAML")
     for key, choices in CHOICES.items():
@@ -299,8 +319,13 @@ def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:
 
 
 # Settings of how the model runs, not of what it computes: weights trained with one value serve the other.
-HOW_IT_RUNS = ("model.activation_checkpointing", "model.checkpointed_layers", "model.checkpoint_policy",
-               "model.compile", "model.attention")
+HOW_IT_RUNS = (
+    "model.activation_checkpointing",
+    "model.checkpointed_layers",
+    "model.checkpoint_policy",
+    "model.compile",
+    "model.attention",
+)
 
 
 def differences(a: dict, b: dict, prefix: str = "", free_form: Sequence[str] = ()) -> list[tuple[str, Any, Any]]:

@@ -7,13 +7,21 @@ data.samples) load without the dataset readers (`from_pretrained` imports them).
 import importlib
 
 _HOMES = {
-    "DATAMODULES": "registry", "MMBTDataModule": "registry",
-    "MultimodalDataModule": "base", "MultimodalDataset": "base", "BatchCollate": "base",
-    "EasyVQADataModule": "datasets.easy_vqa", "Food101DataModule": "datasets.food101",
-    "HatefulMemesDataModule": "datasets.hateful_memes", "JsonlDataModule": "datasets.jsonl",
-    "SNLIVEDataModule": "datasets.jsonl", "MMIMDBDataModule": "datasets.mmimdb",
+    "DATAMODULES": "registry",
+    "MMBTDataModule": "registry",
+    "MultimodalDataModule": "base",
+    "MultimodalDataset": "base",
+    "BatchCollate": "base",
+    "EasyVQADataModule": "datasets.easy_vqa",
+    "Food101DataModule": "datasets.food101",
+    "HatefulMemesDataModule": "datasets.hateful_memes",
+    "JsonlDataModule": "datasets.jsonl",
+    "SNLIVEDataModule": "datasets.jsonl",
+    "MMIMDBDataModule": "datasets.mmimdb",
     "MustardDataModule": "datasets.mustard",
-    "Problem": "samples", "Scan": "samples", "Split": "samples",
+    "Problem": "samples",
+    "Scan": "samples",
+    "Split": "samples",
 }
 __all__ = sorted(_HOMES)
 

@@ -34,8 +34,12 @@ def member_path(npz: Path, array: str, row: int) -> Path:
 def is_member(path) -> bool:
     """Whether `path` names a row of an array in an existing `.npz` file (not an image file)."""
     parts = Path(path).parts
-    return (len(parts) >= 3 and parts[-3].endswith(SUFFIX) and parts[-1].isdigit()
-            and os.path.isfile(os.path.join(*parts[:-2])))
+    return (
+        len(parts) >= 3
+        and parts[-3].endswith(SUFFIX)
+        and parts[-1].isdigit()
+        and os.path.isfile(os.path.join(*parts[:-2]))
+    )
 
 
 def _split(path) -> tuple[str, str, int]:

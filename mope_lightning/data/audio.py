@@ -33,8 +33,9 @@ def read_audio(path: Path, sampling_rate: Optional[int] = None) -> tuple[np.ndar
             # Planar float at the file's channel layout: channels are averaged here rather than downmixed by
             # FFmpeg, whose stereo-to-mono gain (0.707 per channel) can push a loud clip past 1.
             resampler = av.AudioResampler(format="fltp", rate=sampling_rate or native)
-            chunks = [out.to_ndarray().mean(axis=0) for frame in container.decode(stream)
-                      for out in resampler.resample(frame)]
+            chunks = [
+                out.to_ndarray().mean(axis=0) for frame in container.decode(stream) for out in resampler.resample(frame)
+            ]
             chunks += [out.to_ndarray().mean(axis=0) for out in resampler.resample(None)]  # the resampler's tail
     except FileNotFoundError:
         raise DataError(f"{path}: audio file not found; restore it or remove the samples that use it") from None
@@ -51,15 +52,20 @@ def load_clip(path: Path, sampling_rate: int, max_seconds: Optional[float]) -> t
     """(samples,) float32 at `sampling_rate`, cut to the first `max_seconds`."""
     samples, _ = read_audio(path, sampling_rate)
     if max_seconds:
-        samples = samples[:int(max_seconds * sampling_rate)]
+        samples = samples[: int(max_seconds * sampling_rate)]
     return torch.from_numpy(np.ascontiguousarray(samples))
 
 
 def pad_clips(preprocessor, clips: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, samples) padded, normalised input values and their (B, samples) mask of real samples: the audio
     encoder's feature extractor, with the mask requested so that each clip is normalised over its own samples."""
-    out = preprocessor(list(clips), sampling_rate=preprocessor.sampling_rate, padding=True,
-                       return_attention_mask=True, return_tensors="pt")
+    out = preprocessor(
+        list(clips),
+        sampling_rate=preprocessor.sampling_rate,
+        padding=True,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     return out["input_values"], out["attention_mask"]
 
 
@@ -92,13 +98,16 @@ def describe_clips(files: Sequence[Path], sampling_rate: Optional[int], max_seco
     if other:
         lines[0] += f" ({other:,} resampled to {sampling_rate:,} Hz, the audio encoder's rate, when loaded)"
     if durations:
-        lines.append(f"durations: {min(durations):.1f} to {max(durations):.1f} s, median "
-                     f"{statistics.median(durations):.1f} s")
+        lines.append(
+            f"durations: {min(durations):.1f} to {max(durations):.1f} s, median {statistics.median(durations):.1f} s"
+        )
     if max_seconds:
         long = sum(seconds > max_seconds for seconds in durations)
         if long:
-            lines.append(f"{long:,} clip(s) longer than data.max_audio_seconds={max_seconds:g} are cut to their "
-                         f"first {max_seconds:g} s")
+            lines.append(
+                f"{long:,} clip(s) longer than data.max_audio_seconds={max_seconds:g} are cut to their "
+                f"first {max_seconds:g} s"
+            )
     return lines
 
 
@@ -109,7 +118,7 @@ def spectrogram_image(path: Path, size: int = 96, sampling_rate: int = 16000):
 
     samples, _ = read_audio(path, sampling_rate)
     window, hop = int(0.025 * sampling_rate), int(0.010 * sampling_rate)
-    samples = samples[:hop * 4 * size + window]
+    samples = samples[: hop * 4 * size + window]
     if len(samples) < window:
         samples = np.pad(samples, (0, window - len(samples)))
     frames = np.lib.stride_tricks.sliding_window_view(samples, window)[::hop] * np.hanning(window)

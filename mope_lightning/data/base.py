@@ -23,8 +23,17 @@ import torch
 from torch.utils.data import Dataset
 
 from mope_lightning.data.audio import describe_clips, load_clip, pad_clips
-from mope_lightning.data.features import (FeatureCache, LoadImage, encode_audio, encode_images, encode_texts,
-                                          eval_transform, image_pipeline, media_key, text_key)
+from mope_lightning.data.features import (
+    FeatureCache,
+    LoadImage,
+    encode_audio,
+    encode_images,
+    encode_texts,
+    eval_transform,
+    image_pipeline,
+    media_key,
+    text_key,
+)
 from mope_lightning.data.image_cache import PixelPools, pixel_pools
 from mope_lightning.data.index import apply_policy, load_or_build_index
 from mope_lightning.data.missing import MISSABLE
@@ -37,13 +46,31 @@ from mope_lightning.errors import DataError
 log = logging.getLogger(__name__)
 
 # Settings that change how data is loaded, not which samples exist: they do not invalidate the index.
-_LOADING_KEYS = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "image_size",
-                 "crop_pct", "crop_mode", "image_mean", "image_std", "randaugment", "cache_features", "cache_dir",
-                 "prefetch_factor", "image_cache",
-                 "on_bad_sample", "max_text_length", "max_audio_seconds",
-                 # the low-data protocol subsets the indexed train split: one index serves every subset
-                 "train_fraction", "shots_per_class", "subset_seed",
-                 "missing"}  # which samples lose a modality is decided on the indexed splits
+_LOADING_KEYS = {
+    "batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "pin_memory",
+    "persistent_workers",
+    "image_size",
+    "crop_pct",
+    "crop_mode",
+    "image_mean",
+    "image_std",
+    "randaugment",
+    "cache_features",
+    "cache_dir",
+    "prefetch_factor",
+    "image_cache",
+    "on_bad_sample",
+    "max_text_length",
+    "max_audio_seconds",
+    # the low-data protocol subsets the indexed train split: one index serves every subset
+    "train_fraction",
+    "shots_per_class",
+    "subset_seed",
+    "missing",
+}  # which samples lose a modality is decided on the indexed splits
 
 
 class MultimodalDataset(Dataset):
@@ -56,10 +83,21 @@ class MultimodalDataset(Dataset):
     which only a model that needs pixels (Swin) looks at.
     """
 
-    def __init__(self, split: Split, num_classes: int, multilabel: bool, files: Sequence[Path], media: str = "image",
-                 load=None, media_features=None, text_features=None, text_rows: Optional[dict[str, int]] = None,
-                 missing: Optional[list[str]] = None, blank_image: Optional[torch.Tensor] = None,
-                 with_text: bool = True):
+    def __init__(
+        self,
+        split: Split,
+        num_classes: int,
+        multilabel: bool,
+        files: Sequence[Path],
+        media: str = "image",
+        load=None,
+        media_features=None,
+        text_features=None,
+        text_rows: Optional[dict[str, int]] = None,
+        missing: Optional[list[str]] = None,
+        blank_image: Optional[torch.Tensor] = None,
+        with_text: bool = True,
+    ):
         self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
         self.with_text = with_text  # False: the samples have no text, or the model reads none (nothing tokenized)
         self.files, self.media, self.load = files, media, load
@@ -109,14 +147,23 @@ class BatchCollate:
         first = items[0]
         batch = {"ids": [it["id"] for it in items], "index": torch.tensor([it["index"] for it in items])}
         if "text" in first:
-            tokens = self.tokenizer([it["text"] for it in items], padding=True, truncation=True,
-                                    max_length=self.max_length, return_tensors="pt")
+            tokens = self.tokenizer(
+                [it["text"] for it in items],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            )
             batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
         if "audio" in first:
-            batch["audio"], batch["audio_mask"] = pad_clips(self.audio_preprocessor,
-                                                            [it["audio"].numpy() for it in items])
-        batch["labels"] = (torch.stack([it["label"] for it in items]) if torch.is_tensor(first["label"])
-                           else torch.tensor([it["label"] for it in items]))
+            batch["audio"], batch["audio_mask"] = pad_clips(
+                self.audio_preprocessor, [it["audio"].numpy() for it in items]
+            )
+        batch["labels"] = (
+            torch.stack([it["label"] for it in items])
+            if torch.is_tensor(first["label"])
+            else torch.tensor([it["label"] for it in items])
+        )
         for key in ("text_features", "image_features", "audio_features", "images"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
@@ -203,11 +250,16 @@ class MultimodalDataModule:
 
     def index(self) -> Scan:
         """The scanned samples with every problem found (cached; images checked once)."""
-        settings = {f.name: getattr(self.cfg, f.name) for f in fields(self.config_class)
-                    if f.name not in _LOADING_KEYS}
-        return load_or_build_index(self.cache_folder, {"classes": self.classes, **settings, **self.scan_inputs()},
-                                   self.source_files(), self.scan, self.image_folders(), self.cfg.check_images,
-                                   self.media)
+        settings = {f.name: getattr(self.cfg, f.name) for f in fields(self.config_class) if f.name not in _LOADING_KEYS}
+        return load_or_build_index(
+            self.cache_folder,
+            {"classes": self.classes, **settings, **self.scan_inputs()},
+            self.source_files(),
+            self.scan,
+            self.image_folders(),
+            self.cfg.check_images,
+            self.media,
+        )
 
     def read_splits(self, verbose: bool = True) -> tuple[dict[str, Split], dict[str, list[Path]]]:
         """The samples that pass `data.on_bad_sample`, with pools of only the images they use (an image whose
@@ -217,15 +269,22 @@ class MultimodalDataModule:
         # After the pools are compacted: a training subset keeps the full train split's images in the pool, so that
         # every subset size shares one feature cache.
         splits = dict(scan.splits)
-        splits["train"], self.subset_note = training_subset(splits["train"], self.classes, self.cfg.train_fraction,
-                                                            self.cfg.shots_per_class, self.cfg.subset_seed)
+        splits["train"], self.subset_note = training_subset(
+            splits["train"], self.classes, self.cfg.train_fraction, self.cfg.shots_per_class, self.cfg.subset_seed
+        )
         if verbose and self.subset_note:
             log.info("%s: %s", self.cfg.name, self.subset_note)
         self.missing = self.missing_tables(splits)
         for name, table in self.missing.items():
             if verbose and table:
-                log.info("%s %s: %s (data.missing.%s, seed %d)", self.cfg.name, name, describe_missing(table), name,
-                         self.cfg.missing.seed)
+                log.info(
+                    "%s %s: %s (data.missing.%s, seed %d)",
+                    self.cfg.name,
+                    name,
+                    describe_missing(table),
+                    name,
+                    self.cfg.missing.seed,
+                )
         return splits, scan.pools
 
     def missing_tables(self, splits: dict[str, Split]) -> dict[str, Optional[list[str]]]:
@@ -233,25 +292,37 @@ class MultimodalDataModule:
         rates = self.cfg.get("missing")
         if rates is None:
             return {name: None for name in splits}
-        return {name: missing_table(split.ids, rates[name], rates.seed) if name in rates else None
-                for name, split in splits.items()}
+        return {
+            name: missing_table(split.ids, rates[name], rates.seed) if name in rates else None
+            for name, split in splits.items()
+        }
 
     def check_splits(self, stage: Optional[str]) -> None:
         """Refuse, before any training or encoding, a split that `stage` needs but that holds no sample: an empty
         val split would silently disable checkpoint selection, an empty test split fail after the whole run."""
-        needed = {"fit": ["train", "val", "test"], "validate": ["val"], "test": ["test"],
-                  "predict": [self.predict_split]}.get(stage, [])
+        needed = {
+            "fit": ["train", "val", "test"],
+            "validate": ["val"],
+            "test": ["test"],
+            "predict": [self.predict_split],
+        }.get(stage, [])
         for split in needed:
             if split not in self.splits:
                 chosen = " (predict.split chooses the split to predict)" if stage == "predict" else ""
-                raise DataError(f"{self.cfg.name}: no '{split}' split; this dataset has {', '.join(self.splits)}"
-                                f"{chosen}")
+                raise DataError(
+                    f"{self.cfg.name}: no '{split}' split; this dataset has {', '.join(self.splits)}{chosen}"
+                )
             if not len(self.splits[split]):
-                skipped = (f"; data.on_bad_sample=skip left out the samples of {self._left_out} problem(s)"
-                           if self._left_out else "")
-                raise DataError(f"{self.cfg.name}: the {split} split is empty (its samples come from "
-                                f"{self.split_source(split)}{skipped}); `{stage}` needs samples in "
-                                f"{', '.join(needed)}: add some, or run `mope check-data` to see what was read")
+                skipped = (
+                    f"; data.on_bad_sample=skip left out the samples of {self._left_out} problem(s)"
+                    if self._left_out
+                    else ""
+                )
+                raise DataError(
+                    f"{self.cfg.name}: the {split} split is empty (its samples come from "
+                    f"{self.split_source(split)}{skipped}); `{stage}` needs samples in "
+                    f"{', '.join(needed)}: add some, or run `mope check-data` to see what was read"
+                )
 
     # --- wiring --------------------------------------------------------------------------------------------
     def attach(self, spec) -> None:
@@ -283,8 +354,11 @@ class MultimodalDataModule:
         """file -> the tensor the model reads: an image through the encoder's transform (augmented in training),
         or an audio clip at the audio encoder's rate, cut to `data.max_audio_seconds`."""
         if self.media == "audio":
-            return functools.partial(load_clip, sampling_rate=self.spec.audio_preprocessor.sampling_rate,
-                                     max_seconds=self.cfg.get("max_audio_seconds"))
+            return functools.partial(
+                load_clip,
+                sampling_rate=self.spec.audio_preprocessor.sampling_rate,
+                max_seconds=self.cfg.get("max_audio_seconds"),
+            )
         return LoadImage(self._transform(train))
 
     def _transform(self, train: bool = False):
@@ -305,26 +379,35 @@ class MultimodalDataModule:
         media, encoder, hint = self.media, self.spec.cacheable[self.media], self._unreadable_hint()
         if media == "audio":
             load, collate = self._load_media(), BatchCollate(None, 0, self.spec.audio_preprocessor)
-            preprocessing = (f"{self.spec.audio_preprocessor.to_json_string()}|max_audio_seconds="
-                             f"{self.cfg.get('max_audio_seconds')}")
+            preprocessing = (
+                f"{self.spec.audio_preprocessor.to_json_string()}|max_audio_seconds={self.cfg.get('max_audio_seconds')}"
+            )
             key = media_key(self.spec.identity[media], preprocessing, files)
-            compute = functools.partial(encode_audio, encoder, files, load, collate, self.cfg.batch_size,
-                                        self.cfg.num_workers, hint)
+            compute = functools.partial(
+                encode_audio, encoder, files, load, collate, self.cfg.batch_size, self.cfg.num_workers, hint
+            )
         else:
             transform = self._transform()
             key = media_key(self.spec.identity[media], repr(transform), files)
-            compute = functools.partial(encode_images, encoder, files, transform, max(self.cfg.batch_size, 64),
-                                        self.cfg.num_workers, hint)
-        return cache.get(f"{media}-{pool}", key, compute, rows=len(files),
-                         describe=f"{media} features of {len(files)} {pool} files")
+            compute = functools.partial(
+                encode_images, encoder, files, transform, max(self.cfg.batch_size, 64), self.cfg.num_workers, hint
+            )
+        return cache.get(
+            f"{media}-{pool}", key, compute, rows=len(files), describe=f"{media} features of {len(files)} {pool} files"
+        )
 
     def _text_features(self, cache: FeatureCache, texts: list[str]):
         if not texts:
             return torch.empty(0)
         encoder, c = self.spec.cacheable["text"], self.cfg
         key = text_key(self.spec.identity["text"], self.spec.tokenizer, c.max_text_length, texts)
-        return cache.get("text", key, lambda: encode_texts(encoder, texts, self.spec.tokenizer, c.max_text_length),
-                         rows=len(texts), describe=f"text features of {len(texts)} distinct texts")
+        return cache.get(
+            "text",
+            key,
+            lambda: encode_texts(encoder, texts, self.spec.tokenizer, c.max_text_length),
+            rows=len(texts),
+            describe=f"text features of {len(texts)} distinct texts",
+        )
 
     @staticmethod
     def _distinct_texts(splits: dict[str, Split]) -> list[str]:
@@ -332,10 +415,16 @@ class MultimodalDataModule:
 
     def _build_features(self, splits: dict[str, Split], pools: dict[str, list[Path]]):
         cache = FeatureCache(self.cache_folder)
-        media = ({pool: self._media_features(cache, pool, files) for pool, files in pools.items()}
-                 if self._cached(self.media) else None)
-        text = (self._text_features(cache, self._distinct_texts(splits))
-                if self._cached("text") and self._reads_text() else None)
+        media = (
+            {pool: self._media_features(cache, pool, files) for pool, files in pools.items()}
+            if self._cached(self.media)
+            else None
+        )
+        text = (
+            self._text_features(cache, self._distinct_texts(splits))
+            if self._cached("text") and self._reads_text()
+            else None
+        )
         return media, text
 
     def prepare(self, stage: Optional[str] = None) -> None:
@@ -352,15 +441,25 @@ class MultimodalDataModule:
 
     def _pixel_pools(self, pools: dict[str, list[Path]], stage: Optional[str]) -> Optional[PixelPools]:
         """The decoded-image cache of the pools, built if needed, when data.image_cache applies (image_cache.py)."""
-        return pixel_pools(self.cfg, self.cache_folder, pools, eval_transform(self.spec.image_config, self.cfg),
-                           stage, self._unreadable_hint())
+        return pixel_pools(
+            self.cfg,
+            self.cache_folder,
+            pools,
+            eval_transform(self.spec.image_config, self.cfg),
+            stage,
+            self._unreadable_hint(),
+        )
 
     def _unreadable_hint(self) -> str:
         """What to do about media files that fail to load while a cache is built."""
         # With the files decoded when the index is built, an unreadable one has left out its samples already.
-        return ("" if self.cfg.check_images else f"\nSet data.check_images=true so that the dataset index finds "
-                f"unreadable {self.media} files and data.on_bad_sample=skip can leave out their samples, or replace "
-                "them")
+        return (
+            ""
+            if self.cfg.check_images
+            else f"\nSet data.check_images=true so that the dataset index finds "
+            f"unreadable {self.media} files and data.on_bad_sample=skip can leave out their samples, or replace "
+            "them"
+        )
 
     def build_datasets(self, stage: Optional[str] = None) -> None:
         """The `MultimodalDataset` of every split, with the splits `stage` needs checked."""
@@ -372,19 +471,38 @@ class MultimodalDataModule:
         media, text = self._build_features(self.splits, pools)
         rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
         if media is None and self.media == "audio":
-            for line in describe_clips(sorted({f for files in pools.values() for f in files}),
-                                       self.spec.audio_preprocessor.sampling_rate, self.cfg.get("max_audio_seconds")):
+            for line in describe_clips(
+                sorted({f for files in pools.values() for f in files}),
+                self.spec.audio_preprocessor.sampling_rate,
+                self.cfg.get("max_audio_seconds"),
+            ):
                 log.info("%s audio %s", self.cfg.name, line)
         if media is None and self.media == "image":
             self.pixels = self._pixel_pools(pools, stage)
         for name, split in self.splits.items():
             train, missing = name == "train", self.missing.get(name)
-            load = (None if media is not None else self.pixels.loader(split.pool, train) if self.pixels is not None
-                    else self._load_media(train))
+            load = (
+                None
+                if media is not None
+                else self.pixels.loader(split.pool, train)
+                if self.pixels is not None
+                else self._load_media(train)
+            )
             blank = None
             if missing is not None and media is None and self.media == "image":
                 blank = self.pixels.blank if self.pixels is not None else self._blank_image()
-            self.datasets[name] = MultimodalDataset(split, len(self.classes), self.multilabel, pools[split.pool],
-                                                    self.media, load, media[split.pool] if media is not None else None,
-                                                    text, rows, missing, blank, self._reads_text())
+            self.datasets[name] = MultimodalDataset(
+                split,
+                len(self.classes),
+                self.multilabel,
+                pools[split.pool],
+                self.media,
+                load,
+                media[split.pool] if media is not None else None,
+                text,
+                rows,
+                missing,
+                blank,
+                self._reads_text(),
+            )
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))

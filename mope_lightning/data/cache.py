@@ -28,5 +28,7 @@ def write_cache_file(path: Path, write: Callable[[IO], None], binary: bool = Fal
     except MopeError as exc:  # a place that cannot be written: the message names the file and what to do
         raise DataError(f"data.cache_dir: {exc}") from None
     except OSError as exc:
-        raise DataError(f"data.cache_dir: {path}: cannot write ({exc.strerror or exc}); point data.cache_dir at a "
-                        f"writable folder{_WHAT}") from None
+        raise DataError(
+            f"data.cache_dir: {path}: cannot write ({exc.strerror or exc}); point data.cache_dir at a "
+            f"writable folder{_WHAT}"
+        ) from None

@@ -97,13 +97,15 @@ def decode_files(files: Sequence[Path], media: str = "image") -> list[tuple[str,
     if len(files) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
         return [decode(str(f)) for f in files]
     what = "images" if media == "image" else f"{media} clips"
-    log.info("Decoding %d %s in full with %d processes (once; the dataset index keeps the result)", len(files),
-             what, workers)
+    log.info(
+        "Decoding %d %s in full with %d processes (once; the dataset index keeps the result)", len(files), what, workers
+    )
     start = time.perf_counter()
     # fork: the workers need nothing but the decoder, and start at once instead of re-importing the framework
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(pool.map(decode, [str(f) for f in files],
-                                chunksize=min(256, max(1, len(files) // (workers * 8)))))
+        results = list(
+            pool.map(decode, [str(f) for f in files], chunksize=min(256, max(1, len(files) // (workers * 8))))
+        )
     log.info("Decoded %d %s in %.1f s", len(files), what, time.perf_counter() - start)
     return results
 
@@ -133,8 +135,10 @@ def decode_pool(scan: Scan, media: str = "image") -> Scan:
             count, first = users.get((pool, j), (0, ""))
             used = f"; {count} sample(s) use it (first: {first})" if count else "; no sample uses it"
             problems.append(Problem(str(scan.pools[pool][j]), "", error + used, kind=media))
-    splits = {name: split.subset([r for r, j in enumerate(split.media_index) if (split.pool, j) not in bad])
-              for name, split in scan.splits.items()}
+    splits = {
+        name: split.subset([r for r, j in enumerate(split.media_index) if (split.pool, j) not in bad])
+        for name, split in scan.splits.items()
+    }
     return replace(scan, splits=splits, problems=problems, digests=digests)
 
 
@@ -153,9 +157,11 @@ def outside_note(scan: Scan, folders: Sequence[Path]) -> list[str]:
         return []
     pool, j = outside[0]
     _, first = _first_users(scan).get((pool, j), (0, "no sample"))
-    return [f"{len(outside)} image path(s) lead outside {' and '.join(dict.fromkeys(roots))}, e.g. "
-            f"{scan.pools[pool][j]} (from {first}); they are read where they point, but a copy of the dataset folder "
-            "will not hold them"]
+    return [
+        f"{len(outside)} image path(s) lead outside {' and '.join(dict.fromkeys(roots))}, e.g. "
+        f"{scan.pools[pool][j]} (from {first}); they are read where they point, but a copy of the dataset folder "
+        "will not hold them"
+    ]
 
 
 def _image_identities(scan: Scan) -> dict[str, list[str]]:
@@ -176,8 +182,15 @@ def leave_out_repeats(scan: Scan) -> Scan:
         for r, (sid, source) in enumerate(zip(split.ids, split.sources)):
             content = (split.texts[r], identity[split.pool][split.media_index[r]])
             if sid in first:
-                problems.append(Problem(source, "", f"sample id {sid!r} again in the {name} split (first at "
-                                        f"{first[sid]}); give every sample its own id", kind="duplicate"))
+                problems.append(
+                    Problem(
+                        source,
+                        "",
+                        f"sample id {sid!r} again in the {name} split (first at "
+                        f"{first[sid]}); give every sample its own id",
+                        kind="duplicate",
+                    )
+                )
                 continue
             first[sid] = source
             if name == "train":
@@ -186,15 +199,27 @@ def leave_out_repeats(scan: Scan) -> Scan:
             elif name in scan.within_train:
                 pass  # drawn from train by the release's protocol (the reader notes it)
             elif sid in train_ids:
-                problems.append(Problem(source, "", f"{name} sample id {sid!r} is also a train sample id (at "
-                                        f"{train_ids[sid]}); an evaluation sample must not be in train",
-                                        kind="overlap"))
+                problems.append(
+                    Problem(
+                        source,
+                        "",
+                        f"{name} sample id {sid!r} is also a train sample id (at "
+                        f"{train_ids[sid]}); an evaluation sample must not be in train",
+                        kind="overlap",
+                    )
+                )
                 continue
             elif content in train_content:
                 tid, where = train_content[content]
-                problems.append(Problem(source, "", f"{name} sample {sid!r} has the same text and image as train "
-                                        f"sample {tid!r} (at {where}); an evaluation sample must not be in train",
-                                        kind="overlap"))
+                problems.append(
+                    Problem(
+                        source,
+                        "",
+                        f"{name} sample {sid!r} has the same text and image as train "
+                        f"sample {tid!r} (at {where}); an evaluation sample must not be in train",
+                        kind="overlap",
+                    )
+                )
                 continue
             keep.append(r)
         splits[name] = split.subset(keep)

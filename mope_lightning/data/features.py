@@ -134,13 +134,18 @@ class FeatureCache:
         try:
             features = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged zip or pickle fails in many ways; the file is only a cache
-            log.warning("%s: the cached features are damaged (%s: %s); rebuilding them", path, type(exc).__name__,
-                        str(exc).splitlines()[0] if str(exc) else "")
+            log.warning(
+                "%s: the cached features are damaged (%s: %s); rebuilding them",
+                path,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
             return None
         if not isinstance(features, Tensor) or features.dim() != 2 or len(features) != rows:
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            log.warning("%s: the cached features are damaged (%s, expected %d rows); rebuilding them", path, shape,
-                        rows)
+            log.warning(
+                "%s: the cached features are damaged (%s, expected %d rows); rebuilding them", path, shape, rows
+            )
             return None
         return features
 
@@ -198,12 +203,17 @@ def _device(encoder) -> torch.device:
 
 
 @torch.no_grad()
-def encode_images(encoder, files: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0,
-                  hint: str = "") -> Tensor:
+def encode_images(
+    encoder, files: Sequence[Path], transform, batch_size: int = 64, num_workers: int = 0, hint: str = ""
+) -> Tensor:
     """Pooled features of every image file; all unreadable files are listed in one `DataError` (ending with
     `hint`, what the caller's settings allow to do about them)."""
-    loader = DataLoader(_MediaFiles(files, LoadImage(transform)), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_CollateMedia())
+    loader = DataLoader(
+        _MediaFiles(files, LoadImage(transform)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_CollateMedia(),
+    )
     chunks, errors = [], []
     for images, errs in loader:
         errors += errs
@@ -215,11 +225,19 @@ def encode_images(encoder, files: Sequence[Path], transform, batch_size: int = 6
 
 
 @torch.no_grad()
-def encode_audio(encoder, files: Sequence[Path], load: Callable[[Path], Tensor], collate: Callable,
-                 batch_size: int = 32, num_workers: int = 0, hint: str = "") -> Tensor:
+def encode_audio(
+    encoder,
+    files: Sequence[Path],
+    load: Callable[[Path], Tensor],
+    collate: Callable,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    hint: str = "",
+) -> Tensor:
     """Pooled features of every audio file (`load`: path -> samples; `collate` pads them as training does)."""
-    loader = DataLoader(_MediaFiles(files, load), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_CollateMedia(collate))
+    loader = DataLoader(
+        _MediaFiles(files, load), batch_size=batch_size, num_workers=num_workers, collate_fn=_CollateMedia(collate)
+    )
     chunks, errors = [], []
     device = _device(encoder)
     for batch, errs in loader:
@@ -236,7 +254,12 @@ def encode_texts(encoder, texts: Sequence[str], tokenizer, max_length: int, batc
     """Pooled features of every text, tokenized as the training collate function does."""
     chunks = []
     for start in range(0, len(texts), batch_size):
-        tokens = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                           max_length=max_length, return_tensors="pt").to(_device(encoder))
+        tokens = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(_device(encoder))
         chunks.append(encoder(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).float().cpu())
     return torch.cat(chunks)

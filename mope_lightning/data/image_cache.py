@@ -62,8 +62,10 @@ class DecodeForCache:
         if data is None:
             raise DataError(f"{path}: {problem}")
         if len(data) != self.sizes[str(path)]:
-            raise DataError(f"{path}: the file has {len(data)} bytes, the dataset index recorded "
-                            f"{self.sizes[str(path)]}: it changed while the cache was built; run again")
+            raise DataError(
+                f"{path}: the file has {len(data)} bytes, the dataset index recorded "
+                f"{self.sizes[str(path)]}: it changed while the cache was built; run again"
+            )
         try:
             with Image.open(io.BytesIO(data)) as img:
                 pixels = self.steps.pixels(img.convert("RGB"))
@@ -73,8 +75,10 @@ class DecodeForCache:
 
     def _checked(self, path: Path, pixels: np.ndarray) -> Tensor:
         if pixels.shape != (*self.steps.size, CHANNELS):
-            raise DataError(f"{path}: decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels after the resize and "
-                            f"crop, not {self.steps.size[1]}x{self.steps.size[0]}")
+            raise DataError(
+                f"{path}: decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels after the resize and "
+                f"crop, not {self.steps.size[1]}x{self.steps.size[0]}"
+            )
         return torch.from_numpy(pixels)
 
 
@@ -82,8 +86,13 @@ class CachedImages:
     """file of the pool -> its cached uint8 CHW pixels, through `augment` when given. Picklable: the memory map is
     opened by each process on its first read, never pickled."""
 
-    def __init__(self, path: Path, shape: tuple[int, ...], files: Sequence[Path],
-                 augment: Optional[Callable[[np.ndarray], np.ndarray]] = None):
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        files: Sequence[Path],
+        augment: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    ):
         self.path, self.shape, self.augment = path, tuple(shape), augment
         self.rows = {str(f): i for i, f in enumerate(files)}
         self._array: Optional[np.memmap] = None
@@ -120,8 +129,9 @@ class PixelCache:
         """(the shard, its completion marker)."""
         return self.folder / f"pixels-{pool}-{key}.u8", self.folder / f"pixels-{pool}-{key}.json"
 
-    def get(self, pool: str, files: Sequence[Path], steps: PixelSteps, num_workers: int = 0,
-            hint: str = "") -> CachedImages:
+    def get(
+        self, pool: str, files: Sequence[Path], steps: PixelSteps, num_workers: int = 0, hint: str = ""
+    ) -> CachedImages:
         """The cached pixels of `files` through `steps`, decoded and saved first unless a complete shard of the same
         files and steps is there."""
         stats = file_stats(files)
@@ -132,8 +142,12 @@ class PixelCache:
             ensure_writable(self.folder)  # before the decoding, whose result could not be kept
             marker.unlink(missing_ok=True)  # from here on, the shard is incomplete until the new marker is written
             self._build(shard, files, steps, {path: size for path, size, _ in stats}, num_workers, hint)
-            write_cache_file(marker, lambda fh: json.dump({"version": CACHE_VERSION, "key": key, "shape": shape,
-                                                           "preprocessing": steps.describe()}, fh))
+            write_cache_file(
+                marker,
+                lambda fh: json.dump(
+                    {"version": CACHE_VERSION, "key": key, "shape": shape, "preprocessing": steps.describe()}, fh
+                ),
+            )
             for stale in self.folder.glob(f"pixels-{pool}-{'?' * len(key)}.*"):  # older keys of this pool
                 if stale not in (shard, marker):
                     stale.unlink(missing_ok=True)
@@ -146,8 +160,12 @@ class PixelCache:
             return False
         try:
             recorded = json.loads(marker.read_text())
-            complete = (isinstance(recorded, dict) and recorded.get("key") == key
-                        and recorded.get("shape") == list(shape) and shard.stat().st_size == int(np.prod(shape)))
+            complete = (
+                isinstance(recorded, dict)
+                and recorded.get("key") == key
+                and recorded.get("shape") == list(shape)
+                and shard.stat().st_size == int(np.prod(shape))
+            )
             reason = "its size or completion marker does not match"
         except FileNotFoundError:
             complete, reason = False, "its shard or completion marker is missing (an interrupted build)"
@@ -158,12 +176,17 @@ class PixelCache:
         return complete
 
     @staticmethod
-    def _build(shard: Path, files: Sequence[Path], steps: PixelSteps, sizes: dict[str, int], num_workers: int,
-               hint: str) -> None:
+    def _build(
+        shard: Path, files: Sequence[Path], steps: PixelSteps, sizes: dict[str, int], num_workers: int, hint: str
+    ) -> None:
         log.info("Decoding %d images once into %s (%dx%d, uint8)", len(files), shard, steps.size[1], steps.size[0])
         start = time.perf_counter()
-        loader = DataLoader(_MediaFiles(files, DecodeForCache(steps, sizes)), batch_size=64,
-                            num_workers=num_workers, collate_fn=_CollateMedia())
+        loader = DataLoader(
+            _MediaFiles(files, DecodeForCache(steps, sizes)),
+            batch_size=64,
+            num_workers=num_workers,
+            collate_fn=_CollateMedia(),
+        )
 
         errors: list[str] = []
 
@@ -207,8 +230,9 @@ class PixelPools:
         return self.images[pool].augmented(self.augment if train else None)
 
 
-def pixel_pools(data_cfg, folder: Path, pools: dict[str, list[Path]], transform, stage: Optional[str],
-                hint: str = "") -> Optional[PixelPools]:
+def pixel_pools(
+    data_cfg, folder: Path, pools: dict[str, list[Path]], transform, stage: Optional[str], hint: str = ""
+) -> Optional[PixelPools]:
     """The cached pools when `data.image_cache` applies to `stage` (true; null: in training, which decodes every
     image in every epoch), else None (the PIL path). `transform` is the encoder's eval preprocessing."""
     setting = data_cfg.get("image_cache")
@@ -217,16 +241,23 @@ def pixel_pools(data_cfg, folder: Path, pools: dict[str, list[Path]], transform,
     steps, why = pixel_steps(transform)
     if steps is None:
         if setting:
-            raise ConfigError(f"data.image_cache=true: the image preprocessing cannot be cached: {why}; set "
-                              "data.image_cache=null or false")
+            raise ConfigError(
+                f"data.image_cache=true: the image preprocessing cannot be cached: {why}; set "
+                "data.image_cache=null or false"
+            )
         log.info("Images are decoded at every step: the preprocessing cannot be cached (%s)", why)
         return None
     augment = uint8_augmentation(data_cfg)
     if augment is not None:
-        log.info("data.image_cache=%s: RandAugment runs on the cached %dx%d images, after the resize and crop "
-                 "(data.image_cache=false runs it on the full-size image, before them)",
-                 "true" if setting else "null", steps.size[1], steps.size[0])
+        log.info(
+            "data.image_cache=%s: RandAugment runs on the cached %dx%d images, after the resize and crop "
+            "(data.image_cache=false runs it on the full-size image, before them)",
+            "true" if setting else "null",
+            steps.size[1],
+            steps.size[0],
+        )
     cache = PixelCache(folder)
     images = {pool: cache.get(pool, files, steps, data_cfg.num_workers, hint) for pool, files in pools.items()}
-    return PixelPools(images, augment, DevicePixels(steps.normalize),
-                      torch.zeros(CHANNELS, *steps.size, dtype=torch.uint8))
+    return PixelPools(
+        images, augment, DevicePixels(steps.normalize), torch.zeros(CHANNELS, *steps.size, dtype=torch.uint8)
+    )

@@ -65,9 +65,13 @@ def pixel_steps(transform) -> tuple[Optional[PixelSteps], str]:
     steps = flatten(transform)
     names = [type(step).__name__ for step in steps]
     geometric, tail = steps[:-2], steps[-2:]
-    if (len(steps) < 3 or not isinstance(tail[0], ToTensor) or not isinstance(tail[1], Normalize)
-            or any(type(step).__name__ not in _CACHEABLE_STEPS for step in geometric)
-            or not isinstance(geometric[-1], CenterCrop)):
+    if (
+        len(steps) < 3
+        or not isinstance(tail[0], ToTensor)
+        or not isinstance(tail[1], Normalize)
+        or any(type(step).__name__ not in _CACHEABLE_STEPS for step in geometric)
+        or not isinstance(geometric[-1], CenterCrop)
+    ):
         return None, (f"its steps ({', '.join(names)}) are not resize and centre crop, then to-tensor and normalise")
     height, width = geometric[-1].size
     return PixelSteps(Compose(geometric), tail[1], (height, width)), ""

@@ -58,20 +58,28 @@ def _unpack_sources(packed: dict) -> list[str]:
 
 
 def _to_json(scan: Scan, image_stats: list) -> dict:
-    return {"version": INDEX_VERSION, "image_stats": image_stats,
-            "splits": {k: {**asdict(v), "sources": _pack_sources(v.sources)} for k, v in scan.splits.items()},
-            "pools": {k: [str(f) for f in v] for k, v in scan.pools.items()}, "digests": scan.digests,
-            "problems": [asdict(p) for p in scan.problems], "notes": scan.notes}
+    return {
+        "version": INDEX_VERSION,
+        "image_stats": image_stats,
+        "splits": {k: {**asdict(v), "sources": _pack_sources(v.sources)} for k, v in scan.splits.items()},
+        "pools": {k: [str(f) for f in v] for k, v in scan.pools.items()},
+        "digests": scan.digests,
+        "problems": [asdict(p) for p in scan.problems],
+        "notes": scan.notes,
+    }
 
 
 def _from_json(data: dict) -> Scan:
     """The stored index; `ValueError` when its structure does not hold together (a damaged or foreign file)."""
-    scan = Scan({k: Split(**{**v, "sources": _unpack_sources(v["sources"])}) for k, v in data["splits"].items()},
-                {k: [Path(f) for f in v] for k, v in data["pools"].items()},
-                [Problem(**p) for p in data["problems"]], list(data["notes"]), dict(data["digests"]))
+    scan = Scan(
+        {k: Split(**{**v, "sources": _unpack_sources(v["sources"])}) for k, v in data["splits"].items()},
+        {k: [Path(f) for f in v] for k, v in data["pools"].items()},
+        [Problem(**p) for p in data["problems"]],
+        list(data["notes"]),
+        dict(data["digests"]),
+    )
     for name, split in scan.splits.items():
-        columns = (split.ids, split.texts, split.labels, split.media_index, split.sources,
-                   *split.attributes.values())
+        columns = (split.ids, split.texts, split.labels, split.media_index, split.sources, *split.attributes.values())
         if split.pool not in scan.pools or len({len(c) for c in columns}) != 1:
             raise ValueError(f"split '{name}' does not match its pool or has columns of different lengths")
         if any(not isinstance(j, int) or not 0 <= j < len(scan.pools[split.pool]) for j in split.media_index):
@@ -102,8 +110,15 @@ def _load(path: Path) -> Optional[Scan]:
     return scan if unchanged else None
 
 
-def load_or_build_index(folder: Path, settings: dict, sources: Iterable[Path], scan: Callable[[], Scan],
-                        image_folders: Sequence[Path] = (), check_images: bool = True, media: str = "image") -> Scan:
+def load_or_build_index(
+    folder: Path,
+    settings: dict,
+    sources: Iterable[Path],
+    scan: Callable[[], Scan],
+    image_folders: Sequence[Path] = (),
+    check_images: bool = True,
+    media: str = "image",
+) -> Scan:
     """The cached index for `settings` and `sources`, or a fresh scan saved for next time, checked: every image (or
     audio clip, for `media="audio"`) decoded (unless `check_images` is false), image paths outside `image_folders`
     noted, repeated ids and val/test samples also in train left out as problems."""
@@ -135,9 +150,16 @@ def apply_policy(scan: Scan, policy: str, dataset: str, verbose: bool = True) ->
     shown = "\n  ".join(str(p) for p in scan.problems[:20])
     more = f"\n  ... and {len(scan.problems) - 20} more" if len(scan.problems) > 20 else ""
     if policy == "fail":
-        raise DataError(f"{dataset}: {len(scan.problems)} sample problem(s):\n  {shown}{more}\nFix the files, or set "
-                        "data.on_bad_sample=skip to leave these samples out (`mope check-data` lists them all)")
+        raise DataError(
+            f"{dataset}: {len(scan.problems)} sample problem(s):\n  {shown}{more}\nFix the files, or set "
+            "data.on_bad_sample=skip to leave these samples out (`mope check-data` lists them all)"
+        )
     if verbose:
-        log.warning("%s: left out the samples of %d problem(s) (data.on_bad_sample=skip):\n  %s%s", dataset,
-                    len(scan.problems), shown, more)
+        log.warning(
+            "%s: left out the samples of %d problem(s) (data.on_bad_sample=skip):\n  %s%s",
+            dataset,
+            len(scan.problems),
+            shown,
+            more,
+        )
     return scan

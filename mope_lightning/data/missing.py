@@ -59,4 +59,3 @@ def describe(table: Optional[list[str]]) -> str:
     counts = Counter(table)
     parts = [f"{counts[m]:,} their {m}" for m in ("image", "text") if counts[m]]
     return f"{sum(counts[m] for m in MISSABLE):,} of {len(table):,} samples lose a modality: " + ", ".join(parts)
-

@@ -42,8 +42,13 @@ def _csv_records(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, ob
             if header is None:
                 header = _header(path, line, fields, columns)
             elif len(fields) > len(header):
-                yield line, (f"{len(fields)} fields, but the header names {len(header)} columns; quote a field that "
-                             'holds a comma ("a, b")')
+                yield (
+                    line,
+                    (
+                        f"{len(fields)} fields, but the header names {len(header)} columns; quote a field that "
+                        'holds a comma ("a, b")'
+                    ),
+                )
             else:
                 yield line, dict(zip(header, fields))
     except NotCSV as exc:
@@ -57,8 +62,10 @@ def _header(path: Path, line: int, fields: list[str], columns: tuple[str, ...]) 
         raise DataError(f"{path}:{line}: the header names the column {repeated[0]!r} twice; name each column once")
     lacking = [c for c in columns if c not in header]
     if lacking:
-        raise DataError(f"{path}:{line}: the header ({','.join(fields)}) has no {' or '.join(lacking)} column; "
-                        f"the first row names the columns: {','.join(columns)} and optionally id")
+        raise DataError(
+            f"{path}:{line}: the header ({','.join(fields)}) has no {' or '.join(lacking)} column; "
+            f"the first row names the columns: {','.join(columns)} and optionally id"
+        )
     return header
 
 
@@ -80,8 +87,10 @@ def read_rows(path: str | Path, modalities: tuple[str, ...] = ("text", "image"))
     `DataError` lists every bad row."""
     path = Path(path).expanduser()
     if path.suffix.lower() not in SUFFIXES:
-        raise DataError(f"predict.input: {path}: give a .jsonl or .csv file of rows with the model's inputs "
-                        f"({', '.join(modalities)})")
+        raise DataError(
+            f"predict.input: {path}: give a .jsonl or .csv file of rows with the model's inputs "
+            f"({', '.join(modalities)})"
+        )
     if not path.is_file():
         raise DataError(f"predict.input: {path}: file not found")
     records = _csv_records(path, modalities) if path.suffix.lower() == ".csv" else _jsonl_records(path)

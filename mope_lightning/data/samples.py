@@ -31,9 +31,15 @@ class Split:
         return len(self.ids)
 
     def subset(self, rows: Sequence[int]) -> "Split":
-        return Split([self.ids[i] for i in rows], [self.texts[i] for i in rows], [self.labels[i] for i in rows],
-                     [self.media_index[i] for i in rows], self.pool, [self.sources[i] for i in rows],
-                     {name: [values[i] for i in rows] for name, values in self.attributes.items()})
+        return Split(
+            [self.ids[i] for i in rows],
+            [self.texts[i] for i in rows],
+            [self.labels[i] for i in rows],
+            [self.media_index[i] for i in rows],
+            self.pool,
+            [self.sources[i] for i in rows],
+            {name: [values[i] for i in rows] for name, values in self.attributes.items()},
+        )
 
 
 @dataclass
@@ -73,12 +79,17 @@ class Scan:
     def compact(self) -> "Scan":
         """The same samples with pools of only the images they use (re-indexed), so that images whose samples were
         left out are neither encoded nor loaded."""
-        used = {pool: sorted({j for s in self.splits.values() if s.pool == pool for j in s.media_index})
-                for pool in self.pools}
+        used = {
+            pool: sorted({j for s in self.splits.values() if s.pool == pool for j in s.media_index})
+            for pool in self.pools
+        }
         slot = {pool: {j: k for k, j in enumerate(js)} for pool, js in used.items()}
-        splits = {name: Split(s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.media_index], s.pool, s.sources,
-                              s.attributes)
-                  for name, s in self.splits.items()}
+        splits = {
+            name: Split(
+                s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.media_index], s.pool, s.sources, s.attributes
+            )
+            for name, s in self.splits.items()
+        }
         pools = {pool: [self.pools[pool][j] for j in js] for pool, js in used.items()}
         digests = {pool: [self.digests[pool][j] for j in js] for pool, js in used.items() if pool in self.digests}
         return Scan(splits, pools, self.problems, self.notes, digests)
@@ -122,8 +133,15 @@ class SplitBuilder:
     def files(self) -> list[Path]:
         return self.images.files
 
-    def add(self, sample_id: str, text: str, label, image: Path, source: str,
-            attributes: Optional[dict[str, list[str]]] = None) -> None:
+    def add(
+        self,
+        sample_id: str,
+        text: str,
+        label,
+        image: Path,
+        source: str,
+        attributes: Optional[dict[str, list[str]]] = None,
+    ) -> None:
         """One sample; `source` is where it was read ("file:line 3"), named by the problems found about it;
         `attributes` its values of the reader's attributes (the same names for every sample)."""
         given = attributes or {}
@@ -141,8 +159,9 @@ class SplitBuilder:
         return Split(self.ids, self.texts, self.labels, self.media_index, self.pool, self.sources, self.attributes)
 
 
-def stratified_holdout(labels: list, fraction: float | None = None, seed: int = 0,
-                       size: int | None = None) -> tuple[list[int], list[int]]:
+def stratified_holdout(
+    labels: list, fraction: float | None = None, seed: int = 0, size: int | None = None
+) -> tuple[list[int], list[int]]:
     """Split row indices into (kept, held out), holding out the same share of every class.
 
     Give `fraction` (round(fraction · n_c) rows of class c) or a total `size` (shared out in proportion, the
@@ -155,7 +174,7 @@ def stratified_holdout(labels: list, fraction: float | None = None, seed: int = 
     classes = sorted(by_class)
     if size is not None:
         share = {c: size * len(by_class[c]) // len(labels) for c in classes}
-        for c in sorted(classes, key=lambda c: -len(by_class[c]))[:size - sum(share.values())]:
+        for c in sorted(classes, key=lambda c: -len(by_class[c]))[: size - sum(share.values())]:
             share[c] += 1
     else:
         share = {c: round(fraction * len(by_class[c])) for c in classes}
@@ -163,6 +182,6 @@ def stratified_holdout(labels: list, fraction: float | None = None, seed: int = 
     for c in classes:
         rows = by_class[c]
         order = torch.randperm(len(rows), generator=gen).tolist()
-        held += [rows[i] for i in order[:share[c]]]
+        held += [rows[i] for i in order[: share[c]]]
     held_set = set(held)
     return [r for r in range(len(labels)) if r not in held_set], sorted(held)

@@ -28,8 +28,10 @@ def svg_renderer_missing() -> Optional[str]:
     try:
         import cairosvg  # noqa: F401
     except (ImportError, OSError) as exc:  # OSError: cairocffi finds no cairo library
-        return f"CairoSVG is not usable ({type(exc).__name__}: {exc}); `pip install cairosvg` (it needs the cairo " \
-               "library: `apt-get install libcairo2`)"
+        return (
+            f"CairoSVG is not usable ({type(exc).__name__}: {exc}); `pip install cairosvg` (it needs the cairo "
+            "library: `apt-get install libcairo2`)"
+        )
     return None
 
 

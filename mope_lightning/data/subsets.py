@@ -45,8 +45,10 @@ def _per_class(labels: Sequence, order: list[int], shots: int, classes: list[str
     counts = Counter(c for label in labels for c in (label if isinstance(label, (list, tuple)) else [label]))
     rarest = min(range(len(classes)), key=lambda c: counts.get(c, 0))
     if counts.get(rarest, 0) < shots:
-        raise DataError(f"data.shots_per_class={shots}: class '{classes[rarest]}' has only {counts.get(rarest, 0)} "
-                        f"training sample(s); use at most {counts.get(rarest, 0)}, or data.train_fraction")
+        raise DataError(
+            f"data.shots_per_class={shots}: class '{classes[rarest]}' has only {counts.get(rarest, 0)} "
+            f"training sample(s); use at most {counts.get(rarest, 0)}, or data.train_fraction"
+        )
     kept, taken = [], Counter()
     for row in order:
         label = labels[row]
@@ -57,8 +59,9 @@ def _per_class(labels: Sequence, order: list[int], shots: int, classes: list[str
     return kept
 
 
-def training_subset(split: Split, classes: list[str], fraction: float = 1.0, shots: Optional[int] = None,
-                    seed: int = 0) -> tuple[Split, str]:
+def training_subset(
+    split: Split, classes: list[str], fraction: float = 1.0, shots: Optional[int] = None, seed: int = 0
+) -> tuple[Split, str]:
     """The kept rows of `split` (in their original order) and a note saying what was kept."""
     if fraction >= 1.0 and shots is None:
         return split, ""
@@ -68,7 +71,9 @@ def training_subset(split: Split, classes: list[str], fraction: float = 1.0, sho
     if shots is not None:
         rows, how = _per_class(split.labels, order, shots, classes), f"data.shots_per_class={shots}"
     else:
-        rows, how = order[:max(1, round(fraction * len(split)))], f"data.train_fraction={fraction:g}"
-    note = (f"train subset: {len(rows):,} of {len(split):,} samples ({how}, data.subset_seed={seed}, stratified by "
-            "label, nested across sizes)")
+        rows, how = order[: max(1, round(fraction * len(split)))], f"data.train_fraction={fraction:g}"
+    note = (
+        f"train subset: {len(rows):,} of {len(split):,} samples ({how}, data.subset_seed={seed}, stratified by "
+        "label, nested across sizes)"
+    )
     return split.subset(sorted(rows)), note

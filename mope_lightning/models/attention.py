@@ -46,8 +46,9 @@ class AttentionSwitch:
     def __init__(self, model: nn.Module):
         config = getattr(model, "config", None)
         self.model = model
-        self.transformers_default = getattr(config, "_attn_implementation", None) \
-            if hasattr(model, "set_attn_implementation") else None
+        self.transformers_default = (
+            getattr(config, "_attn_implementation", None) if hasattr(model, "set_attn_implementation") else None
+        )
         self.timm_fused: list[nn.Module] | None = None  # found at the first switch: wrappers are installed later
         self.active = "library"
 

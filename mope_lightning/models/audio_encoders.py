@@ -30,9 +30,18 @@ from mope_lightning.models.text_encoders import masked_mean
 # Speech encoders with the wav2vec2 layout: conv feature encoder, feature projection, positional conv, layers.
 PROMPTABLE_AUDIO_MODELS = ("wav2vec2", "hubert", "wavlm")
 # A random-init miniature of the family (the tiny overlay, tests): 16,000 samples become 248 frames of width 32.
-TINY_AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                  conv_dim=(32, 32, 32), conv_stride=(4, 4, 4), conv_kernel=(8, 8, 8), conv_bias=True,
-                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+TINY_AUDIO = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,
+    conv_dim=(32, 32, 32),
+    conv_stride=(4, 4, 4),
+    conv_kernel=(8, 8, 8),
+    conv_bias=True,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2,
+)
 TINY_AUDIO_EXTRA = {"wavlm": dict(num_buckets=32, max_bucket_distance=80)}
 
 
@@ -52,10 +61,15 @@ class PromptedAudioEncoder(Backbone):
     def __init__(self, model: nn.Module, preprocessor=None, pool: str = "mean"):
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         encoder = getattr(model, "encoder", None)
-        if model_type not in PROMPTABLE_AUDIO_MODELS or not hasattr(encoder, "layers") \
-                or not hasattr(model, "feature_extractor"):
-            raise TypeError(f"cannot prompt audio encoder of type '{model_type}': the framework prompts speech "
-                            f"encoders of the wav2vec2 layout ({', '.join(PROMPTABLE_AUDIO_MODELS)})")
+        if (
+            model_type not in PROMPTABLE_AUDIO_MODELS
+            or not hasattr(encoder, "layers")
+            or not hasattr(model, "feature_extractor")
+        ):
+            raise TypeError(
+                f"cannot prompt audio encoder of type '{model_type}': the framework prompts speech "
+                f"encoders of the wav2vec2 layout ({', '.join(PROMPTABLE_AUDIO_MODELS)})"
+            )
         if pool != "mean":
             raise ValueError(f"audio encoders pool by the mean over frames; got pool={pool!r}")
         super().__init__(model)
@@ -106,14 +120,16 @@ class PromptedAudioEncoder(Backbone):
             x = encoder.layer_norm(x)
         return encoder.dropout(x), frame_mask
 
-    def forward_features(self, input_values: Tensor, audio_mask: Tensor,
-                         prompter: Optional[Prompter] = None) -> tuple[Tensor, Tensor]:
+    def forward_features(
+        self, input_values: Tensor, audio_mask: Tensor, prompter: Optional[Prompter] = None
+    ) -> tuple[Tensor, Tensor]:
         """Last-layer frames (B, P + T, D) with the last prompts in front, and their (B, P + T) mask."""
         x, frame_mask = self.frames(input_values, audio_mask)
         self.select_attention(x, x.shape[1])
         run_layer = self._layer_call(frame_mask)
-        x, prompts = prompted_block_loop(self.model.encoder.layers, x, 0, run_layer, prompter, frame_mask,
-                                         layer_policy=self.layer_checkpoint_policy)
+        x, prompts = prompted_block_loop(
+            self.model.encoder.layers, x, 0, run_layer, prompter, frame_mask, layer_policy=self.layer_checkpoint_policy
+        )
         if self.pre_norm:
             x = self.model.encoder.layer_norm(x)
             prompts = None if prompts is None else self.model.encoder.layer_norm(prompts)
@@ -131,8 +147,13 @@ class PromptedAudioEncoder(Backbone):
                 return None
             if num_prompts not in masks:
                 padded = mask_with_prompts(frame_mask, num_prompts, 0)
-                masks[num_prompts] = padded.long() if wavlm else create_bidirectional_mask(
-                    config=self.model.config, inputs_embeds=hidden, attention_mask=padded)
+                masks[num_prompts] = (
+                    padded.long()
+                    if wavlm
+                    else create_bidirectional_mask(
+                        config=self.model.config, inputs_embeds=hidden, attention_mask=padded
+                    )
+                )
             return masks[num_prompts]
 
         def run_layer(layer: nn.Module, hidden: Tensor, num_prompts: int) -> Tensor:
@@ -166,5 +187,10 @@ class PromptedAudioEncoder(Backbone):
     def signature(self) -> dict:
         """What a checkpoint must match: the architecture of the frozen model."""
         cfg = self.model.config
-        return {"library": "transformers", "model_type": cfg.model_type, "hidden_size": cfg.hidden_size,
-                "num_layers": self.num_layers, "feat_extract_norm": cfg.feat_extract_norm}
+        return {
+            "library": "transformers",
+            "model_type": cfg.model_type,
+            "hidden_size": cfg.hidden_size,
+            "num_layers": self.num_layers,
+            "feat_extract_norm": cfg.feat_extract_norm,
+        }

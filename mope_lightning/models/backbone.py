@@ -59,8 +59,11 @@ class Backbone(nn.Module):
 
     def stochastic_layers(self) -> list[str]:
         """The library model's modules that act only in training: dropout and drop-path with a nonzero rate."""
-        return [name for name, m in self.model.named_modules()
-                if (isinstance(m, _DropoutNd) and m.p > 0) or getattr(m, "drop_prob", 0) > 0]
+        return [
+            name
+            for name, m in self.model.named_modules()
+            if (isinstance(m, _DropoutNd) and m.p > 0) or getattr(m, "drop_prob", 0) > 0
+        ]
 
     def keep_dropout_in_training(self) -> bool:
         """Run the frozen model's dropout in training; False (and nothing changes) where it has none."""

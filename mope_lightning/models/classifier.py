@@ -29,7 +29,6 @@ from mope_lightning.models.registry import MODALITIES
 from mope_lightning.models.sources import weights_digest
 
 
-
 def missing_rows(batch: dict, modality: str) -> Optional[Tensor]:
     """(B,) bool: the samples of `batch` that lost `modality`; None for a batch of a complete split."""
     return batch.get(f"{modality}_missing")
@@ -154,8 +153,10 @@ class FusionClassifier(nn.Module):
         if not encoder.frozen:
             return f"the {modality} encoder is fine-tuned"
         if encoder.dropout_in_training:
-            return (f"the frozen {modality} encoder runs its own dropout in training "
-                    "(model.compat.condition_encoder_dropout)")
+            return (
+                f"the frozen {modality} encoder runs its own dropout in training "
+                "(model.compat.condition_encoder_dropout)"
+            )
         return None
 
     def image_input_config(self) -> Optional[dict]:
@@ -164,8 +165,11 @@ class FusionClassifier(nn.Module):
 
     def input_spec(self) -> InputSpec:
         encoders = {m: self.encoder(m) for m in self.pair}
-        spec = InputSpec(getattr(encoders.get("text"), "tokenizer", None), self.image_input_config(),
-                         audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None))
+        spec = InputSpec(
+            getattr(encoders.get("text"), "tokenizer", None),
+            self.image_input_config(),
+            audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None),
+        )
         for modality in self.feature_modalities():
             encoder, reason = self.encoder(modality), self.uncached_reason(modality)
             if reason is not None:
@@ -189,8 +193,10 @@ class FusionClassifier(nn.Module):
 
     def backbone_record(self) -> dict:
         """Which frozen architecture and weights the trained tensors belong to (saved beside them)."""
-        return {"signature": self.signature(),
-                "weights": {name: weights_digest(m) for name, m in self.frozen_backbones().items()}}
+        return {
+            "signature": self.signature(),
+            "weights": {name: weights_digest(m) for name, m in self.frozen_backbones().items()},
+        }
 
     def trained_state_dict(self) -> dict[str, Tensor]:
         """The state a checkpoint or adapter keeps: every tensor but the frozen library models' (the trainable
@@ -206,8 +212,12 @@ class FusionClassifier(nn.Module):
         """Trainable, frozen and total parameters, the trainable percentage, and the trainable ones by group."""
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         total = sum(p.numel() for p in self.parameters())
-        counts = {"trainable": trainable, "frozen": total - trainable, "total": total,
-                  "trainable_percent": 100.0 * trainable / max(total, 1)}
+        counts = {
+            "trainable": trainable,
+            "frozen": total - trainable,
+            "total": total,
+            "trainable_percent": 100.0 * trainable / max(total, 1),
+        }
         if total > trainable:  # full fine-tuning freezes nothing: no ratio to state
             counts["trainable_percent_of_frozen"] = 100.0 * trainable / (total - trainable)
         counts.update({group: sum(p.numel() for p in params) for group, params in self.param_groups().items()})
@@ -215,11 +225,21 @@ class FusionClassifier(nn.Module):
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by role, for named optimizer groups, per-group learning rates and counts."""
-        groups: dict[str, list[nn.Parameter]] = {"prompts": [], "router": [], "mapper": [], "head": [],
-                                                 "encoders": [], "missing": []}
+        groups: dict[str, list[nn.Parameter]] = {
+            "prompts": [],
+            "router": [],
+            "mapper": [],
+            "head": [],
+            "encoders": [],
+            "missing": [],
+        }
         seen: set[int] = set()
-        for role, types in (("router", MultimodalRouter), ("mapper", ConditionMapper), ("prompts", PromptLayer),
-                            ("encoders", Backbone)):
+        for role, types in (
+            ("router", MultimodalRouter),
+            ("mapper", ConditionMapper),
+            ("prompts", PromptLayer),
+            ("encoders", Backbone),
+        ):
             for module in self.modules():
                 if isinstance(module, types):
                     for param in module.parameters():
@@ -249,9 +269,17 @@ class PromptFusionClassifier(FusionClassifier):
             its feature is then computed every step and trained through.
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], prompted: str, fusion: MoPE, num_classes: int,
-                 head_hidden: int = 0, head_dropout: float = 0.0, head_condition: bool = False,
-                 condition_prompts: Optional[MoPE] = None):
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        prompted: str,
+        fusion: MoPE,
+        num_classes: int,
+        head_hidden: int = 0,
+        head_dropout: float = 0.0,
+        head_condition: bool = False,
+        condition_prompts: Optional[MoPE] = None,
+    ):
         super().__init__(encoders)
         self.prompted = prompted
         self.condition = other_modality(self.pair, prompted)
@@ -323,8 +351,14 @@ class LateFusionClassifier(FusionClassifier):
     encoders it is full fine-tuning.
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], num_classes: int, modalities: Optional[tuple[str, ...]] = None,
-                 head_hidden: int = 256, head_dropout: float = 0.0):
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        num_classes: int,
+        modalities: Optional[tuple[str, ...]] = None,
+        head_hidden: int = 256,
+        head_dropout: float = 0.0,
+    ):
         super().__init__(encoders)
         self.read_modalities = self.pair if modalities is None else tuple(modalities)
         width = sum(self.encoder(m).num_features for m in self.read_modalities)

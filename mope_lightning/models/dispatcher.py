@@ -42,15 +42,23 @@ def aligned_layer(layer: int, depth: int, other_depth: int) -> int:
 class Dispatcher(nn.Module):
     """Gates over the candidate prompt sets of one target expert at one layer."""
 
-    def __init__(self, dim: int, num_candidates: int, prompt_length: int, cond_dim: int = 0, hidden: int = 64,
-                 granularity: str = "expert"):
+    def __init__(
+        self,
+        dim: int,
+        num_candidates: int,
+        prompt_length: int,
+        cond_dim: int = 0,
+        hidden: int = 64,
+        granularity: str = "expert",
+    ):
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
         self.context_norm = nn.LayerNorm(2 * dim)
         self.fc1 = nn.Linear(2 * dim, hidden)
-        self.cond_proj = nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden, bias=False)) \
-            if cond_dim else None
+        self.cond_proj = (
+            nn.Sequential(nn.LayerNorm(cond_dim), nn.Linear(cond_dim, hidden, bias=False)) if cond_dim else None
+        )
         self.groups = prompt_length if granularity == "token" else 1
         self.fc2 = nn.Linear(hidden, self.groups * num_candidates)
 
@@ -80,12 +88,26 @@ class PMoE(nn.Module):
         dispatch_importance: add MoPE's importance loss on the dispatch gates to the routing loss.
     """
 
-    def __init__(self, layer_dims: Sequence[Sequence[int]], cond_dim: int = 0, *, static_length: int = 6,
-                 dynamic_length: int = 0, mapped_length: int = 0, num_experts: int = 4,
-                 init_scale: Sequence[float] = (), mapper_hidden: Optional[int] = None, prompt_dropout: float = 0.1,
-                 router: Optional[dict] = None, hidden: int = 64, granularity: str = "expert",
-                 condition_dispatcher: bool = True, dispatch: str = "learned", dispatch_importance: bool = False,
-                 importance_threshold: float = 0.1):
+    def __init__(
+        self,
+        layer_dims: Sequence[Sequence[int]],
+        cond_dim: int = 0,
+        *,
+        static_length: int = 6,
+        dynamic_length: int = 0,
+        mapped_length: int = 0,
+        num_experts: int = 4,
+        init_scale: Sequence[float] = (),
+        mapper_hidden: Optional[int] = None,
+        prompt_dropout: float = 0.1,
+        router: Optional[dict] = None,
+        hidden: int = 64,
+        granularity: str = "expert",
+        condition_dispatcher: bool = True,
+        dispatch: str = "learned",
+        dispatch_importance: bool = False,
+        importance_threshold: float = 0.1,
+    ):
         super().__init__()
         if dispatch not in DISPATCH_MODES:
             raise ValueError(f"dispatch must be one of {DISPATCH_MODES}, got {dispatch!r}")
@@ -103,20 +125,46 @@ class PMoE(nn.Module):
         scales = list(init_scale) or [0.1] * len(self.widths)
         router = {**(router or {}), "self_dim": 0}  # EPT experts are routed by the other modality alone
         self.prompts = nn.ModuleList(
-            nn.ModuleList(PromptLayer(width, cond_dim, static_length, dynamic_length, num_experts, scale, router)
-                          for _ in range(depth))
-            for width, depth, scale in zip(self.widths, self.depths, scales))
-        self.mappers = nn.ModuleList(
-            ConditionMapper(cond_dim, [width], mapped_length, mapper_hidden, prompt_dropout) for width in self.widths
-        ) if mapped_length else None
-        self.bridges = nn.ModuleDict({
-            f"{j}_{k}": nn.Linear(wj, wk) for j, wj in enumerate(self.widths) for k, wk in enumerate(self.widths)
-            if j != k and wj != wk})
-        self.dispatchers = nn.ModuleList(
-            nn.ModuleList(Dispatcher(width, self.num_candidates, self.prompt_length,
-                                     cond_dim if condition_dispatcher else 0, hidden, granularity)
-                          for _ in range(depth))
-            for width, depth in zip(self.widths, self.depths)) if dispatch == "learned" else None
+            nn.ModuleList(
+                PromptLayer(width, cond_dim, static_length, dynamic_length, num_experts, scale, router)
+                for _ in range(depth)
+            )
+            for width, depth, scale in zip(self.widths, self.depths, scales)
+        )
+        self.mappers = (
+            nn.ModuleList(
+                ConditionMapper(cond_dim, [width], mapped_length, mapper_hidden, prompt_dropout)
+                for width in self.widths
+            )
+            if mapped_length
+            else None
+        )
+        self.bridges = nn.ModuleDict(
+            {
+                f"{j}_{k}": nn.Linear(wj, wk)
+                for j, wj in enumerate(self.widths)
+                for k, wk in enumerate(self.widths)
+                if j != k and wj != wk
+            }
+        )
+        self.dispatchers = (
+            nn.ModuleList(
+                nn.ModuleList(
+                    Dispatcher(
+                        width,
+                        self.num_candidates,
+                        self.prompt_length,
+                        cond_dim if condition_dispatcher else 0,
+                        hidden,
+                        granularity,
+                    )
+                    for _ in range(depth)
+                )
+                for width, depth in zip(self.widths, self.depths)
+            )
+            if dispatch == "learned"
+            else None
+        )
 
     @property
     def num_candidates(self) -> int:
@@ -159,8 +207,9 @@ class PMoEPass:
         def prompts_for_layer(layer: int, pooled: Tensor, carried: Optional[Tensor]) -> Tensor:
             own = self.epts[k][layer].to(pooled.dtype)
             if self.pmoe.dispatchers is None:  # identity dispatch: independent deep prompt tuning of expert k
-                gates = F.one_hot(torch.full(pooled.shape[:1], k + 1, device=pooled.device),
-                                  self.pmoe.num_candidates).to(pooled.dtype)
+                gates = F.one_hot(
+                    torch.full(pooled.shape[:1], k + 1, device=pooled.device), self.pmoe.num_candidates
+                ).to(pooled.dtype)
                 self.gates[k].append(gates)
                 return own
             carried = own if carried is None else carried

@@ -39,8 +39,13 @@ class ExpertInput(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         pixels = images * self.source_std.to(images.dtype) + self.source_mean.to(images.dtype)
         if tuple(pixels.shape[-2:]) != self.size:
-            pixels = F.interpolate(pixels, size=self.size, mode=self.mode, antialias=self.mode != "nearest",
-                                   align_corners=False if self.mode != "nearest" else None)
+            pixels = F.interpolate(
+                pixels,
+                size=self.size,
+                mode=self.mode,
+                antialias=self.mode != "nearest",
+                align_corners=False if self.mode != "nearest" else None,
+            )
         return (pixels - self.target_mean.to(images.dtype)) / self.target_std.to(images.dtype)
 
 

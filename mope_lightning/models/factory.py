@@ -47,9 +47,15 @@ class Compat:
     def from_config(cls, c) -> "Compat":
         if c.mode == "reference":
             return cls(*[True] * len(dataclasses.fields(cls)))
-        return cls(c.window_prompt_order == "reference", c.skip_first_block_prompt, c.eval_routing_noise,
-                   c.mapper_bn_frozen, c.initial_prompt_dropout, c.condition_prompt_dropout,
-                   c.condition_encoder_dropout)
+        return cls(
+            c.window_prompt_order == "reference",
+            c.skip_first_block_prompt,
+            c.eval_routing_noise,
+            c.mapper_bn_frozen,
+            c.initial_prompt_dropout,
+            c.condition_prompt_dropout,
+            c.condition_encoder_dropout,
+        )
 
 
 def _text_config(cfg, source: str, kwargs: dict):
@@ -60,8 +66,9 @@ def _text_config(cfg, source: str, kwargs: dict):
     return AutoConfig.for_model(cfg.arch, **kwargs)  # no files needed: random init or counting parameters
 
 
-def build_text_encoder(cfg, pool: str = "mean", weights: bool = True,
-                       key: str = "model.text_encoder") -> PromptedTextEncoder:
+def build_text_encoder(
+    cfg, pool: str = "mean", weights: bool = True, key: str = "model.text_encoder"
+) -> PromptedTextEncoder:
     """A frozen transformers encoder and its tokenizer: pretrained from a hub id or local directory, or random init
     (`pretrained: false`, or `tiny: true` for a miniature of the same family). `weights=False` builds the
     architecture only, without weights or tokenizer (for counting parameters)."""
@@ -76,8 +83,10 @@ def build_text_encoder(cfg, pool: str = "mean", weights: bool = True,
             model = AutoModel.from_config(_text_config(cfg, source, kwargs))
         tokenizer = AutoTokenizer.from_pretrained(resolve_text_source(cfg.tokenizer or cfg.name)) if weights else None
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{key}: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
-                         "directory, a hub id reachable from this machine, or an installed offline model") from None
+        raise ModelError(
+            f"{key}: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
+            "directory, a hub id reachable from this machine, or an installed offline model"
+        ) from None
     try:
         return PromptedTextEncoder(model, tokenizer, pool)
     except TypeError as exc:
@@ -99,16 +108,24 @@ def build_audio_encoder(cfg, weights: bool = True, key: str = "model.audio_encod
         if cfg.pretrained and weights and not cfg.tiny:
             model = AutoModel.from_pretrained(source, **kwargs)
         else:
-            config = AutoConfig.from_pretrained(source, **kwargs) if local or not cfg.arch else \
-                AutoConfig.for_model(cfg.arch, **kwargs)
+            config = (
+                AutoConfig.from_pretrained(source, **kwargs)
+                if local or not cfg.arch
+                else AutoConfig.for_model(cfg.arch, **kwargs)
+            )
             model = AutoModel.from_config(config)
         preprocessor = None
         if weights:
-            preprocessor = (AutoFeatureExtractor.from_pretrained(source) if local or (cfg.pretrained and not cfg.tiny)
-                            else Wav2Vec2FeatureExtractor(return_attention_mask=True))
+            preprocessor = (
+                AutoFeatureExtractor.from_pretrained(source)
+                if local or (cfg.pretrained and not cfg.tiny)
+                else Wav2Vec2FeatureExtractor(return_attention_mask=True)
+            )
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"{key}: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
-                         "directory or a hub id reachable from this machine") from None
+        raise ModelError(
+            f"{key}: cannot load '{cfg.name}' ({str(exc).splitlines()[0]}); give a local "
+            "directory or a hub id reachable from this machine"
+        ) from None
     try:
         return PromptedAudioEncoder(model, preprocessor)
     except TypeError as exc:
@@ -136,8 +153,9 @@ def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encod
     if cfg.library == "timm":
         return build_timm_encoder(cfg.name, pretrained, checkpoint, dict(cfg.kwargs), cfg.tiny, prefix, key)
     if prefix is not None:
-        raise ModelError(f"{key}.checkpoint_prefix: applies to timm encoders; torchvision reads its own state dict "
-                         "(unset it)")
+        raise ModelError(
+            f"{key}.checkpoint_prefix: applies to timm encoders; torchvision reads its own state dict (unset it)"
+        )
     return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
 
 
@@ -162,8 +180,10 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     m = cfg.mope
     static, dynamic, mapped = _prompt_lengths(cfg)
     if dynamic and m.num_experts < 1:
-        raise ModelError(f"model.mope.num_experts: dynamic prompts (dynamic_length={dynamic}) need at least one "
-                         "expert; set num_experts >= 1 or dynamic_length=0")
+        raise ModelError(
+            f"model.mope.num_experts: dynamic prompts (dynamic_length={dynamic}) need at least one "
+            "expert; set num_experts >= 1 or dynamic_length=0"
+        )
     if dynamic and m.router.top_k > m.num_experts:
         raise ModelError(f"model.mope.router.top_k: {m.router.top_k} exceeds num_experts={m.num_experts}")
     if static + dynamic + mapped == 0:
@@ -173,29 +193,51 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
     layers = list(range(encoder.num_layers)) if m.prompted_layers is None else list(m.prompted_layers)
     if cfg.fusion == "prompt_tuning_shallow":  # VPT-shallow: the first layer's prompts, carried through the rest
         if m.prompted_layers is not None and layers != [0]:
-            raise ModelError(f"model.mope.prompted_layers: {layers}, but model.fusion=prompt_tuning_shallow prompts "
-                             "layer 0 only; leave prompted_layers unset, or use model.fusion=prompt_tuning")
+            raise ModelError(
+                f"model.mope.prompted_layers: {layers}, but model.fusion=prompt_tuning_shallow prompts "
+                "layer 0 only; leave prompted_layers unset, or use model.fusion=prompt_tuning"
+            )
         layers = [0]
     if not layers or any(not 0 <= i < encoder.num_layers for i in layers):
-        raise ModelError(f"model.mope.prompted_layers: {layers} must be a non-empty subset of "
-                         f"0..{encoder.num_layers - 1} for this {encoder.num_layers}-layer encoder")
+        raise ModelError(
+            f"model.mope.prompted_layers: {layers} must be a non-empty subset of "
+            f"0..{encoder.num_layers - 1} for this {encoder.num_layers}-layer encoder"
+        )
     stages = encoder.layer_stages
     if compat.skip_first_block_prompt:  # the reference re-prompts no stage's first block
         layers = [i for i in layers if i > 0 and stages[i] == stages[i - 1]]
         if not layers:  # VPT-shallow prompts the first block alone, which the reference never re-prompts
-            raise ModelError(f"model.compat.skip_first_block_prompt: leaves model.fusion={cfg.fusion} no prompted "
-                             "layer; turn it off (model.compat.mode=null) or prompt more layers")
+            raise ModelError(
+                f"model.compat.skip_first_block_prompt: leaves model.fusion={cfg.fusion} no prompted "
+                "layer; turn it off (model.compat.mode=null) or prompt more layers"
+            )
     router = {**_router_kwargs(m.router), "noise_in_eval": compat.eval_routing_noise}
     initial_dropout = m.prompt_dropout if compat.initial_prompt_dropout else 0.0
     make = functools.partial(
-        MoPE, encoder.layer_dims, stages, cond_dim, static_length=static, dynamic_length=dynamic,
-        mapped_length=mapped, num_experts=m.num_experts,
-        init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale, router=router,
-        prompted_layers=layers, mapper_hidden=m.mapper_hidden, prompt_dropout=m.prompt_dropout,
-        importance_threshold=m.importance_threshold, initial_prompts=compat.skip_first_block_prompt,
-        fixed_bn_stats=compat.mapper_bn_frozen, initial_dropout=initial_dropout, **_missing_prompts(cfg))
-    check_trainable_memory(make, f"model.mope: num_experts={m.num_experts}, static_length={static}, dynamic_length="
-                                 f"{dynamic}, mapped_length={mapped}, mapper_hidden={m.mapper_hidden}")
+        MoPE,
+        encoder.layer_dims,
+        stages,
+        cond_dim,
+        static_length=static,
+        dynamic_length=dynamic,
+        mapped_length=mapped,
+        num_experts=m.num_experts,
+        init_scale=m.init_scale if m.init_scale is not None else encoder.prompt_init_scale,
+        router=router,
+        prompted_layers=layers,
+        mapper_hidden=m.mapper_hidden,
+        prompt_dropout=m.prompt_dropout,
+        importance_threshold=m.importance_threshold,
+        initial_prompts=compat.skip_first_block_prompt,
+        fixed_bn_stats=compat.mapper_bn_frozen,
+        initial_dropout=initial_dropout,
+        **_missing_prompts(cfg),
+    )
+    check_trainable_memory(
+        make,
+        f"model.mope: num_experts={m.num_experts}, static_length={static}, dynamic_length="
+        f"{dynamic}, mapped_length={mapped}, mapper_hidden={m.mapper_hidden}",
+    )
     return make()
 
 
@@ -226,14 +268,18 @@ def check_trainable_memory(make: Callable[[], nn.Module], keys: str) -> None:
         count = sum(p.numel() for p in make().parameters())
     needed = count * 16  # float32 weights, gradients and AdamW's two moments
     if needed > _memory_bytes():
-        raise ModelError(f"{keys}: these settings make {count:,} trainable parameters, about {needed / 2**30:,.0f} "
-                         f"GiB to train, more than the {_memory_bytes() / 2**30:,.0f} GiB of memory here; lower them")
+        raise ModelError(
+            f"{keys}: these settings make {count:,} trainable parameters, about {needed / 2**30:,.0f} "
+            f"GiB to train, more than the {_memory_bytes() / 2**30:,.0f} GiB of memory here; lower them"
+        )
 
 
 def _promptable(encoder: nn.Module, key: str, cfg_enc) -> nn.Module:
     if not hasattr(encoder, "forward_features"):
-        raise ModelError(f"{key}: {cfg_enc.library} '{cfg_enc.name}' cannot be prompted; prompt a BERT-family text "
-                         "encoder or a timm ViT/DeiT/Swin, or use it as the conditioning encoder")
+        raise ModelError(
+            f"{key}: {cfg_enc.library} '{cfg_enc.name}' cannot be prompted; prompt a BERT-family text "
+            "encoder or a timm ViT/DeiT/Swin, or use it as the conditioning encoder"
+        )
     return encoder
 
 
@@ -243,8 +289,11 @@ def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
     `weights=False` builds the architecture only (random init, no tokenizer, nothing read or downloaded), e.g. on
     the meta device to count parameters.
     """
-    model = build_pmoe_classifier(cfg, num_classes, weights) if cfg.fusion == "pmoe" else \
-        _build_classifier(cfg, num_classes, weights)
+    model = (
+        build_pmoe_classifier(cfg, num_classes, weights)
+        if cfg.fusion == "pmoe"
+        else _build_classifier(cfg, num_classes, weights)
+    )
     _set_checkpointed_layers(model, cfg)
     for module in model.modules():
         if isinstance(module, Backbone):
@@ -262,8 +311,10 @@ def _set_checkpointed_layers(model: nn.Module, cfg) -> None:
     wanted = cfg.get("checkpointed_layers")
     deepest = max((m.num_layers for m in looped), default=0)
     if wanted is not None and wanted > deepest:
-        raise ModelError(f"model.checkpointed_layers: {wanted}, but the deepest prompted encoder has {deepest} "
-                         f"layers; use 1..{deepest}, or null for all")
+        raise ModelError(
+            f"model.checkpointed_layers: {wanted}, but the deepest prompted encoder has {deepest} "
+            f"layers; use 1..{deepest}, or null for all"
+        )
     for module in looped:
         module.checkpointed_layers = module.num_layers if wanted is None else min(wanted, module.num_layers)
         module.checkpoint_policy = cfg.get("checkpoint_policy", "selective")
@@ -276,8 +327,9 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
             for encoder in encoders.values():
                 encoder.unfreeze()
         head_hidden = 0 if cfg.fusion == "linear_probe" else cfg.head_hidden
-        return LateFusionClassifier(encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], head_hidden,
-                                    cfg.head_dropout)
+        return LateFusionClassifier(
+            encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], head_hidden, cfg.head_dropout
+        )
     compat = Compat.from_config(cfg.compat)
     condition_name = other_modality(tuple(cfg.modalities), cfg.prompted)  # None on a one-modality task
     prompted = _promptable(encoders[cfg.prompted], f"model.{cfg.prompted}_encoder", cfg[f"{cfg.prompted}_encoder"])
@@ -285,23 +337,42 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
     if isinstance(prompted, PromptedSwin):
         prompted.set_window_major(compat.window_major)
     if condition is None:
-        return PromptFusionClassifier(encoders, cfg.prompted, build_mope(cfg, prompted, 0, compat), num_classes,
-                                      cfg.head_hidden, cfg.head_dropout)
+        return PromptFusionClassifier(
+            encoders, cfg.prompted, build_mope(cfg, prompted, 0, compat), num_classes, cfg.head_hidden, cfg.head_dropout
+        )
     if compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
         enc = cfg[f"{condition_name}_encoder"]
-        log.info("model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with a "
-                 "nonzero rate, so nothing changes (and its feature can still be cached)", condition_name,
-                 enc.library, enc.name)
+        log.info(
+            "model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with a "
+            "nonzero rate, so nothing changes (and its feature can still be cached)",
+            condition_name,
+            enc.library,
+            enc.name,
+        )
     condition_prompts = None
     if cfg.condition_prompts:
         _promptable(condition, f"model.{condition_name}_encoder", cfg[f"{condition_name}_encoder"])
-        condition_prompts = MoPE(condition.layer_dims, condition.layer_stages, 0, static_length=cfg.condition_prompts,
-                                 dynamic_length=0, mapped_length=0, init_scale=condition.prompt_init_scale,
-                                 layer_dropout=cfg.mope.prompt_dropout if compat.condition_prompt_dropout else 0.0)
+        condition_prompts = MoPE(
+            condition.layer_dims,
+            condition.layer_stages,
+            0,
+            static_length=cfg.condition_prompts,
+            dynamic_length=0,
+            mapped_length=0,
+            init_scale=condition.prompt_init_scale,
+            layer_dropout=cfg.mope.prompt_dropout if compat.condition_prompt_dropout else 0.0,
+        )
     fusion = build_mope(cfg, prompted, condition.num_features, compat)
-    return PromptFusionClassifier(encoders, cfg.prompted, fusion, num_classes, cfg.head_hidden, cfg.head_dropout,
-                                  head_condition=cfg.fusion in STATIC_PROMPT_FUSIONS,
-                                  condition_prompts=condition_prompts)
+    return PromptFusionClassifier(
+        encoders,
+        cfg.prompted,
+        fusion,
+        num_classes,
+        cfg.head_hidden,
+        cfg.head_dropout,
+        head_condition=cfg.fusion in STATIC_PROMPT_FUSIONS,
+        condition_prompts=condition_prompts,
+    )
 
 
 def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoEClassifier:
@@ -309,8 +380,10 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
     the task has one."""
     p = cfg.pmoe
     if len(p.experts) < 1:
-        raise ModelError("model.pmoe.experts: list the expert encoders (two or more, e.g. two text encoders) in the "
-                         "experiment YAML; see experiments/easy_vqa_pmoe.yaml")
+        raise ModelError(
+            "model.pmoe.experts: list the expert encoders (two or more, e.g. two text encoders) in the "
+            "experiment YAML; see experiments/easy_vqa_pmoe.yaml"
+        )
     experts = [_pmoe_expert(cfg, i, weights) for i in range(len(p.experts))]
     _check_shared_inputs(cfg, experts)
     other = other_modality(tuple(cfg.modalities), cfg.prompted)
@@ -320,18 +393,43 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
     conditioned = condition is not None and (p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0)
     cond_dim = condition.num_features if conditioned else 0
     make = functools.partial(
-        PMoE, [e.layer_dims for e in experts], cond_dim, static_length=p.static_length,
-        dynamic_length=p.dynamic_length, mapped_length=p.mapped_length, num_experts=p.num_experts,
-        mapper_hidden=cfg.mope.mapper_hidden, prompt_dropout=cfg.mope.prompt_dropout,
+        PMoE,
+        [e.layer_dims for e in experts],
+        cond_dim,
+        static_length=p.static_length,
+        dynamic_length=p.dynamic_length,
+        mapped_length=p.mapped_length,
+        num_experts=p.num_experts,
+        mapper_hidden=cfg.mope.mapper_hidden,
+        prompt_dropout=cfg.mope.prompt_dropout,
         init_scale=[p.init_scale if p.init_scale is not None else e.prompt_init_scale for e in experts],
-        router=_router_kwargs(cfg.mope.router), hidden=p.hidden, granularity=p.granularity,
-        condition_dispatcher=p.condition_dispatcher and conditioned, dispatch=p.dispatcher,
-        dispatch_importance=p.dispatch_importance, importance_threshold=cfg.mope.importance_threshold)
-    check_trainable_memory(make, f"model.pmoe: num_experts={p.num_experts}, static_length={p.static_length}, "
-                                 f"dynamic_length={p.dynamic_length}, hidden={p.hidden}")
+        router=_router_kwargs(cfg.mope.router),
+        hidden=p.hidden,
+        granularity=p.granularity,
+        condition_dispatcher=p.condition_dispatcher and conditioned,
+        dispatch=p.dispatcher,
+        dispatch_importance=p.dispatch_importance,
+        importance_threshold=cfg.mope.importance_threshold,
+    )
+    check_trainable_memory(
+        make,
+        f"model.pmoe: num_experts={p.num_experts}, static_length={p.static_length}, "
+        f"dynamic_length={p.dynamic_length}, hidden={p.hidden}",
+    )
     pmoe = make()
-    return PMoEClassifier(experts, _expert_names(p.experts), condition, tuple(cfg.modalities), cfg.prompted, pmoe,
-                          num_classes, p.combine, cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)
+    return PMoEClassifier(
+        experts,
+        _expert_names(p.experts),
+        condition,
+        tuple(cfg.modalities),
+        cfg.prompted,
+        pmoe,
+        num_classes,
+        p.combine,
+        cfg.head_hidden,
+        cfg.head_dropout,
+        conditioned=conditioned,
+    )
 
 
 def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:
@@ -341,14 +439,18 @@ def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:
     is_image = e.library != "transformers"
     if is_image != (cfg.prompted == "image"):
         kind = "an image" if is_image else "a transformers (text or audio)"
-        raise ModelError(f"{key}: {e.library} '{e.name}' is {kind} encoder, but this pMoE's experts are "
-                         f"{cfg.prompted} encoders (model.prompted={cfg.prompted}); every expert must be of the "
-                         "prompted modality")
+        raise ModelError(
+            f"{key}: {e.library} '{e.name}' is {kind} encoder, but this pMoE's experts are "
+            f"{cfg.prompted} encoders (model.prompted={cfg.prompted}); every expert must be of the "
+            "prompted modality"
+        )
     encoder = build_encoder(cfg.prompted, cfg, weights, e, key)
     if isinstance(encoder, PromptedSwin) or not hasattr(encoder, "forward_features"):
-        raise ModelError(f"{key}: {e.library} '{e.name}' cannot be a pMoE expert: pMoE prompts isotropic encoders "
-                         "(BERT family, timm ViT/DeiT, wav2vec2 family); hierarchical (Swin) and CNN encoders are not "
-                         "supported")
+        raise ModelError(
+            f"{key}: {e.library} '{e.name}' cannot be a pMoE expert: pMoE prompts isotropic encoders "
+            "(BERT family, timm ViT/DeiT, wav2vec2 family); hierarchical (Swin) and CNN encoders are not "
+            "supported"
+        )
     return encoder
 
 
@@ -358,14 +460,22 @@ def _check_shared_inputs(cfg, experts: list) -> None:
     first = experts[0]
     for i, expert in enumerate(experts[1:], start=1):
         key = f"model.pmoe.experts[{i}]"
-        if cfg.prompted == "text" and first.tokenizer is not None and expert.tokenizer is not None \
-                and first.tokenizer.get_vocab() != expert.tokenizer.get_vocab():
-            raise ModelError(f"{key}: its tokenizer's vocabulary differs from experts[0]'s; text experts share "
-                             "one tokenized batch, so pick experts with the same vocabulary (or set `tokenizer:`)")
+        if (
+            cfg.prompted == "text"
+            and first.tokenizer is not None
+            and expert.tokenizer is not None
+            and first.tokenizer.get_vocab() != expert.tokenizer.get_vocab()
+        ):
+            raise ModelError(
+                f"{key}: its tokenizer's vocabulary differs from experts[0]'s; text experts share "
+                "one tokenized batch, so pick experts with the same vocabulary (or set `tokenizer:`)"
+            )
         if cfg.prompted == "audio" and _audio_preprocessing(expert) != _audio_preprocessing(first):
-            raise ModelError(f"{key}: its feature extractor ({_audio_preprocessing(expert)}) differs from "
-                             f"experts[0]'s ({_audio_preprocessing(first)}); audio experts share one batch of "
-                             "samples, so pick experts with the same sampling rate and normalisation")
+            raise ModelError(
+                f"{key}: its feature extractor ({_audio_preprocessing(expert)}) differs from "
+                f"experts[0]'s ({_audio_preprocessing(first)}); audio experts share one batch of "
+                "samples, so pick experts with the same sampling rate and normalisation"
+            )
 
 
 def _audio_preprocessing(encoder) -> dict:

@@ -71,7 +71,7 @@ class _TimmLoadReport(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if message.startswith("Missing keys ("):
-            self.missing = message[len("Missing keys ("):message.find(")")]
+            self.missing = message[len("Missing keys (") : message.find(")")]
 
     def __enter__(self) -> "_TimmLoadReport":
         self.level = self.logger.level
@@ -95,9 +95,15 @@ def _timm_family(name: str) -> str:
     return model_entrypoint(name.split(".")[0]).__module__.rsplit(".", 1)[-1]  # without a ".tag" suffix
 
 
-def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], kwargs: dict,
-                       tiny: bool = False, checkpoint_prefix: Optional[str] = None,
-                       key: str = "model.image_encoder") -> nn.Module:
+def build_timm_encoder(
+    name: str,
+    pretrained: bool,
+    checkpoint: Optional[str],
+    kwargs: dict,
+    tiny: bool = False,
+    checkpoint_prefix: Optional[str] = None,
+    key: str = "model.image_encoder",
+) -> nn.Module:
     """A timm model by name (a `.tag` picks its pretrained weights, e.g. `vit_base_patch16_224.dino`), with timm's
     pretrained weights, the weights of a `checkpoint` file (read by timm; with `checkpoint_prefix`, read strictly
     under that key prefix: weights_file.py), or random init."""
@@ -107,8 +113,9 @@ def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], k
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        raise ModelError(f"{key}.name: timm does not know '{name}'"
-                         f"{' (close: ' + ', '.join(close) + ')' if close else ''}")
+        raise ModelError(
+            f"{key}.name: timm does not know '{name}'{' (close: ' + ', '.join(close) + ')' if close else ''}"
+        )
     if tiny:
         kwargs = {**TINY_TIMM.get(_timm_family(name), {}), **kwargs}
     prefixed = checkpoint is not None and checkpoint_prefix is not None  # read here, strictly, under the prefix
@@ -116,14 +123,22 @@ def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], k
     overlay = {"file": str(Path(timm_file).expanduser())} if timm_file else None
     try:
         with _TimmLoadReport() as report:
-            model = timm.create_model(name, pretrained=(pretrained or bool(timm_file)) and not prefixed,
-                                      num_classes=0, pretrained_cfg_overlay=overlay, **kwargs)
+            model = timm.create_model(
+                name,
+                pretrained=(pretrained or bool(timm_file)) and not prefixed,
+                num_classes=0,
+                pretrained_cfg_overlay=overlay,
+                **kwargs,
+            )
     except (RuntimeError, FileNotFoundError, TypeError, ValueError) as exc:
-        raise ModelError(f"{key}: timm could not build '{name}'"
-                         f"{' from ' + timm_file if timm_file else ''}: {_first_lines(exc)}") from None
+        raise ModelError(
+            f"{key}: timm could not build '{name}'{' from ' + timm_file if timm_file else ''}: {_first_lines(exc)}"
+        ) from None
     if report.missing:  # timm loads pretrained weights non-strictly once the classifier is dropped
-        raise ModelError(f"{key}: timm could not build '{name}' from {timm_file or 'its weights'}: "
-                         f"the weights lack {report.missing[:200]}; give weights of this architecture")
+        raise ModelError(
+            f"{key}: timm could not build '{name}' from {timm_file or 'its weights'}: "
+            f"the weights lack {report.missing[:200]}; give weights of this architecture"
+        )
     if prefixed:
         load_prefixed(model, Path(checkpoint).expanduser(), checkpoint_prefix, f"{key}.checkpoint")
     data_config = timm.data.resolve_model_data_config(model)
@@ -139,21 +154,25 @@ def build_timm_encoder(name: str, pretrained: bool, checkpoint: Optional[str], k
     return PooledImageEncoder(model, data_config, "timm", name)
 
 
-def build_torchvision_encoder(name: str, pretrained: bool, checkpoint: Optional[str], weights: Optional[str],
-                              kwargs: dict, tiny: bool = False) -> PooledImageEncoder:
+def build_torchvision_encoder(
+    name: str, pretrained: bool, checkpoint: Optional[str], weights: Optional[str], kwargs: dict, tiny: bool = False
+) -> PooledImageEncoder:
     import torchvision.models as tvm
 
     known = tvm.list_models(module=tvm)
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
-        raise ModelError(f"model.image_encoder.name: torchvision has no classification model '{name}'"
-                         f"{' (close: ' + ', '.join(close) + ')' if close else ''}")
+        raise ModelError(
+            f"model.image_encoder.name: torchvision has no classification model '{name}'"
+            f"{' (close: ' + ', '.join(close) + ')' if close else ''}"
+        )
     weight_enum = tvm.get_model_weights(name)
     try:
         chosen = weight_enum[weights] if weights else weight_enum.DEFAULT
     except KeyError:
-        raise ModelError(f"model.image_encoder.weights: '{weights}' is not one of "
-                         f"{', '.join(w.name for w in weight_enum)}") from None
+        raise ModelError(
+            f"model.image_encoder.weights: '{weights}' is not one of {', '.join(w.name for w in weight_enum)}"
+        ) from None
     if tiny:
         kwargs = {**TINY_TORCHVISION.get(name, {}), **kwargs}
     model = tvm.get_model(name, weights=None, **kwargs)
@@ -178,19 +197,27 @@ def _load_torchvision_state(model: nn.Module, name: str, chosen, checkpoint: Opt
     else:
         local = local_torchvision_weights(Path(chosen.url).name)
         # torchvision downloads into the torch hub cache only when no local copy exists (users with network).
-        state = (torch.load(local, map_location="cpu", weights_only=True) if local
-                 else chosen.get_state_dict(progress=True))
+        state = (
+            torch.load(local, map_location="cpu", weights_only=True) if local else chosen.get_state_dict(progress=True)
+        )
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         source = checkpoint or Path(chosen.url).name
-        raise ModelError(f"model.image_encoder: weights {source} do not fit torchvision '{name}': "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"model.image_encoder: weights {source} do not fit torchvision '{name}': {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def _torchvision_data_config(chosen) -> dict:
     preset = chosen.transforms()
     crop, resize = preset.crop_size[0], preset.resize_size[0]
-    return {"input_size": (3, crop, crop), "mean": tuple(preset.mean), "std": tuple(preset.std),
-            "interpolation": preset.interpolation.value, "crop_pct": crop / resize, "crop_mode": "center"}
+    return {
+        "input_size": (3, crop, crop),
+        "mean": tuple(preset.mean),
+        "std": tuple(preset.std),
+        "interpolation": preset.interpolation.value,
+        "crop_pct": crop / resize,
+        "crop_mode": "center",
+    }

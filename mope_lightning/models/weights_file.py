@@ -34,14 +34,18 @@ def read_tensors(path: Path, key: str) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file (truncated, pickled code, not a checkpoint)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{key}: cannot read {path} as tensors ({first[:300]}); give a safetensors file or a "
-                         "PyTorch state dict saved with torch.save") from None
+        raise ModelError(
+            f"{key}: cannot read {path} as tensors ({first[:300]}); give a safetensors file or a "
+            "PyTorch state dict saved with torch.save"
+        ) from None
     for nested in NESTED_STATE:
         if isinstance(state, dict) and isinstance(state.get(nested), dict):
             state = state[nested]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ModelError(f"{key}: {path} holds no state dict of tensors (a dict of name -> tensor, or one under "
-                         f"{', '.join(NESTED_STATE)})")
+        raise ModelError(
+            f"{key}: {path} holds no state dict of tensors (a dict of name -> tensor, or one under "
+            f"{', '.join(NESTED_STATE)})"
+        )
     return state
 
 
@@ -49,11 +53,13 @@ def load_prefixed(model: nn.Module, path: Path, prefix: str, key: str) -> None:
     """Load the tensors of `path` under `prefix` (stripped) into `model`, strictly: one message names the first
     missing and the first unexpected key, and the file."""
     state = read_tensors(path, key)
-    chosen = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    chosen = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not chosen:
         sample = ", ".join(list(state)[:3])
-        raise ModelError(f"{key}: no key of {path} starts with checkpoint_prefix '{prefix}' (its keys begin: "
-                         f"{sample}); set checkpoint_prefix to the part before the encoder's own names")
+        raise ModelError(
+            f"{key}: no key of {path} starts with checkpoint_prefix '{prefix}' (its keys begin: "
+            f"{sample}); set checkpoint_prefix to the part before the encoder's own names"
+        )
     chosen = {k: v for k, v in chosen.items() if not k.startswith(HEAD_KEYS)}
     own = model.state_dict()
     missing = [k for k in own if k not in chosen]
@@ -68,6 +74,8 @@ def load_prefixed(model: nn.Module, path: Path, prefix: str, key: str) -> None:
         if misshaped:
             k = misshaped[0]
             parts.append(f"'{k}' is {tuple(chosen[k].shape)} in the file, {tuple(own[k].shape)} here")
-        raise ModelError(f"{key}: the weights in {path} under '{prefix}' do not fit this architecture: "
-                         f"{'; '.join(parts)}; check the model name, its kwargs and checkpoint_prefix")
+        raise ModelError(
+            f"{key}: the weights in {path} under '{prefix}' do not fit this architecture: "
+            f"{'; '.join(parts)}; check the model name, its kwargs and checkpoint_prefix"
+        )
     model.load_state_dict(chosen)

@@ -24,10 +24,17 @@ def _finished_record(run) -> Optional[dict]:
     if state != "finished":
         return None
     record = json.loads((run_dir / "fit_metrics.json").read_text())
-    metrics = {**record.get("metrics", {}), **_routing_metrics(run_dir / "routing_val.json"),
-               **_robustness_metrics(run_dir / RESULTS)}
-    return {"metrics": metrics, "trainable_params": record.get("parameters", {}).get("trainable"),
-            "train_seconds": record.get("seconds", {}).get("train"), "run_dir": str(run_dir)}
+    metrics = {
+        **record.get("metrics", {}),
+        **_routing_metrics(run_dir / "routing_val.json"),
+        **_robustness_metrics(run_dir / RESULTS),
+    }
+    return {
+        "metrics": metrics,
+        "trainable_params": record.get("parameters", {}).get("trainable"),
+        "train_seconds": record.get("seconds", {}).get("train"),
+        "run_dir": str(run_dir),
+    }
 
 
 def _robustness_metrics(path: Path) -> dict[str, float]:
@@ -42,16 +49,24 @@ def _routing_metrics(path: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     stats = json.loads(path.read_text())
-    return {f"last_val/routing_{key}": statistics.fmean(values) for key, values in stats.items()
-            if key.startswith("mi_") and key.endswith("_relative") and values}
+    return {
+        f"last_val/routing_{key}": statistics.fmean(values)
+        for key, values in stats.items()
+        if key.startswith("mi_") and key.endswith("_relative") and values
+    }
 
 
 def collect(runs: list) -> list[dict]:
     """One row per run: its cell's values, seed, status, metrics, trainable parameters, train time, run dir."""
     rows = []
     for run in runs:
-        row: dict[str, Any] = {"cell": run.slug, "settings": {s.column: s.value for s in run.cell},
-                               "seed": run.seed, "metrics": {}, "error": ""}
+        row: dict[str, Any] = {
+            "cell": run.slug,
+            "settings": {s.column: s.value for s in run.cell},
+            "seed": run.seed,
+            "metrics": {},
+            "error": "",
+        }
         finished = _finished_record(run)
         status_file = Path(run.root) / "sweep_status.json"
         if finished:
@@ -88,6 +103,7 @@ def written_by_a_sweep(out: Path) -> bool:
     """Whether the summary files in `out` are ones write_report wrote (by their first line), so that a sweep may
     replace them: `mope sweep ... out=` continues an earlier sweep's folder, and refuses one holding other files of
     those names."""
+
     def first_line(name: str) -> str:
         try:
             with open(out / name, encoding="utf-8") as fh:
@@ -95,8 +111,10 @@ def written_by_a_sweep(out: Path) -> bool:
         except (OSError, UnicodeDecodeError):
             return ""
 
-    marks = {"summary.md": lambda line: line.startswith(SUMMARY_TITLE),
-             "results.csv": lambda line: f",{','.join(RUN_COLUMNS)}," in f",{line}"}
+    marks = {
+        "summary.md": lambda line: line.startswith(SUMMARY_TITLE),
+        "results.csv": lambda line: f",{','.join(RUN_COLUMNS)}," in f",{line}",
+    }
     return all(not (out / name).exists() or marks[name](first_line(name)) for name in SUMMARY_FILES)
 
 
@@ -105,9 +123,18 @@ def write_csv(fh, rows: list[dict], out: Path) -> None:
     writer = csv.writer(fh)
     writer.writerow([*columns, *RUN_COLUMNS, *metrics, "trainable_params", "train_seconds", "run_dir", "error"])
     for row in rows:
-        writer.writerow([*(_format(row["settings"].get(c)) for c in columns), row["seed"], row["status"],
-                         *(_format(row["metrics"].get(m)) for m in metrics), _format(row.get("trainable_params")),
-                         _format(row.get("train_seconds")), _relative(row.get("run_dir", ""), out), row["error"]])
+        writer.writerow(
+            [
+                *(_format(row["settings"].get(c)) for c in columns),
+                row["seed"],
+                row["status"],
+                *(_format(row["metrics"].get(m)) for m in metrics),
+                _format(row.get("trainable_params")),
+                _format(row.get("train_seconds")),
+                _relative(row.get("run_dir", ""), out),
+                row["error"],
+            ]
+        )
 
 
 def _relative(path: str, out: Path) -> str:
@@ -129,13 +156,24 @@ def cell_stats(rows: list[dict]) -> list[dict]:
         stats = {}
         for metric in _metric_names(done):
             values = [r["metrics"][metric] for r in done if metric in r["metrics"]]
-            stats[metric] = (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None,
-                             len(values))
+            stats[metric] = (
+                statistics.fmean(values),
+                statistics.stdev(values) if len(values) > 1 else None,
+                len(values),
+            )
         params = next((r["trainable_params"] for r in done if r.get("trainable_params") is not None), None)
         seconds = [r["train_seconds"] for r in done if r.get("train_seconds") is not None]
-        out.append({"cell": cell, "settings": members[0]["settings"], "finished": len(done), "runs": len(members),
-                    "stats": stats, "trainable_params": params,
-                    "train_seconds": statistics.fmean(seconds) if seconds else None})
+        out.append(
+            {
+                "cell": cell,
+                "settings": members[0]["settings"],
+                "finished": len(done),
+                "runs": len(members),
+                "stats": stats,
+                "trainable_params": params,
+                "train_seconds": statistics.fmean(seconds) if seconds else None,
+            }
+        )
     return out
 
 
@@ -150,21 +188,30 @@ def summary_markdown(sweep, rows: list[dict]) -> str:
     stats, columns = cell_stats(rows), _columns(rows)
     metrics = _metric_names(rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "pending")}
-    lines = [f"{SUMMARY_TITLE}{sweep.name}", "", f"- sweep file: `{sweep.path}`",
-             f"- experiment: {' '.join(sweep.experiment)}",
-             f"- overrides: {' '.join(sweep.overrides) or '(none)'}", f"- seeds: {sweep.seeds}",
-             f"- runs: {len(rows)} ({counts['finished']} finished, {counts['failed']} failed, "
-             f"{counts['interrupted']} interrupted (resumed by the next run of the sweep), {counts['pending']} "
-             "pending)", "",
-             "Each metric: mean ± sample standard deviation over the finished seeds of the cell (n in the n column).",
-             ""]
+    lines = [
+        f"{SUMMARY_TITLE}{sweep.name}",
+        "",
+        f"- sweep file: `{sweep.path}`",
+        f"- experiment: {' '.join(sweep.experiment)}",
+        f"- overrides: {' '.join(sweep.overrides) or '(none)'}",
+        f"- seeds: {sweep.seeds}",
+        f"- runs: {len(rows)} ({counts['finished']} finished, {counts['failed']} failed, "
+        f"{counts['interrupted']} interrupted (resumed by the next run of the sweep), {counts['pending']} "
+        "pending)",
+        "",
+        "Each metric: mean ± sample standard deviation over the finished seeds of the cell (n in the n column).",
+        "",
+    ]
     header = [*columns, "n", *metrics, "trainable params", "train s (mean)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for cell in stats:
         cells = [_format(cell["settings"].get(c)) for c in columns]
-        cells += [f"{cell['finished']}/{cell['runs']}", *(_mean_std(cell["stats"].get(m)) for m in metrics),
-                  f"{cell['trainable_params']:,}" if cell["trainable_params"] is not None else "-",
-                  f"{cell['train_seconds']:.0f}" if cell["train_seconds"] is not None else "-"]
+        cells += [
+            f"{cell['finished']}/{cell['runs']}",
+            *(_mean_std(cell["stats"].get(m)) for m in metrics),
+            f"{cell['trainable_params']:,}" if cell["trainable_params"] is not None else "-",
+            f"{cell['train_seconds']:.0f}" if cell["train_seconds"] is not None else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += vtab_section(stats, sweep.metric)  # when the grid varies data.task over VTAB-1k tasks
     failed = [r for r in rows if r["status"] == "failed"]
@@ -193,8 +240,14 @@ def _plot(stats: list[dict], metric: str, x_of, group_of, xlabel: str, title: st
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     for label, points in lines.items():
         points.sort()
-        ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                    capsize=3, label=label or metric)
+        ax.errorbar(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            yerr=[p[2] for p in points],
+            marker="o",
+            capsize=3,
+            label=label or metric,
+        )
     xs = [p[0] for points in lines.values() for p in points]
     if min(xs) > 0 and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
@@ -217,10 +270,18 @@ def write_plots(out: Path, sweep, rows: list[dict]) -> list[Path]:
     numeric = [c for c in columns if _numeric([s["settings"][c] for s in stats if c in s["settings"]])]
     plots = {}
     for axis in numeric:
+
         def group(cell, axis=axis):
             return ", ".join(f"{c}={cell['settings'][c]}" for c in columns if c != axis and c in cell["settings"])
-        plots[f"plot_{axis}.png"] = _plot(stats, sweep.metric, lambda cell, a=axis: cell["settings"].get(a), group,
-                                          axis, f"{sweep.name}: {sweep.metric} against {axis}")
+
+        plots[f"plot_{axis}.png"] = _plot(
+            stats,
+            sweep.metric,
+            lambda cell, a=axis: cell["settings"].get(a),
+            group,
+            axis,
+            f"{sweep.name}: {sweep.metric} against {axis}",
+        )
 
     # Cells that set the same keys (and the same non-numeric values) form one line; within it a numeric key is
     # named with its value when it is constant, else as the one that varies.
@@ -240,9 +301,14 @@ def write_plots(out: Path, sweep, rows: list[dict]) -> list[Path]:
         return ", ".join(parts)
 
     if len({s["trainable_params"] for s in stats if s["trainable_params"] is not None}) > 1:
-        plots["plot_trainable_params.png"] = _plot(stats, sweep.metric, lambda cell: cell["trainable_params"], family,
-                                                   "trainable parameters",
-                                                   f"{sweep.name}: {sweep.metric} against trainable parameters")
+        plots["plot_trainable_params.png"] = _plot(
+            stats,
+            sweep.metric,
+            lambda cell: cell["trainable_params"],
+            family,
+            "trainable parameters",
+            f"{sweep.name}: {sweep.metric} against trainable parameters",
+        )
     if sweep.robustness:
         metric = sweep.metric.removeprefix("test/")
         curves = {cell["cell"]: {k: v[:2] for k, v in cell["stats"].items()} for cell in stats}

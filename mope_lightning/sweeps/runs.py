@@ -41,8 +41,14 @@ class Run:
 
     def argv(self, resume: Optional[str] = None) -> list[str]:
         extra = [f"ckpt={resume}"] if resume else []
-        return ["fit", *self.files, *self.overrides, f"seed={self.seed}", f"trainer.default_root_dir={self.root}",
-                *extra]
+        return [
+            "fit",
+            *self.files,
+            *self.overrides,
+            f"seed={self.seed}",
+            f"trainer.default_root_dir={self.root}",
+            *extra,
+        ]
 
 
 def resolved_config(run: Run) -> dict:
@@ -63,8 +69,9 @@ def _same(stored: Path, wanted: dict) -> bool:
         config = yaml.safe_load(stored.read_text())
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(config, dict) and not differences(_comparable(config), _comparable(wanted),
-                                                        free_form=("trainer",))
+    return isinstance(config, dict) and not differences(
+        _comparable(config), _comparable(wanted), free_form=("trainer",)
+    )
 
 
 def _comparable(config: dict) -> dict:
@@ -104,15 +111,15 @@ def execute(run: Run) -> dict:
     code, resumed_from = 0, str(path) if state == "resume" else None
     if state != "evaluate":
         # ckpt=last continues the run in its own directory; a SLURM run directory (slurm-<job>) is resumed by path
-        resume = ("last" if path.parent.parent.name.startswith("version_") else str(path)) if state == "resume" \
-            else None
+        resume = (
+            ("last" if path.parent.parent.name.startswith("version_") else str(path)) if state == "resume" else None
+        )
         code = _mope(run.argv(resume), root)
         state, path = run_state(run)
     if code == 0 and state == "evaluate":
         code = _mope(_robustness_argv(run, path), root)
     status = "finished" if code == 0 else "interrupted" if code in (130, 143) else "failed"
-    record = {"status": status, "exit": code, "seconds": round(time.time() - start),
-              "resumed_from": resumed_from}
+    record = {"status": status, "exit": code, "seconds": round(time.time() - start), "resumed_from": resumed_from}
     if status != "finished":
         record["error"] = _last_error(root / "sweep.log")
     atomic_write(root / "sweep_status.json", lambda fh: json.dump(record, fh, indent=1))
@@ -131,8 +138,14 @@ def _robustness_argv(run: Run, run_dir: Path) -> list[str]:
     """`mope robustness` of a fitted run: its own config, the weights its fit tested, results in its directory."""
     tested = json.loads((run_dir / "fit_metrics.json").read_text())["tested_weights"]
     rates, kinds = run.robustness
-    return ["robustness", str(run_dir / "config.yaml"), f"ckpt={tested}", f"out={run_dir}",
-            f"rates={json.dumps(list(rates))}", f"kinds=[{','.join(kinds)}]"]
+    return [
+        "robustness",
+        str(run_dir / "config.yaml"),
+        f"ckpt={tested}",
+        f"out={run_dir}",
+        f"rates={json.dumps(list(rates))}",
+        f"kinds=[{','.join(kinds)}]",
+    ]
 
 
 def _run_child(command: list[str], logfile) -> int:
@@ -142,8 +155,10 @@ def _run_child(command: list[str], logfile) -> int:
     proc = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT)
     if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
         return proc.wait()
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))}
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM)),
+    }
     try:
         return proc.wait()
     finally:

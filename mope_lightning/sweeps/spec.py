@@ -19,9 +19,10 @@ from mope_lightning.errors import ConfigError
 
 SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm", "robustness")
 # Keys the sweep sets for each run itself: a value given for them in the file would be silently replaced.
-SET_BY_THE_SWEEP = {"seed": "each run's seed comes from the sweep's `seeds:` list",
-                    "trainer.default_root_dir": "each run's directory is <out>/<cell>/seed_<s>; choose the sweep's "
-                                                "folder with out=DIR"}
+SET_BY_THE_SWEEP = {
+    "seed": "each run's seed comes from the sweep's `seeds:` list",
+    "trainer.default_root_dir": "each run's directory is <out>/<cell>/seed_<s>; choose the sweep's folder with out=DIR",
+}
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=,-]*")  # a sweep's name is a folder name under <root>/sweeps/
 
 
@@ -62,8 +63,15 @@ def _as_override(key: str, value: Any) -> str:
 
 
 def _kind(value: Any) -> str:
-    return "null" if value is None else "a list" if isinstance(value, list) else "a mapping" \
-        if isinstance(value, dict) else f"the {type(value).__name__} {value!r}"
+    return (
+        "null"
+        if value is None
+        else "a list"
+        if isinstance(value, list)
+        else "a mapping"
+        if isinstance(value, dict)
+        else f"the {type(value).__name__} {value!r}"
+    )
 
 
 def _mapping(value: Any, where: str, holds: str) -> dict:
@@ -110,8 +118,9 @@ def config_files(value: Any, where: str) -> list[str]:
             raise ConfigError(f"{where}: {value!r} is one string; list the files as a YAML list: [{listed}]")
         value = [value]
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where}: give a list of config files, e.g. [experiments/overlays/tiny.yaml], got "
-                          f"{_kind(value)}")
+        raise ConfigError(
+            f"{where}: give a list of config files, e.g. [experiments/overlays/tiny.yaml], got {_kind(value)}"
+        )
     for i, item in enumerate(value):
         if not isinstance(item, str):
             raise ConfigError(f"{where}[{i}]: {_kind(item)} is not a file path")
@@ -133,18 +142,21 @@ def _axis(path: Path, name: str, values: Any) -> list[Setting]:
             spec = _mapping({} if spec is None else spec, f"{path}: {at}", "`overlays` (files) and `overrides`")
             unknown = sorted(set(spec) - {"overlays", "overrides"})
             if unknown:
-                raise ConfigError(f"{path}: {at}: unknown key '{unknown[0]}'"
-                                  f"{suggest(unknown[0], ('overlays', 'overrides'))}; a variant holds `overlays` "
-                                  "(files) and `overrides` only")
+                raise ConfigError(
+                    f"{path}: {at}: unknown key '{unknown[0]}'"
+                    f"{suggest(unknown[0], ('overlays', 'overrides'))}; a variant holds `overlays` "
+                    "(files) and `overrides` only"
+                )
             files = config_files(spec["overlays"], f"{path}: {at}.overlays") if "overlays" in spec else []
             overrides = [o for _, o in _overrides(spec.get("overrides"), f"{path}: {at}.overrides")]
             settings.append(Setting(name, variant, tuple(files), tuple(overrides), at))
     elif isinstance(values, list):
-        settings = [Setting(name, v, (), (_setting(name, v, f"{path}: {key}[{i}]"),), f"{key}[{i}]")
-                    for i, v in enumerate(values)]
+        settings = [
+            Setting(name, v, (), (_setting(name, v, f"{path}: {key}[{i}]"),), f"{key}[{i}]")
+            for i, v in enumerate(values)
+        ]
     else:
-        raise ConfigError(f"{path}: {key}: give a list of values, or a mapping of named variants, got "
-                          f"{_kind(values)}")
+        raise ConfigError(f"{path}: {key}: give a list of values, or a mapping of named variants, got {_kind(values)}")
     if not settings:
         raise ConfigError(f"{path}: {key}: the axis has no values; give at least one")
     return settings
@@ -162,24 +174,30 @@ def _cells(path: Path, grid: Any, explicit: Any) -> list[tuple[Setting, ...]]:
     grid = _mapping({} if grid is None else grid, f"{path}: grid", "config keys (or named axes) to their values")
     axes = [_axis(path, name, values) for name, values in grid.items()]
     if explicit is not None and (not isinstance(explicit, list) or not explicit):
-        raise ConfigError(f"{path}: cells: give a non-empty list of mappings of config keys to values, got "
-                          f"{_kind(explicit)}")
+        raise ConfigError(
+            f"{path}: cells: give a non-empty list of mappings of config keys to values, got {_kind(explicit)}"
+        )
     extra = [_explicit_cell(path, i, cell) for i, cell in enumerate(explicit)] if explicit else [()]
     cells = [tuple(combo) + cell for combo in itertools.product(*axes) for cell in extra]
     folders: dict[str, tuple] = {}
     for cell in cells:
         slug = cell_slug(cell)
         if slug in folders:
-            raise ConfigError(f"{path}: {', '.join(s.where for s in folders[slug])} and "
-                              f"{', '.join(s.where for s in cell)} make the same cell folder ({slug}); "
-                              "give each cell distinct values")
+            raise ConfigError(
+                f"{path}: {', '.join(s.where for s in folders[slug])} and "
+                f"{', '.join(s.where for s in cell)} make the same cell folder ({slug}); "
+                "give each cell distinct values"
+            )
         folders[slug] = cell
     return cells
 
 
 def _seeds(path: Path, seeds: Any) -> list[int]:
-    if not isinstance(seeds, list) or not seeds \
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
         raise ConfigError(f"{path}: seeds: give a non-empty list of integers, e.g. [1, 2, 3]")
     twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
     if twice is not None:
@@ -206,8 +224,12 @@ def _robustness(path: Path, spec: Any) -> tuple:
         raise ConfigError(f"{path}: robustness: give rates (a list in [0, 1]) and kinds (image, text, both)")
     default = RobustnessConfig()
     rates, kinds = spec.get("rates", default.rates), spec.get("kinds", default.kinds)
-    if not isinstance(rates, list) or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates) \
-            or not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+    if (
+        not isinstance(rates, list)
+        or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates)
+        or not isinstance(kinds, list)
+        or not all(isinstance(k, str) for k in kinds)
+    ):
         raise ConfigError(f"{path}: robustness: rates is a list of numbers, kinds a list of image, text, both")
     try:
         conditions(rates, kinds)
@@ -222,8 +244,9 @@ def read_sweep(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
     spec = OmegaConf.to_container(read_yaml(path))
     for key in spec:
         if key not in SWEEP_KEYS:
-            raise ConfigError(f"{path}: unknown key '{key}'{suggest(str(key), SWEEP_KEYS)}; a sweep holds "
-                              f"{', '.join(SWEEP_KEYS)}")
+            raise ConfigError(
+                f"{path}: unknown key '{key}'{suggest(str(key), SWEEP_KEYS)}; a sweep holds {', '.join(SWEEP_KEYS)}"
+            )
     name = _name(path, spec.get("name"))
     experiment = config_files(spec.get("experiment"), f"{path}: experiment")
     seeds = _seeds(path, spec.get("seeds", [42]))
@@ -234,11 +257,25 @@ def read_sweep(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
         key = item.split("=", 1)[0]
         if key in swept:
             raise ConfigError(f"command line: '{item}': {key} is an axis of the sweep {path}")
-        overrides.append(("command line", _setting(key, item.split("=", 1)[1], f"command line: '{item}'",
-                                                   allowed=("trainer.default_root_dir",))))
+        overrides.append(
+            (
+                "command line",
+                _setting(key, item.split("=", 1)[1], f"command line: '{item}'", allowed=("trainer.default_root_dir",)),
+            )
+        )
     metric = spec.get("metric", "test/acc")
     if not isinstance(metric, str) or not metric:
         raise ConfigError(f"{path}: metric: give the name of a test metric, e.g. test/acc, got {_kind(metric)}")
     slurm = _mapping(spec.get("slurm") or {}, f"{path}: slurm", "submitit parameters to values")
-    return Sweep(path, name, experiment, [o for _, o in overrides], cells, seeds, metric, slurm,
-                 _robustness(path, spec.get("robustness")), [where for where, _ in overrides])
+    return Sweep(
+        path,
+        name,
+        experiment,
+        [o for _, o in overrides],
+        cells,
+        seeds,
+        metric,
+        slurm,
+        _robustness(path, spec.get("robustness")),
+        [where for where, _ in overrides],
+    )

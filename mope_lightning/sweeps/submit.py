@@ -33,8 +33,14 @@ class SweepJob:
         return submitit.helpers.DelayedSubmission(self, run)
 
 
-def submit_and_wait(sweep, out: Path, pending: list, cluster: str = "slurm", poll_s: float = 5.0,
-                    on_progress: Callable[[], None] = lambda: None) -> None:
+def submit_and_wait(
+    sweep,
+    out: Path,
+    pending: list,
+    cluster: str = "slurm",
+    poll_s: float = 5.0,
+    on_progress: Callable[[], None] = lambda: None,
+) -> None:
     """Submit the `pending` runs as one job array and wait for every job; `on_progress` is called after each poll
     that saw a job finish (the sweep rewrites its report there)."""
     import submitit
@@ -53,8 +59,11 @@ def submit_and_wait(sweep, out: Path, pending: list, cluster: str = "slurm", pol
     except (ValueError, TypeError, NameError) as exc:
         raise ConfigError(f"{sweep.path}: slurm: {exc}") from None
     jobs = executor.map_array(SweepJob(), pending)
-    print(f"[mope] submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]} ({cluster}); waiting "
-          f"for them (the sweep resumes if this command is stopped and run again)", flush=True)
+    print(
+        f"[mope] submitted {len(jobs)} run(s) as job array {jobs[0].job_id.split('_')[0]} ({cluster}); waiting "
+        f"for them (the sweep resumes if this command is stopped and run again)",
+        flush=True,
+    )
     remaining = dict(zip(jobs, pending))
     while remaining:
         done = [job for job in remaining if job.done()]

@@ -57,8 +57,14 @@ def plan(sweep: Sweep, out: Optional[str] = None) -> tuple[Path, list[Run]]:
                 except MopeError as exc:
                     raise _blame(_places(sweep, cell, seed), exc) from None
                 out_dir = Path(cfg.trainer.default_root_dir) / "sweeps" / sweep.name
-            run = Run(cell, seed, tuple(files), tuple(overrides), str(out_dir / cell_slug(cell) / f"seed_{seed}"),
-                      sweep.robustness)
+            run = Run(
+                cell,
+                seed,
+                tuple(files),
+                tuple(overrides),
+                str(out_dir / cell_slug(cell) / f"seed_{seed}"),
+                sweep.robustness,
+            )
             try:
                 resolved_config(run)
             except MopeError as exc:
@@ -67,8 +73,9 @@ def plan(sweep: Sweep, out: Optional[str] = None) -> tuple[Path, list[Run]]:
     return out_dir, runs
 
 
-def _places(sweep: Sweep, cell: Sequence[Setting], seed: int,
-            root: tuple[Optional[str], str] = (None, "")) -> list[tuple[str, list[str], list[str]]]:
+def _places(
+    sweep: Sweep, cell: Sequence[Setting], seed: int, root: tuple[Optional[str], str] = (None, "")
+) -> list[tuple[str, list[str], list[str]]]:
     """(where, files, overrides): what each place in the sweep adds to one run, in the order `mope fit` merges it."""
     places = [(f"{sweep.path}: experiment", list(sweep.experiment), [])]
     places += [(where, [], [item]) for where, item in zip(sweep.override_origins, sweep.overrides)]
@@ -116,8 +123,11 @@ def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
     out, runs = plan(sweep, options.get("out"))
     _check_folder(out, "out" if options.get("out") else "trainer.default_root_dir")
     pending = [r for r in runs if run_state(r)[0] != "finished"]
-    print(f"[mope] sweep {sweep.name}: {len(sweep.cells)} cell(s) x {len(sweep.seeds)} seed(s) = {len(runs)} runs, "
-          f"{len(runs) - len(pending)} finished, {len(pending)} to run ({launcher}); results in {out}", flush=True)
+    print(
+        f"[mope] sweep {sweep.name}: {len(sweep.cells)} cell(s) x {len(sweep.seeds)} seed(s) = {len(runs)} runs, "
+        f"{len(runs) - len(pending)} finished, {len(pending)} to run ({launcher}); results in {out}",
+        flush=True,
+    )
     write_report(out, sweep, runs)
     if launcher == "local":
         for i, run in enumerate(pending, 1):
@@ -125,21 +135,33 @@ def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
             record = execute(run)
             write_report(out, sweep, runs)
             if record.get("exit") in (130, 143):  # the run was interrupted with the sweep: stop here
-                raise Interrupted(f"sweep interrupted during {run.slug} seed {run.seed}; run the same command "
-                                  "again to resume it", record["exit"])
+                raise Interrupted(
+                    f"sweep interrupted during {run.slug} seed {run.seed}; run the same command again to resume it",
+                    record["exit"],
+                )
             if record["status"] == "failed":
                 print(f"[mope]   failed: {record['error']}", flush=True)
     elif pending:
         from mope_lightning.sweeps.submit import submit_and_wait
 
-        submit_and_wait(sweep, out, pending, cluster="local" if launcher == "submitit-local" else "slurm",
-                        on_progress=lambda: write_report(out, sweep, runs))
+        submit_and_wait(
+            sweep,
+            out,
+            pending,
+            cluster="local" if launcher == "submitit-local" else "slurm",
+            on_progress=lambda: write_report(out, sweep, runs),
+        )
     failed = write_report(out, sweep, runs)
-    print(f"[mope] sweep {sweep.name} finished: {len(runs) - len(failed)} of {len(runs)} runs finished\n"
-          f"  results                  {out / 'results.csv'}\n  summary                  {out / 'summary.md'}",
-          flush=True)
+    print(
+        f"[mope] sweep {sweep.name} finished: {len(runs) - len(failed)} of {len(runs)} runs finished\n"
+        f"  results                  {out / 'results.csv'}\n  summary                  {out / 'summary.md'}",
+        flush=True,
+    )
     if failed:
-        print("[mope] failed runs (their errors are in results.csv and each run's sweep.log):\n" +
-              "\n".join(f"  {slug} seed {seed}: {error}" for slug, seed, error in failed), file=sys.stderr)
+        print(
+            "[mope] failed runs (their errors are in results.csv and each run's sweep.log):\n"
+            + "\n".join(f"  {slug} seed {seed}: {error}" for slug, seed, error in failed),
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -45,18 +45,32 @@ def vtab_section(stats: list[dict], metric: str) -> list[str]:
             scores[cell["settings"][column]] = cell["stats"][metric][0]
     tasks = [t for t in TASKS if any(t in scores for scores in rows.values())]
     header = ["setting", *tasks, *(f"{g} mean" for g in GROUPS)]
-    lines = ["", "## VTAB-1k", "", f"{metric} per task ({column}; mean over the finished seeds) and the group means "
-             "(the mean over the group's tasks with a finished run).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        "",
+        "## VTAB-1k",
+        "",
+        f"{metric} per task ({column}; mean over the finished seeds) and the group means "
+        "(the mean over the group's tasks with a finished run).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     missing_lines = []
     for setting, scores in rows.items():
         means = group_means(scores)
         cells = [f"{scores[t]:.4f}" if t in scores else "-" for t in tasks]
         cells += [f"{mean:.4f}" if mean is not None else "-" for mean, _ in means.values()]
         lines.append("| " + " | ".join([setting, *cells]) + " |")
-        missing_lines += [f"- {setting}: {group} mean without {', '.join(missing)}"
-                          for group, (_, missing) in means.items() if missing]
+        missing_lines += [
+            f"- {setting}: {group} mean without {', '.join(missing)}"
+            for group, (_, missing) in means.items()
+            if missing
+        ]
     if missing_lines:
-        lines += ["", "Tasks missing from the group means (not in the sweep, or without a finished run):", "",
-                  *missing_lines]
+        lines += [
+            "",
+            "Tasks missing from the group means (not in the sweep, or without a finished run):",
+            "",
+            *missing_lines,
+        ]
     return lines

@@ -21,14 +21,21 @@ from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.missing import lost_by
 from mope_lightning.errors import ConfigError, ModelError
 from mope_lightning.fileio import atomic_write, check_writable
-from mope_lightning.training.callbacks import (FiniteLoss, FinalWeights, PredictionWriter, ResumePosition, RNGState,
-                                              RoutingMonitor)
+from mope_lightning.training.callbacks import (
+    FiniteLoss,
+    FinalWeights,
+    PredictionWriter,
+    ResumePosition,
+    RNGState,
+    RoutingMonitor,
+)
 from mope_lightning.training.config_callbacks import check_trainer_rules, fit_checkpoints, resolve_callbacks
 from mope_lightning.training.datamodule import datamodule as build_datamodule
 from mope_lightning.training.launch import SafeCheckpointIO, check_compile, check_trainer, slurm_run_version
 from mope_lightning.training.lit_module import MoPELitModule
 from mope_lightning.training.tracking import build_loggers
 from mope_lightning.weights.checkpoints import is_adapter
+
 
 class SaveConfig(Callback):
     """Writes the resolved config to `<run dir>/config.yaml` once, from rank 0 (as LightningCLI does)."""
@@ -64,9 +71,11 @@ def _check_modalities(cfg: DictConfig, datamodule: MultimodalDataModule) -> None
     """The model reads modalities the dataset has (an audio dataset has no images), before anything is built."""
     lacking = [m for m in cfg.model.modalities if m not in datamodule.modalities]
     if lacking:
-        raise ConfigError(f"model.modalities: {list(cfg.model.modalities)}, but {cfg.data.name} has "
-                          f"{' and '.join(datamodule.modalities)}, no {' or '.join(lacking)}; set model.modalities="
-                          f"[{','.join(datamodule.modalities)}] (see experiments/{cfg.data.name}.yaml)")
+        raise ConfigError(
+            f"model.modalities: {list(cfg.model.modalities)}, but {cfg.data.name} has "
+            f"{' and '.join(datamodule.modalities)}, no {' or '.join(lacking)}; set model.modalities="
+            f"[{','.join(datamodule.modalities)}] (see experiments/{cfg.data.name}.yaml)"
+        )
 
 
 def _check_expert_normalisation(cfg: DictConfig, net) -> None:
@@ -75,9 +84,11 @@ def _check_expert_normalisation(cfg: DictConfig, net) -> None:
     mapped = any(not isinstance(m, nn.Identity) for m in getattr(net, "expert_inputs", None) or ())
     overridden = [k for k in ("image_mean", "image_std") if cfg.data.get(k) is not None]
     if mapped and overridden:
-        raise ConfigError(f"data.{overridden[0]}: the pMoE image experts preprocess differently, and each normalises "
-                          "with its own pretrained mean and std (one batch is mapped to each expert's input); unset "
-                          f"data.{' and data.'.join(overridden)}")
+        raise ConfigError(
+            f"data.{overridden[0]}: the pMoE image experts preprocess differently, and each normalises "
+            "with its own pretrained mean and std (one batch is mapped to each expert's input); unset "
+            f"data.{' and data.'.join(overridden)}"
+        )
 
 
 def _check_missing(cfg: DictConfig, net) -> None:
@@ -98,8 +109,10 @@ def _check_batch_size(cfg: DictConfig, net) -> None:
         return
     norms = [name for name, m in net.named_modules() if type(m) is nn.BatchNorm1d and m.weight.requires_grad]
     if norms:
-        raise ConfigError(f"data.batch_size=1: the model's BatchNorm ({norms[0]}) cannot normalise a batch of one "
-                          "sample in training; use data.batch_size >= 2, or model.compat.mapper_bn_frozen=true")
+        raise ConfigError(
+            f"data.batch_size=1: the model's BatchNorm ({norms[0]}) cannot normalise a batch of one "
+            "sample in training; use data.batch_size >= 2, or model.compat.mapper_bn_frozen=true"
+        )
 
 
 def _versions(root: Path) -> list[int]:
@@ -125,8 +138,9 @@ def resolve_ckpt(cfg: DictConfig) -> tuple[Optional[str], Optional[int]]:
     return str(path), None
 
 
-def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: str,
-                  version: Optional[str | int] = None) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, datamodule: MultimodalDataModule, command: str, version: Optional[str | int] = None
+) -> L.Trainer:
     """The Trainer of `cfg.trainer`, with the config's loggers and callbacks, and the framework's callbacks,
     samplers and checkpoint I/O."""
     trainer_args = to_container(cfg)["trainer"]
@@ -164,7 +178,13 @@ def build_trainer(cfg: DictConfig, datamodule: MultimodalDataModule, command: st
     # A SLURM job's requeue checkpoint (hpc_ckpt_N.ckpt) lives in its own run directory, where a requeue finds it.
     default_root = root / str(version) if isinstance(version, str) else root
     try:
-        return L.Trainer(**trainer_args, default_root_dir=default_root, logger=loggers, callbacks=callbacks,
-                         plugins=[SafeCheckpointIO()], use_distributed_sampler=False)
+        return L.Trainer(
+            **trainer_args,
+            default_root_dir=default_root,
+            logger=loggers,
+            callbacks=callbacks,
+            plugins=[SafeCheckpointIO()],
+            use_distributed_sampler=False,
+        )
     except (ValueError, TypeError, MisconfigurationException) as exc:  # Lightning's own checks of the values
         raise ConfigError(f"trainer: lightning.Trainer refused these settings: {str(exc).splitlines()[0]}") from None

@@ -32,21 +32,23 @@ class PredictionWriter(BasePredictionWriter):
             return self.out
         return self.out.with_name(f"{self.out.stem}.rank{trainer.global_rank}{self.out.suffix}")
 
-    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any],
-                           batch_indices: Sequence[Any]) -> None:
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
+    ) -> None:
         ids = [i for batch in predictions for i in batch["ids"]]
         probs = torch.cat([batch["probs"] for batch in predictions]) if predictions else torch.zeros(0, 0)
-        atomic_write(self._target(trainer), lambda fh: write_predictions_csv(fh, ids, probs, self.classes,
-                                                                              self.task))
+        atomic_write(self._target(trainer), lambda fh: write_predictions_csv(fh, ids, probs, self.classes, self.task))
 
 
-def _routing_view(trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str,
-                  attributes: Optional[list] = None) -> RoutingView:
+def _routing_view(
+    trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str, attributes: Optional[list] = None
+) -> RoutingView:
     dm = trainer.datamodule
     dataset = dm.datasets[split]
     labels = getattr(pl_module.net, "routing_labels", lambda: None)()
-    return RoutingView(stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel, labels,
-                       dm.media, attributes)
+    return RoutingView(
+        stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel, labels, dm.media, attributes
+    )
 
 
 def _compute_and_reset(metric) -> dict:
@@ -90,8 +92,10 @@ class RoutingMonitor(L.Callback):
             for fig in figures.values():
                 plt.close(fig)
         if log_dir:
-            atomic_write(Path(log_dir) / "routing_val.json",
-                         lambda fh: json.dump({"global_step": step, **view.to_json()}, fh, indent=1))
+            atomic_write(
+                Path(log_dir) / "routing_val.json",
+                lambda fh: json.dump({"global_step": step, **view.to_json()}, fh, indent=1),
+            )
 
 
 class RoutingReport(L.Callback):
@@ -103,8 +107,9 @@ class RoutingReport(L.Callback):
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, metric, split: str) -> None:
         stats = _compute_and_reset(metric)
         if trainer.is_global_zero:
-            write_report(_routing_view(trainer, pl_module, stats, split, self.attributes), self.out, self.header,
-                         self.exemplars)
+            write_report(
+                _routing_view(trainer, pl_module, stats, split, self.attributes), self.out, self.header, self.exemplars
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._write(trainer, pl_module, pl_module.val_routing, "val")
@@ -171,14 +176,18 @@ class FiniteLoss(L.Callback):
         if not diverged:
             self.last_finite = (trainer.global_step, loss)
             return
-        before = (f"the last finite loss was {self.last_finite[1].item():.4g} at step {self.last_finite[0]}"
-                  if self.last_finite else "no step had a finite loss")
+        before = (
+            f"the last finite loss was {self.last_finite[1].item():.4g} at step {self.last_finite[0]}"
+            if self.last_finite
+            else "no step had a finite loss"
+        )
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         kept = f"; the best checkpoint so far is {best}" if best else ""
         raise NonFiniteError(
             f"training diverged: the loss is {loss.item()} at step {trainer.global_step} (epoch "
             f"{trainer.current_epoch}); {before}. Nothing was saved from this step{kept}. Lower optim.lr (now "
-            f"{pl_module.cfg.optim.lr:g}), keep trainer.gradient_clip_val on, or train in trainer.precision=32-true")
+            f"{pl_module.cfg.optim.lr:g}), keep trainer.gradient_clip_val on, or train in trainer.precision=32-true"
+        )
 
 
 class RNGState(L.Callback):
@@ -196,10 +205,17 @@ class RNGState(L.Callback):
         # Only tensors and plain Python values, so that checkpoints load with torch.load(weights_only=True).
         version, mt, gauss = random.getstate()
         kind, keys, pos, has_gauss, cached = np.random.get_state()
-        state = {"torch": torch.get_rng_state(),
-                 "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-                 "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                           "has_gauss": int(has_gauss), "cached": float(cached)}}
+        state = {
+            "torch": torch.get_rng_state(),
+            "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+            "numpy": {
+                "kind": kind,
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached": float(cached),
+            },
+        }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state

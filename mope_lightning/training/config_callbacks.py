@@ -23,15 +23,23 @@ if TYPE_CHECKING:  # Lightning is imported when a callback is built, not with th
     from lightning.pytorch.callbacks import Callback
 
 # class_path prefix -> the module whose public names are looked up
-NAMESPACES = {"lightning.pytorch.callbacks": "lightning.pytorch.callbacks",
-              "pytorch_lightning.callbacks": "lightning.pytorch.callbacks",
-              "mope_lightning.training.callbacks": "mope_lightning.training.callbacks",
-              "mope_lightning.callbacks": "mope_lightning.training.callbacks"}  # their home before issue 37
+NAMESPACES = {
+    "lightning.pytorch.callbacks": "lightning.pytorch.callbacks",
+    "pytorch_lightning.callbacks": "lightning.pytorch.callbacks",
+    "mope_lightning.training.callbacks": "mope_lightning.training.callbacks",
+    "mope_lightning.callbacks": "mope_lightning.training.callbacks",
+}  # their home before issue 37
 # Added by mope_lightning to every run that needs them (training/build.py build_trainer); a second copy would double their work.
-BUILT_IN = {"Timer": "trainer.max_time sets the time limit", "LearningRateMonitor": "learning rates are logged",
-            "RoutingMonitor": "routing is logged at every validation", "RNGState": "random states are checkpointed",
-            "FiniteLoss": "a non-finite loss stops training", "FinalWeights": "last.ckpt is written at the end",
-            "PredictionWriter": "mope predict writes predictions", "RoutingReport": "mope analyze writes the report"}
+BUILT_IN = {
+    "Timer": "trainer.max_time sets the time limit",
+    "LearningRateMonitor": "learning rates are logged",
+    "RoutingMonitor": "routing is logged at every validation",
+    "RNGState": "random states are checkpointed",
+    "FiniteLoss": "a non-finite loss stops training",
+    "FinalWeights": "last.ckpt is written at the end",
+    "PredictionWriter": "mope predict writes predictions",
+    "RoutingReport": "mope analyze writes the report",
+}
 
 
 def _lookup(class_path: str, where: str):
@@ -44,15 +52,22 @@ def _lookup(class_path: str, where: str):
     if module is None and prefix == "":
         module = NAMESPACES["lightning.pytorch.callbacks"]  # a bare name: Lightning's
     if module is None:
-        raise ConfigError(f"{where}: class_path '{class_path}' is outside the allowed callbacks; a config only names "
-                          f"Lightning's callbacks (lightning.pytorch.callbacks.*) or mope_lightning.training.callbacks.*")
+        raise ConfigError(
+            f"{where}: class_path '{class_path}' is outside the allowed callbacks; a config only names "
+            f"Lightning's callbacks (lightning.pytorch.callbacks.*) or mope_lightning.training.callbacks.*"
+        )
     namespace = importlib.import_module(module)
     found = getattr(namespace, name, None)
     if not (inspect.isclass(found) and issubclass(found, Callback)) or name.startswith("_"):
-        known = sorted(n for n, v in vars(namespace).items()
-                       if inspect.isclass(v) and issubclass(v, Callback) and not n.startswith("_"))
-        raise ConfigError(f"{where}: class_path '{class_path}': {module} has no callback '{name}'"
-                          f"{suggest(name, known)}; known: {', '.join(known)}")
+        known = sorted(
+            n
+            for n, v in vars(namespace).items()
+            if inspect.isclass(v) and issubclass(v, Callback) and not n.startswith("_")
+        )
+        raise ConfigError(
+            f"{where}: class_path '{class_path}': {module} has no callback '{name}'"
+            f"{suggest(name, known)}; known: {', '.join(known)}"
+        )
     if name in BUILT_IN:
         raise ConfigError(f"{where}: {name} is added by mope_lightning itself ({BUILT_IN[name]}); remove the entry")
     return found
@@ -69,8 +84,9 @@ def resolve_callbacks(entries: list[Any], source: str) -> list:
             raise ConfigError(f"{where}: expected {{class_path: ..., init_args: {{...}}}}, got {entry!r}")
         unknown = set(entry) - {"class_path", "init_args"}
         if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}; an entry has class_path and "
-                              "init_args")
+            raise ConfigError(
+                f"{where}: unknown field(s) {', '.join(sorted(unknown))}; an entry has class_path and init_args"
+            )
         cls = _lookup(entry["class_path"], where)
         init_args = entry.get("init_args") or {}
         if not isinstance(init_args, dict):
@@ -82,13 +98,15 @@ def resolve_callbacks(entries: list[Any], source: str) -> list:
             params = [p for p in inspect.signature(cls).parameters if p not in ("args", "kwargs")]
             wrong = next((a for a in init_args if a not in params), None)
             hint = suggest(wrong, params) if wrong else ""
-            raise ConfigError(f"{where} ({name}): init_args do not fit {name}: {exc}{hint}; it takes "
-                              f"{', '.join(params)}") from None
+            raise ConfigError(
+                f"{where} ({name}): init_args do not fit {name}: {exc}{hint}; it takes {', '.join(params)}"
+            ) from None
         try:
             callbacks.append(cls(**init_args))
         except (ValueError, TypeError, MisconfigurationException) as exc:
-            raise ConfigError(f"{where} ({name}): {name} refused init_args {init_args}: "
-                              f"{str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"{where} ({name}): {name} refused init_args {init_args}: {str(exc).splitlines()[0]}"
+            ) from None
     return callbacks
 
 
@@ -100,18 +118,24 @@ def fit_checkpoints(checkpoint: Any, monitor: Optional[str]) -> dict[str, Callba
     found = {}
     if monitor:
         found["the best weights' ModelCheckpoint (checkpoint.monitor, checkpoint.mode)"] = ModelCheckpoint(
-            monitor=monitor, mode=checkpoint.mode, save_top_k=checkpoint.save_top_k, auto_insert_metric_name=False,
-            filename="epoch{epoch:03d}-step{step:06d}")
+            monitor=monitor,
+            mode=checkpoint.mode,
+            save_top_k=checkpoint.save_top_k,
+            auto_insert_metric_name=False,
+            filename="epoch{epoch:03d}-step{step:06d}",
+        )
     if checkpoint.save_last:
         # Every validation replaces last.ckpt, improved or not (Lightning's save_last only follows top-k saves), so
         # `fit ckpt=last` resumes from the latest state.
         found["the last.ckpt ModelCheckpoint (checkpoint.save_last)"] = ModelCheckpoint(
-            filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+            filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+        )
     return found
 
 
-def check_trainer_rules(callbacks: list, framework: dict[str, Callback], source: str,
-                        enable_progress_bar: bool = True) -> None:
+def check_trainer_rules(
+    callbacks: list, framework: dict[str, Callback], source: str, enable_progress_bar: bool = True
+) -> None:
     """Refuse what `lightning.Trainer` would refuse when built with `framework`'s callbacks and then `callbacks`
     (lightning.pytorch.trainer.connectors.callback_connector): two stateful callbacks with one `state_key` (a
     checkpoint keeps one state per key), more than one progress bar, or one with trainer.enable_progress_bar=false."""
@@ -125,20 +149,27 @@ def check_trainer_rules(callbacks: list, framework: dict[str, Callback], source:
         if is_overridden("state_dict", callback, Callback):
             other = holders.get(callback.state_key)
             if other in framework:
-                raise ConfigError(f"{where} ({name}): the same settings as {other} that every fit has (state key "
-                                  f"{callback.state_key}); lightning.Trainer keeps one state per key in a checkpoint "
-                                  "and refuses both: remove this entry and use the checkpoint section, or give it "
-                                  "other settings (e.g. another monitor)")
+                raise ConfigError(
+                    f"{where} ({name}): the same settings as {other} that every fit has (state key "
+                    f"{callback.state_key}); lightning.Trainer keeps one state per key in a checkpoint "
+                    "and refuses both: remove this entry and use the checkpoint section, or give it "
+                    "other settings (e.g. another monitor)"
+                )
             if other:
-                raise ConfigError(f"{where} ({name}): the same settings as {other} (state key {callback.state_key}); "
-                                  "lightning.Trainer keeps one state per key in a checkpoint and refuses both: give "
-                                  "one of them other settings (e.g. another monitor), or remove it")
+                raise ConfigError(
+                    f"{where} ({name}): the same settings as {other} (state key {callback.state_key}); "
+                    "lightning.Trainer keeps one state per key in a checkpoint and refuses both: give "
+                    "one of them other settings (e.g. another monitor), or remove it"
+                )
             holders[callback.state_key] = f"callbacks[{i}]"
         if isinstance(callback, ProgressBar):
             if bars:
-                raise ConfigError(f"{where} ({name}): a second progress bar (the first is {bars[0]}); "
-                                  "lightning.Trainer runs one, remove one of them")
+                raise ConfigError(
+                    f"{where} ({name}): a second progress bar (the first is {bars[0]}); "
+                    "lightning.Trainer runs one, remove one of them"
+                )
             if not enable_progress_bar:
-                raise ConfigError(f"{where} ({name}): a progress bar, but trainer.enable_progress_bar is false; "
-                                  "remove one of the two")
+                raise ConfigError(
+                    f"{where} ({name}): a progress bar, but trainer.enable_progress_bar is false; remove one of the two"
+                )
             bars.append(f"callbacks[{i}]")

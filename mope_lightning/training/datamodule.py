@@ -73,12 +73,18 @@ class LightningHooks(L.LightningDataModule):
         # Every loader draws its workers' seed from a generator of its own, never from the global RNG, so that how
         # often loaders are iterated (a resumed run, persistent workers or none) changes no routing noise or dropout.
         generator = sampler.generator if train else torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.datasets[split], batch_size=batch_size, sampler=sampler, generator=generator,
-                          drop_last=train, num_workers=c.num_workers, pin_memory=pin,
-                          persistent_workers=c.persistent_workers and c.num_workers > 0,
-                          prefetch_factor=prefetch if c.num_workers > 0 else None,
-                          collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length,
-                                                  self.spec.audio_preprocessor))
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            sampler=sampler,
+            generator=generator,
+            drop_last=train,
+            num_workers=c.num_workers,
+            pin_memory=pin,
+            persistent_workers=c.persistent_workers and c.num_workers > 0,
+            prefetch_factor=prefetch if c.num_workers > 0 else None,
+            collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length, self.spec.audio_preprocessor),
+        )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With the decoded-image cache, images cross to the device as uint8 and become floats there."""
@@ -95,12 +101,16 @@ class LightningHooks(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         size, world = len(self.datasets["train"]), self._world()[0]
         if not size:
-            raise DataError(f"{self.cfg.name}: the train split is empty (its samples come from "
-                            f"{self.split_source('train')}); add samples, or run `mope check-data` to see what was "
-                            "read")
+            raise DataError(
+                f"{self.cfg.name}: the train split is empty (its samples come from "
+                f"{self.split_source('train')}); add samples, or run `mope check-data` to see what was "
+                "read"
+            )
         if size < self.cfg.batch_size * world:  # drop_last would leave no batch at all
-            raise DataError(f"{self.cfg.name}: the train split has {size} samples, fewer than data.batch_size="
-                            f"{self.cfg.batch_size} x {world} process(es); lower data.batch_size")
+            raise DataError(
+                f"{self.cfg.name}: the train split has {size} samples, fewer than data.batch_size="
+                f"{self.cfg.batch_size} x {world} process(es); lower data.batch_size"
+            )
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -116,8 +126,9 @@ class LightningHooks(L.LightningDataModule):
 @functools.cache
 def lightning_class(dataset: type[MultimodalDataModule]) -> type:
     """`dataset` with Lightning's hooks, named as the dataset (the key of its state in a checkpoint)."""
-    return type(dataset.__name__, (dataset, LightningHooks), {"__module__": __name__,
-                                                               "__qualname__": dataset.__qualname__})
+    return type(
+        dataset.__name__, (dataset, LightningHooks), {"__module__": __name__, "__qualname__": dataset.__qualname__}
+    )
 
 
 def datamodule(data_cfg) -> L.LightningDataModule:

@@ -33,11 +33,19 @@ class SafeCheckpointIO(TorchCheckpointIO):
     broken or unsafe file."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
-        bad = next((k for k, v in checkpoint.get("state_dict", {}).items()
-                    if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        bad = next(
+            (
+                k
+                for k, v in checkpoint.get("state_dict", {}).items()
+                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+            ),
+            None,
+        )
         if bad is not None:  # a diverged model is never kept as if it were a result (best or last)
-            raise NonFiniteError(f"{path}: not saved: the weights hold NaN or infinite values ({bad}); training "
-                                 "diverged. Lower optim.lr or keep trainer.gradient_clip_val on")
+            raise NonFiniteError(
+                f"{path}: not saved: the weights hold NaN or infinite values ({bad}); training "
+                "diverged. Lower optim.lr or keep trainer.gradient_clip_val on"
+            )
         atomic_write(Path(path), lambda fh: torch.save(checkpoint, fh), binary=True)
 
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict:
@@ -53,8 +61,11 @@ def launcher_world_size() -> Optional[tuple[str, int, int]]:
     if SLURMEnvironment.detect():
         nodes = int(os.environ.get("SLURM_NNODES", "1"))
         per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # e.g. "4" or "4(x2)"
-        return ("SLURM (srun)", int(per_node) if per_node.isdigit() else int(os.environ["SLURM_NTASKS"]) // nodes,
-                nodes)
+        return (
+            "SLURM (srun)",
+            int(per_node) if per_node.isdigit() else int(os.environ["SLURM_NTASKS"]) // nodes,
+            nodes,
+        )
     return None
 
 
@@ -80,17 +91,22 @@ def check_trainer(trainer: dict) -> None:
     if launched is not None:
         launcher, per_node, launched_nodes = launched
         if devices is None or devices * nodes != per_node * launched_nodes:
-            raise ConfigError(f"{launcher} started {per_node * launched_nodes} processes ({launched_nodes} node(s) x "
-                              f"{per_node}), but trainer.devices x trainer.num_nodes = {trainer.get('devices')} x "
-                              f"{nodes}; set trainer.devices={per_node} trainer.num_nodes={launched_nodes}, or start "
-                              f"{devices or 1} process(es) on each of {nodes} node(s)")
+            raise ConfigError(
+                f"{launcher} started {per_node * launched_nodes} processes ({launched_nodes} node(s) x "
+                f"{per_node}), but trainer.devices x trainer.num_nodes = {trainer.get('devices')} x "
+                f"{nodes}; set trainer.devices={per_node} trainer.num_nodes={launched_nodes}, or start "
+                f"{devices or 1} process(es) on each of {nodes} node(s)"
+            )
     if strategy.startswith("ddp") and devices == 1 and nodes == 1 and launched is None:
-        raise ConfigError("trainer.strategy=ddp with trainer.devices=1 and trainer.num_nodes=1 runs a single process; "
-                          "set trainer.devices to the number of GPUs (or processes) to use, or drop the strategy")
+        raise ConfigError(
+            "trainer.strategy=ddp with trainer.devices=1 and trainer.num_nodes=1 runs a single process; "
+            "set trainer.devices to the number of GPUs (or processes) to use, or drop the strategy"
+        )
     on_gpu = _on_gpu(trainer)
     if trainer.get("sync_batchnorm") and not on_gpu:
-        raise ConfigError("trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false for CPU "
-                          "runs")
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm); set it to false for CPU runs"
+        )
     _check_precision(str(trainer.get("precision", "32-true")), on_gpu)
 
 
@@ -105,21 +121,28 @@ def check_compile(trainer: dict) -> None:
         return
     compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
     if not compiler or not shutil.which(compiler):
-        raise ConfigError("model.compile=true: torch.compile on CPU builds C++ kernels, and no C++ compiler was found "
-                          "(CXX, g++, c++ or clang++ on the PATH); install one (e.g. `apt install g++`, or "
-                          "`conda install gxx`), or set model.compile=false")
+        raise ConfigError(
+            "model.compile=true: torch.compile on CPU builds C++ kernels, and no C++ compiler was found "
+            "(CXX, g++, c++ or clang++ on the PATH); install one (e.g. `apt install g++`, or "
+            "`conda install gxx`), or set model.compile=false"
+        )
 
 
 def _check_precision(precision: str, on_gpu: bool) -> None:
     if precision.startswith("bf16") and on_gpu and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"trainer.precision={precision}: this GPU has no bfloat16 support; use 16-mixed or "
-                          "32-true")
+        raise ConfigError(f"trainer.precision={precision}: this GPU has no bfloat16 support; use 16-mixed or 32-true")
     if precision.startswith("16") and not on_gpu:
-        raise ConfigError(f"trainer.precision={precision}: float16 mixed precision needs a GPU; on CPU use "
-                          "bf16-mixed or 32-true (experiments/overlays/cpu.yaml)")
+        raise ConfigError(
+            f"trainer.precision={precision}: float16 mixed precision needs a GPU; on CPU use "
+            "bf16-mixed or 32-true (experiments/overlays/cpu.yaml)"
+        )
     if precision.startswith("bf16") and not on_gpu and not cpu_has_bf16():
-        print(f"[mope] note: trainer.precision={precision} on a CPU without native bfloat16 (AVX-512 BF16 or AMX): "
-              "it runs, emulated, and usually slower than 32-true", file=sys.stderr, flush=True)
+        print(
+            f"[mope] note: trainer.precision={precision} on a CPU without native bfloat16 (AVX-512 BF16 or AMX): "
+            "it runs, emulated, and usually slower than 32-true",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def cpu_has_bf16() -> bool:

@@ -16,8 +16,13 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.utilities import dim_zero_cat
-from torchmetrics.classification import (BinaryAUROC, BinaryF1Score, MulticlassAccuracy, MulticlassF1Score,
-                                         MultilabelF1Score)
+from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelF1Score,
+)
 
 from mope_lightning.weights.checkpoints import check_fits, classifier_state
 from mope_lightning.errors import ConfigError
@@ -61,8 +66,10 @@ def make_metrics(task: str, num_classes: int) -> MetricCollection:
     """Accuracy (single label), and AUROC and weighted F1 with two classes (Hateful Memes', MUStARD's); F1 micro,
     macro, weighted and samples at 0.5 (multi-label, as MM-IMDB papers)."""
     if task == "multilabel":
-        metrics = {f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg)
-                   for avg in ("micro", "macro", "weighted")}
+        metrics = {
+            f"f1_{avg}": MultilabelF1Score(num_labels=num_classes, average=avg)
+            for avg in ("micro", "macro", "weighted")
+        }
         return MetricCollection({**metrics, "f1_samples": SamplesF1()})
     metrics = {"acc": MulticlassAccuracy(num_classes=num_classes, average="micro")}
     if num_classes == 2:  # Hateful Memes' AUROC; MUStARD's F-score, the weighted average of the two classes'
@@ -77,8 +84,9 @@ def defined_metrics(metrics: MetricCollection, classes: list[str]) -> tuple[dict
     for name, metric in metrics.items():
         if getattr(metric, "only_class", None) is not None:
             del values[name]
-            notes.append(f"{name} left out: it needs samples of both classes, and these are all "
-                         f"'{classes[metric.only_class]}'")
+            notes.append(
+                f"{name} left out: it needs samples of both classes, and these are all '{classes[metric.only_class]}'"
+            )
     return values, notes
 
 
@@ -125,13 +133,15 @@ class MoPELitModule(L.LightningModule):
         task_loss = self._task_loss(out.logits, batch["labels"])
         loss = task_loss + self.cfg.model.mope.importance_weight * out.importance_loss
         n = len(batch["labels"])
-        self.log_dict({"train/loss": loss, "train/task_loss": task_loss,
-                       "train/importance_loss": out.importance_loss}, batch_size=n, prog_bar=False)
+        self.log_dict(
+            {"train/loss": loss, "train/task_loss": task_loss, "train/importance_loss": out.importance_loss},
+            batch_size=n,
+            prog_bar=False,
+        )
         self.train_metrics.update(out.logits.detach(), self._targets(batch["labels"]))
         return loss
 
-    def _eval_step(self, batch: dict, metrics: MetricCollection, routing: Optional[RoutingStats],
-                   stage: str) -> None:
+    def _eval_step(self, batch: dict, metrics: MetricCollection, routing: Optional[RoutingStats], stage: str) -> None:
         out = self(batch)
         n = len(batch["labels"])
         self.log(f"{stage}/loss", self._task_loss(out.logits, batch["labels"]), batch_size=n, sync_dist=True)
@@ -183,10 +193,12 @@ class MoPELitModule(L.LightningModule):
         val = datamodule.datasets["val"].split
         present = sorted(set(val.labels))
         if len(present) == 1:
-            raise ConfigError(f"checkpoint.monitor: {checkpoint.monitor} needs samples of both classes in the val "
-                              f"split, and its {len(val)} sample(s) are all '{self.classes[present[0]]}'; set "
-                              "checkpoint.monitor=val/loss checkpoint.mode=min, or give the val split samples of "
-                              "both classes")
+            raise ConfigError(
+                f"checkpoint.monitor: {checkpoint.monitor} needs samples of both classes in the val "
+                f"split, and its {len(val)} sample(s) are all '{self.classes[present[0]]}'; set "
+                "checkpoint.monitor=val/loss checkpoint.mode=min, or give the val split samples of "
+                "both classes"
+            )
 
     # --- parameter counts, logged once per fit -------------------------------------------------------------
     def on_fit_start(self) -> None:

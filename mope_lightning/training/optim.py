@@ -11,11 +11,13 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
+
 def build_optimizer(o: DictConfig, groups: dict[str, list]) -> torch.optim.Optimizer:
     """`groups`: parameter group name -> parameters (empty groups are left out); `optim.group_lr` sets a group's
     learning rate, the others take `optim.lr`."""
-    param_groups = [{"params": params, "name": name, "lr": o.group_lr.get(name, o.lr)}
-                    for name, params in groups.items() if params]
+    param_groups = [
+        {"params": params, "name": name, "lr": o.group_lr.get(name, o.lr)} for name, params in groups.items() if params
+    ]
     if o.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     optimizer = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
@@ -32,8 +34,10 @@ def build_scheduler(o: DictConfig, optimizer: torch.optim.Optimizer, total_steps
     from transformers import get_scheduler
 
     name = "constant_with_warmup" if o.scheduler == "constant" else o.scheduler
-    extra = {"scheduler_specific_kwargs": {"min_lr_rate": o.min_lr_ratio}} if o.scheduler == "cosine_with_min_lr" \
-        else {}
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=o.warmup_steps,
-                              num_training_steps=max(total_steps, 1), **extra)
+    extra = (
+        {"scheduler_specific_kwargs": {"min_lr_rate": o.min_lr_ratio}} if o.scheduler == "cosine_with_min_lr" else {}
+    )
+    scheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=max(total_steps, 1), **extra
+    )
     return {"scheduler": scheduler, "interval": "step"}

@@ -23,13 +23,40 @@ from mope_lightning.fileio import atomic_write
 # What a resumed run may change: how long it trains, where and with how many processes, how it loads data, what it
 # prints and where it logs (the record of the command and code that resumed it is new by nature). Anything else
 # (model, optimiser, seed, samples, batch size, precision) would mix two experiments in one run, so it is refused.
-RESUME_MAY_CHANGE = ("ckpt", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
-                     "trainer.min_steps", "trainer.devices", "trainer.num_nodes", "trainer.accelerator",
-                     "trainer.strategy", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-                     "trainer.log_every_n_steps", "trainer.default_root_dir", "data.root", "data.image_dir",
-                     "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.prefetch_factor",
-                     "data.cache_dir", "data.eval_batch_size", "checkpoint.save_last", "checkpoint.save_top_k",
-                     "predict.", "analyze.", "export.", "run.", "tags", "notes", "loggers", *HOW_IT_RUNS)
+RESUME_MAY_CHANGE = (
+    "ckpt",
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "trainer.max_time",
+    "trainer.min_epochs",
+    "trainer.min_steps",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.accelerator",
+    "trainer.strategy",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.default_root_dir",
+    "data.root",
+    "data.image_dir",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.prefetch_factor",
+    "data.cache_dir",
+    "data.eval_batch_size",
+    "checkpoint.save_last",
+    "checkpoint.save_top_k",
+    "predict.",
+    "analyze.",
+    "export.",
+    "run.",
+    "tags",
+    "notes",
+    "loggers",
+    *HOW_IT_RUNS,
+)
 
 
 def _may_change(key: str) -> bool:
@@ -40,21 +67,27 @@ def check_resume(cfg: DictConfig, ckpt_path: str) -> list[tuple]:
     """Resuming continues a run of the same experiment with the same settings (the backbone and weights are checked
     when they load). Returns the changes it allows (`RESUME_MAY_CHANGE`), to record; refuses any other."""
     if is_adapter(ckpt_path):
-        raise ConfigError(f"ckpt: {ckpt_path} is an adapter, which holds no training state to resume; fit resumes "
-                          "from a .ckpt (ckpt=last finds the newest run's)")
+        raise ConfigError(
+            f"ckpt: {ckpt_path} is an adapter, which holds no training state to resume; fit resumes "
+            "from a .ckpt (ckpt=last finds the newest run's)"
+        )
     # mmap: only the hyperparameters and counters are read here; Lightning loads the weights afterwards.
     checkpoint = read_checkpoint(ckpt_path, mmap=True)
     hparams = checkpoint.get("hyper_parameters", {})
     stored = hparams.get("config", {})
     if stored.get("experiment") != cfg.experiment:
-        raise CheckpointError(f"ckpt: {ckpt_path} was trained by experiment '{stored.get('experiment')}', not "
-                              f"'{cfg.experiment}'; resume a run of this experiment (ckpt=last finds its newest one)")
+        raise CheckpointError(
+            f"ckpt: {ckpt_path} was trained by experiment '{stored.get('experiment')}', not "
+            f"'{cfg.experiment}'; resume a run of this experiment (ckpt=last finds its newest one)"
+        )
     changes = differences(stored, to_container(cfg), free_form=("trainer",))
     refused = [c for c in changes if not _may_change(c[0])]
     if refused:
-        raise ConfigError(f"ckpt: {ckpt_path} was trained with other settings ({format_differences(refused)}); a "
-                          "resumed run continues the same experiment, so only its length, devices and data loading "
-                          "may change. Resume with the settings it was trained with, or start a new run without ckpt=")
+        raise ConfigError(
+            f"ckpt: {ckpt_path} was trained with other settings ({format_differences(refused)}); a "
+            "resumed run continues the same experiment, so only its length, devices and data loading "
+            "may change. Resume with the settings it was trained with, or start a new run without ckpt="
+        )
     _check_run_length(to_container(cfg)["trainer"], checkpoint, ckpt_path, {c[0] for c in changes})
     # The run record (command, commit) of a resume is new by nature: resumes.json keeps it, it is not a "change".
     return [c for c in changes if c[0] != "ckpt" and not c[0].startswith("run.")]
@@ -78,13 +111,18 @@ def _check_run_length(trainer: dict, checkpoint: dict, ckpt_path: str, changed: 
         return
     trained = f"{epochs} epoch(s)" + (f" and {batches} batch(es) of epoch {epochs + 1}" if batches else "")
     if not changed & {key.split("=")[0] for key, _ in reached}:
-        print(f"[mope] ckpt: {ckpt_path} finished its training ({trained}, up to step {step}) under these limits: "
-              "nothing is trained, what follows uses its weights", flush=True)
+        print(
+            f"[mope] ckpt: {ckpt_path} finished its training ({trained}, up to step {step}) under these limits: "
+            "nothing is trained, what follows uses its weights",
+            flush=True,
+        )
         return
     limits, fixes = " and ".join(key for key, _ in reached), " and ".join(fix for _, fix in reached)
-    raise ConfigError(f"ckpt: {ckpt_path} has trained {trained}, up to step {step}: {limits} "
-                      f"{'leaves' if len(reached) == 1 else 'leave'} nothing to train, so nothing was run. To train "
-                      f"further, set {fixes}; to evaluate these weights, run `mope test ... ckpt={ckpt_path}`")
+    raise ConfigError(
+        f"ckpt: {ckpt_path} has trained {trained}, up to step {step}: {limits} "
+        f"{'leaves' if len(reached) == 1 else 'leave'} nothing to train, so nothing was run. To train "
+        f"further, set {fixes}; to evaluate these weights, run `mope test ... ckpt={ckpt_path}`"
+    )
 
 
 def record_resume(trainer: L.Trainer, ckpt_path: str, changes: list[tuple], run_record: dict) -> None:
@@ -94,13 +132,18 @@ def record_resume(trainer: L.Trainer, ckpt_path: str, changes: list[tuple], run_
     if not trainer.is_global_zero or not log_dir:
         return
     if changes:
-        print(f"[mope] resuming {ckpt_path} with changed settings: {format_differences(changes, limit=20)}",
-              flush=True)
+        print(f"[mope] resuming {ckpt_path} with changed settings: {format_differences(changes, limit=20)}", flush=True)
     path = Path(log_dir) / "resumes.json"
     try:
         history = json.loads(path.read_text()) if path.is_file() else []
     except (OSError, ValueError):  # a damaged record is replaced rather than stopping the run it records
         history = []
-    history.append({"time": datetime.datetime.now().isoformat(timespec="seconds"), "checkpoint": ckpt_path,
-                    "changes": [{"key": k, "was": old, "now": new} for k, old, new in changes], "run": run_record})
+    history.append(
+        {
+            "time": datetime.datetime.now().isoformat(timespec="seconds"),
+            "checkpoint": ckpt_path,
+            "changes": [{"key": k, "was": old, "now": new} for k, old, new in changes],
+            "run": run_record,
+        }
+    )
     atomic_write(path, lambda fh: json.dump(history, fh, indent=1, default=str))

@@ -37,12 +37,16 @@ VERSIONED = ("mope_lightning", "torch", "lightning", "timm", "transformers", "to
 def check_trackers(cfg: DictConfig) -> None:
     """Before anything is built: the chosen trackers' packages are installed and a tracking server answers."""
     if "wandb" in cfg.loggers and importlib.util.find_spec("wandb") is None:
-        raise ConfigError("loggers: wandb needs the wandb package, which is not installed here; `pip install wandb`, "
-                          "or drop wandb from loggers")
+        raise ConfigError(
+            "loggers: wandb needs the wandb package, which is not installed here; `pip install wandb`, "
+            "or drop wandb from loggers"
+        )
     if "mlflow" in cfg.loggers:
         if importlib.util.find_spec("mlflow") is None:
-            raise ConfigError("loggers: mlflow needs the mlflow client: `pip install mlflow-skinny sqlalchemy "
-                              "alembic` (in requirements.txt), or drop mlflow from loggers")
+            raise ConfigError(
+                "loggers: mlflow needs the mlflow client: `pip install mlflow-skinny sqlalchemy "
+                "alembic` (in requirements.txt), or drop mlflow from loggers"
+            )
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
             _probe_mlflow(uri)
@@ -71,9 +75,11 @@ def _probe_mlflow(uri: str) -> None:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # any failure here (network, auth, a bad store) would end the run later
             reason = " ".join(str(exc).split())[:300]
-            raise ConfigError(f"loggers: mlflow: MLFLOW_TRACKING_URI={uri} does not answer ({reason}); start the "
-                              "tracking server or fix the URI, or unset MLFLOW_TRACKING_URI to log to a store in "
-                              "the run directory") from None
+            raise ConfigError(
+                f"loggers: mlflow: MLFLOW_TRACKING_URI={uri} does not answer ({reason}); start the "
+                "tracking server or fix the URI, or unset MLFLOW_TRACKING_URI to log to a store in "
+                "the run directory"
+            ) from None
 
 
 def build_loggers(cfg: DictConfig, root: Path, version: Optional[str | int]) -> list:
@@ -161,9 +167,14 @@ def _mlflow_logger(cfg: DictConfig, run_dir: Path):
         tags["mlflow.source.git.commit"] = cfg.run.git_commit
     run_id = _tracker_run(run_dir, "mlflow", uri)
     kind = ContinuedMLFlowLogger if run_id else MLFlowLogger
-    logger = kind(experiment_name=cfg.experiment, run_name=run_dir.name, tags=tags or None, tracking_uri=uri,
-                  run_id=run_id,
-                  artifact_location=None if env_uri else (run_dir.resolve() / "mlflow-artifacts").as_uri())
+    logger = kind(
+        experiment_name=cfg.experiment,
+        run_name=run_dir.name,
+        tags=tags or None,
+        tracking_uri=uri,
+        run_id=run_id,
+        artifact_location=None if env_uri else (run_dir.resolve() / "mlflow-artifacts").as_uri(),
+    )
     _remember_tracker_run(run_dir, "mlflow", uri, logger.run_id)  # starts the MLflow run (on rank 0)
     return logger
 
@@ -187,8 +198,15 @@ def _wandb_logger(cfg: DictConfig, run_dir: Path):
     project = os.environ.get("WANDB_PROJECT", cfg.experiment)
     run_id = _tracker_run(run_dir, "wandb", project) or uuid.uuid4().hex[:12]
     _remember_tracker_run(run_dir, "wandb", project, run_id)
-    return WandbLogger(project=project, name=run_dir.name, id=run_id, save_dir=str(run_dir),
-                       offline=not _wandb_logged_in(), tags=list(cfg.tags) or None, notes=cfg.notes)
+    return WandbLogger(
+        project=project,
+        name=run_dir.name,
+        id=run_id,
+        save_dir=str(run_dir),
+        offline=not _wandb_logged_in(),
+        tags=list(cfg.tags) or None,
+        notes=cfg.notes,
+    )
 
 
 IMAGE_LOGGERS = (TensorBoardLogger, MLFlowLogger, WandbLogger)  # the ones log_figures writes to
@@ -252,8 +270,7 @@ def where_to_look(loggers) -> list[tuple[str, str]]:
         elif isinstance(logger, MLFlowLogger):
             import mlflow
 
-            found.append(("mlflow", f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()} (run "
-                                    f"{logger.run_id})"))
+            found.append(("mlflow", f"mlflow ui --backend-store-uri {mlflow.get_tracking_uri()} (run {logger.run_id})"))
         elif isinstance(logger, WandbLogger):
             run = logger.experiment
             found.append(("wandb", f"wandb sync {Path(run.dir).parent}" if run.offline else run.url))

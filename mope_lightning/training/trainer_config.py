@@ -38,8 +38,12 @@ def check_callbacks(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
     callbacks = resolve_callbacks(to_container(cfg.callbacks), source_of("callbacks"))
     if callbacks:
         monitor = cfg.checkpoint.monitor or _headline_metric(cfg.data.name)
-        check_trainer_rules(callbacks, fit_checkpoints(cfg.checkpoint, monitor), source_of("callbacks"),
-                            cfg.trainer.get("enable_progress_bar", True) is not False)
+        check_trainer_rules(
+            callbacks,
+            fit_checkpoints(cfg.checkpoint, monitor),
+            source_of("callbacks"),
+            cfg.trainer.get("enable_progress_bar", True) is not False,
+        )
 
 
 def _headline_metric(dataset: str) -> Optional[str]:
@@ -59,8 +63,10 @@ def check_trainer_keys(trainer: DictConfig, source_of: Callable[[str], str]) -> 
             raise ConfigError(f"{source}: trainer.{key}: set by mope_lightning itself; use the checkpoint section")
         if key not in params:
             valid = [f"trainer.{p}" for p in params if p != "self"]
-            raise ConfigError(f"{source}: unknown key 'trainer.{key}'{suggest(f'trainer.{key}', valid)}: not a "
-                              "lightning.Trainer argument")
+            raise ConfigError(
+                f"{source}: unknown key 'trainer.{key}'{suggest(f'trainer.{key}', valid)}: not a "
+                "lightning.Trainer argument"
+            )
 
 
 def check_trainer_types(trainer: DictConfig, source_of: Callable[[str], str]) -> None:
@@ -77,14 +83,19 @@ def check_trainer_types(trainer: DictConfig, source_of: Callable[[str], str]) ->
             continue
         accepted = _yaml_types(hints.get(key, inspect.Parameter.empty))
         if accepted is not None and not _matches(value, accepted):
-            names = sorted({repr(a) if not isinstance(a, type) else "null" if a is type(None) else a.__name__
-                            for a in accepted})
-            raise ConfigError(f"{source_of(f'trainer.{key}')}: trainer.{key}: {value!r} is not accepted by "
-                              f"lightning.Trainer (expected {' | '.join(names)})")
+            names = sorted(
+                {repr(a) if not isinstance(a, type) else "null" if a is type(None) else a.__name__ for a in accepted}
+            )
+            raise ConfigError(
+                f"{source_of(f'trainer.{key}')}: trainer.{key}: {value!r} is not accepted by "
+                f"lightning.Trainer (expected {' | '.join(names)})"
+            )
 
 
-MAX_TIME_FORMS = ("a string DD:HH:MM:SS (e.g. '00:12:00:00', twelve hours) or a mapping of timedelta arguments "
-                  "(e.g. {days: 1, hours: 2})")
+MAX_TIME_FORMS = (
+    "a string DD:HH:MM:SS (e.g. '00:12:00:00', twelve hours) or a mapping of timedelta arguments "
+    "(e.g. {days: 1, hours: 2})"
+)
 
 
 def check_max_time(value: Any, source: str) -> None:
@@ -100,16 +111,18 @@ def check_max_time(value: Any, source: str) -> None:
                 problem += "; YAML needs a space after each colon, {days: 1}"
         else:
             problem = None if seconds > 0 else "no time at all: give a positive duration"
-    elif isinstance(value, int) and not isinstance(value, bool) and value >= 60 ** 3:
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 60**3:
         # YAML 1.1 reads an unquoted 10:00:00:00 as the base-60 number 10 * 60**3
-        days, rest = divmod(value, 60 ** 3)
+        days, rest = divmod(value, 60**3)
         text = f"{days}:{rest // 3600:02d}:{rest // 60 % 60:02d}:{rest % 60:02d}"
         problem = f"YAML reads an unquoted {text} as a base-60 number; quote it, or write the days as 0{text}"
     else:
         problem = f"{type(value).__name__} values are neither form"
     if problem:
-        raise ConfigError(f"{source}: trainer.max_time: {value!r} is not accepted by lightning.Trainer ({problem}); "
-                          f"give {MAX_TIME_FORMS}")
+        raise ConfigError(
+            f"{source}: trainer.max_time: {value!r} is not accepted by lightning.Trainer ({problem}); "
+            f"give {MAX_TIME_FORMS}"
+        )
 
 
 def _yaml_types(hint: Any) -> Optional[list]:

@@ -48,8 +48,10 @@ def saved_position(checkpoint: dict) -> Optional[dict[str, int]]:
         return None
     epochs = fit_loop["epoch_progress"]["total"]
     unfinished = epochs["processed"] < epochs["ready"]
-    return {"epoch": epochs["processed"],
-            "batches": fit_loop["epoch_loop.batch_progress"]["current"]["completed"] if unfinished else 0}
+    return {
+        "epoch": epochs["processed"],
+        "batches": fit_loop["epoch_loop.batch_progress"]["current"]["completed"] if unfinished else 0,
+    }
 
 
 def align_loop_progress(fit_loop: dict, position: dict[str, int]) -> None:
@@ -85,8 +87,15 @@ class TrainingOrder(DistributedSampler):
     dropout) is saved in checkpoints, and a run resumed mid-epoch iterates its loader once more than an uninterrupted
     one, so that draw would shift every later random number of the resumed run."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int, batch_size: int,
-                 start: Optional[dict[str, int]] = None):
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int,
+        rank: int,
+        seed: int,
+        batch_size: int,
+        start: Optional[dict[str, int]] = None,
+    ):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.batch_size = batch_size
         self.start = start

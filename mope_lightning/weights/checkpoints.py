@@ -53,33 +53,44 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     instead of reading them, for a caller that only looks at the small values beside them."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (an adapter folder holds "
-                              f"{ADAPTER_CONFIG}); pass a .ckpt file or an exported adapter")
+        raise CheckpointError(
+            f"{path}: is a folder, not a checkpoint file (an adapter folder holds "
+            f"{ADAPTER_CONFIG}); pass a .ckpt file or an exported adapter"
+        )
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; its save was probably interrupted. "
-                              "Use another checkpoint of the run (checkpoints/*.ckpt)")
+        raise CheckpointError(
+            f"{path}: empty file (0 bytes), not a checkpoint; its save was probably interrupted. "
+            "Use another checkpoint of the run (checkpoints/*.ckpt)"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         found = _unsafe_globals(path)
         if not found and "Unsupported global" not in str(exc):  # not an object it refused: a malformed pickle
             detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-            raise CheckpointError(f"{path}: not a checkpoint written by torch.save ({detail}); pass a checkpoint "
-                                  "written by `mope fit`") from None
+            raise CheckpointError(
+                f"{path}: not a checkpoint written by torch.save ({detail}); pass a checkpoint written by `mope fit`"
+            ) from None
         named = f" ({', '.join(found)})" if found else ""
-        raise CheckpointError(f"{path}: refused: loading it would import objects other than tensors and plain "
-                              f"values{named}, which can run code. mope_lightning checkpoints never hold such "
-                              "objects; nothing from this file was run. Ask its author for an exported adapter "
-                              "(mope export) or a checkpoint written by mope_lightning") from None
+        raise CheckpointError(
+            f"{path}: refused: loading it would import objects other than tensors and plain "
+            f"values{named}, which can run code. mope_lightning checkpoints never hold such "
+            "objects; nothing from this file was run. Ask its author for an exported adapter "
+            "(mope export) or a checkpoint written by mope_lightning"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - weights_only already stopped code; any other failure is a bad file
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({reason}); use another checkpoint "
-                              "of the run (checkpoints/*.ckpt)") from None
+        raise CheckpointError(
+            f"{path}: truncated or not a PyTorch checkpoint ({reason}); use another checkpoint "
+            "of the run (checkpoints/*.ckpt)"
+        ) from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint (a dict with a "
-                              "state_dict); pass a checkpoint written by `mope fit`")
+        raise CheckpointError(
+            f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint (a dict with a "
+            "state_dict); pass a checkpoint written by `mope fit`"
+        )
     return checkpoint
 
 
@@ -88,16 +99,24 @@ def weights_from_checkpoint(path: str | Path) -> TrainedWeights:
     checkpoint = read_checkpoint(path)
     record, hparams = checkpoint.get("mope_backbones"), checkpoint.get("hyper_parameters")
     if record is None or not isinstance(hparams, dict) or "config" not in hparams:
-        raise CheckpointError(f"{path}: not a mope_lightning checkpoint (no backbone record or config); pass a "
-                              "checkpoint written by `mope fit`")
-    return TrainedWeights(str(path), hparams["config"], list(hparams.get("classes", [])),
-                          hparams.get("task", "multiclass"), record, classifier_state(checkpoint))
+        raise CheckpointError(
+            f"{path}: not a mope_lightning checkpoint (no backbone record or config); pass a "
+            "checkpoint written by `mope fit`"
+        )
+    return TrainedWeights(
+        str(path),
+        hparams["config"],
+        list(hparams.get("classes", [])),
+        hparams.get("task", "multiclass"),
+        record,
+        classifier_state(checkpoint),
+    )
 
 
 def classifier_state(checkpoint: dict) -> dict[str, Tensor]:
     """The classifier's tensors in a Lightning checkpoint of `MoPELitModule`, keys relative to the classifier (its
     `net.` attribute)."""
-    return {k[len("net."):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+    return {k[len("net.") :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
 
 
 def is_adapter(path: str | Path) -> bool:
@@ -111,32 +130,42 @@ def check_fits(net: nn.Module, backbones: Optional[dict], state: dict[str, Tenso
         raise CheckpointError(f"{where}: not a mope_lightning checkpoint (no backbone record)")
     ours = net.backbone_record()
     if backbones["signature"] != ours["signature"]:
-        raise CheckpointError(f"{where}: trained with backbones {backbones['signature']}, but this config builds "
-                              f"{ours['signature']}; use the experiment config the weights were trained with")
+        raise CheckpointError(
+            f"{where}: trained with backbones {backbones['signature']}, but this config builds "
+            f"{ours['signature']}; use the experiment config the weights were trained with"
+        )
     if backbones["weights"] != ours["weights"]:
         changed = [k for k in ours["weights"] if backbones["weights"].get(k) != ours["weights"][k]]
-        raise CheckpointError(f"{where}: trained on other frozen weights of the same architecture "
-                              f"({', '.join(changed)}); load the same pretrained encoder weights it was trained with")
+        raise CheckpointError(
+            f"{where}: trained on other frozen weights of the same architecture "
+            f"({', '.join(changed)}); load the same pretrained encoder weights it was trained with"
+        )
     expected = net.trained_state_dict()
     # Weights from before missing-modality support have no missing embeddings: they stay at their untrained zeros.
     missing = sorted(k for k in set(expected) - set(state) if not k.startswith(OPTIONAL_KEYS))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
     if missing or unexpected or wrong:
-        details = "; ".join(f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                ("shape differs", wrong)) if keys)
-        raise CheckpointError(f"{where}: does not fit this model's trainable weights ({details}); use the config "
-                              "the weights were trained with")
+        details = "; ".join(
+            f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", wrong))
+            if keys
+        )
+        raise CheckpointError(
+            f"{where}: does not fit this model's trainable weights ({details}); use the config "
+            "the weights were trained with"
+        )
 
 
 def load_into(net: nn.Module, trained: TrainedWeights, classes: Optional[list[str]] = None) -> None:
     """Check that `trained` fits `net` (and, when given, that it predicts the same `classes` in the same order),
     then load its tensors."""
     if classes is not None and trained.classes and list(classes) != list(trained.classes):
-        raise CheckpointError(f"{trained.source}: trained on the classes {_show(trained.classes)}, but the dataset "
-                              f"has {_show(classes)}; predictions would be mislabelled. Evaluate on data with the "
-                              "same label set, in the same order")
+        raise CheckpointError(
+            f"{trained.source}: trained on the classes {_show(trained.classes)}, but the dataset "
+            f"has {_show(classes)}; predictions would be mislabelled. Evaluate on data with the "
+            "same label set, in the same order"
+        )
     check_fits(net, trained.backbones, trained.state, trained.source)
     net.load_state_dict(trained.state, strict=False)
 

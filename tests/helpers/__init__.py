@@ -14,7 +14,15 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 def tiny_config(tmp_path: Path, *overrides: str):
     """The default experiment with the tiny overlay, writing only under `tmp_path`."""
-    return load_config([DEFAULT_EXP, TINY], [f"trainer.default_root_dir={tmp_path / 'runs'}",
-                                             f"data.cache_dir={tmp_path / 'cache'}", "data.train_images=40",
-                                             "data.test_images=10", "trainer.enable_progress_bar=false",
-                                             "trainer.enable_model_summary=false", *overrides])
+    return load_config(
+        [DEFAULT_EXP, TINY],
+        [
+            f"trainer.default_root_dir={tmp_path / 'runs'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.train_images=40",
+            "data.test_images=10",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            *overrides,
+        ],
+    )

@@ -52,8 +52,12 @@ def make_mmimdb(root: Path, per_split: dict | None = None) -> Path:
         for _ in range(count):
             movie = f"{n:07d}"
             genres = [MMIMDB_GENRES[n % 2]] + ([MMIMDB_GENRES[2 + n % 2]] if n % 3 == 0 else [])
-            meta = {"title": f"Movie {n}", "genres": genres, "year": [1994, "2003", None, "n/a"][n % 4],
-                    "plot": [f"A short plot {n}.", f"A much longer plot of movie number {n}, with more words."]}
+            meta = {
+                "title": f"Movie {n}",
+                "genres": genres,
+                "year": [1994, "2003", None, "n/a"][n % 4],
+                "plot": [f"A short plot {n}.", f"A much longer plot of movie number {n}, with more words."],
+            }
             (root / "dataset").mkdir(parents=True, exist_ok=True)
             (root / "dataset" / f"{movie}.json").write_text(json.dumps(meta))
             write_image(root / "dataset" / f"{movie}.jpeg", n)
@@ -71,8 +75,12 @@ def make_snli_ve(root: Path, per_split: dict | None = None, image_dir: str = "Fl
         lines = []
         for _ in range(count):
             image_id = str(1000 + n // 3)  # three hypotheses per image, as in SNLI-VE
-            record = {"gold_label": SNLI_LABELS[n % 3], "sentence1": "A caption.", "sentence2": f"Hypothesis {n}.",
-                      "pairID": f"{split}-{n}"}
+            record = {
+                "gold_label": SNLI_LABELS[n % 3],
+                "sentence1": "A caption.",
+                "sentence2": f"Hypothesis {n}.",
+                "pairID": f"{split}-{n}",
+            }
             if n % 2:
                 record["Flikr30kID"] = f"{image_id}.jpg"  # the older generator's misspelt field, with .jpg
             else:
@@ -95,8 +103,9 @@ def make_mmbt(root: Path, multilabel: bool = False) -> Path:
         for _ in range(count):
             label = [labels[n % 3], labels[(n + 1) % 3]] if multilabel else labels[n % 3]
             write_image(root / "images" / f"{n}.jpg", n)
-            lines.append(json.dumps({"id": f"s{n}", "text": f"a photo of thing {n}", "label": label,
-                                     "img": f"images/{n}.jpg"}))
+            lines.append(
+                json.dumps({"id": f"s{n}", "text": f"a photo of thing {n}", "label": label, "img": f"images/{n}.jpg"})
+            )
             n += 1
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
@@ -111,8 +120,16 @@ def make_hateful_memes(root: Path, per_split: dict | None = None) -> Path:
         for _ in range(count):
             meme = f"{n + 10000:05d}"
             write_image(root / "img" / f"{meme}.png", n, fmt="PNG")
-            lines.append(json.dumps({"id": meme, "img": f"img/{meme}.png", "label": n % 2,
-                                     "text": f"caption number {n} {'love' if n % 2 == 0 else 'hate'}"}))
+            lines.append(
+                json.dumps(
+                    {
+                        "id": meme,
+                        "img": f"img/{meme}.png",
+                        "label": n % 2,
+                        "text": f"caption number {n} {'love' if n % 2 == 0 else 'hate'}",
+                    }
+                )
+            )
             n += 1
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return root
@@ -168,9 +185,14 @@ def make_mustard(root: Path, count: int = 30) -> Path:
     data = {}
     for n in range(count):
         clip_id = f"{n // 10 + 1}_{n}"
-        data[clip_id] = {"utterance": f"Oh great, another line number {n}.", "speaker": ["SHELDON", "CHANDLER"][n % 2],
-                         "context": [f"context {n} a", f"context {n} b"], "context_speakers": ["LEONARD", "PENNY"],
-                         "show": MUSTARD_SHOWS[n % 3], "sarcasm": n % 2 == 1}
+        data[clip_id] = {
+            "utterance": f"Oh great, another line number {n}.",
+            "speaker": ["SHELDON", "CHANDLER"][n % 2],
+            "context": [f"context {n} a", f"context {n} b"],
+            "context_speakers": ["LEONARD", "PENNY"],
+            "show": MUSTARD_SHOWS[n % 3],
+            "sarcasm": n % 2 == 1,
+        }
         clips = root / "utterances_final"
         if n == 3:
             write_mp4_audio(clips / f"{clip_id}.mp4", n)

@@ -19,8 +19,9 @@ from helpers import DEFAULT_EXP, EXPERIMENTS
 
 
 def tiny_vit(name="vit_base_patch16_224", **kw):
-    model = timm.create_model(name, pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=2,
-                              embed_dim=64, num_heads=2, **kw)
+    model = timm.create_model(
+        name, pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, **kw
+    )
     return PromptedViT(model, {**timm.data.resolve_model_data_config(model), "input_size": (3, 32, 32)}, name), model
 
 
@@ -35,9 +36,14 @@ def tiny_swin():
 
 # Two experts of different widths and depths, the second at another input and patch size and normalisation
 # (AugReg's 0.5 mean and std against DINO's ImageNet statistics).
-EXPERTS = [{"library": "timm", "name": "vit_base_patch16_224.dino", "kwargs": {"img_size": 48}},
-           {"library": "timm", "name": "vit_small_patch16_224.augreg_in21k",
-            "kwargs": {"embed_dim": 32, "depth": 3, "img_size": 28, "patch_size": 7}}]
+EXPERTS = [
+    {"library": "timm", "name": "vit_base_patch16_224.dino", "kwargs": {"img_size": 48}},
+    {
+        "library": "timm",
+        "name": "vit_small_patch16_224.augreg_in21k",
+        "kwargs": {"embed_dim": 32, "depth": 3, "img_size": 28, "patch_size": 7},
+    },
+]
 
 
 CLASSES = ["circle", "square", "triangle"]
@@ -92,4 +98,3 @@ def _loss_and_grads(net, batch: dict, checkpointing: Optional[str]):
     loss.backward()
     grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
     return loss.detach(), out.importance_loss.detach(), grads
-

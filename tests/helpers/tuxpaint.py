@@ -18,8 +18,10 @@ CATEGORIES = {
 }
 SHARED = {"frog", "bread", "house"}
 SVG_STAMPS = {"owl", "tower"}
-SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="40" height="30"><rect x="5" y="5" width="30" height="20" '
-       'fill="#{colour}"/></svg>')
+SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="40" height="30"><rect x="5" y="5" width="30" height="20" '
+    'fill="#{colour}"/></svg>'
+)
 
 
 def write_stamp(path: Path, seed: int, size: int = 32) -> Path:
@@ -37,13 +39,15 @@ def write_stamp(path: Path, seed: int, size: int = 32) -> Path:
 
 
 def description(stem: str, category: str) -> str:
-    return (f"A {stem} from the {category} stamps.\nde.utf8=Ein {stem}.\nfr.utf8=Un {stem} ({category}).\n"
-            f"pt_BR.utf8=Um {stem}.\n")
+    return (
+        f"A {stem} from the {category} stamps.\nde.utf8=Ein {stem}.\nfr.utf8=Un {stem} ({category}).\n"
+        f"pt_BR.utf8=Um {stem}.\n"
+    )
 
 
 def make_tuxpaint(root: Path) -> Path:
     """The layout: 3 categories with a cartoon/ subfolder each, 18 described stamps (2 SVG-only, 1 with both a PNG
-and an SVG) in 15 description groups."""
+    and an SVG) in 15 description groups."""
     seed = 0
     for category, stems in CATEGORIES.items():
         for k, stem in enumerate(stems):

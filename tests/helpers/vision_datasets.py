@@ -24,8 +24,9 @@ def make_imagefolder(root: Path, train_per_class: int = 5, val_per_class: int = 
     return root
 
 
-def make_vtab_task(root: Path, task: str = "dtd", train: int = 8, val: int = 4, test: int = 6,
-                   classes: int = 3, seed: int = 0) -> Path:
+def make_vtab_task(
+    root: Path, task: str = "dtd", train: int = 8, val: int = 4, test: int = 6, classes: int = 3, seed: int = 0
+) -> Path:
     """<root>/<task>/images/*.jpg and the four split lists (`images/<n>.jpg <label>`, labels 0..classes-1);
     train800val200.txt is train800.txt followed by val200.txt, as released."""
     folder = root / task
@@ -73,14 +74,18 @@ def make_flowers102(root: Path, images: int = 12, labels=None, setid=None) -> Pa
     labels = np.array([[1 + (n % 3) for n in range(images)]]) if labels is None else labels
     savemat(root / "imagelabels.mat", {"labels": labels})
     third = images // 3
-    setid = setid or {"trnid": np.arange(1, third + 1)[None], "valid": np.arange(third + 1, 2 * third + 1)[None],
-                      "tstid": np.arange(2 * third + 1, images + 1)[None]}
+    setid = setid or {
+        "trnid": np.arange(1, third + 1)[None],
+        "valid": np.arange(third + 1, 2 * third + 1)[None],
+        "tstid": np.arange(2 * third + 1, images + 1)[None],
+    }
     savemat(root / "setid.mat", setid)
     return root
 
 
-def medmnist_arrays(num_labels: int = 1, classes: int = 3, counts=(9, 3, 3), rgb: bool = False,
-                    size: int = 28) -> dict[str, np.ndarray]:
+def medmnist_arrays(
+    num_labels: int = 1, classes: int = 3, counts=(9, 3, 3), rgb: bool = False, size: int = 28
+) -> dict[str, np.ndarray]:
     """The six arrays of a MedMNIST file: distinct uint8 images (a grey level or colour per image) and labels."""
     rng = np.random.default_rng(0)
     arrays, n = {}, 0

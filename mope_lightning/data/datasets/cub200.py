@@ -49,8 +49,9 @@ def id_table(path: Path, problems: list[Problem]) -> dict[str, tuple[str, int]]:
         if len(fields) != 2:
             problems.append(Problem(str(path), f"line {line}", "expected `<id> <value>`"))
         elif fields[0] in table:
-            problems.append(Problem(str(path), f"line {line}", f"id {fields[0]} again (first at line "
-                                    f"{table[fields[0]][1]})"))
+            problems.append(
+                Problem(str(path), f"line {line}", f"id {fields[0]} again (first at line {table[fields[0]][1]})")
+            )
         else:
             table[fields[0]] = (fields[1].strip(), line)
     return table
@@ -67,8 +68,10 @@ class CUB200DataModule(ImageClassificationDataModule):
     def read_classes(self) -> list[str]:
         missing = [name for name in FILES if not (self.folder / name).is_file()]
         if missing:
-            raise DataError(f"{self.folder}: no {', '.join(missing)}; data.root ({self.root}) should hold the "
-                            "extracted CUB_200_2011/ folder (see data/README.md)")
+            raise DataError(
+                f"{self.folder}: no {', '.join(missing)}; data.root ({self.root}) should hold the "
+                "extracted CUB_200_2011/ folder (see data/README.md)"
+            )
         path, problems = self.folder / "classes.txt", []
         table = id_table(path, problems)
         expected = [str(i) for i in range(1, self.num_classes + 1)]
@@ -96,17 +99,30 @@ class CUB200DataModule(ImageClassificationDataModule):
                 what = "image_class_labels.txt" if label is None else "train_test_split.txt"
                 problems.append(Problem(str(listing), f"line {line}", f"image id {image_id} has no line in {what}"))
             elif label[0] not in class_ids:
-                problems.append(Problem(str(self.folder / FILES[2]), f"line {label[1]}", f"class id {label[0]} is "
-                                        f"outside 1..{self.num_classes} (classes.txt)"))
+                problems.append(
+                    Problem(
+                        str(self.folder / FILES[2]),
+                        f"line {label[1]}",
+                        f"class id {label[0]} is outside 1..{self.num_classes} (classes.txt)",
+                    )
+                )
             elif split[0] not in ("0", "1"):
-                problems.append(Problem(str(self.folder / FILES[3]), f"line {split[1]}", f"split {split[0]!r} is "
-                                        "neither 1 (train) nor 0 (test)"))
+                problems.append(
+                    Problem(
+                        str(self.folder / FILES[3]),
+                        f"line {split[1]}",
+                        f"split {split[0]!r} is neither 1 (train) nor 0 (test)",
+                    )
+                )
             elif not (self.folder / "images" / relative).is_file():
-                problems.append(Problem(str(listing), f"line {line}", f"image file not found: "
-                                        f"{self.folder / 'images' / relative}"))
+                problems.append(
+                    Problem(str(listing), f"line {line}", f"image file not found: {self.folder / 'images' / relative}")
+                )
             else:
                 builders["train" if split[0] == "1" else "test"].add(
-                    relative, NO_TEXT, int(label[0]) - 1, self.folder / "images" / relative, f"{listing}:line {line}")
+                    relative, NO_TEXT, int(label[0]) - 1, self.folder / "images" / relative, f"{listing}:line {line}"
+                )
         train, val, note = self.holdout_val(builders["train"].build(), f"the train images of {FILES[3]}")
-        return Scan({"train": train, "val": val, "test": builders["test"].build()}, {"images": pool.files}, problems,
-                    [note])
+        return Scan(
+            {"train": train, "val": val, "test": builders["test"].build()}, {"images": pool.files}, problems, [note]
+        )

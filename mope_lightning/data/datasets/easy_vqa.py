@@ -56,15 +56,19 @@ class EasyVQADataModule(MultimodalDataModule):
     def root(self) -> Path:
         root = Path(self.cfg.root).expanduser() if self.cfg.root else default_root()
         if root is None:
-            raise DataError("easy-VQA is not installed and data.root is not set: run `make install` (it installs "
-                            "easy-vqa==1.0) or set data.root to a folder with the layout in data/README.md")
+            raise DataError(
+                "easy-VQA is not installed and data.root is not set: run `make install` (it installs "
+                "easy-vqa==1.0) or set data.root to a folder with the layout in data/README.md"
+            )
         return root
 
     def read_classes(self) -> list[str]:
         path = self.root / "answers.txt"
         if not path.is_file():
-            raise DataError(f"{self.root}: no easy-VQA dataset here (missing {path.name}); set data.root to a folder "
-                            "with answers.txt and {train,test}/questions.json + images/ (see data/README.md)")
+            raise DataError(
+                f"{self.root}: no easy-VQA dataset here (missing {path.name}); set data.root to a folder "
+                "with answers.txt and {train,test}/questions.json + images/ (see data/README.md)"
+            )
         classes = [line.strip() for line in read_text(path).splitlines()]
         for lineno, name in enumerate(classes, 1):
             if not name:

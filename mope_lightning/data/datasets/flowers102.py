@@ -84,8 +84,9 @@ def read_mat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: no array '{key}' (found: {found}); is this the release's file?")
         array = np.asarray(content[key])
         if array.ndim != 2 or 1 not in array.shape or not np.issubdtype(array.dtype, np.number) or not array.size:
-            raise DataError(f"{path}: '{key}' is a {array.dtype} array of shape {array.shape}; expected one row of "
-                            "numbers")
+            raise DataError(
+                f"{path}: '{key}' is a {array.dtype} array of shape {array.shape}; expected one row of numbers"
+            )
         flat = array.reshape(-1)
         if not np.all(np.isfinite(flat)) or not np.all(flat == np.round(flat)):
             raise DataError(f"{path}: '{key}' holds numbers that are not whole")
@@ -99,8 +100,10 @@ class Flowers102DataModule(ImageClassificationDataModule):
 
     def read_classes(self) -> list[str]:
         if not (self.root / "jpg").is_dir():
-            raise DataError(f"{self.root / 'jpg'}: missing; data.root ({self.root}) should hold jpg/, "
-                            "imagelabels.mat and setid.mat (see data/README.md)")
+            raise DataError(
+                f"{self.root / 'jpg'}: missing; data.root ({self.root}) should hold jpg/, "
+                "imagelabels.mat and setid.mat (see data/README.md)"
+            )
         return [str(i) for i in range(1, NUM_CLASSES + 1)]
 
     def split_source(self, split: str) -> str:
@@ -121,11 +124,21 @@ class Flowers102DataModule(ImageClassificationDataModule):
                 where = f"{key} entry {entry}"
                 image = self.root / "jpg" / f"image_{number:05d}.jpg"
                 if not 1 <= number <= len(labels):
-                    problems.append(Problem(str(setid), where, f"image number {number} is outside 1..{len(labels)} "
-                                            f"(the images {labels_file.name} labels)"))
+                    problems.append(
+                        Problem(
+                            str(setid),
+                            where,
+                            f"image number {number} is outside 1..{len(labels)} (the images {labels_file.name} labels)",
+                        )
+                    )
                 elif not 1 <= labels[number - 1] <= NUM_CLASSES:
-                    problems.append(Problem(str(labels_file), f"labels entry {number - 1}", f"label "
-                                            f"{labels[number - 1]} is outside 1..{NUM_CLASSES}"))
+                    problems.append(
+                        Problem(
+                            str(labels_file),
+                            f"labels entry {number - 1}",
+                            f"label {labels[number - 1]} is outside 1..{NUM_CLASSES}",
+                        )
+                    )
                 elif not image.is_file():
                     problems.append(Problem(str(setid), where, f"image file not found: {image}"))
                 else:

@@ -57,8 +57,10 @@ class Food101DataModule(MultimodalDataModule):
         images = self.root / "images"
         for split in ("train", "test"):
             if not (images / split).is_dir():
-                raise DataError(f"{images / split}: missing; UPMC Food-101 needs images/{{train,test}}/<class>/ under "
-                                f"data.root ({self.root}); see data/README.md")
+                raise DataError(
+                    f"{images / split}: missing; UPMC Food-101 needs images/{{train,test}}/<class>/ under "
+                    f"data.root ({self.root}); see data/README.md"
+                )
         classes = sorted(p.name for p in (images / "train").iterdir() if p.is_dir())
         if not classes:
             raise DataError(f"{images / 'train'}: no class folders; expected images/train/<class>/<file>.jpg")
@@ -88,8 +90,9 @@ class Food101DataModule(MultimodalDataModule):
             texts = self._read_titles(split, problems) if self.cfg.text_source == "titles" else None
             builders[split] = self._read_split(split, texts, problems)
         train = builders["train"].build()
-        kept, held = stratified_holdout(train.labels, seed=self.cfg.split_seed, size=min(self.cfg.val_size,
-                                                                                          len(train) // 2))
+        kept, held = stratified_holdout(
+            train.labels, seed=self.cfg.split_seed, size=min(self.cfg.val_size, len(train) // 2)
+        )
         splits = {"train": train.subset(kept), "val": train.subset(held), "test": builders["test"].build()}
         notes = [f"val = {len(held)} samples held out of train, stratified by class (seed {self.cfg.split_seed})"]
         return Scan(splits, {"train": builders["train"].files, "test": builders["test"].files}, problems, notes)
@@ -107,8 +110,7 @@ class Food101DataModule(MultimodalDataModule):
                 read = self._text(image, titles, problems)
                 if read is not None:
                     text, source = read
-                    builder.add(f"{split}/{class_dir.name}/{image.name}", text, label_of[class_dir.name], image,
-                                source)
+                    builder.add(f"{split}/{class_dir.name}/{image.name}", text, label_of[class_dir.name], image, source)
         return builder
 
     def _text(self, image: Path, titles: Optional[dict], problems: list[Problem]) -> Optional[tuple[str, str]]:
@@ -144,8 +146,13 @@ class Food101DataModule(MultimodalDataModule):
         titles = {}
         for line, row in csv_records(path, read_text(path)):
             if len(row) != 3:
-                problems.append(Problem(str(path), f"line {line}", f"expected 3 fields (image_filename,"
-                                                                   f"page_title,class), got {len(row)}"))
+                problems.append(
+                    Problem(
+                        str(path),
+                        f"line {line}",
+                        f"expected 3 fields (image_filename,page_title,class), got {len(row)}",
+                    )
+                )
                 continue
             titles[row[0]] = (row[1], line)
         return titles

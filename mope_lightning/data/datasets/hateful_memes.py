@@ -35,8 +35,9 @@ FIRST_RELEASE = {"dev_seen.jsonl": "dev.jsonl", "test_seen.jsonl": "test.jsonl"}
 class HatefulMemesConfig(JsonlConfig):
     name: str = "hateful_memes"
     root: Optional[str] = "data/hateful_memes"
-    splits: Dict[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "val": "dev_seen.jsonl",
-                                                            "test": "test_seen.jsonl"})
+    splits: Dict[str, str] = field(
+        default_factory=lambda: {"train": "train.jsonl", "val": "dev_seen.jsonl", "test": "test_seen.jsonl"}
+    )
     labels_file: str = ""  # the label set is fixed: 0 not hateful, 1 hateful
     text_field: str = "text"
     label_field: str = "label"
@@ -62,15 +63,22 @@ class HatefulMemesDataModule(JsonlDataModule):
         path = self.root / self.cfg.splits[split]
         older = FIRST_RELEASE.get(self.cfg.splits[split])
         if not path.is_file() and older and (self.root / older).is_file():
-            log.info("%s: reading %s as the %s split (the first release's name for %s)", self.cfg.name, older,
-                     split, path.name)
+            log.info(
+                "%s: reading %s as the %s split (the first release's name for %s)",
+                self.cfg.name,
+                older,
+                split,
+                path.name,
+            )
             return self.root / older
         return path
 
     def _label(self, value, label_of: dict):
         if value is None:
-            return (f"no '{self.cfg.label_field}': this split file has no labels (the challenge's unlabelled test "
-                    "file?); use a labelled file, e.g. data.splits.test=test_seen.jsonl")
+            return (
+                f"no '{self.cfg.label_field}': this split file has no labels (the challenge's unlabelled test "
+                "file?); use a labelled file, e.g. data.splits.test=test_seen.jsonl"
+            )
         if isinstance(value, bool) or str(value) not in ("0", "1"):
             return f"label {value!r} is not 0 (not hateful) or 1 (hateful)"
         return int(value)

@@ -37,8 +37,10 @@ class ImageClassificationDataModule(MultimodalDataModule):
     @property
     def root(self) -> Path:
         if self.cfg.root is None:
-            raise DataError(f"data.root: not set; {self.cfg.name} needs the folder its release was extracted into "
-                            "(see data/README.md)")
+            raise DataError(
+                f"data.root: not set; {self.cfg.name} needs the folder its release was extracted into "
+                "(see data/README.md)"
+            )
         return Path(self.cfg.root).expanduser()
 
     def holdout_val(self, train: Split, source: str) -> tuple[Split, Split, str]:
@@ -46,11 +48,15 @@ class ImageClassificationDataModule(MultimodalDataModule):
         seeded by `data.split_seed`."""
         fraction = self.cfg.val_fraction
         if not 0 < fraction < 1:
-            raise DataError(f"data.val_fraction: {fraction} must be between 0 and 1 (exclusive): {self.cfg.name} "
-                            f"holds this share of {source} out as its val split")
+            raise DataError(
+                f"data.val_fraction: {fraction} must be between 0 and 1 (exclusive): {self.cfg.name} "
+                f"holds this share of {source} out as its val split"
+            )
         kept, held = stratified_holdout(train.labels, fraction, seed=self.cfg.split_seed)
-        note = (f"val = {len(held)} samples held out of {source}, stratified by class (data.val_fraction="
-                f"{fraction}, data.split_seed={self.cfg.split_seed}); the release has no val split")
+        note = (
+            f"val = {len(held)} samples held out of {source}, stratified by class (data.val_fraction="
+            f"{fraction}, data.split_seed={self.cfg.split_seed}); the release has no val split"
+        )
         return train.subset(kept), train.subset(held), note
 
 
@@ -65,8 +71,7 @@ def parse_label(text: str, num_classes: int) -> tuple[Optional[int], str]:
     return label, ""
 
 
-def read_label_list(path: Path, folder: Path, num_classes: int, builder: SplitBuilder,
-                    problems: list[Problem]) -> None:
+def read_label_list(path: Path, folder: Path, num_classes: int, builder: SplitBuilder, problems: list[Problem]) -> None:
     """Add the samples of a list file of `relative/path label` lines (paths relative to `folder`) to `builder`.
 
     A line that does not parse, a label outside [0, num_classes) or an image that does not exist is a problem

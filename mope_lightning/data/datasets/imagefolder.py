@@ -15,8 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from mope_lightning.data.datasets.image_only import (IMAGE_SUFFIXES, NO_TEXT, ImageClassificationDataModule,
-                                                     ImageDataConfig)
+from mope_lightning.data.datasets.image_only import (
+    IMAGE_SUFFIXES,
+    NO_TEXT,
+    ImageClassificationDataModule,
+    ImageDataConfig,
+)
 from mope_lightning.data.samples import ImagePool, Problem, Scan, Split, SplitBuilder
 from mope_lightning.errors import DataError
 
@@ -36,8 +40,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
     def read_classes(self) -> list[str]:
         for split in ("train", "test"):
             if not (self.root / split).is_dir():
-                raise DataError(f"{self.root / split}: missing; imagefolder needs train/<class>/ and test/<class>/ "
-                                f"(val/<class>/ optional) under data.root ({self.root}); see data/README.md")
+                raise DataError(
+                    f"{self.root / split}: missing; imagefolder needs train/<class>/ and test/<class>/ "
+                    f"(val/<class>/ optional) under data.root ({self.root}); see data/README.md"
+                )
         classes = sorted(p.name for p in (self.root / "train").iterdir() if p.is_dir())
         if not classes:
             raise DataError(f"{self.root / 'train'}: no class folders; expected train/<class>/<image>")
@@ -53,8 +59,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
 
     def source_files(self) -> list[Path]:
         # A class folder's modification time changes when an image is added, removed or renamed in it.
-        return [d for split in self._splits_on_disk()
-                for d in [self.root / split, *sorted((self.root / split).iterdir())]]
+        return [
+            d for split in self._splits_on_disk() for d in [self.root / split, *sorted((self.root / split).iterdir())]
+        ]
 
     def scan(self) -> Scan:
         problems: list[Problem] = []
@@ -73,10 +80,17 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             if not class_dir.is_dir():
                 continue
             if class_dir.name not in label_of:
-                problems.append(Problem(str(class_dir), "", f"class folder '{class_dir.name}' is not in train/ "
-                                        f"(the classes are train's folders); its images are left out"))
+                problems.append(
+                    Problem(
+                        str(class_dir),
+                        "",
+                        f"class folder '{class_dir.name}' is not in train/ "
+                        f"(the classes are train's folders); its images are left out",
+                    )
+                )
                 continue
             for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-                builder.add(f"{split}/{class_dir.name}/{image.name}", NO_TEXT, label_of[class_dir.name], image,
-                            str(image))
+                builder.add(
+                    f"{split}/{class_dir.name}/{image.name}", NO_TEXT, label_of[class_dir.name], image, str(image)
+                )
         return builder.build()

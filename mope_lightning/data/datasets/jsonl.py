@@ -36,8 +36,9 @@ class JsonlConfig(DataConfig):
     """A generic image-text classification dataset: `{split}.jsonl` files and a `labels.txt`."""
 
     name: str = "jsonl"
-    splits: Dict[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "val": "val.jsonl",
-                                                            "test": "test.jsonl"})
+    splits: Dict[str, str] = field(
+        default_factory=lambda: {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
+    )
     labels_file: str = "labels.txt"  # one label per line; the label index is the line order
     text_field: Optional[str] = "text"  # null: image-only samples (no text is read; model.modalities: [image])
     label_field: str = "label"  # a label name, or a list of names for multi-label data
@@ -64,9 +65,13 @@ class SNLIVEConfig(JsonlConfig):
 
     name: str = "snli_ve"
     root: Optional[str] = "data/snli_ve"
-    splits: Dict[str, str] = field(default_factory=lambda: {"train": "snli_ve_train.jsonl",
-                                                            "val": "snli_ve_dev.jsonl",
-                                                            "test": "snli_ve_test.jsonl"})
+    splits: Dict[str, str] = field(
+        default_factory=lambda: {
+            "train": "snli_ve_train.jsonl",
+            "val": "snli_ve_dev.jsonl",
+            "test": "snli_ve_test.jsonl",
+        }
+    )
     labels_file: str = ""  # the label set is fixed
     text_field: str = "sentence2"
     label_field: str = "gold_label"
@@ -153,8 +158,17 @@ class JsonlDataModule(MultimodalDataModule):
             splits[split] = builder.build()
         return Scan(splits, {"images": images.files}, problems)
 
-    def _add(self, builder: SplitBuilder, split: str, path: Path, lineno: int, line: str, label_of: dict,
-             image_dir: Path, problems: list[Problem]) -> None:
+    def _add(
+        self,
+        builder: SplitBuilder,
+        split: str,
+        path: Path,
+        lineno: int,
+        line: str,
+        label_of: dict,
+        image_dir: Path,
+        problems: list[Problem],
+    ) -> None:
         c, where = self.cfg, f"line {lineno}"
         try:
             record = json.loads(line)
@@ -174,9 +188,14 @@ class JsonlDataModule(MultimodalDataModule):
             problems.append(Problem(str(path), where, label))
         else:
             sample_id = record.get(c.id_field) if c.id_field else None
-            builder.add(str(sample_id) if sample_id is not None else f"{split}/{lineno}", text.strip(), label,
-                        image_dir / c.image_pattern.format(image), f"{path}:{where}",
-                        {name: _attribute_values(record.get(name)) for name in c.attributes})
+            builder.add(
+                str(sample_id) if sample_id is not None else f"{split}/{lineno}",
+                text.strip(),
+                label,
+                image_dir / c.image_pattern.format(image),
+                f"{path}:{where}",
+                {name: _attribute_values(record.get(name)) for name in c.attributes},
+            )
 
     def _image_ref(self, record: dict) -> Optional[str]:
         value = record.get(self.cfg.image_field)
@@ -204,8 +223,10 @@ class SNLIVEDataModule(JsonlDataModule):
     def read_classes(self) -> list[str]:
         for split in ("train", "val", "test"):
             if not self.split_file(split).is_file():
-                raise DataError(f"{self.split_file(split)}: missing; SNLI-VE needs snli_ve_{{train,dev,test}}.jsonl "
-                                f"under data.root ({self.root}); see data/README.md")
+                raise DataError(
+                    f"{self.split_file(split)}: missing; SNLI-VE needs snli_ve_{{train,dev,test}}.jsonl "
+                    f"under data.root ({self.root}); see data/README.md"
+                )
         return list(SNLI_VE_CLASSES)
 
     def image_dir(self) -> Path:
@@ -214,8 +235,10 @@ class SNLIVEDataModule(JsonlDataModule):
         for candidate in SNLI_VE_IMAGE_DIRS:
             if (self.root / candidate).is_dir():
                 return self.root / candidate
-        raise DataError(f"{self.root}: no Flickr30k images in {' or '.join(SNLI_VE_IMAGE_DIRS)}; put them there or "
-                        "set data.image_dir")
+        raise DataError(
+            f"{self.root}: no Flickr30k images in {' or '.join(SNLI_VE_IMAGE_DIRS)}; put them there or "
+            "set data.image_dir"
+        )
 
     def _image_ref(self, record: dict) -> Optional[str]:
         # Both spellings exist: Flickr30K_ID (an id) and the older Flikr30kID (a file name with .jpg).

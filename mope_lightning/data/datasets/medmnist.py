@@ -27,36 +27,101 @@ from mope_lightning.data.datasets.image_only import NO_TEXT, ImageClassification
 from mope_lightning.data.samples import Problem, Scan, Split
 from mope_lightning.errors import ConfigError, DataError, suggest
 
-_ORGANS = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
-           "lung-right", "pancreas", "spleen")
+_ORGANS = (
+    "bladder",
+    "femur-left",
+    "femur-right",
+    "heart",
+    "kidney-left",
+    "kidney-right",
+    "liver",
+    "lung-left",
+    "lung-right",
+    "pancreas",
+    "spleen",
+)
 # task -> (the release's task type, class names), from the release's task table
 TASKS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "pathmnist": ("multi-class", (
-        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
-        "cancer-associated stroma", "colorectal adenocarcinoma epithelium")),
-    "chestmnist": ("multi-label, binary-class", (
-        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax",
-        "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia")),
-    "dermamnist": ("multi-class", (
-        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
-        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions")),
+    "pathmnist": (
+        "multi-class",
+        (
+            "adipose",
+            "background",
+            "debris",
+            "lymphocytes",
+            "mucus",
+            "smooth muscle",
+            "normal colon mucosa",
+            "cancer-associated stroma",
+            "colorectal adenocarcinoma epithelium",
+        ),
+    ),
+    "chestmnist": (
+        "multi-label, binary-class",
+        (
+            "atelectasis",
+            "cardiomegaly",
+            "effusion",
+            "infiltration",
+            "mass",
+            "nodule",
+            "pneumonia",
+            "pneumothorax",
+            "consolidation",
+            "edema",
+            "emphysema",
+            "fibrosis",
+            "pleural",
+            "hernia",
+        ),
+    ),
+    "dermamnist": (
+        "multi-class",
+        (
+            "actinic keratoses and intraepithelial carcinoma",
+            "basal cell carcinoma",
+            "benign keratosis-like lesions",
+            "dermatofibroma",
+            "melanoma",
+            "melanocytic nevi",
+            "vascular lesions",
+        ),
+    ),
     "octmnist": ("multi-class", ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal")),
     "pneumoniamnist": ("binary-class", ("normal", "pneumonia")),
     "retinamnist": ("ordinal-regression", ("0", "1", "2", "3", "4")),  # grades of diabetic retinopathy
     "breastmnist": ("binary-class", ("malignant", "normal, benign")),
-    "bloodmnist": ("multi-class", (
-        "basophil", "eosinophil", "erythroblast",
-        "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)", "lymphocyte", "monocyte",
-        "neutrophil", "platelet")),
-    "tissuemnist": ("multi-class", (
-        "Collecting Duct, Connecting Tubule", "Distal Convoluted Tubule", "Glomerular endothelial cells",
-        "Interstitial endothelial cells", "Leukocytes", "Podocytes", "Proximal Tubule Segments",
-        "Thick Ascending Limb")),
-    "organamnist": ("multi-class", _ORGANS), "organcmnist": ("multi-class", _ORGANS),
+    "bloodmnist": (
+        "multi-class",
+        (
+            "basophil",
+            "eosinophil",
+            "erythroblast",
+            "immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
+            "lymphocyte",
+            "monocyte",
+            "neutrophil",
+            "platelet",
+        ),
+    ),
+    "tissuemnist": (
+        "multi-class",
+        (
+            "Collecting Duct, Connecting Tubule",
+            "Distal Convoluted Tubule",
+            "Glomerular endothelial cells",
+            "Interstitial endothelial cells",
+            "Leukocytes",
+            "Podocytes",
+            "Proximal Tubule Segments",
+            "Thick Ascending Limb",
+        ),
+    ),
+    "organamnist": ("multi-class", _ORGANS),
+    "organcmnist": ("multi-class", _ORGANS),
     "organsmnist": ("multi-class", _ORGANS),
 }
-VOLUME_TASKS = ("organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d",
-                "synapsemnist3d")
+VOLUME_TASKS = ("organmnist3d", "nodulemnist3d", "adrenalmnist3d", "fracturemnist3d", "vesselmnist3d", "synapsemnist3d")
 SPLITS = ("train", "val", "test")
 
 
@@ -78,16 +143,22 @@ def check_arrays(path: Path, arrays: dict[str, np.ndarray], num_labels: int) -> 
         images, labels = f"{split}_images", f"{split}_labels"
         missing = [key for key in (images, labels) if key not in arrays]
         if missing:
-            raise DataError(f"{path}: no array {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'}); "
-                            "a MedMNIST file holds train/val/test _images and _labels")
+            raise DataError(
+                f"{path}: no array {', '.join(missing)} (found: {', '.join(sorted(arrays)) or 'none'}); "
+                "a MedMNIST file holds train/val/test _images and _labels"
+            )
         pixels, targets = arrays[images], arrays[labels]
         if pixels.dtype != np.uint8 or not (pixels.ndim == 3 or (pixels.ndim == 4 and pixels.shape[3] == 3)):
-            raise DataError(f"{path}: {images} is a {pixels.dtype} array of shape {pixels.shape}; expected uint8 "
-                            "N x H x W (grey) or N x H x W x 3 (RGB)")
+            raise DataError(
+                f"{path}: {images} is a {pixels.dtype} array of shape {pixels.shape}; expected uint8 "
+                "N x H x W (grey) or N x H x W x 3 (RGB)"
+            )
         shape = targets.shape if targets.ndim == 2 else (*targets.shape, 1)
         if not np.issubdtype(targets.dtype, np.integer) or targets.ndim > 2 or shape != (len(pixels), num_labels):
-            raise DataError(f"{path}: {labels} is a {targets.dtype} array of shape {targets.shape}; expected "
-                            f"integers, {len(pixels)} x {num_labels} (one row per image of {images})")
+            raise DataError(
+                f"{path}: {labels} is a {targets.dtype} array of shape {targets.shape}; expected "
+                f"integers, {len(pixels)} x {num_labels} (one row per image of {images})"
+            )
 
 
 class MedMNISTDataModule(ImageClassificationDataModule):
@@ -113,16 +184,19 @@ class MedMNISTDataModule(ImageClassificationDataModule):
     def read_classes(self) -> list[str]:
         task = self.cfg.task
         if task in VOLUME_TASKS:
-            raise ConfigError(f"data.task: {task} is a 3D MedMNIST task (volumes); the image pipeline reads 2D "
-                              f"images: one of {', '.join(TASKS)}")
+            raise ConfigError(
+                f"data.task: {task} is a 3D MedMNIST task (volumes); the image pipeline reads 2D "
+                f"images: one of {', '.join(TASKS)}"
+            )
         if task not in TASKS:
             given = "not set" if task is None else f"'{task}' is not a 2D MedMNIST task{suggest(task, TASKS)}"
             raise ConfigError(f"data.task: {given}; one of {', '.join(TASKS)}")
         if not self.file.is_file():
             found = sorted(p.name for p in self.root.glob(f"{task}*.npz")) if self.root.is_dir() else []
             hint = f" (found {', '.join(found)}: set data.size)" if found else ""
-            raise DataError(f"{self.file}: missing{hint}; data.root should hold the release's .npz files (see "
-                            "data/README.md)")
+            raise DataError(
+                f"{self.file}: missing{hint}; data.root should hold the release's .npz files (see data/README.md)"
+            )
         return list(TASKS[task][1])
 
     def split_source(self, split: str) -> str:
@@ -153,8 +227,10 @@ class MedMNISTDataModule(ImageClassificationDataModule):
                 sources.append(f"{self.file}:{where}")
             splits[split] = Split(ids, [NO_TEXT] * len(ids), labels, index, "images", sources)
         kind = TASKS[self.cfg.task][0]
-        note = (f"MedMNIST {self.cfg.task}: {kind}, {len(self.classes)} {'labels' if self.multilabel else 'classes'} "
-                f"(the release's task table){'; trained as classes' if kind == 'ordinal-regression' else ''}")
+        note = (
+            f"MedMNIST {self.cfg.task}: {kind}, {len(self.classes)} {'labels' if self.multilabel else 'classes'} "
+            f"(the release's task table){'; trained as classes' if kind == 'ordinal-regression' else ''}"
+        )
         return Scan(splits, {"images": files}, problems, [note])
 
     def _label(self, values: list[int]):

@@ -29,9 +29,31 @@ from mope_lightning.data.samples import ImagePool, Problem, Scan, SplitBuilder
 from mope_lightning.data.text_files import NotUTF8, read_text
 from mope_lightning.errors import DataError
 
-GENRES = ("Drama", "Family", "Comedy", "Biography", "Romance", "War", "Thriller", "History", "Crime", "Music",
-          "Action", "Animation", "Adventure", "Musical", "Horror", "Western", "Documentary", "Sport", "Mystery",
-          "Short", "Sci-Fi", "Film-Noir", "Fantasy")
+GENRES = (
+    "Drama",
+    "Family",
+    "Comedy",
+    "Biography",
+    "Romance",
+    "War",
+    "Thriller",
+    "History",
+    "Crime",
+    "Music",
+    "Action",
+    "Animation",
+    "Adventure",
+    "Musical",
+    "Horror",
+    "Western",
+    "Documentary",
+    "Sport",
+    "Mystery",
+    "Short",
+    "Sci-Fi",
+    "Film-Noir",
+    "Fantasy",
+)
 FILTERED_GENRES = {"none": (), "mmbt": ("News",), "mope": ("News", "Reality-TV", "Talk-Show")}
 SPLIT_KEYS = {"train": "train", "val": "dev", "test": "test"}
 YEARS = range(1870, 2100)  # a "year" outside is not a release year: its decade is unknown
@@ -64,8 +86,10 @@ class MMIMDBDataModule(MultimodalDataModule):
 
     def read_classes(self) -> list[str]:
         if not (self.root / "split.json").is_file():
-            raise DataError(f"{self.root / 'split.json'}: missing; MM-IMDB needs split.json and dataset/<id>.json + "
-                            f"<id>.jpeg under data.root ({self.root}); see data/README.md")
+            raise DataError(
+                f"{self.root / 'split.json'}: missing; MM-IMDB needs split.json and dataset/<id>.json + "
+                f"<id>.jpeg under data.root ({self.root}); see data/README.md"
+            )
         if self.cfg.genre_filter not in FILTERED_GENRES:
             raise DataError(f"data.genre_filter: '{self.cfg.genre_filter}' is not one of none, mmbt, mope")
         return list(GENRES)
@@ -91,9 +115,14 @@ class MMIMDBDataModule(MultimodalDataModule):
         problems: list[Problem] = []
         dropped_labels, filtered = Counter(), Counter()
         listing = self.root / "split.json"
-        records = {split: [(f"{listing}:{SPLIT_KEYS[split]} entry {k}", r) for k, i in enumerate(ids)
-                           if (r := self._record(i, problems, dropped_labels))]
-                   for split, ids in self._split_ids().items()}
+        records = {
+            split: [
+                (f"{listing}:{SPLIT_KEYS[split]} entry {k}", r)
+                for k, i in enumerate(ids)
+                if (r := self._record(i, problems, dropped_labels))
+            ]
+            for split, ids in self._split_ids().items()
+        }
         seen_in_train = {g for _, (_, _, genres, _, _) in records["train"] for g in genres}
         posters, splits = ImagePool(), {}
         for split, rows in records.items():
@@ -103,8 +132,14 @@ class MMIMDBDataModule(MultimodalDataModule):
                 if reason:
                     filtered[reason] += 1
                     continue
-                builder.add(f"{split}/{movie}", plot, [GENRES.index(g) for g in genres if g in GENRES], image,
-                            source, {"decade": decade(year)})
+                builder.add(
+                    f"{split}/{movie}",
+                    plot,
+                    [GENRES.index(g) for g in genres if g in GENRES],
+                    image,
+                    source,
+                    {"decade": decade(year)},
+                )
             splits[split] = builder.build()
         notes = [f"genre labels outside the 23 dropped from samples (samples kept): {dict(dropped_labels)}"]
         if filtered:

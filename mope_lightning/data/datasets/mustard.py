@@ -59,9 +59,14 @@ class _IndexArrays(pickle.Unpickler):
     """Unpickles lists and tuples of numpy integer arrays and nothing else: a pickle names the functions it calls
     to rebuild its objects, and only numpy's array reconstruction is let through, so the file cannot run code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -72,8 +77,10 @@ class _IndexArrays(pickle.Unpickler):
 def read_folds(path: Path) -> list[tuple[list[int], list[int]]]:
     """The (train, test) row indices of each fold from the release's pickle (or a JSON list of [train, test])."""
     if not path.is_file():
-        raise DataError(f"{path}: folds file missing; data.split=speaker_dependent needs the release's "
-                        "split_indices.p (or set data.split=speaker_independent)")
+        raise DataError(
+            f"{path}: folds file missing; data.split=speaker_dependent needs the release's "
+            "split_indices.p (or set data.split=speaker_independent)"
+        )
     try:
         if path.suffix == ".json":
             folds = json.loads(read_text(path))
@@ -81,8 +88,9 @@ def read_folds(path: Path) -> list[tuple[list[int], list[int]]]:
             folds = _IndexArrays(io.BytesIO(path.read_bytes()), encoding="latin1").load()
         folds = [([int(i) for i in train], [int(i) for i in test]) for train, test in folds]
     except (pickle.UnpicklingError, json.JSONDecodeError, EOFError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: not a list of (train, test) index arrays ({exc}); restore the release's file") \
-            from None
+        raise DataError(
+            f"{path}: not a list of (train, test) index arrays ({exc}); restore the release's file"
+        ) from None
     return folds
 
 
@@ -137,17 +145,24 @@ class MustardDataModule(MultimodalDataModule):
         everything = builder.build()
         train_rows, test_rows, note = self._split_rows(entries, rows)
         kept, held = stratified_holdout([everything.labels[r] for r in train_rows], c.val_fraction, c.split_seed)
-        splits = {"train": everything.subset([train_rows[r] for r in kept]),
-                  "val": everything.subset([train_rows[r] for r in held]), "test": everything.subset(test_rows)}
-        notes = [note, f"val = {len(held)} utterances held out of the training part, stratified by label (seed "
-                       f"{c.split_seed})"]
+        splits = {
+            "train": everything.subset([train_rows[r] for r in kept]),
+            "val": everything.subset([train_rows[r] for r in held]),
+            "test": everything.subset(test_rows),
+        }
+        notes = [
+            note,
+            f"val = {len(held)} utterances held out of the training part, stratified by label (seed {c.split_seed})",
+        ]
         return Scan(splits, {"clips": builder.files}, problems, notes)
 
     def _read_entries(self) -> list[tuple[str, dict]]:
         path = self.root / "sarcasm_data.json"
         if not path.is_file():
-            raise DataError(f"{self.root}: no MUStARD dataset here (missing sarcasm_data.json); set data.root to a "
-                            "folder with sarcasm_data.json and utterances_final/ (see data/README.md)")
+            raise DataError(
+                f"{self.root}: no MUStARD dataset here (missing sarcasm_data.json); set data.root to a "
+                "folder with sarcasm_data.json and utterances_final/ (see data/README.md)"
+            )
         data = read_json(path)
         if not isinstance(data, dict):
             raise DataError(f"{path}: expected a JSON object of utterances keyed by clip id")
@@ -162,11 +177,15 @@ class MustardDataModule(MultimodalDataModule):
             return "empty or missing 'utterance'"
         if not isinstance(sarcasm, bool):
             return f"'sarcasm' is {sarcasm!r}, not true or false"
-        audio = next((p for ext in AUDIO_EXTENSIONS if (p := self.root / self.cfg.audio_folder / f"{clip_id}{ext}")
-                      .is_file()), None)
+        audio = next(
+            (p for ext in AUDIO_EXTENSIONS if (p := self.root / self.cfg.audio_folder / f"{clip_id}{ext}").is_file()),
+            None,
+        )
         if audio is None:
-            return (f"no audio for utterance {clip_id!r}: none of {self.cfg.audio_folder}/{clip_id}"
-                    f"{{{','.join(AUDIO_EXTENSIONS)}}} exists")
+            return (
+                f"no audio for utterance {clip_id!r}: none of {self.cfg.audio_folder}/{clip_id}"
+                f"{{{','.join(AUDIO_EXTENSIONS)}}} exists"
+            )
         return self._text(entry, utterance), int(sarcasm), audio
 
     def _text(self, entry: dict, utterance: str) -> str:
@@ -188,16 +207,24 @@ class MustardDataModule(MultimodalDataModule):
             shows = [str((entries[p][1] or {}).get("show", "")).upper() for p in rows]
             test = [r for r, show in enumerate(shows) if show == HELD_OUT_SHOW]
             train = [r for r, show in enumerate(shows) if show != HELD_OUT_SHOW]
-            return train, test, (f"speaker-independent split: the {len(test)} {HELD_OUT_SHOW} utterances are the test "
-                                 "split")
+            return (
+                train,
+                test,
+                (f"speaker-independent split: the {len(test)} {HELD_OUT_SHOW} utterances are the test split"),
+            )
         folds = read_folds(self.root / c.folds_file)
         if not 0 <= c.fold < len(folds):
             raise DataError(f"data.fold: {c.fold}, but {self.root / c.folds_file} has folds 0..{len(folds) - 1}")
         train_positions, test_positions = folds[c.fold]
         out_of_range = [i for i in (*train_positions, *test_positions) if not 0 <= i < len(entries)]
         if out_of_range:
-            raise DataError(f"{self.root / c.folds_file}: fold {c.fold} points at entry {out_of_range[0]}, but "
-                            f"sarcasm_data.json has {len(entries)}; use the folds file of this release")
+            raise DataError(
+                f"{self.root / c.folds_file}: fold {c.fold} points at entry {out_of_range[0]}, but "
+                f"sarcasm_data.json has {len(entries)}; use the folds file of this release"
+            )
         row_of = {p: r for r, p in enumerate(rows)}  # entries with problems have no row
-        return ([row_of[p] for p in train_positions if p in row_of], [row_of[p] for p in test_positions if p in row_of],
-                f"speaker-dependent split: fold {c.fold} of {len(folds)} ({c.folds_file})")
+        return (
+            [row_of[p] for p in train_positions if p in row_of],
+            [row_of[p] for p in test_positions if p in row_of],
+            f"speaker-dependent split: fold {c.fold} of {len(folds)} ({c.folds_file})",
+        )

@@ -102,7 +102,7 @@ class Stamp:
         return self.image.with_suffix(".txt")
 
     def label(self, level: str) -> str:
-        return "/".join(self.folders[:2 if level == "sub" else 1])
+        return "/".join(self.folders[: 2 if level == "sub" else 1])
 
     @property
     def style(self) -> str:
@@ -139,7 +139,7 @@ def list_stamps(root: Path) -> Listing:
                 if ".txt" in suffixes:
                     listing.orphans.append(here / f"{stem}.txt")
                 continue
-            if stem.endswith(MIRROR) and stem[:-len(MIRROR)] in by_stem:
+            if stem.endswith(MIRROR) and stem[: -len(MIRROR)] in by_stem:
                 listing.mirrors += 1
                 continue
             actual = next(n for n in files if Path(n).stem == stem and Path(n).suffix.lower() == images[0])
@@ -174,8 +174,7 @@ def group_names(texts: list[tuple[str, str]]) -> list[str]:
     return [name[find(english)].removeprefix("en:") for english, _ in keys]
 
 
-def grouped_split(group_labels: dict[str, str], val_fraction: float, test_fraction: float,
-                  seed: int) -> dict[str, str]:
+def grouped_split(group_labels: dict[str, str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, str]:
     """group -> split: each label's groups shuffled (seeded) and shared out, at least one to val and to test.
     Every label needs at least 3 groups."""
     by_label: dict[str, list[str]] = defaultdict(list)
@@ -224,16 +223,22 @@ class TuxPaintDataModule(MultimodalDataModule):
             if not 0 < getattr(c, key) < 1:
                 raise DataError(f"data.{key}: must be between 0 and 1, got {getattr(c, key)}")
         if c.val_fraction + c.test_fraction >= 1:
-            raise DataError(f"data.val_fraction + data.test_fraction: must leave samples for train, got "
-                            f"{c.val_fraction} + {c.test_fraction}")
+            raise DataError(
+                f"data.val_fraction + data.test_fraction: must leave samples for train, got "
+                f"{c.val_fraction} + {c.test_fraction}"
+            )
         if not self._listing.stamps:
             where = "not found" if not self.root.is_dir() else "holds no <category>/<name>.png or .svg stamp"
-            raise DataError(f"data.root: {self.root}: {where}; install Tux Paint's stamps with `{INSTALL}` (Debian, "
-                            f"Ubuntu), or point data.root at a copy of a stamps folder (see data/README.md)")
+            raise DataError(
+                f"data.root: {self.root}: {where}; install Tux Paint's stamps with `{INSTALL}` (Debian, "
+                f"Ubuntu), or point data.root at a copy of a stamps folder (see data/README.md)"
+            )
         read = self._read
         if not read.labels:
-            raise DataError(f"{self.root}: no {c.label_level} has the 3 distinct descriptions a split needs (one "
-                            f"each for train, val and test); `mope check-data` lists the stamps")
+            raise DataError(
+                f"{self.root}: no {c.label_level} has the 3 distinct descriptions a split needs (one "
+                f"each for train, val and test); `mope check-data` lists the stamps"
+            )
         return read.labels
 
     @functools.cached_property
@@ -248,12 +253,15 @@ class TuxPaintDataModule(MultimodalDataModule):
         described = [(s, d) for s in self._listing.stamps if (d := self._description(s, problems)) is not None]
         if language != "en" and not any(language in d.texts for _, d in described):
             found = sorted({k for _, d in described for k in d.texts} - {"en"})
-            raise DataError(f"data.language: no description under {self.root} has a '{language}.utf8=' line; "
-                            f"languages found: {', '.join(found[:40]) or 'none'}")
+            raise DataError(
+                f"data.language: no description under {self.root} has a '{language}.utf8=' line; "
+                f"languages found: {', '.join(found[:40]) or 'none'}"
+            )
         for stamp, description in described:
             if not description.text(language):
-                problems.append(Problem(str(stamp.description), "", f"no {language}.utf8= line "
-                                        f"(data.language={language})"))
+                problems.append(
+                    Problem(str(stamp.description), "", f"no {language}.utf8= line (data.language={language})")
+                )
         described = [(s, d) for s, d in described if d.text(language)]
         names = group_names([(d.text("en"), d.text(language)) for _, d in described])
         members: dict[str, Counter] = defaultdict(Counter)
@@ -262,8 +270,13 @@ class TuxPaintDataModule(MultimodalDataModule):
         # A group spanning two labels (a star in symbols/ and in seasonal/) counts for its commonest one.
         group_labels = {g: min(c, key=lambda label: (-c[label], label)) for g, c in members.items()}
         sizes = Counter(group_labels.values())
-        return Read([(s, d, g) for (s, d), g in zip(described, names)], problems, group_labels,
-                    sorted(k for k, n in sizes.items() if n >= 3), {k: n for k, n in sizes.items() if n < 3})
+        return Read(
+            [(s, d, g) for (s, d), g in zip(described, names)],
+            problems,
+            group_labels,
+            sorted(k for k, n in sizes.items() if n >= 3),
+            {k: n for k, n in sizes.items() if n < 3},
+        )
 
     def _description(self, stamp: Stamp, problems: list[Problem]) -> Optional[Description]:
         path = stamp.description
@@ -302,8 +315,12 @@ class TuxPaintDataModule(MultimodalDataModule):
         c, read = self.cfg, self._read
         problems = list(read.problems)
         label_of = {name: i for i, name in enumerate(self.classes)}
-        split_of = grouped_split({g: lb for g, lb in read.group_labels.items() if lb in label_of}, c.val_fraction,
-                                 c.test_fraction, c.split_seed)
+        split_of = grouped_split(
+            {g: lb for g, lb in read.group_labels.items() if lb in label_of},
+            c.val_fraction,
+            c.test_fraction,
+            c.split_seed,
+        )
         svg_missing, skipped_svg = svg_renderer_missing(), 0
         pool = ImagePool()
         builders = {name: SplitBuilder("stamps", pool) for name in SPLITS}
@@ -321,11 +338,22 @@ class TuxPaintDataModule(MultimodalDataModule):
                 problems.append(Problem(str(stamp.image), "", error, kind="image"))
                 continue
             line, text = description.texts[c.language]
-            builders[split_of[group]].add(stamp.id, text, label_of[label], target, f"{stamp.description}:line {line}",
-                                          {"subcategory": [stamp.label("sub")], "sound": ["yes" if stamp.sound else
-                                                                                          "no"], "style": [stamp.style]})
-        problems += [Problem(str(p), "", "a stamp image outside any category folder; move it into one")
-                     for p in self._listing.loose]
+            builders[split_of[group]].add(
+                stamp.id,
+                text,
+                label_of[label],
+                target,
+                f"{stamp.description}:line {line}",
+                {
+                    "subcategory": [stamp.label("sub")],
+                    "sound": ["yes" if stamp.sound else "no"],
+                    "style": [stamp.style],
+                },
+            )
+        problems += [
+            Problem(str(p), "", "a stamp image outside any category folder; move it into one")
+            for p in self._listing.loose
+        ]
         notes = self._notes(read, svg_missing, skipped_svg)
         return Scan({name: b.build() for name, b in builders.items()}, {"stamps": pool.files}, problems, notes)
 
@@ -333,9 +361,13 @@ class TuxPaintDataModule(MultimodalDataModule):
         label = stamp.label(self.cfg.label_level)
         if label in self.classes:  # its text is shared with stamps of a label too small to split
             label = group_label
-        return Problem(str(stamp.description), "", f"{self.cfg.label_level} '{label}' has {small.get(label, 0)} "
-                       "distinct description(s); a split grouped by description needs at least 3 (one each for "
-                       "train, val and test)")
+        return Problem(
+            str(stamp.description),
+            "",
+            f"{self.cfg.label_level} '{label}' has {small.get(label, 0)} "
+            "distinct description(s); a split grouped by description needs at least 3 (one each for "
+            "train, val and test)",
+        )
 
     def _notes(self, read: Read, svg_missing: Optional[str], skipped_svg: int) -> list[str]:
         c, listing = self.cfg, self._listing
@@ -343,15 +375,18 @@ class TuxPaintDataModule(MultimodalDataModule):
         for stamp, _, group in read.samples:
             labels_of[group].add(stamp.label(c.label_level))
         spanning = sum(len(labels) > 1 for labels in labels_of.values())
-        notes = [f"{len(listing.stamps)} stamps under {self.root}; the PNG is used for the {listing.both} that also "
-                 f"have an SVG; {listing.mirrors} <name>{MIRROR} images (a stamp drawn mirrored) are not stamps",
-                 f"splits grouped by description text: {len(read.group_labels)} groups ({spanning} spanning two "
-                 f"labels, placed by their commonest), val {c.val_fraction} and test {c.test_fraction} of each "
-                 f"{c.label_level}'s groups (seed {c.split_seed})",
-                 f"images flattened onto white (255, 255, 255) into {self.renders}"]
+        notes = [
+            f"{len(listing.stamps)} stamps under {self.root}; the PNG is used for the {listing.both} that also "
+            f"have an SVG; {listing.mirrors} <name>{MIRROR} images (a stamp drawn mirrored) are not stamps",
+            f"splits grouped by description text: {len(read.group_labels)} groups ({spanning} spanning two "
+            f"labels, placed by their commonest), val {c.val_fraction} and test {c.test_fraction} of each "
+            f"{c.label_level}'s groups (seed {c.split_seed})",
+            f"images flattened onto white (255, 255, 255) into {self.renders}",
+        ]
         if listing.orphans:
-            notes.append(f"{len(listing.orphans)} description(s) without a stamp image, not read (first: "
-                         f"{listing.orphans[0]})")
+            notes.append(
+                f"{len(listing.orphans)} description(s) without a stamp image, not read (first: {listing.orphans[0]})"
+            )
         if skipped_svg:
             notes.append(f"{skipped_svg} SVG stamps left out: {svg_missing}")
         return notes

@@ -24,19 +24,32 @@ from mope_lightning.errors import ConfigError, DataError, suggest
 
 # task folder -> (group, number of classes)
 TASKS: dict[str, tuple[str, int]] = {
-    "caltech101": ("natural", 102), "cifar": ("natural", 100), "dtd": ("natural", 47),
-    "oxford_flowers102": ("natural", 102), "oxford_iiit_pet": ("natural", 37), "svhn": ("natural", 10),
+    "caltech101": ("natural", 102),
+    "cifar": ("natural", 100),
+    "dtd": ("natural", 47),
+    "oxford_flowers102": ("natural", 102),
+    "oxford_iiit_pet": ("natural", 37),
+    "svhn": ("natural", 10),
     "sun397": ("natural", 397),
-    "patch_camelyon": ("specialized", 2), "eurosat": ("specialized", 10), "resisc45": ("specialized", 45),
+    "patch_camelyon": ("specialized", 2),
+    "eurosat": ("specialized", 10),
+    "resisc45": ("specialized", 45),
     "diabetic_retinopathy": ("specialized", 5),
-    "clevr_count": ("structured", 8), "clevr_dist": ("structured", 6), "dmlab": ("structured", 6),
-    "kitti": ("structured", 4), "dsprites_loc": ("structured", 16), "dsprites_ori": ("structured", 16),
-    "smallnorb_azi": ("structured", 18), "smallnorb_ele": ("structured", 9),
+    "clevr_count": ("structured", 8),
+    "clevr_dist": ("structured", 6),
+    "dmlab": ("structured", 6),
+    "kitti": ("structured", 4),
+    "dsprites_loc": ("structured", 16),
+    "dsprites_ori": ("structured", 16),
+    "smallnorb_azi": ("structured", 18),
+    "smallnorb_ele": ("structured", 9),
 }
 GROUPS = ("natural", "specialized", "structured")
 # protocol -> split -> list file
-PROTOCOLS = {"final": {"train": "train800val200.txt", "val": "val200.txt", "test": "test.txt"},
-             "tune": {"train": "train800.txt", "val": "val200.txt", "test": "test.txt"}}
+PROTOCOLS = {
+    "final": {"train": "train800val200.txt", "val": "val200.txt", "test": "test.txt"},
+    "tune": {"train": "train800.txt", "val": "val200.txt", "test": "test.txt"},
+}
 
 
 @dataclass
@@ -66,12 +79,16 @@ class VTABDataModule(ImageClassificationDataModule):
         if self.cfg.vtab_protocol not in PROTOCOLS:
             raise ConfigError(f"data.vtab_protocol: '{self.cfg.vtab_protocol}' is not one of final, tune")
         if not self.folder.is_dir():
-            raise DataError(f"{self.folder}: missing; data.root ({self.root}) should hold the VTAB-1k task folders "
-                            "(see data/README.md)")
+            raise DataError(
+                f"{self.folder}: missing; data.root ({self.root}) should hold the VTAB-1k task folders "
+                "(see data/README.md)"
+            )
         missing = [name for name in self.lists.values() if not (self.folder / name).is_file()]
         if missing:
-            raise DataError(f"{self.folder}: no split list {', '.join(missing)}; a VTAB-1k task folder holds "
-                            "train800.txt, val200.txt, train800val200.txt and test.txt")
+            raise DataError(
+                f"{self.folder}: no split list {', '.join(missing)}; a VTAB-1k task folder holds "
+                "train800.txt, val200.txt, train800val200.txt and test.txt"
+            )
         return [str(label) for label in range(TASKS[task][1])]
 
     @property
@@ -103,11 +120,15 @@ class VTABDataModule(ImageClassificationDataModule):
             builder = SplitBuilder("images", pool)
             read_label_list(self.folder / name, self.folder, len(self.classes), builder, problems)
             splits[split] = builder.build()
-        notes = [f"VTAB-1k {self.cfg.task} ({TASKS[self.cfg.task][0]}), protocol {self.cfg.vtab_protocol}: "
-                 + ", ".join(f"{split} from {name}" for split, name in self.lists.items())]
+        notes = [
+            f"VTAB-1k {self.cfg.task} ({TASKS[self.cfg.task][0]}), protocol {self.cfg.vtab_protocol}: "
+            + ", ".join(f"{split} from {name}" for split, name in self.lists.items())
+        ]
         within = ()
         if self.cfg.vtab_protocol == "final":
             within = ("val",)
-            notes.append("val200 is part of train800val200 (the final protocol): the val metrics are on training "
-                         "data; report the test split")
+            notes.append(
+                "val200 is part of train800val200 (the final protocol): the val metrics are on training "
+                "data; report the test split"
+            )
         return Scan(splits, {"images": pool.files}, problems, notes, within_train=within)

@@ -47,8 +47,9 @@ TEST_WORKERS ?= 2
 test: $(BIN)/.installed ## run the test suite (about 5 minutes on 2 CPU cores, plus the first install: 2-4)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-lint: $(BIN)/.installed ## ruff's checks (pyflakes, pycodestyle errors, bugbear) and the import contracts (no cycle, no Lightning in models/inference/analysis; pyproject.toml)
-	$(BIN)/ruff check mope_lightning tests benchmarks
+lint: $(BIN)/.installed ## ruff's checks (pyflakes, pycodestyle errors, bugbear), ruff's formatting, and the import contracts (no cycle, layers, no Lightning in models/data/config/weights/analysis/inference; pyproject.toml)
+	$(BIN)/ruff check mope_lightning tests benchmarks scripts
+	$(BIN)/ruff format --check mope_lightning tests benchmarks scripts
 	$(BIN)/lint-imports
 
 docs: $(BIN)/.installed ## build the docs site into site/ (mkdocs, --strict: a broken link or a warning fails)

@@ -534,7 +534,8 @@ def main() -> None:
         help="comma-separated config:case pairs to run instead (e.g. default:mope,pmoe:pmoe); "
         "'pmoe': pMoE against MoPE on each single expert; 'steady': trained weights against fresh "
         "ones, and against the plain softmax; 'bf16': bf16 against fp32 in both configurations, with the attention "
-        "kernel models/attention.py picks and with the libraries' own",
+        "kernel models/attention.py picks and with the libraries' own; 'vision': pMoE over 2 and 3 ViT-B experts "
+        "against VPT-deep and full fine-tuning of one ViT-B",
     )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: config:name, run in this process
     args = parser.parse_args()
@@ -546,12 +547,9 @@ def main() -> None:
         print(json.dumps(run_case(config, name, args.device, args.precision, warmup, repeats)))
         return
     results = []
-    if args.only == "pmoe":
-        plan = PMOE
-    elif args.only == "steady":
-        plan = STEADY
-    elif args.only == "bf16":
-        plan = BF16
+    named = {"pmoe": PMOE, "steady": STEADY, "bf16": BF16, "vision": VISION}
+    if args.only in named:
+        plan = named[args.only]
     elif args.only:
         plan = [tuple(item.split(":")) for item in args.only.split(",")]
     elif args.quick:  # the paper configuration in bf16 only where bf16 is native (it takes minutes elsewhere)

@@ -171,7 +171,7 @@ def test_fit_with_the_conditioning_encoder_in_train_mode_says_its_feature_is_not
         ),
         (
             ["model.fusion=late_concat", "model.compat.condition_encoder_dropout=true"],
-            r"model.compat.condition_encoder_dropout: applies to the prompt fusions \(mope, prompt_tuning, promptfuse\)",
+            r"model.compat.condition_encoder_dropout: applies to the prompt fusions \(mope, prompt_tuning, prompt_tuning_shallow, promptfuse\)",
         ),
     ],
 )

@@ -19,7 +19,7 @@ from mope_lightning.models.audio_encoders import TINY_AUDIO, TINY_AUDIO_EXTRA
 from mope_lightning.cli.check_data import check_data
 from mope_lightning.cli.fit import run
 
-from helpers import EXPERIMENTS, TINY
+from helpers import EXPERIMENTS, FAST, TINY, run_dirs
 from helpers.datasets import make_mustard, write_wav
 
 FAMILIES = {
@@ -185,17 +185,7 @@ def test_bad_pairs_name_the_key():
 # --- MUStARD: the release's layout, its splits and bad clips, tiny fits through the CLI -------------------------
 def mustard_config(tmp_path, root, *overrides):
     return load_config(
-        [EXPERIMENTS / "mustard.yaml", TINY],
-        [
-            f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"trainer.default_root_dir={tmp_path / 'runs'}",
-            "data.num_workers=0",
-            "trainer.max_steps=2",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-            *overrides,
-        ],
+        [EXPERIMENTS / "mustard.yaml", TINY], [f"data.root={root}", *run_dirs(tmp_path), *FAST, *overrides]
     )
 
 

@@ -13,20 +13,12 @@ from mope_lightning.cli import main
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.training.build import build, build_trainer
 
-from helpers import DEFAULT_EXP, ROOT, TINY
+from helpers import DEFAULT_EXP, ROOT
+from helpers.cli import args
 
 
 def base_args(tmp_path):
-    return [
-        str(DEFAULT_EXP),
-        str(TINY),
-        f"trainer.default_root_dir={tmp_path / 'runs'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.train_images=40",
-        "data.test_images=10",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-    ]
+    return args(tmp_path)
 
 
 def test_fit_then_test_predict_and_validate_a_checkpoint(tmp_path, capsys):

@@ -13,7 +13,7 @@ from mope_lightning.errors import DataError
 from mope_lightning.cli.check_data import check_data
 from mope_lightning.cli.fit import run
 
-from helpers import EXPERIMENTS, TINY
+from helpers import EXPERIMENTS, FAST, TINY, run_dirs
 from helpers.datasets import (
     FOOD_CLASSES,
     make_food101,
@@ -27,17 +27,7 @@ from helpers.datasets import (
 
 def config(tmp_path, experiment, root, *overrides):
     return load_config(
-        [EXPERIMENTS / f"{experiment}.yaml", TINY],
-        [
-            f"data.root={root}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"trainer.default_root_dir={tmp_path / 'runs'}",
-            "data.num_workers=0",
-            "trainer.max_steps=2",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-            *overrides,
-        ],
+        [EXPERIMENTS / f"{experiment}.yaml", TINY], [f"data.root={root}", *run_dirs(tmp_path), *FAST, *overrides]
     )
 
 

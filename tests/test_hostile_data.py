@@ -17,32 +17,21 @@ from mope_lightning.data.index import INDEX_VERSION
 from mope_lightning.errors import DataError
 from mope_lightning.training.datamodule import lightning_class
 
-from helpers import EXPERIMENTS, TINY
+from helpers import EXPERIMENTS, FAST, TINY
 from helpers.datasets import make_food101, make_mmbt, make_mmimdb, write_image
+from helpers.cli import experiment_args
+from helpers.cli import mope as run
 
 
 def args(tmp_path, root, *overrides):
-    return [
-        str(EXPERIMENTS / "jsonl.yaml"),
-        str(TINY),
-        "data.name=mmbt",
-        f"data.root={root}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"trainer.default_root_dir={tmp_path / 'runs'}",
-        "data.num_workers=0",
-        "trainer.max_steps=2",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        *overrides,
-    ]
+    return experiment_args(
+        tmp_path, EXPERIMENTS / "jsonl.yaml", "data.name=mmbt", f"data.root={root}", *FAST, *overrides
+    )
 
 
 def mope(capsys, command, tmp_path, root, *overrides):
     """Run `mope COMMAND` in-process: (exit status, stdout, stderr); never a traceback."""
-    code = main([command, *args(tmp_path, root, *overrides)])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run(capsys, [command, *args(tmp_path, root, *overrides)])
 
 
 def error_of(err: str) -> str:

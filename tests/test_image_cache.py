@@ -26,7 +26,8 @@ from mope_lightning.data.image_cache import DecodeForCache, PixelCache
 from mope_lightning.data.image_transforms import DevicePixels, pixel_steps
 from mope_lightning.errors import DataError
 
-from helpers import DEFAULT_EXP, TINY, tiny_config
+from helpers import tiny_config
+from helpers.cli import args
 
 # The image encoders' own data configs (MobileNetV2's for easy-VQA; Swin-B's for the paper recipes) and the
 # experiments' `data` settings over them.
@@ -332,18 +333,7 @@ def test_training_images_are_augmented_after_the_cache_drawn_from_the_torch_seed
 
 
 def cli_args(tmp_path, *extra) -> list[str]:
-    return [
-        str(DEFAULT_EXP),
-        str(TINY),
-        f"trainer.default_root_dir={tmp_path / 'runs'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.train_images=40",
-        "data.test_images=10",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "data.randaugment=[2,5]",
-        *extra,
-    ]
+    return args(tmp_path, "data.randaugment=[2,5]", *extra)
 
 
 def one_error(capsys, *needles) -> str:

@@ -32,6 +32,7 @@ from mope_lightning.training.trainer_config import load_config
 from helpers import EXPERIMENTS, TINY
 from helpers.datasets import write_image
 from helpers.models import EXPERTS
+from helpers.cli import experiment_args
 
 CLASSES = ["cat", "dog", "fish"]
 TINY_VIT = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2)
@@ -73,15 +74,7 @@ def pmoe_model(**pmoe) -> dict:
 
 
 def cli_args(tmp: Path, experiment: Path, *extra) -> list[str]:
-    return [
-        str(experiment),
-        str(TINY),
-        f"trainer.default_root_dir={tmp / 'runs'}",
-        f"data.cache_dir={tmp / 'cache'}",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        *extra,
-    ]
+    return experiment_args(tmp, experiment, *extra)
 
 
 def one_error(capsys, *needles) -> str:

@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mope_lightning.cli import main
 from mope_lightning.data import DATAMODULES
 from mope_lightning.data.datasets import tuxpaint
 from mope_lightning.data.datasets.tuxpaint import Description, parse_description
@@ -17,30 +16,19 @@ from mope_lightning.training.trainer_config import load_config
 
 from helpers import EXPERIMENTS, TINY
 from helpers.tuxpaint import make_tuxpaint, write_stamp
+from helpers.cli import experiment_args
+from helpers.cli import mope as run
 
 EXPERIMENT = EXPERIMENTS / "tuxpaint.yaml"
 
 
 def args(tmp_path, root, *overrides):
-    return [
-        str(EXPERIMENT),
-        str(TINY),
-        f"data.root={root}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"trainer.default_root_dir={tmp_path / 'runs'}",
-        "data.on_bad_sample=fail",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        *overrides,
-    ]
+    return experiment_args(tmp_path, EXPERIMENT, f"data.root={root}", "data.on_bad_sample=fail", *overrides)
 
 
 def mope(capsys, command, tmp_path, root, *overrides):
     """`mope COMMAND` in-process: (exit status, stdout, stderr); never a traceback."""
-    code = main([command, *args(tmp_path, root, *overrides)])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run(capsys, [command, *args(tmp_path, root, *overrides)])
 
 
 def datamodule(tmp_path, root, *overrides):

@@ -32,6 +32,7 @@ from mope_lightning.training.trainer_config import load_config
 
 from helpers import DEFAULT_EXP, EXPERIMENTS, TINY
 from helpers.datasets import write_image
+from helpers.cli import mope as run
 from helpers.vision_datasets import (
     FOLDER_CLASSES,
     make_cub200,
@@ -56,10 +57,7 @@ def overrides(tmp_path, name, root, *extra):
 
 def check(capsys, tmp_path, name, root, *extra):
     """`mope check-data` in-process: (exit status, report, stderr); never a traceback."""
-    code = main(["check-data", str(DEFAULT_EXP), str(TINY), *overrides(tmp_path, name, root, *extra)])
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    return run(capsys, ["check-data", str(DEFAULT_EXP), str(TINY), *overrides(tmp_path, name, root, *extra)])
 
 
 def one_error(err: str) -> str:

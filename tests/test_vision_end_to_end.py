@@ -15,9 +15,10 @@ from PIL import Image
 
 from mope_lightning.cli import main
 
-from helpers import EXPERIMENTS, TINY
+from helpers import EXPERIMENTS
 from helpers.vision_datasets import make_cub200, make_flowers102, make_imagefolder, make_medmnist, make_vtab_task
 from helpers.models import EXPERTS
+from helpers.cli import experiment_args
 
 # layout -> (builder of its files under a folder, its data section beside data.name and data.root)
 LAYOUTS = {
@@ -57,16 +58,7 @@ def experiment(tmp: Path, layout: str, model: str) -> Path:
 
 
 def args(tmp: Path, experiment: Path, *extra) -> list[str]:
-    return [
-        str(experiment),
-        str(TINY),
-        f"trainer.default_root_dir={tmp / 'runs'}",
-        f"data.cache_dir={tmp / 'cache'}",
-        "data.batch_size=4",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        *extra,
-    ]
+    return experiment_args(tmp, experiment, "data.batch_size=4", *extra)
 
 
 def some_images(tmp: Path, layout: str) -> list:

@@ -12,17 +12,22 @@ TINY = EXPERIMENTS / "overlays" / "tiny.yaml"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def run_dirs(tmp_path: Path) -> list[str]:
+    """Overrides that keep a run's outputs and caches under `tmp_path`, with no progress bar or model summary."""
+    return [
+        f"trainer.default_root_dir={tmp_path / 'runs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+    ]
+
+
+# A dataset's tiny fit: two optimiser steps, loading in the test's own process
+FAST = ("data.num_workers=0", "trainer.max_steps=2")
+# The default experiment's tiny data: 40 train and 10 test images of easy-VQA, with their questions
+TINY_DATA = ("data.train_images=40", "data.test_images=10")
+
+
 def tiny_config(tmp_path: Path, *overrides: str):
     """The default experiment with the tiny overlay, writing only under `tmp_path`."""
-    return load_config(
-        [DEFAULT_EXP, TINY],
-        [
-            f"trainer.default_root_dir={tmp_path / 'runs'}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "data.train_images=40",
-            "data.test_images=10",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
-            *overrides,
-        ],
-    )
+    return load_config([DEFAULT_EXP, TINY], [*run_dirs(tmp_path), *TINY_DATA, *overrides])

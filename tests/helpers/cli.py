@@ -1,26 +1,32 @@
-"""Driving the `mope` command in-process: the tiny default experiment's arguments, the one-message check every
-hostile-input test makes, and rows of new data for `mope predict`."""
+"""Driving the `mope` command in-process: a tiny experiment's arguments, a run that never ends in a traceback, the
+one-message check every hostile-input test makes, and rows of new data for `mope predict`."""
 
 import json
 from pathlib import Path
 
 from PIL import Image
 
-from helpers import DEFAULT_EXP, TINY
+from mope_lightning.cli import main
+
+from helpers import DEFAULT_EXP, TINY, TINY_DATA, run_dirs
 
 
-def args(tmp_path, *extra):
-    return [
-        str(DEFAULT_EXP),
-        str(TINY),
-        f"trainer.default_root_dir={tmp_path / 'runs'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "data.train_images=40",
-        "data.test_images=10",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        *extra,
-    ]
+def experiment_args(tmp_path, experiment, *extra) -> list[str]:
+    """`experiment` with the tiny overlay, writing only under `tmp_path`, then `extra` overrides."""
+    return [str(experiment), str(TINY), *run_dirs(tmp_path), *extra]
+
+
+def args(tmp_path, *extra) -> list[str]:
+    """The default experiment's tiny run (40 train and 10 test images of easy-VQA)."""
+    return experiment_args(tmp_path, DEFAULT_EXP, *TINY_DATA, *extra)
+
+
+def mope(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """`mope ARGV` in-process: (exit status, stdout, stderr); never a traceback."""
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
 
 
 def one_error(capsys, *needles) -> str:

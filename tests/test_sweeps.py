@@ -245,3 +245,43 @@ def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):
     (row,) = read_results(out)
     assert row["status"] == "interrupted" and "SIGTERM" in row["error"]
     assert "0 failed, 1 interrupted" in (out / "summary.md").read_text()
+
+
+def test_sigterm_before_the_fit_is_ready_still_stops_the_sweep(tmp_path):
+    """The fit installs its own SIGTERM handler only once it trains; a signal that reaches it while it imports or
+    reads data kills it outright. That run is interrupted, not failed, and the sweep must not go on to the next."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = write_sweep(tmp_path, seeds=[1, 2])
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mope_lightning", "sweep", sweep, f"out={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        children = ""
+        while not children and time.time() < deadline and proc.poll() is None:
+            children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+            time.sleep(0.05)
+        assert children, proc.communicate()[1][-3000:]
+        time.sleep(0.2)  # the sweep forwards signals from just after it started the fit
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 143, err[-3000:]
+    assert "sweep interrupted during default seed 1" in err and "Traceback" not in err
+    rows = {row["seed"]: row for row in read_results(out)}
+    assert rows["1"]["status"] == "interrupted" and "SIGTERM" in rows["1"]["error"], rows
+    assert not (out / "default" / "seed_2").exists()  # the next run never started

@@ -99,6 +99,9 @@ def run_state(run: Run) -> tuple[str, Optional[Path]]:
     return "new", None
 
 
+INTERRUPTED = (130, 143)  # exit statuses of a fit stopped by SIGINT / SIGTERM (128 + the signal's number)
+
+
 def execute(run: Run) -> dict:
     """Run `mope fit` for `run` in its own process (resuming it when it was interrupted); its output goes to
     `<run root>/sweep.log`. Returns the status record, also written to `<run root>/sweep_status.json`."""
@@ -118,10 +121,10 @@ def execute(run: Run) -> dict:
         state, path = run_state(run)
     if code == 0 and state == "evaluate":
         code = _mope(_robustness_argv(run, path), root)
-    status = "finished" if code == 0 else "interrupted" if code in (130, 143) else "failed"
+    status = "finished" if code == 0 else "interrupted" if code in INTERRUPTED else "failed"
     record = {"status": status, "exit": code, "seconds": round(time.time() - start), "resumed_from": resumed_from}
     if status != "finished":
-        record["error"] = _last_error(root / "sweep.log")
+        record["error"] = _last_error(root / "sweep.log", code)
     atomic_write(root / "sweep_status.json", lambda fh: json.dump(record, fh, indent=1))
     return record
 
@@ -151,22 +154,37 @@ def _robustness_argv(run: Run, run_dir: Path) -> list[str]:
 def _run_child(command: list[str], logfile) -> int:
     """Run one fit and wait for it. Ctrl-C reaches the fit from the terminal, which saves its last.ckpt and exits
     130: the sweep waits for that instead of killing it mid-save (as subprocess.run would). A SIGTERM sent to the
-    sweep alone is passed on to the fit, which does the same and exits 143."""
+    sweep alone is passed on to the fit, which does the same and exits 143.
+
+    A signal can reach the fit before it has installed its own handlers (while it reads data or caches features),
+    and then it dies of the signal (a negative return code) or exits otherwise: the run is still interrupted, not
+    failed, and the sweep stops instead of going on to the next run."""
     proc = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT)
     if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
         return proc.wait()
+    terminated = []
+
+    def forward(signum, _frame):
+        terminated.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
     previous = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM)),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
     }
     try:
-        return proc.wait()
+        code = proc.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if code in (-signal.SIGINT, -signal.SIGTERM):
+        return 128 - code
+    return 143 if terminated and code != 0 else code
 
 
-def _last_error(logfile: Path) -> str:
+def _last_error(logfile: Path, code: int) -> str:
     lines = [line.strip() for line in logfile.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("mope: error:")]
+    if not errors and code in INTERRUPTED:  # stopped before the fit could say so itself
+        return f"stopped by {signal.Signals(code - 128).name} before the fit started training"
     return (errors or lines or ["no output"])[-1][:500]

@@ -37,7 +37,7 @@ from mope_lightning.training.trainer_config import load_config
 from mope_lightning.errors import ConfigError, Interrupted, MopeError
 from mope_lightning.fileio import check_writable, claim_output
 from mope_lightning.sweeps.spec import Setting, Sweep, cell_slug, read_sweep
-from mope_lightning.sweeps.runs import Run, execute, resolved_config, run_state
+from mope_lightning.sweeps.runs import INTERRUPTED, Run, execute, resolved_config, run_state
 
 log = logging.getLogger(__name__)
 LAUNCHERS = ("local", "slurm", "submitit-local")
@@ -134,7 +134,7 @@ def run_sweep(path: str, overrides: Sequence[str] = ()) -> int:
             print(f"[mope] run {i}/{len(pending)}: {run.slug} seed {run.seed}", flush=True)
             record = execute(run)
             write_report(out, sweep, runs)
-            if record.get("exit") in (130, 143):  # the run was interrupted with the sweep: stop here
+            if record.get("exit") in INTERRUPTED:  # the run was interrupted with the sweep: stop here
                 raise Interrupted(
                     f"sweep interrupted during {run.slug} seed {run.seed}; run the same command again to resume it",
                     record["exit"],

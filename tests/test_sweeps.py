@@ -208,10 +208,23 @@ def test_local_jobs_get_their_share_of_the_cores_as_threads(monkeypatch):
     assert local_thread_setup(2, {}) == ["export OMP_NUM_THREADS=8"]
 
 
-def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):
-    import signal
+def start_sweep(sweep: str, out):
+    """`mope sweep` in a child process of its own process group, so that its fit can be reaped after a test."""
     import subprocess
     import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "mope_lightning", "sweep", sweep, f"out={out}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):
+    import signal
     import time
 
     sweep = write_sweep(tmp_path, seeds=[1])
@@ -219,14 +232,7 @@ def test_sigterm_stops_the_sweep_after_its_run_saved_its_weights(tmp_path):
     spec["overrides"] += ["trainer.max_epochs=1000"]  # runs until it is stopped; last.ckpt at every validation
     open(sweep, "w").write(yaml.safe_dump(spec, sort_keys=False))
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mope_lightning", "sweep", sweep, f"out={out}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )  # its own process group, so the fit can be reaped below
+    proc = start_sweep(sweep, out)
     try:
         last = out / "default" / "seed_1" / "version_0" / "checkpoints" / "last.ckpt"
         deadline = time.time() + 240
@@ -252,19 +258,11 @@ def test_sigterm_before_the_fit_is_ready_still_stops_the_sweep(tmp_path):
     reads data kills it outright. That run is interrupted, not failed, and the sweep must not go on to the next."""
     import signal
     import subprocess
-    import sys
     import time
 
     sweep = write_sweep(tmp_path, seeds=[1, 2])
     out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mope_lightning", "sweep", sweep, f"out={out}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    proc = start_sweep(sweep, out)
     try:
         deadline = time.time() + 120
         children = ""

@@ -64,7 +64,7 @@ class RoutingView:
         self,
         stats: dict[str, Tensor],
         split: Split,
-        files: list[Path],
+        files: Optional[list[Path]],
         classes: list[str],
         groups: Optional[dict[str, list[int]]],
         multilabel: bool,
@@ -168,7 +168,7 @@ class RoutingView:
                 figs[f"{name}_expert"] = heatmap(
                     value_expert.mean(1), values, experts, f"mean routing probability per {name} (averaged over layers)"
                 )
-        if exemplars and len(s["sample_index"]):
+        if exemplars and len(s["sample_index"]) and self.files is not None:  # None: pixels streamed from shards
             figs["exemplars"] = self.exemplar_figure(exemplars)
         return figs
 

@@ -65,6 +65,13 @@ COMMANDS: dict[str, Command] = {
         "mope export experiments/easy_vqa.yaml ckpt=PATH out=DIR",
         aliases={k: f"export.{k}" for k in ("out", "overwrite")},
     ),
+    "shards": Command(
+        "shards:main",
+        "decoded images as streaming (WebDataset) shards",
+        "mope shards experiments/snli_ve.yaml out=DIR",
+        ("... then train from them anywhere", "... mope fit EXP.yaml data.name=shards data.root=DIR"),
+        aliases={k: f"shards.{k}" for k in ("out", "images_per_shard", "overwrite")},
+    ),
     "robustness": Command(
         "robustness:main",
         "test a checkpoint with modalities missing",
@@ -169,6 +176,8 @@ def _setup_logging() -> None:
     # Our training order resumes mid-epoch through the DataModule's state, which Lightning's check does not look for
     # (training/training_order.py).
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+    # A shard stream deals its shards to the workers itself, so its length per process is exact (data/shards.py).
+    warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()

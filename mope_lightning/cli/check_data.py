@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from mope_lightning.data.audio import describe_clips
 from mope_lightning.data.missing import describe as describe_missing
-from mope_lightning.data.registry import DATAMODULES
+from mope_lightning.data.registry import dataset_class
 from mope_lightning.data.subsets import training_subset
 
 
@@ -16,7 +16,7 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     labels) raise `DataError`."""
     from collections import Counter
 
-    datamodule = DATAMODULES[cfg.data.name](cfg.data)
+    datamodule = dataset_class(cfg.data)(cfg.data)
     scan = datamodule.index()
     lines = [f"[mope] check-data {cfg.data.name}: {len(datamodule.classes)} classes"]
     media = {"image": "images", "audio": "clips"}[datamodule.media]

@@ -93,6 +93,15 @@ class ExportConfig:
 
 
 @dataclass
+class ShardsOutputConfig:
+    """`mope shards EXP.yaml out=DIR [images_per_shard=N]` (out, images_per_shard, overwrite are aliases)."""
+
+    out: Optional[str] = None  # the folder of WebDataset shards and their manifest (data/shards.py)
+    images_per_shard: int = 1000  # a 224 x 224 image is 150 kB: 1,000 make shards of 150 MB
+    overwrite: bool = False  # replace shards mope wrote in `out`
+
+
+@dataclass
 class AnalyzeConfig:
     """`mope analyze EXP.yaml ckpt=PATH out=DIR [split=val|test]` (out, split, overwrite are aliases)."""
 
@@ -156,6 +165,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    shards: ShardsOutputConfig = field(default_factory=ShardsOutputConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     trainer: Dict[str, Any] = field(default_factory=_default_trainer)
     run: RunRecord = field(default_factory=RunRecord)

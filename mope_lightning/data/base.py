@@ -62,6 +62,8 @@ _LOADING_KEYS = {
     "cache_dir",
     "prefetch_factor",
     "image_cache",
+    "shards",
+    "shuffle_buffer",
     "on_bad_sample",
     "max_text_length",
     "max_audio_seconds",
@@ -108,6 +110,10 @@ class MultimodalDataset(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> dict:
+        return self.item(i)
+
+    def item(self, i: int, media: Optional[torch.Tensor] = None) -> dict:
+        """Sample i, with its media content `media` when given (streamed, data/shards.py) instead of loaded."""
         s, j = self.split, self.split.media_index[i]
         item = {"id": s.ids[i], "index": i, "label": self._target(s.labels[i])}
         lost = self.missing[i] if self.missing is not None else ""
@@ -122,7 +128,8 @@ class MultimodalDataset(Dataset):
             feature = self.media_features[j]
             item[f"{self.media}_features"] = torch.zeros_like(feature) if lost == self.media else feature
         else:
-            item[MEDIA_KEYS[self.media]] = self.blank_image if lost == "image" else self.load(self.files[j])
+            loaded = media if media is not None or lost == "image" else self.load(self.files[j])
+            item[MEDIA_KEYS[self.media]] = self.blank_image if lost == "image" else loaded
         return item
 
     def _target(self, label):

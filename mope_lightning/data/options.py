@@ -54,6 +54,10 @@ class DataConfig:
     # Decode each image once into uint8 shards under cache_dir, normalise batches on the device (data/image_cache.py):
     # true | false | null (default: true for training that reads pixels). It moves RandAugment after the resize.
     image_cache: Optional[bool] = None
+    # Stream the dataset from the WebDataset shards `mope shards` wrote (a folder or http(s) URL) instead of reading
+    # its files (data/shards.py); shuffle_buffer: samples each loader worker shuffles among, on top of shard order
+    shards: Optional[str] = None
+    shuffle_buffer: int = 1000
     on_bad_sample: str = "fail"  # fail | skip: what to do with samples that have a problem (see check-data)
     check_images: bool = True  # decode every image in full once when the dataset index is built (kept with it)
     # The low-data protocol (data/subsets.py): a seeded, label-stratified subset of the train split, nested across

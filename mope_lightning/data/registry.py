@@ -14,6 +14,7 @@ from mope_lightning.data.datasets.jsonl import JsonlDataModule, MMBTConfig, SNLI
 from mope_lightning.data.datasets.medmnist import MedMNISTDataModule
 from mope_lightning.data.datasets.mmimdb import MMIMDBDataModule
 from mope_lightning.data.datasets.mustard import MustardDataModule
+from mope_lightning.data.datasets.shards import ShardsDataModule
 from mope_lightning.data.datasets.tuxpaint import TuxPaintDataModule
 from mope_lightning.data.datasets.vtab import VTABDataModule
 
@@ -41,3 +42,9 @@ DATAMODULES: dict[str, type[MultimodalDataModule]] = {
     "flowers102": Flowers102DataModule,
     "medmnist": MedMNISTDataModule,
 }
+
+
+def dataset_class(data_cfg) -> type[MultimodalDataModule]:
+    """The class that reads `data`: the dataset's own, or with `data.shards` the one that streams the dataset from
+    the shards `mope shards` wrote (data/shards.py)."""
+    return ShardsDataModule if data_cfg.get("shards") else DATAMODULES[data_cfg.name]

@@ -9,14 +9,15 @@ mixed in, under the dataset's class name: Lightning keeps a DataModule's state i
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Callable, Optional
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from mope_lightning.data.base import BatchCollate, MultimodalDataModule
-from mope_lightning.data.registry import DATAMODULES
+from mope_lightning.data.registry import dataset_class
+from mope_lightning.data.shards import ShardStream
 from mope_lightning.errors import DataError
 from mope_lightning.training.training_order import TrainingOrder, training_position
 
@@ -63,6 +64,8 @@ class LightningHooks(L.LightningDataModule):
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        if isinstance(self.datasets[split], ShardStream):
+            return self._stream_loader(split, train)
         c = self.cfg
         batch_size = c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size)
         pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
@@ -86,6 +89,24 @@ class LightningHooks(L.LightningDataModule):
             collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length, self.spec.audio_preprocessor),
         )
 
+    def _stream_loader(self, split: str, train: bool) -> DataLoader:
+        """The loader of a split streamed from shards (data/shards.py): the stream deals its shards to the
+        processes and workers and shuffles them itself, so there is no sampler; its epoch is the trainer's."""
+        c, stream = self.cfg, self.datasets[split]
+        stream.world, stream.rank = self._world()
+        pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
+        prefetch = c.get("prefetch_factor") or (4 if torch.cuda.is_available() else None)
+        return EpochStreamLoader(
+            stream,
+            (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0),
+            batch_size=c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size),
+            num_workers=c.num_workers,
+            pin_memory=pin,
+            persistent_workers=c.persistent_workers and c.num_workers > 0,
+            prefetch_factor=prefetch if c.num_workers > 0 else None,
+            collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length, self.spec.audio_preprocessor),
+        )
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With the decoded-image cache, images cross to the device as uint8 and become floats there."""
         return self.pixels.device(batch) if self.pixels is not None else batch
@@ -99,7 +120,7 @@ class LightningHooks(L.LightningDataModule):
         self.resume_position = state_dict.get("training_position")
 
     def train_dataloader(self) -> DataLoader:
-        size, world = len(self.datasets["train"]), self._world()[0]
+        size, world = len(self.splits["train"]), self._world()[0]
         if not size:
             raise DataError(
                 f"{self.cfg.name}: the train split is empty (its samples come from "
@@ -123,6 +144,19 @@ class LightningHooks(L.LightningDataModule):
         return self._loader(self.predict_split, train=False)
 
 
+class EpochStreamLoader(DataLoader):
+    """A DataLoader over a `ShardStream` that tells it the epoch before each pass: the trainer's, read after a
+    resumed run restored it (persistent workers count on from the epoch they started in)."""
+
+    def __init__(self, stream: ShardStream, epoch: Callable[[], int], **kwargs):
+        super().__init__(stream, **kwargs)
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.dataset.epoch = self.epoch()
+        return super().__iter__()
+
+
 @functools.cache
 def lightning_class(dataset: type[MultimodalDataModule]) -> type:
     """`dataset` with Lightning's hooks, named as the dataset (the key of its state in a checkpoint)."""
@@ -133,4 +167,4 @@ def lightning_class(dataset: type[MultimodalDataModule]) -> type:
 
 def datamodule(data_cfg) -> L.LightningDataModule:
     """The Lightning DataModule of the dataset `data_cfg.name`."""
-    return lightning_class(DATAMODULES[data_cfg.name])(data_cfg)
+    return lightning_class(dataset_class(data_cfg))(data_cfg)

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from mope_lightning.data.base import BatchCollate, MultimodalDataModule
+from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.registry import DATAMODULES
 from mope_lightning.errors import DataError
 from mope_lightning.training.training_order import TrainingOrder, training_position
@@ -83,7 +83,7 @@ class LightningHooks(L.LightningDataModule):
             pin_memory=pin,
             persistent_workers=c.persistent_workers and c.num_workers > 0,
             prefetch_factor=prefetch if c.num_workers > 0 else None,
-            collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length, self.spec.audio_preprocessor),
+            collate_fn=self.collate(),
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -179,6 +179,14 @@ def test_empty_val_split_is_one_message(tmp_path, capsys):
     assert "leave the val split empty (data.val_fraction=0.1)" in message and "ADEChallengeData2016" in message
 
 
+def test_shots_per_class_is_one_message(tmp_path, capsys):
+    root = make_kvasir(tmp_path / "kvasir", count=20)
+    code, _, err = check(capsys, tmp_path, "kvasir_seg", root, "data.shots_per_class=2")
+    assert code == 2 and "data.shots_per_class=2" in one_error(err) and "data.train_fraction" in one_error(err)
+    code, out, _ = check(capsys, tmp_path, "kvasir_seg", root, "data.train_fraction=0.5")
+    assert code == 0 and "train subset: 8 of 16 samples" in out
+
+
 def test_missing_annotation_folder_is_one_message(tmp_path, capsys):
     root = make_ade20k(tmp_path / "ade")
     folder = root / "ADEChallengeData2016" / "annotations" / "validation"

@@ -88,6 +88,14 @@ class SegmentationDataModule(ImageClassificationDataModule):
         note = f"{shares} held out of {source} (seeded shuffle, data.split_seed={self.cfg.split_seed})"
         return parts, note
 
+    def index(self):
+        if self.cfg.shots_per_class is not None:  # the low-data protocol counts samples per class: an image has many
+            raise DataError(
+                f"data.shots_per_class={self.cfg.shots_per_class}: a segmentation image holds several classes, so "
+                f"{self.cfg.name} has no samples per class to count; use data.train_fraction"
+            )
+        return super().index()
+
     def label_counts(self, split: Split) -> Counter:
         """Images per class (from the classes each mask holds)."""
         return Counter(name for names in split.attributes.get(CLASSES_ATTRIBUTE, []) for name in names)

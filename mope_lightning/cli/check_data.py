@@ -22,9 +22,9 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     media = {"image": "images", "audio": "clips"}[datamodule.media]
     for name, split in scan.splits.items():
         lines.append(f"  {name:<6} {len(split):>9,} samples  {len(set(split.media_index)):>8,} {media}")
-        counts = Counter(c for label in split.labels for c in (label if isinstance(label, list) else [label]))
-        shown = ", ".join(f"{datamodule.classes[c]} {n}" for c, n in counts.most_common())
-        lines.append(f"         labels: {shown}")
+        shown = ", ".join(f"{cls} {n}" for cls, n in datamodule.label_counts(split).most_common())
+        per = " (images per class)" if datamodule.task == "segmentation" else ""
+        lines.append(f"         labels{per}: {shown}")
     digests = [d for pool in scan.digests.values() for d in pool]
     lines.append(
         f"  {media}: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"

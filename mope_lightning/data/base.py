@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
@@ -55,6 +56,7 @@ _LOADING_KEYS = {
     "image_size",
     "crop_pct",
     "crop_mode",
+    "crop_scale",
     "image_mean",
     "image_std",
     "randaugment",
@@ -166,11 +168,7 @@ class BatchCollate:
             batch["audio"], batch["audio_mask"] = pad_clips(
                 self.audio_preprocessor, [it["audio"].numpy() for it in items]
             )
-        batch["labels"] = (
-            torch.stack([it["label"] for it in items])
-            if torch.is_tensor(first["label"])
-            else torch.tensor([it["label"] for it in items])
-        )
+        batch["labels"] = self.labels([it["label"] for it in items])
         for key in ("text_features", "image_features", "audio_features", "images"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
@@ -178,6 +176,11 @@ class BatchCollate:
             for modality in MISSABLE:
                 batch[f"{modality}_missing"] = torch.tensor([it["missing"] == modality for it in items])
         return batch
+
+    @staticmethod
+    def labels(labels: list) -> torch.Tensor:
+        """The batch's labels: class indices (B,), or multi-label targets (B, C)."""
+        return torch.stack(labels) if torch.is_tensor(labels[0]) else torch.tensor(labels)
 
 
 def data_prevents_caching(cfg, modality: str) -> Optional[str]:
@@ -224,6 +227,12 @@ class MultimodalDataModule:
     # --- what a dataset implements -------------------------------------------------------------------------
     def read_classes(self) -> list[str]:
         raise NotImplementedError
+
+    def label_counts(self, split: Split) -> Counter:
+        """Samples per class name in `split` (a multi-label sample counts for each of its classes)."""
+        return Counter(
+            self.classes[c] for label in split.labels for c in (label if isinstance(label, list) else [label])
+        )
 
     def class_groups(self) -> Optional[dict[str, list[int]]]:
         """Named groups of classes (e.g. question types) for routing reports, if the dataset has them."""
@@ -335,6 +344,10 @@ class MultimodalDataModule:
     def attach(self, spec) -> None:
         """Take the model's `InputSpec`: its tokenizer, image preprocessing and cacheable frozen features."""
         self.spec = spec
+
+    def collate(self) -> BatchCollate:
+        """The loaders' collate function (run in the DataLoader workers)."""
+        return BatchCollate(self.spec.tokenizer, self.cfg.max_text_length, self.spec.audio_preprocessor)
 
     @property
     def multilabel(self) -> bool:

@@ -93,20 +93,22 @@ def _decoder(media: str) -> Callable[[str], tuple[str, str]]:
 
 def decode_files(files: Sequence[Path], media: str = "image") -> list[tuple[str, str]]:
     """The `media` check of every file (decoded in full), in one process per available CPU for more than a few."""
-    decode, workers = _decoder(media), _cpus()
-    if len(files) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return [decode(str(f)) for f in files]
     what = "images" if media == "image" else f"{media} clips"
-    log.info(
-        "Decoding %d %s in full with %d processes (once; the dataset index keeps the result)", len(files), what, workers
-    )
+    return parallel_map(_decoder(media), [str(f) for f in files], f"Decoding {len(files)} {what} in full")
+
+
+def parallel_map(fn: Callable, items: Sequence, doing: str) -> list:
+    """[fn(item) for item in items], in one process per available CPU for more than a few items (`doing` says what
+    for the log: "Decoding 900 images in full"). `fn` and the items must be picklable."""
+    workers = _cpus()
+    if len(items) < PARALLEL_FROM or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(item) for item in items]
+    log.info("%s with %d processes (once; the dataset index keeps the result)", doing, workers)
     start = time.perf_counter()
-    # fork: the workers need nothing but the decoder, and start at once instead of re-importing the framework
+    # fork: the workers need nothing but `fn`, and start at once instead of re-importing the framework
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        results = list(
-            pool.map(decode, [str(f) for f in files], chunksize=min(256, max(1, len(files) // (workers * 8))))
-        )
-    log.info("Decoded %d %s in %.1f s", len(files), what, time.perf_counter() - start)
+        results = list(pool.map(fn, items, chunksize=min(256, max(1, len(items) // (workers * 8)))))
+    log.info("%s took %.1f s", doing, time.perf_counter() - start)
     return results
 
 

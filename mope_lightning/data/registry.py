@@ -4,13 +4,16 @@ reverse. Each also says which modalities its samples hold (`provided_modalities(
 audio clip, or an image alone), known without reading the data."""
 
 from mope_lightning.data.base import MultimodalDataModule
+from mope_lightning.data.datasets.ade20k import ADE20KDataModule
 from mope_lightning.data.datasets.cub200 import CUB200DataModule
 from mope_lightning.data.datasets.easy_vqa import EasyVQADataModule
+from mope_lightning.data.datasets.easy_vqa_seg import EasyVQASegDataModule
 from mope_lightning.data.datasets.flowers102 import Flowers102DataModule
 from mope_lightning.data.datasets.food101 import Food101DataModule
 from mope_lightning.data.datasets.hateful_memes import HatefulMemesDataModule
 from mope_lightning.data.datasets.imagefolder import ImageFolderDataModule
 from mope_lightning.data.datasets.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
+from mope_lightning.data.datasets.kvasir_seg import KvasirSegDataModule
 from mope_lightning.data.datasets.medmnist import MedMNISTDataModule
 from mope_lightning.data.datasets.mmimdb import MMIMDBDataModule
 from mope_lightning.data.datasets.mustard import MustardDataModule
@@ -41,6 +44,10 @@ DATAMODULES: dict[str, type[MultimodalDataModule]] = {
     "cub200": CUB200DataModule,
     "flowers102": Flowers102DataModule,
     "medmnist": MedMNISTDataModule,
+    # semantic segmentation (`task = "segmentation"`, images only; data/datasets/segmentation_base.py)
+    "ade20k": ADE20KDataModule,
+    "kvasir_seg": KvasirSegDataModule,
+    "easy_vqa_seg": EasyVQASegDataModule,
 }
 
 

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from mope_lightning.data.base import BatchCollate, MultimodalDataModule
+from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.registry import dataset_class
 from mope_lightning.data.shards import ShardStream
 from mope_lightning.errors import DataError
@@ -63,49 +63,40 @@ class LightningHooks(L.LightningDataModule):
             return None
         return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
 
+    def _loader_options(self, train: bool) -> dict:
+        """What every loader of this DataModule shares: batch size, workers, pinning, prefetch and the collate."""
+        c = self.cfg
+        return dict(
+            batch_size=c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size),
+            num_workers=c.num_workers,
+            pin_memory=c.pin_memory if c.pin_memory is not None else torch.cuda.is_available(),
+            persistent_workers=c.persistent_workers and c.num_workers > 0,
+            # Workers that load further ahead than torch's 2 batches ride out slow batches that would idle a GPU
+            prefetch_factor=(c.get("prefetch_factor") or (4 if torch.cuda.is_available() else None))
+            if c.num_workers > 0
+            else None,
+            collate_fn=self.collate(),
+        )
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         if isinstance(self.datasets[split], ShardStream):
             return self._stream_loader(split, train)
-        c = self.cfg
-        batch_size = c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size)
-        pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
-        # Workers that load further ahead than torch's 2 batches ride out slow batches that would idle a GPU
-        prefetch = c.get("prefetch_factor") or (4 if torch.cuda.is_available() else None)
-        # drop_last in training: a last batch of one sample would break the mapper's BatchNorm
         sampler = self._sampler(split, train)
         # Every loader draws its workers' seed from a generator of its own, never from the global RNG, so that how
         # often loaders are iterated (a resumed run, persistent workers or none) changes no routing noise or dropout.
         generator = sampler.generator if train else torch.Generator().manual_seed(self.seed)
+        # drop_last in training: a last batch of one sample would break the mapper's BatchNorm
         return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            sampler=sampler,
-            generator=generator,
-            drop_last=train,
-            num_workers=c.num_workers,
-            pin_memory=pin,
-            persistent_workers=c.persistent_workers and c.num_workers > 0,
-            prefetch_factor=prefetch if c.num_workers > 0 else None,
-            collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length, self.spec.audio_preprocessor),
+            self.datasets[split], sampler=sampler, generator=generator, drop_last=train, **self._loader_options(train)
         )
 
     def _stream_loader(self, split: str, train: bool) -> DataLoader:
         """The loader of a split streamed from shards (data/shards.py): the stream deals its shards to the
         processes and workers and shuffles them itself, so there is no sampler; its epoch is the trainer's."""
-        c, stream = self.cfg, self.datasets[split]
+        stream = self.datasets[split]
         stream.world, stream.rank = self._world()
-        pin = c.pin_memory if c.pin_memory is not None else torch.cuda.is_available()
-        prefetch = c.get("prefetch_factor") or (4 if torch.cuda.is_available() else None)
-        return EpochStreamLoader(
-            stream,
-            (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0),
-            batch_size=c.batch_size if train else (c.eval_batch_size or 2 * c.batch_size),
-            num_workers=c.num_workers,
-            pin_memory=pin,
-            persistent_workers=c.persistent_workers and c.num_workers > 0,
-            prefetch_factor=prefetch if c.num_workers > 0 else None,
-            collate_fn=BatchCollate(self.spec.tokenizer, c.max_text_length, self.spec.audio_preprocessor),
-        )
+        epoch = (lambda: self.trainer.current_epoch) if self.trainer is not None else (lambda: 0)
+        return EpochStreamLoader(stream, epoch, **self._loader_options(train))
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """With the decoded-image cache, images cross to the device as uint8 and become floats there."""

@@ -79,12 +79,11 @@ class EasyVQADataModule(MultimodalDataModule):
 
     def class_groups(self) -> dict[str, list[int]]:
         """Question types by answer: yes/no, shape, colour."""
-        shapes = {"circle", "rectangle", "triangle"}
-        kind = {c: "yes/no" if c in ("yes", "no") else "shape" if c in shapes else "color" for c in self.classes}
+        kind = answer_kinds(self.classes)
         return {g: [i for i, c in enumerate(self.classes) if kind[c] == g] for g in ("yes/no", "shape", "color")}
 
     def source_files(self) -> list[Path]:
-        return [self.root / "answers.txt", *(self.root / split / "questions.json" for split in ("train", "test"))]
+        return question_files(self.root)
 
     def split_source(self, split: str) -> str:
         if split == "val":
@@ -101,16 +100,11 @@ class EasyVQADataModule(MultimodalDataModule):
         return Scan(splits, {"train": train_files, "test": test_files}, problems, notes)
 
     def _read_questions(self, split: str, limit: Optional[int], problems: list[Problem]) -> tuple[Split, list[Path]]:
-        path = self.root / split / "questions.json"
-        if not path.is_file():
-            raise DataError(f"{path}: split file missing; the {split} split needs {split}/questions.json")
-        entries = read_json(path)
-        if not isinstance(entries, list):
-            raise DataError(f"{path}: expected a JSON list of [question, answer, image_id]")
+        path, entries = read_questions(self.root, split)
         label_of = {name: i for i, name in enumerate(self.classes)}
         valid = [e for e in entries if isinstance(e, list) and len(e) == 3 and isinstance(e[2], int)]
         image_ids = sorted({e[2] for e in valid})
-        properties, kind = self._image_properties(valid), self._kinds()
+        properties, kind = image_properties(valid, self.classes), answer_kinds(self.classes)
         keep = set(image_ids[:limit] if limit is not None else image_ids)
         builder = SplitBuilder(split)
         for n, entry in enumerate(entries):
@@ -130,27 +124,49 @@ class EasyVQADataModule(MultimodalDataModule):
                 builder.add(f"{split}/{n}", question, label_of[answer], image, f"{path}:entry {n}", attributes)
         return builder.build(), builder.files
 
-    def _kinds(self) -> dict[str, str]:
-        """Each answer's kind: "yes/no", "shape" or "color" (the question types)."""
-        return {c: group for group, members in self.class_groups().items() for c in (self.classes[i] for i in members)}
 
-    def _image_properties(self, entries: list) -> dict[int, dict[str, list[str]]]:
-        """The shape and colour of each image, read from the dataset's own questions about it: the answer of a
-        shape or colour question, a property the question names ("what is the blue shape?" -> blue), and the
-        properties of a yes/no question that holds ("does the image contain a circle?" yes -> circle)."""
-        kind = self._kinds()
-        words = {c: kind[c] for c in self.classes if kind[c] != "yes/no"}
-        found: dict[int, dict[str, set[str]]] = {}
-        for question, answer, image_id in entries:
-            if not isinstance(question, str) or answer not in kind:
-                continue
-            tokens = re.findall(r"[a-z]+", question.lower())
-            named = [w for w in tokens if w in words]
-            if kind[answer] == "yes/no":  # "is there not a ...", "is no ... present": a negated question
-                holds = (answer == "yes") != bool({"not", "no"} & set(tokens))
-                named = named if holds else []
-            else:
-                named.append(answer)
-            for word in named:
-                found.setdefault(image_id, {"shape": set(), "color": set()})[words[word]].add(word)
-        return {i: {name: sorted(values) for name, values in props.items()} for i, props in found.items()}
+SHAPES = ("circle", "rectangle", "triangle")
+
+
+def question_files(root: Path) -> list[Path]:
+    """What an index of easy-VQA depends on: the answers and each split's questions."""
+    return [root / "answers.txt", *(root / split / "questions.json" for split in ("train", "test"))]
+
+
+def read_questions(root: Path, split: str) -> tuple[Path, list]:
+    """(the questions file of `split`, its entries: a JSON list), or a `DataError` naming the file."""
+    path = root / split / "questions.json"
+    if not path.is_file():
+        raise DataError(f"{path}: split file missing; the {split} split needs {split}/questions.json")
+    entries = read_json(path)
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: expected a JSON list of [question, answer, image_id]")
+    return path, entries
+
+
+def answer_kinds(classes: list[str]) -> dict[str, str]:
+    """Each answer's kind: "yes/no", "shape" or "color" (the question types)."""
+    return {c: "yes/no" if c in ("yes", "no") else "shape" if c in SHAPES else "color" for c in classes}
+
+
+def image_properties(entries: list, classes: list[str]) -> dict[int, dict[str, list[str]]]:
+    """The shape and colour of each image, read from the dataset's own questions about it: the answer of a shape or
+    colour question, a property the question names ("what is the blue shape?" -> blue), and the properties of a
+    yes/no question that holds ("does the image contain a circle?" yes -> circle). `entries`: [question, answer,
+    image_id] lists; `classes`: the answers."""
+    kind = answer_kinds(classes)
+    words = {c: kind[c] for c in classes if kind[c] != "yes/no"}
+    found: dict[int, dict[str, set[str]]] = {}
+    for question, answer, image_id in entries:
+        if not isinstance(question, str) or answer not in kind:
+            continue
+        tokens = re.findall(r"[a-z]+", question.lower())
+        named = [w for w in tokens if w in words]
+        if kind[answer] == "yes/no":  # "is there not a ...", "is no ... present": a negated question
+            holds = (answer == "yes") != bool({"not", "no"} & set(tokens))
+            named = named if holds else []
+        else:
+            named.append(answer)
+        for word in named:
+            found.setdefault(image_id, {"shape": set(), "color": set()})[words[word]].add(word)
+    return {i: {name: sorted(values) for name, values in props.items()} for i, props in found.items()}

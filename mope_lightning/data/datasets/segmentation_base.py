@@ -1,0 +1,143 @@
+"""What the semantic segmentation readers (`task = "segmentation"`) share.
+
+A sample is an image and its mask. In the index a sample's label is what its mask is read from (the mask file's
+path, or for a derived dataset what derives it); the reader's `masks()` turns (image, label) into class indices
+(data/masks.py). Every mask is read and checked against its image when the index is built (size, values; in
+parallel), and the classes each holds become the sample attribute `classes`: check-data counts images per class
+from it, and routing reports can relate to it. Items and batches: data/segmentation.py.
+
+For this first slice segmentation reads its pixels through PIL at every step: the decoded-image cache and cached
+image features (pooled vectors, no token grid) are off, with a log note.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import torch
+
+from mope_lightning.data.base import BatchCollate
+from mope_lightning.data.checks import parallel_map
+from mope_lightning.data.datasets.image_only import ImageClassificationDataModule, ImageDataConfig
+from mope_lightning.data.samples import Problem, Split
+from mope_lightning.data.segmentation import SegmentationCollate, SegmentationDataset
+from mope_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+CLASSES_ATTRIBUTE = "classes"  # the sample attribute naming the classes a mask holds
+
+
+@dataclass
+class SegmentationDataConfig(ImageDataConfig):
+    """Options of the segmentation readers: `val_fraction` (and `split_seed`) hold val out of train where the
+    release has no val split; `crop_scale` is the range of the image area a training crop keeps."""
+
+    crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+
+
+class SegmentationDataModule(ImageClassificationDataModule):
+    """A dataset of images and masks, no texts. Readers implement `read_classes`, `scan`, `source_files`,
+    `split_source` and `masks`, and pass each split they read through `checked`."""
+
+    config_class = SegmentationDataConfig
+    task = "segmentation"
+    monitor = "val/miou"
+
+    def masks(self) -> Callable:
+        """(PIL image, a sample's label) -> its H x W class indices; with `check((image path, label))` -> ("", the
+        classes present) or (what is wrong, []). Picklable."""
+        raise NotImplementedError
+
+    def checked(self, split: Split, files: list[Path], problems: list[Problem]) -> Split:
+        """`split` less the samples whose mask does not fit its image (each a problem naming its source), with the
+        `classes` attribute of the rest."""
+        pairs = [(str(files[j]), label) for j, label in zip(split.media_index, split.labels)]
+        results = parallel_map(self.masks().check, pairs, f"Checking {len(pairs)} masks against their images")
+        keep = []
+        for row, (problem, _) in enumerate(results):
+            if problem:
+                problems.append(Problem(split.sources[row], "", problem))
+            else:
+                keep.append(row)
+        split.attributes[CLASSES_ATTRIBUTE] = [[self.classes[c] for c in present] for _, present in results]
+        return split.subset(keep)
+
+    def holdout(self, split: Split, fractions: dict[str, float], source: str) -> tuple[dict[str, Split], str]:
+        """`split` cut by one seeded shuffle (`data.split_seed`) into parts of the given fractions and "train" (the
+        rest), with a note; an empty part is a `DataError` naming the fraction."""
+        order = torch.randperm(len(split), generator=torch.Generator().manual_seed(self.cfg.split_seed)).tolist()
+        parts, start = {}, 0
+        for name, fraction in fractions.items():
+            if not 0 < fraction < 1:
+                raise DataError(f"data.{name}_fraction: {fraction} must be between 0 and 1 (exclusive)")
+            count = round(fraction * len(split))
+            if count == 0 or start + count >= len(split):
+                raise DataError(
+                    f"{self.cfg.name}: {len(split)} sample(s) in {source} leave the {name} split "
+                    f"{'empty' if count == 0 else 'all there is'} (data.{name}_fraction={fraction}); add samples or "
+                    f"change data.{name}_fraction (`mope check-data` shows what was read)"
+                )
+            parts[name] = split.subset(sorted(order[start : start + count]))
+            start += count
+        parts["train"] = split.subset(sorted(order[start:]))
+        shares = ", ".join(f"{name} {len(part)}" for name, part in parts.items() if name != "train")
+        note = f"{shares} held out of {source} (seeded shuffle, data.split_seed={self.cfg.split_seed})"
+        return parts, note
+
+    def index(self):
+        if self.cfg.shots_per_class is not None:  # the low-data protocol counts samples per class: an image has many
+            raise DataError(
+                f"data.shots_per_class={self.cfg.shots_per_class}: a segmentation image holds several classes, so "
+                f"{self.cfg.name} has no samples per class to count; use data.train_fraction"
+            )
+        return super().index()
+
+    def label_counts(self, split: Split) -> Counter:
+        """Images per class (from the classes each mask holds)."""
+        return Counter(name for names in split.attributes.get(CLASSES_ATTRIBUTE, []) for name in names)
+
+    def missing_tables(self, splits: dict[str, Split]) -> dict[str, Optional[list[str]]]:
+        """None for every split: the samples have one modality, which none may lose (`data.missing` is refused)."""
+        rates = self.cfg.get("missing")
+        for name in ("train", "val", "test") if rates is not None else ():
+            for kind in ("image", "text", "both"):
+                if rates[name][kind]:
+                    raise DataError(
+                        f"data.missing.{name}.{kind}: {rates[name][kind]}; {self.cfg.name} samples hold one modality "
+                        "(the image), which they cannot lose; set it to 0"
+                    )
+        return {name: None for name in splits}
+
+    # --- wiring --------------------------------------------------------------------------------------------
+    def collate(self) -> BatchCollate:
+        return SegmentationCollate()
+
+    def prepare(self, stage: Optional[str] = None) -> None:
+        self.splits, _ = self.read_splits()
+        if stage is not None:
+            self.check_splits(stage)
+        log.info(  # the cache holds centre-cropped images without masks; a cached feature has no token grid
+            "%s: segmentation reads its pixels through PIL at every step: data.image_cache and cached image features "
+            "do not apply",
+            self.cfg.name,
+        )
+
+    def build_datasets(self, stage: Optional[str] = None) -> None:
+        from mope_lightning.data.seg_transforms import EvalPair, TrainPair, geometry
+
+        if self.datasets:
+            self.check_splits(stage)
+            return
+        self.splits, pools = self.read_splits(verbose=False)  # prepare has logged the notes
+        self.check_splits(stage)
+        geo, masks = geometry(self.spec.image_config, self.cfg), self.masks()
+        for name, split in self.splits.items():
+            transform = (
+                TrainPair(geo, self.cfg.crop_scale, self.cfg.get("randaugment")) if name == "train" else EvalPair(geo)
+            )
+            self.datasets[name] = SegmentationDataset(split, pools[split.pool], masks, transform)
+        log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))

@@ -1,0 +1,99 @@
+"""The preprocessing of a segmentation sample: an image and its mask transformed together (torchvision.transforms.v2
+with `tv_tensors.Mask`, which resamples masks with nearest-neighbour and never blends class indices).
+
+- Training: photometric RandAugment on the image alone (`data.randaugment`; its geometric ops are left out, since
+  they would move the image without its mask), then a random resized crop to S x S (`data.crop_scale` of the image's
+  area) and a horizontal flip applied to the image and the mask jointly; the label is (S, S).
+- Evaluation: the image resized to S x S (no crop: every pixel of the mask stays scored), the mask untouched at its
+  original resolution (the model's logits are resized to it).
+
+S, the interpolation and the normalisation are the image encoder's (`data.image_size`, `data.image_mean`,
+`data.image_std` override them, as for classification).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
+
+GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+
+
+class PhotometricRandAugment(v2.RandAugment):
+    """RandAugment drawing from its colour and intensity ops only: a segmentation image's geometry must stay its
+    mask's."""
+
+    _AUGMENTATION_SPACE = {k: v for k, v in v2.RandAugment._AUGMENTATION_SPACE.items() if k not in GEOMETRIC_OPS}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The working size S and the normalisation of an image encoder's input."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+
+
+def geometry(image_config: dict, data_cfg) -> Geometry:
+    """The image encoder's input size, normalisation and interpolation (its timm `data_config`), with the `data`
+    settings `image_size`, `image_mean` and `image_std` over them."""
+    size = data_cfg.get("image_size") or image_config["input_size"][-1]
+    mean = tuple(data_cfg.get("image_mean") or image_config["mean"])
+    std = tuple(data_cfg.get("image_std") or image_config["std"])
+    mode = image_config.get("interpolation", "bilinear")
+    interpolation = (
+        InterpolationMode(mode) if mode in {m.value for m in InterpolationMode} else InterpolationMode.BILINEAR
+    )
+    return Geometry(int(size), mean, std, interpolation)
+
+
+def _normalised(geo: Geometry):
+    return v2.Compose(
+        [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(geo.mean), list(geo.std))]
+    )
+
+
+class TrainPair:
+    """(PIL image, H x W class indices) -> (float C x S x S image, long S x S label), augmented (picklable)."""
+
+    def __init__(self, geo: Geometry, crop_scale: Sequence[float] = (0.5, 1.0), randaugment: Optional[Sequence] = None):
+        self.photometric = PhotometricRandAugment(*randaugment) if randaugment else None
+        self.joint = v2.Compose(
+            [
+                v2.RandomResizedCrop(
+                    geo.size, scale=tuple(crop_scale), interpolation=geo.interpolation, antialias=True
+                ),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
+        self.normalise = _normalised(geo)
+
+    def __call__(self, image: Image.Image, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+        if self.photometric is not None:
+            image = self.photometric(image)
+        pixels, mask = self.joint(tv_tensors.Image(v2.functional.pil_to_tensor(image)), _mask(labels))
+        return self.normalise(pixels), mask.as_subclass(Tensor).long()
+
+
+class EvalPair:
+    """(PIL image, H x W class indices) -> (float C x S x S image, the long H x W label unchanged)."""
+
+    def __init__(self, geo: Geometry):
+        self.resize = v2.Resize((geo.size, geo.size), interpolation=geo.interpolation, antialias=True)
+        self.normalise = _normalised(geo)
+
+    def __call__(self, image: Image.Image, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+        return self.normalise(self.resize(image)), torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+
+
+def _mask(labels: np.ndarray) -> tv_tensors.Mask:
+    return tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)))

@@ -1,0 +1,66 @@
+"""Semantic segmentation items and batches (the batch contract with the models).
+
+Items: `images` float C x S x S, `label` a long (h, w) map of class indices with IGNORE_INDEX for unlabelled pixels
+((S, S) in training, the original (H, W) in evaluation), `mask_size` (H, W) of the original mask.
+`SegmentationCollate` pads the labels of a batch with IGNORE_INDEX (top-left aligned) and stacks `mask_size`. The
+readers' shared DataModule is data/datasets/segmentation_base.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from mope_lightning.data.base import BatchCollate
+from mope_lightning.data.features import load_image
+from mope_lightning.data.masks import pad_labels
+from mope_lightning.data.samples import Split
+from mope_lightning.errors import DataError
+
+
+class SegmentationDataset(Dataset):
+    """The items of a split: image and mask read, checked to match, and transformed together (`transform`)."""
+
+    def __init__(self, split: Split, files: list[Path], masks: Callable, transform: Callable):
+        self.split, self.files, self.masks, self.transform = split, files, masks, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict:
+        path = self.files[self.split.media_index[i]]
+        image = load_image(path)
+        labels = self.masks(image, self.split.labels[i])
+        if labels.shape != (image.height, image.width):  # the files changed since the index checked them
+            raise DataError(
+                f"{self.split.sources[i]}: the mask is {labels.shape[1]}x{labels.shape[0]} pixels, its image {path} "
+                f"is {image.width}x{image.height}; a mask must have its image's size"
+            )
+        pixels, target = self.transform(image, labels)
+        return {
+            "id": self.split.ids[i],
+            "index": i,
+            "images": pixels,
+            "label": target,
+            "mask_size": torch.tensor(labels.shape, dtype=torch.long),
+        }
+
+
+class SegmentationCollate(BatchCollate):
+    """Batches segmentation items: labels padded to the batch's largest (h, w) with IGNORE_INDEX, `mask_size`
+    stacked to (B, 2)."""
+
+    def __init__(self):
+        super().__init__(None, 0)
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = super().__call__(items)
+        batch["mask_size"] = torch.stack([it["mask_size"] for it in items])
+        return batch
+
+    @staticmethod
+    def labels(labels: list) -> torch.Tensor:
+        return pad_labels(labels)

@@ -309,7 +309,7 @@ def build_pretrained(cfg, trained: TrainedWeights, classes_check: Optional[list[
     # the caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(trained.config.get("seed", 0))
-        net = build_model(cfg.model, len(trained.classes))
+        net = build_model(cfg.model, len(trained.classes), task=trained.task)
     load_into(net, trained, classes_check)
     return PretrainedModel(net, trained, cfg.data)
 

@@ -25,7 +25,7 @@ def count_parameters(cfg: DictConfig) -> dict:
             raise
         num_classes = data_cls.num_classes  # the dataset is not here; its label set size is fixed
     with torch.device("meta"):
-        net = build_model(cfg.model, num_classes, weights=False)
+        net = build_model(cfg.model, num_classes, weights=False, task=data_cls.task)
     features = {m: net.uncached_reason(m) for m in net.feature_modalities()}
     return {"num_classes": num_classes, **net.parameter_counts(), "pooled_features": features}
 

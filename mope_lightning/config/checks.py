@@ -76,6 +76,7 @@ RANGES: dict[str, Range] = {
     "model.condition_prompts": COUNT,
     "model.head_hidden": COUNT,
     "model.head_dropout": PROBABILITY_BELOW_1,
+    "model.head_channels": POSITIVE_COUNT,
     "model.mope.static_length": COUNT,
     "model.mope.dynamic_length": COUNT,
     "model.mope.mapped_length": COUNT,

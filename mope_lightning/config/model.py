@@ -120,6 +120,14 @@ class ModelConfig:
     condition_prompts: int = 0  # static prompts per layer for the conditioning encoder itself (reference: 4)
     head_hidden: int = 0  # 0: linear head; >0: one hidden layer (the late-fusion MLP uses 256)
     head_dropout: float = 0.0
+    # task segmentation (a segmentation dataset): the dense head on the image encoder's feature grids. linear: the
+    # linear probe (BatchNorm and a 1x1 convolution on the last layer's grid); upernet: transformers' UperNet head
+    # over the grids of head_layers
+    head: str = "linear"
+    head_layers: Optional[List[int]] = None  # upernet: the layers it reads, lowest first (negative: from the last)
+    # null: four spread up to the last layer (blocks of a torchvision CNN's `features`, stages of a timm CNN)
+    head_channels: int = 256  # upernet: its hidden width
+    seg_loss: str = "ce"  # ce: cross-entropy over the labelled pixels | ce_dice: plus a soft Dice term
     # recompute each prompted layer's activations in the backward pass instead of keeping them: less memory for
     # deep or wide frozen encoders and big batches, one more forward pass of the encoder per step
     activation_checkpointing: bool = False

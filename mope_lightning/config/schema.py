@@ -40,7 +40,7 @@ from mope_lightning.config.model import (
 from mope_lightning.data.options import DataConfig, MissingConfig, MissingRates  # noqa: F401
 from mope_lightning.errors import ConfigError, suggest  # noqa: F401
 from mope_lightning.models.attention import ATTENTION_CHOICES
-from mope_lightning.models.registry import FUSIONS, MODALITIES
+from mope_lightning.models.registry import FUSIONS, HEADS, MODALITIES
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -182,6 +182,8 @@ CHOICES = {
     "model.pmoe.dispatcher": ("learned", "identity"),
     "model.pmoe.granularity": ("expert", "token"),
     "model.pmoe.combine": ("concat", "mean_logits"),
+    "model.head": HEADS,
+    "model.seg_loss": ("ce", "ce_dice"),
     "model.text_encoder.library": ("transformers",),
     "model.image_encoder.library": ("timm", "torchvision"),
     "model.audio_encoder.library": ("transformers",),

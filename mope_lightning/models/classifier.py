@@ -332,10 +332,14 @@ class PromptFusionClassifier(FusionClassifier):
         prompter = self.condition_prompts.bind(anchor.new_zeros(anchor.shape[0], 0, dtype=torch.float))
         return self.fill_missing(self.condition, encoder(**inputs, prompter=prompter), batch)
 
-    def forward(self, batch: dict) -> FusionOutput:
+    def bind_prompter(self, batch: dict) -> tuple[Any, Tensor]:
+        """The prompter of `batch` (its prompts conditioned on the other modality) and the conditioning feature."""
         cond = self.condition_features(batch)
         case = missing_case(batch, cond.shape[0], cond.device, self.pair) if self.fusion.missing_cases else None
-        prompter = self.fusion.bind(cond, case)
+        return self.fusion.bind(cond, case), cond
+
+    def forward(self, batch: dict) -> FusionOutput:
+        prompter, cond = self.bind_prompter(batch)
         encoder = self.encoder(self.prompted)
         pooled = encoder.pool(*encoder.forward_features(**encoder.inputs(batch), prompter=prompter))
         if self.head_condition:

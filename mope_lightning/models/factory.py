@@ -17,12 +17,14 @@ from mope_lightning.errors import ModelError
 from mope_lightning.models.audio_encoders import TINY_AUDIO, TINY_AUDIO_EXTRA, PromptedAudioEncoder
 from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier, other_modality
+from mope_lightning.models.dense_heads import DenseHeadSpec
 from mope_lightning.models.dispatcher import PMoE
 from mope_lightning.models.image_encoders import build_timm_encoder, build_torchvision_encoder
 from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
-from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS, STATIC_PROMPT_FUSIONS
+from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS, SEGMENTATION, STATIC_PROMPT_FUSIONS
+from mope_lightning.models.segmenters import DenseProbe, DensePMoE, DensePromptFusion, check_dense_fusion
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
 
@@ -283,16 +285,21 @@ def _promptable(encoder: nn.Module, key: str, cfg_enc) -> nn.Module:
     return encoder
 
 
-def build_model(cfg, num_classes: int, weights: bool = True) -> nn.Module:
-    """The classifier of `cfg` (the `model` section) for `num_classes` outputs.
+def build_model(cfg, num_classes: int, weights: bool = True, task: str = "multiclass") -> nn.Module:
+    """The classifier of `cfg` (the `model` section) for `num_classes` outputs; for `task` "segmentation", the
+    segmentation model with a dense head (`model.head`) on the image encoder's grids (models/segmenters.py).
 
     `weights=False` builds the architecture only (random init, no tokenizer, nothing read or downloaded), e.g. on
     the meta device to count parameters.
     """
+    dense = None
+    if task == SEGMENTATION:
+        check_dense_fusion(cfg)  # before any encoder is built
+        dense = DenseHeadSpec.from_config(cfg)
     model = (
-        build_pmoe_classifier(cfg, num_classes, weights)
+        build_pmoe_classifier(cfg, num_classes, weights, dense)
         if cfg.fusion == "pmoe"
-        else _build_classifier(cfg, num_classes, weights)
+        else _build_classifier(cfg, num_classes, weights, dense)
     )
     _set_checkpointed_layers(model, cfg)
     for module in model.modules():
@@ -320,12 +327,14 @@ def _set_checkpointed_layers(model: nn.Module, cfg) -> None:
         module.checkpoint_policy = cfg.get("checkpoint_policy", "selective")
 
 
-def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
+def _build_classifier(cfg, num_classes: int, weights: bool, dense: Optional[DenseHeadSpec] = None) -> nn.Module:
     encoders = {m: build_encoder(m, cfg, weights) for m in cfg.modalities}
     if cfg.fusion not in PROMPT_FUSIONS:
         if cfg.fusion == "finetune":
             for encoder in encoders.values():
                 encoder.unfreeze()
+        if dense is not None:
+            return DenseProbe(encoders, num_classes, dense)
         head_hidden = 0 if cfg.fusion == "linear_probe" else cfg.head_hidden
         return LateFusionClassifier(
             encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], head_hidden, cfg.head_dropout
@@ -336,11 +345,7 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
     condition = encoders.get(condition_name)
     if isinstance(prompted, PromptedSwin):
         prompted.set_window_major(compat.window_major)
-    if condition is None:
-        return PromptFusionClassifier(
-            encoders, cfg.prompted, build_mope(cfg, prompted, 0, compat), num_classes, cfg.head_hidden, cfg.head_dropout
-        )
-    if compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
+    if condition is not None and compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
         enc = cfg[f"{condition_name}_encoder"]
         log.info(
             "model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with a "
@@ -349,20 +354,10 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
             enc.library,
             enc.name,
         )
-    condition_prompts = None
-    if cfg.condition_prompts:
-        _promptable(condition, f"model.{condition_name}_encoder", cfg[f"{condition_name}_encoder"])
-        condition_prompts = MoPE(
-            condition.layer_dims,
-            condition.layer_stages,
-            0,
-            static_length=cfg.condition_prompts,
-            dynamic_length=0,
-            mapped_length=0,
-            init_scale=condition.prompt_init_scale,
-            layer_dropout=cfg.mope.prompt_dropout if compat.condition_prompt_dropout else 0.0,
-        )
-    fusion = build_mope(cfg, prompted, condition.num_features, compat)
+    condition_prompts = _condition_prompts(cfg, condition, compat)  # built first: seeded builds keep their numbers
+    fusion = build_mope(cfg, prompted, condition.num_features if condition is not None else 0, compat)
+    if dense is not None:
+        return DensePromptFusion(encoders, cfg.prompted, fusion, num_classes, dense, condition_prompts)
     return PromptFusionClassifier(
         encoders,
         cfg.prompted,
@@ -375,9 +370,29 @@ def _build_classifier(cfg, num_classes: int, weights: bool) -> nn.Module:
     )
 
 
-def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoEClassifier:
+def _condition_prompts(cfg, condition: Optional[nn.Module], compat: Compat) -> Optional[MoPE]:
+    """Static prompts for the conditioning encoder itself (`model.condition_prompts`), or None."""
+    if condition is None or not cfg.condition_prompts:
+        return None
+    name = other_modality(tuple(cfg.modalities), cfg.prompted)
+    _promptable(condition, f"model.{name}_encoder", cfg[f"{name}_encoder"])
+    return MoPE(
+        condition.layer_dims,
+        condition.layer_stages,
+        0,
+        static_length=cfg.condition_prompts,
+        dynamic_length=0,
+        mapped_length=0,
+        init_scale=condition.prompt_init_scale,
+        layer_dropout=cfg.mope.prompt_dropout if compat.condition_prompt_dropout else 0.0,
+    )
+
+
+def build_pmoe_classifier(
+    cfg, num_classes: int, weights: bool = True, dense: Optional[DenseHeadSpec] = None
+) -> PMoEClassifier:
     """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other one if
-    the task has one."""
+    the task has one; with `dense`, its segmentation model (`DensePMoE`)."""
     p = cfg.pmoe
     if len(p.experts) < 1:
         raise ModelError(
@@ -417,18 +432,11 @@ def build_pmoe_classifier(cfg, num_classes: int, weights: bool = True) -> PMoECl
         f"dynamic_length={p.dynamic_length}, hidden={p.hidden}",
     )
     pmoe = make()
+    args = (experts, _expert_names(p.experts), condition, tuple(cfg.modalities), cfg.prompted, pmoe)
+    if dense is not None:
+        return DensePMoE(*args, num_classes=num_classes, combine=p.combine, conditioned=conditioned, head_spec=dense)
     return PMoEClassifier(
-        experts,
-        _expert_names(p.experts),
-        condition,
-        tuple(cfg.modalities),
-        cfg.prompted,
-        pmoe,
-        num_classes,
-        p.combine,
-        cfg.head_hidden,
-        cfg.head_dropout,
-        conditioned=conditioned,
+        *args, num_classes, p.combine, cfg.head_hidden, cfg.head_dropout, conditioned=conditioned
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -58,6 +58,35 @@ class PooledImageEncoder(Backbone):
 
     def signature(self) -> dict:
         return {"library": self.library, "name": self.name, "num_features": self.num_features}
+
+    # --- feature maps for dense heads (a linear probe on a CNN grid) --------------------------------------------
+    @property
+    def grid_layers(self) -> int:
+        """How many feature maps `forward_grids` can give: timm's feature stages, or the blocks of a torchvision
+        model's `features` (MobileNet, EfficientNet, ...); 0 for a model with neither."""
+        if self.library == "timm":
+            return len(getattr(self.model, "feature_info", None) or [])
+        features = getattr(self.model, "features", None)
+        return len(features) if isinstance(features, nn.Sequential) else 0
+
+    def forward_grids(self, images: Tensor, layers: Sequence[int]) -> list[Tensor]:
+        """The feature maps (B, C, h, w) of `layers` (indices into the stages or blocks counted by `num_layers`)."""
+        if self.library == "timm":
+            return self.model.forward_intermediates(images, indices=list(layers), intermediates_only=True)
+        wanted, outputs, x = set(layers), {}, images
+        for i, block in enumerate(self.model.features[: max(layers) + 1]):
+            x = block(x)
+            if i in wanted:
+                outputs[i] = x
+        return [outputs[i] for i in layers]
+
+    def grid_dims(self, layers: Sequence[int]) -> list[int]:
+        """The channels of each feature map `forward_grids` gives for `layers`."""
+        if self.library == "timm":
+            return [self.model.feature_info[i]["num_chs"] for i in layers]
+        with torch.no_grad():  # torchvision records no widths: probe once (on the meta device when counting)
+            probe = torch.zeros(1, *self.data_config["input_size"])
+            return [grid.shape[1] for grid in self.forward_grids(probe, layers)]
 
 
 class _TimmLoadReport(logging.Handler):

@@ -117,16 +117,22 @@ class PMoEClassifier(FusionClassifier):
         groups["head"] = [p for p in groups["head"] if id(p) not in dispatch]
         return groups
 
-    def forward(self, batch: dict) -> FusionOutput:
-        first = self.experts[0]
-        inputs = first.inputs(batch)
+    def bind_experts(self, batch: dict):
+        """The first expert's inputs of `batch` and the pMoE state bound to it (the prompters of every expert)."""
+        inputs = self.experts[0].inputs(batch)
         anchor = next(iter(inputs.values()))
         cond = self.features(self.condition, batch) if self.conditioned else None
-        state = self.pmoe.bind(cond, anchor.shape[0], anchor.device)
+        return inputs, self.pmoe.bind(cond, anchor.shape[0], anchor.device)
+
+    def expert_inputs_of(self, inputs: dict, k: int) -> dict:
+        """Expert `k`'s inputs: the first expert's, mapped to its own image size and normalisation."""
+        return mapped_inputs(inputs, self.expert_inputs[k] if self.expert_inputs is not None else None)
+
+    def forward(self, batch: dict) -> FusionOutput:
+        inputs, state = self.bind_experts(batch)
         pooled = []
         for k, expert in enumerate(self.experts):
-            mapping = self.expert_inputs[k] if self.expert_inputs is not None else None
-            tokens = expert.forward_features(**mapped_inputs(inputs, mapping), prompter=state.prompter(k))
+            tokens = expert.forward_features(**self.expert_inputs_of(inputs, k), prompter=state.prompter(k))
             pooled.append(expert.pool(*tokens))
         if self.combine == "concat":
             logits = self.head(torch.cat(pooled, dim=-1))

@@ -36,6 +36,8 @@ Prompter = Callable[[int, Tensor, Optional[Tensor]], Optional[Tensor]]
 LayerCall = Callable[[nn.Module, Tensor, int], Tensor]
 # layer_policy(layer index) -> how that layer is checkpointed ("selective", "full") or None: not checkpointed
 LayerPolicy = Callable[[int], Optional[str]]
+# on_layer(layer index, its output tokens without prompts): sees every layer's output (dense heads read several)
+LayerOutput = Callable[[int, Tensor], None]
 
 
 _ADDMM = (torch.ops.aten.addmm.default, torch.ops.aten.baddbmm.default)  # (bias, mat1, mat2)
@@ -114,10 +116,12 @@ def prompted_block_loop(
     prompter: Optional[Prompter] = None,
     mask: Optional[Tensor] = None,
     layer_policy: Optional[LayerPolicy] = None,
+    on_layer: Optional[LayerOutput] = None,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Run `layers` over tokens `x` (B, N, D) with per-layer prompts; return the last tokens and prompt outputs.
     `layer_policy`: how each layer recomputes its activations in the backward pass rather than keep them
-    (`Backbone.layer_checkpoint_policy`); None: every layer keeps them."""
+    (`Backbone.layer_checkpoint_policy`); None: every layer keeps them. `on_layer` is given each layer's output
+    tokens, prompts split off (outside any checkpointed region, so they carry their gradient as usual)."""
     prompts = initial_prompts(prompter, x.shape[0])
     for i, layer in enumerate(layers):
         if prompter is not None:
@@ -127,4 +131,6 @@ def prompted_block_loop(
         policy = layer_policy(i) if layer_policy is not None else None
         out = checkpointed(policy, run_layer, layer, insert_prompts(x, prompts, prefix), num_prompts)
         x, prompts = split_prompts(out, num_prompts, prefix)
+        if on_layer is not None:
+            on_layer(i, x)
     return x, prompts

@@ -13,7 +13,7 @@ pooling, so its pixels (a blank placeholder) never reach its output.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from mope_lightning.errors import ModelError
 
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.prompt_loop import Prompter, insert_prompts, mask_with_prompts, prompted_block_loop
+from mope_lightning.models.prompt_loop import (
+    LayerOutput,
+    Prompter,
+    insert_prompts,
+    mask_with_prompts,
+    prompted_block_loop,
+)
 
 
 class PromptedViT(Backbone):
@@ -66,6 +72,51 @@ class PromptedViT(Backbone):
     ) -> tuple[Tensor, Optional[Tensor]]:
         """Normed last-layer tokens (B, prefix + P + patches, D), the last prompts after the prefix tokens, and
         their (B, N) mask of valid tokens when some image is missing (else None)."""
+        x, prompts, valid = self._run_blocks(images, prompter, missing)
+        num_prompts = 0 if prompts is None else prompts.shape[1]
+        tokens = self.model.norm(insert_prompts(x, prompts, self.prefix))
+        return tokens, None if valid is None else mask_with_prompts(valid, num_prompts, self.prefix)
+
+    def forward_grids(
+        self,
+        images: Tensor,
+        layers: Sequence[int],
+        prompter: Optional[Prompter] = None,
+        missing: Optional[Tensor] = None,
+    ) -> list[Tensor]:
+        """The patch tokens of each of `layers` (prefix and prompt tokens removed), normed by the final norm as
+        timm's `forward_intermediates(norm=True)` does, as grids (B, D, gh, gw), for dense heads."""
+        wanted, outputs = set(layers), {}
+
+        def keep(i: int, x: Tensor) -> None:
+            if i in wanted:
+                outputs[i] = x
+
+        self._run_blocks(images, prompter, missing, keep)
+        gh, gw = self.model.patch_embed.dynamic_feat_size(images.shape[-2:])
+        grids = []
+        for i in layers:
+            patches = self.model.norm(outputs[i][:, self.prefix :])
+            grids.append(patches.transpose(1, 2).reshape(patches.shape[0], -1, gh, gw))
+        return grids
+
+    @property
+    def grid_layers(self) -> int:
+        """How many layers `forward_grids` can read."""
+        return self.num_layers
+
+    def grid_dims(self, layers: Sequence[int]) -> list[int]:
+        """The channels of each grid `forward_grids` gives for `layers`."""
+        return [self.layer_dims[i] for i in layers]
+
+    def _run_blocks(
+        self,
+        images: Tensor,
+        prompter: Optional[Prompter],
+        missing: Optional[Tensor],
+        on_layer: Optional[LayerOutput] = None,
+    ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """The last layer's tokens and prompt outputs, unnormed, and the (B, N) mask of valid tokens (or None)."""
         v = self.model
         x = v.norm_pre(v.patch_drop(v._pos_embed(v.patch_embed(images))))
         self.select_attention(x, x.shape[1])
@@ -86,11 +137,9 @@ class PromptedViT(Backbone):
             return block(h, attn_mask=masks[num_prompts])
 
         x, prompts = prompted_block_loop(
-            v.blocks, x, self.prefix, run_layer, prompter, valid, layer_policy=self.layer_checkpoint_policy
+            v.blocks, x, self.prefix, run_layer, prompter, valid, self.layer_checkpoint_policy, on_layer
         )
-        num_prompts = 0 if prompts is None else prompts.shape[1]
-        tokens = v.norm(insert_prompts(x, prompts, self.prefix))
-        return tokens, None if valid is None else mask_with_prompts(valid, num_prompts, self.prefix)
+        return x, prompts, valid
 
     def pool(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         """timm's own pooling (class token, or the mean of the non-prefix tokens, prompts included); with missing

@@ -2,6 +2,8 @@
 and the model factory (factory.py, classifier.py) derive their lists from here."""
 
 MODALITIES = ("text", "image", "audio")  # every modality an encoder family exists for
+SEGMENTATION = "segmentation"  # the dense task (a dataset's `task`): a dense head on the image encoder's grids
+HEADS = ("linear", "upernet")  # the dense heads (`model.head`, models/dense_heads.py)
 
 # Prompt fusions: the prompted encoder reads learned prompts conditioned on the other modality's feature.
 # prompt_tuning is deep prompt tuning (VPT-deep: new prompts at every layer); prompt_tuning_shallow prompts the first

@@ -30,6 +30,16 @@ from mope_lightning.models import build_model
 from mope_lightning.training.optim import build_optimizer, build_scheduler
 from mope_lightning.predictions import probabilities
 from mope_lightning.analysis.routing import RoutingStats
+from mope_lightning.models.registry import SEGMENTATION
+from mope_lightning.training.segmentation import (
+    IOU_PREFIX,
+    defined_class_ious,
+    make_segmentation_metrics,
+    original_size_logits,
+    score_original_size,
+    segmentation_loss,
+    upsample,
+)
 
 
 class SamplesF1(BinaryF1Score):
@@ -97,7 +107,8 @@ class MoPELitModule(L.LightningModule):
         config: the resolved experiment config (a plain dict; saved as hyperparameters, so a checkpoint rebuilds
             the same model with `MoPELitModule.load_from_checkpoint`).
         classes: class names, in label-index order.
-        task: "multiclass" or "multilabel".
+        task: "multiclass", "multilabel" or "segmentation" (logits on the head's grid, labels (B, h, w) masks
+            padded with the ignore label, `mask_size` (B, 2) each mask's original size: training/segmentation.py).
     """
 
     def __init__(self, config: dict, classes: list[str], task: str = "multiclass"):
@@ -105,13 +116,15 @@ class MoPELitModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = OmegaConf.create(config)
         self.classes, self.task = list(classes), task
-        self.net = build_model(self.cfg.model, len(classes))
+        self.net = build_model(self.cfg.model, len(classes), task=task)
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks them
-        metrics = make_metrics(task, len(classes))
+        self.dense = task == SEGMENTATION
+        metrics = make_segmentation_metrics(classes) if self.dense else make_metrics(task, len(classes))
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        shape = self.net.routing_shape()  # (routed layers, experts), or None for a model without a router
+        # (routed layers, experts), or None for a model without a router; routing by class is for whole images
+        shape = None if self.dense else self.net.routing_shape()
         self.val_routing = RoutingStats(*shape, len(classes)) if shape else None
         self.test_routing = RoutingStats(*shape, len(classes)) if shape else None
         self._noted: set[str] = set()  # notes on undefined metrics, printed once per run
@@ -121,6 +134,8 @@ class MoPELitModule(L.LightningModule):
         return self.net(batch)
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.dense:
+            return segmentation_loss(logits, labels, dice=self.cfg.model.get("seg_loss", "ce") == "ce_dice")
         if self.task == "multilabel":
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         return F.cross_entropy(logits, labels)
@@ -130,6 +145,8 @@ class MoPELitModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self(batch)
+        if self.dense:  # scored at the size of the batch's labels: the augmented crops' working size
+            out.logits = upsample(out.logits, batch["labels"].shape[-2:])
         task_loss = self._task_loss(out.logits, batch["labels"])
         loss = task_loss + self.cfg.model.mope.importance_weight * out.importance_loss
         n = len(batch["labels"])
@@ -138,15 +155,20 @@ class MoPELitModule(L.LightningModule):
             batch_size=n,
             prog_bar=False,
         )
-        self.train_metrics.update(out.logits.detach(), self._targets(batch["labels"]))
+        logits = out.logits.detach()
+        self.train_metrics.update(logits.argmax(1) if self.dense else logits, self._targets(batch["labels"]))
         return loss
 
     def _eval_step(self, batch: dict, metrics: MetricCollection, routing: Optional[RoutingStats], stage: str) -> None:
         out = self(batch)
         n = len(batch["labels"])
-        self.log(f"{stage}/loss", self._task_loss(out.logits, batch["labels"]), batch_size=n, sync_dist=True)
+        if self.dense:  # at each mask's original size (its pixels, not the padding)
+            total, pixels = score_original_size(out.logits, batch["labels"], batch["mask_size"], metrics)
+            self.log(f"{stage}/loss", total / max(pixels, 1), batch_size=max(pixels, 1), sync_dist=True)
+        else:
+            self.log(f"{stage}/loss", self._task_loss(out.logits, batch["labels"]), batch_size=n, sync_dist=True)
+            metrics.update(out.logits, self._targets(batch["labels"]))
         self.log(f"{stage}/importance_loss", out.importance_loss, batch_size=n, sync_dist=True)
-        metrics.update(out.logits, self._targets(batch["labels"]))
         if routing is not None and out.routing is not None:
             routing.update(out.routing, batch["labels"], batch["index"])
 
@@ -178,9 +200,18 @@ class MoPELitModule(L.LightningModule):
                 print(f"[mope] note: {note}", file=sys.stderr, flush=True)
             self._noted.add(note)
         # compute() has already gathered every process's samples: the values are the same on every rank
+        if self.dense:  # per-class IoUs (one per class, 150 on ADE20K) stay out of the progress bar
+            values = defined_class_ious(values)
+            per_class = {k: v for k, v in values.items() if f"/{IOU_PREFIX}" in k}
+            self.log_dict(per_class, prog_bar=False)
+            values = {k: v for k, v in values.items() if k not in per_class}
         self.log_dict(values, prog_bar=True)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        if self.dense:  # each sample's mask (H, W) of class indices at its original size
+            logits = self(batch).logits
+            sizes = original_size_logits(logits, batch.get("mask_size"), batch["images"].shape[-2:])
+            return {"ids": batch["ids"], "masks": [full[0].argmax(0).cpu() for _, full in sizes]}
         probs = probabilities(self(batch).logits, self.task)
         return {"ids": batch["ids"], "probs": probs.float().cpu()}
 

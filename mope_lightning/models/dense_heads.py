@@ -44,9 +44,7 @@ class UperNetDenseHead(nn.Module):
 
         # The head reads pool_scales, hidden_size and num_labels from its config; the backbone config it would
         # otherwise describe is ours (the prompted encoder), so none is built.
-        config = UperNetConfig(
-            backbone_config={"model_type": "resnet"}, hidden_size=channels, num_labels=num_classes
-        )
+        config = UperNetConfig(backbone_config={"model_type": "resnet"}, hidden_size=channels, num_labels=num_classes)
         self.head = UperNetHead(config, in_channels=list(in_channels))
 
     def forward(self, grids: Sequence[Tensor]) -> Tensor:

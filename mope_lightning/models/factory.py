@@ -435,9 +435,7 @@ def build_pmoe_classifier(
     args = (experts, _expert_names(p.experts), condition, tuple(cfg.modalities), cfg.prompted, pmoe)
     if dense is not None:
         return DensePMoE(*args, num_classes=num_classes, combine=p.combine, conditioned=conditioned, head_spec=dense)
-    return PMoEClassifier(
-        *args, num_classes, p.combine, cfg.head_hidden, cfg.head_dropout, conditioned=conditioned
-    )
+    return PMoEClassifier(*args, num_classes, p.combine, cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)
 
 
 def _pmoe_expert(cfg, i: int, weights: bool) -> nn.Module:

@@ -55,9 +55,7 @@ def soft_dice_loss(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_IN
     return 1 - dice.mean()
 
 
-def segmentation_loss(
-    logits: Tensor, labels: Tensor, dice: bool = False, ignore_index: int = IGNORE_INDEX
-) -> Tensor:
+def segmentation_loss(logits: Tensor, labels: Tensor, dice: bool = False, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Cross-entropy over the labelled pixels of `labels` (B, h, w), the logits (B, C, h, w) at the same size;
     with `dice`, plus the soft Dice loss (model.seg_loss: ce_dice)."""
     loss = F.cross_entropy(logits, labels, ignore_index=ignore_index)

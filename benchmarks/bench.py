@@ -1,5 +1,6 @@
-"""Training-step benchmarks of MoPE against its floor, deep prompt tuning and full fine-tuning, and of pMoE over 2
-and 3 ViT-B experts against VPT-deep and full fine-tuning on one ViT-B (image-only, batch 8 at 224).
+"""Training-step benchmarks of MoPE against its floor, deep prompt tuning and full fine-tuning, of pMoE over 2
+and 3 ViT-B experts against VPT-deep and full fine-tuning on one ViT-B (image-only, batch 8 at 224), and of prompted
+segmentation (VPT-deep, MoPE, pMoE over 2 ViT-B experts; UperNet head, batch 2 at 512) against fine-tuning the ViT-B.
 
     python benchmarks/bench.py [--quick] [--device cpu|cuda] [--precision 32|bf16] [--out benchmarks/results.json]
 
@@ -50,6 +51,27 @@ CONFIGS = {
     # Image-only (model.modalities: [image]): the model sections of the VTAB-1k experiments, which need no data here
     "vit": {"files": ["vpt_vtab.yaml"], "batch": 8, "image_size": 224, "model_only": True},
     "vit_pmoe": {"files": ["pmoe_vtab.yaml"], "batch": 8, "image_size": 224, "model_only": True},
+    # Semantic segmentation (issue 39) at ADE20K's usual 512 x 512 crops and 150 classes, with mmseg's ViT-UperNet
+    # batch per GPU (2): the same ViT-B models with the UperNet head on four of their layers' grids (32 x 32)
+    "vit_seg": {
+        "files": ["vpt_vtab.yaml"],
+        "batch": 2,
+        "image_size": 512,
+        "model_only": True,
+        "task": "segmentation",
+        "classes": 150,
+        "overrides": "model.head=upernet model.image_encoder.kwargs.img_size=512",
+    },
+    "vit_seg_pmoe": {
+        "files": ["pmoe_vtab.yaml"],
+        "batch": 2,
+        "image_size": 512,
+        "model_only": True,
+        "task": "segmentation",
+        "classes": 150,
+        "overrides": "model.head=upernet model.pmoe.experts='[{library: timm, name: vit_base_patch16_224.dino, "
+        "kwargs: {img_size: 512}}, {library: timm, name: vit_base_patch16_224.mae, kwargs: {img_size: 512}}]'",
+    },
 }
 # A third ViT-B expert for pMoE (random weights like the others: the tag only names the architecture here)
 THIRD_VIT = (
@@ -94,6 +116,15 @@ CASES = {
     "finetune_vit": "model.fusion=finetune",
     "pmoe2": "",
     "pmoe3": THIRD_VIT,
+    # Segmentation: VPT-deep (10 static prompts per layer), MoPE with as many prompt tokens per layer (4 static,
+    # 4 dynamic, 2 mapped) conditioned on a cached BERT-base [CLS] feature (the paper configuration's conditioning;
+    # image-text MoPE), full fine-tuning of the ViT-B and head, and pMoE over 2 ViT-B experts
+    "seg_vpt_deep": "",
+    "seg_mope": "model.fusion=mope model.modalities=[text,image] model.text_encoder.library=transformers "
+    "model.text_encoder.name=bert-base-uncased model.text_encoder.arch=bert model.pool=cls "
+    "model.mope.static_length=4 model.mope.dynamic_length=4 model.mope.mapped_length=2",
+    "seg_finetune": "model.fusion=finetune",
+    "seg_pmoe2": "",
 }
 CASE_PRECISION = {
     "mope_bf16": "bf16",
@@ -106,6 +137,7 @@ STEADY = [("default", name) for name in REAL_BATCH]  # --only steady
 BF16 = [(c, n) for c in ("default", "paper") for n in ("mope", "mope_bf16", "mope_bf16_library_attention")]
 PMOE = [("default", "mope"), ("default", "mope_l3"), ("pmoe", "pmoe"), ("pmoe", "pmoe_static_epts")]
 VISION = [("vit", "vpt_deep"), ("vit", "finetune_vit"), ("vit_pmoe", "pmoe2"), ("vit_pmoe", "pmoe3")]
+SEG = [("vit_seg", "seg_vpt_deep"), ("vit_seg", "seg_mope"), ("vit_seg", "seg_finetune"), ("vit_seg_pmoe", "seg_pmoe2")]
 QUICK = [
     ("paper", "bare"),
     ("paper", "mope"),
@@ -121,6 +153,7 @@ QUICK = [
     ("default", "mope_fresh"),
     ("default", "mope_trained"),
     *VISION,
+    *SEG,
 ]
 # bf16 and compile in the default configuration only: on a CPU without native bf16 a paper-configuration bf16 step
 # takes minutes, and compiling Swin-B + BERT-base longer still.
@@ -129,7 +162,7 @@ FULL = (
         (c, n)
         for c in ("default", "paper")
         for n in CASES
-        if n not in {name for _, name in PMOE[1:] + VISION}
+        if n not in {name for _, name in PMOE[1:] + VISION + SEG}
         and not (
             c == "default"
             and n in ("mope_condition_prompts", "reference_condition_prompts", "checkpointing_full", "checkpointing18")
@@ -139,6 +172,7 @@ FULL = (
     ]
     + PMOE[1:]
     + VISION
+    + SEG
 )
 
 
@@ -146,9 +180,10 @@ def _config(config: str, overrides: str):
     from mope_lightning.training.trainer_config import load_config
 
     spec = CONFIGS[config]
+    overrides = shlex.split(spec.get("overrides", "")) + shlex.split(overrides)  # the configuration's, then the case's
     if spec.get("model_only"):  # the model section alone: its data (a reader and files) is not needed to time steps
-        return _model_config(spec["files"], shlex.split(overrides))
-    return load_config([EXPERIMENTS / f for f in spec["files"]], shlex.split(overrides))
+        return _model_config(spec["files"], overrides)
+    return load_config([EXPERIMENTS / f for f in spec["files"]], overrides)
 
 
 def _model_config(files: list[str], overrides: list[str]):
@@ -168,7 +203,11 @@ def _model_config(files: list[str], overrides: list[str]):
 def _batch(net, config: str, device: torch.device) -> dict:
     """A synthetic batch of the experiment's shape, cached features where the DataModule would cache them."""
     spec, batch = CONFIGS[config], CONFIGS[config]["batch"]
-    out = {"labels": torch.randint(0, 13, (batch,))}
+    if spec.get("task") == "segmentation":  # a class per pixel
+        labels = torch.randint(0, spec["classes"], (batch, spec["image_size"], spec["image_size"]))
+    else:
+        labels = torch.randint(0, 13, (batch,))
+    out = {"labels": labels}
     cached = net.input_spec().cacheable if hasattr(net, "input_spec") else {}
     for modality in ("text", "image"):
         if modality not in net.modalities():  # an image-only model reads no text
@@ -251,10 +290,23 @@ def _checkpoint_bytes(net, optimizer) -> int:
     return buffer.tell()
 
 
+def _loss(net, batch: dict):
+    """The training loss of `batch`: cross-entropy, or for masks (B, H, W) the segmentation loss on the logits
+    upsampled to the masks' size, as the LightningModule's training step computes it; plus the routing term."""
+    out = net(batch)
+    logits, labels = out.logits.float(), batch["labels"]
+    if labels.ndim == 3:
+        from mope_lightning.training.segmentation import segmentation_loss, upsample
+
+        task_loss = segmentation_loss(upsample(logits, labels.shape[-2:]), labels)
+    else:
+        task_loss = torch.nn.functional.cross_entropy(logits, labels)
+    return task_loss + 0.01 * out.importance_loss
+
+
 def _train_step(net, optimizer, batch: dict, autocast) -> None:
     with autocast:
-        out = net(batch)
-        loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"]) + 0.01 * out.importance_loss
+        loss = _loss(net, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -269,7 +321,12 @@ def run_case(config: str, name: str, device: str, precision: str, warmup: int, r
     dev = torch.device(device)
     baseline_mb = _peak_rss_mb()
     start = time.perf_counter()
-    net = _trained_or_fresh(cfg, name) if name in REAL_BATCH else build_model(cfg.model, 13, weights=False)
+    spec = CONFIGS[config]
+    net = (
+        _trained_or_fresh(cfg, name)
+        if name in REAL_BATCH
+        else build_model(cfg.model, spec.get("classes", 13), weights=False, task=spec.get("task", "multiclass"))
+    )
     net = net.to(dev)
     build_seconds = time.perf_counter() - start
     if cfg.model.compile:
@@ -330,8 +387,7 @@ def _step_flops(net, optimizer, batch: dict, autocast) -> int:
 
     counter = FlopCounterMode(display=False)
     with counter, autocast:
-        out = net(batch)
-        loss = torch.nn.functional.cross_entropy(out.logits.float(), batch["labels"]) + 0.01 * out.importance_loss
+        loss = _loss(net, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
     return counter.get_total_flops()
@@ -442,6 +498,15 @@ def ratios(results: list[dict]) -> dict:
             ("vit", "finetune_vit"),
             "peak_memory_mb",
         )
+    # prompted segmentation against fine-tuning the same ViT-B and UperNet head (pMoE: two ViT-B experts)
+    for config, case, key in (
+        ("vit_seg", "seg_vpt_deep", "prompt"),
+        ("vit_seg", "seg_mope", "mope"),
+        ("vit_seg_pmoe", "seg_pmoe2", "pmoe2"),
+    ):
+        ratio(f"seg_{key}_step_over_finetune", (config, case), ("vit_seg", "seg_finetune"))
+        ratio(f"seg_{key}_mem_over_finetune", (config, case), ("vit_seg", "seg_finetune"), "peak_memory_mb")
+    ratio("seg_mope_step_over_prompt", ("vit_seg", "seg_mope"), ("vit_seg", "seg_vpt_deep"))
     ratio("mope_rss_over_finetune", ("paper", "mope"), ("paper", "finetune"), "peak_rss_mb")
     for case in ("checkpointing", "checkpointing_full", "checkpointing18"):
         ratio(f"{case}_memory_over_finetune", ("paper", case), ("paper", "finetune"), "peak_memory_mb")
@@ -535,7 +600,8 @@ def main() -> None:
         "'pmoe': pMoE against MoPE on each single expert; 'steady': trained weights against fresh "
         "ones, and against the plain softmax; 'bf16': bf16 against fp32 in both configurations, with the attention "
         "kernel models/attention.py picks and with the libraries' own; 'vision': pMoE over 2 and 3 ViT-B experts "
-        "against VPT-deep and full fine-tuning of one ViT-B",
+        "against VPT-deep and full fine-tuning of one ViT-B; 'seg': segmentation (ViT-B at 512 with the UperNet head) by "
+        "VPT-deep, MoPE and pMoE over 2 ViT-B experts against full fine-tuning",
     )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: config:name, run in this process
     args = parser.parse_args()
@@ -547,7 +613,7 @@ def main() -> None:
         print(json.dumps(run_case(config, name, args.device, args.precision, warmup, repeats)))
         return
     results = []
-    named = {"pmoe": PMOE, "steady": STEADY, "bf16": BF16, "vision": VISION}
+    named = {"pmoe": PMOE, "steady": STEADY, "bf16": BF16, "vision": VISION, "seg": SEG}
     if args.only in named:
         plan = named[args.only]
     elif args.only:

@@ -11,6 +11,7 @@ _API = {
     "from_pretrained": "mope_lightning.pretrained",
     "PretrainedModel": "mope_lightning.pretrained",
     "Predictions": "mope_lightning.pretrained",
+    "SegmentationPredictions": "mope_lightning.pretrained",
     "push_to_hub": "mope_lightning.weights.adapters",
 }
 __all__ = ["__version__", *_API]

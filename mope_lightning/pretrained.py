@@ -5,6 +5,8 @@
     out = model.predict(texts=["what shape is this?"], images=["circle.png"])
     out.labels, out.probs, out.routing
     # a text-audio model: model.predict(texts=[...], audio=["clip.wav"])
+    # a segmentation model: model.predict(images=[...]).masks, one (H, W) map of class indices per image
+
 
 The model applies its own tokenizer, image preprocessing and audio feature extractor (the ones it was trained
 with), batches, and runs on the device it was moved to. Every argument is checked before any model work
@@ -44,6 +46,8 @@ from mope_lightning.weights.adapters import read_trained_weights
 from mope_lightning.weights.checkpoints import TrainedWeights, load_into
 from mope_lightning.errors import ArgumentValueError, DataError
 from mope_lightning.inference import PADDED_PER_BATCH, Distinct, overlaps, prefetched
+from mope_lightning.mask_predictions import original_size_masks
+from mope_lightning.models.registry import SEGMENTATION
 from mope_lightning.predictions import predicted_labels, probabilities
 
 
@@ -55,22 +59,39 @@ class Predictions:
     routing: Optional[Tensor] = None  # (N, routed layers, experts) routing probabilities, for models with a router
 
 
+@dataclass
+class SegmentationPredictions:
+    masks: list[Tensor]  # per image, its (H, W) class indices (int64, on the CPU) at the image's original size
+    classes: list[str]  # the class of each index
+    routing: Optional[Tensor] = None  # (N, routed layers, experts) routing probabilities, for models with a router
+
+
 class PretrainedModel:
     """A trained classifier with its preprocessing. Build it with `from_pretrained`."""
 
     def __init__(self, net: nn.Module, trained: TrainedWeights, data_cfg):
-        from mope_lightning.data.features import eval_transform
-
         self.net = net.eval()
         self.trained = trained
         self.classes, self.task = list(trained.classes), trained.task
+        self.dense = self.task == SEGMENTATION  # predictions are masks at each image's original size
         self.max_text_length = data_cfg.get("max_text_length", 128)
         self.max_audio_seconds = data_cfg.get("max_audio_seconds")
         self.tokenizer = net.text.tokenizer if "text" in net.pair else None
-        self.transform = eval_transform(net.image_input_config(), data_cfg) if "image" in net.modalities() else None
+        self.transform = self._image_transform(data_cfg) if "image" in net.modalities() else None
         # The shape of a preprocessed image, which a float tensor given as an image must have.
         self.image_shape = tuple(self.transform(Image.new("RGB", (1, 1))).shape) if self.transform else None
         self.audio_preprocessor = net.audio.preprocessor if "audio" in net.modalities() else None
+
+    def _image_transform(self, data_cfg):
+        """Evaluation's image preprocessing: a classifier's (resize and centre crop), or a segmenter's (resized
+        whole, data/seg_transforms.py)."""
+        if self.dense:
+            from mope_lightning.data.seg_transforms import EvalImage, geometry
+
+            return EvalImage(geometry(self.net.image_input_config(), data_cfg))
+        from mope_lightning.data.features import eval_transform
+
+        return eval_transform(self.net.image_input_config(), data_cfg)
 
     @property
     def device(self) -> torch.device:
@@ -81,19 +102,20 @@ class PretrainedModel:
         return self
 
     # --- inputs --------------------------------------------------------------------------------------------
-    def _image(self, image: Path | Image.Image | Tensor, i: int) -> Tensor:
-        """One checked image (`check_image`) as the encoder's input; a file that does not decode names `images[i]`."""
+    def _image(self, image: Path | Image.Image | Tensor, i: int) -> tuple[Tensor, tuple[int, int]]:
+        """One checked image (`check_image`) as the encoder's input, and its original (height, width) (a preprocessed
+        tensor's own); a file that does not decode names `images[i]`."""
         from mope_lightning.data.features import load_image
 
         if isinstance(image, Tensor) and image.is_floating_point():  # already preprocessed, e.g. by `model.transform`
-            return image.detach().to("cpu", torch.float32)
+            return image.detach().to("cpu", torch.float32), tuple(image.shape[-2:])
         try:
             if isinstance(image, Path):
                 image = load_image(image)
             elif isinstance(image, Tensor):  # uint8 (C, H, W)
                 pixels = image.detach().cpu().permute(1, 2, 0).numpy()
                 image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-            return self.transform(image.convert("RGB"))
+            return self.transform(image.convert("RGB")), (image.height, image.width)
         except DataError as exc:  # its message names the file and what to do
             raise ArgumentValueError(f"images[{i}]: {exc}") from None
         except (OSError, ValueError) as exc:  # a truncated file behind a lazily read image, a mode PIL cannot convert
@@ -136,7 +158,11 @@ class PretrainedModel:
             )
             return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
         if modality == "image":
-            return {"images": torch.stack([self._image(image, i) for image, i in zip(values, indices)])}
+            pixels, sizes = zip(*(self._image(image, i) for image, i in zip(values, indices)))
+            batch = {"images": torch.stack(pixels)}
+            if self.dense:  # each image's original size, at which its mask is predicted
+                batch["mask_size"] = torch.tensor(sizes, dtype=torch.long)
+            return batch
         from mope_lightning.data.audio import pad_clips
 
         audio, mask = pad_clips(self.audio_preprocessor, [self._audio(clip, i) for clip, i in zip(values, indices)])
@@ -168,9 +194,10 @@ class PretrainedModel:
         batch_size: int = 64,
         audio: Optional[Sequence[Any]] = None,
         **unknown,
-    ) -> Predictions:
+    ) -> Predictions | SegmentationPredictions:
         """Class probabilities, labels and routing weights of each input (a text and an image, or a text and an audio
-        clip).
+        clip); for a segmentation model, the mask of each image (`SegmentationPredictions`): its class indices at the
+        image's original size (a preprocessed float tensor's: the model's input size).
 
         Each modality the model reads is one list with one element per input, all of one length (one input: a list
         of one; a lone str, image or clip is refused, never taken as one input). Texts: non-empty str. Images: PIL
@@ -191,7 +218,7 @@ class PretrainedModel:
         # Prompted texts are tokenized per batch, as before: padding to the batch's longest keeps every result.
         distinct = {m: Distinct(values) for m, values in inputs.items() if m in reused or m != "text"}
         features: dict[str, dict[int, Tensor]] = {m: {} for m in reused}  # distinct input -> feature, until last read
-        probs, routing = [], []
+        probs, masks, routing = [], [], []
         spans = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
         prepare = functools.partial(self._prepare, inputs, distinct, reused)
         with contextlib.closing(prefetched(lambda b: prepare(*spans[b]), len(spans), overlaps(self.device))) as ready:
@@ -200,9 +227,14 @@ class PretrainedModel:
                 for m in reused:
                     batch[f"{m}_features"] = self._features(m, distinct[m], features[m], new[m], start, stop)
                 out = self.net(batch)
-                probs.append(probabilities(out.logits.float(), self.task).cpu())
+                if self.dense:
+                    masks += original_size_masks(out.logits.float(), batch["mask_size"], batch["images"].shape[-2:])
+                else:
+                    probs.append(probabilities(out.logits.float(), self.task).cpu())
                 if out.routing is not None:
                     routing.append(out.routing.float().cpu())
+        if self.dense:
+            return SegmentationPredictions(masks, self.classes, torch.cat(routing) if routing else None)
         probs = torch.cat(probs)
         return Predictions(
             predicted_labels(probs, self.classes, self.task),
@@ -355,4 +387,4 @@ def from_pretrained(
     return build_pretrained(cfg, trained).to(device)
 
 
-__all__ = ["PretrainedModel", "Predictions", "from_pretrained"]
+__all__ = ["PretrainedModel", "Predictions", "SegmentationPredictions", "from_pretrained"]

@@ -106,7 +106,9 @@ class RoutingView:
         # single-label data has the class's own statistics (class_expert, mi_class); multi-label data gets its
         # labels as an attribute
         if self.multilabel and self.attribute_names is None:
-            attributes["labels"] = [[self.classes[c] for c in label] for label in self.split.labels]
+            labels = [[self.classes[c] for c in label] for label in self.split.labels]
+            if labels not in attributes.values():  # a segmented image's labels are its `classes` attribute
+                attributes["labels"] = labels
         return {
             name: attribute_routing(s["sample_routing"], s["sample_index"], values)
             for name, values in sorted(attributes.items())

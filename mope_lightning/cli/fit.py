@@ -16,10 +16,12 @@ from mope_lightning.cli.report import report
 from mope_lightning.config.checks import read_modalities
 from mope_lightning.config.schema import to_container
 from mope_lightning.data.base import MultimodalDataModule
+from mope_lightning.data.registry import dataset_class
 from mope_lightning.errors import ConfigError, Interrupted
 from mope_lightning.fileio import NewFolders, atomic_write, claim_output
+from mope_lightning.models.registry import SEGMENTATION
 from mope_lightning.training.build import build, build_trainer, resolve_ckpt
-from mope_lightning.training.callbacks import PredictionWriter
+from mope_lightning.training.callbacks import MaskWriter, PredictionWriter
 from mope_lightning.training.lit_module import MoPELitModule
 from mope_lightning.training.resume import check_resume, record_resume
 from mope_lightning.training.tracking import check_trackers, record_code, records_nothing
@@ -45,7 +47,7 @@ def run(command: str, cfg: DictConfig) -> dict:
     if command == "predict" and cfg.predict.input:
         return predict_new_data(cfg, ckpt_path)
     if command == "predict" and cfg.predict.out:
-        claim_predictions(cfg.predict.out, [ckpt_path], cfg.predict.overwrite)
+        claim_predictions(cfg.predict.out, [ckpt_path], cfg.predict.overwrite, segments(cfg))
     with NewFolders() as created:  # a command that fails leaves no empty run directory behind
         created.expect(cfg.trainer.default_root_dir)
         module, datamodule = build(cfg)
@@ -55,11 +57,20 @@ def run(command: str, cfg: DictConfig) -> dict:
         return _run_command(command, cfg, trainer, module, datamodule, ckpt_path, resume_changes)
 
 
-def claim_predictions(out: str | Path, inputs: list, overwrite: bool) -> Path:
-    """`predict.out` checked (fileio.claim_output): a file, never an input nor inside an input folder (an adapter
-    being read), and an existing file only when it is predictions mope wrote and predict.overwrite=true."""
+def segments(cfg: DictConfig) -> bool:
+    """Whether `cfg`'s dataset is a segmentation one: predictions are then masks, written as a folder."""
+    return dataset_class(cfg.data).task == SEGMENTATION
+
+
+def claim_predictions(out: str | Path, inputs: list, overwrite: bool, masks: bool = False) -> Path:
+    """`predict.out` checked (fileio.claim_output): never an input nor inside an input folder (an adapter being
+    read); a predictions CSV file, or with `masks` a folder (mask_predictions.claim_mask_folder), replaced only
+    when mope wrote it and predict.overwrite=true."""
+    from mope_lightning.mask_predictions import claim_mask_folder
     from mope_lightning.predictions import is_predictions_csv
 
+    if masks:
+        return claim_mask_folder(out, inputs, overwrite)
     return claim_output(
         out, "predict.out", inputs=inputs, overwrite=overwrite, earlier=is_predictions_csv, what="predictions CSV"
     )
@@ -89,7 +100,8 @@ def _run_command(
             summary["metrics"] = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         else:
             trainer.predict(module, datamodule=datamodule, return_predictions=False)
-            summary["predictions"] = next(cb.out for cb in trainer.callbacks if isinstance(cb, PredictionWriter))
+            writers = (PredictionWriter, MaskWriter)
+            summary["predictions"] = next(cb.out for cb in trainer.callbacks if isinstance(cb, writers))
     if trainer.is_global_zero:
         report(command, summary, trainer)
     return summary
@@ -139,17 +151,19 @@ def _fit_and_test(
 
 
 def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
-    """`mope predict ... predict.input=ROWS`: predictions for a JSONL or CSV of (text, image path) rows."""
+    """`mope predict ... predict.input=ROWS`: predictions for a JSONL or CSV of (text, image path) rows; for a
+    segmentation model, of image rows: their masks, as a folder (`mope_lightning.mask_predictions`)."""
     import torch
 
     from mope_lightning.data.rows import read_rows
+    from mope_lightning.mask_predictions import write_mask_folder
     from mope_lightning.predictions import write_predictions_csv
     from mope_lightning.pretrained import build_pretrained
 
     rows_path = Path(cfg.predict.input).expanduser()
-    out = claim_predictions(
-        cfg.predict.out or rows_path.with_suffix(".predictions.csv"), [ckpt_path, rows_path], cfg.predict.overwrite
-    )
+    masks = segments(cfg)
+    default = rows_path.with_suffix(".masks" if masks else ".predictions.csv")
+    out = claim_predictions(cfg.predict.out or default, [ckpt_path, rows_path], cfg.predict.overwrite, masks)
     # Every row and the files it names are checked first: building the model (encoders, weights) takes longest.
     rows = read_rows(rows_path, read_modalities(cfg.model))
     model = build_pretrained(cfg, read_trained_weights(ckpt_path))
@@ -163,9 +177,11 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
         audio=[r.audio for r in rows] if rows[0].audio is not None else None,
         batch_size=batch_size,
     )
-    atomic_write(
-        out, lambda fh: write_predictions_csv(fh, [r.id for r in rows], preds.probs, preds.classes, model.task)
-    )
+    ids = [r.id for r in rows]
+    if masks:
+        write_mask_folder(out, ids, preds.masks, preds.classes)
+    else:
+        atomic_write(out, lambda fh: write_predictions_csv(fh, ids, preds.probs, preds.classes, model.task))
     print(
         f"[mope] predict finished: {len(rows)} rows of {rows_path}\n  predictions              {out}\n"
         f"  checkpoint               {ckpt_path}",

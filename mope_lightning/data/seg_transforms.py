@@ -84,15 +84,26 @@ class TrainPair:
         return self.normalise(pixels), mask.as_subclass(Tensor).long()
 
 
-class EvalPair:
-    """(PIL image, H x W class indices) -> (float C x S x S image, the long H x W label unchanged)."""
+class EvalImage:
+    """PIL image -> float C x S x S: resized (no crop) and normalised. Evaluation's, and the Python API's
+    (pretrained.py), so that both segment an image from the same pixels."""
 
     def __init__(self, geo: Geometry):
         self.resize = v2.Resize((geo.size, geo.size), interpolation=geo.interpolation, antialias=True)
         self.normalise = _normalised(geo)
 
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.normalise(self.resize(image))
+
+
+class EvalPair:
+    """(PIL image, H x W class indices) -> (float C x S x S image, the long H x W label unchanged)."""
+
+    def __init__(self, geo: Geometry):
+        self.image = EvalImage(geo)
+
     def __call__(self, image: Image.Image, labels: np.ndarray) -> tuple[Tensor, Tensor]:
-        return self.normalise(self.resize(image)), torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        return self.image(image), torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
 
 
 def _mask(labels: np.ndarray) -> tv_tensors.Mask:

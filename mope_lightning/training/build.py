@@ -21,9 +21,11 @@ from mope_lightning.data.base import MultimodalDataModule
 from mope_lightning.data.missing import lost_by
 from mope_lightning.errors import ConfigError, ModelError
 from mope_lightning.fileio import atomic_write, check_writable
+from mope_lightning.models.registry import SEGMENTATION
 from mope_lightning.training.callbacks import (
     FiniteLoss,
     FinalWeights,
+    MaskWriter,
     PredictionWriter,
     ResumePosition,
     RNGState,
@@ -172,7 +174,9 @@ def build_trainer(
         ]
     if command == "validate":
         callbacks.append(RoutingMonitor())
-    if command == "predict":
+    if command == "predict" and datamodule.task == SEGMENTATION:  # a folder of mask PNGs
+        callbacks.append(MaskWriter(cfg.predict.out or str(Path(loggers[0].log_dir) / "masks"), datamodule.classes))
+    elif command == "predict":
         out = cfg.predict.out or str(Path(loggers[0].log_dir) / "predictions.csv")
         callbacks.append(PredictionWriter(out, datamodule.classes, datamodule.task))
     # A SLURM job's requeue checkpoint (hpc_ckpt_N.ckpt) lives in its own run directory, where a requeue finds it.

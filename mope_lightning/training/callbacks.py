@@ -14,6 +14,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mope_lightning.training.training_order import align_loop_progress, saved_position
 from mope_lightning.errors import NonFiniteError
 from mope_lightning.fileio import atomic_write
+from mope_lightning.mask_predictions import MaskFolder
+from mope_lightning.models.registry import SEGMENTATION
 from mope_lightning.predictions import write_predictions_csv
 from mope_lightning.analysis.report import RoutingView, write_report
 from mope_lightning.training.tracking import log_figures, takes_images
@@ -40,14 +42,42 @@ class PredictionWriter(BasePredictionWriter):
         atomic_write(self._target(trainer), lambda fh: write_predictions_csv(fh, ids, probs, self.classes, self.task))
 
 
+class MaskWriter(BasePredictionWriter):
+    """Writes segmentation predictions: one mask PNG per input and index.csv into the folder `out`
+    (`mope_lightning.mask_predictions`), batch by batch (a split's masks at their original sizes would not fit in
+    memory), renamed into place when the pass ends. Under several processes each rank writes `<out>.rank<r>`."""
+
+    def __init__(self, out: str | Path, classes: Sequence[str]):
+        super().__init__(write_interval="batch")
+        self.out, self.classes = Path(out), list(classes)
+        self.folder: Optional[MaskFolder] = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        out = self.out if trainer.world_size == 1 else self.out.with_name(f"{self.out.name}.rank{trainer.global_rank}")
+        self.folder = MaskFolder(out, self.classes)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        self.folder.add(prediction["ids"], prediction["masks"])
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.folder.commit()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if self.folder is not None:
+            self.folder.discard()
+
+
 def _routing_view(
     trainer: L.Trainer, pl_module: L.LightningModule, stats: dict, split: str, attributes: Optional[list] = None
 ) -> RoutingView:
     dm = trainer.datamodule
     dataset = dm.datasets[split]
     labels = getattr(pl_module.net, "routing_labels", lambda: None)()
+    samples, multilabel = dataset.split, dm.multilabel
+    if dm.task == SEGMENTATION:  # a segmented image's labels: the classes its mask holds, as multi-label data's
+        samples, multilabel = dm.class_set_split(samples), True
     return RoutingView(
-        stats, dataset.split, dataset.files, dm.classes, dm.class_groups(), dm.multilabel, labels, dm.media, attributes
+        stats, samples, dataset.files, dm.classes, dm.class_groups(), multilabel, labels, dm.media, attributes
     )
 
 

@@ -38,6 +38,7 @@ BUILT_IN = {
     "FiniteLoss": "a non-finite loss stops training",
     "FinalWeights": "last.ckpt is written at the end",
     "PredictionWriter": "mope predict writes predictions",
+    "MaskWriter": "mope predict writes segmentation masks",
     "RoutingReport": "mope analyze writes the report",
 }
 

@@ -31,14 +31,14 @@ from mope_lightning.training.optim import build_optimizer, build_scheduler
 from mope_lightning.predictions import probabilities
 from mope_lightning.analysis.routing import RoutingStats
 from mope_lightning.models.registry import SEGMENTATION
+from mope_lightning.mask_predictions import original_size_masks, upsample
 from mope_lightning.training.segmentation import (
     IOU_PREFIX,
+    classes_present,
     defined_class_ious,
     make_segmentation_metrics,
-    original_size_logits,
     score_original_size,
     segmentation_loss,
-    upsample,
 )
 
 
@@ -123,8 +123,9 @@ class MoPELitModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        # (routed layers, experts), or None for a model without a router; routing by class is for whole images
-        shape = None if self.dense else self.net.routing_shape()
+        # (routed layers, experts), or None for a model without a router; a segmented image's classes are those its
+        # mask holds (multi-hot)
+        shape = self.net.routing_shape()
         self.val_routing = RoutingStats(*shape, len(classes)) if shape else None
         self.test_routing = RoutingStats(*shape, len(classes)) if shape else None
         self._noted: set[str] = set()  # notes on undefined metrics, printed once per run
@@ -170,7 +171,8 @@ class MoPELitModule(L.LightningModule):
             metrics.update(out.logits, self._targets(batch["labels"]))
         self.log(f"{stage}/importance_loss", out.importance_loss, batch_size=n, sync_dist=True)
         if routing is not None and out.routing is not None:
-            routing.update(out.routing, batch["labels"], batch["index"])
+            labels = classes_present(batch["labels"], len(self.classes)) if self.dense else batch["labels"]
+            routing.update(out.routing, labels, batch["index"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, self.val_routing, "val")
@@ -209,9 +211,8 @@ class MoPELitModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         if self.dense:  # each sample's mask (H, W) of class indices at its original size
-            logits = self(batch).logits
-            sizes = original_size_logits(logits, batch.get("mask_size"), batch["images"].shape[-2:])
-            return {"ids": batch["ids"], "masks": [full[0].argmax(0).cpu() for _, full in sizes]}
+            masks = original_size_masks(self(batch).logits, batch.get("mask_size"), batch["images"].shape[-2:])
+            return {"ids": batch["ids"], "masks": masks}
         probs = probabilities(self(batch).logits, self.task)
         return {"ids": batch["ids"], "probs": probs.float().cpu()}
 

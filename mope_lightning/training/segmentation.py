@@ -9,7 +9,7 @@ batch label being the ignore label. Unlabelled pixels (`IGNORE_INDEX`) count in 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from mope_lightning.data.masks import IGNORE_INDEX
+from mope_lightning.mask_predictions import original_size_logits
 
 IOU_PREFIX = "iou_"  # per-class IoU is logged as <stage>/iou_<class>
 
@@ -62,24 +63,6 @@ def segmentation_loss(logits: Tensor, labels: Tensor, dice: bool = False, ignore
     return loss + soft_dice_loss(logits, labels, ignore_index) if dice else loss
 
 
-def upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
-    """Logits (B, C, gh, gw) resized bilinearly to `size` (h, w)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)
-
-
-def original_size_logits(
-    logits: Tensor, mask_size: Optional[Tensor], default: Sequence[int]
-) -> Iterator[tuple[int, Tensor]]:
-    """Each sample's index and its logits (1, C, H, W) at its original mask size (`mask_size[i]`; `default`, e.g.
-    the image's size, where the batch has none). One sample at a time: a padded (B, C, Hmax, Wmax) copy of a batch
-    of large images would not fit in memory."""
-    for i in range(logits.shape[0]):
-        size = default if mask_size is None else mask_size[i].tolist()
-        yield i, upsample(logits[i : i + 1], size)
-
-
 def score_original_size(
     logits: Tensor, labels: Tensor, mask_size: Tensor, metrics: MetricCollection, ignore_index: int = IGNORE_INDEX
 ) -> tuple[Tensor, int]:
@@ -93,3 +76,10 @@ def score_original_size(
         pixels += int((target != ignore_index).sum())
         metrics.update(full.argmax(1), target)
     return total, pixels
+
+
+def classes_present(labels: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """(B, num_classes) multi-hot of the classes each padded label map (B, h, w) holds: an image's labels for the
+    routing statistics (analysis/routing.py), as multi-label data gives them."""
+    present = [torch.bincount(m[m != ignore_index], minlength=num_classes) > 0 for m in labels.long()]
+    return torch.stack(present).long()

@@ -12,6 +12,7 @@ image features (pooled vectors, no token grid) are off, with a log note.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -95,6 +96,13 @@ class SegmentationDataModule(ImageClassificationDataModule):
                 f"{self.cfg.name} has no samples per class to count; use data.train_fraction"
             )
         return super().index()
+
+    def class_set_split(self, split: Split) -> Split:
+        """`split` with each sample's label the class indices its mask holds (its `classes` attribute), as a
+        multi-label sample's: what the routing reports relate routing to."""
+        index = {name: k for k, name in enumerate(self.classes)}
+        sets = [[index[name] for name in names] for names in split.attributes.get(CLASSES_ATTRIBUTE, [])]
+        return dataclasses.replace(split, labels=sets)
 
     def label_counts(self, split: Split) -> Counter:
         """Images per class (from the classes each mask holds)."""

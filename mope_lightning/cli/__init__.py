@@ -41,7 +41,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "predict": Command(
         "fit:predict",
-        "write id, prediction, class probabilities",
+        "write id, prediction, class probabilities (or masks)",
         "mope predict experiments/easy_vqa.yaml ckpt=PATH",
         ("... of new data: a .jsonl/.csv of text, image", "... predict.input=rows.jsonl predict.out=preds.csv"),
     ),

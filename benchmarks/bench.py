@@ -296,7 +296,8 @@ def _loss(net, batch: dict):
     out = net(batch)
     logits, labels = out.logits.float(), batch["labels"]
     if labels.ndim == 3:
-        from mope_lightning.training.segmentation import segmentation_loss, upsample
+        from mope_lightning.mask_predictions import upsample
+        from mope_lightning.training.segmentation import segmentation_loss
 
         task_loss = segmentation_loss(upsample(logits, labels.shape[-2:]), labels)
     else:

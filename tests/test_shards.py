@@ -215,3 +215,14 @@ def test_item_pixels_reach_the_batch_as_uint8(written, tmp_path):
     datamodule.build_datasets("fit")
     batch = next(iter(datamodule.val_dataloader()))
     assert batch["images"].dtype == torch.uint8 and batch["images"].shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize("experiment", ["mustard.yaml", "easy_vqa_seg.yaml"])
+def test_datasets_that_shards_cannot_hold_are_one_message(experiment, tmp_path, capsys):
+    from helpers import EXPERIMENTS
+    from helpers.cli import experiment_args
+
+    out = tmp_path / "shards"
+    assert main(["shards", *experiment_args(tmp_path, EXPERIMENTS / experiment, f"out={out}")]) == 2
+    one_error(capsys, "data.name", "from its own files")
+    assert not out.exists()

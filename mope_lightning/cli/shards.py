@@ -77,8 +77,15 @@ def write_shards(cfg: DictConfig) -> Path:
         raise ConfigError(f"shards.images_per_shard: {c.images_per_shard}; give a positive number of images")
     if cfg.data.get("shards"):
         raise ConfigError("data.shards: set, but `mope shards` reads the dataset's own files; leave it unset")
+    dataset = DATAMODULES[cfg.data.name]
+    if dataset.media != "image" or dataset.task == "segmentation":
+        held = "audio clips" if dataset.media != "image" else "masks beside its images"
+        raise ConfigError(
+            f"data.name: {cfg.data.name} holds {held}; shards hold decoded images and labels only, so train it "
+            "from its own files"
+        )
     out, earlier = _claim(cfg)
-    datamodule = DATAMODULES[cfg.data.name](cfg.data)
+    datamodule = dataset(cfg.data)
     with torch.device("meta"):  # the preprocessing only: no weights are read
         net = build_model(cfg.model, len(datamodule.classes), weights=False)
     steps, why = pixel_steps(eval_transform(net.image_input_config(), cfg.data))

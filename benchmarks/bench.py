@@ -619,6 +619,12 @@ def main() -> None:
         plan = named[args.only]
     elif args.only:
         plan = [tuple(item.split(":")) for item in args.only.split(",")]
+        unknown = [":".join(p) for p in plan if len(p) != 2 or p[0] not in CONFIGS or p[1] not in CASES]
+        if unknown:
+            parser.error(
+                f"--only: {', '.join(unknown)}: give one of {', '.join(named)} or config:case pairs "
+                f"(configs: {', '.join(CONFIGS)}; cases: {', '.join(CASES)})"
+            )
     elif args.quick:  # the paper configuration in bf16 only where bf16 is native (it takes minutes elsewhere)
         plan = QUICK + ([("paper", "mope_bf16")] if args.device == "cuda" or _cpu_native_bf16() else [])
     else:

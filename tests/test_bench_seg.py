@@ -109,3 +109,11 @@ def _report(results: list[dict], ratios: dict) -> dict:
         "warmup": 0,
         "results": results,
     }
+
+
+def test_an_unknown_only_group_is_one_usage_message():
+    import subprocess
+
+    done = subprocess.run([sys.executable, bench.__file__, "--only", "segx"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--only: segx: give one of pmoe, steady, bf16, vision, seg" in done.stderr

@@ -27,6 +27,7 @@ from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSION
 from mope_lightning.models.segmenters import DenseProbe, DensePMoE, DensePromptFusion, check_dense_fusion
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
+from mope_lightning.models.video_encoders import build_video_encoder
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key:
         return build_text_encoder(cfg, model_cfg.pool, weights, key)
     if modality == "audio":
         return build_audio_encoder(cfg, weights, key)
+    if modality == "video":
+        return build_video_encoder(cfg, weights, key)
     return build_image_encoder(cfg, weights, key)
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from mope_lightning.errors import ModelError
 from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.prompt_loop import Prompter, insert_prompts, prompted_block_loop
-from mope_lightning.models.sources import resolve_text_source
+from mope_lightning.models.sources import resolve_text_source, transformers_model
 from mope_lightning.models.text_encoders import masked_mean
 
 PROMPTABLE_VIDEO_MODELS = ("videomae",)
@@ -179,25 +179,16 @@ def build_video_encoder(cfg, weights: bool = True, key: str = "model.video_encod
     pretrained from a hub id or local directory, or random init (`pretrained: false`, or `tiny: true` for
     TINY_VIDEO). Without files to read, the processor is the library's default, as for a random-init model.
     `weights=False` builds the architecture only."""
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel, VideoMAEImageProcessor
+    from transformers import AutoImageProcessor, VideoMAEImageProcessor
 
     source = resolve_text_source(cfg.name)
     kwargs = {**(TINY_VIDEO if cfg.tiny else {}), **cfg.kwargs}
-    local = Path(source).exists()
     arch = cfg.arch or ("videomae" if cfg.tiny else None)  # a miniature of the one family we prompt, offline
     try:
-        if cfg.pretrained and weights and not cfg.tiny:
-            model = AutoModel.from_pretrained(source, **kwargs)
-        else:
-            config = (
-                AutoConfig.from_pretrained(source, **kwargs)
-                if local or not arch
-                else AutoConfig.for_model(arch, **kwargs)
-            )
-            model = AutoModel.from_config(config)
+        model = transformers_model(cfg, source, kwargs, weights, arch)
         encoder = PromptedVideoEncoder(model)
         if weights:  # after the model is known to be a video model: its processor is then the question
-            files = local or (cfg.pretrained and not cfg.tiny)
+            files = Path(source).exists() or (cfg.pretrained and not cfg.tiny)
             encoder.preprocessor = AutoImageProcessor.from_pretrained(source) if files else VideoMAEImageProcessor()
     except TypeError as exc:
         raise ModelError(f"{key}.name: {exc}") from None

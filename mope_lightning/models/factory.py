@@ -25,8 +25,9 @@ from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
 from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS, SEGMENTATION, STATIC_PROMPT_FUSIONS
 from mope_lightning.models.segmenters import DenseProbe, DensePMoE, DensePromptFusion, check_dense_fusion
-from mope_lightning.models.sources import resolve_text_source
+from mope_lightning.models.sources import resolve_text_source, transformers_model
 from mope_lightning.models.text_encoders import PromptedTextEncoder
+from mope_lightning.models.video_encoders import build_video_encoder
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +101,14 @@ def build_audio_encoder(cfg, weights: bool = True, key: str = "model.audio_encod
     id or local directory, or random init (`pretrained: false`, `tiny: true`). Without files to read the feature
     extractor is the library's default (16 kHz, normalised per utterance), as for a random-init model.
     `weights=False` builds the architecture only."""
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, Wav2Vec2FeatureExtractor
+    from transformers import AutoFeatureExtractor, Wav2Vec2FeatureExtractor
 
     source = resolve_text_source(cfg.name)
     tiny = {**TINY_AUDIO, **TINY_AUDIO_EXTRA.get(cfg.arch or "", {})} if cfg.tiny else {}
     kwargs = {**tiny, **cfg.kwargs}
     local = Path(source).exists()
     try:
-        if cfg.pretrained and weights and not cfg.tiny:
-            model = AutoModel.from_pretrained(source, **kwargs)
-        else:
-            config = (
-                AutoConfig.from_pretrained(source, **kwargs)
-                if local or not cfg.arch
-                else AutoConfig.for_model(cfg.arch, **kwargs)
-            )
-            model = AutoModel.from_config(config)
+        model = transformers_model(cfg, source, kwargs, weights, cfg.arch)
         preprocessor = None
         if weights:
             preprocessor = (
@@ -143,6 +136,8 @@ def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key:
         return build_text_encoder(cfg, model_cfg.pool, weights, key)
     if modality == "audio":
         return build_audio_encoder(cfg, weights, key)
+    if modality == "video":
+        return build_video_encoder(cfg, weights, key)
     return build_image_encoder(cfg, weights, key)
 
 

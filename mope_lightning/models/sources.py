@@ -42,6 +42,19 @@ def resolve_text_source(name: str) -> str:
     return name
 
 
+def transformers_model(cfg, source: str, kwargs: dict, weights: bool, arch: Optional[str]) -> nn.Module:
+    """The transformers model of an encoder section `cfg`: its pretrained weights from `source` (a hub id or local
+    directory), or a random-init model (`pretrained: false`, `tiny: true`, or `weights=False`) of the configuration
+    `source` holds, or of model type `arch` built without files when `source` is not a local directory."""
+    from transformers import AutoConfig, AutoModel
+
+    if cfg.pretrained and weights and not cfg.tiny:
+        return AutoModel.from_pretrained(source, **kwargs)
+    if Path(source).exists() or not arch:
+        return AutoModel.from_config(AutoConfig.from_pretrained(source, **kwargs))
+    return AutoModel.from_config(AutoConfig.for_model(arch, **kwargs))
+
+
 def local_torchvision_weights(file_name: str) -> Optional[Path]:
     """A local copy of torchvision's weight file `file_name` (torch hub cache or an offline package), if any."""
     candidates = [Path(torch.hub.get_dir()) / "checkpoints"]

@@ -103,7 +103,7 @@ class ModelConfig:
     # | text_only | image_only | audio_only | pmoe (model.pmoe.experts). Which work with one modality: see
     # models/registry.py (mope, promptfuse and late_concat need two)
     fusion: str = "mope"
-    # the modalities the model reads, each by its model.<modality>_encoder (text, image, audio): two to fuse, or one
+    # the modalities the model reads, each by its model.<modality>_encoder (text, image, audio, depth): two to fuse, or one
     # for a one-modality task (e.g. [image] for image classification); their order numbers the missing cases of
     # missing-aware prompts
     modalities: List[str] = field(default_factory=lambda: ["text", "image"])
@@ -115,6 +115,9 @@ class ModelConfig:
     audio_encoder: EncoderConfig = field(
         default_factory=lambda: EncoderConfig(name="facebook/wav2vec2-base-960h", arch="wav2vec2")
     )
+    # RGB-D segmentation (nyudv2): a frozen timm or torchvision image encoder reading the encoded depth maps, built
+    # like image_encoder; its pooled feature conditions the prompts of the image encoder (model.prompted=image)
+    depth_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(library="timm"))
     pool: str = "mean"  # text pooling: mean (over tokens and prompts, masked) | cls; image encoders pool as timm does
     # audio encoders pool by the mean over frames and prompts
     condition_prompts: int = 0  # static prompts per layer for the conditioning encoder itself (reference: 4)

@@ -186,6 +186,7 @@ CHOICES = {
     "model.seg_loss": ("ce", "ce_dice"),
     "model.text_encoder.library": ("transformers",),
     "model.image_encoder.library": ("timm", "torchvision"),
+    "model.depth_encoder.library": ("timm", "torchvision"),
     "model.audio_encoder.library": ("transformers",),
     "optim.optimizer": OPTIMIZERS,
     "optim.scheduler": SCHEDULERS,

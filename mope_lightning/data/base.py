@@ -453,11 +453,15 @@ class MultimodalDataModule:
         self.splits, pools = self.read_splits()
         if stage is not None:
             self.check_splits(stage)
-        for modality, reason in self.spec.uncached.items() if self.cfg.cache_features else ():
-            log.info("%s: %s features are not cached: %s; it encodes every batch", self.cfg.name, modality, reason)
+        self.log_uncached()
         media, _ = self._build_features(self.splits, pools)
         if media is None and self.media == "image":
             self._pixel_pools(pools, stage)
+
+    def log_uncached(self) -> None:
+        """Say which features the model reads that are encoded at every batch, and why (`InputSpec.uncached`)."""
+        for modality, reason in self.spec.uncached.items() if self.cfg.cache_features else ():
+            log.info("%s: %s features are not cached: %s; it encodes every batch", self.cfg.name, modality, reason)
 
     def _pixel_pools(self, pools: dict[str, list[Path]], stage: Optional[str]) -> Optional[PixelPools]:
         """The decoded-image cache of the pools, built if needed, when data.image_cache applies (image_cache.py)."""

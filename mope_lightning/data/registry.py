@@ -14,6 +14,7 @@ from mope_lightning.data.datasets.hateful_memes import HatefulMemesDataModule
 from mope_lightning.data.datasets.imagefolder import ImageFolderDataModule
 from mope_lightning.data.datasets.jsonl import JsonlDataModule, MMBTConfig, SNLIVEDataModule
 from mope_lightning.data.datasets.kvasir_seg import KvasirSegDataModule
+from mope_lightning.data.datasets.nyudv2 import NYUDv2DataModule
 from mope_lightning.data.datasets.medmnist import MedMNISTDataModule
 from mope_lightning.data.datasets.mmimdb import MMIMDBDataModule
 from mope_lightning.data.datasets.mustard import MustardDataModule
@@ -47,6 +48,7 @@ DATAMODULES: dict[str, type[MultimodalDataModule]] = {
     # semantic segmentation (`task = "segmentation"`, images only; data/datasets/segmentation_base.py)
     "ade20k": ADE20KDataModule,
     "kvasir_seg": KvasirSegDataModule,
+    "nyudv2": NYUDv2DataModule,
     "easy_vqa_seg": EasyVQASegDataModule,
 }
 

@@ -9,12 +9,16 @@ with `tv_tensors.Mask`, which resamples masks with nearest-neighbour and never b
 
 S, the interpolation and the normalisation are the image encoder's (`data.image_size`, `data.image_mean`,
 `data.image_std` override them, as for classification).
+
+An RGB-D sample's depth map (raw millimetres, data/depth.py) is a third tensor through the same geometric ops, as a
+`tv_tensors.Mask` (nearest resampling: no invalid 0 blended into valid depth), resized to S x S in evaluation too,
+then encoded for the depth encoder (`DepthEncoding`). The pairs then return (image, label, depth).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +69,14 @@ def _normalised(geo: Geometry):
 class TrainPair:
     """(PIL image, H x W class indices) -> (float C x S x S image, long S x S label), augmented (picklable)."""
 
-    def __init__(self, geo: Geometry, crop_scale: Sequence[float] = (0.5, 1.0), randaugment: Optional[Sequence] = None):
+    def __init__(
+        self,
+        geo: Geometry,
+        crop_scale: Sequence[float] = (0.5, 1.0),
+        randaugment: Optional[Sequence] = None,
+        depth: Optional[Callable[[Tensor], Tensor]] = None,
+    ):
+        self.encode_depth = depth
         self.photometric = PhotometricRandAugment(*randaugment) if randaugment else None
         self.joint = v2.Compose(
             [
@@ -77,11 +88,15 @@ class TrainPair:
         )
         self.normalise = _normalised(geo)
 
-    def __call__(self, image: Image.Image, labels: np.ndarray) -> tuple[Tensor, Tensor]:
+    def __call__(self, image: Image.Image, labels: np.ndarray, depth: Optional[np.ndarray] = None) -> tuple:
         if self.photometric is not None:
             image = self.photometric(image)
-        pixels, mask = self.joint(tv_tensors.Image(v2.functional.pil_to_tensor(image)), _mask(labels))
-        return self.normalise(pixels), mask.as_subclass(Tensor).long()
+        pixels = tv_tensors.Image(v2.functional.pil_to_tensor(image))
+        if depth is None:
+            pixels, mask = self.joint(pixels, _mask(labels))
+            return self.normalise(pixels), mask.as_subclass(Tensor).long()
+        pixels, mask, moved = self.joint(pixels, _mask(labels), _mask(depth))
+        return self.normalise(pixels), mask.as_subclass(Tensor).long(), self.encode_depth(moved.as_subclass(Tensor))
 
 
 class EvalImage:
@@ -99,11 +114,26 @@ class EvalImage:
 class EvalPair:
     """(PIL image, H x W class indices) -> (float C x S x S image, the long H x W label unchanged)."""
 
-    def __init__(self, geo: Geometry):
+    def __init__(self, geo: Geometry, depth: Optional[Callable[[Tensor], Tensor]] = None):
         self.image = EvalImage(geo)
+        self.depth = None if depth is None else EvalDepth(geo, depth)
 
-    def __call__(self, image: Image.Image, labels: np.ndarray) -> tuple[Tensor, Tensor]:
-        return self.image(image), torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    def __call__(self, image: Image.Image, labels: np.ndarray, depth: Optional[np.ndarray] = None) -> tuple:
+        label = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        if depth is None:
+            return self.image(image), label
+        return self.image(image), label, self.depth(depth)
+
+
+class EvalDepth:
+    """Raw H x W depth -> its encoding at S x S (nearest resampling, as a mask: evaluation's and the Python API's)."""
+
+    def __init__(self, geo: Geometry, encode: Callable[[Tensor], Tensor]):
+        self.size, self.encode = geo.size, encode
+
+    def __call__(self, depth: np.ndarray) -> Tensor:
+        resized = v2.functional.resize(_mask(depth), [self.size, self.size])
+        return self.encode(resized.as_subclass(Tensor))
 
 
 def _mask(labels: np.ndarray) -> tv_tensors.Mask:

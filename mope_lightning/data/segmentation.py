@@ -1,7 +1,8 @@
 """Semantic segmentation items and batches (the batch contract with the models).
 
 Items: `images` float C x S x S, `label` a long (h, w) map of class indices with IGNORE_INDEX for unlabelled pixels
-((S, S) in training, the original (H, W) in evaluation), `mask_size` (H, W) of the original mask.
+((S, S) in training, the original (H, W) in evaluation), `mask_size` (H, W) of the original mask; for an RGB-D
+reader (whose `masks` reads depth maps too: data/depth.py), `depth` float 3 x S x S, moved with the image.
 `SegmentationCollate` pads the labels of a batch with IGNORE_INDEX (top-left aligned) and stacks `mask_size`. The
 readers' shared DataModule is data/datasets/segmentation_base.py.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -39,19 +41,30 @@ class SegmentationDataset(Dataset):
                 f"{self.split.sources[i]}: the mask is {labels.shape[1]}x{labels.shape[0]} pixels, its image {path} "
                 f"is {image.width}x{image.height}; a mask must have its image's size"
             )
-        pixels, target = self.transform(image, labels)
-        return {
+        depth = self._depth(i, path, image) if hasattr(self.masks, "depth") else None
+        pixels, target, *encoded = self.transform(image, labels, *([] if depth is None else [depth]))
+        item = {
             "id": self.split.ids[i],
             "index": i,
             "images": pixels,
             "label": target,
             "mask_size": torch.tensor(labels.shape, dtype=torch.long),
         }
+        return {**item, "depth": encoded[0]} if encoded else item
+
+    def _depth(self, i: int, path: Path, image) -> np.ndarray:
+        depth = self.masks.depth(self.split.labels[i])
+        if depth.shape != (image.height, image.width):  # the files changed since the index checked them
+            raise DataError(
+                f"{self.masks.depth_path(self.split.labels[i])}: the depth map is {depth.shape[1]}x{depth.shape[0]} "
+                f"pixels, its image {path} is {image.width}x{image.height}; a depth map must have its image's size"
+            )
+        return depth
 
 
 class SegmentationCollate(BatchCollate):
     """Batches segmentation items: labels padded to the batch's largest (h, w) with IGNORE_INDEX, `mask_size`
-    stacked to (B, 2)."""
+    stacked to (B, 2), depth maps (if any) stacked to (B, 3, S, S)."""
 
     def __init__(self):
         super().__init__(None, 0)
@@ -59,6 +72,8 @@ class SegmentationCollate(BatchCollate):
     def __call__(self, items: list[dict]) -> dict:
         batch = super().__call__(items)
         batch["mask_size"] = torch.stack([it["mask_size"] for it in items])
+        if "depth" in items[0]:
+            batch["depth"] = torch.stack([it["depth"] for it in items])
         return batch
 
     @staticmethod

@@ -73,6 +73,7 @@ class InputSpec:
     cacheable: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
     identity: dict[str, str] = field(default_factory=dict)
     audio_preprocessor: Any = None  # audio: the transformers feature extractor
+    depth_config: Optional[dict] = None  # depth: the depth encoder's data config (its mean and std)
     uncached: dict[str, str] = field(default_factory=dict)
 
 
@@ -149,6 +150,8 @@ class FusionClassifier(nn.Module):
 
     def uncached_reason(self, modality: str) -> Optional[str]:
         """Why the pooled feature of `modality` changes from step to step and cannot be cached, or None."""
+        if modality == "depth":  # kept simple: evaluation's depth maps could be cached, training's cannot
+            return "the depth maps are cropped and flipped with their images in training"
         encoder = self.encoder(modality)
         if not encoder.frozen:
             return f"the {modality} encoder is fine-tuned"
@@ -169,6 +172,7 @@ class FusionClassifier(nn.Module):
             getattr(encoders.get("text"), "tokenizer", None),
             self.image_input_config(),
             audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None),
+            depth_config=getattr(encoders.get("depth"), "data_config", None),
         )
         for modality in self.feature_modalities():
             encoder, reason = self.encoder(modality), self.uncached_reason(modality)

@@ -19,7 +19,7 @@ from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier, other_modality
 from mope_lightning.models.dense_heads import DenseHeadSpec
 from mope_lightning.models.dispatcher import PMoE
-from mope_lightning.models.image_encoders import build_timm_encoder, build_torchvision_encoder
+from mope_lightning.models.image_encoders import as_depth_encoder, build_timm_encoder, build_torchvision_encoder
 from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
@@ -138,6 +138,8 @@ def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key:
         return build_audio_encoder(cfg, weights, key)
     if modality == "video":
         return build_video_encoder(cfg, weights, key)
+    if modality == "depth":  # an image encoder reading the depth maps (RGB-D segmentation)
+        return as_depth_encoder(build_image_encoder(cfg, weights, key))
     return build_image_encoder(cfg, weights, key)
 
 

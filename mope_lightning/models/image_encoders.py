@@ -30,6 +30,7 @@ TINY_TIMM = {
     "vision_transformer": dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2),
     "deit": dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2),
     "swin_transformer": dict(img_size=56, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7),
+    "resnet": dict(layers=(1, 1, 1, 1)),  # one block per stage (e.g. the RGB-D experiment's depth encoder)
 }
 TINY_TORCHVISION = {"mobilenet_v2": dict(width_mult=0.25), "mobilenet_v3_small": dict(width_mult=0.25)}
 TINY_INPUT = 32
@@ -39,6 +40,7 @@ class PooledImageEncoder(Backbone):
     """An image backbone giving pooled features: images (B, 3, H, W) -> (B, num_features). It cannot be prompted."""
 
     modality = "image"
+    input_key = "images"  # the batch key of its pixels ("depth" for a depth encoder: as_depth_encoder)
 
     def __init__(self, model: nn.Module, data_config: dict, library: str, name: str):
         super().__init__(model)
@@ -48,9 +50,8 @@ class PooledImageEncoder(Backbone):
             probe = torch.zeros(1, *self.data_config["input_size"])
             self.num_features = int(self.model(probe).flatten(1).shape[1])
 
-    @staticmethod
-    def inputs(batch: dict) -> dict:
-        return {"images": batch["images"]}
+    def inputs(self, batch: dict) -> dict:
+        return {"images": batch[self.input_key]}
 
     def forward(self, images: Tensor) -> Tensor:
         self.select_attention(images, getattr(getattr(self.model, "patch_embed", None), "num_patches", 0))
@@ -87,6 +88,13 @@ class PooledImageEncoder(Backbone):
         with torch.no_grad():  # torchvision records no widths: probe once (on the meta device when counting)
             probe = torch.zeros(1, *self.data_config["input_size"])
             return [grid.shape[1] for grid in self.forward_grids(probe, layers)]
+
+
+def as_depth_encoder(encoder: nn.Module) -> nn.Module:
+    """`encoder`, an image encoder, reading the batch's encoded depth maps (`depth`, B x 3 x S x S: data/depth.py)
+    instead of its images: the frozen encoder of RGB-D segmentation's second modality (`model.depth_encoder`)."""
+    encoder.modality, encoder.input_key = "depth", "depth"
+    return encoder
 
 
 class _TimmLoadReport(logging.Handler):

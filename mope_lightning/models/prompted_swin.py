@@ -85,6 +85,7 @@ class PromptedSwin(Backbone):
     """
 
     modality = "image"
+    input_key = "images"  # the batch key of its pixels ("depth" for a depth encoder: as_depth_encoder)
 
     def __init__(self, model: nn.Module, data_config: dict, name: str):
         super().__init__(model)
@@ -99,9 +100,8 @@ class PromptedSwin(Backbone):
         patch = model.patch_embed.patch_size
         self.prompt_init_scale = math.sqrt(6.0 / (3 * patch[0] * patch[1] + model.embed_dim))  # VPT's rule
 
-    @staticmethod
-    def inputs(batch: dict) -> dict:
-        return {"images": batch["images"]}
+    def inputs(self, batch: dict) -> dict:
+        return {"images": batch[self.input_key]}
 
     def set_window_major(self, enabled: bool) -> None:
         """Reproduce (True) or fix (False, default) the reference code's window/prompt pairing."""

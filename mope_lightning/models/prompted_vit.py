@@ -40,6 +40,7 @@ class PromptedViT(Backbone):
     """
 
     modality = "image"
+    input_key = "images"  # the batch key of its pixels ("depth" for a depth encoder: as_depth_encoder)
 
     def __init__(self, model: nn.Module, data_config: dict, name: str):
         super().__init__(model)
@@ -53,9 +54,8 @@ class PromptedViT(Backbone):
         # VPT's prompt initialisation: uniform(-v, v), v = sqrt(6 / (3 * patch_area + D)).
         self.prompt_init_scale = math.sqrt(6.0 / (3 * patch[0] * patch[1] + model.embed_dim))
 
-    @staticmethod
-    def inputs(batch: dict) -> dict:
-        return {"images": batch["images"], "missing": batch.get("image_missing")}
+    def inputs(self, batch: dict) -> dict:
+        return {"images": batch[self.input_key], "missing": batch.get(f"{self.modality}_missing")}
 
     def missing_problem(self) -> Optional[str]:
         """Why this encoder cannot leave out missing images, or None."""

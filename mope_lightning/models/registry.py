@@ -1,7 +1,8 @@
 """The fusions and modalities this package builds, once: the config's choices (config/schema.py, config/checks.py)
 and the model factory (factory.py, classifier.py) derive their lists from here."""
 
-MODALITIES = ("text", "image", "audio")  # every modality an encoder family exists for
+# every modality an encoder family exists for; depth: an image encoder reading depth maps (RGB-D segmentation)
+MODALITIES = ("text", "image", "audio", "depth")
 SEGMENTATION = "segmentation"  # the dense task (a dataset's `task`): a dense head on the image encoder's grids
 HEADS = ("linear", "upernet")  # the dense heads (`model.head`, models/dense_heads.py)
 
@@ -10,8 +11,10 @@ HEADS = ("linear", "upernet")  # the dense heads (`model.head`, models/dense_hea
 # layer only and carries those prompts through the rest (VPT-shallow).
 PROMPT_FUSIONS = ("mope", "prompt_tuning", "prompt_tuning_shallow", "promptfuse")
 STATIC_PROMPT_FUSIONS = ("prompt_tuning", "prompt_tuning_shallow")  # static prompts only, none conditioned
+# Modalities read only as a conditioning feature (no `<modality>_only` baseline): a depth encoder gives no image grid.
+CONDITIONING_ONLY = ("depth",)
 # Unimodal baselines: the one modality each reads.
-UNIMODAL_FUSIONS = {f"{modality}_only": modality for modality in MODALITIES}
+UNIMODAL_FUSIONS = {f"{modality}_only": modality for modality in MODALITIES if modality not in CONDITIONING_ONLY}
 # Late fusions: a head over pooled features; the modalities each reads (None: every modality of the experiment).
 # linear_probe: one linear layer on the frozen features; finetune: the encoders trained too.
 LATE_FUSION_MODALITIES = {

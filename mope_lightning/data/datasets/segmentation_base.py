@@ -53,6 +53,10 @@ class SegmentationDataModule(ImageClassificationDataModule):
         classes present) or (what is wrong, []). Picklable."""
         raise NotImplementedError
 
+    def depth_encoding(self) -> Optional[Callable]:
+        """raw depth -> the depth encoder's input, for an RGB-D reader (data/depth.py); None: no depth."""
+        return None
+
     def checked(self, split: Split, files: list[Path], problems: list[Problem]) -> Split:
         """`split` less the samples whose mask does not fit its image (each a problem naming its source), with the
         `classes` attribute of the rest."""
@@ -133,6 +137,7 @@ class SegmentationDataModule(ImageClassificationDataModule):
             "do not apply",
             self.cfg.name,
         )
+        self.log_uncached()
 
     def build_datasets(self, stage: Optional[str] = None) -> None:
         from mope_lightning.data.seg_transforms import EvalPair, TrainPair, geometry
@@ -142,10 +147,12 @@ class SegmentationDataModule(ImageClassificationDataModule):
             return
         self.splits, pools = self.read_splits(verbose=False)  # prepare has logged the notes
         self.check_splits(stage)
-        geo, masks = geometry(self.spec.image_config, self.cfg), self.masks()
+        geo, masks, depth = geometry(self.spec.image_config, self.cfg), self.masks(), self.depth_encoding()
         for name, split in self.splits.items():
             transform = (
-                TrainPair(geo, self.cfg.crop_scale, self.cfg.get("randaugment")) if name == "train" else EvalPair(geo)
+                TrainPair(geo, self.cfg.crop_scale, self.cfg.get("randaugment"), depth)
+                if name == "train"
+                else EvalPair(geo, depth)
             )
             self.datasets[name] = SegmentationDataset(split, pools[split.pool], masks, transform)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))

@@ -25,9 +25,9 @@ from PIL import Image
 
 from mope_lightning.errors import ArgumentTypeError, ArgumentValueError
 
-ARGUMENT = {"text": "texts", "image": "images", "audio": "audio"}  # the keyword of each modality
-ELEMENT = {"text": "text", "image": "image", "audio": "clip"}  # what one of its elements is
-BATCH_NDIM = {"text": 1, "image": 4, "audio": 2}  # the dimensions of one array holding a whole batch of them
+ARGUMENT = {"text": "texts", "image": "images", "audio": "audio", "depth": "depth"}  # the keyword of each modality
+ELEMENT = {"text": "text", "image": "image", "audio": "clip", "depth": "depth map"}  # what one of its elements is
+BATCH_NDIM = {"text": 1, "image": 4, "audio": 2, "depth": 3}  # the dimensions of one array holding a whole batch
 IMAGE_FORMS = (
     "a PIL image, an image file path, a uint8 (C, H, W) tensor with C = 1, 3 or 4, or a float tensor "
     "preprocessed by model.transform"
@@ -225,6 +225,23 @@ def check_image(i: int, image: Any, preprocessed_shape: tuple[int, ...]) -> Path
             "3 or 4 channels and at least 1x1 pixels"
         )
     return image
+
+
+def check_depth(i: int, depth: Any) -> Path | np.ndarray:
+    """A depth map: a 16-bit PNG path (millimetres, as NYUDv2 ships them), or a 2-D array or tensor of depths in
+    millimetres (returned as float32), finite and non-negative."""
+    name = f"depth[{i}]"
+    if isinstance(depth, (str, os.PathLike)):
+        return check_file(name, depth, "a depth map")
+    if not isinstance(depth, (torch.Tensor, np.ndarray)):
+        raise ArgumentTypeError(f"{name}: {describe(depth)}; give a 16-bit depth PNG path or a 2-D array in mm")
+    values = depth.detach().cpu().numpy() if isinstance(depth, torch.Tensor) else np.asarray(depth)
+    if values.ndim != 2 or 0 in values.shape or not np.issubdtype(values.dtype, np.number):
+        raise ArgumentValueError(f"{name}: {describe(depth)}; give one (H, W) array of depths in millimetres")
+    values = values.astype(np.float32)
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ArgumentValueError(f"{name}: NaN, infinite or negative depths; give depths in millimetres (0: unknown)")
+    return values
 
 
 def check_clip(i: int, clip: Any, shortest: int, rate: int) -> Path | np.ndarray:

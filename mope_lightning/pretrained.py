@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from mope_lightning.api_arguments import (
     check_batch_size,
     check_clip,
+    check_depth,
     check_device,
     check_flag,
     check_image,
@@ -81,6 +82,7 @@ class PretrainedModel:
         # The shape of a preprocessed image, which a float tensor given as an image must have.
         self.image_shape = tuple(self.transform(Image.new("RGB", (1, 1))).shape) if self.transform else None
         self.audio_preprocessor = net.audio.preprocessor if "audio" in net.modalities() else None
+        self.depth_transform = self._depth_transform(data_cfg) if "depth" in net.modalities() else None
 
     def _image_transform(self, data_cfg):
         """Evaluation's image preprocessing: a classifier's (resize and centre crop), or a segmenter's (resized
@@ -92,6 +94,28 @@ class PretrainedModel:
         from mope_lightning.data.features import eval_transform
 
         return eval_transform(self.net.image_input_config(), data_cfg)
+
+    def _depth_transform(self, data_cfg):
+        """Evaluation's depth preprocessing (data/depth.py): millimetres to the depth encoder's normalised input at
+        the image's working size."""
+        from mope_lightning.data.depth import DepthEncoding
+        from mope_lightning.data.seg_transforms import EvalDepth, geometry
+
+        config = self.net.depth.data_config
+        encoding = DepthEncoding(data_cfg.get("depth_max_mm", 10000), config["mean"], config["std"])
+        return EvalDepth(geometry(self.net.image_input_config(), data_cfg), encoding)
+
+    def _depth(self, depth: Path | np.ndarray, i: int) -> Tensor:
+        """One checked depth map (`check_depth`) as the depth encoder's input; a file is read as data/depth.py
+        reads the dataset's (16-bit, millimetres), and a bad one names `depth[i]`."""
+        from mope_lightning.data.depth import read_depth
+
+        if isinstance(depth, Path):
+            try:
+                depth = read_depth(depth)
+            except DataError as exc:
+                raise ArgumentValueError(f"depth[{i}]: {exc}") from None
+        return self.depth_transform(depth)
 
     @property
     def device(self) -> torch.device:
@@ -139,7 +163,7 @@ class PretrainedModel:
         check_samples(f"audio[{i}]", samples, self.net.audio.shortest_input, rate, source=clip)
         return samples
 
-    def _check_inputs(self, texts: Any, images: Any, audio: Any) -> dict[str, list]:
+    def _check_inputs(self, texts: Any, images: Any, audio: Any, depth: Any = None) -> dict[str, list]:
         """The elements of each modality the model reads, checked (api_arguments.py) before any model work."""
         checks = {
             "text": check_text,
@@ -147,8 +171,10 @@ class PretrainedModel:
             "audio": lambda i, clip: check_clip(
                 i, clip, self.net.audio.shortest_input, self.audio_preprocessor.sampling_rate
             ),
+            "depth": check_depth,
         }
-        return check_inputs(self.net.modalities(), {"text": texts, "image": images, "audio": audio}, checks)
+        given = {"text": texts, "image": images, "audio": audio, "depth": depth}
+        return check_inputs(self.net.modalities(), given, checks)
 
     def _batch(self, modality: str, values: Sequence, indices: Sequence[int]) -> dict[str, Tensor]:
         """The batch entries of one modality's checked inputs, on the CPU; `indices` number them for messages."""
@@ -163,6 +189,8 @@ class PretrainedModel:
             if self.dense:  # each image's original size, at which its mask is predicted
                 batch["mask_size"] = torch.tensor(sizes, dtype=torch.long)
             return batch
+        if modality == "depth":
+            return {"depth": torch.stack([self._depth(depth, i) for depth, i in zip(values, indices)])}
         from mope_lightning.data.audio import pad_clips
 
         audio, mask = pad_clips(self.audio_preprocessor, [self._audio(clip, i) for clip, i in zip(values, indices)])
@@ -176,10 +204,11 @@ class PretrainedModel:
         texts: Optional[Sequence[str]] = None,
         images: Optional[Sequence[Any]] = None,
         audio: Optional[Sequence[Any]] = None,
+        depth: Optional[Sequence[Any]] = None,
     ) -> dict:
-        """The batch the classifier reads: tokenized texts, preprocessed images and padded, normalised audio
-        samples, on the model's device. The inputs are checked as `predict` checks them."""
-        inputs = self._check_inputs(texts, images, audio)
+        """The batch the classifier reads: tokenized texts, preprocessed images and depth maps, and padded,
+        normalised audio samples, on the model's device. The inputs are checked as `predict` checks them."""
+        inputs = self._check_inputs(texts, images, audio, depth)
         batch = {}
         for modality, values in inputs.items():
             batch.update(self._batch(modality, values, range(len(values))))
@@ -193,6 +222,7 @@ class PretrainedModel:
         images: Optional[Sequence[Any]] = None,
         batch_size: int = 64,
         audio: Optional[Sequence[Any]] = None,
+        depth: Optional[Sequence[Any]] = None,
         **unknown,
     ) -> Predictions | SegmentationPredictions:
         """Class probabilities, labels and routing weights of each input (a text and an image, or a text and an audio
@@ -203,16 +233,17 @@ class PretrainedModel:
         of one; a lone str, image or clip is refused, never taken as one input). Texts: non-empty str. Images: PIL
         images, file paths, uint8 (C, H, W) tensors with 1, 3 or 4 channels, or float tensors already preprocessed
         by `self.transform`; or one (N, C, H, W) tensor. Audio: file paths, or 1-D float arrays or tensors of samples
-        at the audio encoder's rate; or one (N, samples) array. Every argument is checked before any model work:
+        at the audio encoder's rate; or one (N, samples) array. Depth (RGB-D segmenters): 16-bit depth PNG paths or
+        (H, W) arrays in millimetres, one per image. Every argument is checked before any model work:
         `TypeError` or `ValueError` naming the argument (and the index of a bad element).
 
         Inputs given more than once (one image for many questions, as a path, the same object, or equal pixels) are
         preprocessed once per batch, and the conditioning encoder runs once per distinct image or text per call
         (audio clips: per batch, whose padding their feature sees; inference.py); the next batch is preprocessed
         while the model runs on this one."""
-        reject_unknown("predict", unknown, ("texts", "images", "audio", "batch_size"))
+        reject_unknown("predict", unknown, ("texts", "images", "audio", "depth", "batch_size"))
         batch_size = check_batch_size(batch_size)
-        inputs = self._check_inputs(texts, images, audio)
+        inputs = self._check_inputs(texts, images, audio, depth)
         n = len(next(iter(inputs.values())))
         reused = () if self.net.training else self.net.batch_feature_modalities()
         # Prompted texts are tokenized per batch, as before: padding to the batch's longest keeps every result.

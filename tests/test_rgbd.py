@@ -189,3 +189,37 @@ def test_depth_without_a_depth_dataset_is_one_error(tmp_path, capsys):
     )
     assert main(["fit", *argv, "trainer.max_steps=1"]) == 2
     one_error(capsys, "model.modalities", "no depth")
+
+
+def test_exported_rgbd_adapter_predicts_from_images_and_depth_the_masks_mope_predict_wrote(fitted, tmp_path):
+    import csv
+
+    import mope_lightning
+    from mope_lightning.errors import ArgumentTypeError, ArgumentValueError
+
+    root, args, metrics = fitted
+    masks = tmp_path / "masks"
+    assert main(["predict", *args, f"ckpt={metrics['tested_weights']}", f"predict.out={masks}"]) == 0
+    rows = list(csv.DictReader((masks / "index.csv").open()))
+    adapter = tmp_path / "adapter"
+    assert main(["export", *args, f"ckpt={metrics['tested_weights']}", f"out={adapter}"]) == 0
+    model = mope_lightning.from_pretrained(adapter)
+    nyu = root / "nyu"
+    images = [nyu / "RGB" / f"{row['id']}.jpg" for row in rows]
+    depths = [nyu / "Depth" / f"{row['id']}.png" for row in rows]
+    preds = model.predict(images=images, depth=depths)
+    assert len(preds.masks) == len(rows) == 4
+    for row, mask, image in zip(rows, preds.masks, images):
+        written = np.array(Image.open(masks / row["mask"]))
+        assert np.array_equal(mask.numpy(), written)
+        with Image.open(image) as img:
+            assert mask.shape == (img.height, img.width)
+    # a depth map given as an array in millimetres predicts what its PNG does
+    again = model.predict(images=images[:1], depth=[read_depth(depths[0])]).masks[0]
+    assert torch.equal(again, preds.masks[0])
+    with pytest.raises(ArgumentTypeError, match=r"pass depth=\[...\]"):
+        model.predict(images=images)
+    with pytest.raises(ArgumentValueError, match=r"depth\[0\]: .*\(H, W\) array"):
+        model.predict(images=images[:1], depth=[np.zeros((2, 3, 4))])
+    with pytest.raises(ArgumentValueError, match=r"depth\[0\]: NaN, infinite or negative"):
+        model.predict(images=images[:1], depth=[np.full((24, 28), -1.0)])

@@ -27,6 +27,7 @@ from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSION
 from mope_lightning.models.segmenters import DenseProbe, DensePMoE, DensePromptFusion, check_dense_fusion
 from mope_lightning.models.sources import resolve_text_source
 from mope_lightning.models.text_encoders import PromptedTextEncoder
+from mope_lightning.models.video_encoders import FramewiseVideoEncoder
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,15 @@ def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key:
         return build_text_encoder(cfg, model_cfg.pool, weights, key)
     if modality == "audio":
         return build_audio_encoder(cfg, weights, key)
+    if modality == "video":
+        return build_video_encoder(cfg, weights, key)
     return build_image_encoder(cfg, weights, key)
+
+
+def build_video_encoder(cfg, weights: bool = True, key: str = "model.video_encoder") -> FramewiseVideoEncoder:
+    """A frame-wise video encoder: the image encoder of `cfg` (timm or torchvision, as `model.image_encoder` builds
+    it) on every sampled frame, pooled over time by `cfg.pool_time`."""
+    return FramewiseVideoEncoder(build_image_encoder(cfg, weights, key), cfg.get("pool_time", "mean"))
 
 
 def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encoder") -> nn.Module:
@@ -158,7 +167,7 @@ def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encod
         raise ModelError(
             f"{key}.checkpoint_prefix: applies to timm encoders; torchvision reads its own state dict (unset it)"
         )
-    return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
+    return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny, key)
 
 
 def _prompt_lengths(cfg) -> tuple[int, int, int]:

@@ -1,8 +1,9 @@
 """The fusions and modalities this package builds, once: the config's choices (config/schema.py, config/checks.py)
 and the model factory (factory.py, classifier.py) derive their lists from here."""
 
-MODALITIES = ("text", "image", "audio")  # every modality an encoder family exists for
+MODALITIES = ("text", "image", "audio", "video")  # every modality an encoder family exists for
 SEGMENTATION = "segmentation"  # the dense task (a dataset's `task`): a dense head on the image encoder's grids
+TIME_POOLS = ("mean",)  # how a frame-wise video encoder pools its frames' features (model.video_encoder.pool_time)
 HEADS = ("linear", "upernet")  # the dense heads (`model.head`, models/dense_heads.py)
 
 # Prompt fusions: the prompted encoder reads learned prompts conditioned on the other modality's feature.

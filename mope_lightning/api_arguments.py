@@ -25,9 +25,9 @@ from PIL import Image
 
 from mope_lightning.errors import ArgumentTypeError, ArgumentValueError
 
-ARGUMENT = {"text": "texts", "image": "images", "audio": "audio"}  # the keyword of each modality
-ELEMENT = {"text": "text", "image": "image", "audio": "clip"}  # what one of its elements is
-BATCH_NDIM = {"text": 1, "image": 4, "audio": 2}  # the dimensions of one array holding a whole batch of them
+ARGUMENT = {"text": "texts", "image": "images", "audio": "audio", "video": "video"}  # the keyword of each modality
+ELEMENT = {"text": "text", "image": "image", "audio": "clip", "video": "clip"}  # what one of its elements is
+BATCH_NDIM = {"text": 1, "image": 4, "audio": 2, "video": 5}  # the dimensions of one array holding a batch of them
 IMAGE_FORMS = (
     "a PIL image, an image file path, a uint8 (C, H, W) tensor with C = 1, 3 or 4, or a float tensor "
     "preprocessed by model.transform"
@@ -225,6 +225,13 @@ def check_image(i: int, image: Any, preprocessed_shape: tuple[int, ...]) -> Path
             "3 or 4 channels and at least 1x1 pixels"
         )
     return image
+
+
+def check_video(i: int, clip: Any) -> Path:
+    """A video file path (its frames are sampled and preprocessed as in training)."""
+    if not isinstance(clip, (str, os.PathLike)):
+        raise ArgumentTypeError(f"video[{i}]: {describe(clip)}; give a video file path")
+    return check_file(f"video[{i}]", clip, "a video")
 
 
 def check_clip(i: int, clip: Any, shortest: int, rate: int) -> Path | np.ndarray:

@@ -8,12 +8,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import mope_lightning
 from mope_lightning.cli import main
 from mope_lightning.cli.check_data import check_data
 from mope_lightning.cli.fit import run
 from mope_lightning.data import DATAMODULES
 from mope_lightning.data.video import frame_indices, read_frames
-from mope_lightning.errors import DataError
+from mope_lightning.errors import DataError, MopeError
 from mope_lightning.models import build_model
 from mope_lightning.models.video_encoders import FramewiseVideoEncoder
 from mope_lightning.training.trainer_config import load_config
@@ -133,8 +134,19 @@ def test_mustard_video_tiny_fit_test_and_cached_clip_features(tmp_path, capsys, 
     cached = sorted((tmp_path / "cache" / "mustard").glob("video-*.pt"))
     assert len(cached) == 1 and torch.load(cached[0], weights_only=True).shape[0] == 30
     stamp = cached[0].stat().st_mtime_ns
-    assert main(["test", *cli_args(tmp_path, root, f"ckpt={summary['best_checkpoint']}")]) == 0
+    ckpt = summary["best_checkpoint"]
+    assert main(["test", *cli_args(tmp_path, root, f"ckpt={ckpt}")]) == 0
     assert "test/f1_weighted" in capsys.readouterr().out
+    # The Python API samples and preprocesses the clips as training did; a clip given twice predicts the same.
+    model = mope_lightning.from_pretrained(ckpt)
+    clips = sorted((root / "utterances_final").iterdir())[:2]
+    out = model.predict(texts=["SHELDON: oh great", "SHELDON: oh great"], video=[clips[0], clips[0]])
+    assert out.routing.shape[0] == 2 and torch.equal(out.probs[0], out.probs[1])
+    with pytest.raises(MopeError, match="pass video="):
+        model.predict(texts=["a"])
+    (tmp_path / "garbage.mp4").write_bytes(b"garbage")
+    with pytest.raises(MopeError, match=r"video\[1\]: .*garbage.mp4: cannot read video"):
+        model.predict(texts=["a", "b"], video=[clips[1], tmp_path / "garbage.mp4"])
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a clip was decoded again")

@@ -25,9 +25,9 @@ from PIL import Image
 
 from mope_lightning.errors import ArgumentTypeError, ArgumentValueError
 
-ARGUMENT = {"text": "texts", "image": "images", "audio": "audio", "depth": "depth"}  # the keyword of each modality
-ELEMENT = {"text": "text", "image": "image", "audio": "clip", "depth": "depth map"}  # what one of its elements is
-BATCH_NDIM = {"text": 1, "image": 4, "audio": 2, "depth": 3}  # the dimensions of one array holding a whole batch
+ARGUMENT = {"text": "texts", "image": "images", "audio": "audio", "video": "video", "depth": "depth"}  # keywords
+ELEMENT = {"text": "text", "image": "image", "audio": "clip", "video": "clip", "depth": "depth map"}  # one element
+BATCH_NDIM = {"text": 1, "image": 4, "audio": 2, "video": 5, "depth": 3}  # the dims of one array holding a batch
 IMAGE_FORMS = (
     "a PIL image, an image file path, a uint8 (C, H, W) tensor with C = 1, 3 or 4, or a float tensor "
     "preprocessed by model.transform"
@@ -242,6 +242,13 @@ def check_depth(i: int, depth: Any) -> Path | np.ndarray:
     if not np.isfinite(values).all() or (values < 0).any():
         raise ArgumentValueError(f"{name}: NaN, infinite or negative depths; give depths in millimetres (0: unknown)")
     return values
+
+
+def check_video(i: int, clip: Any) -> Path:
+    """A video file path (its frames are sampled and preprocessed as in training)."""
+    if not isinstance(clip, (str, os.PathLike)):
+        raise ArgumentTypeError(f"video[{i}]: {describe(clip)}; give a video file path")
+    return check_file(f"video[{i}]", clip, "a video")
 
 
 def check_clip(i: int, clip: Any, shortest: int, rate: int) -> Path | np.ndarray:

@@ -41,6 +41,7 @@ from mope_lightning.api_arguments import (
     check_samples,
     check_strings,
     check_text,
+    check_video,
     reject_unknown,
 )
 from mope_lightning.weights.adapters import read_trained_weights
@@ -83,6 +84,14 @@ class PretrainedModel:
         self.image_shape = tuple(self.transform(Image.new("RGB", (1, 1))).shape) if self.transform else None
         self.audio_preprocessor = net.audio.preprocessor if "audio" in net.modalities() else None
         self.depth_transform = self._depth_transform(data_cfg) if "depth" in net.modalities() else None
+        self.load_video = self._video_loader(data_cfg) if "video" in net.modalities() else None
+
+    def _video_loader(self, data_cfg):
+        """A clip's `data.video_frames` frames, each through evaluation's preprocessing of the frame encoder."""
+        from mope_lightning.data.features import eval_transform
+        from mope_lightning.data.video import LoadVideo
+
+        return LoadVideo(eval_transform(self.net.video.data_config, data_cfg), data_cfg.get("video_frames", 8))
 
     def _image_transform(self, data_cfg):
         """Evaluation's image preprocessing: a classifier's (resize and centre crop), or a segmenter's (resized
@@ -148,6 +157,12 @@ class PretrainedModel:
                 "PIL converts to RGB (RGB, RGBA, L, P, ...)"
             ) from None
 
+    def _video(self, clip: Path, i: int) -> Tensor:
+        try:
+            return self.load_video(clip)
+        except DataError as exc:  # its message names the file and what is wrong with it
+            raise ArgumentValueError(f"video[{i}]: {exc}") from None
+
     def _audio(self, clip: Path | np.ndarray, i: int) -> np.ndarray:
         """One checked clip (`check_clip`): a file is decoded and resampled to the encoder's rate, and its samples
         checked as an array's are; an array is already float32 at that rate."""
@@ -163,7 +178,9 @@ class PretrainedModel:
         check_samples(f"audio[{i}]", samples, self.net.audio.shortest_input, rate, source=clip)
         return samples
 
-    def _check_inputs(self, texts: Any, images: Any, audio: Any, depth: Any = None) -> dict[str, list]:
+    def _check_inputs(
+        self, texts: Any, images: Any, audio: Any, depth: Any = None, video: Any = None
+    ) -> dict[str, list]:
         """The elements of each modality the model reads, checked (api_arguments.py) before any model work."""
         checks = {
             "text": check_text,
@@ -172,8 +189,9 @@ class PretrainedModel:
                 i, clip, self.net.audio.shortest_input, self.audio_preprocessor.sampling_rate
             ),
             "depth": check_depth,
+            "video": check_video,
         }
-        given = {"text": texts, "image": images, "audio": audio, "depth": depth}
+        given = {"text": texts, "image": images, "audio": audio, "depth": depth, "video": video}
         return check_inputs(self.net.modalities(), given, checks)
 
     def _batch(self, modality: str, values: Sequence, indices: Sequence[int]) -> dict[str, Tensor]:
@@ -191,6 +209,8 @@ class PretrainedModel:
             return batch
         if modality == "depth":
             return {"depth": torch.stack([self._depth(depth, i) for depth, i in zip(values, indices)])}
+        if modality == "video":
+            return {"video": torch.stack([self._video(clip, i) for clip, i in zip(values, indices)])}
         from mope_lightning.data.audio import pad_clips
 
         audio, mask = pad_clips(self.audio_preprocessor, [self._audio(clip, i) for clip, i in zip(values, indices)])
@@ -205,10 +225,11 @@ class PretrainedModel:
         images: Optional[Sequence[Any]] = None,
         audio: Optional[Sequence[Any]] = None,
         depth: Optional[Sequence[Any]] = None,
+        video: Optional[Sequence[Any]] = None,
     ) -> dict:
-        """The batch the classifier reads: tokenized texts, preprocessed images and depth maps, and padded,
-        normalised audio samples, on the model's device. The inputs are checked as `predict` checks them."""
-        inputs = self._check_inputs(texts, images, audio, depth)
+        """The batch the classifier reads: tokenized texts, preprocessed images, depth maps and video frames, and
+        padded, normalised audio samples, on the model's device. The inputs are checked as `predict` checks them."""
+        inputs = self._check_inputs(texts, images, audio, depth, video)
         batch = {}
         for modality, values in inputs.items():
             batch.update(self._batch(modality, values, range(len(values))))
@@ -223,6 +244,7 @@ class PretrainedModel:
         batch_size: int = 64,
         audio: Optional[Sequence[Any]] = None,
         depth: Optional[Sequence[Any]] = None,
+        video: Optional[Sequence[Any]] = None,
         **unknown,
     ) -> Predictions | SegmentationPredictions:
         """Class probabilities, labels and routing weights of each input (a text and an image, or a text and an audio
@@ -234,16 +256,17 @@ class PretrainedModel:
         images, file paths, uint8 (C, H, W) tensors with 1, 3 or 4 channels, or float tensors already preprocessed
         by `self.transform`; or one (N, C, H, W) tensor. Audio: file paths, or 1-D float arrays or tensors of samples
         at the audio encoder's rate; or one (N, samples) array. Depth (RGB-D segmenters): 16-bit depth PNG paths or
-        (H, W) arrays in millimetres, one per image. Every argument is checked before any model work:
+        (H, W) arrays in millimetres, one per image. Video: file paths (their `data.video_frames` frames sampled as
+        in training). Every argument is checked before any model work:
         `TypeError` or `ValueError` naming the argument (and the index of a bad element).
 
         Inputs given more than once (one image for many questions, as a path, the same object, or equal pixels) are
         preprocessed once per batch, and the conditioning encoder runs once per distinct image or text per call
         (audio clips: per batch, whose padding their feature sees; inference.py); the next batch is preprocessed
         while the model runs on this one."""
-        reject_unknown("predict", unknown, ("texts", "images", "audio", "depth", "batch_size"))
+        reject_unknown("predict", unknown, ("texts", "images", "audio", "depth", "video", "batch_size"))
         batch_size = check_batch_size(batch_size)
-        inputs = self._check_inputs(texts, images, audio, depth)
+        inputs = self._check_inputs(texts, images, audio, depth, video)
         n = len(next(iter(inputs.values())))
         reused = () if self.net.training else self.net.batch_feature_modalities()
         # Prompted texts are tokenized per batch, as before: padding to the batch's longest keeps every result.

@@ -33,7 +33,7 @@ def test_params_counts_the_paper_configuration_without_weights(capsys):
 
 
 # pMoE needs its experts (test_pmoe.py); audio_only a text-audio experiment (test_audio.py)
-@pytest.mark.parametrize("fusion", [f for f in FUSIONS if f not in ("pmoe", "audio_only")])
+@pytest.mark.parametrize("fusion", [f for f in FUSIONS if f not in ("pmoe", "audio_only", "video_only")])
 def test_every_fusion_trains_and_tests(tmp_path, fusion):
     summary = run("fit", tiny_config(tmp_path, f"model.fusion={fusion}"))
     assert 0.0 <= summary["metrics"]["test/acc"] <= 1.0

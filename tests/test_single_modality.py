@@ -153,7 +153,7 @@ def test_vpt_deep_and_shallow_on_image_only_data(data, tmp_path, capsys, fusion,
 
 
 @pytest.mark.parametrize(
-    "fusion", [f for f in single_modality_fusions() if f not in ("pmoe", "text_only", "audio_only")]
+    "fusion", [f for f in single_modality_fusions() if f not in ("pmoe", "text_only", "audio_only", "video_only")]
 )
 def test_every_one_modality_fusion_builds_and_runs_on_images(fusion):
     cfg = OmegaConf.merge(

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mope_lightning.data.audio import spectrogram_image
+from mope_lightning.data.video import frame_strip
 from mope_lightning.data.features import load_image
 from mope_lightning.data.samples import Split
 from mope_lightning.fileio import atomic_write, claim_output, written_json
@@ -228,6 +229,8 @@ class RoutingView:
 def _thumbnail(path: Path, media: str = "image", size: int = 96):
     if media == "audio":
         return spectrogram_image(path, size)
+    if media == "video":
+        return frame_strip(path, size)
     img = load_image(path)  # files, and rows of a .npz array (MedMNIST)
     img.thumbnail((size, size))
     return img

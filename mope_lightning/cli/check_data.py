@@ -8,6 +8,7 @@ from mope_lightning.data.audio import describe_clips
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.registry import dataset_class
 from mope_lightning.data.subsets import training_subset
+from mope_lightning.data.video import describe_videos
 
 
 def check_data(cfg: DictConfig) -> tuple[str, int]:
@@ -19,7 +20,7 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     datamodule = dataset_class(cfg.data)(cfg.data)
     scan = datamodule.index()
     lines = [f"[mope] check-data {cfg.data.name}: {len(datamodule.classes)} classes"]
-    media = {"image": "images", "audio": "clips"}[datamodule.media]
+    media = {"image": "images", "audio": "clips", "video": "clips"}[datamodule.media]
     for name, split in scan.splits.items():
         lines.append(f"  {name:<6} {len(split):>9,} samples  {len(set(split.media_index)):>8,} {media}")
         shown = ", ".join(f"{cls} {n}" for cls, n in datamodule.label_counts(split).most_common())
@@ -34,6 +35,9 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     if datamodule.media == "audio":  # the rate the clips are resampled to is the audio encoder's, named at fit
         files = sorted({f for files in scan.pools.values() for f in files})
         lines += [f"  audio {line}" for line in describe_clips(files, None, cfg.data.get("max_audio_seconds"))]
+    if datamodule.media == "video":  # the index's probes of the clips that decoded
+        probes = [probe for pool in scan.probes.values() for probe in pool]
+        lines += [f"  video {line}" for line in describe_videos(probes, cfg.data.video_frames)]
     train, subset = training_subset(
         scan.splits["train"],
         datamodule.classes,
@@ -54,6 +58,7 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
         "record": "in the records",
         "image": "unreadable images",
         "audio": "unreadable audio clips",
+        "video": "unreadable video clips",
         "duplicate": "ids repeated within a split",
         "overlap": "val/test samples also in train",
     }

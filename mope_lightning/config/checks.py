@@ -63,6 +63,7 @@ RANGES: dict[str, Range] = {
     "data.test_images": POSITIVE_COUNT,
     "data.fold": COUNT,
     "data.max_audio_seconds": POSITIVE,
+    "data.video_frames": POSITIVE_COUNT,
     "data.train_fraction": Range(0, 1, open_low=True),
     "data.shots_per_class": POSITIVE_COUNT,
     "data.subset_seed": COUNT,
@@ -193,7 +194,7 @@ def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:
     if len(pair) not in (1, 2) or len(set(pair)) != len(pair) or not set(pair) <= set(MODALITIES):
         raise ConfigError(
             f"{source_of(key)}: {key}: {pair} must name one modality or two different ones of "
-            f"{', '.join(MODALITIES)}, e.g. [text, image], [text, audio] or [image]"
+            f"{', '.join(MODALITIES)}, e.g. [text, image], [text, audio], [text, video] or [image]"
         )
     if len(pair) not in modality_counts(model.fusion):
         raise ConfigError(

@@ -34,6 +34,15 @@ class EncoderConfig:
 
 
 @dataclass
+class VideoEncoderConfig(EncoderConfig):
+    """A frame-wise video encoder: an image encoder (timm or torchvision, read as `model.image_encoder` is) applied
+    to each sampled frame (`data.video_frames`), its features pooled over time."""
+
+    library: str = "torchvision"  # timm | torchvision
+    pool_time: str = "mean"  # how the frames' features become the clip's: mean
+
+
+@dataclass
 class RouterConfig:
     """The multimodal router of each prompted layer (mope_method.md §2.4)."""
 
@@ -100,12 +109,12 @@ class ModelConfig:
     # mope | prompt_tuning (static prompts only, at every layer: VPT-deep) | prompt_tuning_shallow (static prompts
     # at the first layer, carried through: VPT-shallow) | promptfuse (mapped prompts only) | late_concat (frozen
     # features) | linear_probe (a linear head on the frozen features) | finetune (the encoders trained, late concat)
-    # | text_only | image_only | audio_only | pmoe (model.pmoe.experts). Which work with one modality: see
+    # | text_only | image_only | audio_only | video_only | pmoe (model.pmoe.experts). Which work with one modality: see
     # models/registry.py (mope, promptfuse and late_concat need two)
     fusion: str = "mope"
-    # the modalities the model reads, each by its model.<modality>_encoder (text, image, audio, depth): two to fuse, or one
-    # for a one-modality task (e.g. [image] for image classification); their order numbers the missing cases of
-    # missing-aware prompts
+    # the modalities the model reads, each by its model.<modality>_encoder (text, image, audio, video, depth): two
+    # to fuse, or one for a one-modality task (e.g. [image] for image classification); their order numbers the
+    # missing cases of missing-aware prompts
     modalities: List[str] = field(default_factory=lambda: ["text", "image"])
     prompted: str = "text"  # the modality whose encoder is prompted (pMoE: the experts'); the other one conditions it
     text_encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -118,6 +127,8 @@ class ModelConfig:
     # RGB-D segmentation (nyudv2): a frozen timm or torchvision image encoder reading the encoded depth maps, built
     # like image_encoder; its pooled feature conditions the prompts of the image encoder (model.prompted=image)
     depth_encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(library="timm"))
+    # a frame-wise video encoder: an image encoder on each of the clip's data.video_frames frames, mean over time
+    video_encoder: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
     pool: str = "mean"  # text pooling: mean (over tokens and prompts, masked) | cls; image encoders pool as timm does
     # audio encoders pool by the mean over frames and prompts
     condition_prompts: int = 0  # static prompts per layer for the conditioning encoder itself (reference: 4)

@@ -40,7 +40,7 @@ from mope_lightning.config.model import (
 from mope_lightning.data.options import DataConfig, MissingConfig, MissingRates  # noqa: F401
 from mope_lightning.errors import ConfigError, suggest  # noqa: F401
 from mope_lightning.models.attention import ATTENTION_CHOICES
-from mope_lightning.models.registry import FUSIONS, HEADS, MODALITIES
+from mope_lightning.models.registry import FUSIONS, HEADS, MODALITIES, TIME_POOLS
 
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -188,6 +188,8 @@ CHOICES = {
     "model.image_encoder.library": ("timm", "torchvision"),
     "model.depth_encoder.library": ("timm", "torchvision"),
     "model.audio_encoder.library": ("transformers",),
+    "model.video_encoder.library": ("timm", "torchvision", "transformers"),
+    "model.video_encoder.pool_time": TIME_POOLS,
     "optim.optimizer": OPTIMIZERS,
     "optim.scheduler": SCHEDULERS,
     "checkpoint.mode": ("max", "min"),
@@ -197,6 +199,7 @@ CHOICES = {
     "data.on_bad_sample": ("fail", "skip"),
     "data.crop_mode": (None, "center", "squash"),
     "data.split": (None, "speaker_dependent", "speaker_independent"),  # MUStARD
+    "data.media": (None, "audio", "video"),  # MUStARD
     "data.text": (None, "speaker", "utterance", "context"),  # MUStARD
     "data.vtab_protocol": (None, "final", "tune"),  # VTAB-1k
 }

@@ -1,6 +1,7 @@
 """The shared DataModule: a cached index of (id, text, media, label) samples, where the media file is an image or,
-for audio datasets (`media = "audio"`), an audio clip; cached frozen features; the media encoder's preprocessing;
-and a collate function that tokenizes texts and runs the audio feature extractor in the DataLoader workers.
+for audio and video datasets (`media = "audio"`, `"video"`), a clip; cached frozen features; the media encoder's
+preprocessing (a video's sampled frames each through the frame encoder's image preprocessing, data/video.py); and a
+collate function that tokenizes texts and runs the audio feature extractor in the DataLoader workers.
 
 A dataset subclass reads its native files and nothing else: `read_classes()`, `scan()` (splits, media pools and
 per-sample problems, each sample with where it was read; structural problems raise `DataError`), `source_files()`
@@ -30,6 +31,7 @@ from mope_lightning.data.features import (
     encode_audio,
     encode_images,
     encode_texts,
+    encode_videos,
     eval_transform,
     image_pipeline,
     media_key,
@@ -42,6 +44,7 @@ from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import missing_table
 from mope_lightning.data.samples import Scan, Split
 from mope_lightning.data.subsets import training_subset
+from mope_lightning.data.video import LoadVideo, describe_videos
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,7 @@ _LOADING_KEYS = {
     "on_bad_sample",
     "max_text_length",
     "max_audio_seconds",
+    "video_frames",
     # the low-data protocol subsets the indexed train split: one index serves every subset
     "train_fraction",
     "shots_per_class",
@@ -142,7 +146,7 @@ class MultimodalDataset(Dataset):
         return target
 
 
-MEDIA_KEYS = {"image": "images", "audio": "audio"}  # the batch key of a media file's loaded content
+MEDIA_KEYS = {"image": "images", "audio": "audio", "video": "video"}  # the batch key of a media file's loaded content
 
 
 class BatchCollate:
@@ -169,7 +173,7 @@ class BatchCollate:
                 self.audio_preprocessor, [it["audio"].numpy() for it in items]
             )
         batch["labels"] = self.labels([it["label"] for it in items])
-        for key in ("text_features", "image_features", "audio_features", "images"):
+        for key in ("text_features", "image_features", "audio_features", "video_features", "images", "video"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
         if "missing" in first:  # the split loses modalities: which sample lost which (B,) bool per modality
@@ -198,7 +202,7 @@ class MultimodalDataModule:
     order, the state a checkpoint keeps), so that reading and checking a dataset needs no Lightning.
 
     Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric),
-    `num_classes` (when the label set is fixed), `media` (what the pool files are: "image" or "audio") and
+    `num_classes` (when the label set is fixed), `media` (what the pool files are: "image", "audio" or "video") and
     `has_text` (whether samples have a text: the dataset's modalities are the text and its media, or its media
     alone, `provided_modalities()`).
     """
@@ -282,6 +286,10 @@ class MultimodalDataModule:
         samples were left out is never encoded or loaded)."""
         scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name, verbose).compact()
         self._left_out = len(scan.problems)
+        if verbose and self.media == "video":  # from the index's probes: nothing is decoded here
+            probes = [p for clips in scan.probes.values() for p in clips]
+            for line in describe_videos(probes, self.cfg.video_frames):
+                log.info("%s video %s", self.cfg.name, line)
         # After the pools are compacted: a training subset keeps the full train split's images in the pool, so that
         # every subset size shares one feature cache.
         splits = dict(scan.splits)
@@ -361,9 +369,9 @@ class MultimodalDataModule:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """The modalities of the samples: `provided_modalities()` (a reader whose samples' modalities depend on its
-        settings, e.g. jsonl without a text field, overrides this)."""
-        return self.provided_modalities()
+        """The modalities of the samples: the text (`has_text`) and this reader's media (a reader whose media or text
+        depend on its settings, e.g. MUStARD's `data.media`, jsonl without a text field, says so here)."""
+        return ("text", self.media) if self.has_text else (self.media,)
 
     def _reads_text(self) -> bool:
         """Whether the batches carry texts: the samples have them and the model reads them (a tokenizer or a cached
@@ -372,7 +380,11 @@ class MultimodalDataModule:
 
     def _load_media(self, train: bool = False):
         """file -> the tensor the model reads: an image through the encoder's transform (augmented in training),
-        or an audio clip at the audio encoder's rate, cut to `data.max_audio_seconds`."""
+        or an audio clip at the audio encoder's rate, cut to `data.max_audio_seconds`, or a video clip's
+        `data.video_frames` frames, each through the image encoder's evaluation transform (no augmentation: the frames
+        of one clip would each get their own)."""
+        if self.media == "video":
+            return LoadVideo(eval_transform(self.spec.image_config, self.cfg), self.cfg.video_frames)
         if self.media == "audio":
             return functools.partial(
                 load_clip,
@@ -405,6 +417,12 @@ class MultimodalDataModule:
             key = media_key(self.spec.identity[media], preprocessing, files)
             compute = functools.partial(
                 encode_audio, encoder, files, load, collate, self.cfg.batch_size, self.cfg.num_workers, hint
+            )
+        elif media == "video":
+            load = self._load_media()
+            key = media_key(self.spec.identity[media], f"{load.transform!r}|video_frames={load.frames}", files)
+            compute = functools.partial(
+                encode_videos, encoder, files, load, self.cfg.batch_size, self.cfg.num_workers, hint
             )
         else:
             transform = self._transform()

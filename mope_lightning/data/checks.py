@@ -1,4 +1,4 @@
-"""The checks every dataset index gets, whichever reader built it: each image (or audio clip) decoded in full once
+"""The checks every dataset index gets, whichever reader built it: each image (audio or video clip) decoded in full once
 (in parallel), image paths that lead outside the dataset's folders, sample ids repeated within a split, and val/test
 samples that are also in train. What they find are sample problems (or a note), so `data.on_bad_sample` decides, as
 for the problems a reader finds.
@@ -22,6 +22,7 @@ from PIL import Image
 from mope_lightning.data.array_images import is_member, member_bytes
 from mope_lightning.data.audio import read_audio
 from mope_lightning.data.samples import Problem, Scan
+from mope_lightning.data.video import probe_video
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -80,18 +81,33 @@ def check_clip(path: str) -> tuple[str, str]:
     return content_digest(data), ""
 
 
+def check_video(path: str) -> tuple[str, str, list]:
+    """(content digest, "", [frames, frame rate, seconds]) for a clip whose video stream decodes in full, else
+    ("", what is wrong with it, []): no video stream, no frames, a frame rate of 0, a frame size that varies."""
+    data, problem = read_file(path, "video")
+    if data is None:
+        return "", problem, []
+    try:
+        probe = probe_video(Path(path))
+    except DataError as exc:
+        return "", str(exc).removeprefix(f"{path}: "), []
+    return content_digest(data), "", probe.to_list()
+
+
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _decoder(media: str) -> Callable[[str], tuple[str, str]]:
-    """The check of one file of a dataset's pools: `decode_image`, or for audio datasets `check_clip`."""
+    """The check of one file of a dataset's pools: `decode_image`, or `check_clip` (audio), `check_video` (video)."""
     if media == "audio":
         return check_clip
+    if media == "video":
+        return check_video
     return decode_image
 
 
-def decode_files(files: Sequence[Path], media: str = "image") -> list[tuple[str, str]]:
+def decode_files(files: Sequence[Path], media: str = "image") -> list[tuple]:
     """The `media` check of every file (decoded in full), in one process per available CPU for more than a few."""
     what = "images" if media == "image" else f"{media} clips"
     return parallel_map(_decoder(media), [str(f) for f in files], f"Decoding {len(files)} {what} in full")
@@ -123,15 +139,18 @@ def _first_users(scan: Scan) -> dict[tuple[str, int], tuple[int, str]]:
 
 
 def decode_pool(scan: Scan, media: str = "image") -> Scan:
-    """Decode every pool file (images, or audio clips for `media="audio"`); a sample whose file is missing or does
-    not decode is left out with a problem of that kind."""
+    """Decode every pool file (images, or audio or video clips for `media="audio"`, `"video"`); a sample whose file
+    is missing or does not decode is left out with a problem of that kind. Video clips keep their probes."""
     keys = [(pool, j) for pool, files in scan.pools.items() for j in range(len(files))]
     results = decode_files([scan.pools[pool][j] for pool, j in keys], media)
     digests: dict[str, list[str]] = {pool: [] for pool in scan.pools}
+    probes: dict[str, list[list]] = {pool: [] for pool in scan.pools} if media == "video" else {}
     bad: set[tuple[str, int]] = set()
     problems, users = list(scan.problems), _first_users(scan)
-    for (pool, j), (digest, error) in zip(keys, results):
+    for (pool, j), (digest, error, *probe) in zip(keys, results):
         digests[pool].append(digest)
+        if pool in probes:
+            probes[pool].append(probe[0])
         if error:
             bad.add((pool, j))
             count, first = users.get((pool, j), (0, ""))
@@ -141,7 +160,7 @@ def decode_pool(scan: Scan, media: str = "image") -> Scan:
         name: split.subset([r for r, j in enumerate(split.media_index) if (split.pool, j) not in bad])
         for name, split in scan.splits.items()
     }
-    return replace(scan, splits=splits, problems=problems, digests=digests)
+    return replace(scan, splits=splits, problems=problems, digests=digests, probes=probes)
 
 
 def outside_note(scan: Scan, folders: Sequence[Path]) -> list[str]:

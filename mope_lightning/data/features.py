@@ -1,7 +1,7 @@
 """Cached features of frozen encoders, and the image loading and preprocessing they need.
 
 A frozen, unprompted encoder computes the same pooled feature for an input every time, so the DataModule computes it
-once per distinct image, audio clip or text and keeps it under `data.cache_dir`. The cache key covers the encoder (its
+once per distinct image, audio or video clip or text and keeps it under `data.cache_dir`. The cache key covers the encoder (its
 architecture, a digest of its weights, its pooling), the preprocessing, and the inputs themselves (each image file's
 path, size and modification time; each text), so a changed file, text list or encoder is noticed and the features
 are rebuilt, as is a damaged file. Files are written atomically; building leaves the global RNG untouched, so a
@@ -208,19 +208,31 @@ def encode_images(
 ) -> Tensor:
     """Pooled features of every image file; all unreadable files are listed in one `DataError` (ending with
     `hint`, what the caller's settings allow to do about them)."""
+    return _encode_stacked(encoder, files, LoadImage(transform), batch_size, num_workers, "image(s)", hint)
+
+
+@torch.no_grad()
+def encode_videos(
+    encoder, files: Sequence[Path], load: Callable[[Path], Tensor], batch_size: int = 8, num_workers: int = 0, hint=""
+) -> Tensor:
+    """Pooled features of every video clip (`load`: path -> its sampled frames (T, 3, H, W), data/video.py)."""
+    return _encode_stacked(encoder, files, load, batch_size, num_workers, "video clip(s)", hint)
+
+
+def _encode_stacked(
+    encoder, files: Sequence[Path], load: Callable[[Path], Tensor], batch_size: int, num_workers: int, what, hint
+) -> Tensor:
+    """`encoder` on batches of the files loaded by `load` and stacked; every unreadable file in one `DataError`."""
     loader = DataLoader(
-        _MediaFiles(files, LoadImage(transform)),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_CollateMedia(),
+        _MediaFiles(files, load), batch_size=batch_size, num_workers=num_workers, collate_fn=_CollateMedia()
     )
     chunks, errors = [], []
-    for images, errs in loader:
+    for inputs, errs in loader:
         errors += errs
-        if images is not None and not errors:
-            chunks.append(encoder(images.to(_device(encoder))).float().cpu())
+        if inputs is not None and not errors:
+            chunks.append(encoder(inputs.to(_device(encoder))).float().cpu())
     if errors:
-        _raise_unreadable(errors, "image(s)", hint)
+        _raise_unreadable(errors, what, hint)
     return torch.cat(chunks)
 
 

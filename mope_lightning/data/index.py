@@ -64,6 +64,7 @@ def _to_json(scan: Scan, image_stats: list) -> dict:
         "splits": {k: {**asdict(v), "sources": _pack_sources(v.sources)} for k, v in scan.splits.items()},
         "pools": {k: [str(f) for f in v] for k, v in scan.pools.items()},
         "digests": scan.digests,
+        "probes": scan.probes,
         "problems": [asdict(p) for p in scan.problems],
         "notes": scan.notes,
     }
@@ -77,6 +78,7 @@ def _from_json(data: dict) -> Scan:
         [Problem(**p) for p in data["problems"]],
         list(data["notes"]),
         dict(data["digests"]),
+        probes=dict(data.get("probes", {})),  # video clips only
     )
     for name, split in scan.splits.items():
         columns = (split.ids, split.texts, split.labels, split.media_index, split.sources, *split.attributes.values())
@@ -86,6 +88,8 @@ def _from_json(data: dict) -> Scan:
             raise ValueError(f"split '{name}' points outside its image pool")
     if any(len(scan.digests[pool]) != len(files) for pool, files in scan.pools.items() if pool in scan.digests):
         raise ValueError("image digests do not match the image pools")
+    if any(len(scan.probes[pool]) != len(files) for pool, files in scan.pools.items() if pool in scan.probes):
+        raise ValueError("video probes do not match the clip pools")
     return scan
 
 

@@ -43,6 +43,7 @@ class DataConfig:
     persistent_workers: bool = True  # only when num_workers > 0
     prefetch_factor: Optional[int] = None  # batches each worker loads ahead; default: 4 with a GPU, else torch's 2
     max_text_length: int = 128  # tokens; longer texts are truncated
+    video_frames: int = 8  # video: frames sampled uniformly from each clip (a shorter clip repeats frames)
     image_size: Optional[int] = None  # default: the image encoder's own input size
     crop_pct: Optional[float] = None  # default: the image encoder's own; 1.0 keeps the whole image
     crop_mode: Optional[str] = None  # center (resize the shorter side) | squash (resize to a square); default: own

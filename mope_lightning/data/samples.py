@@ -67,6 +67,8 @@ class Scan:
     pool; "" marks an image that did not decode. `within_train` names evaluation splits that the release's protocol
     draws from the train split itself (VTAB-1k's final protocol validates on val200, part of train800val200): their
     samples are not reported as also in train (the reader's note says so); it is used while the index is built.
+    `probes` (filled when the index decodes video clips) holds each pool clip's [frames, frame rate, seconds],
+    aligned with the pool; [] marks a clip that did not decode.
     """
 
     splits: dict[str, Split]
@@ -75,6 +77,7 @@ class Scan:
     notes: list[str] = field(default_factory=list)
     digests: dict[str, list[str]] = field(default_factory=dict)
     within_train: tuple[str, ...] = ()
+    probes: dict[str, list[list]] = field(default_factory=dict)
 
     def compact(self) -> "Scan":
         """The same samples with pools of only the images they use (re-indexed), so that images whose samples were
@@ -92,7 +95,8 @@ class Scan:
         }
         pools = {pool: [self.pools[pool][j] for j in js] for pool, js in used.items()}
         digests = {pool: [self.digests[pool][j] for j in js] for pool, js in used.items() if pool in self.digests}
-        return Scan(splits, pools, self.problems, self.notes, digests)
+        probes = {pool: [self.probes[pool][j] for j in js] for pool, js in used.items() if pool in self.probes}
+        return Scan(splits, pools, self.problems, self.notes, digests, probes=probes)
 
 
 class ImagePool:

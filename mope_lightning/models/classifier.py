@@ -69,7 +69,7 @@ class InputSpec:
     """
 
     tokenizer: Any = None  # text
-    image_config: Optional[dict] = None  # image: timm's data config
+    image_config: Optional[dict] = None  # image, and each frame of a video: timm's data config
     cacheable: dict[str, Callable[..., Tensor]] = field(default_factory=dict)
     identity: dict[str, str] = field(default_factory=dict)
     audio_preprocessor: Any = None  # audio: the transformers feature extractor
@@ -168,9 +168,12 @@ class FusionClassifier(nn.Module):
 
     def input_spec(self) -> InputSpec:
         encoders = {m: self.encoder(m) for m in self.pair}
+        image_config = self.image_input_config()
+        if image_config is None and "video" in self.pair:  # each frame is preprocessed as the frame encoder's image
+            image_config = encoders["video"].data_config
         spec = InputSpec(
             getattr(encoders.get("text"), "tokenizer", None),
-            self.image_input_config(),
+            image_config,
             audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None),
             depth_config=getattr(encoders.get("depth"), "data_config", None),
         )

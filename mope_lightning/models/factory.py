@@ -27,7 +27,11 @@ from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSION
 from mope_lightning.models.segmenters import DenseProbe, DensePMoE, DensePromptFusion, check_dense_fusion
 from mope_lightning.models.sources import resolve_text_source, transformers_model
 from mope_lightning.models.text_encoders import PromptedTextEncoder
-from mope_lightning.models.video_encoders import build_video_encoder
+from mope_lightning.models.video_encoders import (
+    FramewiseVideoEncoder,
+    PromptedVideoEncoder,
+    build_prompted_video_encoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +147,17 @@ def build_encoder(modality: str, model_cfg, weights: bool = True, cfg=None, key:
     return build_image_encoder(cfg, weights, key)
 
 
+def build_video_encoder(
+    cfg, weights: bool = True, key: str = "model.video_encoder"
+) -> FramewiseVideoEncoder | PromptedVideoEncoder:
+    """A video encoder (models/video_encoders.py): with `library: transformers` a VideoMAE that MoPE can prompt;
+    else a frame-wise one, the image encoder of `cfg` (timm or torchvision, as `model.image_encoder` builds it) on
+    every sampled frame, pooled over time by `cfg.pool_time`."""
+    if cfg.library == "transformers":
+        return build_prompted_video_encoder(cfg, weights, key)
+    return FramewiseVideoEncoder(build_image_encoder(cfg, weights, key), cfg.get("pool_time", "mean"))
+
+
 def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encoder") -> nn.Module:
     """An image encoder from timm or torchvision; `weights=False` builds the architecture only. A tiny miniature
     reads no weights (neither the pretrained tag's nor a checkpoint file's)."""
@@ -155,7 +170,7 @@ def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encod
         raise ModelError(
             f"{key}.checkpoint_prefix: applies to timm encoders; torchvision reads its own state dict (unset it)"
         )
-    return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny)
+    return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny, key)
 
 
 def _prompt_lengths(cfg) -> tuple[int, int, int]:

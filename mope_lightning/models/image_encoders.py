@@ -192,7 +192,13 @@ def build_timm_encoder(
 
 
 def build_torchvision_encoder(
-    name: str, pretrained: bool, checkpoint: Optional[str], weights: Optional[str], kwargs: dict, tiny: bool = False
+    name: str,
+    pretrained: bool,
+    checkpoint: Optional[str],
+    weights: Optional[str],
+    kwargs: dict,
+    tiny: bool = False,
+    key: str = "model.image_encoder",
 ) -> PooledImageEncoder:
     import torchvision.models as tvm
 
@@ -200,21 +206,19 @@ def build_torchvision_encoder(
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
         raise ModelError(
-            f"model.image_encoder.name: torchvision has no classification model '{name}'"
+            f"{key}.name: torchvision has no classification model '{name}'"
             f"{' (close: ' + ', '.join(close) + ')' if close else ''}"
         )
     weight_enum = tvm.get_model_weights(name)
     try:
         chosen = weight_enum[weights] if weights else weight_enum.DEFAULT
     except KeyError:
-        raise ModelError(
-            f"model.image_encoder.weights: '{weights}' is not one of {', '.join(w.name for w in weight_enum)}"
-        ) from None
+        raise ModelError(f"{key}.weights: '{weights}' is not one of {', '.join(w.name for w in weight_enum)}") from None
     if tiny:
         kwargs = {**TINY_TORCHVISION.get(name, {}), **kwargs}
     model = tvm.get_model(name, weights=None, **kwargs)
     if checkpoint or pretrained:
-        _load_torchvision_state(model, name, chosen, checkpoint)
+        _load_torchvision_state(model, name, chosen, checkpoint, key)
     for attr in _TORCHVISION_HEADS:
         if isinstance(getattr(model, attr, None), nn.Module):
             setattr(model, attr, nn.Identity())
@@ -225,11 +229,11 @@ def build_torchvision_encoder(
     return PooledImageEncoder(model, data_config, "torchvision", name)
 
 
-def _load_torchvision_state(model: nn.Module, name: str, chosen, checkpoint: Optional[str]) -> None:
+def _load_torchvision_state(model: nn.Module, name: str, chosen, checkpoint: Optional[str], key: str) -> None:
     if checkpoint:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
-            raise ModelError(f"model.image_encoder.checkpoint: file not found: {path}")
+            raise ModelError(f"{key}.checkpoint: file not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         local = local_torchvision_weights(Path(chosen.url).name)
@@ -243,7 +247,7 @@ def _load_torchvision_state(model: nn.Module, name: str, chosen, checkpoint: Opt
     except RuntimeError as exc:
         source = checkpoint or Path(chosen.url).name
         raise ModelError(
-            f"model.image_encoder: weights {source} do not fit torchvision '{name}': {str(exc).splitlines()[0]}"
+            f"{key}: weights {source} do not fit torchvision '{name}': {str(exc).splitlines()[0]}"
         ) from None
 
 

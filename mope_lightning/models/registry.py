@@ -2,8 +2,9 @@
 and the model factory (factory.py, classifier.py) derive their lists from here."""
 
 # every modality an encoder family exists for; depth: an image encoder reading depth maps (RGB-D segmentation)
-MODALITIES = ("text", "image", "audio", "depth")
+MODALITIES = ("text", "image", "audio", "video", "depth")
 SEGMENTATION = "segmentation"  # the dense task (a dataset's `task`): a dense head on the image encoder's grids
+TIME_POOLS = ("mean",)  # how a frame-wise video encoder pools its frames' features (model.video_encoder.pool_time)
 HEADS = ("linear", "upernet")  # the dense heads (`model.head`, models/dense_heads.py)
 
 # Prompt fusions: the prompted encoder reads learned prompts conditioned on the other modality's feature.

@@ -1,4 +1,13 @@
-"""Prompted video encoders: a frozen transformers VideoMAE whose layer loop we own.
+"""Video encoders, two kinds:
+
+- `FramewiseVideoEncoder` (`model.video_encoder.library: timm | torchvision`): a frozen image encoder of the
+  project (image_encoders.py) on every sampled frame of a clip, its pooled features averaged over time. It reads
+  `video` (B, T, 3, H, W), each frame preprocessed like an image for the frame encoder (its `data_config`), and
+  gives one (B, D) feature per clip. It has no layer loop of its own to prompt: it conditions a prompted encoder
+  (MoPE, PromptFuse) or feeds late fusion, and being frozen its feature is cached once per distinct clip like any
+  frozen image feature (data/features.py).
+- `PromptedVideoEncoder` (`library: transformers`): a frozen transformers VideoMAE whose layer loop we own, so that
+  MoPE's prompts can be put in front of its tokens.
 
 Why VideoMAE of the three video transformers transformers offers:
 - VideoMAE's layers are plain pre-norm ViT blocks over one sequence of tubelet tokens, called as `layer(hidden)`
@@ -31,6 +40,7 @@ from torch import Tensor, nn
 
 from mope_lightning.errors import ModelError
 from mope_lightning.models.backbone import Backbone
+from mope_lightning.models.registry import TIME_POOLS
 from mope_lightning.models.prompt_loop import Prompter, insert_prompts, prompted_block_loop
 from mope_lightning.models.sources import resolve_text_source, transformers_model
 from mope_lightning.models.text_encoders import masked_mean
@@ -51,6 +61,42 @@ TINY_VIDEO = dict(
 )
 # PIL's resampling codes, which transformers' image processors store, as timm's interpolation names.
 _INTERPOLATION = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+
+
+class FramewiseVideoEncoder(Backbone):
+    """Clips (B, T, 3, H, W) -> (B, num_features): `frame_encoder` on each frame, pooled over time.
+
+    Args:
+        frame_encoder: an image encoder giving pooled features (a `PooledImageEncoder`, or a timm ViT/Swin wrapper
+            called without prompts); frozen with this encoder, fine-tuned with it (`unfreeze`).
+        pool_time: "mean" over the frames.
+    """
+
+    modality = "video"
+
+    def __init__(self, frame_encoder: nn.Module, pool_time: str = "mean"):
+        if pool_time not in TIME_POOLS:
+            raise ValueError(f"video encoders pool over time by {', '.join(TIME_POOLS)}; got pool_time={pool_time!r}")
+        super().__init__(frame_encoder)  # checkpoints leave the frame encoder out as one frozen backbone
+        self.pool_mode = pool_time  # part of the cached feature's identity (models/classifier.py, input_spec)
+        self.num_features = frame_encoder.num_features
+        self.data_config = dict(frame_encoder.data_config)  # each frame's preprocessing: the frame encoder's own
+
+    @staticmethod
+    def inputs(batch: dict) -> dict:
+        return {"video": batch["video"]}
+
+    def forward(self, video: Tensor) -> Tensor:
+        batch, frames = video.shape[:2]
+        features = self.model(video.flatten(0, 1))  # every frame of every clip in one pass of the frame encoder
+        return features.view(batch, frames, -1).mean(dim=1)
+
+    def unfreeze(self) -> None:
+        self.model.unfreeze()
+        super().unfreeze()
+
+    def signature(self) -> dict:
+        return {**self.model.signature(), "pool_time": self.pool_mode}
 
 
 class PromptedVideoEncoder(Backbone):
@@ -174,7 +220,7 @@ def _size_value(size, key: str) -> Optional[int]:
     return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
 
 
-def build_video_encoder(cfg, weights: bool = True, key: str = "model.video_encoder") -> PromptedVideoEncoder:
+def build_prompted_video_encoder(cfg, weights: bool = True, key: str = "model.video_encoder") -> PromptedVideoEncoder:
     """A frozen transformers VideoMAE and its image processor from an encoder section (`model.video_encoder`):
     pretrained from a hub id or local directory, or random init (`pretrained: false`, or `tiny: true` for
     TINY_VIDEO). Without files to read, the processor is the library's default, as for a random-init model.

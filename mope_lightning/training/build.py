@@ -62,6 +62,7 @@ def build(cfg: DictConfig) -> tuple[MoPELitModule, MultimodalDataModule]:
     _check_batch_size(cfg, module.net)
     _check_missing(cfg, module.net)
     _check_expert_normalisation(cfg, module.net)
+    _check_video_frames(cfg, module.net)
     datamodule.attach(module.net.input_spec())
     if cfg.model.compile:
         check_compile(to_container(cfg)["trainer"])
@@ -103,6 +104,18 @@ def _check_missing(cfg: DictConfig, net) -> None:
             problem = next(filter(None, map(net.missing_problem, lost_by(kind))), None)
             if problem:
                 raise ModelError(f"data.missing.{split}.{kind}: {problem}")
+
+
+def _check_video_frames(cfg: DictConfig, net) -> None:
+    """A video transformer's positions are a table for a fixed number of frames (models/video_encoders.py): the
+    clips must be sampled to exactly that many."""
+    encoder = getattr(net, "video", None)
+    frames = getattr(encoder, "num_frames", None)
+    if frames is not None and cfg.data.get("video_frames") != frames:
+        raise ConfigError(
+            f"data.video_frames={cfg.data.get('video_frames')}: model.video_encoder ({cfg.model.video_encoder.name}) "
+            f"reads clips of exactly {frames} frames; set data.video_frames={frames}"
+        )
 
 
 def _check_batch_size(cfg: DictConfig, net) -> None:

@@ -1,4 +1,5 @@
-"""MUStARD (Castro et al., ACL 2019): is an utterance from a TV show sarcastic? Text and audio of each utterance.
+"""MUStARD (Castro et al., ACL 2019): is an utterance from a TV show sarcastic? Text and audio (or video) of each
+utterance.
 
 Layout of the release (soujanyaporia/MUStARD; see data/README.md):
 
@@ -9,7 +10,8 @@ Layout of the release (soujanyaporia/MUStARD; see data/README.md):
 
 The audio of an utterance is read from `<audio_folder>/<id>.<ext>` for the first extension that exists: a WAV,
 FLAC or MP3 file, or the AAC track of the released MP4 clip itself (PyAV, data/audio.py), so the raw release needs no
-preprocessing. Splits (`data.split`): `speaker_dependent` is fold `data.fold` of the shipped 5-fold cross-validation
+preprocessing. With `data.media: video` the media is the video stream of `<video_folder>/<id>.mp4` instead (the
+released clip; data/video.py samples `data.video_frames` frames of it). Splits (`data.split`): `speaker_dependent` is fold `data.fold` of the shipped 5-fold cross-validation
 (the paper's main setting, reported as the mean over the folds); `speaker_independent` holds out every FRIENDS
 utterance as the test split (the paper's code, and PromptFuse's). `val` is a seeded hold-out of the training part,
 stratified by label (`data.val_fraction`): the MoPE reference validates on its test split instead.
@@ -36,6 +38,8 @@ from mope_lightning.errors import DataError
 
 MUSTARD_CLASSES = ["not_sarcastic", "sarcastic"]
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".mp4")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+MEDIA = ("audio", "video")
 SPLITS = ("speaker_dependent", "speaker_independent")
 HELD_OUT_SHOW = "FRIENDS"  # the speaker-independent test split
 TEXTS = ("speaker", "utterance", "context")
@@ -48,7 +52,9 @@ class MustardConfig(DataConfig):
     split: str = "speaker_dependent"  # speaker_dependent (data.fold of split_indices.p) | speaker_independent
     fold: int = 0  # speaker_dependent: which of the 5 folds is the test split
     folds_file: str = "split_indices.p"  # the release's folds (a pickle of index arrays, read without running code)
+    media: str = "audio"  # audio | video: which stream of each utterance the samples carry besides the text
     audio_folder: str = "utterances_final"
+    video_folder: str = "utterances_final"  # data.media=video: the release's clips, <id>.mp4
     text: str = "speaker"  # speaker ("SPEAKER: utterance") | utterance | context (context lines, then the utterance)
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -95,12 +101,19 @@ def read_folds(path: Path) -> list[tuple[list[int], list[int]]]:
 
 
 class MustardDataModule(MultimodalDataModule):
-    """MUStARD: text and audio of 690 utterances, sarcastic or not; headline metric: validation weighted F1."""
+    """MUStARD: text and audio (or video) of 690 utterances, sarcastic or not; headline metric: validation weighted
+    F1."""
 
     config_class = MustardConfig
     media = "audio"
     num_classes = len(MUSTARD_CLASSES)
     monitor = "val/f1_weighted"
+
+    def __init__(self, cfg):
+        if cfg.get("media", "audio") not in MEDIA:
+            raise DataError(f"data.media: '{cfg.media}' is not one of {', '.join(MEDIA)}")
+        self.media = cfg.get("media", "audio")  # the samples' media file, and the dataset's second modality
+        super().__init__(cfg)
 
     @property
     def root(self) -> Path:
@@ -139,8 +152,8 @@ class MustardDataModule(MultimodalDataModule):
             if isinstance(sample, str):
                 problems.append(Problem(str(self.root / "sarcasm_data.json"), f"entry {clip_id}", sample))
                 continue
-            text, label, audio = sample
-            builder.add(clip_id, text, label, audio, where)
+            text, label, media = sample
+            builder.add(clip_id, text, label, media, where)
             rows.append(position)
         everything = builder.build()
         train_rows, test_rows, note = self._split_rows(entries, rows)
@@ -169,7 +182,7 @@ class MustardDataModule(MultimodalDataModule):
         return list(data.items())
 
     def _sample(self, clip_id: str, entry) -> tuple[str, int, Path] | str:
-        """(text, label, audio file) of one entry, or what is wrong with it."""
+        """(text, label, audio or video file) of one entry, or what is wrong with it."""
         if not isinstance(entry, dict):
             return f"{entry!r} is not an object with utterance, speaker and sarcasm"
         utterance, sarcasm = entry.get("utterance"), entry.get("sarcasm")
@@ -177,16 +190,18 @@ class MustardDataModule(MultimodalDataModule):
             return "empty or missing 'utterance'"
         if not isinstance(sarcasm, bool):
             return f"'sarcasm' is {sarcasm!r}, not true or false"
-        audio = next(
-            (p for ext in AUDIO_EXTENSIONS if (p := self.root / self.cfg.audio_folder / f"{clip_id}{ext}").is_file()),
-            None,
+        folder, extensions = (
+            (self.cfg.video_folder, VIDEO_EXTENSIONS)
+            if self.media == "video"
+            else (self.cfg.audio_folder, AUDIO_EXTENSIONS)
         )
-        if audio is None:
+        media = next((p for ext in extensions if (p := self.root / folder / f"{clip_id}{ext}").is_file()), None)
+        if media is None:
             return (
-                f"no audio for utterance {clip_id!r}: none of {self.cfg.audio_folder}/{clip_id}"
-                f"{{{','.join(AUDIO_EXTENSIONS)}}} exists"
+                f"no {self.media} for utterance {clip_id!r}: none of {folder}/{clip_id}"
+                f"{{{','.join(extensions)}}} exists"
             )
-        return self._text(entry, utterance), int(sarcasm), audio
+        return self._text(entry, utterance), int(sarcasm), media
 
     def _text(self, entry: dict, utterance: str) -> str:
         speaker = str(entry.get("speaker") or "").strip()

@@ -56,6 +56,10 @@ class NYUDv2DataModule(SegmentationDataModule):
     def provided_modalities(cls) -> tuple[str, ...]:
         return ("image", "depth")
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.provided_modalities()  # the depth maps come with the images, whatever the settings
+
     def read_classes(self) -> list[str]:
         for folder in FOLDERS:
             if not (self.root / folder).is_dir():

@@ -20,7 +20,7 @@ from PIL import Image
 from scipy.io import savemat
 
 from mope_lightning.cli import main
-from mope_lightning.data.base import BatchCollate
+from mope_lightning.data.items import BatchCollate
 from mope_lightning.data.datasets.flowers102 import read_mat
 from mope_lightning.data.datasets.image_only import read_label_list
 from mope_lightning.data.registry import DATAMODULES

@@ -1,7 +1,7 @@
 """The shared DataModule: a cached index of (id, text, media, label) samples, where the media file is an image or,
 for audio and video datasets (`media = "audio"`, `"video"`), a clip; cached frozen features; the media encoder's
-preprocessing (a video's sampled frames each through the frame encoder's image preprocessing, data/video.py); and a
-collate function that tokenizes texts and runs the audio feature extractor in the DataLoader workers.
+preprocessing (a video's sampled frames each through the frame encoder's image preprocessing, data/video.py); and
+the items and batches its loaders yield (data/items.py).
 
 A dataset subclass reads its native files and nothing else: `read_classes()`, `scan()` (splits, media pools and
 per-sample problems, each sample with where it was read; structural problems raise `DataError`), `source_files()`
@@ -19,12 +19,11 @@ import logging
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
-from torch.utils.data import Dataset
 
-from mope_lightning.data.audio import describe_clips, load_clip, pad_clips
+from mope_lightning.data.audio import describe_clips, load_clip
 from mope_lightning.data.features import (
     FeatureCache,
     LoadImage,
@@ -38,8 +37,8 @@ from mope_lightning.data.features import (
     text_key,
 )
 from mope_lightning.data.image_cache import PixelPools, pixel_pools
+from mope_lightning.data.items import BatchCollate, MultimodalDataset
 from mope_lightning.data.index import apply_policy, load_or_build_index
-from mope_lightning.data.missing import MISSABLE
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import missing_table
 from mope_lightning.data.samples import Scan, Split
@@ -79,112 +78,6 @@ _LOADING_KEYS = {
     "subset_seed",
     "missing",
 }  # which samples lose a modality is decided on the indexed splits
-
-
-class MultimodalDataset(Dataset):
-    """Items of a `Split`: the label, the text (or its cached feature), the media file loaded by `load` (an image
-    through the encoder's transform, an audio clip at the encoder's rate) or its cached feature.
-
-    `missing` (data/missing.py): per sample, the modality it lost, or "". A lost text is the empty text (or a zero
-    feature, which the model replaces by its learned missing embedding); a lost image is never read: its cached
-    feature is zeros, its pixels `blank_image` (ones after normalisation, the missing-aware-prompts paper's dummy),
-    which only a model that needs pixels (Swin) looks at.
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        num_classes: int,
-        multilabel: bool,
-        files: Sequence[Path],
-        media: str = "image",
-        load=None,
-        media_features=None,
-        text_features=None,
-        text_rows: Optional[dict[str, int]] = None,
-        missing: Optional[list[str]] = None,
-        blank_image: Optional[torch.Tensor] = None,
-        with_text: bool = True,
-    ):
-        self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
-        self.with_text = with_text  # False: the samples have no text, or the model reads none (nothing tokenized)
-        self.files, self.media, self.load = files, media, load
-        self.media_features, self.text_features, self.text_rows = media_features, text_features, text_rows
-        self.missing, self.blank_image = missing, blank_image
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.item(i)
-
-    def item(self, i: int, media: Optional[torch.Tensor] = None) -> dict:
-        """Sample i, with its media content `media` when given (streamed, data/shards.py) instead of loaded."""
-        s, j = self.split, self.split.media_index[i]
-        item = {"id": s.ids[i], "index": i, "label": self._target(s.labels[i])}
-        lost = self.missing[i] if self.missing is not None else ""
-        if self.missing is not None:
-            item["missing"] = lost
-        if self.text_features is not None:
-            feature = self.text_features[self.text_rows[s.texts[i]]]
-            item["text_features"] = torch.zeros_like(feature) if lost == "text" else feature
-        elif self.with_text:
-            item["text"] = "" if lost == "text" else s.texts[i]
-        if self.media_features is not None:
-            feature = self.media_features[j]
-            item[f"{self.media}_features"] = torch.zeros_like(feature) if lost == self.media else feature
-        else:
-            loaded = media if media is not None or lost == "image" else self.load(self.files[j])
-            item[MEDIA_KEYS[self.media]] = self.blank_image if lost == "image" else loaded
-        return item
-
-    def _target(self, label):
-        if not self.multilabel:
-            return label
-        target = torch.zeros(self.num_classes)
-        target[list(label)] = 1.0
-        return target
-
-
-MEDIA_KEYS = {"image": "images", "audio": "audio", "video": "video"}  # the batch key of a media file's loaded content
-
-
-class BatchCollate:
-    """Batches items, tokenizing their texts with dynamic padding and padding their audio clips with the audio
-    encoder's feature extractor (normalised per clip over its own samples); runs in the DataLoader workers."""
-
-    def __init__(self, tokenizer, max_length: int, audio_preprocessor=None):
-        self.tokenizer, self.max_length, self.audio_preprocessor = tokenizer, max_length, audio_preprocessor
-
-    def __call__(self, items: list[dict]) -> dict:
-        first = items[0]
-        batch = {"ids": [it["id"] for it in items], "index": torch.tensor([it["index"] for it in items])}
-        if "text" in first:
-            tokens = self.tokenizer(
-                [it["text"] for it in items],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            )
-            batch["input_ids"], batch["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
-        if "audio" in first:
-            batch["audio"], batch["audio_mask"] = pad_clips(
-                self.audio_preprocessor, [it["audio"].numpy() for it in items]
-            )
-        batch["labels"] = self.labels([it["label"] for it in items])
-        for key in ("text_features", "image_features", "audio_features", "video_features", "images", "video"):
-            if key in first:
-                batch[key] = torch.stack([it[key] for it in items])
-        if "missing" in first:  # the split loses modalities: which sample lost which (B,) bool per modality
-            for modality in MISSABLE:
-                batch[f"{modality}_missing"] = torch.tensor([it["missing"] == modality for it in items])
-        return batch
-
-    @staticmethod
-    def labels(labels: list) -> torch.Tensor:
-        """The batch's labels: class indices (B,), or multi-label targets (B, C)."""
-        return torch.stack(labels) if torch.is_tensor(labels[0]) else torch.tensor(labels)
 
 
 def data_prevents_caching(cfg, modality: str) -> Optional[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mope_lightning.data.base import BatchCollate
+from mope_lightning.data.items import BatchCollate
 from mope_lightning.data.features import load_image
 from mope_lightning.data.masks import pad_labels
 from mope_lightning.data.samples import Split

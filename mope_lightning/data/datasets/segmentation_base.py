@@ -21,7 +21,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from mope_lightning.data.base import BatchCollate
+from mope_lightning.data.items import BatchCollate
 from mope_lightning.data.checks import parallel_map
 from mope_lightning.data.datasets.image_only import ImageClassificationDataModule, ImageDataConfig
 from mope_lightning.data.samples import Problem, Split

@@ -19,7 +19,8 @@ from typing import Optional
 
 import torch
 
-from mope_lightning.data.base import MultimodalDataModule, MultimodalDataset
+from mope_lightning.data.base import MultimodalDataModule
+from mope_lightning.data.items import MultimodalDataset
 from mope_lightning.data.features import eval_transform
 from mope_lightning.data.image_cache import CHANNELS, PixelPools
 from mope_lightning.data.image_transforms import DevicePixels, pixel_steps, uint8_augmentation

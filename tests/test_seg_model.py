@@ -165,9 +165,9 @@ def test_a_fusion_without_a_token_grid_is_one_config_error_naming_model_fusion(m
 
 
 def test_an_encoder_without_a_grid_is_named():
-    swin = {"library": "timm", "name": "swin_tiny_patch4_window7_224", "tiny": True}
-    with pytest.raises(ConfigError, match=r"^model.image_encoder: timm 'swin_tiny_patch4_window7_224' gives no"):
-        segmenter(image_encoder=swin)
+    resnet = {"library": "torchvision", "name": "resnet18", "tiny": True}  # no `features` blocks to read
+    with pytest.raises(ConfigError, match=r"^model.image_encoder: torchvision 'resnet18' gives no"):
+        segmenter(fusion="linear_probe", image_encoder=resnet)
 
 
 @pytest.mark.parametrize("fusion", [f for f in single_modality_fusions() if f not in ("pmoe",)])

@@ -4,7 +4,8 @@
 `linear` is the linear probe of dense features, as DINOv2 evaluates it: BatchNorm and a 1x1 convolution on the last
 layer's grid. `upernet` is transformers' UperNet head (Xiao et al., 2018: a pyramid pooling module on the top level
 and an FPN over the rest) over several layers' grids (`model.head_layers`). A ViT's layers all share one grid, so
-its levels have one resolution (SETR-MLA's multi-level setting); a CNN's stages give a real pyramid.
+its levels have one resolution (SETR-MLA's multi-level setting); a Swin's or a CNN's stages give a real
+pyramid.
 """
 
 from __future__ import annotations

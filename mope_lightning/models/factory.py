@@ -164,13 +164,15 @@ def build_image_encoder(cfg, weights: bool = True, key: str = "model.image_encod
     pretrained = cfg.pretrained and weights and not cfg.tiny
     checkpoint = cfg.checkpoint if weights and not cfg.tiny else None
     prefix = cfg.get("checkpoint_prefix")
+    # plain lists and dicts: timm and torchvision take no OmegaConf containers (e.g. a Swin's `depths` list)
+    kwargs = OmegaConf.to_container(cfg.kwargs, resolve=True) if OmegaConf.is_config(cfg.kwargs) else dict(cfg.kwargs)
     if cfg.library == "timm":
-        return build_timm_encoder(cfg.name, pretrained, checkpoint, dict(cfg.kwargs), cfg.tiny, prefix, key)
+        return build_timm_encoder(cfg.name, pretrained, checkpoint, kwargs, cfg.tiny, prefix, key)
     if prefix is not None:
         raise ModelError(
             f"{key}.checkpoint_prefix: applies to timm encoders; torchvision reads its own state dict (unset it)"
         )
-    return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, dict(cfg.kwargs), cfg.tiny, key)
+    return build_torchvision_encoder(cfg.name, pretrained, checkpoint, cfg.weights, kwargs, cfg.tiny, key)
 
 
 def _prompt_lengths(cfg) -> tuple[int, int, int]:

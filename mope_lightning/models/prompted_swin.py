@@ -9,19 +9,28 @@ itself runs unchanged; with no prompts the wrapper calls the original attention,
 
 Between stages the carried prompts are merged like the patches (4 copies through the stage's `PatchMerging` norm and
 reduction, as the reference does), so they reach the next stage at its width.
+
+For dense heads (`forward_grids`) each stage's output map, without the prompts, is one grid: the pyramid timm's
+`forward_intermediates(norm=True)` gives, and exactly it when unprompted.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.prompt_loop import Prompter, checkpointed, initial_prompts, pooled_state
+from mope_lightning.models.prompt_loop import (
+    LayerOutput,
+    Prompter,
+    checkpointed,
+    initial_prompts,
+    pooled_state,
+)
 
 
 class PromptedWindowAttention(nn.Module):
@@ -110,13 +119,48 @@ class PromptedSwin(Backbone):
 
     def forward_features(self, images: Tensor, prompter: Optional[Prompter] = None) -> tuple[Tensor, None]:
         """Normed last-stage tokens (B, P + H·W, C) with the last prompts first."""
+        x, prompts = self._run_stages(images, prompter)
+        tokens = x.flatten(1, 2)
+        if prompts is not None:
+            tokens = torch.cat([prompts.to(tokens.dtype), tokens], dim=1)
+        return self.model.norm(tokens), None
+
+    def forward_grids(self, images: Tensor, layers: Sequence[int], prompter: Optional[Prompter] = None) -> list[Tensor]:
+        """The output of each stage in `layers` (prompt tokens removed) as grids (B, C, h, w), for dense heads. As
+        timm's `forward_intermediates(norm=True)`: only the last stage passes the final norm (it is sized for the
+        last stage's width), the others are the stages' raw outputs."""
+        wanted, outputs = set(layers), {}
+
+        def keep(stage: int, x: Tensor) -> None:
+            if stage in wanted:
+                outputs[stage] = x
+
+        self._run_stages(images, prompter, keep)
+        last = len(self.model.layers) - 1
+        grids = [self.model.norm(outputs[i]) if i == last else outputs[i] for i in layers]
+        return [grid.permute(0, 3, 1, 2).contiguous() for grid in grids]  # timm's NHWC to (B, C, h, w)
+
+    @property
+    def grid_layers(self) -> int:
+        """How many grids `forward_grids` can give: one per stage (a real pyramid: each halves the grid)."""
+        return len(self.model.layers)
+
+    def grid_dims(self, layers: Sequence[int]) -> list[int]:
+        """The channels of each stage's grid in `layers`."""
+        return [self.model.feature_info[i]["num_chs"] for i in layers]
+
+    def _run_stages(
+        self, images: Tensor, prompter: Optional[Prompter], on_stage: Optional[LayerOutput] = None
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """The last stage's map (B, H, W, C) and prompts (B, P, C) or None, unnormed; `on_stage` is given each
+        stage's index and output map (prompts apart)."""
         m = self.model
         x = m.patch_embed(images)  # (B, H, W, C), timm's NHWC layout
         window = self.blocks[0].window_size
         self.select_attention(x, window[0] * window[1])  # attention runs within windows
         prompts = initial_prompts(prompter, x.shape[0])
         layer = 0
-        for stage in m.layers:
+        for s, stage in enumerate(m.layers):
             x = stage.downsample(x)
             if prompts is not None and not isinstance(stage.downsample, nn.Identity):
                 prompts = stage.downsample.reduction(stage.downsample.norm(torch.cat([prompts] * 4, dim=-1)))
@@ -128,10 +172,9 @@ class PromptedSwin(Backbone):
                 # recomputed in the backward pass, it sets them again.
                 x, prompts = checkpointed(self.layer_checkpoint_policy(layer), self._run_block, block, x, prompts)
                 layer += 1
-        tokens = x.flatten(1, 2)
-        if prompts is not None:
-            tokens = torch.cat([prompts.to(tokens.dtype), tokens], dim=1)
-        return m.norm(tokens), None
+            if on_stage is not None:
+                on_stage(s, x)
+        return x, prompts
 
     @staticmethod
     def _run_block(block: nn.Module, x: Tensor, prompts: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:

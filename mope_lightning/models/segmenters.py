@@ -5,9 +5,10 @@ Each keeps its classifier's plumbing (parameter groups, frozen backbones, checkp
 replaces only the head and `forward`: `FusionOutput.logits` is (B, num_classes, gh, gw), on the head's grid.
 
 - `DenseProbe`: the image encoder alone, unprompted (`linear_probe`, `image_only`; trained with `finetune`): the
-  patch tokens of a ViT or the feature maps of a CNN (torchvision MobileNetV2, timm CNNs).
-- `DensePromptFusion`: a prompted ViT (VPT-deep `prompt_tuning`, VPT-shallow, MoPE conditioned on another
-  modality): its patch tokens with the prefix and prompt tokens removed.
+  patch tokens of a ViT, the stage outputs of a Swin or the feature maps of a CNN (torchvision MobileNetV2, timm
+  CNNs).
+- `DensePromptFusion`: a prompted ViT or Swin (VPT-deep `prompt_tuning`, VPT-shallow, MoPE conditioned on another
+  modality): a ViT's patch tokens with the prefix and prompt tokens removed, a Swin's stage outputs (a pyramid).
 - `DensePMoE`: pMoE's image experts, combined as pMoE classification combines them (`model.pmoe.combine`): their
   grids concatenated (after the dispatchers' bridging, which acts on the prompts) under one head, or one head per
   expert and the mean of their logits. Experts whose grids differ are resized to the finest one.
@@ -53,8 +54,8 @@ def grid_encoder(encoder: nn.Module, key: str) -> nn.Module:
     if getattr(encoder, "grid_layers", 0) < 1 or not hasattr(encoder, "forward_grids"):
         kind = f"{getattr(encoder, 'library', 'timm')} '{getattr(encoder, 'name', type(encoder).__name__)}'"
         raise ConfigError(
-            f"{key}: {kind} gives no feature grid for a dense head (task: segmentation); use a timm ViT/DeiT, "
-            "a timm CNN or a torchvision model with `features` blocks (e.g. mobilenet_v2)"
+            f"{key}: {kind} gives no feature grid for a dense head (task: segmentation); use a timm "
+            "ViT/DeiT/Swin, a timm CNN or a torchvision model with `features` blocks (e.g. mobilenet_v2)"
         )
     return encoder
 

@@ -151,7 +151,7 @@ def recipe_pipelines(name: str) -> tuple[dict, dict]:
     """(the recipe's `data` settings, {split: the transform its loaders run}), from its experiment file."""
     from mope_lightning.training.trainer_config import load_config
     from mope_lightning.data.features import image_pipeline
-    from mope_lightning.models.factory import build_image_encoder
+    from mope_lightning.models.encoder_factory import build_image_encoder
 
     cfg = load_config([ROOT / "experiments" / RECIPES[name]["experiment"]])
     image_config = build_image_encoder(cfg.model.image_encoder, weights=False).data_config

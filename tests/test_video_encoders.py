@@ -10,7 +10,7 @@ from transformers import BertConfig, BertModel, VideoMAEConfig, VideoMAEModel
 from mope_lightning.config.model import EncoderConfig
 from mope_lightning.errors import ModelError
 from mope_lightning.models import MoPE
-from mope_lightning.models.factory import build_encoder
+from mope_lightning.models.encoder_factory import build_encoder
 from mope_lightning.models.video_encoders import TINY_VIDEO, VIDEO_CHECKPOINT, PromptedVideoEncoder
 
 

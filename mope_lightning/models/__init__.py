@@ -9,13 +9,13 @@ from mope_lightning.models.classifier import (
     PromptFusionClassifier,
 )
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
-from mope_lightning.models.factory import (
+from mope_lightning.models.encoder_factory import (
     build_audio_encoder,
     build_encoder,
     build_image_encoder,
-    build_model,
     build_text_encoder,
 )
+from mope_lightning.models.factory import build_model
 from mope_lightning.models.image_encoders import PooledImageEncoder
 from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin

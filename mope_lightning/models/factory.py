@@ -23,7 +23,13 @@ from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE
 from mope_lightning.models.registry import LATE_FUSION_MODALITIES, PROMPT_FUSIONS, SEGMENTATION, STATIC_PROMPT_FUSIONS
-from mope_lightning.models.segmenters import DenseProbe, DensePMoE, DensePromptFusion, check_dense_fusion
+from mope_lightning.models.segmenters import (
+    DenseProbe,
+    DensePMoE,
+    DensePromptFusion,
+    check_dense_fusion,
+    dense_late_modalities,
+)
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +234,7 @@ def _build_classifier(cfg, num_classes: int, weights: bool, dense: Optional[Dens
             for encoder in encoders.values():
                 encoder.unfreeze()
         if dense is not None:
-            return DenseProbe(encoders, num_classes, dense)
+            return DenseProbe(encoders, num_classes, dense, dense_late_modalities(cfg.fusion, cfg.modalities))
         head_hidden = 0 if cfg.fusion == "linear_probe" else cfg.head_hidden
         return LateFusionClassifier(
             encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], head_hidden, cfg.head_dropout

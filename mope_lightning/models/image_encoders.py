@@ -72,8 +72,10 @@ class PooledImageEncoder(Backbone):
 
     def forward_grids(self, images: Tensor, layers: Sequence[int]) -> list[Tensor]:
         """The feature maps (B, C, h, w) of `layers` (indices into the stages or blocks counted by `num_layers`)."""
-        if self.library == "timm":
-            return self.model.forward_intermediates(images, indices=list(layers), intermediates_only=True)
+        if self.library == "timm":  # timm gives each stage once: a layer listed twice is asked for once
+            unique = sorted(set(layers))
+            grids = self.model.forward_intermediates(images, indices=unique, intermediates_only=True)
+            return [dict(zip(unique, grids))[i] for i in layers]
         wanted, outputs, x = set(layers), {}, images
         for i, block in enumerate(self.model.features[: max(layers) + 1]):
             x = block(x)

@@ -6,7 +6,8 @@ replaces only the head and `forward`: `FusionOutput.logits` is (B, num_classes, 
 
 - `DenseProbe`: the image encoder alone, unprompted (`linear_probe`, `image_only`; trained with `finetune`): the
   patch tokens of a ViT, the stage outputs of a Swin or the feature maps of a CNN (torchvision MobileNetV2, timm
-  CNNs).
+  CNNs). Over image and depth (`late_concat`, `linear_probe`, `finetune` with `model.modalities: [image, depth]`),
+  the late-fusion RGB-D baseline: the depth encoder's grids, resized to the image's, concatenated with them.
 - `DensePromptFusion`: a prompted ViT or Swin (VPT-deep `prompt_tuning`, VPT-shallow, MoPE conditioned on another
   modality): a ViT's patch tokens with the prefix and prompt tokens removed, a Swin's stage outputs (a pyramid).
 - `DensePMoE`: pMoE's image experts, combined as pMoE classification combines them (`model.pmoe.combine`): their
@@ -29,13 +30,23 @@ from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.registry import LATE_FUSION_MODALITIES
 
 
+GRID_MODALITIES = ("image", "depth")  # the modalities whose encoders give grids (depth: an image encoder)
+
+
+def dense_late_modalities(fusion: str, modalities: Sequence[str]) -> tuple[str, ...]:
+    """The modalities a late `fusion` reads for a dense head, the image first (the grid the others are resized to)."""
+    read = LATE_FUSION_MODALITIES[fusion] or tuple(modalities)
+    return tuple(sorted(read, key=lambda m: m != "image"))
+
+
 def check_dense_fusion(cfg) -> None:
     """One ConfigError naming `model.fusion` when the fusion of `cfg` (the `model` section) gives no image token
     grid for a dense head: a prompt fusion or pMoE of a text or audio encoder, or a late fusion that reads pooled
-    features of other modalities (late_concat, text_only, linear_probe over text and image)."""
+    features of other modalities (late_concat, text_only, linear_probe over text and image). A late fusion over
+    image and depth reads both encoders' grids (the late-fusion RGB-D baseline)."""
     if cfg.fusion in LATE_FUSION_MODALITIES:
-        read = LATE_FUSION_MODALITIES[cfg.fusion] or tuple(cfg.modalities)
-        if tuple(read) == ("image",):
+        read = dense_late_modalities(cfg.fusion, cfg.modalities)
+        if read[0] == "image" and set(read) <= set(GRID_MODALITIES):
             return
         why = f"reads the pooled features of {' and '.join(read)}"
     elif cfg.prompted == "image":
@@ -44,8 +55,9 @@ def check_dense_fusion(cfg) -> None:
         why = f"prompts the {cfg.prompted} encoder (model.prompted={cfg.prompted})"
     raise ConfigError(
         f"model.fusion: {cfg.fusion} {why}, which gives no image token grid for task: segmentation; use "
-        "linear_probe, finetune or image_only on the image alone (model.modalities=[image]), prompt_tuning or "
-        "pmoe with model.prompted=image, or mope with model.prompted=image"
+        "linear_probe, finetune or image_only on the image alone (model.modalities=[image]) or over image and depth "
+        "(model.modalities=[image, depth]), prompt_tuning or pmoe with model.prompted=image, or mope with "
+        "model.prompted=image"
     )
 
 
@@ -69,22 +81,47 @@ def finest(grids: Sequence[Tensor]) -> tuple[int, int]:
 
 
 class DenseProbe(FusionClassifier):
-    """A dense head on the image encoder's grids (frozen: the linear probe; unfrozen: full fine-tuning)."""
+    """A dense head on the grids of the encoders of `read` (frozen: the linear probe; unfrozen: full fine-tuning).
 
-    def __init__(self, encoders: dict[str, nn.Module], num_classes: int, head_spec: DenseHeadSpec):
+    `read` is the image alone, or the image and the depth map (the late-fusion RGB-D baseline): the depth encoder's
+    grid at each level the head reads of the image encoder (its last grid where it has fewer), resized bilinearly to
+    the image's grid at that level and concatenated channel-wise."""
+
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        num_classes: int,
+        head_spec: DenseHeadSpec,
+        read: Sequence[str] = ("image",),
+    ):
         super().__init__(encoders)
-        encoder = grid_encoder(self.encoder("image"), "model.image_encoder")
-        self.head_layers = head_spec.layers_of(encoder.grid_layers)
-        self.head = head_spec.build(encoder.grid_dims(self.head_layers), num_classes)
+        if tuple(read[:1]) != ("image",):
+            raise ValueError(f"a dense probe reads the image first (its grids are the head's), got {tuple(read)}")
+        self.read = tuple(read)
+        image = grid_encoder(self.encoder("image"), "model.image_encoder")
+        self.head_layers = head_spec.layers_of(image.grid_layers)
+        self.levels = {"image": self.head_layers}  # each read encoder's grid at each of the head's levels
+        for modality in self.read[1:]:
+            encoder = grid_encoder(self.encoder(modality), f"model.{modality}_encoder")
+            self.levels[modality] = [min(layer, encoder.grid_layers - 1) for layer in self.head_layers]
+        dims = [self.encoder(m).grid_dims(self.levels[m]) for m in self.read]
+        self.head = head_spec.build([sum(level) for level in zip(*dims)], num_classes)
 
     def modalities(self) -> tuple[str, ...]:
-        return ("image",)
+        return self.read
+
+    def grids(self, modality: str, batch: dict) -> list[Tensor]:
+        encoder = self.encoder(modality)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder.frozen):
+            return encoder.forward_grids(batch[encoder.input_key], self.levels[modality])
 
     def forward(self, batch: dict) -> FusionOutput:
-        encoder = self.encoder("image")
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not encoder.frozen):
-            grids = encoder.forward_grids(batch["images"], self.head_layers)
-        logits = self.head(grids)
+        per_modality = [self.grids(m, batch) for m in self.read]
+        levels = [
+            torch.cat([image, *(resize_to(g, image.shape[-2:]) for g in others)], dim=1)
+            for image, *others in zip(*per_modality)
+        ]
+        logits = self.head(levels)
         return FusionOutput(logits, logits.new_zeros(()))
 
 

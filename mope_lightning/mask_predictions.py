@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -40,19 +41,74 @@ def upsample(logits: Tensor, size: Sequence[int]) -> Tensor:
 
 
 def original_size_logits(
-    logits: Tensor, mask_size: Optional[Tensor], default: Sequence[int]
+    logits: Tensor | list[Tensor], mask_size: Optional[Tensor], default: Sequence[int]
 ) -> Iterator[tuple[int, Tensor]]:
     """Each sample's index and its logits (1, C, H, W) at its original mask size (`mask_size[i]`; `default`, e.g.
-    the image's size, where the batch has none). One sample at a time: a padded (B, C, Hmax, Wmax) copy of a batch
-    of large images would not fit in memory."""
-    for i in range(logits.shape[0]):
+    the image's size, where the batch has none). `logits` is (B, C, h, w), or one (1, C, h_i, w_i) per sample
+    (sliding-window inference: `SlideOutput`). One sample at a time: a padded (B, C, Hmax, Wmax) copy of a batch of
+    large images would not fit in memory."""
+    for i in range(len(logits)):
         size = default if mask_size is None else mask_size[i].tolist()
-        yield i, upsample(logits[i : i + 1], size)
+        yield i, upsample(logits[i] if isinstance(logits, list) else logits[i : i + 1], size)
 
 
 def original_size_masks(logits: Tensor, mask_size: Optional[Tensor], default: Sequence[int]) -> list[Tensor]:
     """Each sample's (H, W) long mask of class indices at its original size, on the CPU."""
     return [full[0].argmax(0).cpu() for _, full in original_size_logits(logits, mask_size, default)]
+
+
+def slide_windows(height: int, width: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """The (top, left) corners of mmseg's sliding windows of `size` x `size` over a `height` x `width` image (both
+    sides >= size): every `stride` pixels, the last of each row and column moved back to end on the border."""
+
+    def starts(extent: int) -> list[int]:
+        count = max(extent - size + stride - 1, 0) // stride + 1
+        return [min(k * stride, extent - size) for k in range(count)]
+
+    return [(top, left) for top in starts(height) for left in starts(width)]
+
+
+@dataclass
+class SlideOutput:
+    """A batch's sliding-window output, shaped as the model's own for the callers (training and the Python API)."""
+
+    logits: list[Tensor]  # per image, (1, C, h, w) at its resized size (short side S)
+    importance_loss: Tensor  # () the mean over the images of their windows' mean
+    routing: Optional[Tensor] = None  # (B, routed layers, experts): each image's windows' mean, if any
+
+
+def slide_output(net: Callable, batch: dict, stride: Optional[int]) -> SlideOutput:
+    """The logits of each image by sliding windows (`slide_logits`), with its windows' routing averaged."""
+    logits, importance, routing = [], [], []
+    for _, image_logits, out in slide_logits(net, batch, stride):
+        logits.append(image_logits)
+        importance.append(out.importance_loss)
+        if out.routing is not None:
+            routing.append(out.routing.mean(0))
+    return SlideOutput(logits, torch.stack(importance).mean(), torch.stack(routing) if routing else None)
+
+
+def slide_logits(net: Callable, batch: dict, stride: Optional[int]) -> Iterator[tuple[int, Tensor, Any]]:
+    """Sliding-window inference (data.seg_eval: slide), one image at a time: each image of the padded batch, cut to
+    its `image_size` (short side S), is cut into S x S windows (`slide_windows`; `stride` None: 2S/3), the windows
+    run through `net` as one batch (the depth maps' windows at the same places), and their logits, upsampled to S x S,
+    averaged where they overlap. Yields the image's index, its logits (1, C, h, w) and the windows' output."""
+    for i, (height, width) in enumerate(batch["image_size"].tolist()):
+        size = min(height, width)
+        corners = slide_windows(height, width, size, stride or 2 * size // 3)
+        windows = {
+            key: torch.stack([batch[key][i, :, top : top + size, left : left + size] for top, left in corners])
+            for key in ("images", "depth")
+            if key in batch
+        }
+        out = net(windows)
+        window_logits = upsample(out.logits, (size, size))
+        total = window_logits.new_zeros((1, window_logits.shape[1], height, width))
+        count = window_logits.new_zeros((1, 1, height, width))
+        for (top, left), logits in zip(corners, window_logits):
+            total[0, :, top : top + size, left : left + size] += logits
+            count[0, :, top : top + size, left : left + size] += 1
+        yield i, total / count, out
 
 
 def palette() -> list[int]:

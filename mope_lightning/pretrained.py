@@ -48,7 +48,7 @@ from mope_lightning.weights.adapters import read_trained_weights
 from mope_lightning.weights.checkpoints import TrainedWeights, load_into
 from mope_lightning.errors import ArgumentValueError, DataError
 from mope_lightning.inference import PADDED_PER_BATCH, Distinct, overlaps, prefetched
-from mope_lightning.mask_predictions import original_size_masks
+from mope_lightning.mask_predictions import original_size_masks, slide_output
 from mope_lightning.models.registry import SEGMENTATION
 from mope_lightning.predictions import predicted_labels, probabilities
 
@@ -76,6 +76,7 @@ class PretrainedModel:
         self.trained = trained
         self.classes, self.task = list(trained.classes), trained.task
         self.dense = self.task == SEGMENTATION  # predictions are masks at each image's original size
+        self.slide, self.seg_stride = False, data_cfg.get("seg_stride")  # sliding-window masks (data.seg_eval)
         self.max_text_length = data_cfg.get("max_text_length", 128)
         self.max_audio_seconds = data_cfg.get("max_audio_seconds")
         self.tokenizer = net.text.tokenizer if "text" in net.pair else None
@@ -95,11 +96,13 @@ class PretrainedModel:
 
     def _image_transform(self, data_cfg):
         """Evaluation's image preprocessing: a classifier's (resize and centre crop), or a segmenter's (resized
-        whole, data/seg_transforms.py)."""
+        whole, or to a short side S for sliding windows: data/seg_transforms.py)."""
         if self.dense:
-            from mope_lightning.data.seg_transforms import EvalImage, geometry
+            from mope_lightning.data.seg_transforms import EvalImage, geometry, slide_eval
 
-            return EvalImage(geometry(self.net.image_input_config(), data_cfg))
+            geo = geometry(self.net.image_input_config(), data_cfg)
+            self.slide = slide_eval(data_cfg, geo)
+            return EvalImage(geo, self.slide)
         from mope_lightning.data.features import eval_transform
 
         return eval_transform(self.net.image_input_config(), data_cfg)
@@ -112,7 +115,7 @@ class PretrainedModel:
 
         config = self.net.depth.data_config
         encoding = DepthEncoding(data_cfg.get("depth_max_mm", 10000), config["mean"], config["std"])
-        return EvalDepth(geometry(self.net.image_input_config(), data_cfg), encoding)
+        return EvalDepth(geometry(self.net.image_input_config(), data_cfg), encoding, self.slide)
 
     def _depth(self, depth: Path | np.ndarray, i: int) -> Tensor:
         """One checked depth map (`check_depth`) as the depth encoder's input; a file is read as data/depth.py
@@ -201,14 +204,18 @@ class PretrainedModel:
                 list(values), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
             )
             return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+        from mope_lightning.data.segmentation import pad_images
+
         if modality == "image":
             pixels, sizes = zip(*(self._image(image, i) for image, i in zip(values, indices)))
-            batch = {"images": torch.stack(pixels)}
-            if self.dense:  # each image's original size, at which its mask is predicted
-                batch["mask_size"] = torch.tensor(sizes, dtype=torch.long)
-            return batch
+            if not self.dense:
+                return {"images": torch.stack(pixels)}
+            # each image's original size, at which its mask is predicted; sliding windows' images differ in size
+            images, image_size = pad_images(list(pixels))
+            return {"images": images, "image_size": image_size, "mask_size": torch.tensor(sizes, dtype=torch.long)}
         if modality == "depth":
-            return {"depth": torch.stack([self._depth(depth, i) for depth, i in zip(values, indices)])}
+            depth, _ = pad_images([self._depth(depth, i) for depth, i in zip(values, indices)])
+            return {"depth": depth}
         if modality == "video":
             return {"video": torch.stack([self._video(clip, i) for clip, i in zip(values, indices)])}
         from mope_lightning.data.audio import pad_clips
@@ -280,7 +287,7 @@ class PretrainedModel:
                 batch = self._to_device(batch)
                 for m in reused:
                     batch[f"{m}_features"] = self._features(m, distinct[m], features[m], new[m], start, stop)
-                out = self.net(batch)
+                out = slide_output(self.net, batch, self.seg_stride) if self.slide else self.net(batch)
                 if self.dense:
                     masks += original_size_masks(out.logits.float(), batch["mask_size"], batch["images"].shape[-2:])
                 else:

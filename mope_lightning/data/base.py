@@ -59,6 +59,8 @@ _LOADING_KEYS = {
     "crop_pct",
     "crop_mode",
     "crop_scale",
+    "seg_eval",
+    "seg_stride",
     "image_mean",
     "image_std",
     "randaugment",

@@ -5,7 +5,8 @@ with `tv_tensors.Mask`, which resamples masks with nearest-neighbour and never b
   they would move the image without its mask), then a random resized crop to S x S (`data.crop_scale` of the image's
   area) and a horizontal flip applied to the image and the mask jointly; the label is (S, S).
 - Evaluation: the image resized to S x S (no crop: every pixel of the mask stays scored), the mask untouched at its
-  original resolution (the model's logits are resized to it).
+  original resolution (the model's logits are resized to it). With `data.seg_eval: slide` (`slide_eval`), the image
+  is resized so that its short side is S, its aspect kept, for sliding-window inference (mask_predictions.py).
 
 S, the interpolation and the normalisation are the image encoder's (`data.image_size`, `data.image_mean`,
 `data.image_std` override them, as for classification).
@@ -26,6 +27,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
+
+from mope_lightning.errors import ConfigError
 
 GEOMETRIC_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 
@@ -58,6 +61,26 @@ def geometry(image_config: dict, data_cfg) -> Geometry:
         InterpolationMode(mode) if mode in {m.value for m in InterpolationMode} else InterpolationMode.BILINEAR
     )
     return Geometry(int(size), mean, std, interpolation)
+
+
+SEG_EVAL_MODES = ("whole", "slide")
+
+
+def slide_eval(data_cfg, geo: Geometry) -> bool:
+    """Whether evaluation slides windows over the image (`data.seg_eval: slide`) rather than resizing it whole,
+    with `data.seg_stride` checked against the window size S. A `data` key, not a `model` one: it changes the
+    evaluation transform, which the data module builds from `data` alone; training, testing and the Python API all
+    read it from the same stored `data` section."""
+    mode = data_cfg.get("seg_eval") or "whole"
+    if mode not in SEG_EVAL_MODES:
+        raise ConfigError(f"data.seg_eval: {mode!r} is not a mode; set it to one of {', '.join(SEG_EVAL_MODES)}")
+    stride = data_cfg.get("seg_stride")
+    if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= geo.size):
+        raise ConfigError(
+            f"data.seg_stride: {stride!r}; the windows' stride must be a whole number of pixels from 1 to the window "
+            f"size {geo.size} (the image size S), or null for 2S/3 = {2 * geo.size // 3}"
+        )
+    return mode == "slide"
 
 
 def _normalised(geo: Geometry):
@@ -100,11 +123,13 @@ class TrainPair:
 
 
 class EvalImage:
-    """PIL image -> float C x S x S: resized (no crop) and normalised. Evaluation's, and the Python API's
-    (pretrained.py), so that both segment an image from the same pixels."""
+    """PIL image -> float C x S x S: resized (no crop) and normalised; with `slide`, C x h x w with the short side S
+    (aspect kept). Evaluation's, and the Python API's (pretrained.py), so that both segment an image from the same
+    pixels."""
 
-    def __init__(self, geo: Geometry):
-        self.resize = v2.Resize((geo.size, geo.size), interpolation=geo.interpolation, antialias=True)
+    def __init__(self, geo: Geometry, slide: bool = False):
+        size = geo.size if slide else (geo.size, geo.size)
+        self.resize = v2.Resize(size, interpolation=geo.interpolation, antialias=True)
         self.normalise = _normalised(geo)
 
     def __call__(self, image: Image.Image) -> Tensor:
@@ -114,9 +139,9 @@ class EvalImage:
 class EvalPair:
     """(PIL image, H x W class indices) -> (float C x S x S image, the long H x W label unchanged)."""
 
-    def __init__(self, geo: Geometry, depth: Optional[Callable[[Tensor], Tensor]] = None):
-        self.image = EvalImage(geo)
-        self.depth = None if depth is None else EvalDepth(geo, depth)
+    def __init__(self, geo: Geometry, depth: Optional[Callable[[Tensor], Tensor]] = None, slide: bool = False):
+        self.image = EvalImage(geo, slide)
+        self.depth = None if depth is None else EvalDepth(geo, depth, slide)
 
     def __call__(self, image: Image.Image, labels: np.ndarray, depth: Optional[np.ndarray] = None) -> tuple:
         label = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
@@ -126,13 +151,14 @@ class EvalPair:
 
 
 class EvalDepth:
-    """Raw H x W depth -> its encoding at S x S (nearest resampling, as a mask: evaluation's and the Python API's)."""
+    """Raw H x W depth -> its encoding at S x S, or with `slide` at its image's size (short side S) (nearest
+    resampling, as a mask: evaluation's and the Python API's)."""
 
-    def __init__(self, geo: Geometry, encode: Callable[[Tensor], Tensor]):
-        self.size, self.encode = geo.size, encode
+    def __init__(self, geo: Geometry, encode: Callable[[Tensor], Tensor], slide: bool = False):
+        self.size, self.encode = [geo.size] if slide else [geo.size, geo.size], encode
 
     def __call__(self, depth: np.ndarray) -> Tensor:
-        resized = v2.functional.resize(_mask(depth), [self.size, self.size])
+        resized = v2.functional.resize(_mask(depth), self.size)
         return self.encode(resized.as_subclass(Tensor))
 
 

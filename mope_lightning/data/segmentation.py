@@ -3,7 +3,9 @@
 Items: `images` float C x S x S, `label` a long (h, w) map of class indices with IGNORE_INDEX for unlabelled pixels
 ((S, S) in training, the original (H, W) in evaluation), `mask_size` (H, W) of the original mask; for an RGB-D
 reader (whose `masks` reads depth maps too: data/depth.py), `depth` float 3 x S x S, moved with the image.
-`SegmentationCollate` pads the labels of a batch with IGNORE_INDEX (top-left aligned) and stacks `mask_size`. The
+`SegmentationCollate` pads the labels of a batch with IGNORE_INDEX (top-left aligned) and stacks `mask_size`; images
+(and depth maps) of different sizes (sliding-window evaluation) are padded with zeros, `image_size` (B, 2) giving each
+one's own. The
 readers' shared DataModule is data/datasets/segmentation_base.py.
 """
 
@@ -64,18 +66,32 @@ class SegmentationDataset(Dataset):
 
 class SegmentationCollate(BatchCollate):
     """Batches segmentation items: labels padded to the batch's largest (h, w) with IGNORE_INDEX, `mask_size`
-    stacked to (B, 2), depth maps (if any) stacked to (B, 3, S, S)."""
+    stacked to (B, 2), images and depth maps (if any) padded to (B, C, max h, max w), their sizes in `image_size`."""
 
     def __init__(self):
         super().__init__(None, 0)
 
     def __call__(self, items: list[dict]) -> dict:
-        batch = super().__call__(items)
+        batch = super().__call__([{k: v for k, v in it.items() if k not in ("images", "depth")} for it in items])
         batch["mask_size"] = torch.stack([it["mask_size"] for it in items])
+        batch["images"], batch["image_size"] = pad_images([it["images"] for it in items])
         if "depth" in items[0]:
-            batch["depth"] = torch.stack([it["depth"] for it in items])
+            batch["depth"], _ = pad_images([it["depth"] for it in items])
         return batch
 
     @staticmethod
     def labels(labels: list) -> torch.Tensor:
         return pad_labels(labels)
+
+
+def pad_images(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, h_i, w_i) images -> one (B, C, max h, max w) tensor, each top-left aligned with zeros elsewhere (stacked as
+    they are when all share one size), and their sizes (B, 2)."""
+    sizes = torch.tensor([tuple(t.shape[-2:]) for t in images], dtype=torch.long)
+    if len({tuple(t.shape) for t in images}) == 1:
+        return torch.stack(images), sizes
+    height, width = sizes.max(0).values.tolist()
+    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
+    for row, t in enumerate(images):
+        batch[row, :, : t.shape[-2], : t.shape[-1]] = t
+    return batch, sizes

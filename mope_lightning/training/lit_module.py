@@ -31,7 +31,7 @@ from mope_lightning.training.optim import build_optimizer, build_scheduler
 from mope_lightning.predictions import probabilities
 from mope_lightning.analysis.routing import RoutingStats
 from mope_lightning.models.registry import SEGMENTATION
-from mope_lightning.mask_predictions import original_size_masks, upsample
+from mope_lightning.mask_predictions import original_size_masks, slide_output, upsample
 from mope_lightning.training.segmentation import (
     IOU_PREFIX,
     classes_present,
@@ -119,6 +119,8 @@ class MoPELitModule(L.LightningModule):
         self.net = build_model(self.cfg.model, len(classes), task=task)
         self.strict_loading = False  # checkpoints hold trainable weights only; on_load_checkpoint checks them
         self.dense = task == SEGMENTATION
+        # evaluation by sliding windows over images whose short side is S (data.seg_eval, checked by the data module)
+        self.slide = self.dense and self.cfg.data.get("seg_eval") == "slide"
         metrics = make_segmentation_metrics(classes) if self.dense else make_metrics(task, len(classes))
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
@@ -133,6 +135,10 @@ class MoPELitModule(L.LightningModule):
     # --- steps ---------------------------------------------------------------------------------------------
     def forward(self, batch: dict):
         return self.net(batch)
+
+    def _evaluate(self, batch: dict):
+        """The model's output on an evaluation batch: whole, or by sliding windows (`slide_output`)."""
+        return slide_output(self.net, batch, self.cfg.data.get("seg_stride")) if self.slide else self(batch)
 
     def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.dense:
@@ -161,7 +167,7 @@ class MoPELitModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: dict, metrics: MetricCollection, routing: Optional[RoutingStats], stage: str) -> None:
-        out = self(batch)
+        out = self._evaluate(batch)
         n = len(batch["labels"])
         if self.dense:  # at each mask's original size (its pixels, not the padding)
             total, pixels = score_original_size(out.logits, batch["labels"], batch["mask_size"], metrics)
@@ -211,7 +217,9 @@ class MoPELitModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         if self.dense:  # each sample's mask (H, W) of class indices at its original size
-            masks = original_size_masks(self(batch).logits, batch.get("mask_size"), batch["images"].shape[-2:])
+            masks = original_size_masks(
+                self._evaluate(batch).logits, batch.get("mask_size"), batch["images"].shape[-2:]
+            )
             return {"ids": batch["ids"], "masks": masks}
         probs = probabilities(self(batch).logits, self.task)
         return {"ids": batch["ids"], "probs": probs.float().cpu()}

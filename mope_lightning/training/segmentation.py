@@ -64,11 +64,16 @@ def segmentation_loss(logits: Tensor, labels: Tensor, dice: bool = False, ignore
 
 
 def score_original_size(
-    logits: Tensor, labels: Tensor, mask_size: Tensor, metrics: MetricCollection, ignore_index: int = IGNORE_INDEX
+    logits: Tensor | list[Tensor],
+    labels: Tensor,
+    mask_size: Tensor,
+    metrics: MetricCollection,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[Tensor, int]:
     """Update `metrics` with each sample's prediction at its original size against `labels[i, :H, :W]`; return the
-    summed cross-entropy over the labelled pixels and their number."""
-    total, pixels = logits.new_zeros((), dtype=torch.float), 0
+    summed cross-entropy over the labelled pixels and their number. `logits`: (B, C, h, w), or one (1, C, h_i, w_i)
+    per sample (sliding windows)."""
+    total, pixels = torch.zeros((), dtype=torch.float, device=labels.device), 0
     for i, full in original_size_logits(logits, mask_size, labels.shape[-2:]):
         height, width = full.shape[-2:]
         target = labels[i : i + 1, :height, :width]

@@ -38,6 +38,8 @@ class SegmentationDataConfig(ImageDataConfig):
     release has no val split; `crop_scale` is the range of the image area a training crop keeps."""
 
     crop_scale: List[float] = field(default_factory=lambda: [0.5, 1.0])
+    seg_eval: str = "whole"  # evaluation: the image resized whole to S x S, or sliding S x S windows (slide)
+    seg_stride: Optional[int] = None  # the sliding windows' stride in pixels; None: 2S/3
 
 
 class SegmentationDataModule(ImageClassificationDataModule):
@@ -140,7 +142,7 @@ class SegmentationDataModule(ImageClassificationDataModule):
         self.log_uncached()
 
     def build_datasets(self, stage: Optional[str] = None) -> None:
-        from mope_lightning.data.seg_transforms import EvalPair, TrainPair, geometry
+        from mope_lightning.data.seg_transforms import EvalPair, TrainPair, geometry, slide_eval
 
         if self.datasets:
             self.check_splits(stage)
@@ -148,11 +150,12 @@ class SegmentationDataModule(ImageClassificationDataModule):
         self.splits, pools = self.read_splits(verbose=False)  # prepare has logged the notes
         self.check_splits(stage)
         geo, masks, depth = geometry(self.spec.image_config, self.cfg), self.masks(), self.depth_encoding()
+        slide = slide_eval(self.cfg, geo)
         for name, split in self.splits.items():
             transform = (
                 TrainPair(geo, self.cfg.crop_scale, self.cfg.get("randaugment"), depth)
                 if name == "train"
-                else EvalPair(geo, depth)
+                else EvalPair(geo, depth, slide)
             )
             self.datasets[name] = SegmentationDataset(split, pools[split.pool], masks, transform)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))

@@ -52,7 +52,9 @@ def original_size_logits(
         yield i, upsample(logits[i] if isinstance(logits, list) else logits[i : i + 1], size)
 
 
-def original_size_masks(logits: Tensor, mask_size: Optional[Tensor], default: Sequence[int]) -> list[Tensor]:
+def original_size_masks(
+    logits: Tensor | list[Tensor], mask_size: Optional[Tensor], default: Sequence[int]
+) -> list[Tensor]:
     """Each sample's (H, W) long mask of class indices at its original size, on the CPU."""
     return [full[0].argmax(0).cpu() for _, full in original_size_logits(logits, mask_size, default)]
 

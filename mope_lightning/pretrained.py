@@ -289,7 +289,8 @@ class PretrainedModel:
                     batch[f"{m}_features"] = self._features(m, distinct[m], features[m], new[m], start, stop)
                 out = slide_output(self.net, batch, self.seg_stride) if self.slide else self.net(batch)
                 if self.dense:
-                    masks += original_size_masks(out.logits.float(), batch["mask_size"], batch["images"].shape[-2:])
+                    logits = [x.float() for x in out.logits] if self.slide else out.logits.float()  # slide: per image
+                    masks += original_size_masks(logits, batch["mask_size"], batch["images"].shape[-2:])
                 else:
                     probs.append(probabilities(out.logits.float(), self.task).cpu())
                 if out.routing is not None:

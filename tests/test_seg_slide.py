@@ -2,15 +2,18 @@
 coordinates, slide = whole on an S x S image, a tiny ADE20K fit + test logging test/miou by sliding windows, and the
 bad settings refused naming their key."""
 
+import csv
 import json
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
 from PIL import Image
 
+import mope_lightning
 from mope_lightning.cli import main
 from mope_lightning.data.seg_transforms import EvalImage, Geometry, slide_eval
 from mope_lightning.data.segmentation import pad_images
@@ -119,6 +122,18 @@ def test_fit_and_test_on_ade20k_with_sliding_windows_log_test_miou(tmp_path):
     assert main(["fit", *args, "trainer.max_steps=2"]) == 0
     metrics = json.loads((tmp_path / "runs" / "version_0" / "fit_metrics.json").read_text())
     assert 0 <= metrics["metrics"]["test/miou"] <= 1
+    # mope predict and the exported adapter segment the same images alike, by sliding windows from the stored config
+    ckpt, masks, adapter = metrics["tested_weights"], tmp_path / "masks", tmp_path / "adapter"
+    assert main(["predict", *args, f"ckpt={ckpt}", f"predict.out={masks}"]) == 0
+    assert main(["export", *args, f"ckpt={ckpt}", f"out={adapter}"]) == 0
+    rows = list(csv.DictReader((masks / "index.csv").open()))
+    images = {p.with_suffix("").as_posix(): p for p in data.rglob("*.jpg")}
+    files = [next(p for stem, p in images.items() if stem.endswith(row["id"])) for row in rows]
+    predicted = mope_lightning.from_pretrained(adapter).predict(images=files).masks
+    for row, mask, file in zip(rows, predicted, files):
+        assert np.array_equal(mask.numpy(), np.array(Image.open(masks / row["mask"])))
+        with Image.open(file) as image:
+            assert mask.shape == (image.height, image.width)
 
 
 def test_cli_refuses_a_bad_stride_with_one_message(tmp_path, capsys):

@@ -31,8 +31,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mope_lightning.data.missing import lost_by, missing_table
+from mope_lightning.data.registry import dataset_class
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
+from mope_lightning.models.registry import SEGMENTATION
 from mope_lightning.analysis.robustness_tables import (
     FILES,
     KINDS,  # noqa: F401
@@ -107,6 +109,17 @@ def _trainer(cfg: DictConfig):
         plugins=[SafeCheckpointIO()],
         use_distributed_sampler=False,
     )
+
+
+def _refuse_segmentation(cfg: DictConfig) -> None:
+    """The passes here line up per-sample logits of one shape; a segmentation model's are grids of each image's
+    size, so its robustness is `mope test` per rate."""
+    if dataset_class(cfg.data).task == SEGMENTATION:
+        raise ConfigError(
+            f"robustness: {cfg.data.name} is a segmentation dataset, whose robustness this command does not "
+            "evaluate; run `mope test EXP.yaml ckpt=PATH data.missing.test.depth=RATE` for each rate (it logs "
+            "test/miou)"
+        )
 
 
 def _check_model(net, todo: list[tuple[str, float]]) -> None:
@@ -238,6 +251,7 @@ def evaluate(cfg: DictConfig) -> Path:
     ckpt, _ = resolve_ckpt(cfg)
     if ckpt is None:
         raise ConfigError("robustness needs ckpt=PATH: the checkpoint (or adapter folder) to evaluate")
+    _refuse_segmentation(cfg)
     r = cfg.robustness
     todo = conditions(list(r.rates), list(r.kinds))
     out = _claim(cfg, ckpt)

@@ -71,7 +71,7 @@ RANGES: dict[str, Range] = {
     **{
         f"data.missing.{split}.{kind}": Range(0, 1)
         for split in ("train", "val", "test")
-        for kind in ("image", "text", "both")
+        for kind in ("image", "text", "both", "depth")
     },
     "model.missing_prompt_length": POSITIVE_COUNT,
     "model.condition_prompts": COUNT,
@@ -288,19 +288,20 @@ def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
     for split in ("train", "val", "test"):
         rates = missing[split]
         key = f"data.missing.{split}"
-        if rates.image + rates.text + rates.both > 1:
+        if rates.image + rates.text + rates.both + rates.depth > 1:
             raise ConfigError(
                 f"{source_of(key)}: {key}: image {rates.image:g} + text {rates.text:g} + both "
-                f"{rates.both:g} is more than 1; a sample loses one modality at most, so the shares "
-                "add up to 1 at most"
+                f"{rates.both:g}{f' + depth {rates.depth:g}' if rates.depth else ''} is more than 1; a sample "
+                "loses one modality at most, so the shares add up to 1 at most"
             )
-        for kind in ("text", "image", "both"):
+        for kind in ("text", "image", "both", "depth"):
             lost = ("text", "image") if kind == "both" else (kind,)
             if rates[kind] and not set(lost) <= set(cfg.model.modalities):
                 raise ConfigError(
                     f"{source_of(f'{key}.{kind}')}: {key}.{kind}: removes the "
                     f"{' or '.join(lost)} of samples, but model.modalities is "
-                    f"{list(cfg.model.modalities)}; data.missing removes texts and images"
+                    f"{list(cfg.model.modalities)}; data.missing removes texts and images, and the depth maps "
+                    "of RGB-D segmentation"
                 )
         for modality in ("text", "image"):
             if len(reads) == 1 and reads[0] == modality and (rates[modality] or rates.both):

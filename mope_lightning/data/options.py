@@ -17,6 +17,7 @@ class MissingRates:
     image: float = 0.0  # this share of samples lose their image
     text: float = 0.0  # this share lose their text
     both: float = 0.0  # this share lose one of the two: half their text, half their image (the MMP protocol)
+    depth: float = 0.0  # this share lose their depth map (RGB-D segmentation: a blank, unknown depth instead)
 
 
 @dataclass

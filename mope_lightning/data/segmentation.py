@@ -2,7 +2,10 @@
 
 Items: `images` float C x S x S, `label` a long (h, w) map of class indices with IGNORE_INDEX for unlabelled pixels
 ((S, S) in training, the original (H, W) in evaluation), `mask_size` (H, W) of the original mask; for an RGB-D
-reader (whose `masks` reads depth maps too: data/depth.py), `depth` float 3 x S x S, moved with the image.
+reader (whose `masks` reads depth maps too: data/depth.py), `depth` float 3 x S x S, moved with the image. A sample
+that lost its depth map (`data.missing.<split>.depth`, data/missing.py) is not read: its depth is zeros (unknown
+depth, as the sensor's invalid 0) before the encoding, and its item says `missing: "depth"`, which the batch carries
+as `depth_missing` for the model to replace the depth feature by its learned missing embedding.
 `SegmentationCollate` pads the labels of a batch with IGNORE_INDEX (top-left aligned) and stacks `mask_size`; images
 (and depth maps) of different sizes (sliding-window evaluation) are padded with zeros, `image_size` (B, 2) giving each
 one's own. The
@@ -12,7 +15,7 @@ readers' shared DataModule is data/datasets/segmentation_base.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -28,8 +31,11 @@ from mope_lightning.errors import DataError
 class SegmentationDataset(Dataset):
     """The items of a split: image and mask read, checked to match, and transformed together (`transform`)."""
 
-    def __init__(self, split: Split, files: list[Path], masks: Callable, transform: Callable):
+    def __init__(
+        self, split: Split, files: list[Path], masks: Callable, transform: Callable, missing: Optional[list[str]] = None
+    ):
         self.split, self.files, self.masks, self.transform = split, files, masks, transform
+        self.missing = missing  # per sample, the modality it lost ("depth") or "" (data/missing.py); None: complete
 
     def __len__(self) -> int:
         return len(self.split)
@@ -43,7 +49,13 @@ class SegmentationDataset(Dataset):
                 f"{self.split.sources[i]}: the mask is {labels.shape[1]}x{labels.shape[0]} pixels, its image {path} "
                 f"is {image.width}x{image.height}; a mask must have its image's size"
             )
-        depth = self._depth(i, path, image) if hasattr(self.masks, "depth") else None
+        lost = self.missing[i] if self.missing is not None else ""
+        if not hasattr(self.masks, "depth"):
+            depth = None
+        elif lost == "depth":
+            depth = np.zeros(labels.shape, np.int64)  # unknown depth: what the sensor gives where it measured none
+        else:
+            depth = self._depth(i, path, image)
         pixels, target, *encoded = self.transform(image, labels, *([] if depth is None else [depth]))
         item = {
             "id": self.split.ids[i],
@@ -52,6 +64,8 @@ class SegmentationDataset(Dataset):
             "label": target,
             "mask_size": torch.tensor(labels.shape, dtype=torch.long),
         }
+        if self.missing is not None:
+            item["missing"] = lost
         return {**item, "depth": encoded[0]} if encoded else item
 
     def _depth(self, i: int, path: Path, image) -> np.ndarray:
@@ -77,6 +91,8 @@ class SegmentationCollate(BatchCollate):
         batch["images"], batch["image_size"] = pad_images([it["images"] for it in items])
         if "depth" in items[0]:
             batch["depth"], _ = pad_images([it["depth"] for it in items])
+        if "missing" in items[0]:
+            batch["depth_missing"] = torch.tensor([it["missing"] == "depth" for it in items])
         return batch
 
     @staticmethod

@@ -115,16 +115,24 @@ class SegmentationDataModule(ImageClassificationDataModule):
         return Counter(name for names in split.attributes.get(CLASSES_ATTRIBUTE, []) for name in names)
 
     def missing_tables(self, splits: dict[str, Split]) -> dict[str, Optional[list[str]]]:
-        """None for every split: the samples have one modality, which none may lose (`data.missing` is refused)."""
+        """Per split, the samples that lose their depth map (`data.missing.<split>.depth`, an RGB-D reader), or None
+        for a complete split. Losing the image (or a text, which no sample has) is refused: the mask belongs to the
+        image, so a sample without it has nothing to segment."""
         rates = self.cfg.get("missing")
         for name in ("train", "val", "test") if rates is not None else ():
             for kind in ("image", "text", "both"):
                 if rates[name][kind]:
                     raise DataError(
-                        f"data.missing.{name}.{kind}: {rates[name][kind]}; {self.cfg.name} samples hold one modality "
-                        "(the image), which they cannot lose; set it to 0"
+                        f"data.missing.{name}.{kind}: {rates[name][kind]}; a {self.cfg.name} sample cannot lose its "
+                        "image (its mask belongs to it) and has no text; set it to 0 (RGB-D segmentation can lose "
+                        "the depth map: data.missing.<split>.depth)"
                     )
-        return {name: None for name in splits}
+            if rates[name].depth and self.depth_encoding() is None:
+                raise DataError(
+                    f"data.missing.{name}.depth: {rates[name].depth}; {self.cfg.name} samples have no depth map to "
+                    "lose; set it to 0"
+                )
+        return super().missing_tables(splits)
 
     # --- wiring --------------------------------------------------------------------------------------------
     def collate(self) -> BatchCollate:
@@ -157,5 +165,7 @@ class SegmentationDataModule(ImageClassificationDataModule):
                 if name == "train"
                 else EvalPair(geo, depth, slide)
             )
-            self.datasets[name] = SegmentationDataset(split, pools[split.pool], masks, transform)
+            self.datasets[name] = SegmentationDataset(
+                split, pools[split.pool], masks, transform, self.missing.get(name)
+            )
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))

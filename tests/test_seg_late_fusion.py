@@ -2,20 +2,17 @@
 grids, the depth grid resized to the image grid and concatenated channel-wise, under the dense head; frozen encoders
 for late_concat and linear_probe, trained ones for finetune; a tiny fit and test on the generated NYUDv2 layout."""
 
-import json
-
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mope_lightning.cli import main
 from mope_lightning.config.model import ModelConfig
 from mope_lightning.errors import ConfigError
 from mope_lightning.models import build_model
 from mope_lightning.models.segmenters import DenseProbe
 
 from helpers import EXPERIMENTS
-from helpers.cli import experiment_args, mope
+from helpers.cli import experiment_args, mope, tiny_fit
 from helpers.nyudv2 import make_nyudv2
 
 CLASSES = 5
@@ -118,8 +115,7 @@ def test_late_fusion_fits_and_tests_the_generated_nyudv2(tmp_path, capsys):
         "model.fusion=late_concat",
         "model.depth_encoder.name=resnet18",
     )
-    assert main(["fit", *args, "trainer.max_steps=2"]) == 0
-    metrics = json.loads((tmp_path / "runs" / "version_0" / "fit_metrics.json").read_text())
+    metrics = tiny_fit(tmp_path, args)
     assert 0 <= metrics["metrics"]["test/miou"] <= 1
     code, out, _ = mope(capsys, ["test", *args, f"ckpt={metrics['tested_weights']}"])
     assert code == 0

@@ -3,7 +3,6 @@ coordinates, slide = whole on an S x S image, a tiny ADE20K fit + test logging t
 bad settings refused naming their key."""
 
 import csv
-import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -21,7 +20,7 @@ from mope_lightning.errors import ConfigError
 from mope_lightning.mask_predictions import slide_output, slide_windows, upsample
 
 from helpers import EXPERIMENTS
-from helpers.cli import experiment_args, one_error
+from helpers.cli import experiment_args, one_error, tiny_fit
 from helpers.seg_datasets import make_ade20k
 
 GEO = Geometry(16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -119,8 +118,7 @@ def test_fit_and_test_on_ade20k_with_sliding_windows_log_test_miou(tmp_path):
         "data.seg_eval=slide",
         "data.seg_stride=5",
     )
-    assert main(["fit", *args, "trainer.max_steps=2"]) == 0
-    metrics = json.loads((tmp_path / "runs" / "version_0" / "fit_metrics.json").read_text())
+    metrics = tiny_fit(tmp_path, args)
     assert 0 <= metrics["metrics"]["test/miou"] <= 1
     # mope predict and the exported adapter segment the same images alike, by sliding windows from the stored config
     ckpt, masks, adapter = metrics["tested_weights"], tmp_path / "masks", tmp_path / "adapter"

@@ -21,6 +21,12 @@ def args(tmp_path, *extra) -> list[str]:
     return experiment_args(tmp_path, DEFAULT_EXP, *TINY_DATA, *extra)
 
 
+def tiny_fit(tmp_path, args: list[str]) -> dict:
+    """`mope fit ARGS` for two optimiser steps, writing under `tmp_path`; the first run's fit_metrics.json."""
+    assert main(["fit", *args, "trainer.max_steps=2"]) == 0
+    return json.loads((tmp_path / "runs" / "version_0" / "fit_metrics.json").read_text())
+
+
 def mope(capsys, argv: list[str]) -> tuple[int, str, str]:
     """`mope ARGV` in-process: (exit status, stdout, stderr); never a traceback."""
     code = main(argv)

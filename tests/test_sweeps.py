@@ -106,7 +106,8 @@ def read_results(out) -> list[dict]:
 
 
 def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsys):
-    sweep = write_sweep(tmp_path, grid={"model.mope.num_experts": [1, 2]})
+    compare = [{"a": "model.mope.num_experts=2", "b": "model.mope.num_experts=1"}]
+    sweep = write_sweep(tmp_path, grid={"model.mope.num_experts": [1, 2]}, compare=compare)
     out = tmp_path / "out"
     assert main(["sweep", sweep, f"out={out}"]) == 0
     rows = read_results(out)
@@ -122,6 +123,8 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
     accs = [float(r["test/acc"]) for r in rows[:2]]
     mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2**0.5
     assert "| 1 | 2/2 | " in summary and f"{mean:.4f} ± {std:.4f}" in summary
+    differences = [float(rows[2 + s]["test/acc"]) - float(rows[s]["test/acc"]) for s in (0, 1)]  # 2 experts - 1
+    assert f"| 1,2 | {differences[0]:+.4f}, {differences[1]:+.4f} |" in summary.split("## Paired comparisons")[1]
     assert (out / "plot_model.mope.num_experts.png").stat().st_size > 1000
     assert (out / "plot_trainable_params.png").is_file()
     assert (out / "routing_shape.png").stat().st_size > 1000  # easy-VQA's sample attributes, a panel per run
@@ -165,6 +168,12 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
         ),
         ({"seeds": []}, "seeds: give a non-empty list of integers"),
         ({"gird": {}}, "unknown key 'gird' (did you mean 'grid'?)"),
+        (
+            {"grid": {"model.mope.num_experts": [1, 2]}, "compare": [{"a": "model.mope.num_experts=3", "b": "x"}]},
+            "compare[0].a: 'model.mope.num_experts=3' is not a cell of this sweep (model.mope.num_experts=1, "
+            "model.mope.num_experts=2)",
+        ),
+        ({"compare": {"a": "default", "b": "default"}}, "compare: give a list of {a: CELL, b: CELL}"),
     ],
 )
 def test_bad_sweep_files_stop_before_any_run(tmp_path, capsys, spec, message):

@@ -15,6 +15,7 @@ from typing import Any, Optional
 from mope_lightning.fileio import atomic_write
 from mope_lightning.analysis.robustness_tables import RESULTS, robustness_figure
 from mope_lightning.analysis.sweep_routing import write_routing_figures
+from mope_lightning.sweeps.paired import paired_markdown, paired_rows
 from mope_lightning.sweeps.runs import run_state
 from mope_lightning.sweeps.vtab_means import vtab_section
 
@@ -184,7 +185,9 @@ def _mean_std(stat: Optional[tuple]) -> str:
     return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f} (n=1)"
 
 
-def summary_markdown(sweep, rows: list[dict]) -> str:
+def summary_markdown(sweep, rows: list[dict], paired: Optional[list[dict]] = None) -> str:
+    """The sweep's summary.md: per cell mean ± std of every metric; the paired comparisons `paired`
+    (sweeps/paired.py) of the sweep file's `compare:` section."""
     stats, columns = cell_stats(rows), _columns(rows)
     metrics = _metric_names(rows)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "pending")}
@@ -214,6 +217,7 @@ def summary_markdown(sweep, rows: list[dict]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += vtab_section(stats, sweep.metric)  # when the grid varies data.task over VTAB-1k tasks
+    lines += paired_markdown(paired or [])
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {r['cell']} seed {r['seed']}: {r['error']}" for r in failed]
@@ -328,5 +332,6 @@ def write_report(out: Path, sweep, runs: list) -> list[tuple[str, int, str]]:
     atomic_write(out / "results.csv", lambda fh: write_csv(fh, rows, out))
     if any(r["status"] == "finished" for r in rows):
         write_plots(out, sweep, rows)
-    atomic_write(out / "summary.md", lambda fh: fh.write(summary_markdown(sweep, rows)))
+    paired = paired_rows(sweep.compare, rows, out)
+    atomic_write(out / "summary.md", lambda fh: fh.write(summary_markdown(sweep, rows, paired)))
     return [(r["cell"], r["seed"], r["error"]) for r in rows if r["status"] == "failed"]

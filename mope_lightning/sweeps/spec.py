@@ -15,9 +15,10 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 
 from mope_lightning.config.schema import read_yaml, suggest
+from mope_lightning.sweeps.paired import Comparison, read_comparisons
 from mope_lightning.errors import ConfigError
 
-SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm", "robustness")
+SWEEP_KEYS = ("name", "experiment", "overrides", "grid", "cells", "seeds", "metric", "slurm", "robustness", "compare")
 # Keys the sweep sets for each run itself: a value given for them in the file would be silently replaced.
 SET_BY_THE_SWEEP = {
     "seed": "each run's seed comes from the sweep's `seeds:` list",
@@ -50,6 +51,7 @@ class Sweep:
     slurm: dict = field(default_factory=dict)
     robustness: tuple[tuple[float, ...], tuple[str, ...]] = ()  # (rates, kinds): `mope robustness` after each fit
     override_origins: list[str] = field(default_factory=list)  # where each of `overrides` is set, for messages
+    compare: tuple[Comparison, ...] = ()  # pairs of cells compared seed by seed in summary.md (sweeps/paired.py)
 
 
 def cell_slug(cell: Sequence[Setting]) -> str:
@@ -278,4 +280,5 @@ def read_sweep(path: str | Path, extra: Sequence[str] = ()) -> Sweep:
         slurm,
         _robustness(path, spec.get("robustness")),
         [where for where, _ in overrides],
+        read_comparisons(path, spec.get("compare"), [cell_slug(cell) for cell in cells], metric),
     )

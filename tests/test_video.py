@@ -2,6 +2,9 @@
 encoder (a frozen image encoder per frame, mean over time) conditioning a prompted text encoder or feeding late
 fusion, its clip feature cached, and MUStARD's released mp4 clips read for their video stream."""
 
+import csv
+import json
+
 import av
 import pytest
 import torch
@@ -147,6 +150,25 @@ def test_mustard_video_tiny_fit_test_and_cached_clip_features(tmp_path, capsys, 
     (tmp_path / "garbage.mp4").write_bytes(b"garbage")
     with pytest.raises(MopeError, match=r"video\[1\]: .*garbage.mp4: cannot read video"):
         model.predict(texts=["a", "b"], video=[clips[1], tmp_path / "garbage.mp4"])
+
+    # `mope predict` on new rows: a video column beside the text, paths relative to the rows file; a bad clip is
+    # named by its line before any model is built.
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"id": f"r{i}", "text": "SHELDON: oh great", "video": str(c)}) + "\n"
+            for i, c in enumerate(clips)
+        )
+    )
+    assert main(["predict", *cli_args(tmp_path, root, f"ckpt={ckpt}", f"predict.input={rows}")]) == 0
+    written = list(csv.DictReader((tmp_path / "rows.predictions.csv").open()))
+    assert [r["id"] for r in written] == ["r0", "r1"] and all(
+        r["prediction"] in ("not_sarcastic", "sarcastic") for r in written
+    )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "a", "video": "garbage.mp4"}) + "\n" + json.dumps({"text": "b"}) + "\n")
+    assert main(["predict", *cli_args(tmp_path, root, f"ckpt={ckpt}", f"predict.input={bad}")]) == 2
+    one_error(capsys, "2 bad row(s)", "bad.jsonl:1: ", "garbage.mp4", "bad.jsonl:2: missing video path")
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a clip was decoded again")

@@ -151,7 +151,7 @@ def _fit_and_test(
 
 
 def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
-    """`mope predict ... predict.input=ROWS`: predictions for a JSONL or CSV of (text, image path) rows; for a
+    """`mope predict ... predict.input=ROWS`: predictions for a JSONL or CSV of rows (a text and media paths); for a
     segmentation model, of image rows: their masks, as a folder (`mope_lightning.mask_predictions`)."""
     import torch
 
@@ -175,6 +175,7 @@ def predict_new_data(cfg: DictConfig, ckpt_path: str) -> dict:
         texts=[r.text for r in rows] if rows[0].text is not None else None,
         images=[r.image for r in rows] if rows[0].image is not None else None,
         audio=[r.audio for r in rows] if rows[0].audio is not None else None,
+        video=[r.video for r in rows] if rows[0].video is not None else None,
         batch_size=batch_size,
     )
     ids = [r.id for r in rows]

@@ -1,8 +1,8 @@
-"""New inputs to predict on, outside any dataset: a JSONL or CSV file of (text, image or audio path) rows.
+"""New inputs to predict on, outside any dataset: a JSONL or CSV file of rows holding a text and media file paths.
 
-JSONL: one object per line, `{"id": ..., "text": ..., "image": "path/to/image.jpg"}` (`"audio": "clip.wav"` for a
-text-audio model). CSV: a header row naming the columns `text`, `image` (or `audio`) and optionally `id`, in any order
-and case. `id` defaults to the row's line number; file paths are relative to the rows file's folder (or absolute).
+JSONL: one object per line, `{"id": ..., "text": ..., "image": "path/to/image.jpg"}`: a field per modality the model
+reads (`"audio": "clip.wav"`, `"video": "clip.mp4"`; a text-audio-video model reads all three of text, audio and
+video). CSV: a header row naming those columns and optionally `id`, in any order and case. `id` defaults to the row's line number; file paths are relative to the rows file's folder (or absolute).
 Both are read as spreadsheets and editors save them: UTF-8 with or without a byte-order mark, LF or CRLF line ends,
 quoted CSV fields holding commas or line breaks, blank lines anywhere. Every problem (a line that does not parse, an
 empty text, a media file that is missing or does not decode) is collected and reported at once, each naming its
@@ -21,7 +21,7 @@ from mope_lightning.data.text_files import NotCSV, NotUTF8, csv_records, read_li
 from mope_lightning.errors import DataError
 
 SUFFIXES = (".jsonl", ".csv")
-MEDIA = ("image", "audio")
+MEDIA = ("image", "audio", "video")  # the media a row can name, each a file path
 
 
 @dataclass
@@ -30,6 +30,7 @@ class Row:
     text: Optional[str]
     image: Optional[Path] = None
     audio: Optional[Path] = None
+    video: Optional[Path] = None
 
 
 def _csv_records(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, object]]:
@@ -117,13 +118,13 @@ def read_rows(path: str | Path, modalities: tuple[str, ...] = ("text", "image"))
 
 
 def _media_problems(rows: dict[int, Row]) -> list[tuple[int, str]]:
-    """(line, problem) for each row whose image or audio file is missing, not a file or does not decode: the
+    """(line, problem) for each row whose image, audio or video file is missing, not a file or does not decode: the
     dataset index's own checks, so that a file the model cannot read stops the command before the model is built."""
     problems = []
     for media in MEDIA:
         lines = [line for line, row in rows.items() if getattr(row, media) is not None]
         files = sorted({getattr(rows[line], media) for line in lines})
-        errors = dict(zip(files, (error for _, error in decode_files(files, media))))
+        errors = dict(zip(files, (check[1] for check in decode_files(files, media))))  # (digest, error, ...)
         for line in lines:
             file = getattr(rows[line], media)
             if errors[file]:

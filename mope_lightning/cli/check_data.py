@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from mope_lightning.data.audio import describe_clips
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.registry import dataset_class
+from mope_lightning.data.samples import pool_modalities
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.data.video import describe_videos
 
@@ -20,24 +21,17 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     datamodule = dataset_class(cfg.data)(cfg.data)
     scan = datamodule.index()
     lines = [f"[mope] check-data {cfg.data.name}: {len(datamodule.classes)} classes"]
-    media = {"image": "images", "audio": "clips", "video": "clips"}[datamodule.media]
+    kinds = pool_modalities(scan.splits.values(), scan.pools, datamodule.media)
+    several = len(datamodule.media_modalities) > 1
+    nouns = {m: f"{m} clips" if several else "images" if m == "image" else "clips" for m in datamodule.media_modalities}
     for name, split in scan.splits.items():
-        lines.append(f"  {name:<6} {len(split):>9,} samples  {len(set(split.media_index)):>8,} {media}")
+        files = "  ".join(f"{len(set(js)):>8,} {nouns[kinds[pool]]}" for pool, js in split.pool_indices())
+        lines.append(f"  {name:<6} {len(split):>9,} samples  {files}")
         shown = ", ".join(f"{cls} {n}" for cls, n in datamodule.label_counts(split).most_common())
         per = " (images per class)" if datamodule.task == "segmentation" else ""
         lines.append(f"         labels{per}: {shown}")
-    digests = [d for pool in scan.digests.values() for d in pool]
-    lines.append(
-        f"  {media}: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
-        if scan.digests
-        else f"  {media}: not decoded (data.check_images=false: unreadable ones go unnoticed)"
-    )
-    if datamodule.media == "audio":  # the rate the clips are resampled to is the audio encoder's, named at fit
-        files = sorted({f for files in scan.pools.values() for f in files})
-        lines += [f"  audio {line}" for line in describe_clips(files, None, cfg.data.get("max_audio_seconds"))]
-    if datamodule.media == "video":  # the index's probes of the clips that decoded
-        probes = [probe for pool in scan.probes.values() for probe in pool]
-        lines += [f"  video {line}" for line in describe_videos(probes, cfg.data.video_frames)]
+    for media, noun in nouns.items():  # one summary per media
+        lines += _media_summary(cfg, scan, [pool for pool, kind in kinds.items() if kind == media], media, noun)
     train, subset = training_subset(
         scan.splits["train"],
         datamodule.classes,
@@ -68,6 +62,23 @@ def check_data(cfg: DictConfig) -> tuple[str, int]:
     )
     lines += [f"    {problem}" for problem in scan.problems]
     return "\n".join(lines), len(scan.problems)
+
+
+def _media_summary(cfg: DictConfig, scan, pools: list[str], media: str, noun: str) -> list[str]:
+    """How many files of `media` (in `pools`) decoded, and what loading does to its clips."""
+    digests = [d for pool in pools for d in scan.digests.get(pool, [])]
+    lines = [
+        f"  {noun}: {sum(map(bool, digests)):,} decoded in full, {digests.count(''):,} unreadable"
+        if scan.digests
+        else f"  {noun}: not decoded (data.check_images=false: unreadable ones go unnoticed)"
+    ]
+    if media == "audio":  # the rate the clips are resampled to is the audio encoder's, named at fit
+        files = sorted({f for pool in pools for f in scan.pools[pool]})
+        lines += [f"  audio {line}" for line in describe_clips(files, None, cfg.data.get("max_audio_seconds"))]
+    if media == "video":  # the index's probes of the clips that decoded
+        probes = [probe for pool in pools for probe in scan.probes.get(pool, [])]
+        lines += [f"  video {line}" for line in describe_videos(probes, cfg.data.video_frames)]
+    return lines
 
 
 def _attribute_summary(splits: dict) -> list[str]:

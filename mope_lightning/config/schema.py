@@ -199,7 +199,6 @@ CHOICES = {
     "data.on_bad_sample": ("fail", "skip"),
     "data.crop_mode": (None, "center", "squash"),
     "data.split": (None, "speaker_dependent", "speaker_independent"),  # MUStARD
-    "data.media": (None, "audio", "video"),  # MUStARD
     "data.text": (None, "speaker", "utterance", "context"),  # MUStARD
     "data.vtab_protocol": (None, "final", "tune"),  # VTAB-1k
 }

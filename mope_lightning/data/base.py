@@ -1,5 +1,6 @@
 """The shared DataModule: a cached index of (id, text, media, label) samples, where the media file is an image or,
-for audio and video datasets (`media = "audio"`, `"video"`), a clip; cached frozen features; the media encoder's
+for audio and video datasets (`media = "audio"`, `"video"`), a clip (or one file of each of several media, MUStARD's
+audio and video: `media_modalities`); cached frozen features of the media the model reads; the media encoders'
 preprocessing (a video's sampled frames each through the frame encoder's image preprocessing, data/video.py); and
 the items and batches its loaders yield (data/items.py).
 
@@ -37,11 +38,11 @@ from mope_lightning.data.features import (
     text_key,
 )
 from mope_lightning.data.image_cache import PixelPools, pixel_pools
-from mope_lightning.data.items import BatchCollate, MultimodalDataset
+from mope_lightning.data.items import BatchCollate, MediaReader, MultimodalDataset
 from mope_lightning.data.index import apply_policy, load_or_build_index
 from mope_lightning.data.missing import describe as describe_missing
 from mope_lightning.data.missing import missing_table
-from mope_lightning.data.samples import Scan, Split
+from mope_lightning.data.samples import Scan, Split, other_pool, pool_modalities
 from mope_lightning.data.subsets import training_subset
 from mope_lightning.data.video import LoadVideo, describe_videos
 from mope_lightning.errors import DataError
@@ -97,9 +98,9 @@ class MultimodalDataModule:
     order, the state a checkpoint keeps), so that reading and checking a dataset needs no Lightning.
 
     Class attributes: `task` ("multiclass" or "multilabel"), `monitor` (the headline validation metric),
-    `num_classes` (when the label set is fixed), `media` (what the pool files are: "image", "audio" or "video") and
-    `has_text` (whether samples have a text: the dataset's modalities are the text and its media, or its media
-    alone, `provided_modalities()`).
+    `num_classes` (when the label set is fixed), `media` (what the pool files are: "image", "audio" or "video"; for
+    samples with several media files, `media_modalities`, the primary one) and `has_text` (whether samples have a
+    text: the dataset's modalities are the text and its media, or its media alone, `provided_modalities()`).
     """
 
     config_class: type = None
@@ -173,7 +174,7 @@ class MultimodalDataModule:
             self.scan,
             self.image_folders(),
             self.cfg.check_images,
-            self.media,
+            self.media_modalities,
         )
 
     def read_splits(self, verbose: bool = True) -> tuple[dict[str, Split], dict[str, list[Path]]]:
@@ -181,7 +182,7 @@ class MultimodalDataModule:
         samples were left out is never encoded or loaded)."""
         scan = apply_policy(self.index(), self.cfg.on_bad_sample, self.cfg.name, verbose).compact()
         self._left_out = len(scan.problems)
-        if verbose and self.media == "video":  # from the index's probes: nothing is decoded here
+        if verbose and "video" in self.media_modalities:  # from the index's probes: nothing is decoded here
             probes = [p for clips in scan.probes.values() for p in clips]
             for line in describe_videos(probes, self.cfg.video_frames):
                 log.info("%s video %s", self.cfg.name, line)
@@ -259,28 +260,53 @@ class MultimodalDataModule:
     @classmethod
     def provided_modalities(cls) -> tuple[str, ...]:
         """The modalities the samples of this dataset hold (known without reading it): the text and the media, or
-        the media alone."""
+        the media alone (a dataset whose settings choose among several media names them all)."""
         return ("text", cls.media) if cls.has_text else (cls.media,)
+
+    @property
+    def media_modalities(self) -> tuple[str, ...]:
+        """The media each sample carries a file of, the primary one (`media`, the split's `pool`) first: one for
+        every dataset but those whose settings load several (MUStARD's `data.media: [audio, video]`)."""
+        return (self.media,)
 
     @property
     def modalities(self) -> tuple[str, ...]:
         """The modalities of the samples: the text (`has_text`) and this reader's media (a reader whose media or text
         depend on its settings, e.g. MUStARD's `data.media`, jsonl without a text field, says so here)."""
-        return ("text", self.media) if self.has_text else (self.media,)
+        return ("text", *self.media_modalities) if self.has_text else self.media_modalities
+
+    def load_hint(self, modalities: list[str]) -> str:
+        """How to make the samples carry `modalities`, which the dataset provides but its settings do not load; ""
+        when no setting does."""
+        return ""
 
     def _reads_text(self) -> bool:
         """Whether the batches carry texts: the samples have them and the model reads them (a tokenizer or a cached
         text feature in its `InputSpec`)."""
         return "text" in self.modalities and (self.spec.tokenizer is not None or "text" in self.spec.cacheable)
 
-    def _load_media(self, train: bool = False):
-        """file -> the tensor the model reads: an image through the encoder's transform (augmented in training),
-        or an audio clip at the audio encoder's rate, cut to `data.max_audio_seconds`, or a video clip's
-        `data.video_frames` frames, each through the image encoder's evaluation transform (no augmentation: the frames
-        of one clip would each get their own)."""
-        if self.media == "video":
+    def _reads(self, modality: str) -> bool:
+        """Whether the model reads the media `modality` (its `InputSpec` prepares it or caches its feature)."""
+        spec = self.spec
+        if modality in spec.cacheable or modality in spec.uncached:
+            return True
+        if modality == "audio":
+            return spec.audio_preprocessor is not None
+        return spec.image_config is not None  # an image, or each frame of a video
+
+    def _read_media(self) -> tuple[str, ...]:
+        """The media modalities of the samples that the model reads: only these are loaded or cached."""
+        return tuple(m for m in self.media_modalities if self._reads(m))
+
+    def _load_media(self, train: bool = False, modality: Optional[str] = None):
+        """file -> the tensor the model reads of `modality` (default: the primary media): an image through the
+        encoder's transform (augmented in training), or an audio clip at the audio encoder's rate, cut to
+        `data.max_audio_seconds`, or a video clip's `data.video_frames` frames, each through the image encoder's
+        evaluation transform (no augmentation: the frames of one clip would each get their own)."""
+        modality = modality or self.media
+        if modality == "video":
             return LoadVideo(eval_transform(self.spec.image_config, self.cfg), self.cfg.video_frames)
-        if self.media == "audio":
+        if modality == "audio":
             return functools.partial(
                 load_clip,
                 sampling_rate=self.spec.audio_preprocessor.sampling_rate,
@@ -300,12 +326,14 @@ class MultimodalDataModule:
     def _cached(self, modality: str) -> bool:
         return modality in self.spec.cacheable and data_prevents_caching(self.cfg, modality) is None
 
-    def _media_features(self, cache: FeatureCache, pool: str, files: list[Path]):
+    def _media_features(self, cache: FeatureCache, pool: str, files: list[Path], media: Optional[str] = None):
+        """The cached features of the `media` files (default: the primary media's) of `pool`."""
         if not files:  # only empty splits use this pool: nothing to encode (or to read)
             return torch.empty(0)
-        media, encoder, hint = self.media, self.spec.cacheable[self.media], self._unreadable_hint()
+        media = media or self.media
+        encoder, hint = self.spec.cacheable[media], self._unreadable_hint(media)
         if media == "audio":
-            load, collate = self._load_media(), BatchCollate(None, 0, self.spec.audio_preprocessor)
+            load, collate = self._load_media(modality=media), BatchCollate(None, 0, self.spec.audio_preprocessor)
             preprocessing = (
                 f"{self.spec.audio_preprocessor.to_json_string()}|max_audio_seconds={self.cfg.get('max_audio_seconds')}"
             )
@@ -314,7 +342,7 @@ class MultimodalDataModule:
                 encode_audio, encoder, files, load, collate, self.cfg.batch_size, self.cfg.num_workers, hint
             )
         elif media == "video":
-            load = self._load_media()
+            load = self._load_media(modality=media)
             key = media_key(self.spec.identity[media], f"{load.transform!r}|video_frames={load.frames}", files)
             compute = functools.partial(
                 encode_videos, encoder, files, load, self.cfg.batch_size, self.cfg.num_workers, hint
@@ -346,13 +374,23 @@ class MultimodalDataModule:
     def _distinct_texts(splits: dict[str, Split]) -> list[str]:
         return sorted({t for split in splits.values() for t in split.texts})
 
+    def _pools_of(self, modality: str, splits: dict[str, Split], pools: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        """The pools that hold the files of the media `modality`."""
+        kinds = pool_modalities(splits.values(), pools, self.media)
+        return {pool: files for pool, files in pools.items() if kinds[pool] == modality}
+
     def _build_features(self, splits: dict[str, Split], pools: dict[str, list[Path]]):
+        """(media -> pool -> its cached features, for each media the model reads whose feature is cached; the
+        cached text features or None)."""
         cache = FeatureCache(self.cache_folder)
-        media = (
-            {pool: self._media_features(cache, pool, files) for pool, files in pools.items()}
-            if self._cached(self.media)
-            else None
-        )
+        media = {
+            modality: {
+                pool: self._media_features(cache, pool, files, modality)
+                for pool, files in self._pools_of(modality, splits, pools).items()
+            }
+            for modality in self._read_media()
+            if self._cached(modality)
+        }
         text = (
             self._text_features(cache, self._distinct_texts(splits))
             if self._cached("text") and self._reads_text()
@@ -368,8 +406,12 @@ class MultimodalDataModule:
             self.check_splits(stage)
         self.log_uncached()
         media, _ = self._build_features(self.splits, pools)
-        if media is None and self.media == "image":
+        if self._reads_pixels(media):
             self._pixel_pools(pools, stage)
+
+    def _reads_pixels(self, features: dict) -> bool:
+        """Whether the model reads the images themselves (`features`: the cached ones, `_build_features`)."""
+        return self.media == "image" and "image" not in features and "image" in self._read_media()
 
     def log_uncached(self) -> None:
         """Say which features the model reads that are encoded at every batch, and why (`InputSpec.uncached`)."""
@@ -387,15 +429,14 @@ class MultimodalDataModule:
             self._unreadable_hint(),
         )
 
-    def _unreadable_hint(self) -> str:
-        """What to do about media files that fail to load while a cache is built."""
+    def _unreadable_hint(self, media: Optional[str] = None) -> str:
+        """What to do about `media` files (default: the primary media's) that fail to load while a cache is built."""
         # With the files decoded when the index is built, an unreadable one has left out its samples already.
         return (
             ""
             if self.cfg.check_images
-            else f"\nSet data.check_images=true so that the dataset index finds "
-            f"unreadable {self.media} files and data.on_bad_sample=skip can leave out their samples, or replace "
-            "them"
+            else f"\nSet data.check_images=true so that the dataset index finds unreadable "
+            f"{media or self.media} files and data.on_bad_sample=skip can leave out their samples, or replace them"
         )
 
     def build_datasets(self, stage: Optional[str] = None) -> None:
@@ -407,39 +448,48 @@ class MultimodalDataModule:
         self.check_splits(stage)
         media, text = self._build_features(self.splits, pools)
         rows = {t: i for i, t in enumerate(self._distinct_texts(self.splits))} if text is not None else None
-        if media is None and self.media == "audio":
+        if "audio" in self._read_media() and "audio" not in media:
             for line in describe_clips(
-                sorted({f for files in pools.values() for f in files}),
+                sorted({f for files in self._pools_of("audio", self.splits, pools).values() for f in files}),
                 self.spec.audio_preprocessor.sampling_rate,
                 self.cfg.get("max_audio_seconds"),
             ):
                 log.info("%s audio %s", self.cfg.name, line)
-        if media is None and self.media == "image":
+        if self._reads_pixels(media):
             self.pixels = self._pixel_pools(pools, stage)
         for name, split in self.splits.items():
-            train, missing = name == "train", self.missing.get(name)
-            load = (
-                None
-                if media is not None
-                else self.pixels.loader(split.pool, train)
-                if self.pixels is not None
-                else self._load_media(train)
-            )
-            blank = None
-            if missing is not None and media is None and self.media == "image":
-                blank = self.pixels.blank if self.pixels is not None else self._blank_image()
-            self.datasets[name] = MultimodalDataset(
-                split,
-                len(self.classes),
-                self.multilabel,
-                pools[split.pool],
-                self.media,
-                load,
-                media[split.pool] if media is not None else None,
-                text,
-                rows,
-                missing,
-                blank,
-                self._reads_text(),
-            )
+            self.datasets[name] = self._dataset(name, split, pools, media, text, rows)
         log.info("%s splits: %s", self.cfg.name, ", ".join(f"{k} {len(v)}" for k, v in self.splits.items()))
+
+    def _dataset(self, name: str, split: Split, pools: dict, media: dict, text, rows) -> MultimodalDataset:
+        """The items of split `name`: its text, and the file or cached feature of each media the model reads."""
+        train, missing, read = name == "train", self.missing.get(name), self._read_media()
+        features = media.get(self.media)
+        load = None
+        if self.media in read and features is None:
+            load = self.pixels.loader(split.pool, train) if self.pixels is not None else self._load_media(train)
+        blank = None
+        if missing is not None and self._reads_pixels(media):
+            blank = self.pixels.blank if self.pixels is not None else self._blank_image()
+        others = []
+        for modality in (m for m in read if m != self.media):
+            pool = other_pool(split.pool, modality)
+            cached = media[modality][pool] if modality in media else None
+            load_other = None if cached is not None else self._load_media(train, modality)
+            others.append(MediaReader(modality, pools[pool], load_other, cached))
+        return MultimodalDataset(
+            split,
+            len(self.classes),
+            self.multilabel,
+            pools[split.pool],
+            self.media,
+            load,
+            features[split.pool] if features is not None else None,
+            text,
+            rows,
+            missing,
+            blank,
+            self._reads_text(),
+            others,
+            self.media in read,
+        )

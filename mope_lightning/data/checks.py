@@ -21,7 +21,7 @@ from PIL import Image
 
 from mope_lightning.data.array_images import is_member, member_bytes
 from mope_lightning.data.audio import read_audio
-from mope_lightning.data.samples import Problem, Scan
+from mope_lightning.data.samples import Problem, Scan, pool_modalities
 from mope_lightning.data.video import probe_video
 from mope_lightning.errors import DataError
 
@@ -129,38 +129,44 @@ def parallel_map(fn: Callable, items: Sequence, doing: str) -> list:
 
 
 def _first_users(scan: Scan) -> dict[tuple[str, int], tuple[int, str]]:
-    """(pool, image) -> (number of samples that use it, where the first of them was read)."""
+    """(pool, file) -> (number of samples that use it, where the first of them was read), over every media's pool."""
     users: dict[tuple[str, int], tuple[int, str]] = {}
     for split in scan.splits.values():
-        for j, source in zip(split.media_index, split.sources):
-            count, first = users.get((split.pool, j), (0, source))
-            users[split.pool, j] = (count + 1, first)
+        for pool, js in split.pool_indices():
+            for j, source in zip(js, split.sources):
+                count, first = users.get((pool, j), (0, source))
+                users[pool, j] = (count + 1, first)
     return users
 
 
-def decode_pool(scan: Scan, media: str = "image") -> Scan:
-    """Decode every pool file (images, or audio or video clips for `media="audio"`, `"video"`); a sample whose file
-    is missing or does not decode is left out with a problem of that kind. Video clips keep their probes."""
-    keys = [(pool, j) for pool, files in scan.pools.items() for j in range(len(files))]
-    results = decode_files([scan.pools[pool][j] for pool, j in keys], media)
+def decode_pool(scan: Scan, media: Sequence[str] = ("image",)) -> Scan:
+    """Decode every pool file as its media modality's files (`media`: the dataset's, the primary first: images, or
+    audio or video clips); a sample whose file of any of them is missing or does not decode is left out with a
+    problem of that kind. Video clips keep their probes."""
+    kinds = pool_modalities(scan.splits.values(), scan.pools, media[0])
     digests: dict[str, list[str]] = {pool: [] for pool in scan.pools}
-    probes: dict[str, list[list]] = {pool: [] for pool in scan.pools} if media == "video" else {}
+    probes: dict[str, list[list]] = {pool: [] for pool, kind in kinds.items() if kind == "video"}
     bad: set[tuple[str, int]] = set()
     problems, users = list(scan.problems), _first_users(scan)
-    for (pool, j), (digest, error, *probe) in zip(keys, results):
-        digests[pool].append(digest)
-        if pool in probes:
-            probes[pool].append(probe[0])
-        if error:
-            bad.add((pool, j))
-            count, first = users.get((pool, j), (0, ""))
-            used = f"; {count} sample(s) use it (first: {first})" if count else "; no sample uses it"
-            problems.append(Problem(str(scan.pools[pool][j]), "", error + used, kind=media))
-    splits = {
-        name: split.subset([r for r, j in enumerate(split.media_index) if (split.pool, j) not in bad])
-        for name, split in scan.splits.items()
-    }
+    for kind in dict.fromkeys(kinds.values()):  # each media's files with its own decoder, in one parallel map
+        keys = [(pool, j) for pool, files in scan.pools.items() if kinds[pool] == kind for j in range(len(files))]
+        for (pool, j), (digest, error, *probe) in zip(keys, decode_files([scan.pools[p][j] for p, j in keys], kind)):
+            digests[pool].append(digest)
+            if pool in probes:
+                probes[pool].append(probe[0])
+            if error:
+                bad.add((pool, j))
+                count, first = users.get((pool, j), (0, ""))
+                used = f"; {count} sample(s) use it (first: {first})" if count else "; no sample uses it"
+                problems.append(Problem(str(scan.pools[pool][j]), "", error + used, kind=kind))
+    splits = {name: split.subset(_decoded_rows(split, bad)) for name, split in scan.splits.items()}
     return replace(scan, splits=splits, problems=problems, digests=digests, probes=probes)
+
+
+def _decoded_rows(split, bad: set[tuple[str, int]]) -> list[int]:
+    """The rows of `split` whose file of every media is not in `bad` ((pool, file) pairs)."""
+    indices = split.pool_indices()
+    return [r for r in range(len(split)) if not any((pool, js[r]) in bad for pool, js in indices)]
 
 
 def outside_note(scan: Scan, folders: Sequence[Path]) -> list[str]:
@@ -193,15 +199,17 @@ def _image_identities(scan: Scan) -> dict[str, list[str]]:
 def leave_out_repeats(scan: Scan) -> Scan:
     """Leave out, each with a problem: a sample whose id already appeared in its split (the later one: predictions
     are joined back by id), and a val/test sample that is also in train, by id or by the same text with the same
-    image (the evaluation copy: a sample seen in training inflates the score)."""
+    image (the same file of every media, for samples that carry several) (the evaluation copy: a sample seen in
+    training inflates the score)."""
     identity, problems = _image_identities(scan), list(scan.problems)
     train_ids: dict[str, str] = {}  # id -> where
-    train_content: dict[tuple[str, str], tuple[str, str]] = {}  # (text, image) -> (id, where)
+    train_content: dict[tuple[str, ...], tuple[str, str]] = {}  # (text, image, other media) -> (id, where)
     splits = {}
     for name in sorted(scan.splits, key=lambda n: n != "train"):  # train first: the others are checked against it
         split, first, keep = scan.splits[name], {}, []
+        indices = split.pool_indices()
         for r, (sid, source) in enumerate(zip(split.ids, split.sources)):
-            content = (split.texts[r], identity[split.pool][split.media_index[r]])
+            content = (split.texts[r], *(identity[pool][js[r]] for pool, js in indices))
             if sid in first:
                 problems.append(
                     Problem(

@@ -25,8 +25,8 @@ from mope_lightning.data.text_files import read_text
 from mope_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
-INDEX_VERSION = 5  # 2: sources, image digests, problem kinds; 3: media_index (images or clips); 4: attributes;
-# 5: MM-IMDB decade
+INDEX_VERSION = 6  # 2: sources, image digests, problem kinds; 3: media_index (images or clips); 4: attributes;
+# 5: MM-IMDB decade; 6: other_media (a file of each of several media per sample)
 
 
 def file_stats(paths: Iterable[Path]) -> list[list]:
@@ -81,11 +81,20 @@ def _from_json(data: dict) -> Scan:
         probes=dict(data.get("probes", {})),  # video clips only
     )
     for name, split in scan.splits.items():
-        columns = (split.ids, split.texts, split.labels, split.media_index, split.sources, *split.attributes.values())
-        if split.pool not in scan.pools or len({len(c) for c in columns}) != 1:
-            raise ValueError(f"split '{name}' does not match its pool or has columns of different lengths")
-        if any(not isinstance(j, int) or not 0 <= j < len(scan.pools[split.pool]) for j in split.media_index):
-            raise ValueError(f"split '{name}' points outside its image pool")
+        indices = split.pool_indices()
+        columns = (
+            split.ids,
+            split.texts,
+            split.labels,
+            split.sources,
+            *split.attributes.values(),
+            *dict(indices).values(),
+        )
+        if any(pool not in scan.pools for pool, _ in indices) or len({len(c) for c in columns}) != 1:
+            raise ValueError(f"split '{name}' does not match its pools or has columns of different lengths")
+        for pool, js in indices:
+            if any(not isinstance(j, int) or not 0 <= j < len(scan.pools[pool]) for j in js):
+                raise ValueError(f"split '{name}' points outside its pool '{pool}'")
     if any(len(scan.digests[pool]) != len(files) for pool, files in scan.pools.items() if pool in scan.digests):
         raise ValueError("image digests do not match the image pools")
     if any(len(scan.probes[pool]) != len(files) for pool, files in scan.pools.items() if pool in scan.probes):
@@ -121,10 +130,11 @@ def load_or_build_index(
     scan: Callable[[], Scan],
     image_folders: Sequence[Path] = (),
     check_images: bool = True,
-    media: str = "image",
+    media: Sequence[str] = ("image",),
 ) -> Scan:
     """The cached index for `settings` and `sources`, or a fresh scan saved for next time, checked: every image (or
-    audio clip, for `media="audio"`) decoded (unless `check_images` is false), image paths outside `image_folders`
+    audio or video clip, for `media` ("audio",), ("video",), or both for samples that carry both: the first, the
+    primary, in each split's pool) decoded (unless `check_images` is false), image paths outside `image_folders`
     noted, repeated ids and val/test samples also in train left out as problems."""
     digest = hashlib.sha1(json.dumps([settings, file_stats(sources)], sort_keys=True, default=str).encode())
     path = Path(folder) / f"index-{digest.hexdigest()[:16]}.json"

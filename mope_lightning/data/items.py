@@ -1,11 +1,13 @@
 """What a DataModule's loaders yield: the items of a split (`MultimodalDataset`: the label, the text or its cached
-feature, the media content or its cached feature, what the sample lost) and their batches (`BatchCollate`:
-tokenized texts, padded audio, stacked tensors, the missing flags), built in the DataLoader workers."""
+feature, the content of each media the model reads or its cached feature, what the sample lost) and their batches
+(`BatchCollate`: tokenized texts, padded audio, stacked tensors, the missing flags), built in the DataLoader
+workers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -15,9 +17,27 @@ from mope_lightning.data.missing import MISSABLE
 from mope_lightning.data.samples import Split
 
 
+@dataclass
+class MediaReader:
+    """One other media modality of a split's samples (`Split.other_media`), as the model reads it: its pool's
+    `files` loaded by `load` (file -> tensor), or `features`, its cached feature per pool file."""
+
+    modality: str
+    files: Sequence[Path]
+    load: Optional[Callable] = None
+    features: Optional[torch.Tensor] = None
+
+
+def _lost(lost: str, modality: str) -> bool:
+    """Whether a sample that lost `lost` (data/missing.py: a modality, or "") lacks `modality`."""
+    return lost == modality
+
+
 class MultimodalDataset(Dataset):
     """Items of a `Split`: the label, the text (or its cached feature), the media file loaded by `load` (an image
-    through the encoder's transform, an audio clip at the encoder's rate) or its cached feature.
+    through the encoder's transform, an audio clip at the encoder's rate) or its cached feature; and the same of
+    each other media modality the model reads (`others`, for samples that carry several). `reads_media=False`: the
+    model does not read the split's primary media (a text-video model on clips with audio and video).
 
     `missing` (data/missing.py): per sample, the modality it lost, or "". A lost text is the empty text (or a zero
     feature, which the model replaces by its learned missing embedding); a lost image is never read: its cached
@@ -39,12 +59,15 @@ class MultimodalDataset(Dataset):
         missing: Optional[list[str]] = None,
         blank_image: Optional[torch.Tensor] = None,
         with_text: bool = True,
+        others: Sequence[MediaReader] = (),
+        reads_media: bool = True,
     ):
         self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
         self.with_text = with_text  # False: the samples have no text, or the model reads none (nothing tokenized)
         self.files, self.media, self.load = files, media, load
         self.media_features, self.text_features, self.text_rows = media_features, text_features, text_rows
         self.missing, self.blank_image = missing, blank_image
+        self.others, self.reads_media = list(others), reads_media
 
     def __len__(self) -> int:
         return len(self.split)
@@ -54,23 +77,36 @@ class MultimodalDataset(Dataset):
 
     def item(self, i: int, media: Optional[torch.Tensor] = None) -> dict:
         """Sample i, with its media content `media` when given (streamed, data/shards.py) instead of loaded."""
-        s, j = self.split, self.split.media_index[i]
+        s = self.split
         item = {"id": s.ids[i], "index": i, "label": self._target(s.labels[i])}
         lost = self.missing[i] if self.missing is not None else ""
         if self.missing is not None:
             item["missing"] = lost
         if self.text_features is not None:
             feature = self.text_features[self.text_rows[s.texts[i]]]
-            item["text_features"] = torch.zeros_like(feature) if lost == "text" else feature
+            item["text_features"] = torch.zeros_like(feature) if _lost(lost, "text") else feature
         elif self.with_text:
-            item["text"] = "" if lost == "text" else s.texts[i]
-        if self.media_features is not None:
-            feature = self.media_features[j]
-            item[f"{self.media}_features"] = torch.zeros_like(feature) if lost == self.media else feature
-        else:
-            loaded = media if media is not None or lost == "image" else self.load(self.files[j])
-            item[MEDIA_KEYS[self.media]] = self.blank_image if lost == "image" else loaded
+            item["text"] = "" if _lost(lost, "text") else s.texts[i]
+        if self.reads_media:
+            primary = MediaReader(self.media, self.files, self.load, self.media_features)
+            item.update(self._media_item(primary, s.media_index[i], lost, media))
+        for reader in self.others:
+            item.update(self._media_item(reader, s.other_media[reader.modality][i], lost))
         return item
+
+    def _media_item(
+        self, reader: MediaReader, j: int, lost: str, streamed: Optional[torch.Tensor] = None
+    ) -> dict[str, torch.Tensor]:
+        """{batch key: content} of file `j` of `reader`'s pool: its cached feature (zeros when the sample lost it),
+        or the file loaded (`streamed` when given), the blank image for a lost image."""
+        if reader.features is not None:
+            feature = reader.features[j]
+            return {
+                f"{reader.modality}_features": torch.zeros_like(feature) if _lost(lost, reader.modality) else feature
+            }
+        if _lost(lost, "image") and reader.modality == "image":
+            return {MEDIA_KEYS["image"]: self.blank_image}
+        return {MEDIA_KEYS[reader.modality]: streamed if streamed is not None else reader.load(reader.files[j])}
 
     def _target(self, label):
         if not self.multilabel:

@@ -1,21 +1,30 @@
-"""What a dataset reader returns: splits of samples, the media pools (image or audio files) they point into, and
-per-sample problems."""
+"""What a dataset reader returns: splits of samples, the media pools (image, audio or video files) they point into,
+and per-sample problems. A sample has one file of each of the dataset's media modalities (MUStARD: an audio and a
+video clip): the first, the primary media, in the split's `pool`, each other one in a pool of its own
+(`other_pool`)."""
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Mapping, Optional, Sequence
 
 import torch
+
+
+def other_pool(pool: str, modality: str) -> str:
+    """The pool of a split's other media modality `modality`, beside its primary media's `pool`."""
+    return f"{pool}.{modality}"
 
 
 @dataclass
 class Split:
     """The samples of one split. `media_index[i]` points into the media pool `pool` (a list of image files, or of
-    audio files for an audio dataset); `sources[i]` says where sample i was read ("file:line 3", "file:entry 7"),
+    audio or video files for an audio or video dataset): the primary media. `other_media[m][i]` points into the pool
+    `other_pool(pool, m)` of the other media modality m, for a dataset whose samples carry several (MUStARD's audio
+    and video); empty for the others. `sources[i]` says where sample i was read ("file:line 3", "file:entry 7"),
     for problems that name it. `attributes` (name -> per-sample list of values, empty where unknown) describe the
     samples for analysis only (routing by image shape, genre, ...): they never reach the model."""
 
@@ -26,9 +35,14 @@ class Split:
     pool: str
     sources: list[str]
     attributes: dict[str, list[list[str]]] = field(default_factory=dict)
+    other_media: dict[str, list[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def pool_indices(self) -> list[tuple[str, list[int]]]:
+        """(pool, the samples' indices into it) of every media modality: the primary's first."""
+        return [(self.pool, self.media_index)] + [(other_pool(self.pool, m), js) for m, js in self.other_media.items()]
 
     def subset(self, rows: Sequence[int]) -> "Split":
         return Split(
@@ -39,7 +53,14 @@ class Split:
             self.pool,
             [self.sources[i] for i in rows],
             {name: [values[i] for i in rows] for name, values in self.attributes.items()},
+            {modality: [js[i] for i in rows] for modality, js in self.other_media.items()},
         )
+
+
+def pool_modalities(splits: Iterable[Split], pools: Iterable[str], primary: str) -> dict[str, str]:
+    """pool -> the media modality of its files: each split's other media in their pools, `primary` in the rest."""
+    others = {other_pool(s.pool, m): m for s in splits for m in s.other_media}
+    return {pool: others.get(pool, primary) for pool in pools}
 
 
 @dataclass
@@ -82,14 +103,17 @@ class Scan:
     def compact(self) -> "Scan":
         """The same samples with pools of only the images they use (re-indexed), so that images whose samples were
         left out are neither encoded nor loaded."""
-        used = {
-            pool: sorted({j for s in self.splits.values() if s.pool == pool for j in s.media_index})
-            for pool in self.pools
-        }
+        users: dict[str, set[int]] = {pool: set() for pool in self.pools}
+        for s in self.splits.values():
+            for pool, js in s.pool_indices():
+                users[pool].update(js)
+        used = {pool: sorted(js) for pool, js in users.items()}
         slot = {pool: {j: k for k, j in enumerate(js)} for pool, js in used.items()}
         splits = {
-            name: Split(
-                s.ids, s.texts, s.labels, [slot[s.pool][j] for j in s.media_index], s.pool, s.sources, s.attributes
+            name: replace(
+                s,
+                media_index=[slot[s.pool][j] for j in s.media_index],
+                other_media={m: [slot[other_pool(s.pool, m)][j] for j in js] for m, js in s.other_media.items()},
             )
             for name, s in self.splits.items()
         }
@@ -124,7 +148,8 @@ class ImagePool:
 class SplitBuilder:
     """Accumulates the samples of one split while a reader parses its files.
 
-    Splits that share images (or one pool for all splits) pass the same `ImagePool`.
+    Splits that share images (or one pool for all splits) pass the same `ImagePool`; the files of the other media
+    modalities (`add(..., other_media=...)`) each go to a pool of the builder's own.
     """
 
     def __init__(self, pool: str, images: ImagePool | None = None):
@@ -132,10 +157,16 @@ class SplitBuilder:
         self.images = images or ImagePool()
         self.ids, self.texts, self.labels, self.media_index, self.sources = [], [], [], [], []
         self.attributes: dict[str, list[list[str]]] = {}
+        self.others: dict[str, ImagePool] = {}  # other media modality -> its files
+        self.other_media: dict[str, list[int]] = {}
 
     @property
     def files(self) -> list[Path]:
         return self.images.files
+
+    def pools(self) -> dict[str, list[Path]]:
+        """The files of every media modality by pool name: the primary's `pool`, then the others'."""
+        return {self.pool: self.files, **{other_pool(self.pool, m): p.files for m, p in self.others.items()}}
 
     def add(
         self,
@@ -145,9 +176,18 @@ class SplitBuilder:
         image: Path,
         source: str,
         attributes: Optional[dict[str, list[str]]] = None,
+        other_media: Optional[Mapping[str, Path]] = None,
     ) -> None:
         """One sample; `source` is where it was read ("file:line 3"), named by the problems found about it;
-        `attributes` its values of the reader's attributes (the same names for every sample)."""
+        `attributes` its values of the reader's attributes (the same names for every sample); `other_media` its file
+        of each other media modality besides `image`, the primary one (the same modalities for every sample)."""
+        others = dict(other_media or {})
+        if self.ids and others.keys() != self.other_media.keys():
+            raise ValueError(
+                f"sample {sample_id!r} has other media {sorted(others)}, the earlier samples {sorted(self.other_media)}"
+            )
+        for modality, file in others.items():
+            self.other_media.setdefault(modality, []).append(self.others.setdefault(modality, ImagePool()).index(file))
         given = attributes or {}
         for name in given.keys() - self.attributes.keys():  # a name first seen here: unknown for earlier samples
             self.attributes[name] = [[] for _ in self.ids]
@@ -160,7 +200,16 @@ class SplitBuilder:
         self.sources.append(source)
 
     def build(self) -> Split:
-        return Split(self.ids, self.texts, self.labels, self.media_index, self.pool, self.sources, self.attributes)
+        return Split(
+            self.ids,
+            self.texts,
+            self.labels,
+            self.media_index,
+            self.pool,
+            self.sources,
+            self.attributes,
+            self.other_media,
+        )
 
 
 def stratified_holdout(

@@ -74,10 +74,13 @@ def _check_modalities(cfg: DictConfig, datamodule: MultimodalDataModule) -> None
     """The model reads modalities the dataset has (an audio dataset has no images), before anything is built."""
     lacking = [m for m in cfg.model.modalities if m not in datamodule.modalities]
     if lacking:
+        # a dataset that provides them with other settings (MUStARD's data.media) says which to set
+        hint = datamodule.load_hint(lacking) if set(lacking) <= set(datamodule.provided_modalities()) else ""
         raise ConfigError(
             f"model.modalities: {list(cfg.model.modalities)}, but {cfg.data.name} has "
             f"{' and '.join(datamodule.modalities)}, no {' or '.join(lacking)}; set model.modalities="
             f"[{','.join(datamodule.modalities)}] (see experiments/{cfg.data.name}.yaml)"
+            + (f", or {hint}" if hint else "")
         )
 
 

@@ -1,4 +1,4 @@
-"""MUStARD (Castro et al., ACL 2019): is an utterance from a TV show sarcastic? Text and audio (or video) of each
+"""MUStARD (Castro et al., ACL 2019): is an utterance from a TV show sarcastic? Text, audio and video of each
 utterance.
 
 Layout of the release (soujanyaporia/MUStARD; see data/README.md):
@@ -11,8 +11,10 @@ Layout of the release (soujanyaporia/MUStARD; see data/README.md):
 The audio of an utterance is read from `<audio_folder>/<id>.<ext>` for the first extension that exists: a WAV,
 FLAC or MP3 file, or the AAC track of the released MP4 clip itself (PyAV, data/audio.py), so the raw release needs no
 preprocessing. With `data.media: video` the media is the video stream of `<video_folder>/<id>.mp4` instead (the
-released clip; data/video.py samples `data.video_frames` frames of it). Splits (`data.split`): `speaker_dependent` is fold `data.fold` of the shipped 5-fold cross-validation
-(the paper's main setting, reported as the mean over the folds); `speaker_independent` holds out every FRIENDS
+released clip; data/video.py samples `data.video_frames` frames of it), and with `data.media: [audio, video]` each
+sample carries both (the same released clip read once for each stream, by default; the first listed is the primary
+media, data/samples.py). Splits (`data.split`): `speaker_dependent` is fold `data.fold` of the shipped 5-fold
+cross-validation (the paper's main setting, reported as the mean over the folds); `speaker_independent` holds out every FRIENDS
 utterance as the test split (the paper's code, and PromptFuse's). `val` is a seeded hold-out of the training part,
 stratified by label (`data.val_fraction`): the MoPE reference validates on its test split instead.
 
@@ -28,7 +30,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from mope_lightning.data.options import DataConfig
 from mope_lightning.data.base import MultimodalDataModule
@@ -52,9 +54,10 @@ class MustardConfig(DataConfig):
     split: str = "speaker_dependent"  # speaker_dependent (data.fold of split_indices.p) | speaker_independent
     fold: int = 0  # speaker_dependent: which of the 5 folds is the test split
     folds_file: str = "split_indices.p"  # the release's folds (a pickle of index arrays, read without running code)
-    media: str = "audio"  # audio | video: which stream of each utterance the samples carry besides the text
+    # audio | video | [audio, video]: which streams of each utterance the samples carry besides the text
+    media: Any = "audio"
     audio_folder: str = "utterances_final"
-    video_folder: str = "utterances_final"  # data.media=video: the release's clips, <id>.mp4
+    video_folder: str = "utterances_final"  # data.media with video: the release's clips, <id>.mp4
     text: str = "speaker"  # speaker ("SPEAKER: utterance") | utterance | context (context lines, then the utterance)
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -100,9 +103,22 @@ def read_folds(path: Path) -> list[tuple[list[int], list[int]]]:
     return folds
 
 
+def media_setting(value) -> tuple[str, ...]:
+    """The media `data.media` names (a name, or a list of different names), in its order; a `DataError` naming the
+    setting when it names another or one twice."""
+    names = [value] if isinstance(value, str) else list(value) if isinstance(value, Sequence) else [value]
+    for name in names:
+        if name not in MEDIA:
+            raise DataError(f"data.media: '{name}' is not one of {', '.join(MEDIA)}; e.g. data.media=[audio,video]")
+    if not names or len(set(names)) != len(names):
+        raise DataError(
+            f"data.media: {names} must name one or more of {', '.join(MEDIA)}, each once; e.g. data.media=[audio,video]"
+        )
+    return tuple(names)
+
+
 class MustardDataModule(MultimodalDataModule):
-    """MUStARD: text and audio (or video) of 690 utterances, sarcastic or not; headline metric: validation weighted
-    F1."""
+    """MUStARD: text, audio and video of 690 utterances, sarcastic or not; headline metric: validation weighted F1."""
 
     config_class = MustardConfig
     media = "audio"
@@ -110,10 +126,24 @@ class MustardDataModule(MultimodalDataModule):
     monitor = "val/f1_weighted"
 
     def __init__(self, cfg):
-        if cfg.get("media", "audio") not in MEDIA:
-            raise DataError(f"data.media: '{cfg.media}' is not one of {', '.join(MEDIA)}")
-        self.media = cfg.get("media", "audio")  # the samples' media file, and the dataset's second modality
+        self._media = media_setting(cfg.get("media", "audio"))  # the samples' media files, the primary first
+        self.media = self._media[0]
         super().__init__(cfg)
+
+    @classmethod
+    def provided_modalities(cls) -> tuple[str, ...]:
+        return ("text", *MEDIA)  # which of the media the samples carry is data.media's choice
+
+    @property
+    def media_modalities(self) -> tuple[str, ...]:
+        return self._media
+
+    def load_hint(self, modalities: list[str]) -> str:
+        wanted = [*self._media, *(m for m in modalities if m not in self._media)]
+        return (
+            f"data.media is [{', '.join(self._media)}]; set data.media=[{','.join(wanted)}] to load the "
+            f"{' and '.join(modalities)} too"
+        )
 
     @property
     def root(self) -> Path:
@@ -153,7 +183,9 @@ class MustardDataModule(MultimodalDataModule):
                 problems.append(Problem(str(self.root / "sarcasm_data.json"), f"entry {clip_id}", sample))
                 continue
             text, label, media = sample
-            builder.add(clip_id, text, label, media, where)
+            builder.add(
+                clip_id, text, label, media[self.media], where, other_media={m: media[m] for m in self._media[1:]}
+            )
             rows.append(position)
         everything = builder.build()
         train_rows, test_rows, note = self._split_rows(entries, rows)
@@ -167,7 +199,7 @@ class MustardDataModule(MultimodalDataModule):
             note,
             f"val = {len(held)} utterances held out of the training part, stratified by label (seed {c.split_seed})",
         ]
-        return Scan(splits, {"clips": builder.files}, problems, notes)
+        return Scan(splits, builder.pools(), problems, notes)
 
     def _read_entries(self) -> list[tuple[str, dict]]:
         path = self.root / "sarcasm_data.json"
@@ -181,8 +213,8 @@ class MustardDataModule(MultimodalDataModule):
             raise DataError(f"{path}: expected a JSON object of utterances keyed by clip id")
         return list(data.items())
 
-    def _sample(self, clip_id: str, entry) -> tuple[str, int, Path] | str:
-        """(text, label, audio or video file) of one entry, or what is wrong with it."""
+    def _sample(self, clip_id: str, entry) -> tuple[str, int, dict[str, Path]] | str:
+        """(text, label, its file of each of the media) of one entry, or what is wrong with it."""
         if not isinstance(entry, dict):
             return f"{entry!r} is not an object with utterance, speaker and sarcasm"
         utterance, sarcasm = entry.get("utterance"), entry.get("sarcasm")
@@ -190,18 +222,20 @@ class MustardDataModule(MultimodalDataModule):
             return "empty or missing 'utterance'"
         if not isinstance(sarcasm, bool):
             return f"'sarcasm' is {sarcasm!r}, not true or false"
-        folder, extensions = (
-            (self.cfg.video_folder, VIDEO_EXTENSIONS)
-            if self.media == "video"
-            else (self.cfg.audio_folder, AUDIO_EXTENSIONS)
-        )
-        media = next((p for ext in extensions if (p := self.root / folder / f"{clip_id}{ext}").is_file()), None)
-        if media is None:
-            return (
-                f"no {self.media} for utterance {clip_id!r}: none of {folder}/{clip_id}"
-                f"{{{','.join(extensions)}}} exists"
+        files = {}
+        for media in self._media:
+            folder, extensions = (
+                (self.cfg.video_folder, VIDEO_EXTENSIONS)
+                if media == "video"
+                else (self.cfg.audio_folder, AUDIO_EXTENSIONS)
             )
-        return self._text(entry, utterance), int(sarcasm), media
+            found = next((p for ext in extensions if (p := self.root / folder / f"{clip_id}{ext}").is_file()), None)
+            if found is None:
+                return (
+                    f"no {media} for utterance {clip_id!r}: none of {folder}/{clip_id}{{{','.join(extensions)}}} exists"
+                )
+            files[media] = found
+        return self._text(entry, utterance), int(sarcasm), files
 
     def _text(self, entry: dict, utterance: str) -> str:
         speaker = str(entry.get("speaker") or "").strip()

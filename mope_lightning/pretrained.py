@@ -79,7 +79,7 @@ class PretrainedModel:
         self.slide, self.seg_stride = False, data_cfg.get("seg_stride")  # sliding-window masks (data.seg_eval)
         self.max_text_length = data_cfg.get("max_text_length", 128)
         self.max_audio_seconds = data_cfg.get("max_audio_seconds")
-        self.tokenizer = net.text.tokenizer if "text" in net.pair else None
+        self.tokenizer = net.text.tokenizer if "text" in net.modality_set else None
         self.transform = self._image_transform(data_cfg) if "image" in net.modalities() else None
         # The shape of a preprocessed image, which a float tensor given as an image must have.
         self.image_shape = tuple(self.transform(Image.new("RGB", (1, 1))).shape) if self.transform else None

@@ -130,10 +130,10 @@ def audio_batch(net, size: int = 4) -> dict:
 def test_mope_over_text_and_audio_trains_its_prompts_only(prompted):
     cfg = load_config(TEXT_AUDIO, ["model.modalities=[text,audio]", f"model.prompted={prompted}"])
     net = build_model(cfg.model, 2)
-    assert net.pair == ("text", "audio") and net.condition == ("text" if prompted == "audio" else "audio")
+    assert net.modality_set == ("text", "audio") and net.conditions == ("text" if prompted == "audio" else "audio",)
     spec = net.input_spec()
     assert spec.audio_preprocessor.sampling_rate == 16000 and spec.image_config is None
-    assert set(spec.cacheable) == {net.condition}  # the frozen, unprompted conditioning encoder
+    assert set(spec.cacheable) == set(net.conditions)  # the frozen, unprompted conditioning encoder
     out = net(audio_batch(net))
     assert out.logits.shape == (4, 2) and out.routing.shape[1:] == (2, cfg.model.mope.num_experts)
     (out.logits.sum() + out.importance_loss).backward()

@@ -193,7 +193,7 @@ def test_missing_aware_prompts_are_chosen_by_the_sample_case():
     batch = batch_without(net, "text")
     batch["text_missing"] = torch.tensor([False, True, False, False])
     batch["image_missing"] = torch.tensor([False, False, True, False])
-    assert missing_case(batch, 4, torch.device("cpu"), net.pair).tolist() == [0, 1, 2, 0]
+    assert missing_case(batch, 4, torch.device("cpu"), net.modality_set).tolist() == [0, 1, 2, 0]
     batch["text_missing"] = torch.tensor([True, True, False, False])  # cases 1, 1, 0, 0: no image-less sample
     batch["image_missing"] = torch.zeros(4, dtype=torch.bool)
     net.train()

@@ -295,7 +295,7 @@ def test_repeated_clips_predict_as_the_old_path_and_are_encoded_once(tmp_path, p
     # The conditioning encoder sees each distinct text once per call, and each distinct clip once per batch (a
     # copy, a tensor of the same samples and a file named twice are one): a clip's feature depends on the padding.
     seen = []
-    count_rows(monkeypatch, model.net.encoder(model.net.condition), seen)
+    count_rows(monkeypatch, model.net.encoder(*model.net.conditions), seen)
     model.predict(texts=texts, audio=audio, batch_size=3)
     assert sum(seen) == (2 + 3 + 2 if prompted == "text" else 6)
 

@@ -116,7 +116,7 @@ def test_prompted_swin_upernet_logits_on_the_finest_stage_and_only_prompts_and_h
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in groups["prompts"])
     head = list(net.head.parameters())
     assert sum(p.grad is not None and p.grad.abs().sum() > 0 for p in head) >= len(head) // 2
-    frozen = [p for modality in net.pair for p in net.encoder(modality).parameters()]
+    frozen = [p for modality in net.modality_set for p in net.encoder(modality).parameters()]
     assert frozen and not any(p.requires_grad or p.grad is not None for p in frozen)
 
 

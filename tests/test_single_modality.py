@@ -143,7 +143,8 @@ def test_vpt_deep_and_shallow_on_image_only_data(data, tmp_path, capsys, fusion,
     model = mope_lightning.from_pretrained(ckpt)
     layers = [m for m in model.net.modules() if isinstance(m, PromptLayer)]
     assert len(layers) == prompted_layers and all(layer.static.shape[-2] == 5 for layer in layers)
-    assert model.net.pair == ("image",) and model.net.head[-1].in_features == 64  # no second modality at the head
+    # no second modality at the head
+    assert model.net.modality_set == ("image",) and model.net.head[-1].in_features == 64
     adapter = tmp_path / "adapter"
     assert main(["export", *cli_args(tmp_path, experiment, f"ckpt={ckpt}", f"out={adapter}")]) == 0
     images = [data / "images" / "33.png"]
@@ -167,7 +168,7 @@ def test_every_one_modality_fusion_builds_and_runs_on_images(fusion):
     )
     net = build_model(cfg, 3)
     out = net({"images": torch.randn(2, 3, 32, 32)})
-    assert out.logits.shape == (2, 3) and net.pair == ("image",)
+    assert out.logits.shape == (2, 3) and net.modality_set == ("image",)
     assert (net.parameter_counts()["encoders"] > 0) == (fusion == "finetune")
     if fusion == "linear_probe":  # one linear layer on the frozen feature, whatever model.head_hidden says
         assert [type(m).__name__ for m in net.head] == ["Dropout", "Linear"]
@@ -202,7 +203,7 @@ def test_a_fusion_that_needs_a_second_modality_is_refused(data, tmp_path, capsys
         (["model.modalities=[]"], ["model.modalities: []"]),
         (
             ["model.modalities=[image,text,audio]", "model.text_encoder.name=x"],
-            ["model.modalities:", "one modality or two"],
+            ["model.modalities: ['image', 'text', 'audio'], but jsonl has image, no text or audio", "=[image]"],
         ),
         (["model.prompted=text"], ["model.prompted: 'text' is not one of model.modalities ['image']"]),
         (["model.condition_prompts=4"], ["model.condition_prompts", "one-modality task"]),

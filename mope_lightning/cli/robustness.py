@@ -125,12 +125,12 @@ def _refuse_segmentation(cfg: DictConfig) -> None:
 def _check_model(net, todo: list[tuple[str, float]]) -> None:
     """Refuse, before evaluating anything, a model that cannot run without a modality some condition removes."""
     lost = {m for kind, _ in todo if kind != "none" for m in lost_by(kind)}
-    foreign = sorted(lost - set(net.pair))
+    foreign = sorted(lost - set(net.modality_set))
     if foreign:
         raise ConfigError(
             f"robustness.kinds: removing the {' and '.join(foreign)} needs a model that reads it; this "
-            f"one reads {' and '.join(net.pair)} (data.missing removes texts and images), so use "
-            f"robustness.kinds=[{','.join(m for m in net.pair if m in ('text', 'image'))}]"
+            f"one reads {' and '.join(net.modality_set)} (data.missing removes texts and images), so use "
+            f"robustness.kinds=[{','.join(m for m in net.modality_set if m in ('text', 'image'))}]"
         )
     for modality in sorted(lost):
         problem = net.missing_problem(modality)

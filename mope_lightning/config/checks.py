@@ -175,7 +175,7 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
             f"{source_of('model.checkpoint_policy')}: model.checkpoint_policy: applies with "
             "model.activation_checkpointing=true"
         )
-    _check_pair(cfg.model, source_of)
+    _check_modality_set(cfg.model, source_of)
     _check_missing(cfg, source_of)
     _check_compat(cfg.model, source_of)
     mope = cfg.model.mope
@@ -186,54 +186,67 @@ def check_values(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
         )
 
 
-def _check_pair(model: DictConfig, source_of: Callable[[str], str]) -> None:
-    """`model.modalities` names one modality or two different ones, as many as the fusion works with
-    (models/registry.py), and the prompted and unimodal ones are among them."""
-    pair = list(model.modalities)
+def _check_modality_set(model: DictConfig, source_of: Callable[[str], str]) -> None:
+    """`model.modalities` names known modalities, each once, as many as the fusion works with (models/registry.py),
+    and the prompted and unimodal ones are among them."""
+    chosen = list(model.modalities)
     key = "model.modalities"
-    if len(pair) not in (1, 2) or len(set(pair)) != len(pair) or not set(pair) <= set(MODALITIES):
-        raise ConfigError(
-            f"{source_of(key)}: {key}: {pair} must name one modality or two different ones of "
-            f"{', '.join(MODALITIES)}, e.g. [text, image], [text, audio], [text, video] or [image]"
-        )
-    if len(pair) not in modality_counts(model.fusion):
+    _check_modality_names(chosen, f"{source_of(key)}: {key}")
+    if len(chosen) not in modality_counts(model.fusion):
         raise ConfigError(
             f"{source_of('model.fusion')}: model.fusion: {model.fusion} needs a second modality "
-            f"({NEEDS_SECOND_MODALITY[model.fusion]}), but {key} is {pair} ({source_of(key)}); "
-            f"add one, or use a fusion that reads one modality: {', '.join(_single_fusions(pair))}"
+            f"({NEEDS_SECOND_MODALITY[model.fusion]}), but {key} is {chosen} ({source_of(key)}); "
+            f"add one, or use a fusion that reads one modality: {', '.join(_single_fusions(chosen))}"
         )
-    if model.prompted not in pair:
-        role = "the experts' modality" if len(pair) == 1 else "the other one conditions it"
+    if model.prompted not in chosen:
+        role = "the experts' modality" if len(chosen) == 1 else "the others condition it"
         raise ConfigError(
             f"{source_of('model.prompted')}: model.prompted: '{model.prompted}' is not one of "
-            f"{key} {pair}; prompt one of them ({role})"
+            f"{key} {chosen}; prompt one of them ({role})"
         )
     single = UNIMODAL_FUSIONS.get(model.fusion)
-    if single is not None and single not in pair:
+    if single is not None and single not in chosen:
         raise ConfigError(
             f"{source_of('model.fusion')}: model.fusion: {model.fusion} reads the {single}, which is "
-            f"not one of {key} {pair}; use {', '.join(f'{m}_only' for m in pair)}"
+            f"not one of {key} {chosen}; use {', '.join(f'{m}_only' for m in chosen)}"
         )
     p = model.pmoe
-    if model.fusion == "pmoe" and len(pair) == 1:
+    if model.fusion == "pmoe" and len(chosen) == 1:
         conditioned = [k for k in ("condition_dispatcher", "dynamic_length", "mapped_length") if p[k]]
         if conditioned:
             name = f"model.pmoe.{conditioned[0]}"
             raise ConfigError(
                 f"{source_of(name)}: {name}: {p[conditioned[0]]} reads a second modality's feature, "
-                f"but {key} is {pair}; set {', '.join(f'model.pmoe.{k}' for k in conditioned)} to "
+                f"but {key} is {chosen}; set {', '.join(f'model.pmoe.{k}' for k in conditioned)} to "
                 "false/0 (the dispatchers then see the experts' own states)"
             )
-    if len(pair) == 1 and model.condition_prompts:
+    if len(chosen) == 1 and model.condition_prompts:
         raise ConfigError(
             f"{source_of('model.condition_prompts')}: model.condition_prompts: prompts the conditioning "
-            f"encoder, which a one-modality task ({key} {pair}) does not have; set it to 0"
+            f"encoder, which a one-modality task ({key} {chosen}) does not have; set it to 0"
         )
 
 
-def _single_fusions(pair: list) -> list[str]:
-    """The one-modality fusions that apply to `pair`'s modality."""
-    return [f for f in single_modality_fusions() if UNIMODAL_FUSIONS.get(f, pair[0]) in pair]
+def _check_modality_names(chosen: list, where: str) -> None:
+    """Known modalities, at least one, each once."""
+    unknown = [m for m in chosen if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(
+            f"{where}: '{unknown[0]}' is not a modality{suggest(unknown[0], MODALITIES)}; "
+            f"choose from {', '.join(MODALITIES)}"
+        )
+    twice = [m for m in MODALITIES if chosen.count(m) > 1]
+    if not chosen or twice:
+        why = f"lists {twice[0]} twice" if twice else "names no modality"
+        raise ConfigError(
+            f"{where}: {chosen} {why}; name one modality or two different ones (or more) of "
+            f"{', '.join(MODALITIES)}, e.g. [text, image], [text, audio, video] or [image]"
+        )
+
+
+def _single_fusions(chosen: list) -> list[str]:
+    """The one-modality fusions that apply to `chosen`'s modality."""
+    return [f for f in single_modality_fusions() if UNIMODAL_FUSIONS.get(f, chosen[0]) in chosen]
 
 
 def _check_compat(model: DictConfig, source_of: Callable[[str], str]) -> None:
@@ -250,7 +263,7 @@ def _check_compat(model: DictConfig, source_of: Callable[[str], str]) -> None:
             "acts on the conditioning encoder's prompts, which exist with model.condition_prompts > 0",
         ),
         "condition_encoder_dropout": (
-            len(model.modalities) == 2,
+            len(model.modalities) >= 2,
             "acts on the conditioning encoder, which a one-modality task does not have",
         ),
     }

@@ -1,7 +1,7 @@
 """Multimodal classifiers: prompt fusion (MoPE and its prompt baselines) and late fusion on pooled features.
 
-Each holds one encoder per modality of its pair (`model.modalities`, e.g. text and image, or text and audio), as the
-attribute named by the modality (`self.text`, `self.image`, `self.audio`), and takes the batch dict the DataLoader
+Each holds one encoder per modality of its modality set (`model.modalities`, e.g. text and image, text and audio, or
+text, audio and video), as the attribute named by the modality (`self.text`, `self.image`, `self.audio`), and takes the batch dict the DataLoader
 yields: text tokens (`input_ids`, `attention_mask`), `images`, audio samples (`audio`, `audio_mask`), or the cached
 pooled feature of a frozen, unprompted encoder (`text_features`, `image_features`, `audio_features`).
 `input_spec()` tells the DataModule which of these to provide and how to preprocess them. No tokenization, image
@@ -11,13 +11,23 @@ Missing modalities (data/missing.py): a batch whose split loses modalities carri
 bools. Every pooled feature a model reads (the conditioning feature, late fusion's features)
 is replaced, for the samples that lost its modality, by a learned embedding of that modality's absence
 (`missing_features`, zeros until trained on missing samples). The prompted encoder runs on what is left: the empty
-text's special tokens, a ViT's prefix tokens and prompts, a Swin's blank image.
+text's special tokens, a ViT's prefix tokens and prompts, a Swin's blank image. Missing-aware prompts learn one
+case per lost set that leaves a modality (`missing_cases`).
+
+Prompt fusion over more than two modalities prompts one (`model.prompted`) and conditions it on the concatenation
+of the others' pooled features, in the set's order, each with its own missing embedding. What reads that feature
+is linear in it (the router's cross projection, each condition mapper's first Linear), and a linear map of a
+concatenation is the sum of one linear projection per modality: W [a; b] = W_a a + W_b b. So this is the
+"per-modality projections" design with no extra parameters, and with one conditioning modality it is exactly the
+pair's model. Mapped prompts come from one mapper per conditioning modality (models/prompts.py), each reading its
+own slice, since a mapper's BatchNorm and GELU after that first Linear are not additive.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,21 +44,44 @@ def missing_rows(batch: dict, modality: str) -> Optional[Tensor]:
     return batch.get(f"{modality}_missing")
 
 
-def missing_case(batch: dict, batch_size: int, device: torch.device, pair: tuple[str, ...]) -> Tensor:
-    """(B,) long: each sample's missing case, 0 complete, 1 + the index in `pair` of the modality it lost."""
-    case = torch.zeros(batch_size, dtype=torch.long, device=device)
-    for k, modality in enumerate(pair):
-        rows = missing_rows(batch, modality)
+def missing_cases(modality_set: Sequence[str]) -> list[tuple[str, ...]]:
+    """The lost sets the missing-aware prompts learn one case each for, in case order: complete (nothing lost),
+    then each modality lost alone in the set's order, then each pair lost (`itertools.combinations` order), and so
+    on, up to every set that leaves at least one modality. For a pair: complete, the first lost, the second lost.
+    A one-modality set keeps the lost-modality case it always had (never taken: a sample keeps its modality)."""
+    sizes = range(1, max(len(modality_set), 2))
+    return [(), *(lost for size in sizes for lost in itertools.combinations(modality_set, size))]
+
+
+def missing_case(batch: dict, batch_size: int, device: torch.device, modality_set: Sequence[str]) -> Tensor:
+    """(B,) long: each sample's missing case (`missing_cases`), from the `<modality>_missing` flags of every
+    modality of the set (a sample may have lost several). ValueError for a sample that lost every modality of a set
+    of two or more."""
+    flags = [missing_rows(batch, m) for m in modality_set]
+    if all(rows is None for rows in flags):
+        return torch.zeros(batch_size, dtype=torch.long, device=device)
+    code = torch.zeros(batch_size, dtype=torch.long, device=device)  # bit k set: modality k lost
+    for k, rows in enumerate(flags):
         if rows is not None:
-            case = case.masked_fill(rows.to(device), k + 1)
+            code = code | (rows.to(device=device, dtype=torch.long) << k)
+    index = {m: k for k, m in enumerate(modality_set)}
+    case_of_code = torch.full((2 ** len(modality_set),), -1, dtype=torch.long)
+    for case, lost in enumerate(missing_cases(modality_set)):
+        case_of_code[sum(1 << index[m] for m in lost)] = case
+    case = case_of_code.to(device)[code]
+    if bool((case < 0).any()):  # only batches of splits that lose modalities reach this check
+        raise ValueError(
+            f"a sample lost every modality of {tuple(modality_set)} (rows {(case < 0).nonzero().flatten().tolist()}"
+            "): a model needs at least one; keep one modality of every sample"
+        )
     return case
 
 
-def other_modality(pair: tuple[str, ...], modality: str) -> Optional[str]:
-    """The modality of `pair` that is not `modality`; None for a one-modality task."""
-    if modality not in pair:
-        raise ValueError(f"{modality!r} is not one of the pair {pair}")
-    return pair[1 - pair.index(modality)] if len(pair) == 2 else None
+def conditioning_modalities(modality_set: Sequence[str], prompted: str) -> tuple[str, ...]:
+    """The modalities of the set that condition the `prompted` one: all the others, in the set's order."""
+    if prompted not in modality_set:
+        raise ValueError(f"{prompted!r} is not one of the modality set {tuple(modality_set)}")
+    return tuple(m for m in modality_set if m != prompted)
 
 
 @dataclass
@@ -85,19 +118,19 @@ def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0
 
 
 class FusionClassifier(nn.Module):
-    """Shared plumbing: the encoders of the modality pair (or of the one modality of a one-modality task), their
-    pooled features, parameter groups and checkpoint signatures.
+    """Shared plumbing: the encoders of the modality set (two or more modalities, or the one of a one-modality
+    task), their pooled features, parameter groups and checkpoint signatures.
 
-    `encoders` maps each modality of the pair, in the experiment's order (which numbers the missing cases), to its
+    `encoders` maps each modality of the set, in the experiment's order (which numbers the missing cases), to its
     encoder; each becomes the attribute named by its modality, so checkpoints name weights `text.`, `image.`, ...
     """
 
     def __init__(self, encoders: dict[str, nn.Module]):
         super().__init__()
         unknown = [m for m in encoders if m not in MODALITIES]
-        if unknown or len(encoders) not in (1, 2):
-            raise ValueError(f"a classifier reads one or two of {MODALITIES}, got {tuple(encoders)}")
-        self.pair = tuple(encoders)
+        if unknown or not encoders:
+            raise ValueError(f"a classifier reads one or more of {MODALITIES}, got {tuple(encoders)}")
+        self.modality_set = tuple(encoders)
         for modality, encoder in encoders.items():
             self.add_module(modality, encoder)
         self.missing_features = nn.ParameterDict()  # modality -> the learned feature of its absence
@@ -164,12 +197,12 @@ class FusionClassifier(nn.Module):
 
     def image_input_config(self) -> Optional[dict]:
         """The data config (timm's) the batch's images are preprocessed by; None for a model without images."""
-        return self.encoder("image").data_config if "image" in self.pair else None
+        return self.encoder("image").data_config if "image" in self.modality_set else None
 
     def input_spec(self) -> InputSpec:
-        encoders = {m: self.encoder(m) for m in self.pair}
+        encoders = {m: self.encoder(m) for m in self.modality_set}
         image_config = self.image_input_config()
-        if image_config is None and "video" in self.pair:  # each frame is preprocessed as the frame encoder's image
+        if image_config is None and "video" in self.modality_set:  # each frame is preprocessed as an image
             image_config = encoders["video"].data_config
         spec = InputSpec(
             getattr(encoders.get("text"), "tokenizer", None),
@@ -196,7 +229,7 @@ class FusionClassifier(nn.Module):
         return {f"{name}.model": m.model for name, m in self.named_modules() if isinstance(m, Backbone) and m.frozen}
 
     def signature(self) -> dict:
-        return {m: self.encoder(m).signature() for m in self.pair}
+        return {m: self.encoder(m).signature() for m in self.modality_set}
 
     def backbone_record(self) -> dict:
         """Which frozen architecture and weights the trained tensors belong to (saved beside them)."""
@@ -213,7 +246,7 @@ class FusionClassifier(nn.Module):
 
     def modalities(self) -> tuple[str, ...]:
         """The modalities the model reads from a batch."""
-        return self.pair
+        return self.modality_set
 
     def parameter_counts(self) -> dict[str, float]:
         """Trainable, frozen and total parameters, the trainable percentage, and the trainable ones by group."""
@@ -260,20 +293,20 @@ class FusionClassifier(nn.Module):
 
 
 class PromptFusionClassifier(FusionClassifier):
-    """Prompt fusion: the `prompted` modality's encoder is prompted at every layer, conditioned on the other one.
+    """Prompt fusion: the `prompted` modality's encoder is prompted at every layer, conditioned on the others.
 
     Args:
-        encoders: the pair's encoders by modality; the prompted one must support prompting (BERT family, ViT,
+        encoders: the set's encoders by modality; the prompted one must support prompting (BERT family, ViT,
             Swin, wav2vec2 family).
-        prompted: the modality whose encoder is prompted; the other one (if any: a one-modality task has none)
-            conditions it.
+        prompted: the modality whose encoder is prompted; the others (`conditions`, none on a one-modality task)
+            condition it, through the concatenation of their pooled features in the set's order.
         fusion: the prompt generator (`MoPE`; static-only or mapped-only for the prompt baselines).
         num_classes: outputs of the head.
         head_hidden, head_dropout: the head (linear when `head_hidden` is 0).
         head_condition: also feed the conditioning feature to the head (the deep-prompt-tuning baseline, whose
-            prompts do not see the other modality); MoPE's head reads the prompted encoder only, as in the paper.
+            prompts do not see the other modalities); MoPE's head reads the prompted encoder only, as in the paper.
         condition_prompts: static prompts for the conditioning encoder itself (the reference prompts its BERT too);
-            its feature is then computed every step and trained through.
+            its feature is then computed every step and trained through. One conditioning modality only.
     """
 
     def __init__(
@@ -289,17 +322,23 @@ class PromptFusionClassifier(FusionClassifier):
     ):
         super().__init__(encoders)
         self.prompted = prompted
-        self.condition = other_modality(self.pair, prompted)
+        self.conditions = conditioning_modalities(self.modality_set, prompted)
+        if condition_prompts is not None and len(self.conditions) != 1:
+            raise ValueError(f"condition_prompts prompt one conditioning encoder, but {self.conditions} condition")
         self.fusion = fusion
         self.condition_prompts = condition_prompts
-        self.head_condition = head_condition and self.condition is not None
+        self.head_condition = head_condition and bool(self.conditions)
         width = self.encoder(prompted).num_features
-        width += self.encoder(self.condition).num_features if self.head_condition else 0
+        width += self.condition_width() if self.head_condition else 0
         self.head = make_head(width, num_classes, head_hidden, head_dropout)
         self.learn_missing_features(self.feature_modalities())
 
+    def condition_width(self) -> int:
+        """The width of the conditioning feature: the sum of the conditioning encoders' pooled widths."""
+        return sum(self.encoder(m).num_features for m in self.conditions)
+
     def feature_modalities(self) -> tuple[str, ...]:
-        return (self.condition,) if self.condition is not None else ()
+        return self.conditions
 
     def batch_feature_modalities(self) -> tuple[str, ...]:
         # A prompt-tuned conditioning encoder runs inside `condition_features`, which reads no batch feature.
@@ -327,22 +366,25 @@ class PromptFusionClassifier(FusionClassifier):
         return check() if modality == self.prompted and check is not None else None
 
     def condition_features(self, batch: dict) -> Tensor:
-        if self.condition is None:  # one modality: an empty feature carries the batch size and device
+        """(B, sum of the conditioning widths): the conditioning modalities' pooled features, concatenated in the
+        set's order, each with its missing embedding on the samples that lost it."""
+        if not self.conditions:  # one modality: an empty feature carries the batch size and device
             anchor = next(iter(self.encoder(self.prompted).inputs(batch).values()))
             return anchor.new_zeros(anchor.shape[0], 0, dtype=torch.float)
         if self.condition_prompts is None:
-            return self.features(self.condition, batch)
-        encoder = self.encoder(self.condition)
+            return torch.cat([self.features(m, batch) for m in self.conditions], dim=-1)
+        (condition,) = self.conditions
+        encoder = self.encoder(condition)
         inputs = encoder.inputs(batch)
         anchor = next(iter(inputs.values()))
         # Static prompts need no conditioning; an empty feature carries the batch size and device.
         prompter = self.condition_prompts.bind(anchor.new_zeros(anchor.shape[0], 0, dtype=torch.float))
-        return self.fill_missing(self.condition, encoder(**inputs, prompter=prompter), batch)
+        return self.fill_missing(condition, encoder(**inputs, prompter=prompter), batch)
 
     def bind_prompter(self, batch: dict) -> tuple[Any, Tensor]:
-        """The prompter of `batch` (its prompts conditioned on the other modality) and the conditioning feature."""
+        """The prompter of `batch` (its prompts conditioned on the other modalities) and the conditioning feature."""
         cond = self.condition_features(batch)
-        case = missing_case(batch, cond.shape[0], cond.device, self.pair) if self.fusion.missing_cases else None
+        case = missing_case(batch, cond.shape[0], cond.device, self.modality_set) if self.fusion.missing_cases else None
         return self.fusion.bind(cond, case), cond
 
     def forward(self, batch: dict) -> FusionOutput:
@@ -356,7 +398,7 @@ class PromptFusionClassifier(FusionClassifier):
 
 
 class LateFusionClassifier(FusionClassifier):
-    """Late fusion on pooled features: both concatenated (`late_concat`), or one modality alone.
+    """Late fusion on pooled features: every modality's concatenated (`late_concat`), or one modality alone.
 
     With frozen encoders it is a probe on frozen features (the linear probe with `head_hidden=0`); with trainable
     encoders it is full fine-tuning.
@@ -371,7 +413,7 @@ class LateFusionClassifier(FusionClassifier):
         head_dropout: float = 0.0,
     ):
         super().__init__(encoders)
-        self.read_modalities = self.pair if modalities is None else tuple(modalities)
+        self.read_modalities = self.modality_set if modalities is None else tuple(modalities)
         width = sum(self.encoder(m).num_features for m in self.read_modalities)
         # Features of very different scales (LayerNorm-ed tokens, ReLU6 CNN maps) meet one head.
         self.norm = nn.LayerNorm(width)

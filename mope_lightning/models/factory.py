@@ -8,14 +8,19 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 from omegaconf import OmegaConf
 from torch import nn
 
 from mope_lightning.errors import ModelError
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier, other_modality
+from mope_lightning.models.classifier import (
+    LateFusionClassifier,
+    PromptFusionClassifier,
+    conditioning_modalities,
+    missing_cases,
+)
 from mope_lightning.models.dense_heads import DenseHeadSpec
 from mope_lightning.models.dispatcher import PMoE
 from mope_lightning.models.encoder_factory import build_encoder
@@ -77,8 +82,9 @@ def _router_kwargs(router_cfg) -> dict:
     return {k: router_cfg[k] for k in ("self_dim", "cross_dim", "temperature", "noise_std", "top_k")}
 
 
-def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()) -> MoPE:
-    """The prompt generator of `cfg.fusion`, sized for `encoder` and conditioned on a feature of width `cond_dim`."""
+def build_mope(cfg, encoder: nn.Module, cond_dim: Union[int, Sequence[int]], compat: Compat = Compat()) -> MoPE:
+    """The prompt generator of `cfg.fusion`, sized for `encoder` and conditioned on a feature of width `cond_dim`
+    (or on the concatenation of features of these widths, one per conditioning modality)."""
     m = cfg.mope
     static, dynamic, mapped = _prompt_lengths(cfg)
     if dynamic and m.num_experts < 1:
@@ -144,10 +150,10 @@ def build_mope(cfg, encoder: nn.Module, cond_dim: int, compat: Compat = Compat()
 
 
 def _missing_prompts(cfg) -> dict:
-    """MoPE's missing-aware prompt arguments: one set per case, complete or one modality lost."""
+    """MoPE's missing-aware prompt arguments: one set per case, complete or a set of modalities lost."""
     if not cfg.get("missing_prompts", False):
         return {}
-    return {"missing_length": cfg.missing_prompt_length, "missing_cases": 1 + len(cfg.modalities)}
+    return {"missing_length": cfg.missing_prompt_length, "missing_cases": len(missing_cases(tuple(cfg.modalities)))}
 
 
 def _memory_bytes() -> int:
@@ -240,22 +246,24 @@ def _build_classifier(cfg, num_classes: int, weights: bool, dense: Optional[Dens
             encoders, num_classes, LATE_FUSION_MODALITIES[cfg.fusion], head_hidden, cfg.head_dropout
         )
     compat = Compat.from_config(cfg.compat)
-    condition_name = other_modality(tuple(cfg.modalities), cfg.prompted)  # None on a one-modality task
+    conditions = {m: encoders[m] for m in conditioning_modalities(tuple(cfg.modalities), cfg.prompted)}
     prompted = _promptable(encoders[cfg.prompted], f"model.{cfg.prompted}_encoder", cfg[f"{cfg.prompted}_encoder"])
-    condition = encoders.get(condition_name)
     if isinstance(prompted, PromptedSwin):
         prompted.set_window_major(compat.window_major)
-    if condition is not None and compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
-        enc = cfg[f"{condition_name}_encoder"]
-        log.info(
-            "model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with a "
-            "nonzero rate, so nothing changes (and its feature can still be cached)",
-            condition_name,
-            enc.library,
-            enc.name,
-        )
-    condition_prompts = _condition_prompts(cfg, condition, compat)  # built first: seeded builds keep their numbers
-    fusion = build_mope(cfg, prompted, condition.num_features if condition is not None else 0, compat)
+    for name, condition in conditions.items():
+        if compat.condition_encoder_dropout and not condition.keep_dropout_in_training():
+            enc = cfg[f"{name}_encoder"]
+            log.info(
+                "model.compat.condition_encoder_dropout: the %s encoder (%s %s) has no dropout or drop-path with "
+                "a nonzero rate, so nothing changes (and its feature can still be cached)",
+                name,
+                enc.library,
+                enc.name,
+            )
+    condition_prompts = _condition_prompts(cfg, conditions, compat)  # built first: seeded builds keep their numbers
+    # one conditioning modality: its width, as the pair always had (a one-modality task: 0)
+    cond_dims = [c.num_features for c in conditions.values()]
+    fusion = build_mope(cfg, prompted, cond_dims if len(cond_dims) > 1 else sum(cond_dims), compat)
     if dense is not None:
         return DensePromptFusion(encoders, cfg.prompted, fusion, num_classes, dense, condition_prompts)
     return PromptFusionClassifier(
@@ -270,11 +278,17 @@ def _build_classifier(cfg, num_classes: int, weights: bool, dense: Optional[Dens
     )
 
 
-def _condition_prompts(cfg, condition: Optional[nn.Module], compat: Compat) -> Optional[MoPE]:
+def _condition_prompts(cfg, conditions: dict[str, nn.Module], compat: Compat) -> Optional[MoPE]:
     """Static prompts for the conditioning encoder itself (`model.condition_prompts`), or None."""
-    if condition is None or not cfg.condition_prompts:
+    if not conditions or not cfg.condition_prompts:
         return None
-    name = other_modality(tuple(cfg.modalities), cfg.prompted)
+    if len(conditions) > 1:
+        raise ModelError(
+            f"model.condition_prompts: {cfg.condition_prompts} prompts the one conditioning encoder (the reference "
+            f"prompts its conditioning BERT), but {', '.join(conditions)} condition model.prompted={cfg.prompted}; "
+            "set it to 0, or use two modalities"
+        )
+    ((name, condition),) = conditions.items()
     _promptable(condition, f"model.{name}_encoder", cfg[f"{name}_encoder"])
     return MoPE(
         condition.layer_dims,
@@ -291,8 +305,8 @@ def _condition_prompts(cfg, condition: Optional[nn.Module], compat: Compat) -> O
 def build_pmoe_classifier(
     cfg, num_classes: int, weights: bool = True, dense: Optional[DenseHeadSpec] = None
 ) -> PMoEClassifier:
-    """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other one if
-    the task has one; with `dense`, its segmentation model (`DensePMoE`)."""
+    """pMoE over `cfg.pmoe.experts` (encoders of the `cfg.prompted` modality), conditioned on the other ones if
+    the task has any; with `dense`, its segmentation model (`DensePMoE`)."""
     p = cfg.pmoe
     if len(p.experts) < 1:
         raise ModelError(
@@ -301,12 +315,12 @@ def build_pmoe_classifier(
         )
     experts = [_pmoe_expert(cfg, i, weights) for i in range(len(p.experts))]
     _check_shared_inputs(cfg, experts)
-    other = other_modality(tuple(cfg.modalities), cfg.prompted)
-    condition = build_encoder(other, cfg, weights) if other is not None else None
-    # The other modality reaches pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs; a
-    # one-modality task has none (config/checks.py refuses those settings there).
-    conditioned = condition is not None and (p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0)
-    cond_dim = condition.num_features if conditioned else 0
+    others = conditioning_modalities(tuple(cfg.modalities), cfg.prompted)
+    conditions = {m: build_encoder(m, cfg, weights) for m in others}
+    # The other modalities reach pMoE through the dispatchers, the dynamic EPTs' routers or the mapped EPTs (their
+    # features concatenated); a one-modality task has none (config/checks.py refuses those settings there).
+    conditioned = bool(conditions) and (p.condition_dispatcher or p.dynamic_length > 0 or p.mapped_length > 0)
+    cond_dim = sum(c.num_features for c in conditions.values()) if conditioned else 0
     make = functools.partial(
         PMoE,
         [e.layer_dims for e in experts],
@@ -332,7 +346,7 @@ def build_pmoe_classifier(
         f"dynamic_length={p.dynamic_length}, hidden={p.hidden}",
     )
     pmoe = make()
-    args = (experts, _expert_names(p.experts), condition, tuple(cfg.modalities), cfg.prompted, pmoe)
+    args = (experts, _expert_names(p.experts), conditions, tuple(cfg.modalities), cfg.prompted, pmoe)
     if dense is not None:
         return DensePMoE(*args, num_classes=num_classes, combine=p.combine, conditioned=conditioned, head_spec=dense)
     return PMoEClassifier(*args, num_classes, p.combine, cfg.head_hidden, cfg.head_dropout, conditioned=conditioned)

@@ -1,11 +1,15 @@
 """The pMoE classifier: several frozen expert encoders of one modality, prompted together through dispatchers
-(`dispatcher.py`), optionally conditioned on the other modality's feature, with one head over all experts.
+(`dispatcher.py`), optionally conditioned on the other modalities' features, with one head over all experts.
 
 The first expert doubles as the classifier's encoder of its modality (`self.text`, `self.image` or `self.audio`),
 so the DataModule reads its tokenizer, image preprocessing or audio feature extractor; the other text and audio
 experts must accept the same inputs (checked when the model is built). Image experts each get their own input size
-and normalisation from one batch, preprocessed for the expert with the largest input (expert_inputs.py). The other modality's encoder, if the task has one, supplies
-the conditioning feature, cached when it is frozen.
+and normalisation from one batch, preprocessed for the expert with the largest input (expert_inputs.py).
+
+The other modalities' encoders, if the task has any, supply the conditioning feature: their pooled features
+concatenated in the set's order (each cached when its encoder is frozen, each with its own missing embedding), read
+whole by the dispatchers, the EPT routers and the per-expert mappers. With one other modality it is the pair's
+feature, unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from mope_lightning.models.classifier import FusionClassifier, FusionOutput, make_head, other_modality
+from mope_lightning.models.classifier import FusionClassifier, FusionOutput, conditioning_modalities, make_head
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
 from mope_lightning.models.expert_inputs import batch_config, expert_inputs, mapped_inputs
 
@@ -24,26 +28,27 @@ CARRIED = "carried"  # the dispatch candidate of an expert's own carried prompts
 
 
 class PMoEClassifier(FusionClassifier):
-    """pMoE over `experts` (encoders of `modality`), conditioned on the other modality when `conditioned`.
+    """pMoE over `experts` (encoders of `modality`), conditioned on the other modalities when `conditioned`.
 
     Args:
         experts: prompted encoders of one modality (BERT family, ViT/DeiT or wav2vec2 family), frozen.
         names: one display name per expert (routing heatmaps, the report).
-        condition: the other modality's encoder; None on a one-modality task.
-        pair: the experiment's modalities, in its order (two, or the experts' one alone); `modality` is the
-            experts' one.
+        conditions: the other modalities' encoders, by modality; empty on a one-modality task.
+        modality_set: the experiment's modalities, in its order (the experts' one and those of `conditions`);
+            `modality` is the experts' one.
         pmoe: EPTs and dispatchers sized for the experts.
         combine: "concat" (one linear head on the concatenated pooled features) or "mean_logits" (a head per
             expert, logits averaged).
-        conditioned: whether the other modality's feature reaches the prompts (dispatchers, dynamic or mapped EPTs).
+        conditioned: whether the other modalities' feature reaches the prompts (dispatchers, dynamic or mapped
+            EPTs).
     """
 
     def __init__(
         self,
         experts: Sequence[nn.Module],
         names: Sequence[str],
-        condition: Optional[nn.Module],
-        pair: tuple[str, ...],
+        conditions: dict[str, nn.Module],
+        modality_set: tuple[str, ...],
         modality: str,
         pmoe: PMoE,
         num_classes: int,
@@ -55,12 +60,12 @@ class PMoEClassifier(FusionClassifier):
         if combine not in COMBINES:
             raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
         first, rest = experts[0], list(experts[1:])
-        other = other_modality(tuple(pair), modality)
-        if other is None and conditioned:
+        others = conditioning_modalities(modality_set, modality)
+        if not others and conditioned:
             raise ValueError("a one-modality pMoE has no other modality to condition on (conditioned=False)")
-        super().__init__({m: first if m == modality else condition for m in pair})
+        super().__init__({m: first if m == modality else conditions[m] for m in modality_set})
         self.modality = modality
-        self.condition = other
+        self.conditions = others
         self.more_experts = nn.ModuleList(rest)
         self.names = list(names)
         # each image expert's own input size and normalisation, mapped from one batch made for the largest input
@@ -73,14 +78,14 @@ class PMoEClassifier(FusionClassifier):
             self.head = make_head(sum(widths), num_classes, head_hidden, head_dropout)
         else:
             self.heads = nn.ModuleList(make_head(w, num_classes, head_hidden, head_dropout) for w in widths)
-        self.learn_missing_features((self.condition,) if conditioned else ())
+        self.learn_missing_features(self.feature_modalities())
 
     @property
     def experts(self) -> list[nn.Module]:
         return [self.encoder(self.modality), *self.more_experts]
 
     def modalities(self) -> tuple[str, ...]:
-        return (self.modality, self.condition) if self.conditioned else (self.modality,)
+        return (self.modality, *self.feature_modalities())
 
     def image_input_config(self) -> Optional[dict]:
         if self.modality != "image":
@@ -88,7 +93,7 @@ class PMoEClassifier(FusionClassifier):
         return batch_config([e.data_config for e in self.experts])
 
     def feature_modalities(self) -> tuple[str, ...]:
-        return (self.condition,) if self.conditioned else ()
+        return self.conditions if self.conditioned else ()
 
     def missing_problem(self, modality: str) -> Optional[str]:
         if modality != self.modality:
@@ -105,8 +110,8 @@ class PMoEClassifier(FusionClassifier):
 
     def signature(self) -> dict:
         signature = {"experts": [e.signature() for e in self.experts]}
-        if self.condition is not None:
-            signature[self.condition] = self.encoder(self.condition).signature()
+        for modality in self.conditions:
+            signature[modality] = self.encoder(modality).signature()
         return signature
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -121,7 +126,7 @@ class PMoEClassifier(FusionClassifier):
         """The first expert's inputs of `batch` and the pMoE state bound to it (the prompters of every expert)."""
         inputs = self.experts[0].inputs(batch)
         anchor = next(iter(inputs.values()))
-        cond = self.features(self.condition, batch) if self.conditioned else None
+        cond = torch.cat([self.features(m, batch) for m in self.conditions], dim=-1) if self.conditioned else None
         return inputs, self.pmoe.bind(cond, anchor.shape[0], anchor.device)
 
     def expert_inputs_of(self, inputs: dict, k: int) -> dict:

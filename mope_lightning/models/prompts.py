@@ -5,9 +5,11 @@ Each prompted layer i receives, in this order (mope_method.md §2.4):
 - static prompts S_i (static_length × D): learned, the same for every instance;
 - dynamic prompts D_i = Σ_k r_ik · E_ik (dynamic_length × D): a mixture of K prompt experts weighted by the
   layer's multimodal router (`router.py`);
-- mapped prompts M_s (mapped_length × D): a projection of the conditioning feature, one set per encoder stage;
+- mapped prompts M_s (mapped_length × D per conditioning modality): a projection of the conditioning feature, one
+  set per encoder stage; with several conditioning modalities, one mapper each, on its own slice of the feature;
 - missing-aware prompts (missing_length × D, optional; Lee et al., CVPR 2023): one learned set per missing case
-  (complete, text missing, image missing), chosen by each sample's case.
+  (complete, then each set of modalities a sample can lose: for a pair, text missing and image missing), chosen by
+  each sample's case.
 
 `MoPE.bind(cond)` returns a `LayerPrompter`, the callable an encoder's block loop asks for the prompts of layer i
 given its pooled tokens. Nothing here knows about the encoder's architecture beyond its per-layer widths and stages.
@@ -15,7 +17,7 @@ given its pooled tokens. Nothing here knows about the encoder's architecture bey
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +65,19 @@ class ConditionMapper(nn.Module):
     def forward(self, cond: Tensor) -> list[Tensor]:
         hidden = self.shared(cond)
         return [stage(hidden).unflatten(-1, (self.length, -1)) for stage in self.stages]
+
+
+class ConditionMappers(nn.ModuleList):
+    """One `ConditionMapper` per conditioning modality, each on its slice of the concatenated conditioning feature;
+    each stage's mapped prompts are theirs in order (the modalities' `length` tokens one after another)."""
+
+    def __init__(self, cond_dims: Sequence[int], *args, **kwargs):
+        super().__init__(ConditionMapper(dim, *args, **kwargs) for dim in cond_dims)
+        self.cond_dims = list(cond_dims)
+
+    def forward(self, cond: Tensor) -> list[Tensor]:
+        per_modality = [mapper(part) for mapper, part in zip(self, cond.split(self.cond_dims, dim=-1))]
+        return [torch.cat(stage, dim=1) for stage in zip(*per_modality)]
 
 
 class PromptLayer(nn.Module):
@@ -113,7 +128,8 @@ class MoPE(nn.Module):
     Args:
         layer_dims: token width of each encoder layer.
         layer_stages: stage index of each layer (mapped prompts are shared within a stage); all 0 for BERT/ViT.
-        cond_dim: width of the conditioning feature.
+        cond_dim: width of the conditioning feature, or the widths of its parts, one per conditioning modality
+            (concatenated in this order): the router reads the whole, and each part gets its own mapper.
         static_length, dynamic_length, mapped_length: prompt tokens of each kind per layer (0 turns a kind off).
         num_experts: prompt experts per layer.
         init_scale: prompts start uniform in (-init_scale, init_scale).
@@ -134,7 +150,7 @@ class MoPE(nn.Module):
         self,
         layer_dims: Sequence[int],
         layer_stages: Sequence[int],
-        cond_dim: int,
+        cond_dim: Union[int, Sequence[int]],
         *,
         static_length: int = 6,
         dynamic_length: int = 6,
@@ -166,11 +182,16 @@ class MoPE(nn.Module):
             raise ValueError(f"prompted_layers must be a non-empty subset of 0..{num_layers - 1}, got {prompted}")
         self.layer_stages = list(layer_stages)
         stage_dims = [dim for i, dim in enumerate(layer_dims) if i == 0 or layer_stages[i] != layer_stages[i - 1]]
-        self.mapper = (
-            ConditionMapper(cond_dim, stage_dims, mapped_length, mapper_hidden, prompt_dropout, fixed_bn_stats)
-            if mapped_length
-            else None
-        )
+        cond_dims = [cond_dim] if isinstance(cond_dim, int) else list(cond_dim)
+        cond_dim = sum(cond_dims)
+        mapper_args = (stage_dims, mapped_length, mapper_hidden, prompt_dropout, fixed_bn_stats)
+        # One conditioning feature keeps the single mapper (and the pair's checkpoint keys, `mapper.`).
+        self.mapper: Optional[nn.Module] = None
+        if mapped_length and len(cond_dims) == 1:
+            self.mapper = ConditionMapper(cond_dim, *mapper_args)
+        elif mapped_length:
+            self.mapper = ConditionMappers(cond_dims, *mapper_args)
+        mapped_length *= max(len(cond_dims), 1)  # the mapped prompts of every conditioning modality
         self.layers = nn.ModuleDict(
             {
                 str(i): PromptLayer(

@@ -27,8 +27,8 @@ LATE_FUSION_MODALITIES = {
 # pMoE: a dispatcher over several prompted experts (models/pmoe.py).
 FUSIONS = (*PROMPT_FUSIONS, *LATE_FUSION_MODALITIES, "pmoe")
 
-# How many modalities (`model.modalities`) each fusion works with, and why a fusion needs two: those conditioned on
-# (or concatenating) a second modality. Every other fusion reads one modality alone, or both when given two.
+# How many modalities (`model.modalities`) each fusion works with, and why a fusion needs two or more: those
+# conditioned on (or concatenating) other modalities. Every other fusion reads one modality alone, or the set given.
 NEEDS_SECOND_MODALITY = {
     "mope": "its prompts are conditioned on a second modality's feature",
     "promptfuse": "its prompts are mapped from a second modality's feature",
@@ -37,8 +37,9 @@ NEEDS_SECOND_MODALITY = {
 
 
 def modality_counts(fusion: str) -> tuple[int, ...]:
-    """The numbers of modalities `fusion` works with."""
-    return (2,) if fusion in NEEDS_SECOND_MODALITY else (1, 2)
+    """The numbers of modalities `fusion` works with: any set of distinct modalities, of two or more for the fusions
+    that need a second one."""
+    return tuple(range(2 if fusion in NEEDS_SECOND_MODALITY else 1, len(MODALITIES) + 1))
 
 
 def single_modality_fusions() -> tuple[str, ...]:

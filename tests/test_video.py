@@ -28,14 +28,15 @@ from helpers.datasets import write_mp4_audio
 from helpers.video import make_mustard_video, write_clip, write_no_frames, write_rate_zero, write_varying_size
 
 VIDEO_EXP = EXPERIMENTS / "mustard_video.yaml"
+PAIR = ["data.media=video", "model.modalities=[text,video]"]  # the text-video pair (tests/test_three_modalities.py: all)
 
 
 def video_config(tmp_path, root, *overrides):
-    return load_config([VIDEO_EXP, TINY], [f"data.root={root}", *run_dirs(tmp_path), *FAST, *overrides])
+    return load_config([VIDEO_EXP, TINY], [f"data.root={root}", *run_dirs(tmp_path), *FAST, *PAIR, *overrides])
 
 
 def cli_args(tmp_path, root, *extra) -> list[str]:
-    return [str(VIDEO_EXP), str(TINY), f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", *extra]
+    return [str(VIDEO_EXP), str(TINY), f"data.root={root}", f"data.cache_dir={tmp_path / 'cache'}", *PAIR, *extra]
 
 
 # --- the frame sampler and the decoder ---------------------------------------------------------------------------
@@ -79,7 +80,7 @@ def video_batch(net, clips=2, frames=3):
     "fusion, reads", [("mope", ("text", "video")), ("late_concat", ("text", "video")), ("video_only", ("video",))]
 )
 def test_fusions_over_text_and_video(fusion, reads):
-    cfg = load_config([VIDEO_EXP, TINY], [f"model.fusion={fusion}"])
+    cfg = load_config([VIDEO_EXP, TINY], [f"model.fusion={fusion}", *PAIR])
     net = build_model(cfg.model, 2)
     assert isinstance(net.video, FramewiseVideoEncoder) and net.modalities() == reads
     batch = video_batch(net)

@@ -184,7 +184,13 @@ class MustardDataModule(MultimodalDataModule):
                 continue
             text, label, media = sample
             builder.add(
-                clip_id, text, label, media[self.media], where, other_media={m: media[m] for m in self._media[1:]}
+                clip_id,
+                text,
+                label,
+                media[self.media],
+                where,
+                attributes=_attributes(entry),
+                other_media={m: media[m] for m in self._media[1:]},
             )
             rows.append(position)
         everything = builder.build()
@@ -277,3 +283,9 @@ class MustardDataModule(MultimodalDataModule):
             [row_of[p] for p in test_positions if p in row_of],
             f"speaker-dependent split: fold {c.fold} of {len(folds)} ({c.folds_file})",
         )
+
+
+def _attributes(entry: dict) -> dict[str, list[str]]:
+    """What routing reports group utterances by: who says it and in which show (empty where the entry lacks it)."""
+    speaker, show = str(entry.get("speaker") or "").strip(), str(entry.get("show") or "").strip()
+    return {"speaker": [speaker] if speaker else [], "show": [show.upper()] if show else []}

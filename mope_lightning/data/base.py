@@ -291,10 +291,18 @@ class MultimodalDataModule:
     def _transform(self, train: bool = False):
         return image_pipeline(self.spec.image_config, self.cfg, train)
 
-    def _blank_image(self) -> torch.Tensor:
-        """The pixels of a missing image: ones after normalisation, in the shape the preprocessing makes."""
+    def _blank_media(self) -> torch.Tensor:
+        """What a sample that lost its media file holds instead, never read (data/missing.py): an image's pixels are
+        ones after normalisation, in the shape the preprocessing makes; an audio clip is one second of silence (long
+        enough for any encoder's frames); a video is `data.video_frames` zero frames."""
         from PIL import Image
 
+        if self.media == "audio":
+            return torch.zeros(self.spec.audio_preprocessor.sampling_rate)
+        if self.media == "video":
+            load = self._load_media()
+            frame = load.transform(Image.new("RGB", (8, 8)))
+            return torch.zeros(load.frames, *frame.shape, dtype=frame.dtype)
         return torch.ones_like(self._transform()(Image.new("RGB", (8, 8))))
 
     def _cached(self, modality: str) -> bool:
@@ -426,8 +434,8 @@ class MultimodalDataModule:
                 else self._load_media(train)
             )
             blank = None
-            if missing is not None and media is None and self.media == "image":
-                blank = self.pixels.blank if self.pixels is not None else self._blank_image()
+            if missing is not None and media is None:
+                blank = self.pixels.blank if self.pixels is not None else self._blank_media()
             self.datasets[name] = MultimodalDataset(
                 split,
                 len(self.classes),

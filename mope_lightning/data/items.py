@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mope_lightning.data.audio import pad_clips
-from mope_lightning.data.missing import MISSABLE
+from mope_lightning.data.missing import MODALITIES, loses
 from mope_lightning.data.samples import Split
 
 
@@ -19,10 +19,11 @@ class MultimodalDataset(Dataset):
     """Items of a `Split`: the label, the text (or its cached feature), the media file loaded by `load` (an image
     through the encoder's transform, an audio clip at the encoder's rate) or its cached feature.
 
-    `missing` (data/missing.py): per sample, the modality it lost, or "". A lost text is the empty text (or a zero
-    feature, which the model replaces by its learned missing embedding); a lost image is never read: its cached
-    feature is zeros, its pixels `blank_image` (ones after normalisation, the missing-aware-prompts paper's dummy),
-    which only a model that needs pixels (Swin) looks at.
+    `missing` (data/missing.py): per sample, the set of modalities it lost ("", "image", "audio+video"). A lost text
+    is the empty text (or a zero feature, which the model replaces by its learned missing embedding); lost media are
+    never read: a cached feature is zeros, the content `blank_media` (an image: ones after normalisation, the
+    missing-aware-prompts paper's dummy, which only a model that needs pixels (Swin) looks at; an audio clip: a short
+    silent one; a video: zero frames), which the encoder runs on and the model replaces by its missing embedding.
     """
 
     def __init__(
@@ -37,14 +38,14 @@ class MultimodalDataset(Dataset):
         text_features=None,
         text_rows: Optional[dict[str, int]] = None,
         missing: Optional[list[str]] = None,
-        blank_image: Optional[torch.Tensor] = None,
+        blank_media: Optional[torch.Tensor] = None,
         with_text: bool = True,
     ):
         self.split, self.num_classes, self.multilabel = split, num_classes, multilabel
         self.with_text = with_text  # False: the samples have no text, or the model reads none (nothing tokenized)
         self.files, self.media, self.load = files, media, load
         self.media_features, self.text_features, self.text_rows = media_features, text_features, text_rows
-        self.missing, self.blank_image = missing, blank_image
+        self.missing, self.blank_media = missing, blank_media
 
     def __len__(self) -> int:
         return len(self.split)
@@ -61,15 +62,16 @@ class MultimodalDataset(Dataset):
             item["missing"] = lost
         if self.text_features is not None:
             feature = self.text_features[self.text_rows[s.texts[i]]]
-            item["text_features"] = torch.zeros_like(feature) if lost == "text" else feature
+            item["text_features"] = torch.zeros_like(feature) if loses(lost, "text") else feature
         elif self.with_text:
-            item["text"] = "" if lost == "text" else s.texts[i]
+            item["text"] = "" if loses(lost, "text") else s.texts[i]
+        lost_media = loses(lost, self.media)
         if self.media_features is not None:
             feature = self.media_features[j]
-            item[f"{self.media}_features"] = torch.zeros_like(feature) if lost == self.media else feature
+            item[f"{self.media}_features"] = torch.zeros_like(feature) if lost_media else feature
         else:
-            loaded = media if media is not None or lost == "image" else self.load(self.files[j])
-            item[MEDIA_KEYS[self.media]] = self.blank_image if lost == "image" else loaded
+            loaded = media if media is not None or lost_media else self.load(self.files[j])
+            item[MEDIA_KEYS[self.media]] = self.blank_media if lost_media else loaded
         return item
 
     def _target(self, label):
@@ -110,9 +112,9 @@ class BatchCollate:
         for key in ("text_features", "image_features", "audio_features", "video_features", "images", "video"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
-        if "missing" in first:  # the split loses modalities: which sample lost which (B,) bool per modality
-            for modality in MISSABLE:
-                batch[f"{modality}_missing"] = torch.tensor([it["missing"] == modality for it in items])
+        if "missing" in first:  # the split loses modalities: which sample lost which, (B,) bool per modality
+            for modality in MODALITIES:
+                batch[f"{modality}_missing"] = torch.tensor([loses(it["missing"], modality) for it in items])
         return batch
 
     @staticmethod

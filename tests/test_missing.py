@@ -324,7 +324,10 @@ def test_robustness_of_multi_label_f1s_equals_mope_test(tmp_path, kind):
     [
         (["data.missing.test.image=1.5"], "data.missing.test.image: must be in [0, 1], got 1.5"),
         (["data.missing.dev.text=0.5"], "unknown key 'data.missing.dev' (did you mean 'data.missing.val'?)"),
-        (["data.missing.train.audio=0.5"], "unknown key 'data.missing.train.audio'"),
+        (
+            ["data.missing.train.audio=0.5"],
+            "data.missing.train.audio: removes the audio of samples, but model.modalities",
+        ),
         (
             ["data.missing.train.both=0.8", "data.missing.train.text=0.5"],
             "data.missing.train: image 0 + text 0.5 + both 0.8 is more than 1",

@@ -28,7 +28,10 @@ from helpers.datasets import write_mp4_audio
 from helpers.video import make_mustard_video, write_clip, write_no_frames, write_rate_zero, write_varying_size
 
 VIDEO_EXP = EXPERIMENTS / "mustard_video.yaml"
-PAIR = ["data.media=video", "model.modalities=[text,video]"]  # the text-video pair (tests/test_three_modalities.py: all)
+PAIR = [
+    "data.media=video",
+    "model.modalities=[text,video]",
+]  # the text-video pair (tests/test_three_modalities.py: all)
 
 
 def video_config(tmp_path, root, *overrides):

@@ -4,13 +4,15 @@ the figure. Read by the sweep's report too; nothing here imports Lightning or ev
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mope_lightning.errors import ConfigError
+from mope_lightning.data.missing import BOTH, JOIN, MODALITIES, MissingRatesError, kind_name
+from mope_lightning.errors import ConfigError, suggest
 
-KINDS = ("image", "text", "both")
+TEXT_IMAGE_KINDS = ("image", "text", "both")  # the default kinds of a text-image model (and of a sweep's robustness)
 RESULTS = "robustness.json"
 FILES = (RESULTS, "robustness.md", "robustness.png")
 
@@ -19,11 +21,45 @@ def condition_name(kind: str, rate: float, metric: str) -> str:
     return f"missing/{kind}={float(rate):g}/{metric}"
 
 
+def default_kinds(modalities: Sequence[str]) -> list[str]:
+    """The kinds evaluated when `robustness.kinds` is not given, for a model of `modalities`: each modality alone;
+    for a text-image model then `both` (the MMP protocol); for three modalities or more then each pair that leaves
+    one (all but the sets that remove every modality)."""
+    if set(modalities) == set(BOTH):
+        return list(TEXT_IMAGE_KINDS)
+    ordered = [m for m in MODALITIES if m in modalities]
+    pairs = [JOIN.join(pair) for pair in itertools.combinations(ordered, 2)] if len(ordered) >= 3 else []
+    return ordered + pairs
+
+
+def robustness_kinds(kinds: Sequence[str]) -> list[str]:
+    """`robustness.kinds` by the names the results use (a set's canonical name), each once; `ConfigError` for a
+    name that is not a modality, `both` or a set of modalities joined by "+"."""
+    if not kinds:
+        raise ConfigError(
+            f"robustness.kinds: {list(kinds)}: give one or more of {', '.join(MODALITIES)}, both, or sets such "
+            f"as audio{JOIN}video"
+        )
+    named = []
+    for kind in kinds:
+        try:
+            named.append(kind_name(str(kind)))
+        except MissingRatesError as exc:
+            why = exc.message if JOIN in str(kind) else f"not a modality nor both{suggest(kind, (*MODALITIES, 'both'))}"
+            raise ConfigError(
+                f"robustness.kinds: '{kind}': {why}; give modalities ({', '.join(MODALITIES)}), both, or sets of "
+                f"modalities joined by '{JOIN}'"
+            ) from None
+    repeated = sorted({k for k in named if named.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"robustness.kinds: {list(kinds)} names {repeated[0]} twice; give each kind once")
+    return named
+
+
 def conditions(rates: Sequence[float], kinds: Sequence[str]) -> list[tuple[str, float]]:
-    """(kind, rate) to evaluate: the complete test split once (as kind "none"), then every kind at every rate > 0."""
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown or not kinds:
-        raise ConfigError(f"robustness.kinds: {list(kinds)}: give one or more of {', '.join(KINDS)}")
+    """(kind, rate) to evaluate: the complete test split once (as kind "none"), then every kind (its canonical name)
+    at every rate > 0."""
+    kinds = robustness_kinds(kinds)
     bad = [r for r in rates if not 0 <= r <= 1]
     if bad or not rates:
         raise ConfigError(f"robustness.rates: {list(rates)}: give one or more rates in [0, 1]")
@@ -51,7 +87,8 @@ def table_markdown(results: dict, rates: Sequence[float], kinds: Sequence[str], 
         f"# Robustness to missing modalities: test {metric}",
         "",
         f"- weights: `{ckpt}`",
-        "- rate: the share of test samples that lose the modality; `both`: half lose their text, half their image",
+        "- rate: the share of test samples that lose the modality; `both`: half lose their text, half their image; "
+        f"`a{JOIN}b`: lose both at once",
         "",
         "| missing | " + " | ".join(f"{float(x):g}" for x in rates) + " |",
         "|---|" + "---|" * len(rates),

@@ -1,22 +1,26 @@
-"""`mope robustness EXP.yaml ckpt=PATH [out=DIR]`: one trained model tested with a modality missing, at several rates.
+"""`mope robustness EXP.yaml ckpt=PATH [out=DIR]`: one trained model tested with modalities missing, at several rates.
 
-For every kind in `robustness.kinds` (image, text, both: data/missing.py) and rate in `robustness.rates`, the test
-metrics are those of the test split with `data.missing.test.<kind>=<rate>` (the other kinds at 0; rate 0, the
-complete test split, once for all kinds). The results go to `<out>/robustness.json` as they finish (a run stopped
-anywhere resumes from there), then `robustness.md` (a table: kinds x rates) and `robustness.png` (the headline metric
-against the rate, a line per kind). `out` defaults to the checkpoint's run directory.
+For every kind in `robustness.kinds` (a modality, `both`, or a set such as audio+video: data/missing.py) and rate in
+`robustness.rates`, the test metrics are those of the test split with that kind at that rate
+(`data.missing.test.<modality>`, `.both` or `.sets`; the other kinds at 0; rate 0, the complete test split, once
+for all kinds). Without `robustness.kinds`, a model of N modalities is tested without each one, and for N >= 3
+without each pair that leaves one (a text-image model: image, text, both; analysis/robustness_tables.py
+`default_kinds`). The results go to `<out>/robustness.json` as they finish (a run stopped anywhere resumes from
+there), then `robustness.md` (a table: kinds x rates) and `robustness.png` (the headline metric against the rate, a
+line per kind). `out` defaults to the checkpoint's run directory.
 
-The test split is run at most three times, however many conditions there are: complete, with every image removed,
-with every text removed. In eval mode a sample's logits depend on that sample alone, and data/missing.py removes a
-fixed modality of fixed samples whatever the rate, so each condition's logits are, sample by sample, those of one of
-the three passes; its metrics are computed from them (tests/test_missing.py checks them against `mope test` with
-`data.missing.test` set). They agree to float rounding: a removed text changes the padded length of its batch, and
-with it the shapes of the products (6e-8 in the logits of a tiny model), so a rank metric such as AUROC may order
-samples whose scores tie to that precision the other way.
+The test split is run once complete, then once per distinct set of modalities the conditions remove from a sample,
+with that set removed from every sample (a text-image model's default kinds: three passes, complete, every image
+removed, every text removed), however many rates there are. In eval mode a sample's logits depend on that sample
+alone, and data/missing.py removes fixed modalities of fixed samples whatever the rate, so each condition's logits
+are, sample by sample, those of one of the passes; its metrics are computed from them (tests/test_missing.py checks
+them against `mope test` with `data.missing.test` set). They agree to float rounding: a removed text changes the
+padded length of its batch, and with it the shapes of the products (6e-8 in the logits of a tiny model), so a rank
+metric such as AUROC may order samples whose scores tie to that precision the other way.
 
 In a sweep file, `robustness: {rates: [...], kinds: [...]}` runs this after each fit; the sweep's results then hold
-one column per condition (`missing/<kind>=<rate>/<metric>`), with mean ± std over seeds in summary.md, and
-`plot_robustness.png` draws each cell's curve.
+one column per condition (`missing/<kind>=<rate>/<metric>`, a set's kind by its canonical name: audio+video), with
+mean ± std over seeds in summary.md, and `plot_robustness.png` draws each cell's curve.
 """
 
 from __future__ import annotations
@@ -24,23 +28,25 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mope_lightning.data.missing import lost_by, missing_table
+from mope_lightning.config.checks import read_modalities
+from mope_lightning.data.missing import MODALITIES, MissingRatesError, lost_by, missing_table, model_removals, rates_of
+from mope_lightning.data.options import MissingRates
 from mope_lightning.data.registry import dataset_class
 from mope_lightning.errors import ConfigError, NonFiniteError
 from mope_lightning.fileio import NewFolders, atomic_write, check_writable, claim_output, written_json
 from mope_lightning.models.registry import SEGMENTATION
 from mope_lightning.analysis.robustness_tables import (
     FILES,
-    KINDS,  # noqa: F401
     RESULTS,
     condition_name,
     conditions,
+    default_kinds,
+    robustness_kinds,
     finished,  # noqa: F401
     metric_of,  # noqa: F401
     robustness_figure,
@@ -122,17 +128,23 @@ def _refuse_segmentation(cfg: DictConfig) -> None:
         )
 
 
-def _check_model(net, todo: list[tuple[str, float]]) -> None:
-    """Refuse, before evaluating anything, a model that cannot run without a modality some condition removes."""
-    lost = {m for kind, _ in todo if kind != "none" for m in lost_by(kind)}
-    foreign = sorted(lost - set(net.modality_set))
+def _check_model(cfg: DictConfig, net, kinds: list[str]) -> None:
+    """Refuse, before evaluating anything, kinds that remove modalities the model lacks or every modality it reads,
+    and a model that cannot run without a modality some kind removes."""
+    modalities = tuple(cfg.model.modalities)
+    foreign = sorted({m for kind in kinds for m in lost_by(kind)} - set(modalities), key=MODALITIES.index)
     if foreign:
         raise ConfigError(
             f"robustness.kinds: removing the {' and '.join(foreign)} needs a model that reads it; this "
-            f"one reads {' and '.join(net.modality_set)} (data.missing removes texts and images), so use "
-            f"robustness.kinds=[{','.join(m for m in net.modality_set if m in ('text', 'image'))}]"
+            f"one reads {' and '.join(modalities)}, so use robustness.kinds=[{','.join(default_kinds(modalities))}]"
         )
-    for modality in sorted(lost):
+    reads, reader = read_modalities(cfg.model), f"model.fusion={cfg.model.fusion}"
+    for kind in kinds:
+        try:
+            model_removals(rates_of(kind, 1.0), modalities, reads, reader)
+        except MissingRatesError as exc:
+            raise ConfigError(f"robustness.kinds: {kind}: {exc.message}") from None
+    for modality in sorted({m for kind in kinds for m in lost_by(kind)}, key=MODALITIES.index):
         problem = net.missing_problem(modality)
         if problem:
             raise ConfigError(f"robustness.kinds: {problem}")
@@ -149,13 +161,12 @@ class PassOutputs(NamedTuple):
 
 
 def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], PassOutputs]:
-    """The test split's ids and per-sample outputs with `lost` ("image", "text") removed from every sample, or with
-    every sample complete ("")."""
+    """The test split's ids and per-sample outputs with the modalities `lost` ("image", "audio+video") removed from
+    every sample, or with every sample complete ("")."""
     from mope_lightning.training.datamodule import datamodule as build_datamodule
 
-    data = OmegaConf.merge(cfg.data, {"missing": {"test": {"image": 0.0, "text": 0.0, "both": 0.0}}})
-    if lost:
-        data.missing.test[lost] = 1.0
+    data = OmegaConf.merge(cfg.data, {})
+    data.missing.test = rates_of(lost, 1.0) if lost else MissingRates()
     datamodule = build_datamodule(data)
     datamodule.attach(module.net.input_spec())
     print(
@@ -181,11 +192,8 @@ def _test_pass(cfg: DictConfig, module, trainer, lost: str) -> tuple[list[str], 
 
 
 def _lost_per_sample(ids: list[str], rows: torch.Tensor, kind: str, rate: float, seed: int) -> list[str]:
-    """Per evaluated sample, the modality it loses in condition (kind, rate): "", "image" or "text"."""
-    rates = SimpleNamespace(image=0.0, text=0.0, both=0.0)
-    if kind != "none":
-        setattr(rates, kind, rate)
-    table = missing_table(ids, rates, seed)
+    """Per evaluated sample, the modalities it loses in condition (kind, rate): "", "image", "audio+video"..."""
+    table = missing_table(ids, rates_of(kind, rate), seed) if kind != "none" else None
     return [table[i] if table else "" for i in rows.tolist()]
 
 
@@ -198,9 +206,9 @@ def _condition_metrics(
 
     complete = passes[""]
     logits = complete.logits.clone()
-    for modality, outputs in passes.items():
-        if modality:
-            chosen = torch.tensor([m == modality for m in lost])
+    for removed, outputs in passes.items():
+        if removed:
+            chosen = torch.tensor([m == removed for m in lost])
             logits[chosen] = outputs.logits[chosen]
     metrics = make_metrics(task, len(classes))
     # Batch by batch as in the test step (the test loader is sequential): torchmetrics decides per update whether
@@ -221,20 +229,19 @@ def _condition_metrics(
 
 
 def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]], save) -> None:
-    """Evaluate the conditions `todo` with at most three passes over the test split (complete first, then every image
-    or every text removed, where some condition needs it), calling `save(metrics)` as soon as a condition's passes
-    are done."""
+    """Evaluate the conditions `todo` with one pass over the test split per distinct lost set they use (complete
+    first, then each set removed from every sample, in rank order: image, text, ..., then sets), calling
+    `save(metrics)` as soon as a condition's passes are done."""
     trainer, todo = _trainer(cfg), list(todo)
+    if not todo:
+        return
     passes: dict[str, PassOutputs] = {}
-    lost_of: dict[tuple[str, float], list[str]] = {}
+    ids, passes[""] = _test_pass(cfg, module, trainer, "")
+    lost_of = {c: _lost_per_sample(ids, passes[""].rows, *c, cfg.data.missing.seed) for c in todo}
     noted: set[str] = set()
-    for lost in ("", "image", "text"):
-        if not todo:
-            break
-        if lost and not any(lost in lost_of[c] for c in todo):
-            continue
-        ids, passes[lost] = _test_pass(cfg, module, trainer, lost)
-        lost_of = lost_of or {c: _lost_per_sample(ids, passes[lost].rows, *c, cfg.data.missing.seed) for c in todo}
+    for lost in needed_passes(lost_of.values()):
+        if lost not in passes:
+            _, passes[lost] = _test_pass(cfg, module, trainer, lost)
         for condition in [c for c in todo if set(lost_of[c]) <= set(passes)]:
             found, notes = _condition_metrics(passes, lost_of[condition], module.task, module.classes, *condition)
             for note in sorted(set(notes) - noted):  # the test split's classes are the same in every condition
@@ -242,6 +249,14 @@ def _evaluate_conditions(cfg: DictConfig, module, todo: list[tuple[str, float]],
             noted.update(notes)
             save(found)
             todo.remove(condition)
+
+
+def needed_passes(lost_per_condition) -> list[str]:
+    """The passes over the test split that conditions need, given each one's lost set per sample: complete ("")
+    first, then each lost set some sample has, single modalities in rank order (image, then text, as the text-image
+    passes always ran), then sets by name."""
+    lost = {m for per_sample in lost_per_condition for m in per_sample} - {""}
+    return ["", *sorted(lost, key=lambda m: (len(lost_by(m)), MODALITIES.index(m) if m in MODALITIES else 0, m))]
 
 
 def evaluate(cfg: DictConfig) -> Path:
@@ -253,13 +268,14 @@ def evaluate(cfg: DictConfig) -> Path:
         raise ConfigError("robustness needs ckpt=PATH: the checkpoint (or adapter folder) to evaluate")
     _refuse_segmentation(cfg)
     r = cfg.robustness
-    todo = conditions(list(r.rates), list(r.kinds))
+    kinds = robustness_kinds(r.kinds if r.kinds is not None else default_kinds(cfg.model.modalities))
+    todo = conditions(list(r.rates), kinds)
     out = _claim(cfg, ckpt)
     results = _read(out / RESULTS, ckpt, r.overwrite)
     with NewFolders() as created:  # a robustness run that fails leaves no empty folder behind
         created.expect(out)
         check_writable(out, "robustness.out")
-        _evaluate_into(cfg, ckpt, out, todo, results)
+        _evaluate_into(cfg, ckpt, out, kinds, todo, results)
     print(
         f"[mope] robustness of {ckpt}\n  table                    {out / 'robustness.md'}\n"
         f"  plot                     {out / 'robustness.png'}",
@@ -268,14 +284,14 @@ def evaluate(cfg: DictConfig) -> Path:
     return out
 
 
-def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: dict) -> None:
+def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, kinds: list[str], todo: list, results: dict) -> None:
     from mope_lightning.weights.adapters import read_trained_weights
     from mope_lightning.weights.checkpoints import load_into
     from mope_lightning.training.build import build
 
     r = cfg.robustness
     module, datamodule = build(cfg)
-    _check_model(module.net, todo)
+    _check_model(cfg, module.net, kinds)
     load_into(module.net, read_trained_weights(ckpt), datamodule.classes)
     todo = [
         (kind, rate)
@@ -290,8 +306,8 @@ def _evaluate_into(cfg: DictConfig, ckpt: str, out: Path, todo: list, results: d
 
     _evaluate_conditions(cfg, module, todo, save)
     metric = datamodule.monitor.removeprefix("val/")
-    atomic_write(out / "robustness.md", lambda fh: fh.write(table_markdown(results, r.rates, r.kinds, metric, ckpt)))
-    figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, r.kinds, metric)
+    atomic_write(out / "robustness.md", lambda fh: fh.write(table_markdown(results, r.rates, kinds, metric, ckpt)))
+    figure = robustness_figure({cfg.experiment: {k: (v, None) for k, v in results.items()}}, r.rates, kinds, metric)
     _save(figure, out / "robustness.png")
 
 

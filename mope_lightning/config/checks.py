@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from mope_lightning.data.missing import MODALITIES as LOSABLE
+from mope_lightning.data.missing import MissingRatesError, model_removals
 from mope_lightning.errors import ConfigError, suggest
 from mope_lightning.models.registry import (
     MODALITIES,
@@ -69,9 +71,7 @@ RANGES: dict[str, Range] = {
     "data.subset_seed": COUNT,
     "data.missing.seed": COUNT,
     **{
-        f"data.missing.{split}.{kind}": Range(0, 1)
-        for split in ("train", "val", "test")
-        for kind in ("image", "text", "both", "depth")
+        f"data.missing.{split}.{kind}": Range(0, 1) for split in ("train", "val", "test") for kind in (*LOSABLE, "both")
     },
     "model.missing_prompt_length": POSITIVE_COUNT,
     "model.condition_prompts": COUNT,
@@ -293,37 +293,18 @@ def read_modalities(model: DictConfig) -> tuple[str, ...]:
 
 
 def _check_missing(cfg: DictConfig, source_of: Callable[[str], str]) -> None:
-    """The rates of each split add up to at most 1, and the model reads some modality that stays."""
+    """Each split's removals name modalities (and sets of them) of the model, add up to at most 1, and leave every
+    sample some modality the model reads (data/missing.py `model_removals`)."""
     missing = cfg.data.get("missing")
     if missing is None:
         return
-    reads = read_modalities(cfg.model)
+    reads, reader = read_modalities(cfg.model), f"model.fusion={cfg.model.fusion}"
     for split in ("train", "val", "test"):
-        rates = missing[split]
-        key = f"data.missing.{split}"
-        if rates.image + rates.text + rates.both + rates.depth > 1:
-            raise ConfigError(
-                f"{source_of(key)}: {key}: image {rates.image:g} + text {rates.text:g} + both "
-                f"{rates.both:g}{f' + depth {rates.depth:g}' if rates.depth else ''} is more than 1; a sample "
-                "loses one modality at most, so the shares add up to 1 at most"
-            )
-        for kind in ("text", "image", "both", "depth"):
-            lost = ("text", "image") if kind == "both" else (kind,)
-            if rates[kind] and not set(lost) <= set(cfg.model.modalities):
-                raise ConfigError(
-                    f"{source_of(f'{key}.{kind}')}: {key}.{kind}: removes the "
-                    f"{' or '.join(lost)} of samples, but model.modalities is "
-                    f"{list(cfg.model.modalities)}; data.missing removes texts and images, and the depth maps "
-                    "of RGB-D segmentation"
-                )
-        for modality in ("text", "image"):
-            if len(reads) == 1 and reads[0] == modality and (rates[modality] or rates.both):
-                kind = f"{key}.{modality}" if rates[modality] else f"{key}.both"
-                raise ConfigError(
-                    f"{source_of(kind)}: {kind}: model.fusion={cfg.model.fusion} reads the {modality} "
-                    f"alone, so a sample without it has no input; use a fusion that reads both "
-                    f"modalities, or remove no {modality}"
-                )
+        try:
+            model_removals(missing[split], tuple(cfg.model.modalities), reads, reader)
+        except MissingRatesError as exc:
+            key = ".".join(filter(None, (f"data.missing.{split}", exc.key)))
+            raise ConfigError(f"{source_of(key)}: {key}: {exc.message}") from None
     if cfg.model.missing_prompts and cfg.model.fusion not in PROMPT_FUSIONS:
         raise ConfigError(
             f"{source_of('model.missing_prompts')}: model.missing_prompts: added to the prompts of "

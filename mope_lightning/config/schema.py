@@ -119,7 +119,9 @@ class RobustnessConfig:
 
     out: Optional[str] = None  # default: the checkpoint's run directory
     rates: List[float] = field(default_factory=lambda: [0.0, 0.3, 0.7, 1.0])  # test missing rates
-    kinds: List[str] = field(default_factory=lambda: ["image", "text", "both"])  # data.missing.test.<kind>
+    # what goes missing (data.missing.test.<kind>): modalities, both, sets (audio+video); null: each modality, and
+    # for three or more each pair that leaves one (a text-image model: image, text, both)
+    kinds: Optional[List[str]] = None
     overwrite: bool = False  # replace robustness results of another checkpoint in `out`
 
 

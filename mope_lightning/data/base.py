@@ -317,10 +317,20 @@ class MultimodalDataModule:
     def _transform(self, train: bool = False):
         return image_pipeline(self.spec.image_config, self.cfg, train)
 
-    def _blank_image(self) -> torch.Tensor:
-        """The pixels of a missing image: ones after normalisation, in the shape the preprocessing makes."""
+    def _blank_media(self, modality: Optional[str] = None) -> torch.Tensor:
+        """What a sample that lost its `modality` file (default: the primary media's) holds instead, never read
+        (data/missing.py): an image's pixels are ones after normalisation, in the shape the preprocessing makes; an
+        audio clip is one second of silence (long enough for any encoder's frames); a video is `data.video_frames`
+        zero frames."""
         from PIL import Image
 
+        modality = modality or self.media
+        if modality == "audio":
+            return torch.zeros(self.spec.audio_preprocessor.sampling_rate)
+        if modality == "video":
+            load = self._load_media(modality=modality)
+            frame = load.transform(Image.new("RGB", (8, 8)))
+            return torch.zeros(load.frames, *frame.shape, dtype=frame.dtype)
         return torch.ones_like(self._transform()(Image.new("RGB", (8, 8))))
 
     def _cached(self, modality: str) -> bool:
@@ -469,14 +479,15 @@ class MultimodalDataModule:
         if self.media in read and features is None:
             load = self.pixels.loader(split.pool, train) if self.pixels is not None else self._load_media(train)
         blank = None
-        if missing is not None and self._reads_pixels(media):
-            blank = self.pixels.blank if self.pixels is not None else self._blank_image()
+        if missing is not None and load is not None:  # a lost file is not read: the blank instead
+            blank = self.pixels.blank if self.pixels is not None else self._blank_media()
         others = []
         for modality in (m for m in read if m != self.media):
             pool = other_pool(split.pool, modality)
             cached = media[modality][pool] if modality in media else None
             load_other = None if cached is not None else self._load_media(train, modality)
-            others.append(MediaReader(modality, pools[pool], load_other, cached))
+            blank_other = self._blank_media(modality) if missing is not None and load_other is not None else None
+            others.append(MediaReader(modality, pools[pool], load_other, cached, blank_other))
         return MultimodalDataset(
             split,
             len(self.classes),

@@ -13,24 +13,21 @@ import torch
 from torch.utils.data import Dataset
 
 from mope_lightning.data.audio import pad_clips
-from mope_lightning.data.missing import MISSABLE
+from mope_lightning.data.missing import MODALITIES, loses
 from mope_lightning.data.samples import Split
 
 
 @dataclass
 class MediaReader:
     """One other media modality of a split's samples (`Split.other_media`), as the model reads it: its pool's
-    `files` loaded by `load` (file -> tensor), or `features`, its cached feature per pool file."""
+    `files` loaded by `load` (file -> tensor), or `features`, its cached feature per pool file; `blank` for a sample
+    that lost it."""
 
     modality: str
     files: Sequence[Path]
     load: Optional[Callable] = None
     features: Optional[torch.Tensor] = None
-
-
-def _lost(lost: str, modality: str) -> bool:
-    """Whether a sample that lost `lost` (data/missing.py: a modality, or "") lacks `modality`."""
-    return lost == modality
+    blank: Optional[torch.Tensor] = None  # what a sample that lost this media gets instead (data/missing.py)
 
 
 class MultimodalDataset(Dataset):
@@ -39,10 +36,11 @@ class MultimodalDataset(Dataset):
     each other media modality the model reads (`others`, for samples that carry several). `reads_media=False`: the
     model does not read the split's primary media (a text-video model on clips with audio and video).
 
-    `missing` (data/missing.py): per sample, the modality it lost, or "". A lost text is the empty text (or a zero
-    feature, which the model replaces by its learned missing embedding); a lost image is never read: its cached
-    feature is zeros, its pixels `blank_image` (ones after normalisation, the missing-aware-prompts paper's dummy),
-    which only a model that needs pixels (Swin) looks at.
+    `missing` (data/missing.py): per sample, the set of modalities it lost ("", "image", "audio+video"). A lost text
+    is the empty text (or a zero feature, which the model replaces by its learned missing embedding); lost media are
+    never read: a cached feature is zeros, the content `blank_media` (an image: ones after normalisation, the
+    missing-aware-prompts paper's dummy, which only a model that needs pixels (Swin) looks at; an audio clip: a short
+    silent one; a video: zero frames), which the encoder runs on and the model replaces by its missing embedding.
     """
 
     def __init__(
@@ -57,7 +55,7 @@ class MultimodalDataset(Dataset):
         text_features=None,
         text_rows: Optional[dict[str, int]] = None,
         missing: Optional[list[str]] = None,
-        blank_image: Optional[torch.Tensor] = None,
+        blank_media: Optional[torch.Tensor] = None,
         with_text: bool = True,
         others: Sequence[MediaReader] = (),
         reads_media: bool = True,
@@ -66,7 +64,7 @@ class MultimodalDataset(Dataset):
         self.with_text = with_text  # False: the samples have no text, or the model reads none (nothing tokenized)
         self.files, self.media, self.load = files, media, load
         self.media_features, self.text_features, self.text_rows = media_features, text_features, text_rows
-        self.missing, self.blank_image = missing, blank_image
+        self.missing, self.blank_media = missing, blank_media
         self.others, self.reads_media = list(others), reads_media
 
     def __len__(self) -> int:
@@ -84,11 +82,11 @@ class MultimodalDataset(Dataset):
             item["missing"] = lost
         if self.text_features is not None:
             feature = self.text_features[self.text_rows[s.texts[i]]]
-            item["text_features"] = torch.zeros_like(feature) if _lost(lost, "text") else feature
+            item["text_features"] = torch.zeros_like(feature) if loses(lost, "text") else feature
         elif self.with_text:
-            item["text"] = "" if _lost(lost, "text") else s.texts[i]
+            item["text"] = "" if loses(lost, "text") else s.texts[i]
         if self.reads_media:
-            primary = MediaReader(self.media, self.files, self.load, self.media_features)
+            primary = MediaReader(self.media, self.files, self.load, self.media_features, self.blank_media)
             item.update(self._media_item(primary, s.media_index[i], lost, media))
         for reader in self.others:
             item.update(self._media_item(reader, s.other_media[reader.modality][i], lost))
@@ -98,14 +96,13 @@ class MultimodalDataset(Dataset):
         self, reader: MediaReader, j: int, lost: str, streamed: Optional[torch.Tensor] = None
     ) -> dict[str, torch.Tensor]:
         """{batch key: content} of file `j` of `reader`'s pool: its cached feature (zeros when the sample lost it),
-        or the file loaded (`streamed` when given), the blank image for a lost image."""
+        or the file loaded (`streamed` when given); a lost media file is not read: its blank instead."""
+        lost_here = loses(lost, reader.modality)
         if reader.features is not None:
             feature = reader.features[j]
-            return {
-                f"{reader.modality}_features": torch.zeros_like(feature) if _lost(lost, reader.modality) else feature
-            }
-        if _lost(lost, "image") and reader.modality == "image":
-            return {MEDIA_KEYS["image"]: self.blank_image}
+            return {f"{reader.modality}_features": torch.zeros_like(feature) if lost_here else feature}
+        if lost_here:
+            return {MEDIA_KEYS[reader.modality]: reader.blank}
         return {MEDIA_KEYS[reader.modality]: streamed if streamed is not None else reader.load(reader.files[j])}
 
     def _target(self, label):
@@ -146,9 +143,9 @@ class BatchCollate:
         for key in ("text_features", "image_features", "audio_features", "video_features", "images", "video"):
             if key in first:
                 batch[key] = torch.stack([it[key] for it in items])
-        if "missing" in first:  # the split loses modalities: which sample lost which (B,) bool per modality
-            for modality in MISSABLE:
-                batch[f"{modality}_missing"] = torch.tensor([it["missing"] == modality for it in items])
+        if "missing" in first:  # the split loses modalities: which sample lost which, (B,) bool per modality
+            for modality in MODALITIES:
+                batch[f"{modality}_missing"] = torch.tensor([loses(it["missing"], modality) for it in items])
         return batch
 
     @staticmethod

@@ -4,20 +4,24 @@ with its own. Plain dataclasses: the config schema (mope_lightning/config/schema
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from omegaconf import MISSING
 
 
 @dataclass
 class MissingRates:
-    """What share of one split's samples lose a modality (data/missing.py). The kinds add up to at most 1: no sample
-    loses both modalities."""
+    """What share of one split's samples lose a modality, or a set of them (data/missing.py). The shares add up to at
+    most 1: each sample is removed by one of them at most."""
 
     image: float = 0.0  # this share of samples lose their image
     text: float = 0.0  # this share lose their text
-    both: float = 0.0  # this share lose one of the two: half their text, half their image (the MMP protocol)
+    audio: float = 0.0  # this share lose their audio clip
+    video: float = 0.0  # this share lose their video
     depth: float = 0.0  # this share lose their depth map (RGB-D segmentation: a blank, unknown depth instead)
+    both: float = 0.0  # this share lose one of text and image: half their text, half their image (the MMP protocol)
+    # shares that lose several modalities at once, by the set's modalities joined by "+": {"audio+video": 0.3}
+    sets: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -67,5 +71,5 @@ class DataConfig:
     train_fraction: float = 1.0  # keep round(f x N) training samples, 0 < f <= 1
     shots_per_class: Optional[int] = None  # keep this many training samples of every class
     subset_seed: int = 0
-    # Samples that lose their image or text (data/missing.py), e.g. data.missing.test.image=0.7
+    # Samples that lose modalities (data/missing.py), e.g. data.missing.test.image=0.7
     missing: MissingConfig = field(default_factory=MissingConfig)

@@ -5,7 +5,7 @@ Items: `images` float C x S x S, `label` a long (h, w) map of class indices with
 reader (whose `masks` reads depth maps too: data/depth.py), `depth` float 3 x S x S, moved with the image. A sample
 that lost its depth map (`data.missing.<split>.depth`, data/missing.py) is not read: its depth is zeros (unknown
 depth, as the sensor's invalid 0) before the encoding, and its item says `missing: "depth"`, which the batch carries
-as `depth_missing` for the model to replace the depth feature by its learned missing embedding.
+as `depth_missing` (BatchCollate) for the model to replace the depth feature by its learned missing embedding.
 `SegmentationCollate` pads the labels of a batch with IGNORE_INDEX (top-left aligned) and stacks `mask_size`; images
 (and depth maps) of different sizes (sliding-window evaluation) are padded with zeros, `image_size` (B, 2) giving each
 one's own. The
@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from mope_lightning.data.items import BatchCollate
 from mope_lightning.data.features import load_image
 from mope_lightning.data.masks import pad_labels
+from mope_lightning.data.missing import loses
 from mope_lightning.data.samples import Split
 from mope_lightning.errors import DataError
 
@@ -52,7 +53,7 @@ class SegmentationDataset(Dataset):
         lost = self.missing[i] if self.missing is not None else ""
         if not hasattr(self.masks, "depth"):
             depth = None
-        elif lost == "depth":
+        elif loses(lost, "depth"):
             depth = np.zeros(labels.shape, np.int64)  # unknown depth: what the sensor gives where it measured none
         else:
             depth = self._depth(i, path, image)
@@ -91,8 +92,6 @@ class SegmentationCollate(BatchCollate):
         batch["images"], batch["image_size"] = pad_images([it["images"] for it in items])
         if "depth" in items[0]:
             batch["depth"], _ = pad_images([it["depth"] for it in items])
-        if "missing" in items[0]:
-            batch["depth_missing"] = torch.tensor([it["missing"] == "depth" for it in items])
         return batch
 
     @staticmethod

@@ -218,26 +218,28 @@ def _name(path: Path, name: Any) -> str:
 def _robustness(path: Path, spec: Any) -> tuple:
     """(rates, kinds) of the sweep's `robustness` section, checked; () without one."""
     from mope_lightning.config.schema import RobustnessConfig
-    from mope_lightning.analysis.robustness_tables import conditions
+    from mope_lightning.analysis.robustness_tables import TEXT_IMAGE_KINDS, conditions, robustness_kinds
 
     if spec is None:
         return ()
     if not isinstance(spec, dict) or set(spec) - {"rates", "kinds"}:
-        raise ConfigError(f"{path}: robustness: give rates (a list in [0, 1]) and kinds (image, text, both)")
+        raise ConfigError(
+            f"{path}: robustness: give rates (a list in [0, 1]) and kinds (modalities, both, sets such as audio+video)"
+        )
     default = RobustnessConfig()
-    rates, kinds = spec.get("rates", default.rates), spec.get("kinds", default.kinds)
+    rates, kinds = spec.get("rates", default.rates), spec.get("kinds", list(TEXT_IMAGE_KINDS))
     if (
         not isinstance(rates, list)
         or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in rates)
         or not isinstance(kinds, list)
         or not all(isinstance(k, str) for k in kinds)
     ):
-        raise ConfigError(f"{path}: robustness: rates is a list of numbers, kinds a list of image, text, both")
+        raise ConfigError(f"{path}: robustness: rates is a list of numbers, kinds a list of names (image, text, both)")
     try:
         conditions(rates, kinds)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return tuple(float(r) for r in rates), tuple(kinds)
+    return tuple(float(r) for r in rates), tuple(robustness_kinds(kinds))
 
 
 def read_sweep(path: str | Path, extra: Sequence[str] = ()) -> Sweep:

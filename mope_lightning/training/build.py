@@ -18,7 +18,7 @@ from torch import nn
 
 from mope_lightning.config.schema import to_container
 from mope_lightning.data.base import MultimodalDataModule
-from mope_lightning.data.missing import KINDS, lost_by
+from mope_lightning.data.missing import lost_by, rate_key, removals
 from mope_lightning.errors import ConfigError, ModelError
 from mope_lightning.fileio import atomic_write, check_writable
 from mope_lightning.models.registry import SEGMENTATION
@@ -101,12 +101,10 @@ def _check_missing(cfg: DictConfig, net) -> None:
     """Refuse, before any data is read, a model that cannot run on the samples `data.missing` removes."""
     missing = cfg.data.get("missing")
     for split in ("train", "val", "test") if missing is not None else ():
-        for kind in KINDS:
-            if not missing[split][kind]:
-                continue
+        for kind, _ in removals(missing[split]):
             problem = next(filter(None, map(net.missing_problem, lost_by(kind))), None)
             if problem:
-                raise ModelError(f"data.missing.{split}.{kind}: {problem}")
+                raise ModelError(f"data.missing.{split}.{rate_key(kind)}: {problem}")
 
 
 def _check_video_frames(cfg: DictConfig, net) -> None:

@@ -22,6 +22,7 @@ from typing import Callable, List, Optional
 import torch
 
 from mope_lightning.data.items import BatchCollate
+from mope_lightning.data.missing import rate_key, removals
 from mope_lightning.data.checks import parallel_map
 from mope_lightning.data.datasets.image_only import ImageClassificationDataModule, ImageDataConfig
 from mope_lightning.data.samples import Problem, Split
@@ -120,12 +121,12 @@ class SegmentationDataModule(ImageClassificationDataModule):
         image, so a sample without it has nothing to segment."""
         rates = self.cfg.get("missing")
         for name in ("train", "val", "test") if rates is not None else ():
-            for kind in ("image", "text", "both"):
-                if rates[name][kind]:
+            for kind, rate in removals(rates[name]):
+                if kind != "depth":  # the image, or a modality these samples do not have
                     raise DataError(
-                        f"data.missing.{name}.{kind}: {rates[name][kind]}; a {self.cfg.name} sample cannot lose its "
-                        "image (its mask belongs to it) and has no text; set it to 0 (RGB-D segmentation can lose "
-                        "the depth map: data.missing.<split>.depth)"
+                        f"data.missing.{name}.{rate_key(kind)}: {rate:g}; a {self.cfg.name} sample cannot lose its image (its mask belongs to it) "
+                        "and has no other modality but its depth map; set it to 0 (RGB-D segmentation can lose the "
+                        "depth map: data.missing.<split>.depth)"
                     )
             if rates[name].depth and self.depth_encoding() is None:
                 raise DataError(

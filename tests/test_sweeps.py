@@ -143,6 +143,13 @@ def test_a_sweep_runs_every_cell_and_seed_aggregates_and_resumes(tmp_path, capsy
     moved = out.rename(tmp_path / "moved")  # a sweep folder copied elsewhere (or committed) is still finished
     assert main(["sweep", sweep, f"out={moved}"]) == 0 and "4 finished, 0 to run" in capsys.readouterr().out
     out = moved.rename(out)
+    # Another command's settings (robustness, analyze, ...) do not make a finished fit another run: their defaults may
+    # move between versions.
+    stored = out / "model.mope.num_experts=1" / "seed_1" / "version_0" / "config.yaml"
+    config = yaml.safe_load(stored.read_text())
+    config["robustness"]["kinds"], config["analyze"]["split"] = ["text"], "test"
+    stored.write_text(yaml.safe_dump(config))
+    assert main(["sweep", sweep, f"out={out}"]) == 0 and "4 finished, 0 to run" in capsys.readouterr().out
 
     # A run that stopped before writing its metrics resumes from its last.ckpt, and only that run runs.
     (out / "model.mope.num_experts=2" / "seed_1" / "version_0" / "fit_metrics.json").unlink()

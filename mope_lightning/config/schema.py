@@ -336,6 +336,9 @@ def _needed(cfg: DictConfig, missing: set[str]) -> set[str]:
 
 
 # Settings of how the model runs, not of what it computes: weights trained with one value serve the other.
+# The sections only other commands read (`mope predict`, `analyze`, `export`, `shards`, `robustness`): a fit's results do
+# not depend on them, so a resume may change them and a sweep's finished run stays finished when their defaults move.
+COMMAND_SECTIONS = ("predict", "analyze", "export", "shards", "robustness")
 HOW_IT_RUNS = (
     "model.activation_checkpointing",
     "model.checkpointed_layers",

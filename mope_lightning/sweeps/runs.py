@@ -17,7 +17,7 @@ from typing import Optional
 
 import yaml
 
-from mope_lightning.config.schema import differences, to_container
+from mope_lightning.config.schema import COMMAND_SECTIONS, differences, to_container
 
 from mope_lightning.training.trainer_config import load_config
 from mope_lightning.fileio import atomic_write
@@ -63,8 +63,9 @@ def _resolved(files: tuple[str, ...], overrides: tuple[str, ...]) -> dict:
 
 def _same(stored: Path, wanted: dict) -> bool:
     """Whether a run directory's config.yaml is the run's config, wherever the sweep folder now lives: the run's own
-    directory, the checkpoint it resumed from, its record (`run`), tags, notes and loggers do not count, nor do keys
-    only one side has (options added by a later version, at their defaults)."""
+    directory, the checkpoint it resumed from, its record (`run`), tags, notes and loggers do not count, nor do the
+    other commands' sections (`COMMAND_SECTIONS`) or keys only one side has (options added by a later version, at
+    their defaults)."""
     try:
         config = yaml.safe_load(stored.read_text())
     except (OSError, yaml.YAMLError):
@@ -76,7 +77,7 @@ def _same(stored: Path, wanted: dict) -> bool:
 
 def _comparable(config: dict) -> dict:
     trainer = {k: v for k, v in (config.get("trainer") or {}).items() if k != "default_root_dir"}
-    kept = {k: v for k, v in config.items() if k not in ("run", "tags", "notes", "loggers")}
+    kept = {k: v for k, v in config.items() if k not in ("run", "tags", "notes", "loggers", *COMMAND_SECTIONS)}
     return {**kept, "ckpt": None, "trainer": trainer}
 
 

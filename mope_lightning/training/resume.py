@@ -14,7 +14,7 @@ import lightning as L
 from omegaconf import DictConfig
 
 from mope_lightning.weights.checkpoints import is_adapter, read_checkpoint
-from mope_lightning.config.schema import HOW_IT_RUNS, differences, format_differences, to_container
+from mope_lightning.config.schema import COMMAND_SECTIONS, HOW_IT_RUNS, differences, format_differences, to_container
 from mope_lightning.training.training_order import saved_position
 from mope_lightning.errors import CheckpointError, ConfigError
 from mope_lightning.fileio import atomic_write
@@ -48,9 +48,7 @@ RESUME_MAY_CHANGE = (
     "data.eval_batch_size",
     "checkpoint.save_last",
     "checkpoint.save_top_k",
-    "predict.",
-    "analyze.",
-    "export.",
+    *(f"{section}." for section in COMMAND_SECTIONS),
     "run.",
     "tags",
     "notes",

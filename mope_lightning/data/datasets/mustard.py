@@ -20,7 +20,8 @@ stratified by label (`data.val_fraction`): the MoPE reference validates on its t
 
 The text (`data.text`): `speaker` gives "SPEAKER: utterance" (the MoPE reference), `utterance` the utterance alone,
 `context` the context lines with their speakers before it. Metrics: accuracy, AUROC and weighted F1 (the paper's
-F-score is the weighted average of the two classes').
+F-score is the weighted average of the two classes'). Each sample's speaker and show are attributes for routing
+reports (which experts sarcasm from one speaker or one show is sent to).
 """
 
 from __future__ import annotations

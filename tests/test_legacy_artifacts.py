@@ -8,6 +8,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -153,3 +154,20 @@ def test_configs_may_name_callbacks_by_their_old_module():
 
     with pytest.raises(ConfigError, match=r"mope_lightning\.training\.callbacks has no callback 'Nope'"):
         resolve_callbacks([{"class_path": "mope_lightning.callbacks.Nope"}], "callbacks")
+
+
+# A text-audio MoPE adapter written by the pair-only code (728f287, before model.modalities took any set; README.md
+# there), and its probabilities for two texts with two synthetic tones, as that code predicted them.
+TEXT_AUDIO_PROBS = [[0.44422000646591187, 0.5557799935340881], [0.44664087891578674, 0.5533591508865356]]
+
+
+def test_a_text_audio_adapter_of_the_pair_only_code_predicts_the_same():
+    model = mope_lightning.from_pretrained(LEGACY / "text_audio_adapter")
+    t = np.arange(16000) / 16000
+    audio = [
+        (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32),
+        (0.2 * np.sin(2 * np.pi * 440 * t[:12000])).astype(np.float32),
+    ]
+    out = model.predict(texts=["SHELDON: oh great", "PENNY: sure, why not"], audio=audio)
+    assert model.net.modality_set == ("text", "audio")
+    torch.testing.assert_close(torch.as_tensor(out.probs), torch.tensor(TEXT_AUDIO_PROBS), atol=1e-6, rtol=0)

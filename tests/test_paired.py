@@ -105,3 +105,23 @@ def test_a_compare_item_defaults_to_the_sweep_metric_and_may_name_another_sweep(
         Comparison("x", "other/method=mope", ("test/auroc",)),
         Comparison("y", "x", ("test/f1", "test/acc")),
     )
+
+
+SWEEP_FILES = sorted((Path(__file__).parents[1] / "experiments" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_shipped_sweep_file_plans_and_compares_its_own_cells(path, tmp_path):
+    """Each sweep file of the repository reads and plans (every run's config checked), and its comparisons name
+    cells it has (or a sibling sweep's, <folder>/<cell>)."""
+    from mope_lightning.sweeps.spec import cell_slug, read_sweep
+    from mope_lightning.sweeps.sweep import plan
+
+    sweep = read_sweep(path)
+    sweep.seeds = sweep.seeds[:1]  # every cell's config is checked once: the seeds change nothing else
+    _, runs = plan(sweep, str(tmp_path / "out"))
+    assert len(runs) == len(sweep.cells) > 0
+    cells = {cell_slug(cell) for cell in sweep.cells}
+    for comparison in sweep.compare:
+        for side in (comparison.a, comparison.b):
+            assert side in cells or side.split("/", 1)[0] in {p.stem for p in SWEEP_FILES}, side

@@ -39,7 +39,8 @@ def tokenizer():
 
 def image_spec(encoder, tokenizer=None):
     """The model's view for the DataModule: the image feature is cached, the text is tokenized."""
-    return InputSpec(tokenizer, encoder.data_config, {"image": encoder}, {"image": "tiny-image-encoder"})
+    reads = ("text", "image") if tokenizer is not None else ("image",)
+    return InputSpec(tokenizer, encoder.data_config, {"image": encoder}, {"image": "tiny-image-encoder"}, reads=reads)
 
 
 class CountingEncoder(torch.nn.Module):

@@ -116,7 +116,7 @@ def test_the_loaders_run_the_pipeline_the_benchmark_times():
         "crop_mode": "center",
     }
     dm = DATAMODULES["easy_vqa"](cfg.data)
-    dm.attach(InputSpec(image_config=image_config))
+    dm.attach(InputSpec(image_config=image_config, reads=("image",)))
     train, evaluation = dm._load_media(train=True).transform, dm._load_media().transform
     assert repr(train) == repr(image_pipeline(image_config, cfg.data, train=True))
     assert repr(evaluation) == repr(image_pipeline(image_config, cfg.data))

@@ -55,6 +55,7 @@ def spec_reading(nets, audio: bool, video: bool, cached: tuple = ()) -> InputSpe
         {m: encoders[m] for m in cached},
         {m: f"tiny-{m}" for m in cached},
         audio_net.audio.preprocessor if audio else None,
+        reads=("text", *(["audio"] if audio else []), *(["video"] if video else [])),
     )
 
 

@@ -324,7 +324,7 @@ def test_loaders_give_train_crops_and_original_resolution_eval_masks(tmp_path):
     root = make_kvasir(tmp_path / "kvasir", count=20)
     cfg = data_cfg(KvasirSegConfig, root=str(root), cache_dir=str(tmp_path / "cache"), batch_size=4)
     dm = datamodule(cfg)
-    dm.attach(InputSpec(image_config=IMAGE_CONFIG))
+    dm.attach(InputSpec(image_config=IMAGE_CONFIG, reads=("image",)))
     dm.prepare("fit")
     dm.setup("fit")
     train = next(iter(dm.train_dataloader()))

@@ -398,7 +398,8 @@ SPEC = InputSpec(
         "std": (0.5,) * 3,
         "crop_pct": 1.0,
         "crop_mode": "squash",
-    }
+    },
+    reads=("image",),
 )
 
 

@@ -281,22 +281,12 @@ class MultimodalDataModule:
         return ""
 
     def _reads_text(self) -> bool:
-        """Whether the batches carry texts: the samples have them and the model reads them (a tokenizer or a cached
-        text feature in its `InputSpec`)."""
-        return "text" in self.modalities and (self.spec.tokenizer is not None or "text" in self.spec.cacheable)
-
-    def _reads(self, modality: str) -> bool:
-        """Whether the model reads the media `modality` (its `InputSpec` prepares it or caches its feature)."""
-        spec = self.spec
-        if modality in spec.cacheable or modality in spec.uncached:
-            return True
-        if modality == "audio":
-            return spec.audio_preprocessor is not None
-        return spec.image_config is not None  # an image, or each frame of a video
+        """Whether the batches carry texts: the samples have them and the model reads them (`InputSpec.reads`)."""
+        return "text" in self.modalities and "text" in self.spec.reads
 
     def _read_media(self) -> tuple[str, ...]:
         """The media modalities of the samples that the model reads: only these are loaded or cached."""
-        return tuple(m for m in self.media_modalities if self._reads(m))
+        return tuple(m for m in self.media_modalities if m in self.spec.reads)
 
     def _load_media(self, train: bool = False, modality: Optional[str] = None):
         """file -> the tensor the model reads of `modality` (default: the primary media): an image through the

@@ -98,7 +98,8 @@ class InputSpec:
     `cacheable` maps a modality to the function computing its pooled feature from the encoder's inputs, for a
     frozen encoder whose feature never changes: the DataModule may compute it once per distinct input and yield
     `<modality>_features` instead. `identity` says what a cached feature depends on (for cache keys). `uncached`
-    says, for a modality read as a pooled feature that cannot be cached, why (the DataModule logs it).
+    says, for a modality read as a pooled feature that cannot be cached, why (the DataModule logs it). `reads` names
+    the modalities the model reads from a batch: the DataModule loads, encodes and caches those alone.
     """
 
     tokenizer: Any = None  # text
@@ -108,6 +109,7 @@ class InputSpec:
     audio_preprocessor: Any = None  # audio: the transformers feature extractor
     depth_config: Optional[dict] = None  # depth: the depth encoder's data config (its mean and std)
     uncached: dict[str, str] = field(default_factory=dict)
+    reads: tuple[str, ...] = ()
 
 
 def make_head(in_dim: int, num_classes: int, hidden: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -209,6 +211,7 @@ class FusionClassifier(nn.Module):
             image_config,
             audio_preprocessor=getattr(encoders.get("audio"), "preprocessor", None),
             depth_config=getattr(encoders.get("depth"), "data_config", None),
+            reads=self.modalities(),
         )
         for modality in self.feature_modalities():
             encoder, reason = self.encoder(modality), self.uncached_reason(modality)

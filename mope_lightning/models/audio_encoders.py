@@ -23,9 +23,8 @@ from typing import Optional
 from torch import Tensor, nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.prompt_loop import Prompter, insert_prompts, mask_with_prompts, prompted_block_loop
-from mope_lightning.models.text_encoders import masked_mean
+from mope_lightning.models.prompted_transformer import PromptedTransformer
 
 # Speech encoders with the wav2vec2 layout: conv feature encoder, feature projection, positional conv, layers.
 PROMPTABLE_AUDIO_MODELS = ("wav2vec2", "hubert", "wavlm")
@@ -45,7 +44,7 @@ TINY_AUDIO = dict(
 TINY_AUDIO_EXTRA = {"wavlm": dict(num_buckets=32, max_bucket_distance=80)}
 
 
-class PromptedAudioEncoder(Backbone):
+class PromptedAudioEncoder(PromptedTransformer):
     """A frozen speech encoder prompted at every transformer layer.
 
     Args:
@@ -57,34 +56,20 @@ class PromptedAudioEncoder(Backbone):
 
     modality = "audio"
     prompt_init_scale = 0.3  # as for BERT: post-LN speech models' hidden states are layer-normalised too
+    promptable_models = PROMPTABLE_AUDIO_MODELS
+    promptable_description = "speech encoders of the wav2vec2 layout ({models})"
+    pool_error = "audio encoders pool by the mean over frames; got pool={pool!r}"
 
     def __init__(self, model: nn.Module, preprocessor=None, pool: str = "mean"):
-        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        encoder = getattr(model, "encoder", None)
-        if (
-            model_type not in PROMPTABLE_AUDIO_MODELS
-            or not hasattr(encoder, "layers")
-            or not hasattr(model, "feature_extractor")
-        ):
-            raise TypeError(
-                f"cannot prompt audio encoder of type '{model_type}': the framework prompts speech "
-                f"encoders of the wav2vec2 layout ({', '.join(PROMPTABLE_AUDIO_MODELS)})"
-            )
-        if pool != "mean":
-            raise ValueError(f"audio encoders pool by the mean over frames; got pool={pool!r}")
-        super().__init__(model)
+        super().__init__(model, pool)
         self.preprocessor = preprocessor
-        self.pool_mode = pool
-        self.width = model.config.hidden_size
-        self.num_layers = len(encoder.layers)
-        self.layer_dims = [self.width] * self.num_layers
-        self.layer_stages = [0] * self.num_layers
         self.pre_norm = bool(model.config.do_stable_layer_norm)  # encoder.layer_norm after the layers, not before
         self.mask_attention = model.config.feat_extract_norm == "layer"
 
-    @property
-    def num_features(self) -> int:
-        return self.width
+    @staticmethod
+    def layer_stack(model: nn.Module) -> Optional[nn.ModuleList]:
+        encoder = getattr(model, "encoder", None)
+        return getattr(encoder, "layers", None) if hasattr(model, "feature_extractor") else None
 
     @property
     def sampling_rate(self) -> Optional[int]:
@@ -177,20 +162,5 @@ class PromptedAudioEncoder(Backbone):
         bias = attention.compute_bias(length, length)
         return bias.unsqueeze(0).repeat(hidden.shape[0], 1, 1, 1).view(-1, length, length)
 
-    def pool(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        """(B, D) summary: the mean over valid frames and prompts."""
-        return masked_mean(tokens, mask)
-
-    def forward(self, input_values: Tensor, audio_mask: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
-        return self.pool(*self.forward_features(input_values, audio_mask, prompter))
-
     def signature(self) -> dict:
-        """What a checkpoint must match: the architecture of the frozen model."""
-        cfg = self.model.config
-        return {
-            "library": "transformers",
-            "model_type": cfg.model_type,
-            "hidden_size": cfg.hidden_size,
-            "num_layers": self.num_layers,
-            "feat_extract_norm": cfg.feat_extract_norm,
-        }
+        return {**super().signature(), "feat_extract_norm": self.model.config.feat_extract_norm}

@@ -12,20 +12,14 @@ from typing import Optional
 from torch import Tensor, nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.prompt_loop import Prompter, insert_prompts, mask_with_prompts, prompted_block_loop
+from mope_lightning.models.prompted_transformer import PromptedTransformer, masked_mean
 
 # Encoder families whose layers take (hidden_states, attention_mask) and whose embeddings take input_ids.
 PROMPTABLE_TEXT_MODELS = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "ernie")
 
 
-def masked_mean(tokens: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the valid tokens (mask 1) of (B, N, D) tokens."""
-    weights = mask.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-
-
-class PromptedTextEncoder(Backbone):
+class PromptedTextEncoder(PromptedTransformer):
     """A frozen BERT-family encoder prompted at every layer.
 
     Args:
@@ -36,32 +30,23 @@ class PromptedTextEncoder(Backbone):
 
     modality = "text"
     prompt_init_scale = 0.3  # the reference's uniform(-0.3, 0.3) for BERT prompts (mope_method.md §2.2)
+    promptable_models = PROMPTABLE_TEXT_MODELS
+    promptable_description = "BERT-family encoders ({models})"
+    pools = ("mean", "cls")
+    pool_error = "pool must be 'mean' or 'cls', got {pool!r}"
 
     def __init__(self, model: nn.Module, tokenizer=None, pool: str = "mean"):
-        model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-        layers = getattr(getattr(model, "encoder", None), "layer", None)
-        if model_type not in PROMPTABLE_TEXT_MODELS or layers is None or not hasattr(model, "embeddings"):
-            raise TypeError(
-                f"cannot prompt text encoder of type '{model_type}': the framework prompts BERT-family "
-                f"encoders ({', '.join(PROMPTABLE_TEXT_MODELS)})"
-            )
-        if pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
+        super().__init__(model, pool)
         if getattr(model, "pooler", None) is not None:
             # Never used (we pool ourselves). Where a checkpoint lacks it (sentence-transformers exports) the library
             # initialises it at random, which would make the frozen weights differ from run to run.
             model.pooler = None
-        super().__init__(model)
         self.tokenizer = tokenizer
-        self.pool_mode = pool
-        self.width = model.config.hidden_size
-        self.num_layers = len(layers)
-        self.layer_dims = [self.width] * self.num_layers
-        self.layer_stages = [0] * self.num_layers
 
-    @property
-    def num_features(self) -> int:
-        return self.width
+    @staticmethod
+    def layer_stack(model: nn.Module) -> Optional[nn.ModuleList]:
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        return layers if hasattr(model, "embeddings") else None
 
     @staticmethod
     def inputs(batch: dict) -> dict:
@@ -105,16 +90,5 @@ class PromptedTextEncoder(Backbone):
         """(B, D) summary: masked mean over tokens and prompts, or the [CLS] token."""
         return tokens[:, 0] if self.pool_mode == "cls" else masked_mean(tokens, mask)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
-        return self.pool(*self.forward_features(input_ids, attention_mask, prompter))
-
     def signature(self) -> dict:
-        """What a checkpoint must match: the architecture of the frozen model."""
-        cfg = self.model.config
-        return {
-            "library": "transformers",
-            "model_type": cfg.model_type,
-            "hidden_size": cfg.hidden_size,
-            "num_layers": self.num_layers,
-            "vocab_size": cfg.vocab_size,
-        }
+        return {**super().signature(), "vocab_size": self.model.config.vocab_size}

@@ -42,8 +42,8 @@ from mope_lightning.errors import ModelError
 from mope_lightning.models.backbone import Backbone
 from mope_lightning.models.registry import TIME_POOLS
 from mope_lightning.models.prompt_loop import Prompter, insert_prompts, prompted_block_loop
+from mope_lightning.models.prompted_transformer import PromptedTransformer
 from mope_lightning.models.sources import resolve_text_source, transformers_model
-from mope_lightning.models.text_encoders import masked_mean
 
 PROMPTABLE_VIDEO_MODELS = ("videomae",)
 # The checkpoint users start from (self-supervised on Kinetics-400; 16 frames at 224 px, tubelets of 2x16x16).
@@ -99,7 +99,7 @@ class FramewiseVideoEncoder(Backbone):
         return {**self.model.signature(), "pool_time": self.pool_mode}
 
 
-class PromptedVideoEncoder(Backbone):
+class PromptedVideoEncoder(PromptedTransformer):
     """A frozen VideoMAE prompted at every layer.
 
     Args:
@@ -112,24 +112,14 @@ class PromptedVideoEncoder(Backbone):
     """
 
     modality = "video"
+    promptable_models = PROMPTABLE_VIDEO_MODELS
+    promptable_description = "{models} models (transformers' VideoMAEModel)"
+    pool_error = "video encoders pool by the mean over tokens; got pool={pool!r}"
 
     def __init__(self, model: nn.Module, preprocessor=None, pool: str = "mean"):
-        config = getattr(model, "config", None)
-        model_type = getattr(config, "model_type", type(model).__name__)
-        if model_type not in PROMPTABLE_VIDEO_MODELS or not hasattr(getattr(model, "encoder", None), "layer"):
-            raise TypeError(
-                f"cannot prompt video encoder of type '{model_type}': the framework prompts "
-                f"{', '.join(PROMPTABLE_VIDEO_MODELS)} models (transformers' VideoMAEModel)"
-            )
-        if pool != "mean":
-            raise ValueError(f"video encoders pool by the mean over tokens; got pool={pool!r}")
-        super().__init__(model)
+        super().__init__(model, pool)
         self.preprocessor = preprocessor
-        self.pool_mode = pool
-        self.width = config.hidden_size
-        self.num_layers = len(model.encoder.layer)
-        self.layer_dims = [self.width] * self.num_layers
-        self.layer_stages = [0] * self.num_layers
+        config = model.config
         patch = model.embeddings.patch_embeddings
         self.input_shape = (config.num_frames, patch.num_channels, *patch.image_size)  # (T, 3, H, W)
         # VPT's prompt initialisation, uniform(-v, v) with v = sqrt(6 / (fan_in + D)), where the fan-in of
@@ -137,9 +127,9 @@ class PromptedVideoEncoder(Backbone):
         fan_in = patch.tubelet_size * patch.num_channels * patch.patch_size[0] * patch.patch_size[1]
         self.prompt_init_scale = math.sqrt(6.0 / (fan_in + self.width))
 
-    @property
-    def num_features(self) -> int:
-        return self.width
+    @staticmethod
+    def layer_stack(model: nn.Module) -> Optional[nn.ModuleList]:
+        return getattr(getattr(model, "encoder", None), "layer", None)
 
     @property
     def num_frames(self) -> int:
@@ -188,21 +178,10 @@ class PromptedVideoEncoder(Backbone):
         tokens = insert_prompts(x, prompts, 0)
         return (tokens if m.layernorm is None else m.layernorm(tokens)), None
 
-    def pool(self, tokens: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        """(B, D) summary: the mean over tokens and prompts (over the valid ones where a mask is given)."""
-        return tokens.mean(1) if mask is None else masked_mean(tokens, mask)
-
-    def forward(self, video: Tensor, prompter: Optional[Prompter] = None) -> Tensor:
-        return self.pool(*self.forward_features(video, prompter))
-
     def signature(self) -> dict:
-        """What a checkpoint must match: the architecture of the frozen model."""
         cfg = self.model.config
         return {
-            "library": "transformers",
-            "model_type": cfg.model_type,
-            "hidden_size": cfg.hidden_size,
-            "num_layers": self.num_layers,
+            **super().signature(),
             "num_frames": cfg.num_frames,
             "image_size": cfg.image_size,
             "patch_size": cfg.patch_size,

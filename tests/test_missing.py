@@ -15,7 +15,7 @@ from mope_lightning.training.trainer_config import load_config
 from mope_lightning.data import BatchCollate
 from mope_lightning.data.missing import describe, missing_table
 from mope_lightning.models import build_model
-from mope_lightning.models.classifier import missing_case
+from mope_lightning.models.modality_set import missing_case
 from mope_lightning.cli.fit import run
 from mope_lightning.training.datamodule import datamodule
 

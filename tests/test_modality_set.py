@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 from mope_lightning.cli import main
 from mope_lightning.models import build_model
-from mope_lightning.models.classifier import conditioning_modalities, missing_case, missing_cases
+from mope_lightning.models.modality_set import conditioning_modalities, missing_case, missing_cases
 from mope_lightning.models.prompts import ConditionMapper, ConditionMappers
 from mope_lightning.models.registry import MODALITIES
 from mope_lightning.training.trainer_config import load_config

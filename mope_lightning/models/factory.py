@@ -15,15 +15,11 @@ from torch import nn
 
 from mope_lightning.errors import ModelError
 from mope_lightning.models.backbone import Backbone
-from mope_lightning.models.classifier import (
-    LateFusionClassifier,
-    PromptFusionClassifier,
-    conditioning_modalities,
-    missing_cases,
-)
+from mope_lightning.models.classifier import LateFusionClassifier, PromptFusionClassifier
 from mope_lightning.models.dense_heads import DenseHeadSpec
 from mope_lightning.models.dispatcher import PMoE
 from mope_lightning.models.encoder_factory import build_encoder
+from mope_lightning.models.modality_set import conditioning_modalities, missing_cases
 from mope_lightning.models.pmoe import PMoEClassifier
 from mope_lightning.models.prompted_swin import PromptedSwin
 from mope_lightning.models.prompts import MoPE

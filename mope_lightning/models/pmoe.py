@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from mope_lightning.models.classifier import FusionClassifier, FusionOutput, conditioning_modalities, make_head
+from mope_lightning.models.classifier import FusionClassifier, FusionOutput, make_head
+from mope_lightning.models.modality_set import conditioning_modalities
 from mope_lightning.models.dispatcher import Dispatcher, PMoE
 from mope_lightning.models.expert_inputs import batch_config, expert_inputs, mapped_inputs
 

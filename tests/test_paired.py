@@ -43,6 +43,12 @@ def test_sign_flip_p_is_a_probability_unchanged_by_negation(differences):
     assert p == brute
 
 
+def test_many_seeds_get_a_sampled_p_value_in_bounded_time():
+    p = sign_flip_p([0.1] * 30)  # every seed one way: only the observed assignment reaches it among the draws
+    assert p == 1 / (2**16 + 1)
+    assert sign_flip_p([0.1, -0.1] * 15) == 1.0
+
+
 def test_only_seeds_both_cells_finished_are_paired(tmp_path):
     rows = rows_of("a", {1: 0.8, 2: 0.7, 3: 0.9}) + rows_of("b", {1: 0.6, 2: 0.75}) + rows_of("b", {3: 0.1}, "failed")
     [record] = paired_rows([Comparison("a", "b", ("test/acc",))], rows, tmp_path / "out")
